@@ -1,0 +1,191 @@
+"""Artifact files: names, streaming zstd compression with hashing, atomic writes, manifests.
+
+An artifact is one standard zstd frame with a content checksum, so `zstd -d` restores it without our code.
+Every file is written under a temporary name, flushed, fsynced and only then renamed into place.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+import hashlib
+import json
+import os
+from pathlib import Path
+import re
+import threading
+from typing import Any, BinaryIO
+
+import zstandard
+
+from jobs.errors import Cancelled, IntegrityError, StorageError
+
+CHUNK = 1 << 20
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+TEMP_PREFIX = ".tmp-"
+MANIFEST_SUFFIX = ".json"
+MANIFEST_VERSION = 1
+ARTIFACT_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)\.(?P<kind>[a-z]+)\.zst$")
+STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def artifact_name(name: str, kind: str, created_at: datetime) -> str:
+    """Return `<name>-<YYYYMMDDTHHMMSSZ>.<kind>.zst` for a backup taken at `created_at` (any time zone)."""
+    return f"{name}-{created_at.astimezone(timezone.utc).strftime(STAMP)}.{kind}.zst"
+
+
+def backup_id(artifact: str) -> str:
+    """Return the backup id of an artifact name: the name without `.<kind>.zst`."""
+    match = ARTIFACT_NAME.match(artifact)
+    if not match:
+        raise ValueError(f"{artifact!r} is not an artifact name")
+    return f"{match['name']}-{match['stamp']}"
+
+
+def utc_iso(moment: datetime) -> str:
+    """Return an ISO 8601 UTC timestamp with a Z, to the second."""
+    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp into an aware datetime. Raise ValueError if it is not one."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return moment
+
+
+def ensure_dir(path: Path) -> None:
+    """Create `path` (and parents) with mode 0700 if missing."""
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    if path.stat().st_mode & 0o777 != DIR_MODE:
+        try:
+            path.chmod(DIR_MODE)
+        except PermissionError:
+            pass
+
+
+def temp_path(final: Path) -> Path:
+    """Return the temporary name `final` is written under until it is complete."""
+    return final.with_name(f"{TEMP_PREFIX}{os.getpid()}-{final.name}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_private(path: Path) -> BinaryIO:
+    """Create a new file with mode 0600 (failing if it exists) and return it open for binary writing."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    return os.fdopen(fd, "wb")
+
+
+def publish(temp: Path, final: Path) -> None:
+    """Fsync `temp`, rename it to `final` and fsync the directory: after this `final` is whole or absent."""
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, final)
+    fsync_dir(final.parent)
+
+
+@contextmanager
+def atomic_file(final: Path) -> Iterator[BinaryIO]:
+    """Yield a 0600 file written under a temporary name; rename it to `final` only if the block succeeds."""
+    temp = temp_path(final)
+    try:
+        with create_private(temp) as handle:
+            yield handle
+        publish(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through and stops when `cancel` is set."""
+
+    def __init__(self, target: BinaryIO, cancel: threading.Event) -> None:
+        self.target = target
+        self.cancel = cancel
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        if self.cancel.is_set():
+            raise Cancelled("the worker is stopping; compression was interrupted")
+        self.digest.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@dataclass(frozen=True)
+class Compressed:
+    size: int
+    sha256: str
+    raw_size: int
+
+
+def compress(raw: Path, out: BinaryIO, level: int, cancel: threading.Event) -> Compressed:
+    """Stream `raw` through zstd (one frame, content size and checksum) into `out`, hashing the output."""
+    raw_size = raw.stat().st_size
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True, threads=-1)
+    writer = _HashingWriter(out, cancel)
+    with raw.open("rb") as source:
+        read, _ = compressor.copy_stream(source, writer, size=raw_size, read_size=CHUNK, write_size=CHUNK)
+    out.flush()
+    if read != raw_size:
+        raise StorageError(f"{raw} changed size while it was compressed ({raw_size} bytes expected, {read} read)")
+    return Compressed(size=writer.size, sha256=writer.digest.hexdigest(), raw_size=raw_size)
+
+
+def sha256_file(path: Path, cancel: threading.Event | None = None) -> str:
+    """Return the hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the worker is stopping; hashing was interrupted")
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decompress(artifact: Path, out: BinaryIO, cancel: threading.Event) -> int:
+    """Stream-decompress `artifact` into `out`, checking the frame checksum. Raise IntegrityError if damaged."""
+    writer = _HashingWriter(out, cancel)
+    try:
+        with artifact.open("rb") as source:
+            zstandard.ZstdDecompressor().copy_stream(source, writer, read_size=CHUNK, write_size=CHUNK)
+    except zstandard.ZstdError as error:
+        raise IntegrityError(f"{artifact.name} does not decompress: {error}") from None
+    out.flush()
+    return writer.size
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write a manifest atomically (0600)."""
+    with atomic_file(path) as handle:
+        handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def read_manifest(data: bytes, artifact: str) -> dict[str, Any]:
+    """Parse and check a manifest's bytes for `artifact`. Raise ValueError if it is not one of ours."""
+    manifest = json.loads(data)
+    if not isinstance(manifest, dict):
+        raise ValueError("not a JSON object")
+    for key in ("id", "created_at", "sha256", "size", "format", "source"):
+        if key not in manifest:
+            raise ValueError(f"missing {key!r}")
+    if manifest.get("artifact", artifact) != artifact:
+        raise ValueError(f"describes {manifest.get('artifact')!r}, not {artifact!r}")
+    parse_iso(manifest["created_at"])
+    return manifest

@@ -1,0 +1,77 @@
+"""The backup directory on the local volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import shutil
+import threading
+
+from jobs.artifacts import CHUNK, TEMP_PREFIX, atomic_file, ensure_dir
+from jobs.destinations import Entry
+from jobs.errors import Cancelled, NotFound, StorageError
+
+
+class LocalDestination:
+    location = "local"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, key: str) -> Path:
+        if "/" in key or key.startswith("."):
+            raise ValueError(f"{key!r} is not a backup file name")
+        return self.directory / key
+
+    def put(self, path: Path, key: str, cancel: threading.Event) -> None:
+        ensure_dir(self.directory)
+        try:
+            with path.open("rb") as source, atomic_file(self.path(key)) as target:
+                while chunk := source.read(CHUNK):
+                    if cancel.is_set():
+                        raise Cancelled("the worker is stopping; the copy was interrupted")
+                    target.write(chunk)
+        except OSError as error:
+            raise StorageError(f"cannot write {key} to {self.directory}: {error.strerror or error}") from None
+
+    def get(self, key: str, path: Path, cancel: threading.Event) -> None:
+        source = self.path(key)
+        if not source.exists():
+            raise NotFound(f"{key} is not in {self.directory}")
+        try:
+            with source.open("rb") as reader, path.open("xb") as writer:
+                shutil.copyfileobj(reader, writer, CHUNK)
+        except OSError as error:
+            raise StorageError(f"cannot copy {key} to {path}: {error.strerror or error}") from None
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{key} is not in {self.directory}") from None
+
+    def list(self) -> list[Entry]:
+        if not self.directory.is_dir():
+            return []
+        entries = []
+        for child in self.directory.iterdir():
+            if child.name.startswith(TEMP_PREFIX) or not child.is_file() or child.is_symlink():
+                continue
+            try:
+                entries.append(Entry(key=child.name, size=child.stat().st_size))
+            except FileNotFoundError:
+                continue
+        return entries
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete temporary files a killed run left behind; return their names. Call only under the backup lock."""
+        removed = []
+        if not self.directory.is_dir():
+            return removed
+        for child in self.directory.iterdir():
+            if child.name.startswith(TEMP_PREFIX) and child.is_file() and not child.is_symlink():
+                child.unlink(missing_ok=True)
+                removed.append(child.name)
+        return removed

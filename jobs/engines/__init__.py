@@ -1,0 +1,89 @@
+"""One module per database engine, behind one small interface, chosen by URL scheme.
+
+A `Source` is a configured database we can snapshot and restore into. Verifying an artifact needs no source:
+`verifier(kind)` returns the engine's own check for a raw snapshot of that kind.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+import threading
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from jobs.engines import sqlite
+
+
+class Source(Protocol):
+    """A database to back up. Implementations live one per module in this package."""
+
+    kind: str  # artifact kind: "sqlite", "pgdump" or "rdb"
+
+    def name(self) -> str:
+        """Return the short, file-name-safe name used in artifact names (`app` for app.db)."""
+
+    def describe(self) -> dict[str, str]:
+        """Return the source for manifests and logs: kind and database name, no secrets."""
+
+    def estimate_size(self) -> int:
+        """Return the expected size in bytes of a raw snapshot. Raise SourceError if the source is unusable."""
+
+    def snapshot(self, out: Path, cancel: threading.Event) -> None:
+        """Write a consistent raw snapshot to `out` (a new file). Raise SourceError or Cancelled."""
+
+    def versions(self) -> dict[str, str]:
+        """Return tool and server versions worth recording in the manifest."""
+
+
+Verifier = Callable[[Path, threading.Event], str]
+
+_OPENERS: dict[str, Callable[[str, Path], Source]] = {
+    "sqlite": sqlite.open_source,
+}
+_VERIFIERS: dict[str, Verifier] = {
+    sqlite.KIND: sqlite.verify,
+}
+_PLANNED = {"postgresql", "postgres", "redis", "rediss"}
+
+
+def open_source(url: str, cwd: Path) -> Source:
+    """Given a BACKUP_SOURCE URL, return its Source. Raise ValueError naming what is wrong with the URL."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme in _OPENERS:
+        return _OPENERS[scheme](url, cwd)
+    if scheme in _PLANNED:
+        raise ValueError(f"{scheme}:// sources are not supported by this version yet; use sqlite:///path/to/app.db")
+    raise ValueError(
+        "the URL must start with sqlite:// (like sqlite:///data/app.db or sqlite:////app/data/app.db)"
+        + (f", not {scheme}://" if scheme else "")
+    )
+
+
+def verifier(kind: str) -> Verifier:
+    """Return the engine check for raw snapshots of `kind`. Raise ValueError for a kind we do not know."""
+    try:
+        return _VERIFIERS[kind]
+    except KeyError:
+        raise ValueError(f"backups of kind {kind!r} cannot be checked by this version") from None
+
+
+def kinds() -> tuple[str, ...]:
+    """Return the artifact kinds this version can read."""
+    return tuple(_VERIFIERS)
+
+
+def url_secrets(url: str) -> list[str]:
+    """Return the password in `url`, if any, in raw and decoded form, for log scrubbing."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
+
+
+def local_database_file(url: str, cwd: Path) -> Path | None:
+    """Return the database file behind a file-based source URL, or None for a server."""
+    try:
+        source = open_source(url, cwd)
+    except ValueError:
+        return None
+    return getattr(source, "path", None)

@@ -1,0 +1,190 @@
+"""One backup cycle: preflight, snapshot, check and compress (overlapped), publish, upload, retention.
+
+The snapshot is read once from disk: the engine's check and the compressor read the same file at the same
+time, so the slower of the two sets the pace. The artifact and then its manifest are renamed into place only
+after the check passed; anything that fails leaves temporary files only, and those are removed here or on the
+next start.
+"""
+
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zstandard
+
+from jobs import artifacts, engines, retention
+from jobs.backups import Backup, list_backups
+from jobs.destinations import Destination
+from jobs.destinations.local import LocalDestination
+from jobs.engines import Source
+from jobs.errors import IntegrityError, SpaceError, StorageError
+
+log = structlog.get_logger("jobs.pipeline")
+
+HEADROOM = 16 << 20
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    backup_dir: Path
+    compression_level: int
+    policy: retention.Policy
+    remote: Destination | None = None
+    remote_policy: retention.Policy | None = None
+    worker_version: str = "0"
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Turn an OSError inside the block into a StorageError at stage `name`, with a readable reason."""
+    try:
+        yield
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        raise StorageError(f"{name} failed writing{where}: {error.strerror or error}; check free space and permissions on the volume", stage=name) from None
+
+
+def required_space(estimate: int, previous: list[Backup]) -> int:
+    """Return the bytes a backup needs: the raw snapshot plus the artifact, judged by the last compression ratio."""
+    ratio = 1.0
+    for backup in previous:
+        raw = backup.manifest.get("raw_size")
+        if isinstance(raw, int) and raw > 0:
+            ratio = min(1.0, backup.size / raw * 1.5)
+            break
+    return estimate + int(estimate * ratio) + HEADROOM
+
+
+def check_space(directory: Path, estimate: int, previous: list[Backup]) -> None:
+    """Raise SpaceError if the volume holding `directory` cannot take the snapshot and the artifact."""
+    needed = required_space(estimate, previous)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise SpaceError(
+            f"{directory} has {free >> 20} MiB free but this backup needs about {needed >> 20} MiB "
+            f"(a {estimate >> 20} MiB snapshot and its compressed copy); free space or grow the volume"
+        )
+
+
+def _free_name(directory: Path, name: str, kind: str, now: datetime) -> tuple[str, datetime]:
+    """Return an artifact name for `now` that no file in `directory` has yet, and its timestamp."""
+    moment = now.replace(microsecond=0)
+    while True:
+        artifact = artifacts.artifact_name(name, kind, moment)
+        if not (directory / artifact).exists() and not (directory / (artifact + artifacts.MANIFEST_SUFFIX)).exists():
+            return artifact, moment
+        moment += timedelta(seconds=1)
+
+
+def take_backup(source: Source, settings: BackupSettings, cancel: threading.Event) -> dict[str, Any]:
+    """Write one checked, compressed backup of `source` into the backup directory; return its manifest.
+
+    Raise SourceError, SpaceError, IntegrityError, StorageError or Cancelled; nothing that looks like a backup
+    is left behind when it raises.
+    """
+    directory = settings.backup_dir
+    local = LocalDestination(directory)
+    with stage("preflight"):
+        artifacts.ensure_dir(directory)
+        previous, _ = list_backups(local)
+        estimate = source.estimate_size()
+        check_space(directory, estimate, previous)
+
+    started = time.monotonic()
+    artifact, created_at = _free_name(directory, source.name(), source.kind, datetime.now(timezone.utc))
+    final = directory / artifact
+    raw = artifacts.temp_path(directory / artifact.removesuffix(".zst"))
+    temp_artifact = artifacts.temp_path(final)
+    try:
+        log.info("backup.snapshot", artifact=artifact, estimate_bytes=estimate)
+        with stage("snapshot"):
+            source.snapshot(raw, cancel)
+        check = engines.verifier(source.kind)
+        stop_check = threading.Event()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
+            checked = pool.submit(check, raw, stop_check)
+            try:
+                with stage("compress"), artifacts.create_private(temp_artifact) as out:
+                    compressed = artifacts.compress(raw, out, settings.compression_level, cancel)
+                while not checked.done():
+                    if cancel.is_set():
+                        stop_check.set()
+                    futures.wait([checked], timeout=0.1)
+                passed = checked.result()
+            except IntegrityError as error:
+                raise IntegrityError(
+                    f"the snapshot of {source.describe()['database']} failed its check: {error}; "
+                    "the source database may be damaged, so no backup was kept"
+                ) from None
+            finally:
+                stop_check.set()
+        manifest = {
+            "version": artifacts.MANIFEST_VERSION,
+            "id": artifacts.backup_id(artifact),
+            "artifact": artifact,
+            "created_at": artifacts.utc_iso(created_at),
+            "source": source.describe(),
+            "format": {"kind": source.kind, "compression": "zstd", "level": settings.compression_level, "frame_checksum": True},
+            "size": compressed.size,
+            "sha256": compressed.sha256,
+            "raw_size": compressed.raw_size,
+            "verified": {"check": passed, "result": "ok", "checked_at": artifacts.utc_iso(datetime.now(timezone.utc))},
+            "versions": {
+                "worker": settings.worker_version,
+                "zstandard": zstandard.__version__,
+                "libzstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
+                **source.versions(),
+            },
+            "duration_s": round(time.monotonic() - started, 3),
+        }
+        with stage("publish"):
+            artifacts.publish(temp_artifact, final)
+            artifacts.write_manifest(directory / (artifact + artifacts.MANIFEST_SUFFIX), manifest)
+        return manifest
+    finally:
+        raw.unlink(missing_ok=True)
+        temp_artifact.unlink(missing_ok=True)
+
+
+def apply_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None) -> retention.Plan:
+    """Plan retention on a destination, log every decision, delete what the plan says; return the plan."""
+    backups, problems = list_backups(destination)
+    for problem in problems:
+        log.warning("retention.skipped_file", location=destination.location, problem=problem)
+    result = retention.plan(backups, policy, now or datetime.now(timezone.utc))
+    for backup in result.delete:
+        log.info("retention.delete", location=destination.location, backup=backup.id, reason=result.reasons[backup.id])
+    retention.apply(destination, result)
+    log.info("retention.done", location=destination.location, kept=len(result.keep), deleted=len(result.delete))
+    return result
+
+
+def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
+              upload: Callable[[Backup], None] | None = None) -> dict[str, Any]:
+    """A whole backup cycle: the backup, the off-site copy if configured, then retention. Return log fields."""
+    local = LocalDestination(settings.backup_dir)
+    removed = local.remove_stale_temporaries()
+    if removed:
+        log.info("backup.stale_temporaries_removed", files=removed)
+    manifest = take_backup(source, settings, cancel)
+    log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
+    fields: dict[str, Any] = {
+        "artifact": manifest["artifact"],
+        "size": manifest["size"],
+        "raw_size": manifest["raw_size"],
+        "verified": manifest["verified"]["check"],
+    }
+    if upload is not None:
+        upload(manifest)
+    plan = apply_retention(local, settings.policy)
+    fields["pruned"] = [backup.id for backup in plan.delete]
+    return fields

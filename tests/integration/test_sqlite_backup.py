@@ -1,0 +1,270 @@
+"""The SQLite path on real files: concurrent writers, damaged sources, crashes, full disks, restores."""
+
+import json
+import os
+from pathlib import Path
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from jobs import pipeline, retention
+from jobs.engines.sqlite import SqliteSource
+from jobs.errors import SpaceError
+from tests.conftest import make_app_db
+
+WRITER = Path(__file__).with_name("writer.py")
+
+
+def artifacts_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith((".zst", ".json")) and not p.name.startswith(".tmp-")) if directory.exists() else []
+
+
+def temporaries_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".tmp-")) if directory.exists() else []
+
+
+def fill(path: Path, megabytes: int, wal: bool = True) -> None:
+    """Grow an app database with compressible text and random blobs to about `megabytes`."""
+    db = sqlite3.connect(path)
+    if wal:
+        db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, kind TEXT, body TEXT, blob BLOB)")
+    for _ in range(megabytes):
+        db.executemany(
+            "INSERT INTO events (kind, body, blob) VALUES (?, ?, randomblob(256))",
+            [("message", '{"role": "user", "text": "' + "hello there " * 50 + '"}') for _ in range(1200)],
+        )
+    db.commit()
+    db.close()
+
+
+def start_writer(db: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    out = tmp_path / "writer.txt"
+    process = subprocess.Popen([sys.executable, str(WRITER), str(db), str(out), "--seconds", "120"])
+    deadline = time.monotonic() + 10
+    while not Path(str(out) + ".ready").exists():
+        assert time.monotonic() < deadline, "the writer did not start"
+        time.sleep(0.01)
+    time.sleep(0.2)
+    return process, out
+
+
+@pytest.mark.parametrize("wal", [True, False], ids=["wal", "rollback-journal"])
+def test_backup_is_consistent_while_another_process_keeps_writing(tmp_path: Path, worker, wal: bool) -> None:
+    db = tmp_path / "app.db"
+    db.unlink(missing_ok=True)
+    fill(db, 40, wal=wal)
+    writer, samples = start_writer(db, tmp_path)
+    try:
+        began = time.time()
+        result = worker("backup", "--no-upload", env={"BACKUP_SOURCE": f"sqlite:///{db}"})
+        ended = time.time()
+    finally:
+        writer.send_signal(signal.SIGTERM)
+        writer.wait(30)
+    assert result.code == 0, result.stderr
+    commits = [float(line.split()[0]) for line in samples.read_text().splitlines()]
+    assert any(began <= at <= ended for at in commits), "the writer made no commit while the backup ran"
+
+    artifact = tmp_path / "backups" / result.event("job.succeeded")["artifact"]
+    restored = tmp_path / "restored.db"
+    subprocess.run(["zstd", "-q", "-d", str(artifact), "-o", str(restored)], check=True)
+    check = sqlite3.connect(restored)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    ledger, total = check.execute("SELECT (SELECT count(*) FROM ledger), (SELECT n FROM totals)").fetchone()
+    assert ledger == total and ledger > 0
+    assert check.execute("SELECT count(*) FROM events").fetchone()[0] == 40 * 1200
+
+
+def test_stock_tools_read_what_we_write(tmp_path: Path, worker) -> None:
+    result = worker("backup", "--no-upload")
+    assert result.code == 0, result.stderr
+    backups = tmp_path / "backups"
+    artifact = backups / result.event("job.succeeded")["artifact"]
+    manifest = json.loads((backups / (artifact.name + ".json")).read_text())
+    sha = subprocess.run(["sha256sum", str(artifact)], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert sha == manifest["sha256"]
+    assert subprocess.run(["zstd", "-t", "-q", str(artifact)]).returncode == 0
+    raw = subprocess.run(["zstd", "-dc", str(artifact)], capture_output=True, check=True).stdout
+    assert len(raw) == manifest["raw_size"]
+    (tmp_path / "hand.db").write_bytes(raw)
+    count = subprocess.run(["sqlite3", str(tmp_path / "hand.db"), "SELECT count(*) FROM messages; PRAGMA integrity_check;"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert count == ["1000", "ok"]
+    assert oct(artifact.stat().st_mode & 0o777) == "0o600"
+    assert oct(backups.stat().st_mode & 0o777) == "0o700"
+    assert manifest["source"] == {"kind": "sqlite", "database": "app.db"}
+    assert manifest["verified"]["check"] == "PRAGMA integrity_check"
+
+
+def test_damaged_database_is_refused_and_nothing_is_kept(tmp_path: Path, worker) -> None:
+    db = tmp_path / "broken.db"
+    fill(db, 4, wal=False)
+    with db.open("r+b") as handle:  # scribble over interior pages, keep the header
+        for offset in range(8192, db.stat().st_size, 65536):
+            handle.seek(offset)
+            handle.write(os.urandom(512))
+    before = db.read_bytes()
+    result = worker("backup", "--no-upload", env={"BACKUP_SOURCE": f"sqlite:///{db}"})
+    assert result.code == 1
+    assert "broken.db" in result.stderr and "Traceback" not in result.stderr
+    assert result.event("job.failed")["stage"] in ("verify", "snapshot")
+    assert artifacts_in(tmp_path / "backups") == [] and temporaries_in(tmp_path / "backups") == []
+    assert db.read_bytes() == before, "the source was modified"
+
+
+def test_a_file_that_is_not_a_database_is_refused_with_its_name(tmp_path: Path, worker) -> None:
+    junk = tmp_path / "notes.db"
+    junk.write_bytes(b"this is not sqlite" * 1000)
+    result = worker("backup", "--no-upload", env={"BACKUP_SOURCE": f"sqlite:///{junk}"})
+    assert result.code == 1
+    assert "notes.db" in result.stderr and "not a database" in result.stderr
+    assert artifacts_in(tmp_path / "backups") == []
+
+
+def test_missing_database_fails_and_is_not_created(tmp_path: Path, worker) -> None:
+    missing = tmp_path / "nowhere" / "app.db"
+    result = worker("backup", "--no-upload", env={"BACKUP_SOURCE": f"sqlite:///{missing}"})
+    assert result.code == 1
+    assert str(missing) in result.stderr and "does not exist" in result.stderr
+    assert not missing.exists() and not missing.parent.exists()
+    assert result.event("job.failed")["stage"] == "snapshot"
+
+
+def test_backup_killed_mid_way_leaves_nothing_that_passes_and_the_next_run_cleans_up(tmp_path: Path, worker_env) -> None:
+    db = tmp_path / "big.db"
+    fill(db, 30)
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{db}", "BACKUP_COMPRESSION_LEVEL": "19"}
+    backups = tmp_path / "backups"
+    process = subprocess.Popen([sys.executable, "-m", "worker", "backup", "--no-upload"], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(name.endswith(".zst") for name in temporaries_in(backups)):
+        assert process.poll() is None, "the backup finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    assert temporaries_in(backups), "expected the killed run's temporary files"
+    assert artifacts_in(backups) == []
+    listed = subprocess.run([sys.executable, "-m", "worker", "list", "--json"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+    again = subprocess.run([sys.executable, "-m", "worker", "backup", "--no-upload"], env={**env, "BACKUP_COMPRESSION_LEVEL": "1"},
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert temporaries_in(backups) == []
+    assert len([n for n in artifacts_in(backups) if n.endswith(".zst")]) == 1
+    assert "backup.stale_temporaries_removed" in again.stdout
+
+
+def test_full_disk_fails_cleanly_and_leaves_no_partial_files(tmp_path: Path, worker_env) -> None:
+    db = tmp_path / "app.db"
+    fill(db, 8)
+    limit = 2 << 20  # files may not grow past 2 MiB: the snapshot cannot be written
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    completed = subprocess.run([sys.executable, "-m", "worker", "backup", "--no-upload"], env=worker_env, cwd=tmp_path,
+                               capture_output=True, text=True, preexec_fn=small_files, timeout=120)
+    assert completed.returncode == 1
+    assert "Traceback" not in completed.stderr
+    assert "free space" in completed.stderr or "space" in completed.stderr
+    failed = [json.loads(line) for line in completed.stdout.splitlines() if '"job.failed"' in line]
+    assert failed and failed[0]["stage"] in ("snapshot", "compress")
+    backups = tmp_path / "backups"
+    assert artifacts_in(backups) == [] and temporaries_in(backups) == []
+
+
+def test_free_space_is_checked_before_anything_is_written(tmp_path: Path, app_db: Path, monkeypatch) -> None:
+    backups = tmp_path / "backups"
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1024})())
+    settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3))
+    with pytest.raises(SpaceError, match="MiB free but this backup needs about"):
+        pipeline.take_backup(SqliteSource(app_db), settings, threading.Event())
+    assert artifacts_in(backups) == [] and temporaries_in(backups) == []
+
+
+def test_restore_over_the_live_database_is_seen_by_open_connections(tmp_path: Path, app_db: Path, worker) -> None:
+    assert worker("backup", "--no-upload").code == 0
+    app = sqlite3.connect(app_db, isolation_level=None)  # the app keeps this connection open throughout
+    app.execute("DELETE FROM messages WHERE id > 10")
+    assert app.execute("SELECT count(*) FROM messages").fetchone()[0] == 10
+
+    result = worker("restore", "--latest", "--yes")
+    assert result.code == 0, result.stderr
+    assert app.execute("SELECT count(*) FROM messages").fetchone()[0] == 1000
+    assert app.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    safety = Path(result.event("job.succeeded")["safety_copy"])
+    assert str(safety) in result.stdout
+    saved = sqlite3.connect(safety)
+    assert saved.execute("SELECT count(*) FROM messages").fetchone()[0] == 10
+
+
+def test_restore_over_the_live_database_refuses_without_a_terminal_or_yes(tmp_path: Path, app_db: Path, worker) -> None:
+    assert worker("backup", "--no-upload").code == 0
+    before = app_db.read_bytes()
+    result = worker("restore", "--latest", stdin="")
+    assert result.code == 2
+    assert "--yes" in result.stderr
+    assert app_db.read_bytes() == before
+
+
+def test_restore_to_a_new_file_gives_the_same_database(tmp_path: Path, worker) -> None:
+    assert worker("backup", "--no-upload").code == 0
+    target = tmp_path / "copy.db"
+    result = worker("restore", "--to", str(target))
+    assert result.code == 0, result.stderr
+    assert sqlite3.connect(target).execute("SELECT count(*) FROM messages").fetchone()[0] == 1000
+    again = worker("restore", "--to", str(target))
+    assert again.code == 1 and "already exists" in again.stderr
+
+
+def test_verify_refuses_a_damaged_artifact(tmp_path: Path, worker) -> None:
+    assert worker("backup", "--no-upload").code == 0
+    assert worker("verify", "--latest").code == 0
+    artifact = next((tmp_path / "backups").glob("*.zst"))
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    result = worker("verify")
+    assert result.code == 1 and "SHA-256" in result.stderr
+
+
+def test_verify_catches_a_damaged_frame_even_when_the_manifest_hash_was_rewritten(tmp_path: Path, worker) -> None:
+    import hashlib
+
+    assert worker("backup", "--no-upload").code == 0
+    artifact = next((tmp_path / "backups").glob("*.zst"))
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    manifest_path = artifact.with_name(artifact.name + ".json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    result = worker("verify")
+    assert result.code == 1
+    assert "decompress" in result.stderr or "integrity" in result.stderr.lower()
+
+
+def test_prune_never_touches_files_the_worker_did_not_write(tmp_path: Path, worker) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir(mode=0o700)
+    foreign = [backups / "notes.txt", backups / "app-old.sqlite.zst", backups / "dump.sql"]
+    for path in foreign:
+        path.write_text("mine")
+        os.utime(path, (0, 0))
+    for _ in range(2):
+        assert worker("backup", "--no-upload", env={"BACKUP_RETENTION_DAYS": "0", "BACKUP_KEEP_MIN": "1"}).code == 0
+    assert worker("prune", env={"BACKUP_RETENTION_DAYS": "0", "BACKUP_KEEP_MIN": "1"}).code == 0
+    assert all(path.exists() for path in foreign)
+    assert len(list(backups.glob("*.sqlite.zst.json"))) == 1

@@ -1,0 +1,48 @@
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from jobs.artifacts import ARTIFACT_NAME, artifact_name, backup_id, parse_iso, utc_iso
+from jobs.durations import format_duration, parse_duration
+
+
+def test_artifact_name_uses_the_utc_timestamp_and_kind() -> None:
+    moment = datetime(2026, 11, 22, 3, 4, 5, tzinfo=timezone(timedelta(hours=1)))
+    assert artifact_name("app", "sqlite", moment) == "app-20261122T020405Z.sqlite.zst"
+    assert backup_id("app-20261122T020405Z.sqlite.zst") == "app-20261122T020405Z"
+
+
+@pytest.mark.parametrize(
+    "name, ours",
+    [
+        ("app-20261122T020405Z.sqlite.zst", True),
+        ("my_db-2-20261122T020405Z.pgdump.zst", True),
+        ("app-20261122T020405Z.sqlite.zst.json", False),
+        (".tmp-123-app-20261122T020405Z.sqlite.zst", False),
+        ("app.db", False),
+        ("app-2026-11-22.sqlite.zst", False),
+    ],
+)
+def test_only_files_named_as_we_name_them_count_as_artifacts(name: str, ours: bool) -> None:
+    assert bool(ARTIFACT_NAME.match(name)) is ours
+
+
+def test_iso_timestamps_round_trip_in_utc() -> None:
+    moment = datetime(2026, 11, 22, 2, 0, 0, tzinfo=timezone.utc)
+    assert utc_iso(moment) == "2026-11-22T02:00:00Z"
+    assert parse_iso("2026-11-22T02:00:00Z") == moment
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("26h", 93600), ("7d", 604800), (" 2h ", 7200)])
+def test_durations_parse(text: str, seconds: int) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "26", "h", "1.5h", "-1h", "3w"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_durations_format_in_the_largest_exact_unit() -> None:
+    assert [format_duration(parse_duration(t)) for t in ("26h", "90s", "1440m", "0s")] == ["26h", "90s", "1d", "0s"]

@@ -1,0 +1,24 @@
+import pytest
+
+from jobs.redact import mask_url, scrub
+
+
+@pytest.mark.parametrize(
+    "url, masked",
+    [
+        ("postgresql://app:s3cr3t@db.internal:5432/app", "postgresql://app:***@db.internal:5432/app"),
+        ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("postgres://app@db/app", "postgres://app@db/app"),
+        ("postgresql://db/app?password=pw&sslmode=require", "postgresql://db/app?password=***&sslmode=require"),
+        ("sqlite:////app/data/app.db", "sqlite:////app/data/app.db"),
+    ],
+)
+def test_mask_url_hides_passwords_and_secret_parameters(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_scrub_removes_known_secrets_and_url_passwords_from_free_text() -> None:
+    text = "connect to postgresql://u:p%40ss@h/db failed; key AKIASECRETVALUE rejected"
+    cleaned = scrub(text, ["AKIASECRETVALUE"])
+    assert "p%40ss" not in cleaned and "AKIASECRETVALUE" not in cleaned
+    assert "postgresql://u:***@h/db" in cleaned

@@ -1,0 +1,124 @@
+"""The command line: `python -m worker <command>` (also `backup-worker`). Exit 0 success, 1 the job failed,
+2 bad usage or configuration. Errors are one sentence on stderr; tracebacks only with LOG_LEVEL=debug."""
+
+import argparse
+import os
+from pathlib import Path
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from jobs.errors import JobError
+from worker import __version__, logs
+from worker.commands import (
+    EXIT_FAILED, EXIT_USAGE, Context, UsageError, cmd_backup, cmd_cleanup, cmd_config, cmd_list, cmd_prune,
+    cmd_restore, cmd_status, cmd_verify,
+)
+from worker.config import ConfigError, load_config
+
+# Commands whose stdout is a document: their log lines go to stderr so that stdout stays parseable.
+DOCUMENT_COMMANDS = {"list", "status", "config"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker", description="Backup and retention worker.")
+    parser.add_argument("--version", action="version", version=f"backup-worker {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser("run", help="run the scheduler: nightly backups, hourly cleanup")
+    backup = commands.add_parser("backup", help="run one backup cycle now")
+    backup.add_argument("--no-upload", action="store_true", help="keep this backup local only")
+    listing = commands.add_parser("list", help="list backups, newest first")
+    listing.add_argument("--json", action="store_true", help="print an array of manifests")
+    listing.add_argument("--remote", action="store_true", help="include the bucket's backups")
+    verify = commands.add_parser("verify", help="re-prove a backup: checksum, decompression, engine check")
+    verify.add_argument("id", nargs="?", help="backup id (default: the newest)")
+    verify.add_argument("--latest", action="store_true", help="the newest backup (the default)")
+    verify.add_argument("--remote", action="store_true", help="verify the copy in the bucket")
+    restore = commands.add_parser("restore", help="fetch, verify and restore a backup")
+    restore.add_argument("id", nargs="?", help="backup id (default: the newest)")
+    restore.add_argument("--latest", action="store_true", help="the newest backup (the default)")
+    restore.add_argument("--from-s3", action="store_true", help="take the backup from the bucket")
+    target = restore.add_mutually_exclusive_group()
+    target.add_argument("--to", type=Path, metavar="PATH", help="restore into a new file instead of the live database")
+    target.add_argument("--target-url", metavar="URL", help="restore into this database server")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    prune = commands.add_parser("prune", help="apply retention now and print the plan")
+    prune.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
+    cleanup = commands.add_parser("cleanup", help="apply the cleanup rules now")
+    cleanup.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
+    status = commands.add_parser("status", help="last outcomes, newest backup, next runs")
+    status.add_argument("--json", action="store_true")
+    commands.add_parser("config", help="validate and print the configuration, secrets masked")
+    return parser
+
+
+def _stop_on_signals(cancel: threading.Event) -> None:
+    """Let SIGTERM/SIGINT ask a one-shot job to stop cleanly; a second signal exits at once."""
+
+    def handler(number: int, _frame: object) -> None:
+        if cancel.is_set():
+            sys.exit(128 + number)
+        cancel.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def dispatch(ctx: Context, args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from worker.service import serve
+
+        ctx.source()
+        return serve(ctx)
+    _stop_on_signals(ctx.cancel)
+    if args.command == "backup":
+        return cmd_backup(ctx, args.no_upload)
+    if args.command == "list":
+        return cmd_list(ctx, args.json, args.remote)
+    if args.command == "verify":
+        if args.id and args.latest:
+            raise UsageError("give a backup id or --latest, not both")
+        return cmd_verify(ctx, args.id, args.remote)
+    if args.command == "restore":
+        if args.id and args.latest:
+            raise UsageError("give a backup id or --latest, not both")
+        return cmd_restore(ctx, args.id, args.from_s3, args.to, args.target_url, args.yes)
+    if args.command == "prune":
+        return cmd_prune(ctx, args.dry_run)
+    if args.command == "cleanup":
+        return cmd_cleanup(ctx, args.dry_run)
+    if args.command == "status":
+        return cmd_status(ctx, args.json)
+    return cmd_config(ctx)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = os.environ.get("LOG_LEVEL", "").strip().lower() == "debug"
+    try:
+        config = load_config()
+    except ConfigError as error:
+        print(f"invalid configuration ({len(error.problems)} problem{'s' if len(error.problems) > 1 else ''}):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    stream = sys.stderr if args.command in DOCUMENT_COMMANDS else sys.stdout
+    logs.configure(config.log_level, config.log_format, config.secrets(), stream)
+    ctx = Context(config=config, cwd=Path.cwd())
+    try:
+        return dispatch(ctx, args)
+    except UsageError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as error:  # a source URL the registry refused after config (should not happen)
+        print(str(error), file=sys.stderr)
+        return EXIT_USAGE
+    except JobError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as error:
+        if debug:
+            raise
+        print(f"unexpected {type(error).__name__}: {error}; run again with LOG_LEVEL=debug for the traceback", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,236 @@
+"""Configuration from the environment, validated once at start.
+
+Every problem is gathered and reported at once (`ConfigError.problems`), each naming its variable and how to fix
+it. Nothing here reads a database or touches the network.
+"""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+import os
+from pathlib import Path
+from typing import Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.base import BaseTrigger
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from jobs import engines
+from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
+from jobs.durations import format_duration, parse_duration
+from jobs.redact import mask_url
+from worker.crontab import cron_trigger
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
+
+
+class ConfigError(Exception):
+    """One or more variables are invalid; `problems` holds one sentence each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    prefix: str
+    endpoint_url: str | None
+    region: str
+    retention_days: int | None
+
+
+@dataclass(frozen=True)
+class Config:
+    source_url: str | None
+    backup_dir: Path
+    schedule: str
+    timezone: ZoneInfo
+    retention_days: int
+    keep_min: int
+    compression_level: int
+    s3: S3Settings | None
+    cleanup_rules: tuple[CleanupRule, ...]
+    cleanup_schedule: str
+    freshness_limit: timedelta
+    catalog_url: str
+    log_level: str
+    log_format: str
+    backup_trigger: BaseTrigger = field(compare=False, repr=False)
+    cleanup_trigger: BaseTrigger = field(compare=False, repr=False)
+
+    def secrets(self) -> list[str]:
+        """Return every secret value the configuration holds, so that logs can scrub them."""
+        found = []
+        for url in (self.source_url, self.catalog_url):
+            if url:
+                found.extend(engines.url_secrets(url))
+        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            if os.environ.get(name):
+                found.append(os.environ[name])
+        return found
+
+    def describe(self) -> dict[str, object]:
+        """Return the configuration as printable values, with every secret masked."""
+        return {
+            "BACKUP_SOURCE": mask_url(self.source_url) if self.source_url else None,
+            "BACKUP_DIR": str(self.backup_dir),
+            "BACKUP_SCHEDULE": self.schedule,
+            "BACKUP_TIMEZONE": str(self.timezone.key),
+            "BACKUP_RETENTION_DAYS": self.retention_days,
+            "BACKUP_KEEP_MIN": self.keep_min,
+            "BACKUP_COMPRESSION_LEVEL": self.compression_level,
+            "S3_BUCKET": self.s3.bucket if self.s3 else None,
+            "S3_PREFIX": self.s3.prefix if self.s3 else None,
+            "S3_ENDPOINT_URL": mask_url(self.s3.endpoint_url) if self.s3 and self.s3.endpoint_url else None,
+            "S3_REGION": self.s3.region if self.s3 else None,
+            "S3_RETENTION_DAYS": self.s3.retention_days if self.s3 else None,
+            "AWS_ACCESS_KEY_ID": _mask_key(os.environ.get("AWS_ACCESS_KEY_ID")),
+            "AWS_SECRET_ACCESS_KEY": "***" if os.environ.get("AWS_SECRET_ACCESS_KEY") else None,
+            "CLEANUP_RULES": [rule.describe() for rule in self.cleanup_rules],
+            "CLEANUP_SCHEDULE": self.cleanup_schedule,
+            "FRESHNESS_LIMIT": format_duration(self.freshness_limit),
+            "CATALOG_URL": mask_url(self.catalog_url),
+            "LOG_LEVEL": self.log_level,
+            "LOG_FORMAT": self.log_format,
+        }
+
+
+def _mask_key(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value[:4] + "***" if len(value) > 8 else "***"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{name}={raw!r} is not a whole number; set it to a number from {low} to {high}")
+        return default
+    if not low <= value <= high:
+        problems.append(f"{name}={value} is out of range; set it to a number from {low} to {high}")
+        return default
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], problems: list[str]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        problems.append(f"{name}={value!r} is not one of {', '.join(choices)}")
+        return default
+    return value
+
+
+def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Config:
+    """Given the environment, return the validated Config. Raise ConfigError listing every invalid variable."""
+    env = os.environ if env is None else env
+    cwd = cwd or Path.cwd()
+    problems: list[str] = []
+
+    source_url = (env.get("BACKUP_SOURCE") or env.get("DATABASE_URL") or "").strip() or None
+    if source_url:
+        origin = "BACKUP_SOURCE" if env.get("BACKUP_SOURCE") else "DATABASE_URL"
+        try:
+            engines.open_source(source_url, cwd)
+        except ValueError as error:
+            problems.append(f"{origin}: {error}")
+
+    volume = env.get("RAILWAY_VOLUME_MOUNT_PATH", "").strip()
+    default_dir = Path(volume) / "backups" if volume else cwd / "data" / "backups"
+    backup_dir = Path(env.get("BACKUP_DIR", "").strip() or default_dir)
+    if not backup_dir.is_absolute():
+        backup_dir = cwd / backup_dir
+    if backup_dir.exists() and not backup_dir.is_dir():
+        problems.append(f"BACKUP_DIR={backup_dir} exists and is not a directory; point it at a directory")
+
+    tz_name = (env.get("BACKUP_TIMEZONE") or env.get("TZ") or "UTC").strip().lstrip(":")
+    try:
+        timezone = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"BACKUP_TIMEZONE={tz_name!r} is not a known time zone; use a name like UTC or Europe/Berlin")
+        timezone = ZoneInfo("UTC")
+
+    schedule = env.get("BACKUP_SCHEDULE", "").strip() or "0 2 * * *"
+    cleanup_schedule = env.get("CLEANUP_SCHEDULE", "").strip() or "0 * * * *"
+    triggers: dict[str, BaseTrigger] = {}
+    for name, expression in (("BACKUP_SCHEDULE", schedule), ("CLEANUP_SCHEDULE", cleanup_schedule)):
+        try:
+            triggers[name] = cron_trigger(expression, timezone)
+        except ValueError as error:
+            problems.append(f"{name}: {error}")
+            triggers[name] = cron_trigger("0 2 * * *", timezone)
+
+    retention_days = _int(env, "BACKUP_RETENTION_DAYS", 7, 0, 36500, problems)
+    keep_min = _int(env, "BACKUP_KEEP_MIN", 3, 1, 10000, problems)
+    level = _int(env, "BACKUP_COMPRESSION_LEVEL", 3, 1, 22, problems)
+
+    s3 = None
+    bucket = env.get("S3_BUCKET", "").strip()
+    s3_retention = env.get("S3_RETENTION_DAYS", "").strip()
+    if bucket:
+        endpoint = env.get("S3_ENDPOINT_URL", "").strip() or None
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            problems.append(f"S3_ENDPOINT_URL={mask_url(endpoint)!r} must start with https:// (or http://)")
+        s3 = S3Settings(
+            bucket=bucket,
+            prefix=env.get("S3_PREFIX", "").strip().strip("/"),
+            endpoint_url=endpoint,
+            region=env.get("S3_REGION", "").strip() or "us-east-1",
+            retention_days=_int(env, "S3_RETENTION_DAYS", 0, 1, 36500, problems) if s3_retention else None,
+        )
+    elif s3_retention or env.get("S3_PREFIX") or env.get("S3_ENDPOINT_URL"):
+        problems.append("S3_PREFIX, S3_ENDPOINT_URL or S3_RETENTION_DAYS is set but S3_BUCKET is not; set S3_BUCKET")
+
+    rules: tuple[CleanupRule, ...] = ()
+    try:
+        rules = tuple(parse_rules(env.get("CLEANUP_RULES", ""), cwd))
+    except ValueError as error:
+        problems.append(f"CLEANUP_RULES: {error}")
+    protected = [backup_dir, cwd, Path.home()]
+    database_file = engines.local_database_file(source_url, cwd) if source_url else None
+    for rule in rules:
+        reason = dangerous_rule_reason(rule, protected, database_file)
+        if reason:
+            problems.append(f"CLEANUP_RULES: {rule.describe()} {reason}")
+
+    try:
+        freshness = parse_duration(env.get("FRESHNESS_LIMIT", "").strip() or "26h")
+    except ValueError as error:
+        problems.append(f"FRESHNESS_LIMIT: {error}")
+        freshness = timedelta(hours=26)
+
+    catalog_url = env.get("CATALOG_URL", "").strip() or f"sqlite:///{backup_dir / 'catalog.db'}"
+    try:
+        make_url(catalog_url)
+    except ArgumentError:
+        problems.append(f"CATALOG_URL={mask_url(catalog_url)!r} is not a SQLAlchemy URL, like sqlite:////app/data/catalog.db")
+
+    log_level = _choice(env, "LOG_LEVEL", "info", LOG_LEVELS, problems)
+    log_format = _choice(env, "LOG_FORMAT", "json", LOG_FORMATS, problems)
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        source_url=source_url,
+        backup_dir=backup_dir,
+        schedule=schedule,
+        timezone=timezone,
+        retention_days=retention_days,
+        keep_min=keep_min,
+        compression_level=level,
+        s3=s3,
+        cleanup_rules=rules,
+        cleanup_schedule=cleanup_schedule,
+        freshness_limit=freshness,
+        catalog_url=catalog_url,
+        log_level=log_level,
+        log_format=log_format,
+        backup_trigger=triggers["BACKUP_SCHEDULE"],
+        cleanup_trigger=triggers["CLEANUP_SCHEDULE"],
+    )

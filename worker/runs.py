@@ -1,0 +1,71 @@
+"""The run context: every job run gets a run_id, a start event, exactly one outcome event and a catalog row.
+
+Any exception becomes a `failed` outcome here, at the job boundary, so the scheduler never sees one.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+import time
+from typing import Any
+import uuid
+
+import structlog
+
+from jobs.errors import BusyError, Cancelled, JobError
+from worker.catalog import Catalog
+
+log = structlog.get_logger("worker.runs")
+
+
+class Skip(Exception):
+    """Raised by a job that decided not to run; the message says why."""
+
+
+@dataclass
+class Outcome:
+    job: str
+    run_id: str
+    outcome: str  # succeeded, failed or skipped
+    duration_s: float
+    stage: str | None = None
+    reason: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "succeeded"
+
+
+def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None]) -> Outcome:
+    """Run `work` as one job run: log start and outcome, record both in the catalog, never raise (but on exit)."""
+    run_id = uuid.uuid4().hex[:12]
+    started = time.monotonic()
+    with structlog.contextvars.bound_contextvars(job=job, run_id=run_id):
+        log.info("job.started")
+        catalog.start(run_id, job, datetime.now(timezone.utc))
+        outcome = Outcome(job=job, run_id=run_id, outcome="failed", duration_s=0.0)
+        try:
+            outcome.fields = work() or {}
+            outcome.outcome = "succeeded"
+        except (Skip, BusyError) as error:
+            outcome.outcome, outcome.reason = "skipped", str(error)
+        except Cancelled as error:
+            outcome.stage, outcome.reason = error.stage, str(error)
+        except JobError as error:
+            outcome.stage, outcome.reason = error.stage, str(error)
+        except Exception as error:  # the job boundary: nothing escapes to the scheduler
+            outcome.stage = "internal"
+            outcome.reason = f"unexpected {type(error).__name__}: {error}; this is a bug, please report it with the log"
+            log.error("job.crashed", exc_info=True)
+        outcome.duration_s = round(time.monotonic() - started, 3)
+        event = f"job.{outcome.outcome}"
+        extra = {key: value for key, value in (("stage", outcome.stage), ("reason", outcome.reason)) if value}
+        if outcome.outcome == "failed":
+            log.error(event, duration_s=outcome.duration_s, **extra, **outcome.fields)
+        elif outcome.outcome == "skipped":
+            log.warning(event, duration_s=outcome.duration_s, **extra, **outcome.fields)
+        else:
+            log.info(event, duration_s=outcome.duration_s, **outcome.fields)
+        catalog.finish(run_id, outcome.outcome, outcome.duration_s, outcome.stage, outcome.reason, outcome.fields)
+    return outcome
