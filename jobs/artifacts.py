@@ -21,6 +21,9 @@ import zstandard
 from jobs.errors import Cancelled, IntegrityError, StorageError
 
 CHUNK = 1 << 20
+# Multithreaded zstd works in jobs; libzstd finishes running jobs before it lets go, so their size bounds how
+# fast a cancelled compression stops (~1 s at level 19 with 2 MiB, instant at level 3) at no cost in ratio.
+JOB_SIZE = 2 << 20
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 TEMP_PREFIX = ".tmp-"
@@ -28,6 +31,7 @@ MANIFEST_SUFFIX = ".json"
 MANIFEST_VERSION = 1
 ARTIFACT_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)\.(?P<kind>[a-z]+)\.zst$")
 STAMP = "%Y%m%dT%H%M%SZ"
+_TEMP_NAME = re.compile(r"^\.tmp-(?P<pid>\d+)-")
 
 
 def artifact_name(name: str, kind: str, created_at: datetime) -> str:
@@ -67,8 +71,30 @@ def ensure_dir(path: Path) -> None:
 
 
 def temp_path(final: Path) -> Path:
-    """Return the temporary name `final` is written under until it is complete."""
-    return final.with_name(f"{TEMP_PREFIX}{os.getpid()}-{final.name}")
+    """Return the temporary name `final` is written under until it is complete: `.tmp-<pid>-<name>`."""
+    return final.with_name(temp_prefix() + final.name)
+
+
+def temp_prefix() -> str:
+    """Return the prefix of this process's temporary names; `temp_owner` reads the pid back."""
+    return f"{TEMP_PREFIX}{os.getpid()}-"
+
+
+def temp_owner(name: str) -> int | None:
+    """Return the pid that owns a temporary name, or None if `name` is not one of our temporary names."""
+    match = _TEMP_NAME.match(name)
+    return int(match["pid"]) if match else None
+
+
+def process_alive(pid: int) -> bool:
+    """Return whether a process with this pid exists (our own pid counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fsync_dir(path: Path) -> None:
@@ -128,6 +154,19 @@ class _HashingWriter:
         self.target.flush()
 
 
+class _CancellableReader:
+    """A read-only file that stops when `cancel` is set; the compressor reads often, even when it writes rarely."""
+
+    def __init__(self, source: BinaryIO, cancel: threading.Event) -> None:
+        self.source = source
+        self.cancel = cancel
+
+    def read(self, size: int = -1) -> bytes:
+        if self.cancel.is_set():
+            raise Cancelled("the worker is stopping; compression was interrupted")
+        return self.source.read(size)
+
+
 @dataclass(frozen=True)
 class Compressed:
     size: int
@@ -138,10 +177,12 @@ class Compressed:
 def compress(raw: Path, out: BinaryIO, level: int, cancel: threading.Event) -> Compressed:
     """Stream `raw` through zstd (one frame, content size and checksum) into `out`, hashing the output."""
     raw_size = raw.stat().st_size
-    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True, threads=-1)
+    compressor = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+        level, threads=-1, job_size=JOB_SIZE, write_checksum=True, write_content_size=True))
     writer = _HashingWriter(out, cancel)
     with raw.open("rb") as source:
-        read, _ = compressor.copy_stream(source, writer, size=raw_size, read_size=CHUNK, write_size=CHUNK)
+        reader = _CancellableReader(source, cancel)
+        read, _ = compressor.copy_stream(reader, writer, size=raw_size, read_size=CHUNK, write_size=CHUNK)
     out.flush()
     if read != raw_size:
         raise StorageError(f"{raw} changed size while it was compressed ({raw_size} bytes expected, {read} read)")

@@ -285,8 +285,8 @@ def _could_match(matchers: tuple[Matcher, ...], parts: Sequence[str]) -> bool:
     states = _start(matchers)
     for name in parts[:-1]:
         states = _descend(states, matchers, name)
-    last = len(matchers) - 1
-    return last in states and bool(matchers[last](parts[-1]))  # type: ignore[misc]
+    matcher = matchers[-1]  # never `**`: a trailing one reads as `**/*`
+    return len(matchers) - 1 in states and matcher is not None and bool(matcher(parts[-1]))
 
 
 def dangerous_rule_reason(rule: CleanupRule, protected: list[Path], database_file: Path | None) -> str | None:
@@ -297,20 +297,20 @@ def dangerous_rule_reason(rule: CleanupRule, protected: list[Path], database_fil
     bases = _variants(rule.base)
     if "/" in bases:
         return "would sweep the root directory /; point it at a narrower directory"
-    for index, directory in enumerate(protected):
+    backup_dir, *others = protected
+    for index, directory in enumerate(others, start=1):  # the app and home directories: never an ancestor
         label = _LABELS[index] if index < len(_LABELS) else "protected directory"
-        for base in bases:
-            for target in _variants(directory):
-                if index == 0:
-                    inside = _relative_parts(base, target)
-                    if inside is not None:
-                        where = "inside the" if inside else "the"
-                        return f"would sweep {where} backup directory {directory}; point it elsewhere"
-                    below = _relative_parts(target, base)
-                    if below is not None and _could_reach(matchers, below):
-                        return f"would sweep the backup directory {directory}; narrow the glob so it cannot reach it"
-                elif _relative_parts(target, base) is not None:
-                    return f"would sweep the {label} {directory}; point it at a subdirectory"
+        if any(_relative_parts(target, base) is not None for base in bases for target in _variants(directory)):
+            return f"would sweep the {label} {directory}; point it at a subdirectory"
+    for base in bases:
+        for target in _variants(backup_dir):
+            inside = _relative_parts(base, target)
+            if inside is not None:
+                where = "inside the" if inside else "the"
+                return f"would sweep {where} backup directory {backup_dir}; point it elsewhere"
+            below = _relative_parts(target, base)
+            if below is not None and _could_reach(matchers, below):
+                return f"would sweep the backup directory {backup_dir}; narrow the glob so it cannot reach it"
     if database_file is not None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             candidate = Path(f"{database_file}{suffix}")

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from jobs import engines, pipeline, restore as restoring, retention
-from jobs.artifacts import ensure_dir
+from jobs.artifacts import ensure_dir, temp_prefix
 from jobs.backups import Backup, find, list_backups
 from jobs.cleanup import run_cleanup
 from jobs.destinations import Destination
@@ -199,7 +199,7 @@ def cmd_verify(ctx: Context, wanted: str | None, remote: bool) -> int:
     def work() -> dict[str, Any]:
         backups, _ = list_backups(destination)
         backup = _select(backups, wanted, where)
-        with tempfile.TemporaryDirectory(prefix=".tmp-verify-", dir=_workdir(ctx)) as workdir:
+        with tempfile.TemporaryDirectory(prefix=temp_prefix() + "verify-", dir=_workdir(ctx)) as workdir:
             artifact = _fetch(ctx, destination, backup, Path(workdir))
             with restoring.proven_raw(artifact, backup, Path(workdir), ctx.cancel) as (_, checks):
                 pass
@@ -241,6 +241,12 @@ def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None
     if target_url:
         raise UsageError("--target-url restores into a PostgreSQL or Redis server, which this version does not support yet; use --to PATH")
     destination, where = _where(ctx, from_s3)
+    if to is not None:
+        to = to.resolve()
+        if to.exists() or to.is_symlink():
+            raise UsageError(f"{to} already exists; restore to a new path, or delete it first")
+        if not to.parent.is_dir():
+            raise UsageError(f"the directory {to.parent} does not exist; create it or choose another --to path")
     source = None if to else ctx.source()
     if source is not None:
         database = getattr(source, "path", ctx.config.source_url)
@@ -252,11 +258,11 @@ def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None
         backups, _ = list_backups(destination)
         backup = _select(backups, wanted, where)
         log.info("restore.selected", backup=backup.id, location=destination.location)
-        with tempfile.TemporaryDirectory(prefix=".tmp-restore-", dir=workdir) as scratch:
+        with tempfile.TemporaryDirectory(prefix=temp_prefix() + "restore-", dir=workdir) as scratch:
             artifact = _fetch(ctx, destination, backup, Path(scratch))
             if to is not None:
-                checks = restoring.restore_to_file(artifact, backup, to.resolve(), ctx.cancel)
-                return {"backup": backup.id, "restored_to": str(to.resolve()), "checks": checks}
+                checks = restoring.restore_to_file(artifact, backup, to, ctx.cancel)
+                return {"backup": backup.id, "restored_to": str(to), "checks": checks}
             safety, checks = restoring.restore_over(artifact, backup, source, _workdir(ctx), ctx.cancel)
             return {"backup": backup.id, "restored_to": str(getattr(source, "path", "")), "safety_copy": str(safety), "checks": checks}
 

@@ -11,9 +11,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 import structlog
 
 from jobs.backups import list_backups
+from jobs.errors import BusyError
 from worker import __version__
 from worker.commands import Context, backup_job, cleanup_job
 from worker.crontab import period
+from worker.lock import exclusive
 
 log = structlog.get_logger("worker.service")
 
@@ -47,6 +49,14 @@ def serve(ctx: Context) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        with exclusive(ctx.config.backup_dir):
+            removed = ctx.local.remove_stale_temporaries()
+        if removed:
+            log.info("worker.stale_temporaries_removed", files=removed)
+    except BusyError:
+        pass  # a manual backup is running; its own cycle cleans up
 
     scheduler = BackgroundScheduler(
         timezone=ctx.config.timezone,

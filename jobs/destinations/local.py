@@ -6,6 +6,7 @@ from pathlib import Path
 import shutil
 import threading
 
+from jobs import artifacts
 from jobs.artifacts import CHUNK, TEMP_PREFIX, atomic_file, ensure_dir
 from jobs.destinations import Entry
 from jobs.errors import Cancelled, NotFound, StorageError
@@ -66,12 +67,21 @@ class LocalDestination:
         self.path(key).unlink(missing_ok=True)
 
     def remove_stale_temporaries(self) -> list[str]:
-        """Delete temporary files a killed run left behind; return their names. Call only under the backup lock."""
-        removed = []
+        """Delete temporary files and directories left by runs that died; return their names.
+
+        Temporary names carry the writer's pid (`.tmp-<pid>-…`); those of a live process are left alone, so a
+        backup starting never removes the scratch files of a verify or restore running beside it.
+        """
+        removed: list[str] = []
         if not self.directory.is_dir():
             return removed
         for child in self.directory.iterdir():
-            if child.name.startswith(TEMP_PREFIX) and child.is_file() and not child.is_symlink():
+            owner = artifacts.temp_owner(child.name)
+            if owner is None or artifacts.process_alive(owner) or child.is_symlink():
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
                 child.unlink(missing_ok=True)
-                removed.append(child.name)
+            removed.append(child.name)
         return removed

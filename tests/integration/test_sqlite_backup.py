@@ -225,7 +225,7 @@ def test_restore_to_a_new_file_gives_the_same_database(tmp_path: Path, worker) -
     assert result.code == 0, result.stderr
     assert sqlite3.connect(target).execute("SELECT count(*) FROM messages").fetchone()[0] == 1000
     again = worker("restore", "--to", str(target))
-    assert again.code == 1 and "already exists" in again.stderr
+    assert again.code == 2 and "already exists" in again.stderr
 
 
 def test_verify_refuses_a_damaged_artifact(tmp_path: Path, worker) -> None:
@@ -268,3 +268,20 @@ def test_prune_never_touches_files_the_worker_did_not_write(tmp_path: Path, work
     assert worker("prune", env={"BACKUP_RETENTION_DAYS": "0", "BACKUP_KEEP_MIN": "1"}).code == 0
     assert all(path.exists() for path in foreign)
     assert len(list(backups.glob("*.sqlite.zst.json"))) == 1
+
+
+def test_stale_temporaries_of_dead_runs_are_removed_but_a_live_runs_are_kept(tmp_path: Path) -> None:
+    from jobs.destinations.local import LocalDestination
+
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (backups / f".tmp-{dead}-app-20261122T020000Z.sqlite.zst").write_bytes(b"partial")
+    (backups / f".tmp-{dead}-verify-abc").mkdir()
+    live = backups / f".tmp-{os.getpid()}-restore-xyz"
+    live.mkdir()
+    keep = backups / ".tmpfile-not-ours"
+    keep.write_text("x")
+    removed = LocalDestination(backups).remove_stale_temporaries()
+    assert sorted(removed) == sorted([f".tmp-{dead}-app-20261122T020000Z.sqlite.zst", f".tmp-{dead}-verify-abc"])
+    assert live.exists() and keep.exists()

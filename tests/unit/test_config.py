@@ -1,0 +1,93 @@
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from worker.config import ConfigError, load_config
+
+
+def load(tmp_path: Path, **env: str):
+    return load_config(env, cwd=tmp_path)
+
+
+def test_defaults_match_the_contract(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    assert config.source_url is None
+    assert config.backup_dir == tmp_path / "data" / "backups"
+    assert config.schedule == "0 2 * * *" and config.cleanup_schedule == "0 * * * *"
+    assert config.timezone.key == "UTC"
+    assert (config.retention_days, config.keep_min, config.compression_level) == (7, 3, 3)
+    assert config.s3 is None and config.cleanup_rules == ()
+    assert config.freshness_limit == timedelta(hours=26)
+    assert config.catalog_url == f"sqlite:///{tmp_path / 'data' / 'backups' / 'catalog.db'}"
+    assert (config.log_level, config.log_format) == ("info", "json")
+
+
+def test_database_url_is_the_default_source_and_railway_volume_the_default_directory(tmp_path: Path) -> None:
+    config = load(tmp_path, DATABASE_URL="sqlite:////app/data/app.db", RAILWAY_VOLUME_MOUNT_PATH="/app/data")
+    assert config.source_url == "sqlite:////app/data/app.db"
+    assert config.backup_dir == Path("/app/data/backups")
+
+
+def test_backup_source_wins_over_database_url(tmp_path: Path) -> None:
+    config = load(tmp_path, DATABASE_URL="sqlite:///a.db", BACKUP_SOURCE="sqlite:///b.db")
+    assert config.source_url == "sqlite:///b.db"
+
+
+def test_timezone_falls_back_to_tz(tmp_path: Path) -> None:
+    assert load(tmp_path, TZ="Europe/Berlin").timezone.key == "Europe/Berlin"
+    assert load(tmp_path, TZ="Europe/Berlin", BACKUP_TIMEZONE="Asia/Tokyo").timezone.key == "Asia/Tokyo"
+
+
+@pytest.mark.parametrize(
+    "name, value, fragment",
+    [
+        ("BACKUP_SOURCE", "mysql://db/app", "must start with sqlite://"),
+        ("BACKUP_SOURCE", "sqlite://host/app.db", "host part"),
+        ("BACKUP_SOURCE", "postgresql://u:pw@db/app", "not supported by this version yet"),
+        ("BACKUP_SCHEDULE", "every night", "5"),
+        ("BACKUP_SCHEDULE", "0 2 * * 8", "day of week"),
+        ("BACKUP_TIMEZONE", "Moon/Base", "not a known time zone"),
+        ("BACKUP_RETENTION_DAYS", "seven", "not a whole number"),
+        ("BACKUP_KEEP_MIN", "0", "out of range"),
+        ("BACKUP_COMPRESSION_LEVEL", "23", "out of range"),
+        ("FRESHNESS_LIMIT", "26", "not a duration"),
+        ("LOG_LEVEL", "loud", "not one of"),
+        ("LOG_FORMAT", "xml", "not one of"),
+        ("CATALOG_URL", "not a url", "not a SQLAlchemy URL"),
+        ("S3_RETENTION_DAYS", "30", "S3_BUCKET is not"),
+        ("CLEANUP_RULES", "/tmp/audio/*.mp3", "CLEANUP_RULES"),
+    ],
+)
+def test_each_bad_value_is_named_with_how_to_fix_it(tmp_path: Path, name: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, **{name: value})
+    assert len(caught.value.problems) == 1
+    assert name in caught.value.problems[0] and fragment in caught.value.problems[0]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, BACKUP_SCHEDULE="x", BACKUP_KEEP_MIN="-1", LOG_LEVEL="loud", FRESHNESS_LIMIT="soon")
+    assert len(caught.value.problems) == 4
+
+
+def test_no_secret_appears_in_problems_or_in_the_printed_configuration(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIsecret")
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, BACKUP_SOURCE="postgresql://app:hunter2@db/app", S3_BUCKET="b", S3_ENDPOINT_URL="ftp://k:pw9@x")
+    assert "hunter2" not in str(caught.value.problems) and "pw9" not in str(caught.value.problems)
+    config = load(tmp_path, BACKUP_SOURCE="sqlite:///app.db", CATALOG_URL="postgresql://c:catpw@db/cat", S3_BUCKET="b")
+    printed = str(config.describe())
+    assert "catpw" not in printed and "wJalrXUtnFEMIsecret" not in printed
+    assert "catpw" in config.secrets() and "wJalrXUtnFEMIsecret" in config.secrets()
+
+
+def test_cleanup_rules_that_would_sweep_the_backup_directory_or_the_database_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CLEANUP_RULES"):
+        load(tmp_path, BACKUP_DIR=str(tmp_path / "data" / "backups"), CLEANUP_RULES=f"{tmp_path}/data/**=1d")
+    with pytest.raises(ConfigError, match="CLEANUP_RULES"):
+        load(tmp_path, BACKUP_SOURCE=f"sqlite:///{tmp_path}/db/app.db", CLEANUP_RULES=f"{tmp_path}/db/*.db=1d")
+    with pytest.raises(ConfigError, match="CLEANUP_RULES"):
+        load(tmp_path, CLEANUP_RULES="/**=1d")
+    assert len(load(tmp_path, CLEANUP_RULES="/tmp/audio/*.mp3=24h;/tmp/app/tmp/**=6h").cleanup_rules) == 2
