@@ -1,0 +1,77 @@
+"""Cleanup as a user runs it: by hand, and on its schedule inside `run` next to a running backup."""
+
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+from tests.e2e.test_cli import read_events
+from tests.integration.test_sqlite_backup import fill
+
+DAY = 86400
+
+
+def make_files(directory: Path, count: int, age_s: float, suffix: str = ".mp3") -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    then = time.time() - age_s
+    paths = []
+    for i in range(count):
+        path = directory / f"reply-{i}-{int(age_s)}{suffix}"
+        path.write_bytes(b"\0" * 1000)
+        os.utime(path, (then, then))
+        paths.append(path)
+    return paths
+
+
+def test_cleanup_by_hand_removes_old_files_reports_them_and_dry_run_removes_nothing(tmp_path: Path, worker) -> None:
+    audio = tmp_path / "audio"
+    old = make_files(audio, 5, 2 * DAY)
+    new = make_files(audio, 3, 60)
+    rules = {"CLEANUP_RULES": f"{audio}/*.mp3=24h"}
+    preview = worker("cleanup", "--dry-run", env=rules)
+    assert preview.code == 0 and "would remove 5 files" in preview.stdout
+    assert all(p.exists() for p in old)
+    done = worker("cleanup", env=rules)
+    assert done.code == 0 and "removed 5 files, 4.9 KiB" in done.stdout
+    outcome = done.event("job.succeeded")
+    assert outcome["job"] == "cleanup" and outcome["files"] == 5 and outcome["bytes"] == 5000
+    assert not any(p.exists() for p in old) and all(p.exists() for p in new)
+    status = json.loads(worker("status", "--json").stdout)
+    assert status["jobs"]["cleanup"]["outcome"] == "succeeded"
+
+
+def test_a_rule_that_would_sweep_the_backups_is_refused_at_start(tmp_path: Path, worker) -> None:
+    result = worker("run", env={"CLEANUP_RULES": f"{tmp_path}/**=1h"}, timeout=20)
+    assert result.code == 2 and "CLEANUP_RULES" in result.stderr
+    assert not (tmp_path / "backups").exists() or list((tmp_path / "backups").glob("*.zst")) == []
+
+
+def test_cleanup_runs_on_its_schedule_beside_a_running_backup_without_waiting_for_it(tmp_path: Path, worker_env) -> None:
+    db = tmp_path / "big.db"
+    fill(db, 40)
+    audio = tmp_path / "audio"
+    old = make_files(audio, 50, 2 * DAY)
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{db}", "BACKUP_COMPRESSION_LEVEL": "19",
+           "CLEANUP_RULES": f"{audio}/*.mp3=24h", "CLEANUP_SCHEDULE": "* * * * *"}
+    # Start a few seconds before a minute turns, so the cleanup fires while the catch-up backup runs.
+    while not 52 <= time.time() % 60 < 55:
+        time.sleep(0.2)
+    process = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        events = read_events(process, "job.succeeded", 40)
+        first = events[-1]
+        assert first["job"] == "cleanup", "the cleanup waited for the backup"
+        backup_started = next(e for e in events if e["event"] == "job.started" and e["job"] == "backup")
+        assert backup_started["ts"] < first["ts"]
+        assert not any(p.exists() for p in old)
+        later = read_events(process, "job.succeeded", 60)[-1]
+        assert later["job"] == "backup"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(12) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
