@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass, field
 from datetime import datetime
-import json
 from typing import Any
 
 from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, parse_iso, read_manifest
@@ -82,7 +81,3 @@ def delete_backup(destination: Destination, backup: Backup) -> None:
     """Delete a backup: the manifest first, so that an interrupted delete never leaves a set that looks whole."""
     destination.delete(backup.manifest_key)
     destination.delete(backup.artifact)
-
-
-def manifest_json(manifest: dict[str, Any]) -> str:
-    return json.dumps(manifest, sort_keys=True)

@@ -1,0 +1,48 @@
+import io
+import json
+import logging
+
+import structlog
+
+from worker import logs
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_our_events_and_library_records_are_one_json_object_per_line_with_secrets_scrubbed() -> None:
+    stream = io.StringIO()
+    logs.configure("info", "json", secrets=["hunter2"], stream=stream)
+    with structlog.contextvars.bound_contextvars(job="backup", run_id="abc"):
+        structlog.get_logger("jobs.pipeline").info("backup.written", url="postgresql://app:hunter2@db/app", size=3)
+    logging.getLogger("apscheduler.scheduler").warning("Run time of job %s was missed", "backup")
+    logging.getLogger("sqlalchemy").error("connect failed: password hunter2 rejected")
+    ours, library, other = lines(stream)
+    assert ours["event"] == "backup.written" and ours["job"] == "backup" and ours["run_id"] == "abc"
+    assert ours["url"] == "postgresql://app:***@db/app" and ours["level"] == "info" and ours["ts"].endswith("Z")
+    assert library["event"] == "Run time of job backup was missed" and library["logger"] == "apscheduler.scheduler"
+    assert "hunter2" not in stream.getvalue() and other["level"] == "error"
+
+
+def test_tracebacks_are_logged_as_text_without_frame_locals() -> None:
+    stream = io.StringIO()
+    logs.configure("info", "json", secrets=[], stream=stream)
+    password = "local-secret-value"
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        structlog.get_logger("t").error("job.crashed", exc_info=True)
+    (event,) = lines(stream)
+    assert "RuntimeError: boom" in event["exception"]
+    assert password not in stream.getvalue()
+
+
+def test_apscheduler_chatter_is_hidden_unless_debug() -> None:
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    logging.getLogger("apscheduler.executors.default").info('Running job "backup"')
+    assert stream.getvalue() == ""
+    logs.configure("debug", "json", stream=stream)
+    logging.getLogger("apscheduler.executors.default").info('Running job "backup"')
+    assert lines(stream)[0]["event"] == 'Running job "backup"'
