@@ -95,6 +95,7 @@ def dispatch(ctx: Context, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(0o077)  # backups, snapshots, journals and the catalog are readable by this user only
     debug = os.environ.get("LOG_LEVEL", "").strip().lower() == "debug"
     try:
         config = load_config()

@@ -10,6 +10,7 @@ missing file is never created and the source is never written.
 from collections.abc import Iterator
 from contextlib import contextmanager, closing
 from dataclasses import dataclass
+import os
 from pathlib import Path
 import re
 import sqlite3
@@ -48,6 +49,11 @@ def _interrupt_when(cancel: threading.Event, connection: sqlite3.Connection) -> 
         watcher.join()
 
 
+def _create_private(path: Path) -> None:
+    """Create `path` empty with mode 0600, so that SQLite fills a file only we can read (it keeps the mode)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _reason(error: sqlite3.Error) -> str:
     return str(error).rstrip(".") or type(error).__name__
 
@@ -75,6 +81,7 @@ class SqliteSource:
         self._require_file()
         if cancel.is_set():
             raise Cancelled("the worker is stopping; the snapshot was not started")
+        _create_private(out)
         try:
             source = _connect(self.path, "ro")
         except sqlite3.Error as error:
@@ -102,6 +109,7 @@ class SqliteSource:
         Raise SourceError if the live database cannot be read or written.
         """
         self._require_file()
+        _create_private(safety_copy)
         try:
             with closing(_connect(self.path, "rw")) as live:
                 with closing(sqlite3.connect(safety_copy, isolation_level=None)) as safety:

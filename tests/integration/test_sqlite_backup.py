@@ -205,6 +205,7 @@ def test_restore_over_the_live_database_is_seen_by_open_connections(tmp_path: Pa
     assert app.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     safety = Path(result.event("job.succeeded")["safety_copy"])
     assert str(safety) in result.stdout
+    assert safety.stat().st_mode & 0o777 == 0o600
     saved = sqlite3.connect(safety)
     assert saved.execute("SELECT count(*) FROM messages").fetchone()[0] == 10
 
@@ -223,6 +224,7 @@ def test_restore_to_a_new_file_gives_the_same_database(tmp_path: Path, worker) -
     target = tmp_path / "copy.db"
     result = worker("restore", "--to", str(target))
     assert result.code == 0, result.stderr
+    assert target.stat().st_mode & 0o777 == 0o600
     assert sqlite3.connect(target).execute("SELECT count(*) FROM messages").fetchone()[0] == 1000
     again = worker("restore", "--to", str(target))
     assert again.code == 2 and "already exists" in again.stderr
@@ -285,3 +287,13 @@ def test_stale_temporaries_of_dead_runs_are_removed_but_a_live_runs_are_kept(tmp
     removed = LocalDestination(backups).remove_stale_temporaries()
     assert sorted(removed) == sorted([f".tmp-{dead}-app-20261122T020000Z.sqlite.zst", f".tmp-{dead}-verify-abc"])
     assert live.exists() and keep.exists()
+
+
+def test_the_raw_snapshot_is_private_while_it_exists(tmp_path: Path, app_db: Path) -> None:
+    out = tmp_path / "snap.db"
+    previous = os.umask(0o022)
+    try:
+        SqliteSource(app_db).snapshot(out, threading.Event())
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o600
