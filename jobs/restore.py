@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+import shutil
 import threading
 
 from jobs import artifacts, engines
 from jobs.backups import Backup
 from jobs.engines import Source
-from jobs.errors import IntegrityError, SourceError, StorageError
+from jobs.errors import IntegrityError, SourceError, SpaceError, StorageError
 
 
 def check_artifact(artifact: Path, backup: Backup, raw_out: Path, cancel: threading.Event) -> list[str]:
@@ -42,6 +43,11 @@ def check_artifact(artifact: Path, backup: Backup, raw_out: Path, cancel: thread
 def proven_raw(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event) -> Iterator[tuple[Path, list[str]]]:
     """Yield a temporary, proven raw copy of the backup and the checks that passed; delete it afterwards."""
     raw = artifacts.temp_path(workdir / f"{backup.id}.{backup.kind}")
+    needed = int(backup.manifest.get("raw_size") or 0) + (16 << 20)
+    free = shutil.disk_usage(workdir).free
+    if free < needed:
+        raise SpaceError(f"{workdir} has {free >> 20} MiB free but {backup.id} needs about {needed >> 20} MiB "
+                         "to be unpacked and checked; free space there, or restore elsewhere with --to PATH")
     try:
         checks = check_artifact(artifact, backup, raw, cancel)
         yield raw, checks

@@ -297,3 +297,19 @@ def test_the_raw_snapshot_is_private_while_it_exists(tmp_path: Path, app_db: Pat
     finally:
         os.umask(previous)
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_restore_refuses_up_front_when_the_target_volume_is_too_small(tmp_path: Path, worker, monkeypatch) -> None:
+    from jobs import restore as restoring
+    from jobs.backups import list_backups
+    from jobs.destinations.local import LocalDestination
+    from jobs.errors import SpaceError
+
+    assert worker("backup", "--no-upload").code == 0
+    local = LocalDestination(tmp_path / "backups")
+    (backup,), _ = list_backups(local)
+    monkeypatch.setattr(restoring.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 4096})())
+    target = tmp_path / "out.db"
+    with pytest.raises(SpaceError, match="MiB free but"):
+        restoring.restore_to_file(local.path(backup.artifact), backup, target, threading.Event())
+    assert not target.exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
