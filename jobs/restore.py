@@ -85,5 +85,5 @@ def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, 
         raise SourceError(f"restoring over a live {source.kind} source is not supported; use --to PATH", stage="restore")
     with proven_raw(artifact, backup, workdir, cancel) as (raw, checks):
         safety = safety_copy_path(database)
-        restore(raw, safety)
+        restore(raw, safety, cancel)
     return safety, checks

@@ -15,18 +15,39 @@ from pathlib import Path
 import re
 import sqlite3
 import threading
+import time
 from urllib.parse import quote
 
 from jobs.errors import Cancelled, IntegrityError, SourceError
 
 KIND = "sqlite"
-BUSY_TIMEOUT_S = 60.0
+BUSY_TIMEOUT_S = 60.0  # how long a snapshot or restore waits for another connection's lock
+_STEP_BUSY_S = 0.2  # each backup step waits this long for a lock, then we look at the clock and the cancel flag
+_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
 CHECK = "PRAGMA integrity_check"
 
 
-def _connect(path: Path, mode: str) -> sqlite3.Connection:
+def _connect(path: Path, mode: str, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
     uri = f"file:{quote(path.as_posix())}?mode={mode}"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+
+
+def _copy(source: sqlite3.Connection, target: sqlite3.Connection, cancel: threading.Event, what: str) -> None:
+    """Copy every page of `source` into `target` in one backup step.
+
+    CPython's `backup()` retries a busy step forever; the progress callback bounds that wait by BUSY_TIMEOUT_S and
+    stops at once when `cancel` is set. Raise Cancelled, or SourceError if the lock is never released.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+
+    def progress(status: int, _remaining: int, _total: int) -> None:
+        if cancel.is_set():
+            raise Cancelled(f"the worker is stopping; {what} was interrupted")
+        if status in _BUSY_CODES and time.monotonic() > deadline:
+            raise SourceError(f"{what} waited {BUSY_TIMEOUT_S:g} s for another connection's lock; "
+                              "a long write transaction is holding the database, try again when it ends")
+
+    source.backup(target, pages=-1, progress=progress, sleep=0.05)
 
 
 @contextmanager
@@ -83,17 +104,22 @@ class SqliteSource:
             raise Cancelled("the worker is stopping; the snapshot was not started")
         _create_private(out)
         try:
-            source = _connect(self.path, "ro")
+            self._snapshot_into(out, cancel)
+        finally:
+            for sidecar in ("-journal", "-wal", "-shm"):
+                out.with_name(out.name + sidecar).unlink(missing_ok=True)
+
+    def _snapshot_into(self, out: Path, cancel: threading.Event) -> None:
+        try:
+            source = _connect(self.path, "ro", timeout=_STEP_BUSY_S)
         except sqlite3.Error as error:
             raise SourceError(f"cannot open the SQLite database {self.path}: {_reason(error)}; check BACKUP_SOURCE and the file's permissions") from None
         try:
             with closing(source), closing(sqlite3.connect(out, isolation_level=None)) as target:
-                source.backup(target, pages=-1)
+                _copy(source, target, cancel, f"the snapshot of {self.path}")
                 # The copy carries the source's WAL flag; a plain rollback-journal file opens anywhere, read-only too.
                 target.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.DatabaseError as error:
-            for sidecar in ("-journal", "-wal", "-shm"):
-                out.with_name(out.name + sidecar).unlink(missing_ok=True)
             reason = _reason(error)
             if "disk is full" in reason or "disk I/O" in reason:
                 raise SourceError(f"cannot write the snapshot of {self.path} to {out.parent}: {reason}; free space on the volume", stage="snapshot") from None
@@ -102,7 +128,7 @@ class SqliteSource:
     def versions(self) -> dict[str, str]:
         return {"sqlite": sqlite3.sqlite_version}
 
-    def restore_over(self, raw: Path, safety_copy: Path) -> None:
+    def restore_over(self, raw: Path, safety_copy: Path, cancel: threading.Event) -> None:
         """Save the live database to `safety_copy`, then write `raw` into it through the backup API.
 
         Connections the app holds open see the restored data at their next transaction; the file is never torn.
@@ -111,12 +137,12 @@ class SqliteSource:
         self._require_file()
         _create_private(safety_copy)
         try:
-            with closing(_connect(self.path, "rw")) as live:
+            with closing(_connect(self.path, "rw", timeout=_STEP_BUSY_S)) as live:
                 with closing(sqlite3.connect(safety_copy, isolation_level=None)) as safety:
-                    live.backup(safety, pages=-1)
+                    _copy(live, safety, cancel, f"the safety copy of {self.path}")
                     safety.execute("PRAGMA journal_mode=DELETE")
                 with closing(_connect(raw, "ro")) as backup:
-                    backup.backup(live, pages=-1)
+                    _copy(backup, live, cancel, f"the restore into {self.path}")
         except sqlite3.Error as error:
             raise SourceError(f"cannot restore into {self.path}: {_reason(error)}; stop the app's writers and try again") from None
 

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -150,11 +151,11 @@ def test_run_with_a_recent_backup_does_not_catch_up(tmp_path: Path, worker, work
 
 
 def test_sigterm_during_a_backup_stops_within_ten_seconds_and_leaves_no_backup(tmp_path: Path, worker_env) -> None:
-    db = tmp_path / "big.db"
-    from tests.integration.test_sqlite_backup import fill
-
-    fill(db, 40)
-    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{db}", "BACKUP_COMPRESSION_LEVEL": "19"}
+    db = tmp_path / "locked.db"
+    make_app_db(db, wal=False)
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("BEGIN EXCLUSIVE")  # the backup is mid-way (waiting in its snapshot) when SIGTERM comes
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{db}"}
     process = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -165,8 +166,12 @@ def test_sigterm_during_a_backup_stops_within_ten_seconds_and_leaves_no_backup(t
         assert process.wait(12) == 0
         assert time.monotonic() - began < 10
     finally:
+        app.close()
         if process.poll() is None:
             process.kill()
+    tail = [json.loads(line) for line in process.stdout.read().splitlines() if line.startswith("{")]
+    failed = next(e for e in tail if e["event"] == "job.failed")
+    assert failed["stage"] == "cancelled" and "stopping" in failed["reason"]
     backups = tmp_path / "backups"
     assert list(backups.glob("*.zst")) == [] and list(backups.glob("*.json")) == []
     assert [p for p in backups.iterdir() if p.name.startswith(".tmp-")] == []

@@ -313,3 +313,45 @@ def test_restore_refuses_up_front_when_the_target_volume_is_too_small(tmp_path: 
     with pytest.raises(SpaceError, match="MiB free but"):
         restoring.restore_to_file(local.path(backup.artifact), backup, target, threading.Event())
     assert not target.exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+class Tripwire(threading.Event):
+    """A cancel flag that sets itself at its n-th look: it stops a job at a chosen point, deterministically."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.looks = after
+
+    def is_set(self) -> bool:
+        self.looks -= 1
+        if self.looks <= 0:
+            self.set()
+        return super().is_set()
+
+
+def test_a_stop_during_compression_leaves_only_removed_temporaries(tmp_path: Path) -> None:
+    from jobs.errors import Cancelled
+
+    db = tmp_path / "app.db"
+    fill(db, 8)
+    backups = tmp_path / "backups"
+    settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3))
+    with pytest.raises(Cancelled, match="compression was interrupted"):
+        pipeline.take_backup(SqliteSource(db), settings, Tripwire(after=4))
+    assert artifacts_in(backups) == [] and temporaries_in(backups) == []
+
+
+def test_a_source_locked_for_too_long_fails_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:
+    from jobs.engines import sqlite as engine
+    from jobs.errors import SourceError
+
+    db = make_app_db(tmp_path / "locked.db", wal=False)
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT_S", 0.5)
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(SourceError, match="waited 0.5 s for another connection's lock"):
+            SqliteSource(db).snapshot(tmp_path / "snap.db", threading.Event())
+    finally:
+        app.close()
+    assert not (tmp_path / "snap.db-journal").exists()
