@@ -14,19 +14,19 @@ from datetime import datetime, timedelta, timezone
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 import zstandard
 
-from jobs import artifacts, engines, retention
+from jobs import artifacts, engines, offsite, retention
 from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
-from jobs.errors import IntegrityError, SpaceError, StorageError
+from jobs.errors import IntegrityError, SpaceError, StorageError, UploadError
 
 log = structlog.get_logger("jobs.pipeline")
 
@@ -168,9 +168,12 @@ def apply_retention(destination: Destination, policy: retention.Policy, now: dat
     return result
 
 
-def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
-              upload: Callable[[Backup], None] | None = None) -> dict[str, Any]:
-    """A whole backup cycle: the backup, the off-site copy if configured, then retention. Return log fields."""
+def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event) -> dict[str, Any]:
+    """A whole backup cycle: the backup, the off-site copies if configured, then retention. Return log fields.
+
+    Retention runs only when everything before it succeeded: a failed upload keeps every local backup, and the
+    next cycle uploads every local backup the bucket lacks.
+    """
     local = LocalDestination(settings.backup_dir)
     removed = local.remove_stale_temporaries()
     if removed:
@@ -183,8 +186,12 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
         "raw_size": manifest["raw_size"],
         "verified": manifest["verified"]["check"],
     }
-    if upload is not None:
-        upload(manifest)
-    plan = apply_retention(local, settings.policy)
-    fields["pruned"] = [backup.id for backup in plan.delete]
+    if settings.remote is not None:
+        try:
+            fields["uploaded"] = offsite.sync(local, settings.remote, cancel)
+        except UploadError as error:
+            raise UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it") from None
+        if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
+            fields["pruned_remote"] = [b.id for b in apply_retention(settings.remote, settings.remote_policy).delete]
+    fields["pruned"] = [backup.id for backup in apply_retention(local, settings.policy).delete]
     return fields

@@ -13,12 +13,13 @@ from typing import Any
 
 import structlog
 
-from jobs import engines, pipeline, restore as restoring, retention
+from jobs import engines, offsite, pipeline, restore as restoring, retention
 from jobs.artifacts import ensure_dir, temp_prefix
 from jobs.backups import Backup, find, list_backups
 from jobs.cleanup import run_cleanup
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
+from jobs.destinations.s3 import S3Destination
 from jobs.durations import format_duration
 from jobs.engines import Source
 from jobs.errors import JobError, NotFound
@@ -44,6 +45,7 @@ class Context:
     cwd: Path
     cancel: threading.Event = field(default_factory=threading.Event)
     _catalog: Catalog | None = None
+    _remote: Destination | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -64,16 +66,28 @@ class Context:
         settings = self.config.s3
         if settings is None:
             return None
-        from jobs.destinations.s3 import S3Destination
+        if self._remote is None:
+            self._remote = S3Destination(settings.bucket, settings.prefix, settings.endpoint_url, settings.region)
+        return self._remote
 
-        return S3Destination(settings.bucket, settings.prefix, settings.endpoint_url, settings.region)
+    def policies(self) -> list[tuple[Destination, retention.Policy]]:
+        """Return each destination with its retention policy: local, then the bucket when configured."""
+        cfg = self.config
+        sides: list[tuple[Destination, retention.Policy]] = [(self.local, retention.Policy(cfg.retention_days, cfg.keep_min))]
+        remote = self.remote()
+        if remote is not None:
+            sides.append((remote, retention.Policy(cfg.s3.retention_days, cfg.keep_min)))
+        return sides
 
     def settings(self, upload: bool = True) -> pipeline.BackupSettings:
         cfg = self.config
+        remote = self.remote() if upload else None
         return pipeline.BackupSettings(
             backup_dir=cfg.backup_dir,
             compression_level=cfg.compression_level,
             policy=retention.Policy(cfg.retention_days, cfg.keep_min),
+            remote=remote,
+            remote_policy=retention.Policy(cfg.s3.retention_days, cfg.keep_min) if remote is not None else None,
             worker_version=__version__,
         )
 
@@ -120,7 +134,7 @@ def backup_job(ctx: Context, upload: bool = True) -> Outcome:
     def work() -> dict[str, Any]:
         source = ctx.source()
         with exclusive(ctx.config.backup_dir):
-            return pipeline.run_cycle(source, ctx.settings(), ctx.cancel)
+            return pipeline.run_cycle(source, ctx.settings(upload), ctx.cancel)
 
     return run_job("backup", ctx.catalog, work)
 
@@ -132,6 +146,8 @@ def cmd_backup(ctx: Context, no_upload: bool) -> int:
         say(f"backup {outcome.fields['artifact']} written to {ctx.config.backup_dir} "
             f"({human_size(outcome.fields['raw_size'])} -> {human_size(outcome.fields['size'])}, "
             f"{outcome.fields['verified']} passed)")
+        if outcome.fields.get("uploaded"):
+            say(f"uploaded {', '.join(outcome.fields['uploaded'])} to {ctx.remote().url()}")
     return report_failure(outcome)
 
 
@@ -237,7 +253,7 @@ def confirm(question: str, assume_yes: bool) -> None:
 
 
 def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None, target_url: str | None,
-                assume_yes: bool) -> int:
+                assume_yes: bool, fallback: bool = False) -> int:
     if target_url:
         raise UsageError("--target-url restores into a PostgreSQL or Redis server, which this version does not support yet; use --to PATH")
     destination, where = _where(ctx, from_s3)
@@ -255,11 +271,16 @@ def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None
     workdir = to.parent if to else _workdir(ctx)
 
     def work() -> dict[str, Any]:
-        backups, _ = list_backups(destination)
-        backup = _select(backups, wanted, where)
-        log.info("restore.selected", backup=backup.id, location=destination.location)
         with tempfile.TemporaryDirectory(prefix=temp_prefix() + "restore-", dir=workdir) as scratch:
-            artifact = _fetch(ctx, destination, backup, Path(scratch))
+            if from_s3:
+                backup, artifact, notes = offsite.pick_restorable(destination, Path(scratch), ctx.cancel, wanted, fallback)
+                for note in notes:
+                    log.warning("restore.note", note=note)
+            else:
+                backups, _ = list_backups(destination)
+                backup = _select(backups, wanted, where)
+                artifact = _fetch(ctx, destination, backup, Path(scratch))
+            log.info("restore.selected", backup=backup.id, location=destination.location, created_at=backup.manifest["created_at"])
             if to is not None:
                 checks = restoring.restore_to_file(artifact, backup, to, ctx.cancel)
                 return {"backup": backup.id, "restored_to": str(to), "checks": checks}
@@ -268,7 +289,7 @@ def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None
 
     outcome = run_job("restore", ctx.catalog, work)
     if outcome.ok:
-        say(f"restored {outcome.fields['backup']} to {outcome.fields['restored_to']} "
+        say(f"restored {outcome.fields['backup']} from {destination.location} to {outcome.fields['restored_to']} "
             f"({', '.join(outcome.fields['checks'])} passed)")
         if "safety_copy" in outcome.fields:
             say(f"the previous database was saved as {outcome.fields['safety_copy']}")
@@ -278,10 +299,8 @@ def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None
 # --- prune and cleanup ----------------------------------------------------------------------------------------
 
 def cmd_prune(ctx: Context, dry_run: bool) -> int:
-    policy = retention.Policy(ctx.config.retention_days, ctx.config.keep_min)
-
     def work() -> dict[str, Any]:
-        sides = [(ctx.local, policy)]
+        sides = ctx.policies()
         with exclusive(ctx.config.backup_dir):
             fields: dict[str, Any] = {"dry_run": dry_run}
             for destination, side_policy in sides:
@@ -291,7 +310,7 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
                     + (" (dry run: nothing deleted)" if dry_run else ""))
                 for row in plan.describe():
                     say(f"  {row['action']:<6} {row['id']:<40} {row['reason']}")
-                if not dry_run:
+                if not dry_run and plan.delete:
                     pipeline.apply_retention(destination, side_policy)
                 fields[f"{destination.location}_delete"] = [b.id for b in plan.delete]
             return fields

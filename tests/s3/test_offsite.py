@@ -1,0 +1,203 @@
+"""Off-site logic over real backups: upload what the bucket lacks, in order, and restore only what checks out."""
+
+from pathlib import Path
+import threading
+from typing import Any
+
+import pytest
+
+from jobs import offsite
+from jobs.artifacts import sha256_file
+from jobs.backups import Backup, list_backups
+from jobs.destinations.local import LocalDestination
+from jobs.destinations.s3 import S3Destination
+from jobs.errors import Cancelled, IntegrityError, NotFound
+
+Remote = LocalDestination | S3Destination
+Local = tuple[LocalDestination, list[Backup]]
+
+
+def ids(backups: list[Backup]) -> list[str]:
+    return [backup.id for backup in backups]
+
+
+def replace_remote(remote: Remote, key: str, data: bytes, tmp_path: Path) -> None:
+    """Overwrite one object on the remote side, as damage in the bucket would."""
+    staging = tmp_path / "staging"
+    staging.write_bytes(data)
+    remote.put(staging, key, threading.Event())
+    staging.unlink()
+
+
+def corrupt(remote: Remote, backup: Backup, tmp_path: Path) -> None:
+    """Flip one byte in the middle of the remote artifact, keeping its size."""
+    copy = tmp_path / "corrupt-copy"
+    remote.get(backup.artifact, copy, threading.Event())
+    data = bytearray(copy.read_bytes())
+    copy.unlink()
+    data[len(data) // 2] ^= 0xFF
+    replace_remote(remote, backup.artifact, bytes(data), tmp_path)
+
+
+class Recording:
+    """A destination that records the order of puts and delegates everything to another."""
+
+    def __init__(self, inner: Remote) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.puts: list[str] = []
+
+    def put(self, path: Path, key: str, cancel: threading.Event) -> None:
+        self.puts.append(key)
+        self.inner.put(path, key, cancel)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_missing_remote_lists_what_the_bucket_lacks_oldest_first(local_backups: Local) -> None:
+    _, backups = local_backups
+    oldest, middle, newest = backups
+    assert ids(offsite.missing_remote(list(reversed(backups)), [middle])) == [oldest.id, newest.id]
+    assert offsite.missing_remote(backups, backups) == []
+    assert ids(offsite.missing_remote(backups, [])) == ids(backups)
+
+
+def test_sync_uploads_every_missing_backup_oldest_first_then_nothing(local_backups: Local, remote: Remote) -> None:
+    local, backups = local_backups
+    assert offsite.sync(local, remote, threading.Event()) == ids(backups)
+    uploaded, problems = list_backups(remote)
+    assert problems == []
+    assert ids(uploaded) == ids(list(reversed(backups)))
+    assert [(b.sha256, b.size) for b in uploaded] == [(b.sha256, b.size) for b in reversed(backups)]
+    assert offsite.sync(local, remote, threading.Event()) == []
+
+
+def test_sync_uploads_again_a_backup_whose_upload_was_interrupted(local_backups: Local, remote: Remote) -> None:
+    local, backups = local_backups
+    newest = backups[-1]
+    remote.put(local.path(newest.artifact), newest.artifact, threading.Event())  # artifact without manifest
+    assert offsite.sync(local, remote, threading.Event()) == ids(backups)
+    assert ids(list_backups(remote)[0]) == ids(list(reversed(backups)))
+
+
+def test_upload_puts_the_artifact_before_its_manifest(local_backups: Local, remote: Remote) -> None:
+    local, backups = local_backups
+    recording = Recording(remote)
+    offsite.sync(local, recording, threading.Event())  # type: ignore[arg-type]
+    expected = [key for backup in backups for key in (backup.artifact, backup.manifest_key)]
+    assert recording.puts == expected
+
+
+def test_a_cancel_during_the_artifact_upload_leaves_no_manifest(local_backups: Local, remote: Remote, tripwire: Any) -> None:
+    local, backups = local_backups
+    with pytest.raises(Cancelled):
+        offsite.upload_backup(local, remote, backups[0], tripwire(after=0))
+    assert [entry.key for entry in remote.list() if entry.key.endswith(".json")] == []
+    assert list_backups(remote)[0] == []
+
+
+def test_fetch_verified_returns_an_artifact_whose_checksum_matches(local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    local, backups = local_backups
+    offsite.sync(local, remote, threading.Event())
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    path = offsite.fetch_verified(remote, backups[-1], workdir, threading.Event())
+    assert path.parent == workdir
+    assert sha256_file(path) == backups[-1].sha256
+
+
+def test_fetch_verified_refuses_a_corrupt_artifact_and_removes_the_download(local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    local, backups = local_backups
+    offsite.sync(local, remote, threading.Event())
+    corrupt(remote, backups[-1], tmp_path)
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    with pytest.raises(IntegrityError) as raised:
+        offsite.fetch_verified(remote, backups[-1], workdir, threading.Event())
+    assert f"{backups[-1].artifact} in " in str(raised.value)
+    assert "SHA-256" in str(raised.value)
+    assert list(workdir.iterdir()) == []
+
+
+def test_the_latest_intact_backup_is_restored_from_an_empty_volume(local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    local, backups = local_backups
+    offsite.sync(local, remote, threading.Event())
+    workdir = tmp_path / "empty-volume"
+    workdir.mkdir()
+    backup, path, notes = offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=False)
+    assert (backup.id, notes) == (backups[-1].id, [])
+    assert sha256_file(path) == backups[-1].sha256
+
+
+def test_a_corrupt_newest_backup_is_refused_unless_fallback_is_asked(local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    local, backups = local_backups
+    offsite.sync(local, remote, threading.Event())
+    corrupt(remote, backups[-1], tmp_path)
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    with pytest.raises(IntegrityError) as raised:
+        offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=False)
+    message = str(raised.value)
+    assert f"the newest backup {backups[-1].id} cannot be restored" in message
+    assert "--fallback" in message and backups[-2].id in message
+    assert list(workdir.iterdir()) == []
+
+    backup, path, notes = offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=True)
+    assert backup.id == backups[-2].id
+    assert sha256_file(path) == backups[-2].sha256
+    assert len(notes) == 1 and notes[0].startswith(f"skipped {backups[-1].id}: ")
+
+
+def test_a_truncated_newest_backup_counts_as_damaged_too(local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    local, backups = local_backups
+    offsite.sync(local, remote, threading.Event())
+    replace_remote(remote, backups[-1].artifact, local.path(backups[-1].artifact).read_bytes()[:-100], tmp_path)
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    with pytest.raises(IntegrityError) as raised:
+        offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=False)
+    assert backups[-1].artifact in str(raised.value) and "--fallback" in str(raised.value)
+    backup, _, notes = offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=True)
+    assert backup.id == backups[-2].id
+    assert any(backups[-1].artifact in note for note in notes)
+
+
+def test_an_artifact_without_manifest_is_an_unfinished_upload_not_damage(local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    local, backups = local_backups
+    for backup in backups[:-1]:
+        offsite.upload_backup(local, remote, backup, threading.Event())
+    remote.put(local.path(backups[-1].artifact), backups[-1].artifact, threading.Event())
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    backup, _, notes = offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=False)
+    assert backup.id == backups[-2].id
+    assert any("has no manifest" in note for note in notes)
+
+
+def test_when_every_backup_is_damaged_even_fallback_fails(local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    local, backups = local_backups
+    offsite.sync(local, remote, threading.Event())
+    for backup in backups:
+        corrupt(remote, backup, tmp_path)
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    with pytest.raises(IntegrityError, match="none of the 3 complete backups"):
+        offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=True)
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_wanted_id_is_restored_or_not_found(local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    local, backups = local_backups
+    offsite.sync(local, remote, threading.Event())
+    workdir = tmp_path / "restore"
+    workdir.mkdir()
+    backup, path, _ = offsite.pick_restorable(remote, workdir, threading.Event(), backups[0].id, fallback=False)
+    assert backup.id == backups[0].id and sha256_file(path) == backups[0].sha256
+    with pytest.raises(NotFound):
+        offsite.pick_restorable(remote, workdir, threading.Event(), "app-20000101T000000Z", fallback=False)
+
+
+def test_an_empty_remote_has_nothing_to_restore(remote: Remote, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no complete backup"):
+        offsite.pick_restorable(remote, tmp_path, threading.Event(), None, fallback=True)
