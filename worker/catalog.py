@@ -103,7 +103,7 @@ def open_catalog(url: str) -> Catalog:
         engine = create_engine(url, connect_args={"timeout": 30} if parsed.get_backend_name() == "sqlite" else {})
         metadata.create_all(engine)
         return Catalog(engine)
-    except (SQLAlchemyError, OSError) as error:
-        log.warning("catalog.unavailable", error=error.__class__.__name__,
-                    hint="run history will not be recorded; check CATALOG_URL")
+    except (SQLAlchemyError, OSError, ImportError) as error:
+        log.warning("catalog.unavailable", error=error.__class__.__name__, detail=str(error)[:200],
+                    hint="run history will not be recorded; check CATALOG_URL and that its driver is installed")
         return Catalog(None)

@@ -122,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobError as error:
         print(str(error), file=sys.stderr)
         return EXIT_FAILED
+    except OSError as error:
+        if debug:
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        print(f"cannot use{where}: {error.strerror or error}; check the path and its permissions (BACKUP_DIR, BACKUP_SOURCE)", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:
         if debug:
             raise
