@@ -6,7 +6,7 @@ fires when *either* matches. We translate the day-of-week field to names and bui
 second case, so that `0 2 * * 0` fires on Sundays and `0 0 1 * 1` fires on the 1st and on every Monday.
 """
 
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, timezone as dt_timezone, tzinfo
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
@@ -65,6 +65,55 @@ def translate_day_of_week(field: str) -> str:
     return ",".join(_DAY_NAMES[day] for day in sorted(days))
 
 
+class OncePerWallClock(BaseTrigger):
+    """A trigger that always moves forward in real time and fires at most once per local wall-clock time.
+
+    APScheduler 3.11's CronTrigger computes "after the previous run" as `previous + 1 µs` in wall-clock
+    arithmetic; inside the repeated hour when clocks go back that lands an hour *earlier*, and it returns the same
+    time again, so the scheduler loops forever (agronholm/apscheduler#1021). This wrapper never gives the inner
+    trigger a previous time: it asks for the first fire time after an instant computed in UTC. And when 02:30
+    happens twice, it fires once, as cron does (an hourly job skips the repeated hour).
+    """
+
+    def __init__(self, inner: BaseTrigger, timezone: tzinfo) -> None:
+        self.inner = inner
+        self.timezone = timezone
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        start = now
+        if previous_fire_time is not None:
+            start = min(now, self._after(previous_fire_time))
+        for _ in range(_MAX_PROBES):
+            fire = self.inner.get_next_fire_time(None, start)
+            if fire is None:
+                return None
+            if fire < start:  # no progress from the inner trigger: step past it ourselves
+                start = self._after(start, timedelta(minutes=1))
+                continue
+            if previous_fire_time is not None and (
+                fire <= previous_fire_time or _wall(fire, self.timezone) == _wall(previous_fire_time, self.timezone)
+            ):
+                start = self._after(fire)
+                continue
+            return fire
+        return None
+
+    def _after(self, moment: datetime, step: timedelta = timedelta(microseconds=1)) -> datetime:
+        """Return `moment + step` computed in UTC (real time), in the trigger's time zone."""
+        return (moment.astimezone(dt_timezone.utc) + step).astimezone(self.timezone)
+
+    def __str__(self) -> str:
+        return str(self.inner)
+
+
+_MAX_PROBES = 1000
+
+
+def _wall(moment: datetime, zone: tzinfo) -> datetime:
+    """Return the local wall-clock time of `moment`, without zone or fold."""
+    return moment.astimezone(zone).replace(tzinfo=None, fold=0)
+
+
 def cron_trigger(expression: str, timezone: tzinfo) -> BaseTrigger:
     """Given a standard crontab expression and a time zone, return an APScheduler trigger with cron's meaning.
 
@@ -83,15 +132,15 @@ def cron_trigger(expression: str, timezone: tzinfo) -> BaseTrigger:
         raise ValueError(f"{expression!r}: {error}") from None
     try:
         if day != "*" and day_of_week != "*":
-            return OrTrigger(
+            return OncePerWallClock(OrTrigger(
                 [
                     CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=timezone),
                     CronTrigger(minute=minute, hour=hour, month=month, day_of_week=weekdays, timezone=timezone),
                 ]
-            )
-        return CronTrigger(
+            ), timezone)
+        return OncePerWallClock(CronTrigger(
             minute=minute, hour=hour, day=day, month=month, day_of_week=weekdays, timezone=timezone
-        )
+        ), timezone)
     except ValueError as error:
         raise ValueError(f"{expression!r}: {error}") from None
 
@@ -107,7 +156,7 @@ def next_fire_times(trigger: BaseTrigger, now: datetime, count: int) -> list[dat
             break
         times.append(fire)
         previous = fire
-        moment = fire + timedelta(microseconds=1)
+        moment = (fire.astimezone(dt_timezone.utc) + timedelta(microseconds=1)).astimezone(fire.tzinfo)
     return times
 
 

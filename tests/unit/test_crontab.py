@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -73,3 +73,44 @@ def test_bad_expression_is_refused_with_a_message_naming_the_problem(expression:
 def test_daily_schedule_has_a_one_day_period_and_hourly_one_hour() -> None:
     assert period(cron_trigger("0 2 * * *", UTC), SUNDAY_NOON).total_seconds() == 86400
     assert period(cron_trigger("@hourly", UTC), SUNDAY_NOON).total_seconds() == 3600
+
+
+def test_a_backup_fires_once_on_the_night_clocks_go_back() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    fires = next_fire_times(cron_trigger("30 2 * * *", berlin), datetime(2026, 10, 24, 12, 0, tzinfo=berlin), 3)
+    assert [f.strftime("%m-%d %H:%M") for f in fires] == ["10-25 02:30", "10-26 02:30", "10-27 02:30"]
+
+
+def test_an_hourly_job_moves_on_across_the_repeated_hour_instead_of_looping() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    trigger = cron_trigger("0 * * * *", berlin)
+    fires = next_fire_times(trigger, datetime(2026, 10, 25, 0, 30, tzinfo=berlin), 4)
+    assert [f.astimezone(UTC).strftime("%H:%M") for f in fires] == ["23:00", "00:00", "02:00", "03:00"]
+    # What APScheduler's scheduler does: ask again with the last run and a "now" inside the repeated hour.
+    inside = datetime(2026, 10, 25, 1, 0, 30, tzinfo=UTC).astimezone(berlin)
+    assert trigger.get_next_fire_time(fires[1], inside) > fires[1]
+
+
+# Two days before each of 2026's clock changes.
+CHANGES = [("Europe/Berlin", "2026-03-27"), ("Europe/Berlin", "2026-10-23"), ("America/New_York", "2026-03-06"),
+           ("America/New_York", "2026-10-30"), ("Australia/Sydney", "2026-04-03"), ("Australia/Sydney", "2026-10-02"),
+           ("UTC", "2026-10-23")]
+
+
+@pytest.mark.parametrize("expression", ["*/15 * * * *", "30 2 * * *", "0 */2 * * *", "0 * * * *", "0 2 * * 0", "0 0 1 * 1"])
+@pytest.mark.parametrize("zone, start", CHANGES)
+def test_fire_times_always_move_forward_through_clock_changes(expression: str, zone: str, start: str) -> None:
+    tz = ZoneInfo(zone)
+    trigger = cron_trigger(expression, tz)
+    previous, moment = None, datetime.fromisoformat(start).replace(tzinfo=tz)
+    seen = set()
+    for _ in range(400):
+        fire = trigger.get_next_fire_time(previous, moment)
+        assert fire is not None
+        if previous is not None:
+            assert fire > previous
+        wall = fire.replace(tzinfo=None, fold=0)
+        assert wall not in seen
+        seen.add(wall)
+        # Like the scheduler: the run happened, now is a moment later.
+        previous, moment = fire, (fire.astimezone(UTC) + timedelta(seconds=5)).astimezone(tz)
