@@ -38,6 +38,7 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SUBDIRECTORY = _DIRECTORY | os.O_NOFOLLOW
 _STOPPING = "the worker is stopping; cleanup stopped early"
 _LABELS = ("backup directory", "app directory", "home directory")
+SYSTEM_DIRECTORIES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr")
 
 # One matcher per glob segment below the base; None stands for `**`.
 Matcher = Callable[[str], object] | None
@@ -297,6 +298,9 @@ def dangerous_rule_reason(rule: CleanupRule, protected: list[Path], database_fil
     bases = _variants(rule.base)
     if "/" in bases:
         return "would sweep the root directory /; point it at a narrower directory"
+    for system in SYSTEM_DIRECTORIES:
+        if any(_relative_parts(base, system) is not None for base in bases):
+            return f"would sweep the system directory {system}; cleanup is for the app's temp and audio files"
     backup_dir, *others = protected
     for index, directory in enumerate(others, start=1):  # the app and home directories: never an ancestor
         label = _LABELS[index] if index < len(_LABELS) else "protected directory"
@@ -531,15 +535,24 @@ def _enter(chain: list[tuple[str, int]], directory: tuple[str, ...]) -> int:
 
 
 def run_cleanup(rules: Sequence[CleanupRule], *, dry_run: bool, now: datetime | None,
-                cancel: threading.Event) -> CleanupReport:
+                cancel: threading.Event, guard: Callable[[CleanupRule], str | None] | None = None) -> CleanupReport:
     """Given the rules, plan each in turn and (unless `dry_run`) remove what it found; return what was removed
     (or would be) per rule and in total. Each rule is logged as `cleanup.rule`; a missing base directory is a
-    `cleanup.missing_directory` warning, not an error. Raise Cancelled if `cancel` is set before the end."""
+    `cleanup.missing_directory` warning, not an error. `guard` (usually `dangerous_rule_reason` bound to the
+    protected paths) is asked again before each rule, with symlinks resolved now: a rule whose base became a
+    link into protected ground since start is refused and counted as failed. Raise Cancelled if `cancel` is set
+    before the end."""
     moment = now or datetime.now(timezone.utc)
     report = CleanupReport(dry_run=dry_run)
     for rule in rules:
         if cancel.is_set():
             raise Cancelled(_STOPPING)
+        refusal = guard(rule) if guard is not None else None
+        if refusal:
+            log.warning("cleanup.rule_refused", rule=rule.describe(), reason=refusal)
+            refused = RulePlan(rule=rule, now=moment.timestamp(), failed=1, errors=[f"refused: {refusal}"])
+            report.rules.append(preview(refused))
+            continue
         plan = plan_rule(rule, now=moment, cancel=cancel)
         if plan.missing:
             log.warning("cleanup.missing_directory", rule=rule.describe(), directory=str(rule.base))

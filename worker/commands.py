@@ -320,7 +320,8 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
 
 def cleanup_job(ctx: Context, dry_run: bool = False) -> Outcome:
     def work() -> dict[str, Any]:
-        report = run_cleanup(ctx.config.cleanup_rules, dry_run=dry_run, now=None, cancel=ctx.cancel)
+        report = run_cleanup(ctx.config.cleanup_rules, dry_run=dry_run, now=None, cancel=ctx.cancel,
+                             guard=ctx.config.cleanup_guard)
         return report.fields()
 
     return run_job("cleanup", ctx.catalog, work)

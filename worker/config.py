@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 import os
 from pathlib import Path
+import re
 from typing import Mapping
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
@@ -58,8 +60,14 @@ class Config:
     catalog_url: str
     log_level: str
     log_format: str
+    protected_paths: tuple[Path, ...]  # backup directory, app directory, home: what cleanup must never sweep
+    database_file: Path | None
     backup_trigger: BaseTrigger = field(compare=False, repr=False)
     cleanup_trigger: BaseTrigger = field(compare=False, repr=False)
+
+    def cleanup_guard(self, rule: CleanupRule) -> str | None:
+        """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
+        return dangerous_rule_reason(rule, list(self.protected_paths), self.database_file)
 
     def secrets(self) -> list[str]:
         """Return every secret value the configuration holds, so that logs can scrub them."""
@@ -96,6 +104,16 @@ class Config:
             "LOG_LEVEL": self.log_level,
             "LOG_FORMAT": self.log_format,
         }
+
+
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
 
 
 def _mask_key(value: str | None) -> str | None:
@@ -146,8 +164,11 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     backup_dir = Path(env.get("BACKUP_DIR", "").strip() or default_dir)
     if not backup_dir.is_absolute():
         backup_dir = cwd / backup_dir
-    if backup_dir.exists() and not backup_dir.is_dir():
-        problems.append(f"BACKUP_DIR={backup_dir} exists and is not a directory; point it at a directory")
+    try:
+        if backup_dir.exists() and not backup_dir.is_dir():
+            problems.append(f"BACKUP_DIR={backup_dir} exists and is not a directory; point it at a directory")
+    except OSError as error:
+        problems.append(f"BACKUP_DIR={backup_dir} cannot be read ({error.strerror}); fix its permissions or choose another")
 
     tz_name = (env.get("BACKUP_TIMEZONE") or env.get("TZ") or "UTC").strip().lstrip(":")
     try:
@@ -168,20 +189,25 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
 
     retention_days = _int(env, "BACKUP_RETENTION_DAYS", 7, 0, 36500, problems)
     keep_min = _int(env, "BACKUP_KEEP_MIN", 3, 1, 10000, problems)
-    level = _int(env, "BACKUP_COMPRESSION_LEVEL", 3, 1, 22, problems)
+    # 20-22 are zstd's "ultra" levels: windows up to 128 MiB, hundreds of MiB of memory, and jobs too long to stop
+    # within the 10 s SIGTERM promise; 19 is the highest level we accept.
+    level = _int(env, "BACKUP_COMPRESSION_LEVEL", 3, 1, 19, problems)
 
     s3 = None
     bucket = env.get("S3_BUCKET", "").strip()
     s3_retention = env.get("S3_RETENTION_DAYS", "").strip()
     if bucket:
         endpoint = env.get("S3_ENDPOINT_URL", "").strip() or None
-        if endpoint and not endpoint.startswith(("http://", "https://")):
-            problems.append(f"S3_ENDPOINT_URL={mask_url(endpoint)!r} must start with https:// (or http://)")
+        if endpoint and (not endpoint.startswith(("http://", "https://")) or not _hostname(endpoint)):
+            problems.append(f"S3_ENDPOINT_URL={mask_url(endpoint)!r} must be a URL like https://host[:port]")
+        region = env.get("S3_REGION", "").strip() or "us-east-1"
+        if not _REGION.match(region):
+            problems.append(f"S3_REGION={region!r} is not a region name; use one like us-east-1, eu-central-003 or auto")
         s3 = S3Settings(
             bucket=bucket,
             prefix=env.get("S3_PREFIX", "").strip().strip("/"),
             endpoint_url=endpoint,
-            region=env.get("S3_REGION", "").strip() or "us-east-1",
+            region=region,
             retention_days=_int(env, "S3_RETENTION_DAYS", 0, 1, 36500, problems) if s3_retention else None,
         )
     elif s3_retention or env.get("S3_PREFIX") or env.get("S3_ENDPOINT_URL"):
@@ -231,6 +257,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         catalog_url=catalog_url,
         log_level=log_level,
         log_format=log_format,
+        protected_paths=tuple(protected),
+        database_file=database_file,
         backup_trigger=triggers["BACKUP_SCHEDULE"],
         cleanup_trigger=triggers["CLEANUP_SCHEDULE"],
     )

@@ -79,3 +79,27 @@ def test_cleanup_runs_on_its_schedule_beside_a_running_backup_without_waiting_fo
         app.close()
         if process.poll() is None:
             process.kill()
+
+
+def test_a_rule_whose_base_becomes_a_link_into_the_app_is_refused_at_run_time(tmp_path: Path, app_db: Path) -> None:
+    import threading
+
+    from jobs.cleanup import run_cleanup
+    from worker.config import load_config
+
+    base = tmp_path / "scratch"  # missing when the worker starts: only a warning
+    config = load_config({"BACKUP_SOURCE": f"sqlite:///{app_db}", "BACKUP_DIR": str(tmp_path / "backups"),
+                          "CLEANUP_RULES": f"{base}/**=1s"}, cwd=tmp_path / "app")
+    old = time.time() - 3600
+    os.utime(app_db, (old, old))
+    base.symlink_to(tmp_path)  # later, something makes it a link to the database's directory
+    report = run_cleanup(config.cleanup_rules, dry_run=False, now=None, cancel=threading.Event(),
+                         guard=config.cleanup_guard)
+    assert app_db.exists(), "cleanup followed a link onto the database"
+    assert report.fields()["failed"] == 1 and report.fields()["files"] == 0
+
+
+def test_system_directories_are_refused_at_start(worker) -> None:
+    for rule in ("/etc/**=1d", "/usr/*=1d", "/proc/**=1h"):
+        result = worker("config", env={"CLEANUP_RULES": rule})
+        assert result.code == 2 and "system directory" in result.stderr

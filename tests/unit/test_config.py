@@ -50,7 +50,7 @@ def test_timezone_falls_back_to_tz(tmp_path: Path) -> None:
         ("BACKUP_TIMEZONE", "Moon/Base", "not a known time zone"),
         ("BACKUP_RETENTION_DAYS", "seven", "not a whole number"),
         ("BACKUP_KEEP_MIN", "0", "out of range"),
-        ("BACKUP_COMPRESSION_LEVEL", "23", "out of range"),
+        ("BACKUP_COMPRESSION_LEVEL", "20", "out of range"),
         ("FRESHNESS_LIMIT", "26", "not a duration"),
         ("LOG_LEVEL", "loud", "not one of"),
         ("LOG_FORMAT", "xml", "not one of"),
@@ -64,6 +64,14 @@ def test_each_bad_value_is_named_with_how_to_fix_it(tmp_path: Path, name: str, v
         load(tmp_path, **{name: value})
     assert len(caught.value.problems) == 1
     assert name in caught.value.problems[0] and fragment in caught.value.problems[0]
+
+
+def test_s3_endpoint_must_be_a_url_with_a_host(tmp_path: Path) -> None:
+    for endpoint in ("http://", "minio:9000", "ftp://host"):
+        with pytest.raises(ConfigError, match="S3_ENDPOINT_URL"):
+            load(tmp_path, S3_BUCKET="b", S3_ENDPOINT_URL=endpoint)
+    with pytest.raises(ConfigError, match="S3_REGION='bad region!' is not a region name"):
+        load(tmp_path, S3_BUCKET="b", S3_REGION="bad region!")
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
