@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 import re
+import secrets
 import threading
 from typing import Any, BinaryIO
 
@@ -31,7 +33,7 @@ MANIFEST_SUFFIX = ".json"
 MANIFEST_VERSION = 1
 ARTIFACT_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)\.(?P<kind>[a-z]+)\.zst$")
 STAMP = "%Y%m%dT%H%M%SZ"
-_TEMP_NAME = re.compile(r"^\.tmp-(?P<pid>\d+)-")
+_TEMP_NAME = re.compile(r"^\.tmp-(?P<pid>\d+)-(?:(?P<token>[0-9a-f]{8})-)?")
 
 
 def artifact_name(name: str, kind: str, created_at: datetime) -> str:
@@ -75,19 +77,33 @@ def temp_path(final: Path) -> Path:
     return final.with_name(temp_prefix() + final.name)
 
 
+@functools.cache
+def _process_token() -> str:
+    return secrets.token_hex(4)
+
+
 def temp_prefix() -> str:
-    """Return the prefix of this process's temporary names; `temp_owner` reads the pid back."""
-    return f"{TEMP_PREFIX}{os.getpid()}-"
+    """Return the prefix of this process's temporary names: `.tmp-<pid>-<token>-`.
+
+    The pid tells whether the writer still runs; the random token tells a restarted worker from its predecessor
+    when both had the same pid (pid 1 in a container), so the predecessor's leftovers still count as stale.
+    """
+    return f"{TEMP_PREFIX}{os.getpid()}-{_process_token()}-"
 
 
-def temp_owner(name: str) -> int | None:
-    """Return the pid that owns a temporary name, or None if `name` is not one of our temporary names."""
+def is_stale_temporary(name: str) -> bool:
+    """Return whether `name` is one of our temporary names whose writer is gone."""
     match = _TEMP_NAME.match(name)
-    return int(match["pid"]) if match else None
+    if not match:
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return match["token"] != _process_token()
+    return not process_alive(pid)
 
 
 def process_alive(pid: int) -> bool:
-    """Return whether a process with this pid exists (our own pid counts as alive)."""
+    """Return whether a process with this pid exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -220,13 +236,22 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 
 def read_manifest(data: bytes, artifact: str) -> dict[str, Any]:
     """Parse and check a manifest's bytes for `artifact`. Raise ValueError if it is not one of ours."""
-    manifest = json.loads(data)
+    try:
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"not JSON ({error})") from None
     if not isinstance(manifest, dict):
         raise ValueError("not a JSON object")
-    for key in ("id", "created_at", "sha256", "size", "format", "source"):
-        if key not in manifest:
-            raise ValueError(f"missing {key!r}")
+    expected = {"id": str, "created_at": str, "sha256": str, "size": int, "format": dict, "source": dict}
+    for key, kind in expected.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
+    if not re.fullmatch(r"[0-9a-f]{64}", manifest["sha256"]):
+        raise ValueError("'sha256' is not 64 hex digits")
     if manifest.get("artifact", artifact) != artifact:
         raise ValueError(f"describes {manifest.get('artifact')!r}, not {artifact!r}")
+    raw_size = manifest.get("raw_size")
+    if raw_size is not None and not isinstance(raw_size, int):
+        raise ValueError("'raw_size' is not a whole number")
     parse_iso(manifest["created_at"])
     return manifest

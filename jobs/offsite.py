@@ -6,6 +6,7 @@ always means a whole artifact beside it; an interrupted upload leaves at most an
 which `list_backups` does not count and the next cycle uploads again.
 """
 
+from datetime import datetime, timezone
 from pathlib import Path
 import threading
 
@@ -16,6 +17,7 @@ from jobs.backups import Backup, find, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.errors import Cancelled, IntegrityError, NotFound
+from jobs.retention import Policy, plan
 
 log = structlog.get_logger("jobs.offsite")
 
@@ -43,16 +45,23 @@ def missing_remote(local_backups: list[Backup], remote_backups: list[Backup]) ->
     return sorted(missing, key=lambda backup: (backup.created_at, backup.id))
 
 
-def sync(local: LocalDestination, remote: Destination, cancel: threading.Event) -> list[str]:
+def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
+         policy: Policy | None = None, now: datetime | None = None) -> list[str]:
     """Upload every local backup `remote` lacks, oldest first; return the ids uploaded.
 
-    Raise UploadError, StorageError or Cancelled at the first failure; what was uploaded before stays, and the
-    next call carries on from there.
+    With the remote's retention `policy`, backups it would delete at once are not uploaded (a bucket kept
+    shorter than the volume would otherwise receive and lose the same old backups every cycle). Raise
+    UploadError, StorageError or Cancelled at the first failure; what was uploaded before stays, and the next
+    call carries on from there.
     """
     local_backups, _ = list_backups(local)
     remote_backups, _ = list_backups(remote)
+    missing = missing_remote(local_backups, remote_backups)
+    if policy is not None and missing:
+        doomed = {b.id for b in plan(remote_backups + missing, policy, now or datetime.now(timezone.utc)).delete}
+        missing = [backup for backup in missing if backup.id not in doomed]
     uploaded = []
-    for backup in missing_remote(local_backups, remote_backups):
+    for backup in missing:
         upload_backup(local, remote, backup, cancel)
         log.info("offsite.uploaded", backup=backup.id, artifact=backup.artifact, size=backup.size, location=remote.location)
         uploaded.append(backup.id)

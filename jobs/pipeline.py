@@ -148,7 +148,11 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         }
         with stage("publish"):
             artifacts.publish(temp_artifact, final)
-            artifacts.write_manifest(directory / (artifact + artifacts.MANIFEST_SUFFIX), manifest)
+            try:
+                artifacts.write_manifest(directory / (artifact + artifacts.MANIFEST_SUFFIX), manifest)
+            except BaseException:
+                final.unlink(missing_ok=True)  # an artifact without its manifest is not a backup: leave nothing
+                raise
         return manifest
     finally:
         raw.unlink(missing_ok=True)
@@ -188,7 +192,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
     }
     if settings.remote is not None:
         try:
-            fields["uploaded"] = offsite.sync(local, settings.remote, cancel)
+            fields["uploaded"] = offsite.sync(local, settings.remote, cancel, settings.remote_policy)
         except UploadError as error:
             raise UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it") from None
         if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:

@@ -70,9 +70,14 @@ def restore_to_file(artifact: Path, backup: Backup, target: Path, cancel: thread
 
 
 def safety_copy_path(database: Path, now: datetime | None = None) -> Path:
-    """Return where the live database is saved before a restore overwrites it."""
+    """Return a new path where the live database is saved before a restore overwrites it."""
     stamp = (now or datetime.now(timezone.utc)).strftime(artifacts.STAMP)
-    return database.with_name(f"{database.name}.pre-restore-{stamp}")
+    candidate = database.with_name(f"{database.name}.pre-restore-{stamp}")
+    number = 1
+    while candidate.exists():
+        number += 1
+        candidate = database.with_name(f"{database.name}.pre-restore-{stamp}-{number}")
+    return candidate
 
 
 def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event) -> tuple[Path, list[str]]:

@@ -19,7 +19,8 @@ from worker.lock import exclusive
 
 log = structlog.get_logger("worker.service")
 
-STOP_GRACE_S = 8.0
+STOP_GRACE_S = 8.0  # running jobs get this long to stop cleanly after SIGTERM
+HARD_STOP_S = 9  # then the process ends regardless
 
 
 def needs_catch_up(ctx: Context, now: datetime) -> tuple[bool, str]:
@@ -85,12 +86,16 @@ def serve(ctx: Context) -> int:
     while not stop.wait(1.0):
         pass
     log.info("worker.stopping", signal=received[0] if received else None)
+    # A hard deadline that needs no Python thread and no GIL: if a job is stuck inside a C call that holds
+    # the GIL, the kernel ends the process (SIGALRM's default action) before the 10 s promise runs out.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(HARD_STOP_S)
     ctx.cancel.set()
     stopper = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, name="shutdown", daemon=True)
     stopper.start()
     stopper.join(STOP_GRACE_S)
     if stopper.is_alive():
         log.warning("worker.stop_timeout", detail=f"a job did not stop within {STOP_GRACE_S:.0f} s; its temporary files are removed on the next start")
-        os._exit(0)
+        os._exit(1)
     log.info("worker.stopped")
     return 0

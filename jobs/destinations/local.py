@@ -69,15 +69,15 @@ class LocalDestination:
     def remove_stale_temporaries(self) -> list[str]:
         """Delete temporary files and directories left by runs that died; return their names.
 
-        Temporary names carry the writer's pid (`.tmp-<pid>-…`); those of a live process are left alone, so a
-        backup starting never removes the scratch files of a verify or restore running beside it.
+        Temporary names carry the writer's pid and a per-process token (`.tmp-<pid>-<token>-…`); those of a live
+        process are left alone, so a backup starting never removes the scratch files of a verify or restore
+        running beside it, while a restarted worker that got its predecessor's pid still clears its leftovers.
         """
         removed: list[str] = []
         if not self.directory.is_dir():
             return removed
         for child in self.directory.iterdir():
-            owner = artifacts.temp_owner(child.name)
-            if owner is None or artifacts.process_alive(owner) or child.is_symlink():
+            if not artifacts.is_stale_temporary(child.name) or child.is_symlink():
                 continue
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)

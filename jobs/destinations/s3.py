@@ -38,7 +38,7 @@ from s3transfer.subscribers import BaseSubscriber
 from jobs.artifacts import MANIFEST_SUFFIX, create_private, sha256_file
 from jobs.destinations import Entry
 from jobs.errors import Cancelled, NotFound, StorageError, UploadError
-from jobs.redact import mask_url
+from jobs.redact import mask_url, scrub
 
 MIB = 1 << 20
 BOTO_ATTEMPTS = 3
@@ -195,9 +195,22 @@ class S3Destination:
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.region = region
-        self.client = client if client is not None else make_client(endpoint_url, region)
+        self._client = client
         self.retry = retry
         self.transfer = transfer
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, built on first use so that a bad setting fails the upload stage, not the backup."""
+        if self._client is None:
+            try:
+                self._client = make_client(self.endpoint_url, self.region)
+            except (ValueError, boto_errors.BotoCoreError) as error:
+                raise UploadError(
+                    f"cannot set up the S3 client for s3://{self.bucket}: {scrub(str(error), [])}; "
+                    "check S3_REGION, S3_ENDPOINT_URL and AWS_PROFILE"
+                ) from None
+        return self._client
 
     def object_key(self, key: str) -> str:
         """Given a backup file name, return its key in the bucket. Raise ValueError if it is not a flat name."""

@@ -1,5 +1,6 @@
 """The SQLite path on real files: concurrent writers, damaged sources, crashes, full disks, restores."""
 
+from datetime import datetime, timezone
 import json
 import os
 from pathlib import Path
@@ -280,12 +281,16 @@ def test_stale_temporaries_of_dead_runs_are_removed_but_a_live_runs_are_kept(tmp
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     (backups / f".tmp-{dead}-app-20261122T020000Z.sqlite.zst").write_bytes(b"partial")
     (backups / f".tmp-{dead}-verify-abc").mkdir()
-    live = backups / f".tmp-{os.getpid()}-restore-xyz"
+    from jobs.artifacts import temp_prefix
+
+    live = backups / f"{temp_prefix()}restore-xyz"
     live.mkdir()
+    predecessor = backups / f".tmp-{os.getpid()}-0badcafe-app-20261122T020000Z.sqlite"  # same pid, earlier life
+    predecessor.write_bytes(b"partial")
     keep = backups / ".tmpfile-not-ours"
     keep.write_text("x")
     removed = LocalDestination(backups).remove_stale_temporaries()
-    assert sorted(removed) == sorted([f".tmp-{dead}-app-20261122T020000Z.sqlite.zst", f".tmp-{dead}-verify-abc"])
+    assert sorted(removed) == sorted([f".tmp-{dead}-app-20261122T020000Z.sqlite.zst", f".tmp-{dead}-verify-abc", predecessor.name])
     assert live.exists() and keep.exists()
 
 
@@ -355,3 +360,39 @@ def test_a_source_locked_for_too_long_fails_with_a_clear_message(tmp_path: Path,
     finally:
         app.close()
     assert not (tmp_path / "snap.db-journal").exists()
+
+
+def test_a_malformed_manifest_is_skipped_and_backups_go_on(tmp_path: Path, worker) -> None:
+    backups = tmp_path / "backups"
+    backups.mkdir(mode=0o700)
+    (backups / "app-20200101T000000Z.sqlite.zst").write_bytes(b"x")
+    (backups / "app-20200101T000000Z.sqlite.zst.json").write_text('{"created_at": null}')
+    result = worker("backup", "--no-upload")
+    assert result.code == 0, result.stderr
+    assert (backups / "app-20200101T000000Z.sqlite.zst.json").exists()
+    listed = worker("list", "--json")
+    assert listed.code == 0 and len(json.loads(listed.stdout)) == 1
+
+
+def test_a_manifest_that_cannot_be_written_takes_its_artifact_with_it(tmp_path: Path, app_db: Path, monkeypatch) -> None:
+    from jobs import artifacts
+    from jobs.errors import StorageError
+
+    def no_space(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(artifacts, "write_manifest", no_space)
+    backups = tmp_path / "backups"
+    with pytest.raises(StorageError, match="No space left"):
+        pipeline.take_backup(SqliteSource(app_db), pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)), threading.Event())
+    assert artifacts_in(backups) == [] and temporaries_in(backups) == []
+
+
+def test_two_restores_in_the_same_second_keep_both_safety_copies(tmp_path: Path, app_db: Path, worker) -> None:
+    from jobs.restore import safety_copy_path
+
+    moment = datetime.now(timezone.utc)
+    first = safety_copy_path(app_db, moment)
+    first.write_bytes(b"earlier safety copy")
+    second = safety_copy_path(app_db, moment)
+    assert second != first and second.name.endswith("-2")

@@ -95,3 +95,11 @@ def test_prune_dry_run_shows_the_plan_for_both_sides(tmp_path: Path, s3_env) -> 
     plan = run_worker(["prune", "--dry-run"], {**s3_env, "S3_RETENTION_DAYS": "30"}, cwd=tmp_path)
     assert plan.code == 0
     assert "local: keep 1, delete 0" in plan.stdout and "s3: keep 1, delete 0" in plan.stdout
+
+
+def test_an_s3_client_that_cannot_be_built_still_leaves_a_local_backup_and_fails_at_upload(tmp_path: Path, s3_env) -> None:
+    result = run_worker(["backup"], {**s3_env, "AWS_PROFILE": "no-such-profile"}, cwd=tmp_path)
+    assert result.code == 1
+    assert result.event("job.failed")["stage"] == "upload"
+    assert "no-such-profile" in result.stderr and "AWS_PROFILE" in result.stderr
+    assert len(list((tmp_path / "backups").glob("*.sqlite.zst.json"))) == 1

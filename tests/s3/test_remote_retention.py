@@ -44,3 +44,14 @@ def test_the_bucket_keeps_its_last_backup_however_old(local_backups: Any, remote
     apply_retention(remote, Policy(30, 1))
     (survivor,), _ = list_backups(remote)
     assert (datetime.now(timezone.utc) - survivor.created_at).days == 200
+
+
+def test_backups_the_bucket_would_prune_at_once_are_not_uploaded_again_every_cycle(local_backups: Any, remote: Any) -> None:
+    local, _ = local_backups
+    age_backups(local, [10, 9, 0.5])
+    policy = Policy(2, 1)
+    first = offsite.sync(local, remote, threading.Event(), policy)
+    apply_retention(remote, policy)
+    second = offsite.sync(local, remote, threading.Event(), policy)
+    assert len(first) == 1 and second == []
+    assert len(list_backups(remote)[0]) == 1

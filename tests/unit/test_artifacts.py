@@ -46,3 +46,21 @@ def test_bad_durations_are_refused(text: str) -> None:
 
 def test_durations_format_in_the_largest_exact_unit() -> None:
     assert [format_duration(parse_duration(t)) for t in ("26h", "90s", "1440m", "0s")] == ["26h", "90s", "1d", "0s"]
+
+
+@pytest.mark.parametrize(
+    "manifest, problem",
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"id": "a", "created_at": null, "sha256": "' + b"0" * 64 + b'", "size": 1, "format": {}, "source": {}}', "created_at"),
+        (b'{"id": "a", "created_at": "2026-11-22T02:00:00Z", "sha256": "xyz", "size": 1, "format": {}, "source": {}}', "sha256"),
+        (b'{"id": "a", "created_at": "2026-11-22T02:00:00Z", "sha256": "' + b"0" * 64 + b'", "size": "1", "format": {}, "source": {}}', "size"),
+        (b'{"id": "a", "created_at": "yesterday", "sha256": "' + b"0" * 64 + b'", "size": 1, "format": {}, "source": {}}', "Invalid isoformat"),
+    ],
+)
+def test_a_malformed_manifest_is_refused_with_a_reason(manifest: bytes, problem: str) -> None:
+    from jobs.artifacts import read_manifest
+
+    with pytest.raises(ValueError, match=problem):
+        read_manifest(manifest, "a-20261122T020000Z.sqlite.zst")
