@@ -6,10 +6,11 @@ class JobError(Exception):
 
     stage = "job"
 
-    def __init__(self, message: str, *, stage: str | None = None) -> None:
+    def __init__(self, message: str, *, stage: str | None = None, fields: dict[str, object] | None = None) -> None:
         super().__init__(message)
         if stage is not None:
             self.stage = stage
+        self.fields = fields or {}  # what the run had produced before it failed (artifact, sizes), for the log
 
 
 class SourceError(JobError):

@@ -194,7 +194,8 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
         try:
             fields["uploaded"] = offsite.sync(local, settings.remote, cancel, settings.remote_policy)
         except UploadError as error:
-            raise UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it") from None
+            raise UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it",
+                              fields=fields) from None
         if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
             fields["pruned_remote"] = [b.id for b in apply_retention(settings.remote, settings.remote_policy).delete]
     fields["pruned"] = [backup.id for backup in apply_retention(local, settings.policy).delete]

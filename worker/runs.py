@@ -53,7 +53,7 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
         except Cancelled as error:
             outcome.stage, outcome.reason = error.stage, str(error)
         except JobError as error:
-            outcome.stage, outcome.reason = error.stage, str(error)
+            outcome.stage, outcome.reason, outcome.fields = error.stage, str(error), dict(error.fields)
         except Exception as error:  # the job boundary: nothing escapes to the scheduler
             outcome.stage = "internal"
             outcome.reason = f"unexpected {type(error).__name__}: {error}; this is a bug, please report it with the log"

@@ -49,6 +49,7 @@ def test_an_outage_keeps_the_local_backup_fails_at_upload_and_the_next_cycle_cat
     assert failed.code == 1
     outcome = failed.event("job.failed")
     assert outcome["stage"] == "upload"
+    assert outcome["artifact"].endswith(".sqlite.zst") and outcome["size"] > 0 and outcome["raw_size"] > 0
     assert "local backup is kept" in failed.stderr or "kept" in failed.stderr
     assert len(list((tmp_path / "backups").glob("*.sqlite.zst.json"))) == 1
     everything = failed.stdout + failed.stderr
