@@ -253,12 +253,12 @@ class S3Destination:
         if stored_size != size:
             raise UploadError(
                 f"{self.url(key)} is {stored_size} bytes after the upload but {path.name} is {size}; "
-                "the upload is not confirmed and will be retried next cycle — the local backup is kept"
+                "the upload is not confirmed"
             )
         if stored_digest is not None and stored_digest != digest:
             raise UploadError(
                 f"{self.url(key)} carries SHA-256 {stored_digest[:12]}… after the upload but {path.name} has "
-                f"{digest[:12]}…; another writer may use the same bucket and prefix — the local backup is kept"
+                f"{digest[:12]}…; another writer may use the same bucket and prefix"
             )
 
     def get(self, key: str, path: Path, cancel: threading.Event) -> None:
@@ -349,41 +349,40 @@ class S3Destination:
         """Return the NotFound or UploadError a user reads for `failure`: one sentence, no secrets."""
         where = self.url(key)
         endpoint = mask_url(self.endpoint_url or self.client.meta.endpoint_url or "AWS S3")
-        kept = " — the local backup is kept" if verb in ("upload", "confirm") else ""
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         if failure.kind == "missing":
             if verb in ("download", "read") and key:
                 if not self._bucket_exists():
                     return UploadError(f"the bucket {self.bucket} does not exist at {endpoint}; check S3_BUCKET and S3_ENDPOINT_URL")
                 return NotFound(f"{key} is not in {self.url()}")
-            return UploadError(f"S3 answered 'not found' to the {verb} of {where} ({failure.reason}); check S3_BUCKET and S3_ENDPOINT_URL{kept}")
+            return UploadError(f"S3 answered 'not found' to the {verb} of {where} ({failure.reason}); check S3_BUCKET and S3_ENDPOINT_URL")
         if failure.kind == "network":
             return UploadError(
                 f"cannot reach the S3 endpoint {endpoint} to {_VERBS[verb]} {where}{tries} ({failure.reason}); "
-                f"check S3_ENDPOINT_URL and the network{kept}"
+                f"check S3_ENDPOINT_URL and the network"
             )
         if failure.kind == "server":
             return UploadError(
                 f"the S3 endpoint {endpoint} kept failing to {_VERBS[verb]} {where}{tries} ({failure.reason}); "
-                f"the service may be degraded, try again later{kept}"
+                f"the service may be degraded, try again later"
             )
         if failure.kind == "bucket":
-            return UploadError(f"the bucket {self.bucket} does not exist at {endpoint}; create it or fix S3_BUCKET{kept}")
+            return UploadError(f"the bucket {self.bucket} does not exist at {endpoint}; create it or fix S3_BUCKET")
         if failure.kind == "credentials":
             return UploadError(
                 f"the S3 endpoint {endpoint} rejected our credentials for {where} ({failure.reason}); "
-                f"check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{kept}"
+                f"check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
         if failure.kind == "no-credentials":
-            return UploadError(f"no AWS credentials were found to {_VERBS[verb]} {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY{kept}")
+            return UploadError(f"no AWS credentials were found to {_VERBS[verb]} {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         if failure.kind == "denied":
             return UploadError(
                 f"access to {where} was denied ({failure.reason}); grant the key s3:GetObject, s3:PutObject, "
-                f"s3:ListBucket and s3:DeleteObject on the bucket and prefix{kept}"
+                f"s3:ListBucket and s3:DeleteObject on the bucket and prefix"
             )
         if failure.kind == "tls":
-            return UploadError(f"cannot {_VERBS[verb]} {where}: the {failure.reason} for {endpoint}; check S3_ENDPOINT_URL and the certificate{kept}")
-        return UploadError(f"S3 refused to {_VERBS[verb]} {where} ({failure.reason}){kept}")
+            return UploadError(f"cannot {_VERBS[verb]} {where}: the {failure.reason} for {endpoint}; check S3_ENDPOINT_URL and the certificate")
+        return UploadError(f"S3 refused to {_VERBS[verb]} {where} ({failure.reason})")
 
     def _bucket_exists(self) -> bool:
         """Return False only if the bucket is known to be missing (a HEAD answers 404 for key and bucket alike)."""
