@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from jobs import engines, offsite, pipeline, restore as restoring, retention
-from jobs.artifacts import ensure_dir, temp_prefix
+from jobs.artifacts import ensure_dir, temp_prefix, utc_iso
 from jobs.backups import Backup, find, list_backups
 from jobs.cleanup import run_cleanup
 from jobs.destinations import Destination
@@ -340,6 +340,11 @@ def cmd_cleanup(ctx: Context, dry_run: bool) -> int:
 
 # --- status and config ----------------------------------------------------------------------------------------
 
+def _utc(moment: datetime) -> str:
+    """Return a catalog time as ISO 8601 UTC; SQLite hands back naive datetimes, which we always wrote in UTC."""
+    return utc_iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
 def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     """Return the status document: last outcome per job, the newest verified backup and its age, next runs."""
     now = now or datetime.now(timezone.utc)
@@ -349,7 +354,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     fresh = age is not None and age <= ctx.config.freshness_limit
     jobs = {}
     for job, row in ctx.catalog.last_runs().items():
-        jobs[job] = {key: (value.isoformat() if isinstance(value, datetime) else value)
+        jobs[job] = {key: (_utc(value) if isinstance(value, datetime) else value)
                      for key, value in row.items() if key in ("run_id", "started_at", "outcome", "stage", "reason", "artifact", "duration_s")}
     local_now = now.astimezone(ctx.config.timezone)
     next_runs = {"backup": [t.isoformat() for t in next_fire_times(ctx.config.backup_trigger, local_now, 1)]}

@@ -45,6 +45,7 @@ def test_status_is_healthy_after_a_backup_and_unhealthy_without_one(worker) -> N
     report = json.loads(result.stdout)
     assert result.code == 0 and report["healthy"] is True
     assert report["jobs"]["backup"]["outcome"] == "succeeded"
+    assert report["jobs"]["backup"]["started_at"].endswith("Z")
     assert report["next_runs"]["backup"].endswith(("02:00:00+00:00",))
     stale = worker("status", env={"FRESHNESS_LIMIT": "0s"})
     assert stale.code == 1 and "STALE" in stale.stdout
