@@ -113,7 +113,8 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Fsync a file or a directory by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -129,13 +130,9 @@ def create_private(path: Path) -> BinaryIO:
 
 def publish(temp: Path, final: Path) -> None:
     """Fsync `temp`, rename it to `final` and fsync the directory: after this `final` is whole or absent."""
-    fd = os.open(temp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(temp)
     os.replace(temp, final)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 @contextmanager

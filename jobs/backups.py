@@ -69,6 +69,11 @@ def list_backups(destination: Destination) -> tuple[list[Backup], list[str]]:
     return backups, problems
 
 
+def newest_verified(backups: list[Backup]) -> Backup | None:
+    """Return the newest backup whose manifest records a passed check, or None."""
+    return max((b for b in backups if b.verified), key=lambda b: (b.created_at, b.id), default=None)
+
+
 def find(backups: list[Backup], wanted: str) -> Backup:
     """Return the backup whose id or artifact name is `wanted`. Raise NotFound naming how to list them."""
     for backup in backups:

@@ -159,12 +159,21 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         temp_artifact.unlink(missing_ok=True)
 
 
-def apply_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None) -> retention.Plan:
-    """Plan retention on a destination, log every decision, delete what the plan says; return the plan."""
+def plan_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None) -> retention.Plan:
+    """Return the retention plan for a destination's backups now; files that are not whole backups are logged."""
     backups, problems = list_backups(destination)
     for problem in problems:
         log.warning("retention.skipped_file", location=destination.location, problem=problem)
-    result = retention.plan(backups, policy, now or datetime.now(timezone.utc))
+    return retention.plan(backups, policy, now or datetime.now(timezone.utc))
+
+
+def apply_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None) -> retention.Plan:
+    """Plan retention on a destination and carry the plan out; return it."""
+    return carry_out(destination, plan_retention(destination, policy, now))
+
+
+def carry_out(destination: Destination, result: retention.Plan) -> retention.Plan:
+    """Delete what `result` says to delete, logging each deletion with its reason; return the plan."""
     for backup in result.delete:
         log.info("retention.delete", location=destination.location, backup=backup.id, reason=result.reasons[backup.id])
     retention.apply(destination, result)

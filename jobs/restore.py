@@ -55,12 +55,20 @@ def proven_raw(artifact: Path, backup: Backup, workdir: Path, cancel: threading.
         raw.unlink(missing_ok=True)
 
 
-def restore_to_file(artifact: Path, backup: Backup, target: Path, cancel: threading.Event) -> list[str]:
-    """Write the proven raw backup to the new file `target` (0600). Raise StorageError if `target` exists."""
+def new_file_problem(target: Path) -> str | None:
+    """Return why `target` cannot be a restore's new file, or None."""
     if target.exists() or target.is_symlink():
-        raise StorageError(f"{target} already exists; restore to a new path, or delete it first", stage="restore")
+        return f"{target} already exists; restore to a new path, or delete it first"
     if not target.parent.is_dir():
-        raise StorageError(f"the directory {target.parent} does not exist; create it or choose another --to path", stage="restore")
+        return f"the directory {target.parent} does not exist; create it or choose another --to path"
+    return None
+
+
+def restore_to_file(artifact: Path, backup: Backup, target: Path, cancel: threading.Event) -> list[str]:
+    """Write the proven raw backup to the new file `target` (0600). Raise StorageError if it cannot be one."""
+    problem = new_file_problem(target)
+    if problem:
+        raise StorageError(problem, stage="restore")
     with proven_raw(artifact, backup, target.parent, cancel) as (raw, checks):
         try:
             artifacts.publish(raw, target)

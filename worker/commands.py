@@ -4,7 +4,6 @@ logged and recorded, and anything they print for people goes to stdout."""
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import json
-import os
 from pathlib import Path
 import sys
 import tempfile
@@ -15,14 +14,14 @@ import structlog
 
 from jobs import engines, offsite, pipeline, restore as restoring, retention
 from jobs.artifacts import ensure_dir, temp_prefix, utc_iso
-from jobs.backups import Backup, find, list_backups
+from jobs.backups import Backup, find, list_backups, newest_verified
 from jobs.cleanup import run_cleanup
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.destinations.s3 import S3Destination
 from jobs.durations import format_duration
 from jobs.engines import Source
-from jobs.errors import JobError, NotFound
+from jobs.errors import NotFound
 from worker import __version__
 from worker.catalog import Catalog, open_catalog
 from worker.config import Config
@@ -76,18 +75,18 @@ class Context:
         sides: list[tuple[Destination, retention.Policy]] = [(self.local, retention.Policy(cfg.retention_days, cfg.keep_min))]
         remote = self.remote()
         if remote is not None:
-            sides.append((remote, retention.Policy(cfg.s3.retention_days, cfg.keep_min)))
+            sides.append((remote, retention.Policy(cfg.s3.retention_days if cfg.s3 else None, cfg.keep_min)))
         return sides
 
     def settings(self, upload: bool = True) -> pipeline.BackupSettings:
-        cfg = self.config
-        remote = self.remote() if upload else None
+        (_, policy), *remote_side = self.policies() if upload else self.policies()[:1]
+        remote, remote_policy = remote_side[0] if remote_side else (None, None)
         return pipeline.BackupSettings(
-            backup_dir=cfg.backup_dir,
-            compression_level=cfg.compression_level,
-            policy=retention.Policy(cfg.retention_days, cfg.keep_min),
+            backup_dir=self.config.backup_dir,
+            compression_level=self.config.compression_level,
+            policy=policy,
             remote=remote,
-            remote_policy=retention.Policy(cfg.s3.retention_days, cfg.keep_min) if remote is not None else None,
+            remote_policy=remote_policy,
             worker_version=__version__,
         )
 
@@ -100,11 +99,11 @@ def human_size(size: int | None) -> str:
     if size is None:
         return "-"
     value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return f"{size} B"
+    return f"{value:.1f} TiB"
 
 
 def human_age(seconds: float) -> str:
@@ -194,9 +193,9 @@ def cmd_list(ctx: Context, as_json: bool, remote: bool) -> int:
 def _select(backups: list[Backup], wanted: str | None, where: str) -> Backup:
     if wanted:
         return find(backups, wanted)
-    for backup in backups:
-        if backup.verified:
-            return backup
+    newest = newest_verified(backups)
+    if newest is not None:
+        return newest
     raise NotFound(f"there are no backups in {where}; run `python -m worker backup` first")
 
 
@@ -204,9 +203,9 @@ def _where(ctx: Context, remote: bool) -> tuple[Destination, str]:
     if remote:
         destination = ctx.remote()
         if destination is None:
-            raise UsageError("--remote needs S3_BUCKET (and its credentials) to be set")
-        return destination, f"s3://{ctx.config.s3.bucket}/{ctx.config.s3.prefix}"
-    return ctx.local, str(ctx.config.backup_dir)
+            raise UsageError("--remote and --from-s3 need S3_BUCKET (and its credentials) to be set")
+        return destination, destination.url()
+    return ctx.local, ctx.local.url()
 
 
 def cmd_verify(ctx: Context, wanted: str | None, remote: bool) -> int:
@@ -259,10 +258,9 @@ def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None
     destination, where = _where(ctx, from_s3)
     if to is not None:
         to = to.resolve()
-        if to.exists() or to.is_symlink():
-            raise UsageError(f"{to} already exists; restore to a new path, or delete it first")
-        if not to.parent.is_dir():
-            raise UsageError(f"the directory {to.parent} does not exist; create it or choose another --to path")
+        problem = restoring.new_file_problem(to)
+        if problem:
+            raise UsageError(problem)
     source = None if to else ctx.source()
     if source is not None:
         database = getattr(source, "path", ctx.config.source_url)
@@ -304,14 +302,13 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
         with exclusive(ctx.config.backup_dir):
             fields: dict[str, Any] = {"dry_run": dry_run}
             for destination, side_policy in sides:
-                backups, _ = list_backups(destination)
-                plan = retention.plan(backups, side_policy, datetime.now(timezone.utc))
+                plan = pipeline.plan_retention(destination, side_policy)
                 say(f"{destination.location}: keep {len(plan.keep)}, delete {len(plan.delete)}"
                     + (" (dry run: nothing deleted)" if dry_run else ""))
                 for row in plan.describe():
                     say(f"  {row['action']:<6} {row['id']:<40} {row['reason']}")
-                if not dry_run and plan.delete:
-                    pipeline.apply_retention(destination, side_policy)
+                if not dry_run:
+                    pipeline.carry_out(destination, plan)
                 fields[f"{destination.location}_delete"] = [b.id for b in plan.delete]
             return fields
 
@@ -349,7 +346,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     """Return the status document: last outcome per job, the newest verified backup and its age, next runs."""
     now = now or datetime.now(timezone.utc)
     backups, _ = list_backups(ctx.local)
-    newest = next((b for b in backups if b.verified), None)
+    newest = newest_verified(backups)
     age = (now - newest.created_at) if newest else None
     fresh = age is not None and age <= ctx.config.freshness_limit
     jobs = {}

@@ -18,10 +18,6 @@ from worker.catalog import Catalog
 log = structlog.get_logger("worker.runs")
 
 
-class Skip(Exception):
-    """Raised by a job that decided not to run; the message says why."""
-
-
 @dataclass
 class Outcome:
     job: str
@@ -48,7 +44,7 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
         try:
             outcome.fields = work() or {}
             outcome.outcome = "succeeded"
-        except (Skip, BusyError) as error:
+        except BusyError as error:
             outcome.outcome, outcome.reason = "skipped", str(error)
         except Cancelled as error:
             outcome.stage, outcome.reason = error.stage, str(error)

@@ -10,7 +10,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 import structlog
 
-from jobs.backups import list_backups
+from jobs.backups import list_backups, newest_verified
 from jobs.errors import BusyError
 from worker import __version__
 from worker.commands import Context, backup_job, cleanup_job
@@ -26,7 +26,7 @@ HARD_STOP_S = 9  # then the process ends regardless
 def needs_catch_up(ctx: Context, now: datetime) -> tuple[bool, str]:
     """Return whether the newest verified local backup is older than one schedule period, and why."""
     backups, _ = list_backups(ctx.local)
-    newest = next((b for b in backups if b.verified), None)
+    newest = newest_verified(backups)
     if newest is None:
         return True, "there is no verified backup yet"
     gap = period(ctx.config.backup_trigger, now.astimezone(ctx.config.timezone))

@@ -33,3 +33,6 @@ class Destination(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove `key`; a missing key is not an error."""
+
+    def url(self, key: str = "") -> str:
+        """Return where `key` (or the destination itself) lives, for messages: a path or `s3://bucket/prefix/key`."""

@@ -23,6 +23,9 @@ class LocalDestination:
             raise ValueError(f"{key!r} is not a backup file name")
         return self.directory / key
 
+    def url(self, key: str = "") -> str:
+        return str(self.path(key) if key else self.directory)
+
     def put(self, path: Path, key: str, cancel: threading.Event) -> None:
         ensure_dir(self.directory)
         try:

@@ -66,11 +66,6 @@ def verifier(kind: str) -> Verifier:
         raise ValueError(f"backups of kind {kind!r} cannot be checked by this version") from None
 
 
-def kinds() -> tuple[str, ...]:
-    """Return the artifact kinds this version can read."""
-    return tuple(_VERIFIERS)
-
-
 def url_secrets(url: str) -> list[str]:
     """Return the password in `url`, if any, in raw and decoded form, for log scrubbing."""
     try:

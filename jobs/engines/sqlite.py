@@ -10,7 +10,6 @@ missing file is never created and the source is never written.
 from collections.abc import Iterator
 from contextlib import contextmanager, closing
 from dataclasses import dataclass
-import os
 from pathlib import Path
 import re
 import sqlite3
@@ -18,6 +17,7 @@ import threading
 import time
 from urllib.parse import quote
 
+from jobs.artifacts import create_private
 from jobs.errors import Cancelled, IntegrityError, SourceError
 
 KIND = "sqlite"
@@ -70,11 +70,6 @@ def _interrupt_when(cancel: threading.Event, connection: sqlite3.Connection) -> 
         watcher.join()
 
 
-def _create_private(path: Path) -> None:
-    """Create `path` empty with mode 0600, so that SQLite fills a file only we can read (it keeps the mode)."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-
 def _reason(error: sqlite3.Error) -> str:
     return str(error).rstrip(".") or type(error).__name__
 
@@ -102,7 +97,7 @@ class SqliteSource:
         self._require_file()
         if cancel.is_set():
             raise Cancelled("the worker is stopping; the snapshot was not started")
-        _create_private(out)
+        create_private(out).close()  # SQLite keeps the mode of a file it opens: only we can read the copy
         try:
             self._snapshot_into(out, cancel)
         finally:
@@ -135,7 +130,7 @@ class SqliteSource:
         Raise SourceError if the live database cannot be read or written.
         """
         self._require_file()
-        _create_private(safety_copy)
+        create_private(safety_copy).close()
         try:
             with closing(_connect(self.path, "rw", timeout=_STEP_BUSY_S)) as live:
                 with closing(sqlite3.connect(safety_copy, isolation_level=None)) as safety:
