@@ -290,8 +290,8 @@ def _could_match(matchers: tuple[Matcher, ...], parts: Sequence[str]) -> bool:
     return len(matchers) - 1 in states and matcher is not None and bool(matcher(parts[-1]))
 
 
-def dangerous_rule_reason(rule: CleanupRule, protected: list[Path], database_file: Path | None) -> str | None:
-    """Given a rule, the protected directories `[backup_dir, cwd, home]` and the database file (if any), return
+def dangerous_rule_reason(rule: CleanupRule, protected: list[Path], protected_files: Sequence[Path] = ()) -> str | None:
+    """Given a rule, the protected directories `[backup_dir, cwd, home]` and the database's files (if any), return
     why the rule must be refused (`would sweep the backup directory /x; narrow the glob`), or None when it is
     safe. Paths are compared both as written and with symlinks resolved."""
     matchers = _matchers(rule.pattern)
@@ -315,14 +315,12 @@ def dangerous_rule_reason(rule: CleanupRule, protected: list[Path], database_fil
             below = _relative_parts(target, base)
             if below is not None and _could_reach(matchers, below):
                 return f"would sweep the backup directory {backup_dir}; narrow the glob so it cannot reach it"
-    if database_file is not None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            candidate = Path(f"{database_file}{suffix}")
-            for base in bases:
-                for target in _variants(candidate):
-                    below = _relative_parts(target, base)
-                    if below and _could_match(matchers, below):
-                        return f"would delete the database file {candidate}; narrow the glob so it cannot match it"
+    for candidate in protected_files:
+        for base in bases:
+            for target in _variants(candidate):
+                below = _relative_parts(target, base)
+                if below and _could_match(matchers, below):
+                    return f"would delete the database file {candidate}; narrow the glob so it cannot match it"
     return None
 
 

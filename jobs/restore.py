@@ -6,7 +6,6 @@ place or written into a live database.
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 import shutil
 import threading
@@ -77,26 +76,10 @@ def restore_to_file(artifact: Path, backup: Backup, target: Path, cancel: thread
     return checks
 
 
-def safety_copy_path(database: Path, now: datetime | None = None) -> Path:
-    """Return a new path where the live database is saved before a restore overwrites it."""
-    stamp = (now or datetime.now(timezone.utc)).strftime(artifacts.STAMP)
-    candidate = database.with_name(f"{database.name}.pre-restore-{stamp}")
-    number = 1
-    while candidate.exists():
-        number += 1
-        candidate = database.with_name(f"{database.name}.pre-restore-{stamp}-{number}")
-    return candidate
-
-
-def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event) -> tuple[Path, list[str]]:
-    """Restore the backup over the live database of `source`, after saving it; return the safety copy's path."""
+def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event) -> tuple[Path | None, list[str]]:
+    """Restore the backup over the live data of `source`; return the safety copy the engine made first, if any."""
     if backup.kind != source.kind:
         raise SourceError(f"{backup.id} is a {backup.kind} backup and cannot be restored into a {source.kind} source", stage="restore")
-    restore = getattr(source, "restore_over", None)
-    database = getattr(source, "path", None)
-    if restore is None or database is None:
-        raise SourceError(f"restoring over a live {source.kind} source is not supported; use --to PATH", stage="restore")
     with proven_raw(artifact, backup, workdir, cancel) as (raw, checks):
-        safety = safety_copy_path(database)
-        restore(raw, safety, cancel)
+        safety = source.restore(raw, cancel)
     return safety, checks

@@ -263,8 +263,7 @@ def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None
             raise UsageError(problem)
     source = None if to else ctx.source()
     if source is not None:
-        database = getattr(source, "path", ctx.config.source_url)
-        confirm(f"This replaces the live database {database} with a backup (its current content is saved first). "
+        confirm(f"This replaces the live database {source.target()} with a backup (its current content is saved first). "
                 "Stop the app's writers before you go on; open connections will see the restored data", assume_yes)
     workdir = to.parent if to else _workdir(ctx)
 
@@ -283,7 +282,8 @@ def cmd_restore(ctx: Context, wanted: str | None, from_s3: bool, to: Path | None
                 checks = restoring.restore_to_file(artifact, backup, to, ctx.cancel)
                 return {"backup": backup.id, "restored_to": str(to), "checks": checks}
             safety, checks = restoring.restore_over(artifact, backup, source, _workdir(ctx), ctx.cancel)
-            return {"backup": backup.id, "restored_to": str(getattr(source, "path", "")), "safety_copy": str(safety), "checks": checks}
+            fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks}
+            return {**fields, "safety_copy": str(safety)} if safety else fields
 
     outcome = run_job("restore", ctx.catalog, work)
     if outcome.ok:

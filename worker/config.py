@@ -61,13 +61,13 @@ class Config:
     log_level: str
     log_format: str
     protected_paths: tuple[Path, ...]  # backup directory, app directory, home: what cleanup must never sweep
-    database_file: Path | None
+    protected_files: tuple[Path, ...]  # the database's own files, when it lives in files
     backup_trigger: BaseTrigger = field(compare=False, repr=False)
     cleanup_trigger: BaseTrigger = field(compare=False, repr=False)
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
-        return dangerous_rule_reason(rule, list(self.protected_paths), self.database_file)
+        return dangerous_rule_reason(rule, list(self.protected_paths), self.protected_files)
 
     def secrets(self) -> list[str]:
         """Return every secret value the configuration holds, so that logs can scrub them."""
@@ -152,10 +152,11 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     problems: list[str] = []
 
     source_url = (env.get("BACKUP_SOURCE") or env.get("DATABASE_URL") or "").strip() or None
+    source = None
     if source_url:
         origin = "BACKUP_SOURCE" if env.get("BACKUP_SOURCE") else "DATABASE_URL"
         try:
-            engines.open_source(source_url, cwd)
+            source = engines.open_source(source_url, cwd)
         except ValueError as error:
             problems.append(f"{origin}: {error}")
 
@@ -219,9 +220,9 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     except ValueError as error:
         problems.append(f"CLEANUP_RULES: {error}")
     protected = [backup_dir, cwd, Path.home()]
-    database_file = engines.local_database_file(source_url, cwd) if source_url else None
+    protected_files = tuple(source.protected_files()) if source is not None else ()
     for rule in rules:
-        reason = dangerous_rule_reason(rule, protected, database_file)
+        reason = dangerous_rule_reason(rule, protected, protected_files)
         if reason:
             problems.append(f"CLEANUP_RULES: {rule.describe()} {reason}")
 
@@ -258,7 +259,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         log_level=log_level,
         log_format=log_format,
         protected_paths=tuple(protected),
-        database_file=database_file,
+        protected_files=protected_files,
         backup_trigger=triggers["BACKUP_SCHEDULE"],
         cleanup_trigger=triggers["CLEANUP_SCHEDULE"],
     )

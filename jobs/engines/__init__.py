@@ -14,7 +14,7 @@ from jobs.engines import sqlite
 
 
 class Source(Protocol):
-    """A database to back up. Implementations live one per module in this package."""
+    """A database to back up and restore into. Implementations live one per module in this package."""
 
     kind: str  # artifact kind: "sqlite", "pgdump" or "rdb"
 
@@ -24,36 +24,56 @@ class Source(Protocol):
     def describe(self) -> dict[str, str]:
         """Return the source for manifests and logs: kind and database name, no secrets."""
 
+    def target(self) -> str:
+        """Return where a restore writes, for people: a file path or a URL with its password masked."""
+
     def estimate_size(self) -> int:
         """Return the expected size in bytes of a raw snapshot. Raise SourceError if the source is unusable."""
 
     def snapshot(self, out: Path, cancel: threading.Event) -> None:
         """Write a consistent raw snapshot to `out` (a new file). Raise SourceError or Cancelled."""
 
+    def restore(self, raw: Path, cancel: threading.Event) -> Path | None:
+        """Replace the live data with the proven raw snapshot `raw`; return the safety copy made first, if any.
+
+        Raise SourceError or Cancelled."""
+
+    def protected_files(self) -> list[Path]:
+        """Return the files of this database that cleanup rules must never match (none for a server)."""
+
     def versions(self) -> dict[str, str]:
         """Return tool and server versions worth recording in the manifest."""
 
 
+class Engine(Protocol):
+    """What each engine module exports: its URL schemes, its artifact kind, an opener and the raw check."""
+
+    SCHEMES: tuple[str, ...]
+    KIND: str
+
+    def open_source(self, url: str, cwd: Path) -> Source: ...
+
+    def verify(self, raw: Path, cancel: threading.Event) -> str: ...
+
+
 Verifier = Callable[[Path, threading.Event], str]
 
-_OPENERS: dict[str, Callable[[str, Path], Source]] = {
-    "sqlite": sqlite.open_source,
-}
-_VERIFIERS: dict[str, Verifier] = {
-    sqlite.KIND: sqlite.verify,
-}
-_PLANNED = {"postgresql", "postgres", "redis", "rediss"}
+ENGINES: tuple[Engine, ...] = (sqlite,)
+_BY_SCHEME = {scheme: engine for engine in ENGINES for scheme in engine.SCHEMES}
+_BY_KIND = {engine.KIND: engine for engine in ENGINES}
+_PLANNED = {"postgresql", "postgres", "redis", "rediss"} - set(_BY_SCHEME)
 
 
 def open_source(url: str, cwd: Path) -> Source:
     """Given a BACKUP_SOURCE URL, return its Source. Raise ValueError naming what is wrong with the URL."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme in _OPENERS:
-        return _OPENERS[scheme](url, cwd)
+    if scheme in _BY_SCHEME:
+        return _BY_SCHEME[scheme].open_source(url, cwd)
     if scheme in _PLANNED:
         raise ValueError(f"{scheme}:// sources are not supported by this version yet; use sqlite:///path/to/app.db")
+    known = " or ".join(f"{s}://" for s in sorted(_BY_SCHEME))
     raise ValueError(
-        "the URL must start with sqlite:// (like sqlite:///data/app.db or sqlite:////app/data/app.db)"
+        f"the URL must start with {known} (like sqlite:///data/app.db or sqlite:////app/data/app.db)"
         + (f", not {scheme}://" if scheme else "")
     )
 
@@ -61,7 +81,7 @@ def open_source(url: str, cwd: Path) -> Source:
 def verifier(kind: str) -> Verifier:
     """Return the engine check for raw snapshots of `kind`. Raise ValueError for a kind we do not know."""
     try:
-        return _VERIFIERS[kind]
+        return _BY_KIND[kind].verify
     except KeyError:
         raise ValueError(f"backups of kind {kind!r} cannot be checked by this version") from None
 
@@ -73,12 +93,3 @@ def url_secrets(url: str) -> list[str]:
     except ValueError:
         return []
     return [password, unquote(password)] if password else []
-
-
-def local_database_file(url: str, cwd: Path) -> Path | None:
-    """Return the database file behind a file-based source URL, or None for a server."""
-    try:
-        source = open_source(url, cwd)
-    except ValueError:
-        return None
-    return getattr(source, "path", None)

@@ -10,6 +10,7 @@ missing file is never created and the source is never written.
 from collections.abc import Iterator
 from contextlib import contextmanager, closing
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 import re
 import sqlite3
@@ -17,9 +18,10 @@ import threading
 import time
 from urllib.parse import quote
 
-from jobs.artifacts import create_private
+from jobs.artifacts import STAMP, create_private
 from jobs.errors import Cancelled, IntegrityError, SourceError
 
+SCHEMES = ("sqlite",)
 KIND = "sqlite"
 BUSY_TIMEOUT_S = 60.0  # how long a snapshot or restore waits for another connection's lock
 _STEP_BUSY_S = 0.2  # each backup step waits this long for a lock, then we look at the clock and the cancel flag
@@ -88,6 +90,12 @@ class SqliteSource:
     def describe(self) -> dict[str, str]:
         return {"kind": KIND, "database": self.path.name}
 
+    def target(self) -> str:
+        return str(self.path)
+
+    def protected_files(self) -> list[Path]:
+        return [self.path.with_name(self.path.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+
     def estimate_size(self) -> int:
         self._require_file()
         wal = self.path.with_name(self.path.name + "-wal")
@@ -123,13 +131,15 @@ class SqliteSource:
     def versions(self) -> dict[str, str]:
         return {"sqlite": sqlite3.sqlite_version}
 
-    def restore_over(self, raw: Path, safety_copy: Path, cancel: threading.Event) -> None:
-        """Save the live database to `safety_copy`, then write `raw` into it through the backup API.
+    def restore(self, raw: Path, cancel: threading.Event) -> Path:
+        """Save the live database to a new safety copy beside it, then write `raw` into it through the backup
+        API; return the safety copy's path.
 
         Connections the app holds open see the restored data at their next transaction; the file is never torn.
         Raise SourceError if the live database cannot be read or written.
         """
         self._require_file()
+        safety_copy = safety_copy_path(self.path)
         create_private(safety_copy).close()
         try:
             with closing(_connect(self.path, "rw", timeout=_STEP_BUSY_S)) as live:
@@ -139,13 +149,25 @@ class SqliteSource:
                 with closing(_connect(raw, "ro")) as backup:
                     _copy(backup, live, cancel, f"the restore into {self.path}")
         except sqlite3.Error as error:
-            raise SourceError(f"cannot restore into {self.path}: {_reason(error)}; stop the app's writers and try again") from None
+            raise SourceError(f"cannot restore into {self.path}: {_reason(error)}; stop the app's writers and try again", stage="restore") from None
+        return safety_copy
 
     def _require_file(self) -> None:
         if not self.path.exists():
             raise SourceError(f"the SQLite database {self.path} does not exist; check BACKUP_SOURCE (relative paths start from {Path.cwd()})")
         if not self.path.is_file():
             raise SourceError(f"the SQLite database {self.path} is not a file; point BACKUP_SOURCE at the database file")
+
+
+def safety_copy_path(database: Path, now: datetime | None = None) -> Path:
+    """Return a new path beside `database` where its live content is saved before a restore overwrites it."""
+    stamp = (now or datetime.now(timezone.utc)).strftime(STAMP)
+    candidate = database.with_name(f"{database.name}.pre-restore-{stamp}")
+    number = 1
+    while candidate.exists():
+        number += 1
+        candidate = database.with_name(f"{database.name}.pre-restore-{stamp}-{number}")
+    return candidate
 
 
 def open_source(url: str, cwd: Path) -> SqliteSource:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from jobs.cleanup import CleanupRule, dangerous_rule_reason, parse_rules
+from jobs.engines.sqlite import SqliteSource
 
 APP = Path("/app")
 BACKUPS = Path("/app/data/backups")
@@ -95,6 +96,11 @@ def test_describe_gives_the_rule_back_as_an_operator_writes_it(text: str, descri
     assert parse_rules(parsed.describe(), Path("/elsewhere")) == [parsed]
 
 
+def database_files(database: Path | None) -> list[Path]:
+    """The files a SQLite source protects, as its engine reports them."""
+    return SqliteSource(database).protected_files() if database else []
+
+
 @pytest.mark.parametrize(
     "text, database, fragment",
     [
@@ -121,7 +127,7 @@ def test_describe_gives_the_rule_back_as_an_operator_writes_it(text: str, descri
     ],
 )
 def test_dangerous_rules_are_refused_with_the_reason(text: str, database: Path | None, fragment: str) -> None:
-    reason = dangerous_rule_reason(rule(text), PROTECTED, database)
+    reason = dangerous_rule_reason(rule(text), PROTECTED, database_files(database))
     assert reason is not None and fragment in reason
 
 
@@ -141,7 +147,7 @@ def test_dangerous_rules_are_refused_with_the_reason(text: str, database: Path |
     ],
 )
 def test_safe_rules_are_accepted(text: str, database: Path | None) -> None:
-    assert dangerous_rule_reason(rule(text), PROTECTED, database) is None
+    assert dangerous_rule_reason(rule(text), PROTECTED, database_files(database)) is None
 
 
 def test_a_base_that_is_a_symlink_to_a_protected_directory_is_refused(tmp_path: Path) -> None:
@@ -150,6 +156,6 @@ def test_a_base_that_is_a_symlink_to_a_protected_directory_is_refused(tmp_path: 
     (tmp_path / "to_root").symlink_to("/")
     (tmp_path / "to_app").symlink_to(app)
     protected = [app / "data" / "backups", app, HOME]
-    assert "root directory" in dangerous_rule_reason(rule(f"{tmp_path}/to_root/*.mp3=1d"), protected, None)
-    assert "app directory" in dangerous_rule_reason(rule(f"{tmp_path}/to_app/*.mp3=1d"), protected, None)
-    assert dangerous_rule_reason(rule(f"{tmp_path}/elsewhere/*.mp3=1d"), protected, None) is None
+    assert "root directory" in dangerous_rule_reason(rule(f"{tmp_path}/to_root/*.mp3=1d"), protected)
+    assert "app directory" in dangerous_rule_reason(rule(f"{tmp_path}/to_app/*.mp3=1d"), protected)
+    assert dangerous_rule_reason(rule(f"{tmp_path}/elsewhere/*.mp3=1d"), protected) is None
