@@ -4,9 +4,10 @@ Keys are the flat backup file names, stored as `<prefix>/<key>`. An object appea
 single PUT or a completed multipart upload is atomic on S3, and a failed multipart upload is aborted.
 
 Checksums: botocore 1.36 and later add CRC32 checksum headers (and aws-chunked bodies) to every upload by
-default. Cloudflare R2, Backblaze B2 and older MinIO releases reject those requests, so the client is built with
-`request_checksum_calculation="when_required"` and `response_checksum_validation="when_required"`: the headers
-are sent only for operations that require them. Integrity does not rest on them: after an upload we compare
+default. On AWS we keep them: S3 verifies each part's checksum, so the bytes stored are the bytes sent. Cloudflare
+R2, Backblaze B2 and older MinIO releases reject those requests, so with a custom S3_ENDPOINT_URL the client is
+built with `request_checksum_calculation="when_required"` and `response_checksum_validation="when_required"`:
+the headers are sent only for operations that require them. Integrity does not rest on them: after an upload we compare
 the object's size (and the SHA-256 we store as `sha256` metadata) with the local file, and every restore checks
 the artifact's SHA-256 against its manifest.
 
@@ -104,8 +105,10 @@ def make_client(endpoint_url: str | None, region: str, *, max_attempts: int = BO
         read_timeout=read_timeout,
         max_pool_connections=max(10, TRANSFER.max_request_concurrency * 2),
         s3={"addressing_style": "path" if endpoint_url else "auto"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
+        # AWS itself verifies the CRC32 checksums botocore sends with every part: keep them (end-to-end integrity).
+        # S3-compatible endpoints (R2, B2, older MinIO) reject them: send them only where an operation needs them.
+        request_checksum_calculation="when_required" if endpoint_url else "when_supported",
+        response_checksum_validation="when_required" if endpoint_url else "when_supported",
     )
     return (session or boto3.session.Session()).client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 

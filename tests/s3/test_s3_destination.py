@@ -250,3 +250,13 @@ def test_missing_credentials_are_named_without_contacting_anyone(
     destination = make_s3(client=make_client(moto_endpoint, "us-east-1"))
     with pytest.raises(UploadError, match="no AWS credentials were found to list s3://.*; set AWS_ACCESS_KEY_ID"):
         destination.list()
+
+
+def test_checksum_headers_are_kept_for_aws_and_sent_only_when_required_to_other_endpoints() -> None:
+    from jobs.destinations.s3 import make_client
+
+    aws = make_client(None, "us-east-1").meta.config
+    other = make_client("https://account.r2.cloudflarestorage.com", "auto").meta.config
+    assert (aws.request_checksum_calculation, aws.response_checksum_validation) == ("when_supported", "when_supported")
+    assert (other.request_checksum_calculation, other.response_checksum_validation) == ("when_required", "when_required")
+    assert other.s3["addressing_style"] == "path"
