@@ -171,6 +171,8 @@ def _merged(ctx: Context, remote_too: bool) -> list[dict[str, Any]]:
 
 
 def cmd_list(ctx: Context, as_json: bool, remote: bool) -> int:
+    if remote and ctx.config.s3 is None:
+        raise UsageError("--remote needs S3_BUCKET (and its credentials) to be set")
     rows = _merged(ctx, remote)
     if as_json:
         say(json.dumps(rows, indent=2, sort_keys=True))

@@ -65,6 +65,12 @@ def test_config_masks_secrets_and_names_every_bad_variable(worker) -> None:
     assert "Traceback" not in bad.stderr and "pw@" not in bad.stderr
 
 
+def test_remote_options_without_a_bucket_are_usage_errors(worker) -> None:
+    for args in (["list", "--remote"], ["verify", "--remote"], ["restore", "--from-s3", "--to", "x.db"]):
+        result = worker(*args)
+        assert result.code == 2 and "S3_BUCKET" in result.stderr, args
+
+
 def test_backup_without_a_source_is_a_usage_error(worker) -> None:
     result = worker("backup", env={"BACKUP_SOURCE": ""})
     assert result.code == 2 and "BACKUP_SOURCE" in result.stderr
