@@ -116,9 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(str(error), file=sys.stderr)
         return EXIT_USAGE
-    except ValueError as error:  # a source URL the registry refused after config (should not happen)
-        print(str(error), file=sys.stderr)
-        return EXIT_USAGE
     except JobError as error:
         print(str(error), file=sys.stderr)
         return EXIT_FAILED

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from jobs import engines, offsite, pipeline, restore as restoring, retention
-from jobs.artifacts import ensure_dir, temp_prefix, utc_iso
+from jobs.artifacts import ensure_dir, parse_iso, temp_prefix, utc_iso
 from jobs.backups import Backup, find, list_backups, newest_verified
 from jobs.cleanup import run_cleanup
 from jobs.destinations import Destination
@@ -79,8 +79,8 @@ class Context:
         return sides
 
     def settings(self, upload: bool = True) -> pipeline.BackupSettings:
-        (_, policy), *remote_side = self.policies() if upload else self.policies()[:1]
-        remote, remote_policy = remote_side[0] if remote_side else (None, None)
+        (_, policy), *remote_side = self.policies()
+        remote, remote_policy = remote_side[0] if upload and remote_side else (None, None)
         return pipeline.BackupSettings(
             backup_dir=self.config.backup_dir,
             compression_level=self.config.compression_level,
@@ -182,10 +182,11 @@ def cmd_list(ctx: Context, as_json: bool, remote: bool) -> int:
         return EXIT_OK
     header = f"{'ID':<40} {'CREATED (UTC)':<21} {'AGE':>8} {'SIZE':>10} {'RAW':>10}  {'VERIFIED':<24} LOCATION"
     say(header)
+    now = datetime.now(timezone.utc)
     for row in rows:
-        created = datetime.fromisoformat(row["created_at"].replace("Z", "+00:00"))
-        verified = (row.get("verified") or {}).get("check", "no") if isinstance(row.get("verified"), dict) else "no"
-        say(f"{row['id']:<40} {row['created_at']:<21} {human_age((datetime.now(timezone.utc) - created).total_seconds()):>8} {human_size(row['size']):>10} "
+        age = human_age((now - parse_iso(row["created_at"])).total_seconds())
+        verified = row["verified"].get("check", "yes") if isinstance(row.get("verified"), dict) else "no"
+        say(f"{row['id']:<40} {row['created_at']:<21} {age:>8} {human_size(row['size']):>10} "
             f"{human_size(row.get('raw_size')):>10}  {verified:<24} {row['location']}")
     return EXIT_OK
 
@@ -332,8 +333,15 @@ def cmd_cleanup(ctx: Context, dry_run: bool) -> int:
     outcome = cleanup_job(ctx, dry_run)
     if outcome.ok:
         verb = "would remove" if dry_run else "removed"
-        say(f"cleanup {verb} {outcome.fields.get('files', 0)} files, {human_size(outcome.fields.get('bytes', 0))}"
-            + (f"; {outcome.fields['failed']} could not be removed" if outcome.fields.get("failed") else ""))
+        for rule in outcome.fields["rules"]:
+            state = " (directory missing)" if rule["missing"] else ""
+            say(f"  {rule['rule']}: {rule['files']} files, {human_size(rule['bytes'])}{state}")
+            for path in rule.get("would_remove", []):
+                say(f"    {path}")
+            for error in rule.get("errors", []):
+                say(f"    not removed: {error}")
+        say(f"cleanup {verb} {outcome.fields['files']} files, {human_size(outcome.fields['bytes'])}"
+            + (f"; {outcome.fields['failed']} could not be removed" if outcome.fields["failed"] else ""))
     return report_failure(outcome)
 
 
@@ -356,9 +364,11 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         jobs[job] = {key: (_utc(value) if isinstance(value, datetime) else value)
                      for key, value in row.items() if key in ("run_id", "started_at", "outcome", "stage", "reason", "artifact", "duration_s")}
     local_now = now.astimezone(ctx.config.timezone)
-    next_runs = {"backup": [t.isoformat() for t in next_fire_times(ctx.config.backup_trigger, local_now, 1)]}
+    triggers = {"backup": ctx.config.backup_trigger}
     if ctx.config.cleanup_rules:
-        next_runs["cleanup"] = [t.isoformat() for t in next_fire_times(ctx.config.cleanup_trigger, local_now, 1)]
+        triggers["cleanup"] = ctx.config.cleanup_trigger
+    next_runs = {job: next((t.isoformat() for t in next_fire_times(trigger, local_now, 1)), None)
+                 for job, trigger in triggers.items()}
     return {
         "healthy": fresh,
         "freshness_limit": format_duration(ctx.config.freshness_limit),
@@ -367,7 +377,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         "newest_backup_age_s": int(age.total_seconds()) if age is not None else None,
         "backups": len(backups),
         "jobs": jobs,
-        "next_runs": {job: times[0] if times else None for job, times in next_runs.items()},
+        "next_runs": next_runs,
     }
 
 

@@ -34,6 +34,7 @@ def test_cleanup_by_hand_removes_old_files_reports_them_and_dry_run_removes_noth
     rules = {"CLEANUP_RULES": f"{audio}/*.mp3=24h"}
     preview = worker("cleanup", "--dry-run", env=rules)
     assert preview.code == 0 and "would remove 5 files" in preview.stdout
+    assert all(str(p) in preview.stdout for p in old) and not any(str(p) in preview.stdout for p in new)
     assert all(p.exists() for p in old)
     done = worker("cleanup", env=rules)
     assert done.code == 0 and "removed 5 files, 4.9 KiB" in done.stdout
