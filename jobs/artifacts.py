@@ -15,12 +15,13 @@ import os
 from pathlib import Path
 import re
 import secrets
+import shutil
 import threading
 from typing import Any, BinaryIO
 
 import zstandard
 
-from jobs.errors import Cancelled, IntegrityError, StorageError
+from jobs.errors import Cancelled, IntegrityError, SpaceError, StorageError
 
 CHUNK = 1 << 20
 # Multithreaded zstd works in jobs; libzstd finishes running jobs before it lets go, so their size bounds how
@@ -70,6 +71,13 @@ def ensure_dir(path: Path) -> None:
             path.chmod(DIR_MODE)
         except PermissionError:
             pass
+
+
+def require_space(directory: Path, needed: int, purpose: str, hint: str) -> None:
+    """Raise SpaceError, naming both numbers, if the volume holding `directory` has less than `needed` bytes free."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise SpaceError(f"{directory} has {free >> 20} MiB free but {purpose} needs about {needed >> 20} MiB; {hint}")
 
 
 def temp_path(final: Path) -> Path:

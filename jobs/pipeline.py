@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
-from jobs.errors import IntegrityError, SpaceError, StorageError, UploadError
+from jobs.errors import IntegrityError, StorageError, UploadError
 
 log = structlog.get_logger("jobs.pipeline")
 
@@ -50,7 +49,7 @@ def stage(name: str) -> Iterator[None]:
         yield
     except OSError as error:
         where = f" {error.filename}" if error.filename else ""
-        raise StorageError(f"{name} failed writing{where}: {error.strerror or error}; check free space and permissions on the volume", stage=name) from None
+        raise StorageError(f"{name} failed on{where}: {error.strerror or error}; check free space and permissions on the volume", stage=name) from None
 
 
 def required_space(estimate: int, previous: list[Backup]) -> int:
@@ -66,13 +65,8 @@ def required_space(estimate: int, previous: list[Backup]) -> int:
 
 def check_space(directory: Path, estimate: int, previous: list[Backup]) -> None:
     """Raise SpaceError if the volume holding `directory` cannot take the snapshot and the artifact."""
-    needed = required_space(estimate, previous)
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise SpaceError(
-            f"{directory} has {free >> 20} MiB free but this backup needs about {needed >> 20} MiB "
-            f"(a {estimate >> 20} MiB snapshot and its compressed copy); free space or grow the volume"
-        )
+    artifacts.require_space(directory, required_space(estimate, previous), "this backup",
+                            f"that is a {estimate >> 20} MiB snapshot and its compressed copy; free space or grow the volume")
 
 
 def _free_name(directory: Path, name: str, kind: str, now: datetime) -> tuple[str, datetime]:
@@ -181,6 +175,13 @@ def carry_out(destination: Destination, result: retention.Plan) -> retention.Pla
     return result
 
 
+def remove_stale(local: LocalDestination) -> None:
+    """Remove what killed runs left behind in the backup directory, and log it. Call under the backup lock."""
+    removed = local.remove_stale_temporaries()
+    if removed:
+        log.info("backup.stale_temporaries_removed", files=removed)
+
+
 def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event) -> dict[str, Any]:
     """A whole backup cycle: the backup, the off-site copies if configured, then retention. Return log fields.
 
@@ -188,9 +189,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
     next cycle uploads every local backup the bucket lacks.
     """
     local = LocalDestination(settings.backup_dir)
-    removed = local.remove_stale_temporaries()
-    if removed:
-        log.info("backup.stale_temporaries_removed", files=removed)
+    remove_stale(local)
     manifest = take_backup(source, settings, cancel)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
     fields: dict[str, Any] = {

@@ -7,13 +7,12 @@ place or written into a live database.
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-import shutil
 import threading
 
 from jobs import artifacts, engines
 from jobs.backups import Backup
 from jobs.engines import Source
-from jobs.errors import IntegrityError, SourceError, SpaceError, StorageError
+from jobs.errors import IntegrityError, SourceError, StorageError
 
 
 def check_artifact(artifact: Path, backup: Backup, raw_out: Path, cancel: threading.Event) -> list[str]:
@@ -42,11 +41,8 @@ def check_artifact(artifact: Path, backup: Backup, raw_out: Path, cancel: thread
 def proven_raw(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event) -> Iterator[tuple[Path, list[str]]]:
     """Yield a temporary, proven raw copy of the backup and the checks that passed; delete it afterwards."""
     raw = artifacts.temp_path(workdir / f"{backup.id}.{backup.kind}")
-    needed = int(backup.manifest.get("raw_size") or 0) + (16 << 20)
-    free = shutil.disk_usage(workdir).free
-    if free < needed:
-        raise SpaceError(f"{workdir} has {free >> 20} MiB free but {backup.id} needs about {needed >> 20} MiB "
-                         "to be unpacked and checked; free space there, or restore elsewhere with --to PATH")
+    artifacts.require_space(workdir, int(backup.manifest.get("raw_size") or 0) + (16 << 20),
+                            f"unpacking and checking {backup.id}", "free space there, or restore elsewhere with --to PATH")
     try:
         checks = check_artifact(artifact, backup, raw, cancel)
         yield raw, checks

@@ -12,6 +12,7 @@ import structlog
 
 from jobs.backups import list_backups, newest_verified
 from jobs.errors import BusyError
+from jobs.pipeline import remove_stale
 from worker import __version__
 from worker.commands import Context, backup_job, cleanup_job
 from worker.crontab import period
@@ -53,9 +54,7 @@ def serve(ctx: Context) -> int:
 
     try:
         with exclusive(ctx.config.backup_dir):
-            removed = ctx.local.remove_stale_temporaries()
-        if removed:
-            log.info("worker.stale_temporaries_removed", files=removed)
+            remove_stale(ctx.local)
     except BusyError:
         pass  # a manual backup is running; its own cycle cleans up
 

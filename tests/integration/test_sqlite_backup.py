@@ -187,7 +187,9 @@ def test_full_disk_fails_cleanly_and_leaves_no_partial_files(tmp_path: Path, wor
 
 def test_free_space_is_checked_before_anything_is_written(tmp_path: Path, app_db: Path, monkeypatch) -> None:
     backups = tmp_path / "backups"
-    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1024})())
+    from jobs import artifacts
+
+    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1024})())
     settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3))
     with pytest.raises(SpaceError, match="MiB free but this backup needs about"):
         pipeline.take_backup(SqliteSource(app_db), settings, threading.Event())
@@ -313,7 +315,9 @@ def test_restore_refuses_up_front_when_the_target_volume_is_too_small(tmp_path: 
     assert worker("backup", "--no-upload").code == 0
     local = LocalDestination(tmp_path / "backups")
     (backup,), _ = list_backups(local)
-    monkeypatch.setattr(restoring.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 4096})())
+    from jobs import artifacts
+
+    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 4096})())
     target = tmp_path / "out.db"
     with pytest.raises(SpaceError, match="MiB free but"):
         restoring.restore_to_file(local.path(backup.artifact), backup, target, threading.Event())
