@@ -62,6 +62,8 @@ class Config:
     log_format: str
     protected_paths: tuple[Path, ...]  # backup directory, app directory, home: what cleanup must never sweep
     protected_files: tuple[Path, ...]  # the database's own files, when it lives in files
+    aws_access_key_id: str | None = field(repr=False)
+    aws_secrets: tuple[str, ...] = field(repr=False)  # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN: for scrubbing only
     backup_trigger: BaseTrigger = field(compare=False, repr=False)
     cleanup_trigger: BaseTrigger = field(compare=False, repr=False)
 
@@ -71,13 +73,10 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Return every secret value the configuration holds, so that logs can scrub them."""
-        found = []
+        found = list(self.aws_secrets)
         for url in (self.source_url, self.catalog_url):
             if url:
                 found.extend(engines.url_secrets(url))
-        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            if os.environ.get(name):
-                found.append(os.environ[name])
         return found
 
     def describe(self) -> dict[str, object]:
@@ -95,8 +94,8 @@ class Config:
             "S3_ENDPOINT_URL": mask_url(self.s3.endpoint_url) if self.s3 and self.s3.endpoint_url else None,
             "S3_REGION": self.s3.region if self.s3 else None,
             "S3_RETENTION_DAYS": self.s3.retention_days if self.s3 else None,
-            "AWS_ACCESS_KEY_ID": _mask_key(os.environ.get("AWS_ACCESS_KEY_ID")),
-            "AWS_SECRET_ACCESS_KEY": "***" if os.environ.get("AWS_SECRET_ACCESS_KEY") else None,
+            "AWS_ACCESS_KEY_ID": _mask_key(self.aws_access_key_id),
+            "AWS_SECRET_ACCESS_KEY": "***" if self.aws_secrets else None,
             "CLEANUP_RULES": [rule.describe() for rule in self.cleanup_rules],
             "CLEANUP_SCHEDULE": self.cleanup_schedule,
             "FRESHNESS_LIMIT": format_duration(self.freshness_limit),
@@ -260,6 +259,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         log_format=log_format,
         protected_paths=tuple(protected),
         protected_files=protected_files,
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secrets=tuple(env[name] for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") if env.get(name)),
         backup_trigger=triggers["BACKUP_SCHEDULE"],
         cleanup_trigger=triggers["CLEANUP_SCHEDULE"],
     )

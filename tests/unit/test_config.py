@@ -80,15 +80,16 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert len(caught.value.problems) == 4
 
 
-def test_no_secret_appears_in_problems_or_in_the_printed_configuration(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIsecret")
+def test_no_secret_appears_in_problems_or_in_the_printed_configuration(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, BACKUP_SOURCE="postgresql://app:hunter2@db/app", S3_BUCKET="b", S3_ENDPOINT_URL="ftp://k:pw9@x")
     assert "hunter2" not in str(caught.value.problems) and "pw9" not in str(caught.value.problems)
-    config = load(tmp_path, BACKUP_SOURCE="sqlite:///app.db", CATALOG_URL="postgresql://c:catpw@db/cat", S3_BUCKET="b")
+    config = load(tmp_path, BACKUP_SOURCE="sqlite:///app.db", CATALOG_URL="postgresql://c:catpw@db/cat", S3_BUCKET="b",
+                  AWS_SECRET_ACCESS_KEY="wJalrXUtnFEMIsecret", AWS_ACCESS_KEY_ID="AKIAEXAMPLEKEYID")
     printed = str(config.describe())
     assert "catpw" not in printed and "wJalrXUtnFEMIsecret" not in printed
     assert "catpw" in config.secrets() and "wJalrXUtnFEMIsecret" in config.secrets()
+    assert "AKIAEXAMPLEKEYID" not in printed and "wJalrXUtnFEMIsecret" not in repr(config)
 
 
 def test_cleanup_rules_that_would_sweep_the_backup_directory_or_the_database_are_refused(tmp_path: Path) -> None:
