@@ -9,6 +9,7 @@ within a few percent of --size-mib (the size is checked while building).
 """
 
 import argparse
+from collections.abc import Callable
 import json
 from pathlib import Path
 import random
@@ -121,18 +122,10 @@ def build(path: Path, size_mib: int, seed: int = 1) -> None:
             budget = min(BATCH_BYTES, max(1 << 20, target - size))
             db.execute("BEGIN")
             if name == "events":
-                rows, used = [], 0
-                while used < budget:
-                    row = text.event(now)
-                    rows.append(row)
-                    used += len(row[3]) + 40
+                rows, used = _batch(lambda: text.event(now), lambda row: len(row[3]) + 40, budget)
                 db.executemany("INSERT INTO events (user_id, kind, created_at, payload) VALUES (?, ?, ?, ?)", rows)
             elif name == "messages":
-                rows, used = [], 0
-                while used < budget:
-                    row = text.message(now)
-                    rows.append(row)
-                    used += len(row[4]) + 40
+                rows, used = _batch(lambda: text.message(now), lambda row: len(row[4]) + 40, budget)
                 db.executemany("INSERT INTO messages (conversation_id, user_id, role, created_at, body) VALUES (?, ?, ?, ?, ?)", rows)
             else:
                 rows, used = [], 0
@@ -149,6 +142,16 @@ def build(path: Path, size_mib: int, seed: int = 1) -> None:
         db.execute("PRAGMA journal_mode=WAL")
     finally:
         db.close()
+
+
+def _batch(make: Callable[[], tuple], size: Callable[[tuple], int], budget: int) -> tuple[list[tuple], int]:
+    """Make rows until their estimated size reaches `budget`; return them and that size."""
+    rows, used = [], 0
+    while used < budget:
+        row = make()
+        rows.append(row)
+        used += size(row)
+    return rows, used
 
 
 def main() -> None:
