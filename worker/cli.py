@@ -11,10 +11,15 @@ from collections.abc import Sequence
 
 from jobs.errors import JobError
 from worker import __version__, logs
-from worker.commands import (
-    EXIT_FAILED, EXIT_USAGE, Context, UsageError, cmd_backup, cmd_cleanup, cmd_config, cmd_list, cmd_prune,
-    cmd_restore, cmd_status, cmd_verify,
-)
+from worker.actions.backup import cmd_backup
+from worker.actions.cleanup import cmd_cleanup
+from worker.actions.config import cmd_config
+from worker.actions.context import EXIT_FAILED, EXIT_USAGE, Context, UsageError
+from worker.actions.listing import cmd_list
+from worker.actions.prune import cmd_prune
+from worker.actions.restore import cmd_restore
+from worker.actions.status import cmd_status
+from worker.actions.verify import cmd_verify
 from worker.config import ConfigError, load_config
 
 # Commands whose stdout is a document: their log lines go to stderr so that stdout stays parseable.

@@ -1,0 +1,12 @@
+"""`config`: the validated configuration, secrets masked."""
+
+from worker.actions.context import EXIT_OK, Context
+from worker.actions.output import say
+
+
+def cmd_config(ctx: Context) -> int:
+    for key, value in ctx.config.describe().items():
+        if isinstance(value, list):
+            value = ";".join(value)
+        say(f"{key}={'' if value is None else value}")
+    return EXIT_OK

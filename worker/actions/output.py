@@ -1,0 +1,40 @@
+"""How results are shown: plain sentences (or JSON) on stdout, failures as one sentence on stderr."""
+
+import sys
+
+from worker.actions.context import EXIT_FAILED, EXIT_OK
+from worker.runs import Outcome
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def human_age(seconds: float) -> str:
+    """Return an age like `2d03h`, `5h07m` or `4m09s`."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    if days:
+        return f"{days}d{hours:02d}h"
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def report_failure(outcome: Outcome) -> int:
+    """Print one sentence on stderr for a run that did not succeed; return its exit code."""
+    if outcome.ok:
+        return EXIT_OK
+    where = f" at stage {outcome.stage}" if outcome.stage else ""
+    print(f"{outcome.job} {outcome.outcome}{where}: {outcome.reason}", file=sys.stderr, flush=True)
+    return EXIT_FAILED

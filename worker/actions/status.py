@@ -1,0 +1,65 @@
+"""`status`: last outcome of every job, the newest verified backup and its age, next scheduled runs."""
+
+from datetime import datetime, timezone
+import json
+from typing import Any
+
+from jobs.artifacts import utc_iso
+from jobs.backups import list_backups, newest_verified
+from jobs.durations import format_duration
+from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
+from worker.actions.output import human_age, say
+from worker.crontab import next_fire_times
+
+
+def _utc(moment: datetime) -> str:
+    """Return a catalog time as ISO 8601 UTC; SQLite hands back naive datetimes, which we always wrote in UTC."""
+    return utc_iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
+def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
+    """Return the status document: last outcome per job, the newest verified backup and its age, next runs."""
+    now = now or datetime.now(timezone.utc)
+    backups, _ = list_backups(ctx.local)
+    newest = newest_verified(backups)
+    age = (now - newest.created_at) if newest else None
+    fresh = age is not None and age <= ctx.config.freshness_limit
+    jobs = {}
+    for job, row in ctx.catalog.last_runs().items():
+        jobs[job] = {key: (_utc(value) if isinstance(value, datetime) else value)
+                     for key, value in row.items() if key in ("run_id", "started_at", "outcome", "stage", "reason", "artifact", "duration_s")}
+    local_now = now.astimezone(ctx.config.timezone)
+    triggers = {"backup": ctx.config.backup_trigger}
+    if ctx.config.cleanup_rules:
+        triggers["cleanup"] = ctx.config.cleanup_trigger
+    next_runs = {job: next((t.isoformat() for t in next_fire_times(trigger, local_now, 1)), None)
+                 for job, trigger in triggers.items()}
+    return {
+        "healthy": fresh,
+        "freshness_limit": format_duration(ctx.config.freshness_limit),
+        "newest_backup": newest.id if newest else None,
+        "newest_backup_created_at": newest.manifest["created_at"] if newest else None,
+        "newest_backup_age_s": int(age.total_seconds()) if age is not None else None,
+        "backups": len(backups),
+        "jobs": jobs,
+        "next_runs": next_runs,
+    }
+
+
+def cmd_status(ctx: Context, as_json: bool) -> int:
+    report = status_report(ctx)
+    if as_json:
+        say(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        if report["newest_backup"]:
+            age = human_age(report["newest_backup_age_s"])
+            say(f"newest backup: {report['newest_backup']} ({age} old, limit {report['freshness_limit']})")
+        else:
+            say(f"newest backup: none in {ctx.config.backup_dir}")
+        say(f"health: {'ok' if report['healthy'] else 'STALE: no verified backup within ' + report['freshness_limit']}")
+        for job, row in sorted(report["jobs"].items()):
+            detail = f" at {row['stage']}: {row['reason']}" if row.get("reason") else ""
+            say(f"last {job}: {row['outcome']} ({row['started_at']}){detail}")
+        for job, when in report["next_runs"].items():
+            say(f"next {job}: {when}")
+    return EXIT_OK if report["healthy"] else EXIT_FAILED
