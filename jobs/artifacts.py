@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+import errno
 import functools
 import hashlib
 import json
@@ -19,6 +20,7 @@ import shutil
 import threading
 from typing import Any, BinaryIO
 
+import structlog
 import zstandard
 
 from jobs.errors import Cancelled, IntegrityError, SpaceError, StorageError
@@ -43,11 +45,11 @@ def artifact_name(name: str, kind: str, created_at: datetime) -> str:
 
 
 def backup_id(artifact: str) -> str:
-    """Return the backup id of an artifact name: the name without `.<kind>.zst`."""
-    match = ARTIFACT_NAME.match(artifact)
-    if not match:
+    """Return the backup id of an artifact name: the name without `.zst` (`app-20261122T020000Z.sqlite`), so
+    that the id names the backup set's kind too. Version 1 wrote the name without `.<kind>.zst`."""
+    if not ARTIFACT_NAME.match(artifact):
         raise ValueError(f"{artifact!r} is not an artifact name")
-    return f"{match['name']}-{match['stamp']}"
+    return artifact.removesuffix(".zst")
 
 
 def utc_iso(moment: datetime) -> str:
@@ -64,13 +66,24 @@ def parse_iso(text: str) -> datetime:
 
 
 def ensure_dir(path: Path) -> None:
-    """Create `path` (and parents) with mode 0700 if missing."""
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    if path.stat().st_mode & 0o777 != DIR_MODE:
-        try:
-            path.chmod(DIR_MODE)
-        except PermissionError:
-            pass
+    """Create `path` (and parents) with mode 0700 if missing. The mode of an existing directory is never changed
+    (it may be the app's own data directory); one that others can read or write is logged as a warning, once."""
+    try:
+        path.mkdir(parents=True, mode=DIR_MODE)
+    except FileExistsError:
+        if not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path)) from None
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077 and path not in _warned_modes:
+            _warned_modes.add(path)
+            structlog.get_logger("jobs.artifacts").warning(
+                "backup_dir.open_mode", path=str(path), mode=oct(mode),
+                hint=f"users other than this one have access to the backups; run chmod 700 {path} unless the app needs that")
+        return
+    path.chmod(DIR_MODE)  # ours: exactly 0700 whatever the umask
+
+
+_warned_modes: set[Path] = set()
 
 
 def require_space(directory: Path, needed: int, purpose: str, hint: str) -> None:

@@ -1,12 +1,56 @@
-"""Backup sets on a destination: an artifact and its manifest, side by side. The files are the truth."""
+"""Backups on a destination: an artifact and its manifest, side by side. The files are the truth.
+
+Every backup belongs to one backup set, `(name, kind)`, read from its artifact name
+`<name>-<YYYYMMDDTHHMMSSZ>.<kind>.zst`. Selection, retention, freshness and uploads look at one set at a time, so
+that two services sharing a directory or a bucket never choose, count or delete each other's backups.
+
+A manifest is untrusted input: it counts only if its `id` is its artifact's name minus `.zst` (or, for backups
+written by version 1, minus `.<kind>.zst`). A backup's id is always derived from the validated artifact name,
+never read from the manifest, so nothing a manifest says can name a path.
+"""
 
 from dataclasses import dataclass, field
 from datetime import datetime
+import threading
 from typing import Any
 
 from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, parse_iso, read_manifest
 from jobs.destinations import Destination
 from jobs.errors import NotFound
+
+
+@dataclass(frozen=True, order=True)
+class BackupSet:
+    """The backups of one source: the `<name>` and `<kind>` of their artifact names."""
+
+    name: str
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    def owns(self, artifact: str) -> bool:
+        """Return whether `artifact` is an artifact name of this set."""
+        return set_of(artifact) == self
+
+
+def set_of(artifact: str) -> BackupSet | None:
+    """Return the backup set of an artifact name, or None if it is not named as we name artifacts."""
+    match = ARTIFACT_NAME.match(artifact)
+    return BackupSet(match["name"], match["kind"]) if match else None
+
+
+def canonical_id(artifact: str) -> str:
+    """Return the id of the backup whose artifact is `artifact`: its name minus `.zst`."""
+    return artifact.removesuffix(".zst")
+
+
+def legacy_id(artifact: str) -> str:
+    """Return the id version 1 wrote for `artifact`: its name minus `.<kind>.zst`."""
+    match = ARTIFACT_NAME.match(artifact)
+    if not match:
+        raise ValueError(f"{artifact!r} is not an artifact name")
+    return f"{match['name']}-{match['stamp']}"
 
 
 @dataclass(frozen=True)
@@ -27,11 +71,26 @@ class Backup:
     def kind(self) -> str:
         return ARTIFACT_NAME.match(self.artifact)["kind"]
 
+    @property
+    def backup_set(self) -> BackupSet:
+        return set_of(self.artifact)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name a person may use for this backup: id, version 1 id, artifact and manifest file names."""
+        return (self.id, legacy_id(self.artifact), self.artifact, self.manifest_key)
+
 
 def from_manifest(artifact: str, manifest: dict[str, Any]) -> Backup:
-    """Build a Backup from an artifact name and its parsed manifest."""
+    """Build a Backup from an artifact name and its parsed manifest. Raise ValueError if the manifest's id is not
+    the artifact's (a manifest copied, edited or planted beside another artifact is not a backup)."""
+    if not ARTIFACT_NAME.match(artifact):
+        raise ValueError(f"{artifact!r} is not an artifact name")
+    ident = canonical_id(artifact)
+    if manifest["id"] not in (ident, legacy_id(artifact)):
+        raise ValueError(f"its id {str(manifest['id'])[:80]!r} is not {ident!r}, its artifact's name")
     return Backup(
-        id=manifest["id"],
+        id=ident,
         artifact=artifact,
         created_at=parse_iso(manifest["created_at"]),
         size=int(manifest["size"]),
@@ -41,23 +100,27 @@ def from_manifest(artifact: str, manifest: dict[str, Any]) -> Backup:
     )
 
 
-def list_backups(destination: Destination) -> tuple[list[Backup], list[str]]:
-    """Return the destination's complete backups, newest first, and a note for each file pair we skipped.
+def list_backups(destination: Destination, backup_set: BackupSet | None = None,
+                 cancel: threading.Event | None = None) -> tuple[list[Backup], list[str]]:
+    """Return the destination's complete backups of `backup_set` (every set if None), newest first, and a note
+    for each of that set's file pairs we skipped.
 
-    A backup counts only when both its artifact (named as we name them) and a readable manifest are present,
-    and the artifact has the size the manifest records. Files we did not write are ignored, never touched.
+    A backup counts only when both its artifact (named as we name them) and a readable manifest are present, the
+    manifest's id is the artifact's, and the artifact has the size the manifest records. Other sets' files are
+    not even read; files we did not write are ignored, never touched.
     """
-    entries = {entry.key: entry for entry in destination.list()}
+    entries = {entry.key: entry for entry in destination.list(cancel=cancel)}
     backups, problems = [], []
     for key, entry in entries.items():
-        if not ARTIFACT_NAME.match(key):
+        owner = set_of(key)
+        if owner is None or (backup_set is not None and owner != backup_set):
             continue
         manifest_key = key + MANIFEST_SUFFIX
         if manifest_key not in entries:
             problems.append(f"{key} has no manifest (an interrupted backup or upload); it is not counted")
             continue
         try:
-            backup = from_manifest(key, read_manifest(destination.read(manifest_key), key))
+            backup = from_manifest(key, read_manifest(destination.read(manifest_key, cancel=cancel), key))
         except (ValueError, KeyError, TypeError, NotFound) as error:
             problems.append(f"{manifest_key} is not a valid manifest ({error}); the backup is not counted")
             continue
@@ -69,20 +132,30 @@ def list_backups(destination: Destination) -> tuple[list[Backup], list[str]]:
     return backups, problems
 
 
+def sets_in(destination: Destination, cancel: threading.Event | None = None) -> list[BackupSet]:
+    """Return, sorted, the backup sets that have at least one artifact with a manifest beside it on `destination`
+    (judged by file names only: nothing is read)."""
+    keys = {entry.key for entry in destination.list(cancel=cancel)}
+    return sorted({owner for key in keys if (owner := set_of(key)) and key + MANIFEST_SUFFIX in keys})
+
+
 def newest_verified(backups: list[Backup]) -> Backup | None:
     """Return the newest backup whose manifest records a passed check, or None."""
     return max((b for b in backups if b.verified), key=lambda b: (b.created_at, b.id), default=None)
 
 
 def find(backups: list[Backup], wanted: str) -> Backup:
-    """Return the backup whose id or artifact name is `wanted`. Raise NotFound naming how to list them."""
-    for backup in backups:
-        if wanted in (backup.id, backup.artifact, backup.manifest_key):
-            return backup
-    raise NotFound(f"no backup {wanted!r}; run `python -m worker list` to see the ids")
+    """Return the backup that `wanted` names: its id, its version 1 id, or its artifact or manifest file name.
+    Raise NotFound naming how to list them, or if `wanted` names several backups."""
+    matches = [backup for backup in backups if wanted in backup.names]
+    if len(matches) > 1:
+        raise NotFound(f"{wanted!r} names {len(matches)} backups ({', '.join(b.id for b in matches)}); give the full id")
+    if not matches:
+        raise NotFound(f"no backup {wanted!r}; run `python -m worker list` to see the ids")
+    return matches[0]
 
 
-def delete_backup(destination: Destination, backup: Backup) -> None:
+def delete_backup(destination: Destination, backup: Backup, cancel: threading.Event | None = None) -> None:
     """Delete a backup: the manifest first, so that an interrupted delete never leaves a set that looks whole."""
-    destination.delete(backup.manifest_key)
-    destination.delete(backup.artifact)
+    destination.delete(backup.manifest_key, cancel=cancel)
+    destination.delete(backup.artifact, cancel=cancel)

@@ -6,20 +6,24 @@ always means a whole artifact beside it; an interrupted upload leaves at most an
 which `list_backups` does not count and the next cycle uploads again.
 """
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import threading
 
 import structlog
 
 from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, sha256_file, temp_path
-from jobs.backups import Backup, find, list_backups
+from jobs.backups import Backup, BackupSet, find, list_backups, set_of
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
-from jobs.errors import Cancelled, IntegrityError, NotFound
+from jobs.errors import Cancelled, IntegrityError, NotFound, UploadError
 from jobs.retention import Policy, plan
 
 log = structlog.get_logger("jobs.offsite")
+
+# A multipart upload of one of our artifacts that started this long ago belongs to a run that died (uploads run
+# under the backup lock, so no live run of this worker is still sending it): abort it so its parts stop costing.
+STALE_UPLOAD_AGE = timedelta(hours=1)
 
 
 def _where(destination: Destination) -> str:
@@ -46,16 +50,31 @@ def missing_remote(local_backups: list[Backup], remote_backups: list[Backup]) ->
 
 
 def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
-         policy: Policy | None = None, now: datetime | None = None) -> list[str]:
-    """Upload every local backup `remote` lacks, oldest first; return the ids uploaded.
+         policy: Policy | None = None, now: datetime | None = None, backup_set: BackupSet | None = None,
+         present: set[str] | None = None, stale_upload_age: timedelta = STALE_UPLOAD_AGE) -> list[str]:
+    """Upload every local backup of `backup_set` (every set if None) that `remote` lacks, oldest first; return
+    the ids uploaded.
 
-    With the remote's retention `policy`, backups it would delete at once are not uploaded (a bucket kept
-    shorter than the volume would otherwise receive and lose the same old backups every cycle). Raise
-    UploadError, StorageError or Cancelled at the first failure; what was uploaded before stays, and the next
-    call carries on from there.
+    First abort the set's unfinished multipart uploads older than `stale_upload_age` (failing that only warns).
+    With the remote's retention `policy`, backups it would delete at once are not uploaded (a bucket kept shorter
+    than the volume would otherwise receive and lose the same old backups every cycle). When given, `present`
+    receives the artifact names known to be whole on the remote (listed there, or uploaded now), also when this
+    raises. Raise UploadError, StorageError or Cancelled at the first failure; what was uploaded before stays,
+    and the next call carries on from there.
     """
-    local_backups, _ = list_backups(local)
-    remote_backups, _ = list_backups(remote)
+    present = set() if present is None else present
+    ours = backup_set.owns if backup_set is not None else (lambda key: set_of(key) is not None)
+    try:
+        aborted = remote.abort_incomplete(ours, stale_upload_age, cancel)
+        if aborted:
+            log.info("offsite.aborted_stale_uploads", keys=aborted, location=remote.location)
+    except UploadError as error:
+        log.warning("offsite.abort_stale_failed", reason=str(error),
+                    hint="grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, or add a lifecycle rule "
+                         "that aborts incomplete multipart uploads")
+    local_backups, _ = list_backups(local, backup_set, cancel)
+    remote_backups, _ = list_backups(remote, backup_set, cancel)
+    present.update(backup.artifact for backup in remote_backups)
     missing = missing_remote(local_backups, remote_backups)
     if policy is not None and missing:
         doomed = {b.id for b in plan(remote_backups + missing, policy, now or datetime.now(timezone.utc)).delete}
@@ -63,6 +82,7 @@ def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
     uploaded = []
     for backup in missing:
         upload_backup(local, remote, backup, cancel)
+        present.add(backup.artifact)
         log.info("offsite.uploaded", backup=backup.id, artifact=backup.artifact, size=backup.size, location=remote.location)
         uploaded.append(backup.id)
     return uploaded
@@ -102,31 +122,35 @@ def _stamp(artifact: str) -> str:
     return ARTIFACT_NAME.match(artifact)["stamp"]
 
 
-def _damaged_sets(remote: Destination, backups: list[Backup]) -> list[str]:
-    """Return, newest first, the artifacts on `remote` that have a manifest but are not complete backups."""
-    keys = {entry.key for entry in remote.list()}
+def _damaged(remote: Destination, backups: list[Backup], backup_set: BackupSet | None,
+             cancel: threading.Event | None) -> list[str]:
+    """Return, newest first, the artifacts of `backup_set` on `remote` that have a manifest but are not
+    complete backups."""
+    keys = {entry.key for entry in remote.list(cancel=cancel)}
     complete = {backup.artifact for backup in backups}
-    damaged = [key for key in keys if ARTIFACT_NAME.match(key) and key + MANIFEST_SUFFIX in keys and key not in complete]
+    damaged = [key for key in keys if ARTIFACT_NAME.match(key) and key + MANIFEST_SUFFIX in keys and key not in complete
+               and (backup_set is None or backup_set.owns(key))]
     return sorted(damaged, key=_stamp, reverse=True)
 
 
 def pick_restorable(remote: Destination, workdir: Path, cancel: threading.Event, wanted: str | None,
-                    fallback: bool) -> tuple[Backup, Path, list[str]]:
-    """Given a destination and a wanted id (None for the latest), return the backup to restore, its verified
-    artifact downloaded into `workdir`, and notes on what was skipped.
+                    fallback: bool, backup_set: BackupSet | None = None) -> tuple[Backup, Path, list[str]]:
+    """Given a destination, a backup set (None: every set) and a wanted id (None for the latest), return the
+    backup to restore, its verified artifact downloaded into `workdir`, and notes on what was skipped.
 
-    For the latest, the newest backup whose manifest and artifact are present and whose checksum matches is
-    chosen; if the newest is damaged this raises IntegrityError unless `fallback`, which tries older ones in
+    For the latest, the set's newest backup whose manifest and artifact are present and whose checksum matches
+    is chosen; if the newest is damaged this raises IntegrityError unless `fallback`, which tries older ones in
     order. Raise NotFound if there is no such backup, IntegrityError if none is intact.
     """
-    backups, problems = list_backups(remote)
+    backups, problems = list_backups(remote, backup_set, cancel)
     notes = list(problems)
     if wanted is not None:
         backup = find(backups, wanted)
         return backup, fetch_verified(remote, backup, workdir, cancel), notes
-    damaged = _damaged_sets(remote, backups)
+    damaged = _damaged(remote, backups, backup_set, cancel)
     if not backups and not damaged:
-        raise NotFound(f"there is no complete backup in {_where(remote)}; run `python -m worker list --remote` to see what is there")
+        of = f" of the set {backup_set}" if backup_set is not None else ""
+        raise NotFound(f"there is no complete backup{of} in {_where(remote)}; run `python -m worker list --remote --all` to see what is there")
     newest_is_damaged = bool(damaged) and (not backups or _stamp(damaged[0]) > _stamp(backups[0].artifact))
     if newest_is_damaged and not fallback:
         raise IntegrityError(

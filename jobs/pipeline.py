@@ -8,12 +8,13 @@ next start.
 
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ import structlog
 import zstandard
 
 from jobs import artifacts, engines, offsite, retention
-from jobs.backups import Backup, list_backups
+from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
-from jobs.errors import IntegrityError, StorageError, UploadError
+from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
+from jobs.volume import MinFree, room_problem
 
 log = structlog.get_logger("jobs.pipeline")
 
@@ -40,6 +42,9 @@ class BackupSettings:
     remote: Destination | None = None
     remote_policy: retention.Policy | None = None
     worker_version: str = "0"
+    min_free: MinFree | None = None  # BACKUP_MIN_FREE: what a backup must leave free on the backup volume
+    # Held while retention deletes; raises BusyError while a verify or restore reads the backups (see worker.lock).
+    deletion_lock: Callable[[], AbstractContextManager[Any]] | None = None
 
 
 @contextmanager
@@ -63,10 +68,14 @@ def required_space(estimate: int, previous: list[Backup]) -> int:
     return estimate + int(estimate * ratio) + HEADROOM
 
 
-def check_space(directory: Path, estimate: int, previous: list[Backup]) -> None:
-    """Raise SpaceError if the volume holding `directory` cannot take the snapshot and the artifact."""
-    artifacts.require_space(directory, required_space(estimate, previous), "this backup",
-                            f"that is a {estimate >> 20} MiB snapshot and its compressed copy; free space or grow the volume")
+def check_space(directory: Path, estimate: int, previous: list[Backup], min_free: MinFree | None = None) -> None:
+    """Raise SpaceError if the volume holding `directory` cannot take the snapshot and the artifact and still
+    keep `min_free` (BACKUP_MIN_FREE) free for the app."""
+    usage = shutil.disk_usage(directory)
+    problem = room_problem(usage.free, usage.total, required_space(estimate, previous), min_free)
+    if problem:
+        raise SpaceError(f"{directory} {problem} (a {estimate >> 20} MiB snapshot and its compressed copy); "
+                         "free space or grow the volume" + (", or lower BACKUP_MIN_FREE" if "BACKUP_MIN_FREE" in problem else ""))
 
 
 def _free_name(directory: Path, name: str, kind: str, now: datetime) -> tuple[str, datetime]:
@@ -89,9 +98,9 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
     local = LocalDestination(directory)
     with stage("preflight"):
         artifacts.ensure_dir(directory)
-        previous, _ = list_backups(local)
+        previous, _ = list_backups(local, BackupSet(source.name(), source.kind), cancel)
         estimate = source.estimate_size()
-        check_space(directory, estimate, previous)
+        check_space(directory, estimate, previous, settings.min_free)
 
     started = time.monotonic()
     artifact, created_at = _free_name(directory, source.name(), source.kind, datetime.now(timezone.utc))
@@ -153,24 +162,37 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         temp_artifact.unlink(missing_ok=True)
 
 
-def plan_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None) -> retention.Plan:
-    """Return the retention plan for a destination's backups now; files that are not whole backups are logged."""
-    backups, problems = list_backups(destination)
+def plan_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None,
+                   backup_set: BackupSet | None = None, cancel: threading.Event | None = None) -> retention.Plan:
+    """Return the retention plan for a destination's backups of `backup_set` (every set if None) now; files that
+    are not whole backups are logged."""
+    backups, problems = list_backups(destination, backup_set, cancel)
     for problem in problems:
         log.warning("retention.skipped_file", location=destination.location, problem=problem)
     return retention.plan(backups, policy, now or datetime.now(timezone.utc))
 
 
-def apply_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None) -> retention.Plan:
-    """Plan retention on a destination and carry the plan out; return it."""
-    return carry_out(destination, plan_retention(destination, policy, now))
+def apply_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None,
+                    backup_set: BackupSet | None = None, offsite_copies: set[str] | None = None,
+                    cancel: threading.Event | None = None) -> retention.Plan:
+    """Plan retention on a destination's backups of `backup_set` and carry the plan out; return it."""
+    return carry_out(destination, plan_retention(destination, policy, now, backup_set, cancel), offsite_copies, cancel)
 
 
-def carry_out(destination: Destination, result: retention.Plan) -> retention.Plan:
-    """Delete what `result` says to delete, logging each deletion with its reason; return the plan."""
+def carry_out(destination: Destination, result: retention.Plan, offsite_copies: set[str] | None = None,
+              cancel: threading.Event | None = None) -> retention.Plan:
+    """Delete what `result` says to delete, logging each deletion with its reason; return the plan.
+
+    With `offsite_copies` (the artifact names known to be in the bucket), deleting a backup that is not among
+    them is logged as a warning: the rules still apply (the volume must not fill up), but that copy is gone.
+    """
     for backup in result.delete:
-        log.info("retention.delete", location=destination.location, backup=backup.id, reason=result.reasons[backup.id])
-    retention.apply(destination, result)
+        if offsite_copies is not None and backup.artifact not in offsite_copies:
+            log.warning("retention.delete_not_offsite", location=destination.location, backup=backup.id,
+                        reason=result.reasons[backup.id], detail="this backup was never uploaded; it is deleted by the usual rules")
+        else:
+            log.info("retention.delete", location=destination.location, backup=backup.id, reason=result.reasons[backup.id])
+    retention.apply(destination, result, cancel)
     log.info("retention.done", location=destination.location, kept=len(result.keep), deleted=len(result.delete))
     return result
 
@@ -185,26 +207,50 @@ def remove_stale(local: LocalDestination) -> None:
 def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event) -> dict[str, Any]:
     """A whole backup cycle: the backup, the off-site copies if configured, then retention. Return log fields.
 
-    Retention runs only when everything before it succeeded: a failed upload keeps every local backup, and the
-    next cycle uploads every local backup the bucket lacks.
+    Everything after the backup looks at the source's backup set only. Local retention runs even when the upload
+    failed: the volume must not fill up while the bucket is away. It follows the usual rules (the newest
+    `keep_min` verified backups always stay), deleting a backup the bucket lacks is logged as a warning, and
+    the cycle still fails at stage upload; the next cycle uploads what the bucket lacks.
     """
     local = LocalDestination(settings.backup_dir)
+    backup_set = BackupSet(source.name(), source.kind)
     remove_stale(local)
     manifest = take_backup(source, settings, cancel)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
     fields: dict[str, Any] = {
+        "backup": manifest["id"],
         "artifact": manifest["artifact"],
         "size": manifest["size"],
         "raw_size": manifest["raw_size"],
         "verified": manifest["verified"]["check"],
     }
+    failure: UploadError | None = None
+    offsite_copies: set[str] | None = None
     if settings.remote is not None:
+        offsite_copies = set()
         try:
-            fields["uploaded"] = offsite.sync(local, settings.remote, cancel, settings.remote_policy)
+            fields["uploaded"] = offsite.sync(local, settings.remote, cancel, settings.remote_policy,
+                                              backup_set=backup_set, present=offsite_copies)
+            if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
+                fields["pruned_remote"] = _retention(settings.remote, settings.remote_policy, backup_set, settings, None, cancel)
         except UploadError as error:
-            raise UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it",
-                              fields=fields) from None
-        if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
-            fields["pruned_remote"] = [b.id for b in apply_retention(settings.remote, settings.remote_policy).delete]
-    fields["pruned"] = [backup.id for backup in apply_retention(local, settings.policy).delete]
+            failure = UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it")
+            log.warning("retention.despite_upload_failure", detail="local retention runs so that the volume does not fill up")
+    fields["pruned"] = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel)
+    if failure is not None:
+        failure.fields = fields
+        raise failure
     return fields
+
+
+def _retention(destination: Destination, policy: retention.Policy, backup_set: BackupSet, settings: BackupSettings,
+               offsite_copies: set[str] | None, cancel: threading.Event) -> list[str]:
+    """Apply retention to one destination under the deletion lock; return the ids deleted. If a verify or
+    restore holds the lock, delete nothing this time and say why."""
+    try:
+        with settings.deletion_lock() if settings.deletion_lock is not None else nullcontext():
+            plan = apply_retention(destination, policy, backup_set=backup_set, offsite_copies=offsite_copies, cancel=cancel)
+    except BusyError as error:
+        log.warning("retention.deferred", location=destination.location, reason=str(error))
+        return []
+    return [backup.id for backup in plan.delete]

@@ -1,13 +1,16 @@
 """Retention: decide first (a pure function), then act and log the plan.
 
-Rules, in order: the newest `keep_min` verified backups are kept however old (so the last good copy always
-survives); anything younger than `retention_days` is kept; the rest goes. With no age limit nothing goes.
+Rules, in order, within each backup set: the newest `keep_min` verified backups are kept however old (so the
+last good copy always survives); anything younger than `retention_days` is kept; the rest goes. With no age
+limit nothing goes. Sets are planned apart: one set's backups never count toward another's `keep_min`.
 """
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+import threading
 
-from jobs.backups import Backup, delete_backup
+from jobs.backups import Backup, BackupSet, delete_backup
 from jobs.destinations import Destination
 
 
@@ -35,8 +38,19 @@ class Plan:
 
 
 def plan(backups: list[Backup], policy: Policy, now: datetime) -> Plan:
-    """Given backups, a policy and the time, return what to keep, what to delete, and why for each."""
+    """Given backups, a policy and the time, return what to keep, what to delete, and why for each; each backup
+    set is planned on its own."""
     result = Plan()
+    by_set: dict[BackupSet | None, list[Backup]] = defaultdict(list)
+    for backup in backups:
+        by_set[backup.backup_set].append(backup)
+    for members in by_set.values():
+        _plan_set(members, policy, now, result)
+    return result
+
+
+def _plan_set(backups: list[Backup], policy: Policy, now: datetime, result: Plan) -> None:
+    """Add the decisions for the backups of one set to `result`."""
     cutoff = now - timedelta(days=policy.retention_days) if policy.retention_days is not None else None
     verified_seen = 0
     for backup in sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True):
@@ -59,13 +73,12 @@ def plan(backups: list[Backup], policy: Policy, now: datetime) -> Plan:
                 f"{age_days:.1f} days old, older than {policy.retention_days} days ({state}), "
                 f"and the {verified_seen} newest verified backups are kept"
             )
-    return result
 
 
-def apply(destination: Destination, result: Plan) -> list[str]:
+def apply(destination: Destination, result: Plan, cancel: threading.Event | None = None) -> list[str]:
     """Delete what the plan says to delete; return the ids deleted."""
     deleted = []
     for backup in result.delete:
-        delete_backup(destination, backup)
+        delete_backup(destination, backup, cancel)
         deleted.append(backup.id)
     return deleted

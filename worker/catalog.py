@@ -2,17 +2,24 @@
 
 The backup files are the truth; the catalog is history and can be lost. So a catalog that fails only warns:
 it never fails a backup.
+
+Each row records the host and pid of the process that runs it. A row still `running` whose process is gone
+(killed, crashed, cut off at the stop deadline) is marked `interrupted` when the next job starts.
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 import json
 import os
 from pathlib import Path
+import socket
+import threading
 from typing import Any
 
 import structlog
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, func, select
+from sqlalchemy import (
+    BigInteger, Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, func, inspect, select, text,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,11 +39,57 @@ runs = Table(
     Column("stage", String(32)),
     Column("reason", Text),
     Column("artifact", String(255)),
-    Column("size", Integer),
-    Column("raw_size", Integer),
+    Column("size", BigInteger),  # 64-bit: artifacts are often larger than 2 GiB
+    Column("raw_size", BigInteger),
     Column("duration_s", Float),
     Column("details", Text),
+    Column("host", String(255)),
+    Column("pid", Integer),
 )
+
+# Runs this process has started and not finished (one process may hold several catalogs; the pid is shared).
+_active: set[str] = set()
+_active_lock = threading.Lock()
+_PROCESS_STARTED = datetime.now(timezone.utc)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes, which we always wrote in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _process_started(pid: int) -> datetime | None:
+    """Return when process `pid` started (Linux /proc), or None if that cannot be told."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        return datetime.fromtimestamp(boot + int(fields[19]) / os.sysconf("SC_CLK_TCK"), timezone.utc)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def run_is_orphaned(run_id: str, host: str | None, pid: int | None, started_at: datetime) -> bool:
+    """Given a `running` row, return whether the process that ran it is certainly gone.
+
+    Rows of another host are never judged. A row with no pid was written by version 1: it is orphaned if it
+    started before this process did. A pid that is ours belongs to this life only if the run is active here
+    (in a container every life of the worker is pid 1); a live pid that started after the run did was reused.
+    """
+    if host is None or pid is None:
+        return host is None and _aware(started_at) < _PROCESS_STARTED
+    if host != socket.gethostname():
+        return False
+    if pid == os.getpid():
+        with _active_lock:
+            return run_id not in _active
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    began = _process_started(pid)
+    return began is not None and began > _aware(started_at) + timedelta(seconds=2)
 
 
 @dataclass
@@ -44,11 +97,16 @@ class Catalog:
     engine: Engine | None
 
     def start(self, run_id: str, job: str, started_at: datetime) -> None:
-        self._write(runs.insert().values(run_id=run_id, job=job, started_at=started_at, outcome="running"))
+        with _active_lock:
+            _active.add(run_id)
+        self._write(runs.insert().values(run_id=run_id, job=job, started_at=started_at, outcome="running",
+                                         host=socket.gethostname(), pid=os.getpid()))
 
     def finish(self, run_id: str, outcome: str, duration_s: float, stage: str | None = None,
                reason: str | None = None, fields: dict[str, Any] | None = None) -> None:
         fields = fields or {}
+        with _active_lock:
+            _active.discard(run_id)
         self._write(
             runs.update().where(runs.c.run_id == run_id).values(
                 finished_at=datetime.now(timezone.utc),
@@ -62,6 +120,26 @@ class Catalog:
                 details=json.dumps(fields, default=str),
             )
         )
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark every `running` row whose process is gone as `interrupted`; return their run ids."""
+        if self.engine is None:
+            return []
+        query = select(runs.c.run_id, runs.c.host, runs.c.pid, runs.c.started_at).where(runs.c.outcome == "running")
+        try:
+            with self.engine.connect() as connection:
+                rows = list(connection.execute(query))
+        except SQLAlchemyError as error:
+            log.warning("catalog.unreadable", error=str(error.__class__.__name__))
+            return []
+        orphans = [row for row in rows if run_is_orphaned(row.run_id, row.host, row.pid, row.started_at)]
+        for row in orphans:
+            who = f"pid {row.pid} on {row.host}" if row.pid is not None else "an earlier worker"
+            self._write(runs.update().where((runs.c.run_id == row.run_id) & (runs.c.outcome == "running")).values(
+                outcome="interrupted", finished_at=datetime.now(timezone.utc), stage="interrupted",
+                reason=f"the process ({who}) ended before the run finished: killed, crashed or stopped past its deadline"))
+            log.warning("catalog.run_interrupted", interrupted_run=row.run_id, started_at=_aware(row.started_at).isoformat())
+        return [row.run_id for row in orphans]
 
     def last_runs(self) -> dict[str, dict[str, Any]]:
         """Return the newest finished run of every job, by job name (empty if the catalog cannot be read)."""
@@ -102,8 +180,25 @@ def open_catalog(url: str) -> Catalog:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
         engine = create_engine(url, connect_args={"timeout": 30} if parsed.get_backend_name() == "sqlite" else {})
         metadata.create_all(engine)
+        _upgrade(engine)
         return Catalog(engine)
     except (SQLAlchemyError, OSError, ImportError) as error:
         log.warning("catalog.unavailable", error=error.__class__.__name__, detail=str(error)[:200],
                     hint="run history will not be recorded; check CATALOG_URL and that its driver is installed")
         return Catalog(None)
+
+
+def _upgrade(engine: Engine) -> None:
+    """Bring a catalog created by an earlier version up to this table: add the host and pid columns, and widen
+    the size columns to 64 bits where the database has a narrower integer (PostgreSQL's INTEGER)."""
+    columns = {column["name"]: column for column in inspect(engine).get_columns("runs")}
+    statements = [f"ALTER TABLE runs ADD COLUMN {name} {kind}" for name, kind in (("host", "VARCHAR(255)"), ("pid", "INTEGER"))
+                  if name not in columns]
+    if engine.dialect.name == "postgresql":
+        statements += [f"ALTER TABLE runs ALTER COLUMN {name} TYPE BIGINT" for name in ("size", "raw_size")
+                       if not isinstance(columns[name]["type"], BigInteger)]
+    if statements:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+        log.info("catalog.upgraded", changes=statements)

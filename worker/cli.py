@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from jobs.errors import JobError
+from jobs.volume import explain
 from worker import __version__, logs
 from worker.actions.backup import cmd_backup
 from worker.actions.cleanup import cmd_cleanup
@@ -22,8 +23,9 @@ from worker.actions.status import cmd_status
 from worker.actions.verify import cmd_verify
 from worker.config import ConfigError, load_config
 
-# Commands whose stdout is a document: their log lines go to stderr so that stdout stays parseable.
-DOCUMENT_COMMANDS = {"list", "status", "config"}
+# `run` logs to stdout (the service's log stream). One-shot commands log to stderr and print their result on
+# stdout (sentences, or JSON with --json), so that `python -m worker backup --json | jq` works.
+LOG_TO_STDOUT = {"run"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,17 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the scheduler: nightly backups, hourly cleanup")
     backup = commands.add_parser("backup", help="run one backup cycle now")
     backup.add_argument("--no-upload", action="store_true", help="keep this backup local only")
+    backup.add_argument("--json", action="store_true", help="print the outcome (artifact, sizes, check, uploads) as JSON")
     listing = commands.add_parser("list", help="list backups, newest first")
     listing.add_argument("--json", action="store_true", help="print an array of manifests")
     listing.add_argument("--remote", action="store_true", help="include the bucket's backups")
+    listing.add_argument("--all", action="store_true", help="every backup set, not only the configured one")
     verify = commands.add_parser("verify", help="re-prove a backup: checksum, decompression, engine check")
     verify.add_argument("id", nargs="?", help="backup id (default: the newest)")
     verify.add_argument("--latest", action="store_true", help="the newest backup (the default)")
     verify.add_argument("--remote", action="store_true", help="verify the copy in the bucket")
+    verify.add_argument("--source", metavar="NAME", help="the backup set to take --latest from (its name)")
     restore = commands.add_parser("restore", help="fetch, verify and restore a backup")
     restore.add_argument("id", nargs="?", help="backup id (default: the newest)")
     restore.add_argument("--latest", action="store_true", help="the newest backup (the default)")
     restore.add_argument("--from-s3", action="store_true", help="take the backup from the bucket")
+    restore.add_argument("--source", metavar="NAME", help="the backup set to take --latest from (its name)")
     target = restore.add_mutually_exclusive_group()
     target.add_argument("--to", type=Path, metavar="PATH", help="restore into a new file instead of the live database")
     target.add_argument("--target-url", metavar="URL", help="restore into this database server")
@@ -80,19 +86,19 @@ def dispatch(ctx: Context, args: argparse.Namespace) -> int:
         return serve(ctx)
     _stop_on_signals(ctx.cancel)
     if args.command == "backup":
-        return cmd_backup(ctx, args.no_upload)
+        return cmd_backup(ctx, args.no_upload, args.json)
     if args.command == "list":
-        return cmd_list(ctx, args.json, args.remote)
+        return cmd_list(ctx, args.json, args.remote, args.all)
     if args.command == "verify":
         if args.id and args.latest:
             raise UsageError("give a backup id or --latest, not both")
-        return cmd_verify(ctx, args.id, args.remote)
+        return cmd_verify(ctx, args.id, args.remote, args.source)
     if args.command == "restore":
         if args.id and args.latest:
             raise UsageError("give a backup id or --latest, not both")
         if args.fallback and (args.id or not args.from_s3):
             raise UsageError("--fallback goes with --from-s3 and --latest (no id): it picks an older intact backup")
-        return cmd_restore(ctx, args.id, args.from_s3, args.to, args.target_url, args.yes, args.fallback)
+        return cmd_restore(ctx, args.id, args.from_s3, args.to, args.target_url, args.yes, args.fallback, args.source)
     if args.command == "prune":
         return cmd_prune(ctx, args.dry_run)
     if args.command == "cleanup":
@@ -113,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
-    stream = sys.stderr if args.command in DOCUMENT_COMMANDS else sys.stdout
+    stream = sys.stdout if args.command in LOG_TO_STDOUT else sys.stderr
     logs.configure(config.log_level, config.log_format, config.secrets(), stream)
     ctx = Context(config=config, cwd=Path.cwd())
     try:
@@ -127,8 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         if debug:
             raise
-        where = f" {error.filename}" if error.filename else ""
-        print(f"cannot use{where}: {error.strerror or error}; check the path and its permissions (BACKUP_DIR, BACKUP_SOURCE)", file=sys.stderr)
+        print(explain(error, config.backup_dir), file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:
         if debug:

@@ -15,16 +15,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from jobs import engines
 from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.durations import format_duration, parse_duration
 from jobs.redact import mask_url
+from jobs.volume import DEFAULT_MIN_FREE, MinFree, dir_problem, parse_min_free
 from worker.crontab import cron_trigger
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
+SET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # the `<name>` of artifact names
 
 
 class ConfigError(Exception):
@@ -60,6 +62,8 @@ class Config:
     catalog_url: str
     log_level: str
     log_format: str
+    backup_name: str | None  # BACKUP_NAME: the backup set's name; None means the source's own name
+    min_free: MinFree  # BACKUP_MIN_FREE
     protected_paths: tuple[Path, ...]  # backup directory, app directory, home: what cleanup must never sweep
     protected_files: tuple[Path, ...]  # the database's own files, when it lives in files
     aws_access_key_id: str | None = field(repr=False)
@@ -83,7 +87,9 @@ class Config:
         """Return the configuration as printable values, with every secret masked."""
         return {
             "BACKUP_SOURCE": mask_url(self.source_url) if self.source_url else None,
+            "BACKUP_NAME": self.backup_name,
             "BACKUP_DIR": str(self.backup_dir),
+            "BACKUP_MIN_FREE": self.min_free.text,
             "BACKUP_SCHEDULE": self.schedule,
             "BACKUP_TIMEZONE": str(self.timezone.key),
             "BACKUP_RETENTION_DAYS": self.retention_days,
@@ -144,6 +150,23 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _catalog_problem(url: str) -> str | None:
+    """Return why CATALOG_URL can never work (not a URL, or a database or driver SQLAlchemy does not know),
+    password masked; None if it may. A known driver whose Python module is missing only warns when the catalog
+    opens (run history is not recorded), like an unreachable catalog server. Connects to nothing."""
+    shown = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return f"CATALOG_URL={shown!r} is not a SQLAlchemy URL, like sqlite:////app/data/catalog.db"
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        return (f"CATALOG_URL={shown!r} names the driver {parsed.drivername!r}, which SQLAlchemy does not know; "
+                "use a URL like sqlite:////app/data/catalog.db or postgresql+psycopg://user@host/db")
+    return None
+
+
 def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Config:
     """Given the environment, return the validated Config. Raise ConfigError listing every invalid variable."""
     env = os.environ if env is None else env
@@ -164,11 +187,18 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     backup_dir = Path(env.get("BACKUP_DIR", "").strip() or default_dir)
     if not backup_dir.is_absolute():
         backup_dir = cwd / backup_dir
+    problem = dir_problem(backup_dir)
+    if problem:
+        problems.append(problem)
+
+    backup_name = env.get("BACKUP_NAME", "").strip() or None
+    if backup_name is not None and not SET_NAME.match(backup_name):
+        problems.append(f"BACKUP_NAME={backup_name!r} is not a backup set name; use letters, digits, _ and - only (at most 100)")
     try:
-        if backup_dir.exists() and not backup_dir.is_dir():
-            problems.append(f"BACKUP_DIR={backup_dir} exists and is not a directory; point it at a directory")
-    except OSError as error:
-        problems.append(f"BACKUP_DIR={backup_dir} cannot be read ({error.strerror}); fix its permissions or choose another")
+        min_free = parse_min_free(env.get("BACKUP_MIN_FREE", "").strip() or DEFAULT_MIN_FREE)
+    except ValueError as error:
+        problems.append(f"BACKUP_MIN_FREE: {error}")
+        min_free = parse_min_free(DEFAULT_MIN_FREE)
 
     tz_name = (env.get("BACKUP_TIMEZONE") or env.get("TZ") or "UTC").strip().lstrip(":")
     try:
@@ -232,10 +262,9 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         freshness = timedelta(hours=26)
 
     catalog_url = env.get("CATALOG_URL", "").strip() or f"sqlite:///{backup_dir / 'catalog.db'}"
-    try:
-        make_url(catalog_url)
-    except ArgumentError:
-        problems.append(f"CATALOG_URL={mask_url(catalog_url)!r} is not a SQLAlchemy URL, like sqlite:////app/data/catalog.db")
+    problem = _catalog_problem(catalog_url)
+    if problem:
+        problems.append(problem)
 
     log_level = _choice(env, "LOG_LEVEL", "info", LOG_LEVELS, problems)
     log_format = _choice(env, "LOG_FORMAT", "json", LOG_FORMATS, problems)
@@ -257,6 +286,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         catalog_url=catalog_url,
         log_level=log_level,
         log_format=log_format,
+        backup_name=backup_name,
+        min_free=min_free,
         protected_paths=tuple(protected),
         protected_files=protected_files,
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,

@@ -1,6 +1,7 @@
 """The run context: every job run gets a run_id, a start event, exactly one outcome event and a catalog row.
 
-Any exception becomes a `failed` outcome here, at the job boundary, so the scheduler never sees one.
+Any exception becomes a `failed` outcome here, at the job boundary, so the scheduler never sees one. The catalog
+cannot take an outcome away either: its errors only warn, and the outcome event is logged first.
 """
 
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import uuid
 import structlog
 
 from jobs.errors import BusyError, Cancelled, JobError
+from jobs.volume import explain
 from worker.catalog import Catalog
 
 log = structlog.get_logger("worker.runs")
@@ -39,7 +41,8 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(job=job, run_id=run_id):
         log.info("job.started")
-        catalog.start(run_id, job, datetime.now(timezone.utc))
+        _record(catalog.mark_interrupted)
+        _record(catalog.start, run_id, job, datetime.now(timezone.utc))
         outcome = Outcome(job=job, run_id=run_id, outcome="failed", duration_s=0.0)
         try:
             outcome.fields = work() or {}
@@ -50,6 +53,9 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
             outcome.stage, outcome.reason = error.stage, str(error)
         except JobError as error:
             outcome.stage, outcome.reason, outcome.fields = error.stage, str(error), dict(error.fields)
+        except OSError as error:  # a filesystem problem we did not foresee: still one sentence with the path
+            outcome.stage, outcome.reason = "store", explain(error)
+            log.debug("job.os_error", exc_info=True)
         except Exception as error:  # the job boundary: nothing escapes to the scheduler
             outcome.stage = "internal"
             outcome.reason = f"unexpected {type(error).__name__}: {error}; this is a bug, please report it with the log"
@@ -63,5 +69,13 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
             log.warning(event, duration_s=outcome.duration_s, **extra, **outcome.fields)
         else:
             log.info(event, duration_s=outcome.duration_s, **outcome.fields)
-        catalog.finish(run_id, outcome.outcome, outcome.duration_s, outcome.stage, outcome.reason, outcome.fields)
+        _record(catalog.finish, run_id, outcome.outcome, outcome.duration_s, outcome.stage, outcome.reason, outcome.fields)
     return outcome
+
+
+def _record(write: Callable[..., Any], *args: Any) -> None:
+    """Call a catalog method; whatever goes wrong there only warns (the files are the truth, the catalog history)."""
+    try:
+        write(*args)
+    except Exception as error:  # the job boundary: a catalog must never take a job's outcome away
+        log.warning("catalog.write_failed", error=type(error).__name__, detail=str(error)[:200])

@@ -25,8 +25,10 @@ HARD_STOP_S = 9  # then the process ends regardless
 
 
 def needs_catch_up(ctx: Context, now: datetime) -> tuple[bool, str]:
-    """Return whether the newest verified local backup is older than one schedule period, and why."""
-    backups, _ = list_backups(ctx.local)
+    """Return whether the newest verified local backup of the configured set is older than one schedule period,
+    and why. Other sets in the backup directory never count."""
+    (backup_set,) = ctx.backup_sets()
+    backups, _ = list_backups(ctx.local, backup_set)
     newest = newest_verified(backups)
     if newest is None:
         return True, "there is no verified backup yet"

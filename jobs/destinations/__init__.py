@@ -4,7 +4,11 @@ Keys are flat file names (`app-20261122T020000Z.sqlite.zst`, and its `.json` man
 exposes a partly written object under its key: local files are renamed into place, S3 objects appear whole.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 import threading
 from typing import Protocol
@@ -25,14 +29,20 @@ class Destination(Protocol):
     def get(self, key: str, path: Path, cancel: threading.Event) -> None:
         """Copy the object `key` into the new file `path`. Raise NotFound, StorageError or UploadError."""
 
-    def read(self, key: str) -> bytes:
-        """Return a small object's bytes (a manifest). Raise NotFound if it is missing."""
+    def read(self, key: str, cancel: threading.Event | None = None) -> bytes:
+        """Return a small object's bytes (a manifest). Raise NotFound if it is missing, Cancelled if `cancel` is set."""
 
-    def list(self) -> list[Entry]:
-        """Return every object under this destination, in no particular order."""
+    def list(self, cancel: threading.Event | None = None) -> list[Entry]:
+        """Return every object under this destination, in no particular order. Raise Cancelled if `cancel` is set."""
 
-    def delete(self, key: str) -> None:
-        """Remove `key`; a missing key is not an error."""
+    def delete(self, key: str, cancel: threading.Event | None = None) -> None:
+        """Remove `key`; a missing key is not an error. Raise Cancelled if `cancel` is set."""
+
+    def abort_incomplete(self, match: Callable[[str], bool], older_than: timedelta,
+                         cancel: threading.Event | None = None) -> list[str]:
+        """Abort unfinished uploads (S3 multipart uploads a killed run left, with their parts) of keys that
+        `match` accepts, started more than `older_than` ago; return their keys. Local files are never partly
+        visible (temporaries are swept at start), so a local directory has none."""
 
     def url(self, key: str = "") -> str:
         """Return where `key` (or the destination itself) lives, for messages: a path or `s3://bucket/prefix/key`."""

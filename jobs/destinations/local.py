@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 import shutil
 import threading
@@ -10,6 +12,11 @@ from jobs import artifacts
 from jobs.artifacts import CHUNK, TEMP_PREFIX, atomic_file, ensure_dir
 from jobs.destinations import Entry
 from jobs.errors import Cancelled, NotFound, StorageError
+
+
+def _check(cancel: threading.Event | None, what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"the worker is stopping; {what} was not started")
 
 
 class LocalDestination:
@@ -47,13 +54,15 @@ class LocalDestination:
         except OSError as error:
             raise StorageError(f"cannot copy {key} to {path}: {error.strerror or error}") from None
 
-    def read(self, key: str) -> bytes:
+    def read(self, key: str, cancel: threading.Event | None = None) -> bytes:
+        _check(cancel, f"reading {key}")
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"{key} is not in {self.directory}") from None
 
-    def list(self) -> list[Entry]:
+    def list(self, cancel: threading.Event | None = None) -> list[Entry]:
+        _check(cancel, f"listing {self.directory}")
         if not self.directory.is_dir():
             return []
         entries = []
@@ -66,8 +75,13 @@ class LocalDestination:
                 continue
         return entries
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, cancel: threading.Event | None = None) -> None:
+        _check(cancel, f"deleting {key}")
         self.path(key).unlink(missing_ok=True)
+
+    def abort_incomplete(self, match: Callable[[str], bool], older_than: timedelta,
+                         cancel: threading.Event | None = None) -> list[str]:
+        return []  # a local file is renamed into place whole; temporaries are swept by remove_stale_temporaries
 
     def remove_stale_temporaries(self) -> list[str]:
         """Delete temporary files and directories left by runs that died; return their names.

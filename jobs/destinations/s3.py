@@ -19,9 +19,12 @@ bucket and key and what to do; it never contains credentials: endpoint URLs are 
 which may echo request URLs, are never turned into strings — only their error code and HTTP status are used.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 import random
 import socket
 import threading
@@ -59,6 +62,8 @@ _TRANSIENT_CODES = {
     "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded",
     "TooManyRequests", "InternalError", "ServiceUnavailable",
 }
+_CLOCK_CODES = {"RequestTimeTooSkewed", "RequestExpired"}
+_CLOCK_MESSAGES = ("too skewed", "signature expired", "request has expired")
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
 _NETWORK_ERRORS = (
     boto_errors.EndpointConnectionError,
@@ -130,7 +135,7 @@ class _Failure:
     """What went wrong with one S3 call, without its (possibly URL-bearing) message."""
 
     transient: bool
-    kind: str  # "network", "server", "bucket", "denied", "credentials", "no-credentials", "tls", "missing", "other"
+    kind: str  # "network", "server", "bucket", "denied", "credentials", "clock", "no-credentials", "tls", "missing", "other"
     reason: str
 
 
@@ -171,6 +176,10 @@ def _classify(error: Exception) -> _Failure:
             return _Failure(False, "missing", reason)
         if code == "NoSuchBucket":
             return _Failure(False, "bucket", reason)
+        # Read, never printed: the server's message may echo request details.
+        message = str(error.response.get("Error", {}).get("Message", "")).lower()
+        if code in _CLOCK_CODES or any(text in message for text in _CLOCK_MESSAGES):
+            return _Failure(False, "clock", reason)
         if code in _CREDENTIAL_CODES:
             return _Failure(False, "credentials", reason)
         if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
@@ -291,8 +300,9 @@ class S3Destination:
         except OSError as error:
             raise StorageError(f"cannot write {path} while downloading {self.url(key)}: {error.strerror or error}") from None
 
-    def read(self, key: str) -> bytes:
-        """Return a small object's bytes (a manifest). Raise NotFound if it is missing, UploadError otherwise."""
+    def read(self, key: str, cancel: threading.Event | None = None) -> bytes:
+        """Return a small object's bytes (a manifest). Raise NotFound if it is missing, Cancelled if `cancel` is
+        set, UploadError otherwise."""
         object_key = self.object_key(key)
 
         def fetch() -> bytes:
@@ -305,28 +315,65 @@ class S3Destination:
             finally:
                 body.close()
 
-        return self._retrying("read", key, fetch, None)
+        return self._retrying("read", key, fetch, cancel)
 
-    def list(self) -> list[Entry]:
-        """Return every object directly under the prefix as (key relative to the prefix, size)."""
+    def list(self, cancel: threading.Event | None = None) -> list[Entry]:
+        """Return every object directly under the prefix as (key relative to the prefix, size). Raise Cancelled
+        if `cancel` is set (checked between pages), UploadError if the bucket cannot be listed."""
         start = f"{self.prefix}/" if self.prefix else ""
 
         def fetch() -> list[Entry]:
             entries = []
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start, Delimiter="/")
             for page in pages:
+                _stop_if(cancel, f"the listing of {self.url()}")
                 for item in page.get("Contents", []):
                     key = item["Key"][len(start):]
                     if key and "/" not in key:
                         entries.append(Entry(key=key, size=int(item["Size"])))
             return entries
 
-        return self._retrying("list", "", fetch, None)
+        return self._retrying("list", "", fetch, cancel)
 
-    def delete(self, key: str) -> None:
-        """Remove `key`; a missing key is not an error. Raise UploadError if the bucket refuses."""
+    def delete(self, key: str, cancel: threading.Event | None = None) -> None:
+        """Remove `key`; a missing key is not an error. Raise UploadError if the bucket refuses, Cancelled if
+        `cancel` is set."""
         object_key = self.object_key(key)
-        self._retrying("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=object_key), None)
+        self._retrying("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=object_key), cancel)
+
+    def abort_incomplete(self, match: Callable[[str], bool], older_than: timedelta,
+                         cancel: threading.Event | None = None) -> list[str]:
+        """Abort the multipart uploads directly under the prefix whose key `match` accepts and that started more
+        than `older_than` ago (a killed upload leaves its parts billed until aborted); return their keys.
+
+        Raise UploadError if the uploads cannot be listed or aborted, Cancelled if `cancel` is set.
+        """
+        start = f"{self.prefix}/" if self.prefix else ""
+        cutoff = datetime.now(timezone.utc) - older_than
+
+        def fetch() -> list[tuple[str, str]]:
+            found = []
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=start)
+            for page in pages:
+                _stop_if(cancel, f"the listing of unfinished uploads in {self.url()}")
+                for upload in page.get("Uploads", []):
+                    key = upload["Key"][len(start):]
+                    if key and "/" not in key and match(key) and upload["Initiated"] <= cutoff:
+                        found.append((key, upload["UploadId"]))
+            return found
+
+        aborted = []
+        for key, upload_id in self._retrying("list uploads", "", fetch, cancel):
+            self._retrying("abort", key, lambda: self._abort(key, upload_id), cancel)
+            aborted.append(key)
+        return aborted
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.object_key(key), UploadId=upload_id)
+        except boto_errors.ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchUpload":  # gone meanwhile: nothing to do
+                raise
 
     @contextmanager
     def _transfers(self) -> Iterator[TransferManager]:
@@ -339,6 +386,7 @@ class S3Destination:
         attempt = 0
         while True:
             attempt += 1
+            _stop_if(cancel, f"the {verb} of {self.url(key)}")
             try:
                 return call()
             except (boto_errors.BotoCoreError, boto_errors.ClientError, RetriesExceededError) as error:
@@ -376,6 +424,11 @@ class S3Destination:
                 f"the S3 endpoint {endpoint} rejected our credentials for {where} ({failure.reason}); "
                 f"check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
+        if failure.kind == "clock":
+            return UploadError(
+                f"the S3 endpoint {endpoint} refused to {_VERBS[verb]} {where} because of the request time "
+                f"({failure.reason}): the machine's clock is off by more than 15 minutes; fix NTP (or the host's clock)"
+            )
         if failure.kind == "no-credentials":
             return UploadError(f"no AWS credentials were found to {_VERBS[verb]} {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         if failure.kind == "denied":
@@ -405,4 +458,11 @@ _VERBS = {
     "read": "read",
     "list": "list",
     "delete": "delete",
+    "list uploads": "list the unfinished uploads under",
+    "abort": "abort the unfinished upload of",
 }
+
+
+def _stop_if(cancel: threading.Event | None, what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"the worker is stopping; {what} was abandoned")

@@ -163,7 +163,7 @@ def test_backup_killed_mid_way_leaves_nothing_that_passes_and_the_next_run_clean
     assert again.returncode == 0, again.stderr
     assert temporaries_in(backups) == []
     assert len([n for n in artifacts_in(backups) if n.endswith(".zst")]) == 1
-    assert "backup.stale_temporaries_removed" in again.stdout
+    assert "backup.stale_temporaries_removed" in again.stderr  # one-shot commands log to stderr
 
 
 def test_full_disk_fails_cleanly_and_leaves_no_partial_files(tmp_path: Path, worker_env) -> None:
@@ -179,7 +179,7 @@ def test_full_disk_fails_cleanly_and_leaves_no_partial_files(tmp_path: Path, wor
     assert completed.returncode == 1
     assert "Traceback" not in completed.stderr
     assert "free space" in completed.stderr or "space" in completed.stderr
-    failed = [json.loads(line) for line in completed.stdout.splitlines() if '"job.failed"' in line]
+    failed = [json.loads(line) for line in completed.stderr.splitlines() if '"job.failed"' in line]
     assert failed and failed[0]["stage"] in ("snapshot", "compress")
     backups = tmp_path / "backups"
     assert artifacts_in(backups) == [] and temporaries_in(backups) == []

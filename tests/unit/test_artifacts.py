@@ -9,7 +9,7 @@ from jobs.durations import format_duration, parse_duration
 def test_artifact_name_uses_the_utc_timestamp_and_kind() -> None:
     moment = datetime(2026, 11, 22, 3, 4, 5, tzinfo=timezone(timedelta(hours=1)))
     assert artifact_name("app", "sqlite", moment) == "app-20261122T020405Z.sqlite.zst"
-    assert backup_id("app-20261122T020405Z.sqlite.zst") == "app-20261122T020405Z"
+    assert backup_id("app-20261122T020405Z.sqlite.zst") == "app-20261122T020405Z.sqlite"
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,9 @@
 from typing import Any
 
 from jobs import pipeline
+from jobs.volume import require_usable
 from worker.actions.context import Context
-from worker.actions.output import human_size, report_failure, say
+from worker.actions.output import human_size, print_json, report_failure, say
 from worker.lock import exclusive
 from worker.runs import Outcome, run_job
 
@@ -14,16 +15,19 @@ def backup_job(ctx: Context, upload: bool = True) -> Outcome:
 
     def work() -> dict[str, Any]:
         source = ctx.source()
+        require_usable(ctx.config.backup_dir)
         with exclusive(ctx.config.backup_dir):
             return pipeline.run_cycle(source, ctx.settings(upload), ctx.cancel)
 
     return run_job("backup", ctx.catalog, work)
 
 
-def cmd_backup(ctx: Context, no_upload: bool) -> int:
+def cmd_backup(ctx: Context, no_upload: bool, as_json: bool = False) -> int:
     ctx.source()  # a missing BACKUP_SOURCE is a usage error, before any run starts
     outcome = backup_job(ctx, upload=not no_upload)
-    if outcome.ok:
+    if as_json:
+        print_json(outcome)
+    elif outcome.ok:
         say(f"backup {outcome.fields['artifact']} written to {ctx.config.backup_dir} "
             f"({human_size(outcome.fields['raw_size'])} -> {human_size(outcome.fields['size'])}, "
             f"{outcome.fields['verified']} passed)")

@@ -1,5 +1,6 @@
 """How results are shown: plain sentences (or JSON) on stdout, failures as one sentence on stderr."""
 
+import json
 import sys
 
 from worker.actions.context import EXIT_FAILED, EXIT_OK
@@ -38,3 +39,11 @@ def report_failure(outcome: Outcome) -> int:
     where = f" at stage {outcome.stage}" if outcome.stage else ""
     print(f"{outcome.job} {outcome.outcome}{where}: {outcome.reason}", file=sys.stderr, flush=True)
     return EXIT_FAILED
+
+
+def print_json(outcome: Outcome) -> None:
+    """Print a run's outcome as one JSON object on stdout: job, run_id, outcome, duration_s, stage and reason
+    when it did not succeed, and the run's fields (for a backup: artifact, sizes, check, uploads)."""
+    document = {"job": outcome.job, "run_id": outcome.run_id, "outcome": outcome.outcome, "duration_s": outcome.duration_s,
+                **({"stage": outcome.stage, "reason": outcome.reason} if not outcome.ok else {}), **outcome.fields}
+    print(json.dumps(document, indent=2, sort_keys=True, default=str), flush=True)

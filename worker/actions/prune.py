@@ -1,28 +1,50 @@
-"""`prune`: apply retention now, locally and on the bucket, and print the plan."""
+"""`prune`: apply retention now, locally and on the bucket, and print the plan. Only the configured backup sets
+are ever considered; other sets in the same directory or bucket are left alone."""
 
+from contextlib import nullcontext
 from typing import Any
 
 from jobs import pipeline
-from worker.actions.context import Context
+from jobs.backups import BackupSet, sets_in
+from jobs.destinations import Destination
+from jobs.volume import require_usable
+from worker.actions.context import Context, UsageError
 from worker.actions.output import report_failure, say
-from worker.lock import exclusive
+from worker.lock import exclusive, for_deletion
 from worker.runs import run_job
 
 
+def prune_sets(ctx: Context, destination: Destination) -> list[BackupSet]:
+    """Return the sets prune looks at on `destination`: the configured ones, else those named BACKUP_NAME.
+    Raise UsageError when neither is set: prune never guesses whose backups it may delete."""
+    if ctx.config.source_url:
+        return ctx.backup_sets()
+    if ctx.config.backup_name:
+        return [found for found in sets_in(destination, ctx.cancel) if found.name == ctx.config.backup_name]
+    raise UsageError("prune needs to know whose backups it may delete; set BACKUP_SOURCE (or BACKUP_NAME, the backup set's name)")
+
+
 def cmd_prune(ctx: Context, dry_run: bool) -> int:
+    if not (ctx.config.source_url or ctx.config.backup_name):
+        prune_sets(ctx, ctx.local)  # the usage error, before any run starts
+    require_usable(ctx.config.backup_dir)
+
     def work() -> dict[str, Any]:
         sides = ctx.policies()
-        with exclusive(ctx.config.backup_dir):
-            fields: dict[str, Any] = {"dry_run": dry_run}
+        fields: dict[str, Any] = {"dry_run": dry_run}
+        with exclusive(ctx.config.backup_dir), (nullcontext() if dry_run else for_deletion(ctx.config.backup_dir)):
             for destination, side_policy in sides:
-                plan = pipeline.plan_retention(destination, side_policy)
-                say(f"{destination.location}: keep {len(plan.keep)}, delete {len(plan.delete)}"
-                    + (" (dry run: nothing deleted)" if dry_run else ""))
-                for row in plan.describe():
-                    say(f"  {row['action']:<6} {row['id']:<40} {row['reason']}")
-                if not dry_run:
-                    pipeline.carry_out(destination, plan)
-                fields[f"{destination.location}_delete"] = [b.id for b in plan.delete]
+                deleted = []
+                for backup_set in prune_sets(ctx, destination):
+                    plan = pipeline.plan_retention(destination, side_policy, backup_set=backup_set, cancel=ctx.cancel)
+                    say(f"{destination.location}: keep {len(plan.keep)}, delete {len(plan.delete)} of the set {backup_set}"
+                        + (" (dry run: nothing deleted)" if dry_run else ""))
+                    for row in plan.describe():
+                        say(f"  {row['action']:<6} {row['id']:<44} {row['reason']}")
+                    if not dry_run:
+                        pipeline.carry_out(destination, plan, cancel=ctx.cancel)
+                    deleted += [b.id for b in plan.delete]
+                fields[f"{destination.location}_delete"] = deleted
             return fields
 
     return report_failure(run_job("prune", ctx.catalog, work))

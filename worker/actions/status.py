@@ -5,7 +5,7 @@ import json
 from typing import Any
 
 from jobs.artifacts import utc_iso
-from jobs.backups import list_backups, newest_verified
+from jobs.backups import list_backups, newest_verified, sets_in
 from jobs.durations import format_duration
 from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
 from worker.actions.output import human_age, say
@@ -18,9 +18,12 @@ def _utc(moment: datetime) -> str:
 
 
 def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
-    """Return the status document: last outcome per job, the newest verified backup and its age, next runs."""
+    """Return the status document: last outcome per job, the newest verified backup of the configured sets and
+    its age, next runs. Other sets in the backup directory are not counted."""
     now = now or datetime.now(timezone.utc)
-    backups, _ = list_backups(ctx.local)
+    scope = ctx.scope(sets_in(ctx.local, ctx.cancel))
+    backups = [backup for backup_set in (scope if scope is not None else [None])
+               for backup in list_backups(ctx.local, backup_set, ctx.cancel)[0]]
     newest = newest_verified(backups)
     age = (now - newest.created_at) if newest else None
     fresh = age is not None and age <= ctx.config.freshness_limit
@@ -41,6 +44,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         "newest_backup_created_at": newest.manifest["created_at"] if newest else None,
         "newest_backup_age_s": int(age.total_seconds()) if age is not None else None,
         "backups": len(backups),
+        "backup_sets": [str(backup_set) for backup_set in scope] if scope is not None else None,
         "jobs": jobs,
         "next_runs": next_runs,
     }

@@ -6,23 +6,24 @@ from typing import Any
 
 from jobs import restore as restoring
 from jobs.artifacts import temp_prefix
-from jobs.backups import list_backups
 from worker.actions.context import Context
 from worker.actions.output import report_failure, say
-from worker.actions.selection import fetch, select, where, workdir
+from worker.actions.selection import fetch, reading, wanted, where, workdir
 from worker.runs import run_job
 
 
-def cmd_verify(ctx: Context, wanted: str | None, remote: bool) -> int:
+def cmd_verify(ctx: Context, ident: str | None, remote: bool, source_name: str | None = None) -> int:
     destination, location = where(ctx, remote)
+    scratch_dir = workdir(ctx)
+    request = wanted(ctx, destination, location, ident, source_name)
 
     def work() -> dict[str, Any]:
-        backups, _ = list_backups(destination)
-        backup = select(backups, wanted, location)
-        with tempfile.TemporaryDirectory(prefix=temp_prefix() + "verify-", dir=workdir(ctx)) as scratch:
-            artifact = fetch(ctx, destination, backup, Path(scratch))
-            with restoring.proven_raw(artifact, backup, Path(scratch), ctx.cancel) as (_, checks):
-                pass
+        with reading(ctx, remote):
+            backup = request.pick(destination, location, ctx)
+            with tempfile.TemporaryDirectory(prefix=temp_prefix() + "verify-", dir=scratch_dir) as scratch:
+                artifact = fetch(ctx, destination, backup, Path(scratch))
+                with restoring.proven_raw(artifact, backup, Path(scratch), ctx.cancel) as (_, checks):
+                    pass
         return {"backup": backup.id, "location": destination.location, "checks": checks}
 
     outcome = run_job("verify", ctx.catalog, work)

@@ -1,0 +1,103 @@
+"""Backup sets and untrusted manifests: which backups belong together, which one `--latest` means, and what a
+manifest may claim."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from jobs.backups import Backup, BackupSet, find, from_manifest, set_of
+from jobs.errors import NotFound
+from jobs.retention import Policy, plan
+from worker.actions.context import UsageError
+from worker.actions.selection import choose_set
+
+NOW = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)
+APP = BackupSet("app", "sqlite")
+STAGING = BackupSet("staging", "sqlite")
+APP_PG = BackupSet("app", "pgdump")
+
+
+def backup(name: str, kind: str, days_old: float) -> Backup:
+    created = NOW - timedelta(days=days_old)
+    artifact = f"{name}-{created:%Y%m%dT%H%M%SZ}.{kind}.zst"
+    return Backup(id=artifact.removesuffix(".zst"), artifact=artifact, created_at=created, size=1, sha256="0" * 64,
+                  verified=True, manifest={})
+
+
+def manifest(artifact: str, ident: str) -> dict:
+    return {"id": ident, "created_at": "2026-11-22T02:00:00Z", "size": 10, "sha256": "0" * 64,
+            "format": {"kind": "sqlite"}, "source": {"kind": "sqlite"}, "verified": {"check": "x"}}
+
+
+def test_a_backup_belongs_to_the_set_of_its_artifact_name_and_kind() -> None:
+    assert set_of("app-20261122T020000Z.sqlite.zst") == APP
+    assert set_of("app-staging-20261122T020000Z.sqlite.zst") == BackupSet("app-staging", "sqlite")
+    assert set_of("app-20261122T020000Z.pgdump.zst") == APP_PG
+    assert set_of("app-20261122T020000Z.sqlite.zst.json") is None
+    assert APP.owns("app-20261122T020000Z.sqlite.zst") and not APP.owns("app-20261122T020000Z.pgdump.zst")
+    assert not APP.owns("app-staging-20261122T020000Z.sqlite.zst")
+
+
+def test_retention_counts_keep_min_within_each_set_so_one_set_never_crowds_out_another() -> None:
+    ours = [backup("app", "sqlite", age) for age in (40, 41)]
+    theirs = [backup("staging", "sqlite", age) for age in (1, 2, 3)]
+    result = plan(ours + theirs, Policy(7, 1), NOW)
+    assert [b.id for b in result.delete] == [ours[1].id]  # one of each set's survives; the newer set's do not count for ours
+    assert ours[0] in result.keep
+
+
+@pytest.mark.parametrize(
+    "configured, found, source_name, backup_name, expected",
+    [
+        ([APP], [APP, STAGING], None, None, APP),  # the configured set, whatever else is there
+        ([APP], [], None, None, APP),
+        ([APP], [APP, STAGING], "staging", None, STAGING),  # --source picks a set found in the location
+        ([APP], [STAGING], "app", None, APP),
+        ([], [STAGING], None, None, STAGING),  # an empty volume, one set in the bucket
+        ([], [APP, STAGING], None, "staging", STAGING),  # BACKUP_NAME without a source
+        ([], [APP, STAGING], "app", None, APP),
+    ],
+)
+def test_latest_looks_at_one_set_chosen_by_configuration_or_source(configured, found, source_name, backup_name, expected) -> None:
+    assert choose_set(configured, found, source_name, backup_name, "s3://b") == expected
+
+
+def test_several_sets_and_no_configuration_is_a_usage_error_naming_the_sets_and_the_fix() -> None:
+    with pytest.raises(UsageError) as raised:
+        choose_set([], [APP, STAGING], None, None, "s3://b")
+    message = str(raised.value)
+    assert "app (sqlite)" in message and "staging (sqlite)" in message
+    assert "BACKUP_NAME" in message and "--source NAME" in message
+
+
+def test_an_unknown_source_name_is_a_usage_error_and_an_empty_place_has_nothing() -> None:
+    with pytest.raises(UsageError, match="no backup set 'billing'"):
+        choose_set([APP], [APP, STAGING], "billing", None, "s3://b")
+    with pytest.raises(UsageError, match="several sets named 'app'"):
+        choose_set([], [APP, APP_PG], "app", None, "s3://b")
+    with pytest.raises(NotFound, match="no backups in s3://b"):
+        choose_set([], [], None, None, "s3://b")
+    with pytest.raises(NotFound, match="BACKUP_NAME"):
+        choose_set([], [STAGING], None, "app", "s3://b")
+
+
+def test_a_manifest_counts_only_if_its_id_is_its_artifacts_name() -> None:
+    artifact = "app-20261122T020000Z.sqlite.zst"
+    assert from_manifest(artifact, manifest(artifact, "app-20261122T020000Z.sqlite")).id == "app-20261122T020000Z.sqlite"
+    legacy = from_manifest(artifact, manifest(artifact, "app-20261122T020000Z"))  # what version 1 wrote
+    assert legacy.id == "app-20261122T020000Z.sqlite"
+    for planted in ("../outside/planted", "app-20261122T020000Z.pgdump", "app-20261122T020001Z.sqlite", "", "app"):
+        with pytest.raises(ValueError, match="is not"):
+            from_manifest(artifact, manifest(artifact, planted))
+
+
+def test_find_accepts_the_id_the_version_1_id_and_the_file_names() -> None:
+    artifact = "app-20261122T020000Z.sqlite.zst"
+    found = from_manifest(artifact, manifest(artifact, "app-20261122T020000Z"))
+    for name in ("app-20261122T020000Z.sqlite", "app-20261122T020000Z", artifact, artifact + ".json"):
+        assert find([found], name) is found
+    with pytest.raises(NotFound):
+        find([found], "../outside/planted")
+    twin = from_manifest("app-20261122T020000Z.pgdump.zst", manifest("x", "app-20261122T020000Z"))
+    with pytest.raises(NotFound, match="names 2 backups"):
+        find([found, twin], "app-20261122T020000Z")
