@@ -89,9 +89,11 @@ def dir_problem(path: Path) -> str | None:
     return f"BACKUP_DIR={path} cannot be created because {probe} is a file, not a directory; point BACKUP_DIR at a directory"
 
 
-def explain(error: OSError, path: Path | None = None) -> str:
-    """Return one sentence for a filesystem error on the backup volume: the path, what failed and how to fix it."""
-    where = error.filename or path or "the backup directory"
+def explain(error: OSError, path: Path | None = None, doing: str | None = None) -> str:
+    """Return one sentence for a filesystem error on the backup volume: the path, what failed and how to fix it.
+    With `doing` (like "write in the backup directory"), the sentence names `path` rather than the file that
+    failed."""
+    where = path if doing and path else (error.filename or path or "the backup directory")
     reason = error.strerror or str(error)
     fixes = {
         errno.EROFS: "the volume is mounted read-only; mount it read-write or point BACKUP_DIR elsewhere",
@@ -102,7 +104,7 @@ def explain(error: OSError, path: Path | None = None) -> str:
         errno.EDQUOT: "the disk quota is used up; free space or raise the quota",
     }
     fix = fixes.get(error.errno or 0, "check the path and its permissions, or point BACKUP_DIR elsewhere")
-    return f"cannot use {where}: {reason}; {fix}"
+    return f"cannot {doing or 'use'} {where}: {reason}; {fix}"
 
 
 def require_usable(directory: Path) -> None:
@@ -115,4 +117,4 @@ def require_usable(directory: Path) -> None:
         create_private(probe).close()
         probe.unlink()
     except OSError as error:
-        raise StorageError(explain(error, directory), stage="preflight") from None
+        raise StorageError(explain(error, directory, "write in the backup directory"), stage="preflight") from None

@@ -164,6 +164,9 @@ def test_backup_killed_mid_way_leaves_nothing_that_passes_and_the_next_run_clean
     assert temporaries_in(backups) == []
     assert len([n for n in artifacts_in(backups) if n.endswith(".zst")]) == 1
     assert "backup.stale_temporaries_removed" in again.stderr  # one-shot commands log to stderr
+    with sqlite3.connect(backups / "catalog.db") as catalog:  # the killed run's row does not stay `running` forever
+        outcomes = sorted(row[0] for row in catalog.execute("SELECT outcome FROM runs WHERE job = 'backup'"))
+    assert outcomes == ["interrupted", "succeeded"]
 
 
 def test_full_disk_fails_cleanly_and_leaves_no_partial_files(tmp_path: Path, worker_env) -> None:
