@@ -109,6 +109,7 @@ def test_a_manifest_whose_id_is_not_its_artifacts_is_not_a_backup_and_writes_not
     for args in (["verify", artifact], ["verify", "--latest"], ["restore", artifact, "--to", str(tmp_path / "x.db")]):
         refused = worker(*args)
         assert refused.code == 1, args
+        assert "is not" in refused.event("selection.skipped_file")["problem"]
     assert list((tmp_path / "outside").iterdir()) == [] and not (tmp_path / "x.db").exists()
 
 

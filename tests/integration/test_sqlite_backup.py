@@ -192,7 +192,7 @@ def test_free_space_is_checked_before_anything_is_written(tmp_path: Path, app_db
     backups = tmp_path / "backups"
     from jobs import artifacts
 
-    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1024})())
+    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1024, "total": 1 << 40})())
     settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3))
     with pytest.raises(SpaceError, match="MiB free but this backup needs about"):
         pipeline.take_backup(SqliteSource(app_db), settings, threading.Event())

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 import re
 
+import structlog
+
 from jobs.backups import Backup, BackupSet, find, list_backups, newest_verified, sets_in
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
@@ -19,6 +21,8 @@ from jobs.errors import NotFound
 from jobs.volume import require_usable
 from worker.actions.context import Context, UsageError
 from worker.lock import shared
+
+log = structlog.get_logger("worker.actions.selection")
 
 _ID = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)(?:\.(?P<kind>[a-z]+))?(?:\.zst)?(?:\.json)?$")
 
@@ -66,7 +70,9 @@ class Wanted:
 
     def pick(self, destination: Destination, where: str, ctx: Context) -> Backup:
         """Return the backup meant, from the destination's files. Raise NotFound if it is not there."""
-        backups, _ = list_backups(destination, self.backup_set, ctx.cancel)
+        backups, problems = list_backups(destination, self.backup_set, ctx.cancel)
+        for problem in problems:
+            log.warning("selection.skipped_file", location=destination.location, problem=problem)
         if self.ident:
             return find(backups, self.ident)
         newest = newest_verified(backups)
