@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 import random
-import socket
 import threading
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +40,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from jobs.artifacts import MANIFEST_SUFFIX, create_private, sha256_file
 from jobs.destinations import Entry
+from jobs.destinations.s3_errors import Failure, classify
 from jobs.errors import Cancelled, NotFound, StorageError, UploadError
 from jobs.redact import mask_url, scrub
 
@@ -56,24 +56,6 @@ TRANSFER = TransferConfig(
     max_io_queue=64,
     io_chunksize=256 * 1024,
     use_threads=True,
-)
-
-_TRANSIENT_CODES = {
-    "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-    "TooManyRequests", "InternalError", "ServiceUnavailable",
-}
-_CLOCK_CODES = {"RequestTimeTooSkewed", "RequestExpired"}
-_CLOCK_MESSAGES = ("too skewed", "signature expired", "request has expired")
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
-_NETWORK_ERRORS = (
-    boto_errors.EndpointConnectionError,
-    boto_errors.ConnectTimeoutError,
-    boto_errors.ReadTimeoutError,
-    boto_errors.ConnectionClosedError,
-    boto_errors.ResponseStreamingError,
-    boto_errors.IncompleteReadError,
-    boto_errors.ProxyConnectionError,
-    RetriesExceededError,
 )
 
 T = TypeVar("T")
@@ -128,72 +110,6 @@ class _Progress(BaseSubscriber):
     def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
         if self.cancel.is_set():
             raise Cancelled(f"the worker is stopping; the {self.what} was interrupted")
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """What went wrong with one S3 call, without its (possibly URL-bearing) message."""
-
-    transient: bool
-    kind: str  # "network", "server", "bucket", "denied", "credentials", "clock", "no-credentials", "tls", "missing", "other"
-    reason: str
-
-
-def _network_reason(error: BaseException) -> str:
-    if isinstance(error, RetriesExceededError) and error.last_exception is not None:
-        return _network_reason(error.last_exception)
-    if isinstance(error, boto_errors.ConnectTimeoutError):
-        return "connection timed out"
-    if isinstance(error, boto_errors.ReadTimeoutError):
-        return "read timed out"
-    if isinstance(error, boto_errors.ConnectionClosedError):
-        return "connection closed before a response"
-    if isinstance(error, (boto_errors.ResponseStreamingError, boto_errors.IncompleteReadError)):
-        return "the response was cut off"
-    seen: set[int] = set()
-    cause: BaseException | None = error.kwargs.get("error") if isinstance(error, boto_errors.BotoCoreError) else error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, ConnectionResetError):
-            return "connection reset"
-        if isinstance(cause, TimeoutError):
-            return "timed out"
-        if isinstance(cause, socket.gaierror):
-            return "host name not found"
-        cause = cause.__cause__ or cause.__context__
-    return "network error"
-
-
-def _classify(error: Exception) -> _Failure:
-    """Given an exception from boto3 or s3transfer, say whether retrying may help and why it failed."""
-    if isinstance(error, boto_errors.ClientError):
-        code = str(error.response.get("Error", {}).get("Code", "")) or "unknown"
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        reason = f"{code}, HTTP {status}" if status and code != str(status) else f"HTTP {status or code}"
-        if code in ("NoSuchKey", "NotFound") or (status == 404 and code == "404"):
-            return _Failure(False, "missing", reason)
-        if code == "NoSuchBucket":
-            return _Failure(False, "bucket", reason)
-        # Read, never printed: the server's message may echo request details.
-        message = str(error.response.get("Error", {}).get("Message", "")).lower()
-        if code in _CLOCK_CODES or any(text in message for text in _CLOCK_MESSAGES):
-            return _Failure(False, "clock", reason)
-        if code in _CREDENTIAL_CODES:
-            return _Failure(False, "credentials", reason)
-        if code in ("AccessDenied", "AllAccessDisabled") or status == 403:
-            return _Failure(False, "denied", reason)
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            return _Failure(True, "server", reason)
-        return _Failure(False, "other", reason)
-    if isinstance(error, boto_errors.NoCredentialsError):
-        return _Failure(False, "no-credentials", "no credentials found")
-    if isinstance(error, boto_errors.SSLError):
-        return _Failure(False, "tls", "TLS handshake or certificate check failed")
-    if isinstance(error, _NETWORK_ERRORS):
-        return _Failure(True, "network", _network_reason(error))
-    return _Failure(False, "other", type(error).__name__)
 
 
 class S3Destination:
@@ -390,13 +306,13 @@ class S3Destination:
             try:
                 return call()
             except (boto_errors.BotoCoreError, boto_errors.ClientError, RetriesExceededError) as error:
-                failure = _classify(error)
+                failure = classify(error)
                 if not failure.transient or attempt >= self.retry.attempts:
                     raise self._error(verb, key, failure, attempt) from None
             if waiter.wait(self.retry.delay(attempt)):
                 raise Cancelled(f"the worker is stopping; the {verb} of {self.url(key)} was abandoned between retries")
 
-    def _error(self, verb: str, key: str, failure: _Failure, attempts: int) -> Exception:
+    def _error(self, verb: str, key: str, failure: Failure, attempts: int) -> Exception:
         """Return the NotFound or UploadError a user reads for `failure`: one sentence, no secrets."""
         where = self.url(key)
         endpoint = mask_url(self.endpoint_url or self.client.meta.endpoint_url or "AWS S3")
@@ -445,7 +361,7 @@ class S3Destination:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except boto_errors.ClientError as error:
-            return _classify(error).kind not in ("missing", "bucket")
+            return classify(error).kind not in ("missing", "bucket")
         except boto_errors.BotoCoreError:
             return True
         return True

@@ -3,7 +3,6 @@ configured backup sets unless --all."""
 
 from datetime import datetime, timezone
 import json
-from typing import Any
 
 import structlog
 
