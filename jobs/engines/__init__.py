@@ -77,10 +77,13 @@ class Source(Protocol):
     def protected_files(self) -> list[Path]:
         """Return the files of this database that cleanup rules must never match ([] for a server)."""
 
-    def restore(self, raw: Path, cancel: threading.Event) -> Path | None:
+    def restore(self, raw: Path, cancel: threading.Event,
+                notify: Callable[[str], None] | None = None) -> Path | None:
         """Replace the live data with the proven raw snapshot `raw`; return the safety copy made first, if any.
 
-        Raise SourceError or Cancelled."""
+        Call `notify` with one sentence naming the safety copy BEFORE anything changes (the command prints it).
+        Raise SourceError or Cancelled, saying whether the live data changed; once the restore has committed,
+        never raise (a stop request then does not make a finished restore report failure)."""
 
 
 Checker = Callable[[Path, threading.Event], AbstractContextManager[Check]]

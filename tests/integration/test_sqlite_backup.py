@@ -297,13 +297,15 @@ def test_stale_temporaries_of_dead_runs_are_removed_but_a_live_runs_are_kept(tmp
 
 
 def test_the_raw_snapshot_is_private_while_it_exists(tmp_path: Path, app_db: Path) -> None:
-    out = tmp_path / "snap.db"
     previous = os.umask(0o022)
     try:
-        SqliteSource(app_db).snapshot(out, threading.Event())
+        with SqliteSource(app_db).snapshot(tmp_path, threading.Event()) as snap:
+            mode = os.fstat(snap.stream.fileno()).st_mode
+            snap.check.close()
     finally:
         os.umask(previous)
-    assert out.stat().st_mode & 0o777 == 0o600
+    assert mode & 0o777 == 0o600
+    assert list(tmp_path.glob("snapshot*")) == []
 
 
 def test_restore_refuses_up_front_when_the_target_volume_is_too_small(tmp_path: Path, worker, monkeypatch) -> None:
@@ -351,19 +353,19 @@ def test_a_stop_during_compression_leaves_only_removed_temporaries(tmp_path: Pat
 
 
 def test_a_source_locked_for_too_long_fails_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:
-    from jobs.engines import sqlite as engine
+    from jobs.engines import _sqlite
     from jobs.errors import SourceError
 
     db = make_app_db(tmp_path / "locked.db", wal=False)
-    monkeypatch.setattr(engine, "BUSY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_S", 0.5)
     app = sqlite3.connect(db, isolation_level=None)
     app.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(SourceError, match="waited 0.5 s for another connection's lock"):
-            SqliteSource(db).snapshot(tmp_path / "snap.db", threading.Event())
+            SqliteSource(db).copy_to(tmp_path / "snap.db", threading.Event())
     finally:
         app.close()
-    assert not (tmp_path / "snap.db-journal").exists()
+    assert not (tmp_path / "snap.db").exists() and not (tmp_path / "snap.db-journal").exists()
 
 
 def test_a_malformed_manifest_is_skipped_and_backups_go_on(tmp_path: Path, worker) -> None:
@@ -378,14 +380,20 @@ def test_a_malformed_manifest_is_skipped_and_backups_go_on(tmp_path: Path, worke
     assert listed.code == 0 and len(json.loads(listed.stdout)) == 1
 
 
-def test_a_manifest_that_cannot_be_written_takes_its_artifact_with_it(tmp_path: Path, app_db: Path, monkeypatch) -> None:
-    from jobs import artifacts
+@pytest.mark.parametrize("failing", ["write", "rename"])
+def test_a_manifest_that_cannot_be_written_takes_its_artifact_with_it(tmp_path: Path, app_db: Path, monkeypatch,
+                                                                       failing: str) -> None:
+    from jobs import publish
     from jobs.errors import StorageError
 
     def no_space(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(artifacts, "write_manifest", no_space)
+    if failing == "write":
+        monkeypatch.setattr(publish, "write_temp_manifest", no_space)
+    else:
+        real_rename = os.rename
+        monkeypatch.setattr(publish.os, "rename", lambda a, b: no_space() if str(b).endswith(".json") else real_rename(a, b))
     backups = tmp_path / "backups"
     with pytest.raises(StorageError, match="No space left"):
         pipeline.take_backup(SqliteSource(app_db), pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)), threading.Event())
