@@ -53,28 +53,33 @@ def restore_live(database: Path, raw: Path, cancel: threading.Event, notify: Cal
         mode = _probe(database, wait)
     except _Damaged as damaged:
         return _restore_damaged(database, raw, cancel, notify, str(damaged))
+    except JobError as error:
+        raise type(error)(f"{error}; {_UNCHANGED}", stage="restore") from None
     if lib.page_count(raw) < 2:
         raise SourceError(f"the backup holds an empty database of one page, which cannot be written over {database} "
                           "with the lock this restore needs; restore it with --to PATH and swap the files while the app is stopped", stage="restore")
     safety = safety_copy_path(database)
     notify(f"the live database {database} is saved as {safety} before the restore")
     log.info("restore.safety_copy", path=str(safety), database=str(database), journal_mode=mode)
+    # Closing ANY descriptor of a file drops every POSIX lock this process holds on it, SQLite's included: the
+    # byte copy reads through a descriptor opened before the restore's lock and closed after its connection.
+    live_fd = os.open(database, os.O_RDONLY | os.O_CLOEXEC)
     state = {"saved": False}
 
     def save_under_lock(_status: int) -> None:
         if not state["saved"]:
-            _save(database, safety, mode == "wal", wait)
+            _save(database, live_fd, safety, mode == "wal", wait)
             state["saved"] = True
 
     def kept() -> str:
         return f"; the safety copy {safety} is kept" if state["saved"] else ""
 
     try:
+        pages = lib.page_count(raw) - 1  # the first step never finishes the copy: the safety copy comes first
         with closing(lib.connect(raw, "ro")) as backup, closing(lib.connect(database, "rw", timeout=lib.STEP_BUSY_S)) as live:
             _refuse_page_size_change(live, backup, mode, database)
             live.execute(f"PRAGMA cache_size=-{2 * lib.STEP_BYTES >> 10}")  # the first step stays in memory
-            pages = min(lib.step_pages(backup), lib.page_count(raw) - 1)  # the first step never finishes the copy
-            lib.copy_pages(backup, live, wait, pages, after_step=save_under_lock)
+            lib.copy_pages(backup, live, wait, min(lib.step_pages(backup), pages), after_step=save_under_lock)
     except Cancelled:
         raise Cancelled(f"the worker is stopping; {_UNCHANGED}{kept()}", stage="restore") from None
     except JobError as error:
@@ -85,21 +90,30 @@ def restore_live(database: Path, raw: Path, cancel: threading.Event, notify: Cal
     except OSError as error:
         raise SourceError(f"cannot write the safety copy {safety}: {error.strerror or error}; {_UNCHANGED}",
                           stage="restore") from None
+    finally:
+        os.close(live_fd)
     return safety
 
 
 def _probe(database: Path, wait: lib.LockWait) -> str:
     """Return the live database's journal mode. Raise _Damaged if SQLite cannot read it as a database,
-    SourceError if it cannot be opened for another reason (permissions, a lock held too long)."""
+    SourceError if it cannot be opened for another reason (permissions, a lock held too long).
+
+    The first look is read-only, so a damaged database and its -wal are copied exactly as they were; only a
+    database that needs a writer to open it (a hot journal to roll back) gets a second, read-write look."""
+    mode = "ro"
     while True:
         try:
-            with closing(lib.connect(database, "rw", timeout=lib.STEP_BUSY_S)) as live:
+            with closing(lib.connect(database, mode, timeout=lib.STEP_BUSY_S)) as live:
                 live.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 return str(live.execute("PRAGMA journal_mode").fetchone()[0]).lower()
         except sqlite3.DatabaseError as error:
             if lib.is_damaged(error):
                 raise _Damaged(lib.reason(error)) from None
-            if not (isinstance(error, sqlite3.OperationalError) and lib.is_busy(error)):
+            if not lib.is_busy(error):
+                if mode == "ro":
+                    mode = "rw"
+                    continue
                 raise SourceError(f"cannot open {database} to restore into it: {lib.reason(error)}; "
                                   "check the file's permissions", stage="restore") from None
         wait.busy()
@@ -115,7 +129,7 @@ def _refuse_page_size_change(live: sqlite3.Connection, backup: sqlite3.Connectio
                           stage="restore")
 
 
-def _save(database: Path, safety: Path, wal: bool, wait: lib.LockWait) -> None:
+def _save(database: Path, live_fd: int, safety: Path, wal: bool, wait: lib.LockWait) -> None:
     """Write the live database's committed state to `safety`, under the restore's write lock."""
     temp = safety.with_name(temp_prefix() + safety.name)
     try:
@@ -129,7 +143,9 @@ def _save(database: Path, safety: Path, wal: bool, wait: lib.LockWait) -> None:
                 reader.execute("COMMIT")
                 copy.execute("PRAGMA journal_mode=DELETE")
         else:
-            _copy_file(database, temp, wait.cancel)
+            if os.fstat(live_fd).st_ino != database.stat().st_ino:
+                raise SourceError(f"{database} was replaced by another file while the restore began; try again")
+            _copy_fd(live_fd, temp, wait.cancel)
         fsync_path(temp)
         os.rename(temp, safety)
         fsync_path(safety.parent)
@@ -137,6 +153,19 @@ def _save(database: Path, safety: Path, wal: bool, wait: lib.LockWait) -> None:
         temp.unlink(missing_ok=True)
         for sidecar in sidecars(temp):
             sidecar.unlink(missing_ok=True)
+
+
+def _copy_fd(fd: int, target: Path, cancel: threading.Event) -> None:
+    """Copy the whole file open at `fd` to the new file `target` (0600) without closing `fd`."""
+    offset = 0
+    with create_private(target) as writer:
+        while chunk := os.pread(fd, CHUNK, offset):
+            if cancel.is_set():
+                raise Cancelled("the worker is stopping; the copy was interrupted")
+            writer.write(chunk)
+            offset += len(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
 
 
 def _copy_file(source: Path, target: Path, cancel: threading.Event) -> None:
