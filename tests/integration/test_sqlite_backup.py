@@ -326,16 +326,15 @@ def test_restore_refuses_up_front_when_the_target_volume_is_too_small(tmp_path: 
     assert not target.exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-class Tripwire(threading.Event):
-    """A cancel flag that sets itself at its n-th look: it stops a job at a chosen point, deterministically."""
+class StopWhen(threading.Event):
+    """A stop flag that sets itself the first time `predicate()` is true when someone looks at it."""
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, predicate) -> None:  # noqa: ANN001
         super().__init__()
-        self.looks = after
+        self.predicate = predicate
 
     def is_set(self) -> bool:
-        self.looks -= 1
-        if self.looks <= 0:
+        if not super().is_set() and self.predicate():
             self.set()
         return super().is_set()
 
@@ -347,8 +346,31 @@ def test_a_stop_during_compression_leaves_only_removed_temporaries(tmp_path: Pat
     fill(db, 8)
     backups = tmp_path / "backups"
     settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3))
+    compressing = StopWhen(lambda: any(name.endswith(".zst") for name in temporaries_in(backups)))
     with pytest.raises(Cancelled, match="compression was interrupted"):
-        pipeline.take_backup(SqliteSource(db), settings, Tripwire(after=4))
+        pipeline.take_backup(SqliteSource(db), settings, compressing)
+    assert artifacts_in(backups) == [] and temporaries_in(backups) == []
+
+
+def test_a_stop_during_the_snapshot_ends_the_copy_part_way(tmp_path: Path) -> None:
+    from jobs.errors import Cancelled
+
+    db = tmp_path / "app.db"
+    fill(db, 40)
+    backups = tmp_path / "backups"
+    copied: list[int] = []
+
+    def copying() -> bool:  # the snapshot file has pages in it: the copy is under way
+        files = [p for p in backups.rglob("*") if p.is_file() and not p.name.endswith((".zst", ".json", "-journal"))]
+        sizes = [p.stat().st_size for p in files]
+        if sizes and sizes[0] > 0:
+            copied.append(sizes[0])
+            return True
+        return False
+
+    with pytest.raises(Cancelled, match="the snapshot of .* was interrupted"):
+        pipeline.take_backup(SqliteSource(db), pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)), StopWhen(copying))
+    assert copied and copied[0] < db.stat().st_size // 2, "the stop was only seen once the whole database was copied"
     assert artifacts_in(backups) == [] and temporaries_in(backups) == []
 
 
