@@ -56,17 +56,11 @@ def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Ev
         _check_file(handle, backup, cancel)
         handle.seek(0)
         with engines.checker(backup.kind, workdir, cancel) as check:
+            raw_out = None
             try:
-                raw_out = None
-                feed = check.feed
-                if keep_raw and getattr(check, "path", None) is None:
+                if keep_raw and getattr(check, "path", None) is None:  # the check keeps no file: keep one beside it
                     raw_out = artifacts.create_private(workdir / RAW_NAME)
-
-                    def feed(chunk: bytes) -> None:
-                        check.feed(chunk)
-                        raw_out.write(chunk)
-
-                raw_size = artifacts.decompress_stream(handle, feed, cancel, backup.artifact)
+                raw_size = artifacts.decompress_stream(handle, _tee(check.feed, raw_out), cancel, backup.artifact)
                 expected = backup.manifest.get("raw_size")
                 if isinstance(expected, int) and raw_size != expected:
                     raise IntegrityError(f"{backup.artifact} decompresses to {raw_size} bytes, not the {expected} its manifest says")
@@ -83,6 +77,18 @@ def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Ev
                 check.close()
             raw = getattr(check, "path", None) or (workdir / RAW_NAME if raw_out is not None else None)
             yield (raw if keep_raw else None), ["size", "sha256", "zstd frame checksum", passed]
+
+
+def _tee(feed: Callable[[bytes], None], out: BinaryIO | None) -> Callable[[bytes], None]:
+    """Return `feed`, or a function that feeds each chunk and also writes it to `out`."""
+    if out is None:
+        return feed
+
+    def both(chunk: bytes) -> None:
+        feed(chunk)
+        out.write(chunk)
+
+    return both
 
 
 @contextmanager
