@@ -99,6 +99,12 @@ def temp_prefix() -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-{_process_token()}-"
 
 
+def temporary_of(name: str) -> str | None:
+    """Return the final name a temporary name `.tmp-<pid>-<token>-<final>` stands for, or None if it is not one."""
+    match = _TEMP_NAME.match(name)
+    return name[match.end():] if match else None
+
+
 def is_stale_temporary(name: str) -> bool:
     """Return whether `name` is one of our temporary names whose writer is gone."""
     match = _TEMP_NAME.match(name)

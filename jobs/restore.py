@@ -91,9 +91,25 @@ def _tee(feed: Callable[[bytes], None], out: BinaryIO | None) -> Callable[[bytes
     return both
 
 
+def sweep_stale(directory: Path, marker: str) -> list[str]:
+    """Remove our temporaries in `directory` whose name holds `marker` and whose writer is gone (a killed restore
+    left them); return their names. Nothing else there is touched."""
+    removed = []
+    for child in directory.iterdir():
+        if marker in child.name and artifacts.is_stale_temporary(child.name) and not child.is_symlink():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(child.name)
+    return removed
+
+
 @contextmanager
 def _scratch(directory: Path, purpose: str) -> Iterator[Path]:
-    """Yield a new private (0700) directory in `directory` with a temporary name; remove it afterwards."""
+    """Yield a new private (0700) directory in `directory` with a temporary name; remove it afterwards. Those a
+    killed run left there are removed first."""
+    sweep_stale(directory, f"-{purpose}-")
     try:
         path = Path(tempfile.mkdtemp(prefix=artifacts.temp_prefix() + purpose + "-", dir=directory))
     except OSError as error:

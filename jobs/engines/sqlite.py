@@ -56,6 +56,8 @@ class _ThreadCheck:
             self.header_seen = True
             if not chunk.startswith(lib.HEADER):
                 raise IntegrityError("the snapshot does not start with the SQLite header")
+        if self.error is not None and not self.thread.is_alive():
+            raise self.error  # the check already failed: stop compressing a snapshot we will not keep
 
     def finish(self) -> str:
         while self.thread.is_alive():

@@ -28,7 +28,9 @@ import time
 
 import structlog
 
-from jobs.artifacts import CHUNK, DIR_MODE, create_private, fsync_path, temp_prefix
+from jobs.artifacts import (
+    CHUNK, DIR_MODE, create_private, fsync_path, is_stale_temporary, temp_prefix, temporary_of,
+)
 from jobs.engines import _sqlite as lib
 from jobs.engines.sqlite import safety_copy_path, sidecars
 from jobs.errors import Cancelled, JobError, SourceError
@@ -48,6 +50,7 @@ def restore_live(database: Path, raw: Path, cancel: threading.Event, notify: Cal
 
     Raise SourceError or Cancelled with a message that says the live database was not changed (it never is
     when this raises before the commit), and where the safety copy is if one was made."""
+    _sweep_stale(database)
     wait = lib.LockWait(cancel, f"the restore into {database}")
     try:
         mode = _probe(database, wait)
@@ -93,6 +96,19 @@ def restore_live(database: Path, raw: Path, cancel: threading.Event, notify: Cal
     finally:
         os.close(live_fd)
     return safety
+
+
+def _sweep_stale(database: Path) -> None:
+    """Remove what a killed restore of this database left beside it: our temporaries of its safety copy and of
+    the staged file (`.tmp-<pid>-<token>-app.db…`, their writer gone). Nothing else there is touched."""
+    for child in database.parent.iterdir():
+        final = temporary_of(child.name) or ""
+        if (final == database.name or final.startswith(database.name + ".pre-restore-")) and is_stale_temporary(child.name):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            log.info("restore.stale_temporary_removed", path=str(child))
 
 
 def _probe(database: Path, wait: lib.LockWait) -> str:

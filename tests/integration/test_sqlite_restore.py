@@ -307,3 +307,16 @@ def test_an_artifact_kind_with_no_engine_is_one_clear_sentence(tmp_path: Path, w
     assert result.code == 1
     assert "'mysql' cannot be checked or restored by this version" in result.stderr
     assert "bug" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_what_a_killed_restore_left_beside_the_database_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    db = make_app_db(tmp_path / "app.db")
+    artifact, backup = backup_of(db, tmp_path / "backups")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    staged = tmp_path / f".tmp-{dead}-0badcafe-app.db"
+    half_copy = tmp_path / f".tmp-{dead}-0badcafe-app.db.pre-restore-20260101T000000Z"
+    not_ours = tmp_path / f".tmp-{dead}-0badcafe-other.db"
+    for path in (staged, half_copy, not_ours):
+        path.write_bytes(b"left behind")
+    restoring.restore_over(artifact, backup, SqliteSource(db), tmp_path / "backups", threading.Event())
+    assert not staged.exists() and not half_copy.exists() and not_ours.exists()
