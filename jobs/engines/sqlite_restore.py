@@ -61,12 +61,15 @@ def restore_live(database: Path, raw: Path, cancel: threading.Event, notify: Cal
     if lib.page_count(raw) < 2:
         raise SourceError(f"the backup holds an empty database of one page, which cannot be written over {database} "
                           "with the lock this restore needs; restore it with --to PATH and swap the files while the app is stopped", stage="restore")
+    # Closing ANY descriptor of a file drops every POSIX lock this process holds on it, SQLite's included: the
+    # byte copy reads through a descriptor opened before the restore's lock and closed after its connection.
+    try:
+        live_fd = os.open(database, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise SourceError(f"cannot read {database}: {error.strerror or error}; {_UNCHANGED}", stage="restore") from None
     safety = safety_copy_path(database)
     notify(f"the live database {database} is saved as {safety} before the restore")
     log.info("restore.safety_copy", path=str(safety), database=str(database), journal_mode=mode)
-    # Closing ANY descriptor of a file drops every POSIX lock this process holds on it, SQLite's included: the
-    # byte copy reads through a descriptor opened before the restore's lock and closed after its connection.
-    live_fd = os.open(database, os.O_RDONLY | os.O_CLOEXEC)
     state = {"saved": False}
 
     def save_under_lock(_status: int) -> None:
@@ -91,7 +94,8 @@ def restore_live(database: Path, raw: Path, cancel: threading.Event, notify: Cal
         raise SourceError(f"cannot restore into {database}: {lib.reason(error)}; {_UNCHANGED}{kept()}",
                           stage="restore") from None
     except OSError as error:
-        raise SourceError(f"cannot write the safety copy {safety}: {error.strerror or error}; {_UNCHANGED}",
+        where = f" {error.filename}" if error.filename else ""
+        raise SourceError(f"cannot restore into {database}: {error.strerror or error}{where}; {_UNCHANGED}{kept()}",
                           stage="restore") from None
     finally:
         os.close(live_fd)
