@@ -198,21 +198,24 @@ def compress_stream(stream: BinaryIO, out: BinaryIO, level: int, cancel: threadi
         level, threads=-1, job_size=JOB_SIZE, write_checksum=True, write_content_size=size is not None))
     writer = _HashingWriter(out, cancel)
     raw_size = 0
-    with compressor.stream_writer(writer, size=-1 if size is None else size, write_size=CHUNK, closefd=False) as zst:
-        while True:
-            if cancel.is_set():
-                raise Cancelled("the worker is stopping; compression was interrupted")
-            chunk = stream.read(CHUNK)
-            if not chunk:
-                break
-            raw_size += len(chunk)
-            if size is not None and raw_size > size:
-                raise SourceError(f"the snapshot grew while it was read ({size} bytes expected)")
-            if feed is not None:
-                feed(chunk)
-            zst.write(chunk)
-        if size is not None and raw_size != size:
-            raise SourceError(f"the snapshot ended after {raw_size} of its {size} bytes")
+    # Not a `with` block: on an error its exit would still end the frame, and libzstd's complaint about the
+    # missing bytes would replace the error that stopped us.
+    zst = compressor.stream_writer(writer, size=-1 if size is None else size, write_size=CHUNK, closefd=False)
+    while True:
+        if cancel.is_set():
+            raise Cancelled("the worker is stopping; compression was interrupted")
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            break
+        raw_size += len(chunk)
+        if size is not None and raw_size > size:
+            raise SourceError(f"the snapshot grew while it was read ({size} bytes expected)")
+        if feed is not None:
+            feed(chunk)
+        zst.write(chunk)
+    if size is not None and raw_size != size:
+        raise SourceError(f"the snapshot ended after {raw_size} of its {size} bytes")
+    zst.close()  # ends the frame (checksum); `closefd=False` leaves `out` open
     out.flush()
     return Compressed(size=writer.size, sha256=writer.digest.hexdigest(), raw_size=raw_size)
 
