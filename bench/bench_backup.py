@@ -1,7 +1,7 @@
 """Benchmark `python -m worker backup --no-upload` against the stock shell pipeline (issue 2).
 
 Usage: python bench/bench_backup.py [--size-mib 1024] [--repeat 3] [--db PATH] [--workdir DIR] [--keep]
-                                    [--no-compare-snapshot] [--stock-timeout SECONDS]
+                                    [--no-compare-snapshot] [--stock-timeout SECONDS] [--baseline DIR]
 
 Builds a realistic WAL-mode app database with bench/make_db.py (or reuses --db; the concurrent writer adds a
 few rows to it), then, on a warm page cache (the database is read and `sync` is run before every measurement):
@@ -18,7 +18,10 @@ few rows to it), then, on a warm page cache (the database is read and `sync` is 
    finish", and not retried (the sqlite3 shell's `.backup` copies 100 pages a step and restarts whenever
    another process commits, so under a steady writer it may never finish).
 3. With --compare-snapshot (default), the snapshot alone under the writer: Python's backup API in one step
-   (`src.backup(dst, pages=-1)`) against `VACUUM INTO`: wall time, writer latency, file size.
+   (`src.backup(dst, pages=-1)`), in 4 MiB steps inside one read transaction (what the worker does), and
+   `VACUUM INTO`: wall time, writer latency, file size.
+4. With --baseline DIR (a checkout of another version, e.g. `git worktree add /tmp/base main`), that version's
+   `python -m worker backup` runs as a third contender in the same alternation: ours/base is the regression check.
 
 Prints markdown tables and writes them to bench/out/backup-<UTC timestamp>.md. The work directory (under /tmp
 by default) is deleted at the end unless --keep.
@@ -211,14 +214,14 @@ class Result:
     t1: float = 0.0
 
 
-def ours(db: Path, directory: Path, logs: Path) -> Result:
+def ours(db: Path, directory: Path, logs: Path, root: Path = ROOT) -> Result:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("S3_", "BACKUP_", "CLEANUP_"))}
     env.pop("DATABASE_URL", None)
-    env.update(BACKUP_SOURCE=f"sqlite:///{db}", BACKUP_DIR=str(directory), BACKUP_COMPRESSION_LEVEL="3")
+    env.update(BACKUP_SOURCE=f"sqlite:///{db}", BACKUP_DIR=str(directory), BACKUP_COMPRESSION_LEVEL="3", PYTHONPATH=str(root))
     directory.mkdir()
     with DiskPeak(directory) as disk:
         t0 = time.time()
-        run = run_child([sys.executable, "-m", "worker", "backup", "--no-upload"], logs / "ours.log", env=env, cwd=ROOT)
+        run = run_child([sys.executable, "-m", "worker", "backup", "--no-upload"], logs / "ours.log", env=env, cwd=root)
         t1 = time.time()
     artifacts = sorted(directory.glob("*.zst"))
     ok = run.rc == 0 and len(artifacts) == 1
@@ -278,6 +281,17 @@ def snapshot_backup_api(db: Path, out: Path) -> None:
         src.backup(dst, pages=-1)
 
 
+def snapshot_stepped(db: Path, out: Path) -> None:
+    """What the worker does: one read transaction held across steps of 4 MiB, so a stop is seen between steps
+    and the copy never restarts when the writer commits."""
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)) as src, \
+            closing(sqlite3.connect(out, isolation_level=None)) as dst:
+        src.execute("BEGIN")
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        src.backup(dst, pages=(4 << 20) // src.execute("PRAGMA page_size").fetchone()[0])
+        src.execute("COMMIT")
+
+
 def snapshot_vacuum_into(db: Path, out: Path) -> None:
     src = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
     try:
@@ -325,6 +339,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (and the built database)")
     parser.add_argument("--compare-snapshot", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--stock-timeout", type=float, help="seconds the stock pipeline gets under the writer")
+    parser.add_argument("--baseline", type=Path, help="also run `python -m worker backup` from this checkout (another version) as `base`")
     args = parser.parse_args()
 
     for tool in ("sqlite3", "zstd", "sha256sum"):
@@ -353,11 +368,21 @@ def main() -> None:
             return work / f"{name}-{next(counter)}"
 
         # 1. wall time, no writer
-        quiet: dict[str, list[Result]] = {"ours": [], "stock": []}
+        contenders = ("ours", "stock", "base") if args.baseline else ("ours", "stock")
+
+        def order(rep: int) -> tuple[str, ...]:
+            return contenders if rep % 2 == 0 else contenders[::-1]
+
+        def backup(who: str, timeout: float | None = None) -> Result:
+            if who == "stock":
+                return stock(db, fresh("stock"), logs, timeout)
+            return ours(db, fresh(who), logs, args.baseline.resolve() if who == "base" else ROOT)
+
+        quiet: dict[str, list[Result]] = {who: [] for who in contenders}
         for rep in range(args.repeat):
-            for who in (("ours", "stock") if rep % 2 == 0 else ("stock", "ours")):
+            for who in order(rep):
                 warm(db)
-                result = ours(db, fresh("ours"), logs) if who == "ours" else stock(db, fresh("stock"), logs)
+                result = backup(who)
                 if not result.ok:
                     sys.exit(f"{who} failed: {result.note}")
                 quiet[who].append(result)
@@ -366,19 +391,19 @@ def main() -> None:
         # 2. under a concurrent writer
         stock_median = statistics.median(r.wall for r in quiet["stock"])
         timeout = args.stock_timeout or max(30.0, 4 * stock_median)
-        loaded: dict[str, list[tuple[Result, Latency]]] = {"ours": [], "stock": []}
+        loaded: dict[str, list[tuple[Result, Latency]]] = {who: [] for who in contenders}
         stock_gave_up = False
         for rep in range(args.repeat):
-            for who in (("ours", "stock") if rep % 2 == 0 else ("stock", "ours")):
+            for who in order(rep):
                 if who == "stock" and stock_gave_up:
                     continue
                 warm(db)
                 with Writer(db, fresh("writer")) as writer:
-                    result = ours(db, fresh("ours"), logs) if who == "ours" else stock(db, fresh("stock"), logs, timeout)
+                    result = backup(who, timeout)
                 lat = writer.window(result.t0, result.t1)
                 loaded[who].append((result, lat))
-                if who == "ours" and not result.ok:
-                    sys.exit(f"ours failed under the writer: {result.note}")
+                if who != "stock" and not result.ok:
+                    sys.exit(f"{who} failed under the writer: {result.note}")
                 if who == "stock" and not result.ok:
                     stock_gave_up = True
                 state = "ok" if result.ok else result.note
@@ -387,7 +412,9 @@ def main() -> None:
         # 3. snapshot methods alone, under the writer
         snaps: dict[str, list[tuple[float, int, Latency]]] = {}
         if args.compare_snapshot:
-            methods = {"backup API, one step (pages=-1)": snapshot_backup_api, "VACUUM INTO": snapshot_vacuum_into}
+            methods = {"backup API, one step (pages=-1)": snapshot_backup_api,
+                       "backup API, 4 MiB steps in one read transaction (ours)": snapshot_stepped,
+                       "VACUUM INTO": snapshot_vacuum_into}
             snaps = {name: [] for name in methods}
             names = list(methods)
             for rep in range(args.repeat):
@@ -451,6 +478,23 @@ def main() -> None:
         for result, lat in loaded["stock"]:
             wall = f"{result.wall:.2f} s" if result.ok else f"{result.note}"
             lines.append(f"| stock | {wall} | {fmt_lat(lat)} | |")
+        if args.baseline:
+            base_wall = [r.wall for r in quiet["base"]]
+            base_ratio = statistics.median(ours_wall) / statistics.median(base_wall)
+            base_rss = max(r.rss_kib for r in quiet["base"] + [r for r, _ in loaded["base"]]) * 1024 / 1e6
+            lines += [
+                "",
+                f"## Ours vs the baseline `{args.baseline}` (the same command from another checkout)",
+                "",
+                "| | ours | base | ours/base |",
+                "|---|---|---|---|",
+                f"| wall time, no writer | {fmt_s(ours_wall)} | {fmt_s(base_wall)} | **{base_ratio:.3f}** |",
+                f"| wall time, under the writer | {fmt_s([r.wall for r, _ in loaded['ours']])} | "
+                f"{fmt_s([r.wall for r, _ in loaded['base']])} | |",
+                f"| writer p99 (worst run) | {worst_p99:.1f} ms | {max(lat.p99 for _, lat in loaded['base']):.1f} ms | |",
+                f"| peak RSS | {rss_mb:.0f} MB | {base_rss:.0f} MB | |",
+                f"| peak extra disk | {disk_peak / MIB:.0f} MiB | {max(r.disk_peak for r in quiet['base']) / MIB:.0f} MiB | |",
+            ]
         if snaps:
             lines += [
                 "",

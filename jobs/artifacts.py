@@ -4,7 +4,7 @@ An artifact is one standard zstd frame with a content checksum, so `zstd -d` res
 Every file is written under a temporary name, flushed, fsynced and only then renamed into place.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import structlog
 import zstandard
 
-from jobs.errors import Cancelled, IntegrityError, SpaceError, StorageError
+from jobs.errors import Cancelled, IntegrityError, SourceError, SpaceError
 
 CHUNK = 1 << 20
 # Multithreaded zstd works in jobs; libzstd finishes running jobs before it lets go, so their size bounds how
@@ -112,6 +112,12 @@ def temp_prefix() -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-{_process_token()}-"
 
 
+def temporary_of(name: str) -> str | None:
+    """Return the final name a temporary name `.tmp-<pid>-<token>-<final>` stands for, or None if it is not one."""
+    match = _TEMP_NAME.match(name)
+    return name[match.end():] if match else None
+
+
 def is_stale_temporary(name: str) -> bool:
     """Return whether `name` is one of our temporary names whose writer is gone."""
     match = _TEMP_NAME.match(name)
@@ -188,19 +194,6 @@ class _HashingWriter:
         self.target.flush()
 
 
-class _CancellableReader:
-    """A read-only file that stops when `cancel` is set; the compressor reads often, even when it writes rarely."""
-
-    def __init__(self, source: BinaryIO, cancel: threading.Event) -> None:
-        self.source = source
-        self.cancel = cancel
-
-    def read(self, size: int = -1) -> bytes:
-        if self.cancel.is_set():
-            raise Cancelled("the worker is stopping; compression was interrupted")
-        return self.source.read(size)
-
-
 @dataclass(frozen=True)
 class Compressed:
     size: int
@@ -208,19 +201,42 @@ class Compressed:
     raw_size: int
 
 
-def compress(raw: Path, out: BinaryIO, level: int, cancel: threading.Event) -> Compressed:
-    """Stream `raw` through zstd (one frame, content size and checksum) into `out`, hashing the output."""
-    raw_size = raw.stat().st_size
+def compress_stream(stream: BinaryIO, out: BinaryIO, level: int, cancel: threading.Event, size: int | None = None,
+                    feed: Callable[[bytes], None] | None = None) -> Compressed:
+    """Read `stream` in chunks until b"", hand each chunk to `feed` (the engine's check) and to zstd (one frame,
+    checksum, content size when `size` is known, multithreaded), and write the frame to `out`, hashing it.
+
+    Raise SourceError if the stream is not `size` bytes long, Cancelled if `cancel` is set."""
     compressor = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
-        level, threads=-1, job_size=JOB_SIZE, write_checksum=True, write_content_size=True))
+        level, threads=-1, job_size=JOB_SIZE, write_checksum=True, write_content_size=size is not None))
     writer = _HashingWriter(out, cancel)
-    with raw.open("rb") as source:
-        reader = _CancellableReader(source, cancel)
-        read, _ = compressor.copy_stream(reader, writer, size=raw_size, read_size=CHUNK, write_size=CHUNK)
+    raw_size = 0
+    # Not a `with` block: on an error its exit would still end the frame, and libzstd's complaint about the
+    # missing bytes would replace the error that stopped us.
+    zst = compressor.stream_writer(writer, size=-1 if size is None else size, write_size=CHUNK, closefd=False)
+    while True:
+        if cancel.is_set():
+            raise Cancelled("the worker is stopping; compression was interrupted")
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            break
+        raw_size += len(chunk)
+        if size is not None and raw_size > size:
+            raise SourceError(f"the snapshot grew while it was read ({size} bytes expected)")
+        if feed is not None:
+            feed(chunk)
+        zst.write(chunk)
+    if size is not None and raw_size != size:
+        raise SourceError(f"the snapshot ended after {raw_size} of its {size} bytes")
+    zst.close()  # ends the frame (checksum); `closefd=False` leaves `out` open
     out.flush()
-    if read != raw_size:
-        raise StorageError(f"{raw} changed size while it was compressed ({raw_size} bytes expected, {read} read)")
     return Compressed(size=writer.size, sha256=writer.digest.hexdigest(), raw_size=raw_size)
+
+
+def compress(raw: Path, out: BinaryIO, level: int, cancel: threading.Event) -> Compressed:
+    """Stream the file `raw` through zstd (one frame, content size and checksum) into `out`, hashing the output."""
+    with raw.open("rb") as source:
+        return compress_stream(source, out, level, cancel, size=os.fstat(source.fileno()).st_size)
 
 
 def sha256_file(path: Path, cancel: threading.Event | None = None) -> str:
@@ -234,16 +250,29 @@ def sha256_file(path: Path, cancel: threading.Event | None = None) -> str:
     return digest.hexdigest()
 
 
+def decompress_stream(source: BinaryIO, feed: Callable[[bytes], None], cancel: threading.Event, name: str) -> int:
+    """Decompress the zstd stream `source` chunk by chunk into `feed`, checking every frame checksum, as
+    `zstd -d` would; return the raw size. Raise IntegrityError naming `name` if it does not decompress."""
+    raw_size = 0
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=CHUNK, read_across_frames=True,
+                                                            closefd=False)
+        while chunk := reader.read(CHUNK):
+            if cancel.is_set():
+                raise Cancelled("the worker is stopping; decompression was interrupted")
+            raw_size += len(chunk)
+            feed(chunk)
+    except zstandard.ZstdError as error:
+        raise IntegrityError(f"{name} does not decompress: {error}") from None
+    return raw_size
+
+
 def decompress(artifact: Path, out: BinaryIO, cancel: threading.Event) -> int:
     """Stream-decompress `artifact` into `out`, checking the frame checksum. Raise IntegrityError if damaged."""
-    writer = _HashingWriter(out, cancel)
-    try:
-        with artifact.open("rb") as source:
-            zstandard.ZstdDecompressor().copy_stream(source, writer, read_size=CHUNK, write_size=CHUNK)
-    except zstandard.ZstdError as error:
-        raise IntegrityError(f"{artifact.name} does not decompress: {error}") from None
+    with artifact.open("rb") as source:
+        size = decompress_stream(source, out.write, cancel, artifact.name)
     out.flush()
-    return writer.size
+    return size
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:

@@ -1,27 +1,26 @@
-"""One backup cycle: preflight, snapshot, check and compress (overlapped), publish, upload, retention.
+"""One backup cycle: preflight, snapshot, check and compress (one pass), publish, upload, retention.
 
-The snapshot is read once from disk: the engine's check and the compressor read the same file at the same
-time, so the slower of the two sets the pace. The artifact and then its manifest are renamed into place only
-after the check passed; anything that fails leaves temporary files only, and those are removed here or on the
-next start.
+Every engine meets the pipeline through `Source.snapshot`: the raw stream is read once, each chunk goes to the
+engine's check and to the compressor, and the slower of the two sets the pace. The artifact and then its
+manifest are renamed into place only after the check passed (`jobs.publish`); anything that fails leaves
+temporary files only, and those are removed here or on the next start.
 """
 
-from concurrent import futures
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import structlog
 import zstandard
 
-from jobs import artifacts, engines, offsite, retention
+from jobs import artifacts, offsite, publish, retention
 from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
@@ -91,6 +90,9 @@ def _free_name(directory: Path, name: str, kind: str, now: datetime) -> tuple[st
 def take_backup(source: Source, settings: BackupSettings, cancel: threading.Event) -> dict[str, Any]:
     """Write one checked, compressed backup of `source` into the backup directory; return its manifest.
 
+    One pass: the snapshot's stream is read in chunks, each chunk goes to the engine's check and to zstd, and
+    the compressed bytes are hashed on their way into a temporary file. Only when the check has passed is the
+    manifest written (also under a temporary name); then the artifact is renamed into place, the manifest last.
     Raise SourceError, SpaceError, IntegrityError, StorageError or Cancelled; nothing that looks like a backup
     is left behind when it raises.
     """
@@ -105,32 +107,18 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
     started = time.monotonic()
     artifact, created_at = _free_name(directory, source.name(), source.kind, datetime.now(timezone.utc))
     final = directory / artifact
-    raw = artifacts.temp_path(directory / artifact.removesuffix(".zst"))
     temp_artifact = artifacts.temp_path(final)
+    temp_manifest = artifacts.temp_path(directory / (artifact + artifacts.MANIFEST_SUFFIX))
     try:
         log.info("backup.snapshot", artifact=artifact, estimate_bytes=estimate)
         with stage("snapshot"):
-            source.snapshot(raw, cancel)
-        check = engines.verifier(source.kind)
-        stop_check = threading.Event()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as pool:
-            checked = pool.submit(check, raw, stop_check)
-            try:
-                with stage("compress"), artifacts.create_private(temp_artifact) as out:
-                    compressed = artifacts.compress(raw, out, settings.compression_level, cancel)
-                while not checked.done():
-                    if cancel.is_set():
-                        stop_check.set()
-                    futures.wait([checked], timeout=0.1)
-                passed = checked.result()
-            except IntegrityError as error:
-                raise IntegrityError(
-                    f"the snapshot of {source.describe()['database']} failed its check: {error}; "
-                    "the source database may be damaged, so no backup was kept"
-                ) from None
-            finally:
-                stop_check.set()
+            workdir = Path(tempfile.mkdtemp(prefix=artifacts.temp_prefix() + "snapshot-", dir=directory))
+        try:
+            compressed, passed, details = _snapshot_and_compress(source, workdir, temp_artifact, settings, cancel)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
         manifest = {
+            **{key: value for key, value in details.items() if key != "versions"},
             "version": artifacts.MANIFEST_VERSION,
             "id": artifacts.backup_id(artifact),
             "artifact": artifact,
@@ -146,20 +134,37 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
                 "zstandard": zstandard.__version__,
                 "libzstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
                 **source.versions(),
+                **details.get("versions", {}),
             },
             "duration_s": round(time.monotonic() - started, 3),
         }
         with stage("publish"):
-            artifacts.publish(temp_artifact, final)
-            try:
-                artifacts.write_manifest(directory / (artifact + artifacts.MANIFEST_SUFFIX), manifest)
-            except BaseException:
-                final.unlink(missing_ok=True)  # an artifact without its manifest is not a backup: leave nothing
-                raise
+            publish.write_temp_manifest(temp_manifest, manifest)
+            publish.publish_backup(temp_artifact, temp_manifest, final)
         return manifest
     finally:
-        raw.unlink(missing_ok=True)
         temp_artifact.unlink(missing_ok=True)
+        temp_manifest.unlink(missing_ok=True)
+
+
+def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, settings: BackupSettings,
+                           cancel: threading.Event) -> tuple[artifacts.Compressed, str, dict[str, Any]]:
+    """Stream a snapshot of `source` through its check and zstd into `temp_artifact`; return the compressed
+    file's facts, what the check passed and the engine's extra manifest fields."""
+    with stage("snapshot"), source.snapshot(workdir, cancel) as snap:
+        try:
+            with stage("compress"), artifacts.create_private(temp_artifact) as out:
+                compressed = artifacts.compress_stream(snap.stream, out, settings.compression_level, cancel,
+                                                       size=snap.size, feed=snap.check.feed)
+            passed = snap.check.finish()
+            return compressed, passed, dict(snap.details)
+        except IntegrityError as error:
+            raise IntegrityError(
+                f"the snapshot of {source.describe()['database']} failed its check: {error}; "
+                "the source database may be damaged, so no backup was kept"
+            ) from None
+        finally:
+            snap.check.close()
 
 
 def plan_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None,
@@ -198,7 +203,12 @@ def carry_out(destination: Destination, result: retention.Plan, offsite_copies: 
 
 
 def remove_stale(local: LocalDestination) -> None:
-    """Remove what killed runs left behind in the backup directory, and log it. Call under the backup lock."""
+    """Settle what killed runs left behind in the backup directory, and log it. Call under the backup lock.
+
+    Artifacts without a manifest are re-proved or removed first (their leftover manifests are temporaries)."""
+    for orphan in publish.recover_orphans(local.directory):
+        level = log.warning if orphan["action"] == "kept" else log.info
+        level("backup.orphan_artifact", **orphan)
     removed = local.remove_stale_temporaries()
     if removed:
         log.info("backup.stale_temporaries_removed", files=removed)

@@ -1,53 +1,172 @@
-"""Re-proving and restoring backups: checksum, decompression, the engine's own check, then the restore.
+"""Re-proving and restoring backups: size and SHA-256, then one decompression fed to the engine's check, then
+the restore.
 
-Every restore first produces a verified raw file under a temporary name; only a proven file is renamed into
-place or written into a live database.
+The artifact's size and SHA-256 are checked against its manifest BEFORE any byte reaches an engine, so a damaged
+or substituted artifact never gets near a restore target. The artifact is then decompressed once (every frame
+checksum checked) and the raw chunks go to the engine's `checker`; only a proven raw file is renamed into place
+or written into a live database. Scratch files live in a private temporary directory, named by us, never by
+anything read from a manifest.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+import errno
+import hashlib
+import os
 from pathlib import Path
+import shutil
+import tempfile
 import threading
+from typing import BinaryIO
 
 from jobs import artifacts, engines
 from jobs.backups import Backup
 from jobs.engines import Source
-from jobs.errors import IntegrityError, SourceError, StorageError
+from jobs.errors import Cancelled, IntegrityError, SourceError, SpaceError, StorageError
+
+HEADROOM = 16 << 20
+RAW_NAME = "raw"  # the raw file written beside a check that keeps no file of its own
+_LEFTOVERS = ("-wal", "-shm", "-journal")
 
 
-def check_artifact(artifact: Path, backup: Backup, raw_out: Path, cancel: threading.Event) -> list[str]:
-    """Prove an artifact file: size and SHA-256 against the manifest, decompression (frame checksum) into the
-    new file `raw_out`, then the engine's check. Return the checks that passed. Raise IntegrityError naming the
-    first one that failed."""
-    size = artifact.stat().st_size
+def _check_file(handle: BinaryIO, backup: Backup, cancel: threading.Event) -> None:
+    """Check an open artifact's size and SHA-256 against the manifest. Raise IntegrityError naming which failed."""
+    size = os.fstat(handle.fileno()).st_size
     if size != backup.size:
         raise IntegrityError(f"{backup.artifact} is {size} bytes but its manifest says {backup.size}; the file is damaged or incomplete")
-    digest = artifacts.sha256_file(artifact, cancel)
-    if digest != backup.sha256:
+    digest = hashlib.sha256()
+    while chunk := handle.read(artifacts.CHUNK):
+        if cancel.is_set():
+            raise Cancelled("the worker is stopping; hashing was interrupted")
+        digest.update(chunk)
+    if digest.hexdigest() != backup.sha256:
         raise IntegrityError(f"{backup.artifact} does not match the SHA-256 in its manifest; the file is damaged, use another backup")
-    try:
-        with artifacts.create_private(raw_out) as out:
-            raw_size = artifacts.decompress(artifact, out, cancel)
-    except OSError as error:
-        raise StorageError(f"cannot write {raw_out}: {error.strerror or error}; check free space", stage="verify") from None
-    expected = backup.manifest.get("raw_size")
-    if isinstance(expected, int) and raw_size != expected:
-        raise IntegrityError(f"{backup.artifact} decompresses to {raw_size} bytes, not the {expected} its manifest says")
-    check = engines.verifier(backup.kind)(raw_out, cancel)
-    return ["size", "sha256", "zstd frame checksum", check]
 
 
 @contextmanager
-def proven_raw(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event) -> Iterator[tuple[Path, list[str]]]:
-    """Yield a temporary, proven raw copy of the backup and the checks that passed; delete it afterwards."""
-    raw = artifacts.temp_path(workdir / f"{backup.id}.{backup.kind}")
-    artifacts.require_space(workdir, int(backup.manifest.get("raw_size") or 0) + (16 << 20),
-                            f"unpacking and checking {backup.id}", "free space there, or restore elsewhere with --to PATH")
+def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event,
+             keep_raw: bool) -> Iterator[tuple[Path | None, list[str]]]:
+    """Prove the artifact in `workdir` (a private scratch directory); yield the proven raw file (if `keep_raw`)
+    and the checks that passed."""
     try:
-        checks = check_artifact(artifact, backup, raw, cancel)
-        yield raw, checks
+        handle = artifact.open("rb")
+    except FileNotFoundError:
+        raise IntegrityError(f"{backup.artifact} is missing; its manifest is there but the artifact is not") from None
+    with handle:
+        _check_file(handle, backup, cancel)
+        handle.seek(0)
+        with engines.checker(backup.kind, workdir, cancel) as check:
+            raw_out = None
+            try:
+                if keep_raw and getattr(check, "path", None) is None:  # the check keeps no file: keep one beside it
+                    raw_out = artifacts.create_private(workdir / RAW_NAME)
+                raw_size = artifacts.decompress_stream(handle, _tee(check.feed, raw_out), cancel, backup.artifact)
+                expected = backup.manifest.get("raw_size")
+                if isinstance(expected, int) and raw_size != expected:
+                    raise IntegrityError(f"{backup.artifact} decompresses to {raw_size} bytes, not the {expected} its manifest says")
+                if raw_out is not None:
+                    raw_out.flush()
+                    os.fsync(raw_out.fileno())
+                    raw_out.close()
+                passed = check.finish()
+            except OSError as error:
+                raise StorageError(f"cannot write to {workdir}: {error.strerror or error}; check free space", stage="verify") from None
+            finally:
+                if raw_out is not None:
+                    raw_out.close()
+                check.close()
+            raw = getattr(check, "path", None) or (workdir / RAW_NAME if raw_out is not None else None)
+            yield (raw if keep_raw else None), ["size", "sha256", "zstd frame checksum", passed]
+
+
+def _tee(feed: Callable[[bytes], None], out: BinaryIO | None) -> Callable[[bytes], None]:
+    """Return `feed`, or a function that feeds each chunk and also writes it to `out`."""
+    if out is None:
+        return feed
+
+    def both(chunk: bytes) -> None:
+        feed(chunk)
+        out.write(chunk)
+
+    return both
+
+
+def sweep_stale(directory: Path, marker: str) -> list[str]:
+    """Remove our temporaries in `directory` whose name holds `marker` and whose writer is gone (a killed restore
+    left them); return their names. Nothing else there is touched."""
+    removed = []
+    for child in directory.iterdir():
+        if marker in child.name and artifacts.is_stale_temporary(child.name) and not child.is_symlink():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(child.name)
+    return removed
+
+
+@contextmanager
+def _scratch(directory: Path, purpose: str) -> Iterator[Path]:
+    """Yield a new private (0700) directory in `directory` with a temporary name; remove it afterwards. Those a
+    killed run left there are removed first."""
+    sweep_stale(directory, f"-{purpose}-")
+    try:
+        path = Path(tempfile.mkdtemp(prefix=artifacts.temp_prefix() + purpose + "-", dir=directory))
+    except OSError as error:
+        raise StorageError(f"cannot create a scratch directory in {directory}: {error.strerror or error}", stage="verify") from None
+    try:
+        yield path
     finally:
-        raw.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_artifact(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event) -> list[str]:
+    """Prove an artifact file: size and SHA-256 against the manifest, then one decompression (frame checksum)
+    into the engine's check, in a scratch directory inside `workdir`. Return the checks that passed. Raise
+    IntegrityError naming the first one that failed, SpaceError if `workdir`'s volume cannot take the check."""
+    require_space([(workdir, raw_needs(backup))], f"checking {backup.artifact}")
+    with _scratch(workdir, "verify") as scratch, _proving(artifact, backup, scratch, cancel, keep_raw=False) as (_, checks):
+        return checks
+
+
+@contextmanager
+def proven_raw(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event,
+               extra: list[tuple[Path, int]] = ()) -> Iterator[tuple[Path, list[str]]]:
+    """Yield a temporary, proven raw copy of the backup (in a scratch directory inside `workdir`) and the checks
+    that passed; delete it afterwards. `extra` adds space needed elsewhere to the up-front space check."""
+    require_space([(workdir, raw_needs(backup)), *extra], f"restoring {backup.artifact}")
+    with _scratch(workdir, "restore") as scratch, _proving(artifact, backup, scratch, cancel, keep_raw=True) as (raw, checks):
+        assert raw is not None
+        yield raw, checks
+
+
+def raw_needs(backup: Backup) -> int:
+    """Return the bytes unpacking the backup needs: its raw size (the artifact's if the manifest lacks it)."""
+    raw = backup.manifest.get("raw_size")
+    return (raw if isinstance(raw, int) and raw > 0 else backup.size) + HEADROOM
+
+
+def require_space(needs: list[tuple[Path, int]], purpose: str) -> None:
+    """Given (directory, bytes) pairs, each directory on the volume its bytes land on, raise SpaceError for the
+    first volume whose free space is short of the sum of everything landing on it."""
+    by_volume: dict[int, tuple[list[Path], int]] = {}
+    for directory, need in needs:
+        device = directory.stat().st_dev
+        paths, total = by_volume.get(device, ([], 0))
+        by_volume[device] = (paths if directory in paths else [*paths, directory], total + need)
+    for paths, total in by_volume.values():
+        free = shutil.disk_usage(paths[0]).free
+        if free < total:
+            where = " and ".join(str(path) for path in paths)
+            raise SpaceError(f"{where} has {free >> 20} MiB free but {purpose} needs about {total >> 20} MiB there "
+                             "(the unpacked backup, and for a restore over the database its safety copy and the "
+                             "restored pages); free space, or restore elsewhere with --to PATH")
+
+
+def leftovers(target: Path) -> list[Path]:
+    """Return the SQLite files beside `target` (`-wal`, `-shm`, `-journal`) that would be read with it."""
+    return [path for path in (target.with_name(target.name + suffix) for suffix in _LEFTOVERS)
+            if path.exists() or path.is_symlink()]
 
 
 def new_file_problem(target: Path) -> str | None:
@@ -56,26 +175,57 @@ def new_file_problem(target: Path) -> str | None:
         return f"{target} already exists; restore to a new path, or delete it first"
     if not target.parent.is_dir():
         return f"the directory {target.parent} does not exist; create it or choose another --to path"
+    found = leftovers(target)
+    if found:
+        names = ", ".join(str(path) for path in found)
+        return (f"{names} {'is' if len(found) == 1 else 'are'} beside {target}; SQLite would read "
+                f"{'it' if len(found) == 1 else 'them'} into the restored database, and {'it' if len(found) == 1 else 'they'} "
+                "may hold the only copy of recent commits: move them away yourself, or restore to another path")
     return None
 
 
 def restore_to_file(artifact: Path, backup: Backup, target: Path, cancel: threading.Event) -> list[str]:
-    """Write the proven raw backup to the new file `target` (0600). Raise StorageError if it cannot be one."""
+    """Write the proven raw backup to the new file `target` (0600). Raise StorageError if it cannot be one.
+
+    The file appears under its name only when complete, and never replaces a file that appeared meanwhile."""
     problem = new_file_problem(target)
     if problem:
         raise StorageError(problem, stage="restore")
     with proven_raw(artifact, backup, target.parent, cancel) as (raw, checks):
+        problem = new_file_problem(target)  # again: files may have appeared while we unpacked
+        if problem:
+            raise StorageError(problem, stage="restore")
         try:
-            artifacts.publish(raw, target)
+            _link_new(raw, target)
         except OSError as error:
             raise StorageError(f"cannot write {target}: {error.strerror or error}", stage="restore") from None
     return checks
 
 
-def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event) -> tuple[Path | None, list[str]]:
-    """Restore the backup over the live data of `source`; return the safety copy the engine made first, if any."""
+def _link_new(raw: Path, target: Path) -> None:
+    """Give the fsynced file `raw` the new name `target`, failing if `target` exists."""
+    artifacts.fsync_path(raw)
+    try:
+        os.link(raw, target)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
+        os.rename(raw, target)
+    artifacts.fsync_path(target.parent)
+
+
+def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event,
+                 notify: Callable[[str], None] | None = None) -> tuple[Path | None, list[str]]:
+    """Restore the backup over the live data of `source`; return the safety copy the engine made first, if any.
+
+    `notify` gets a sentence naming the safety copy before anything changes. Space is checked up front on every
+    volume involved (the unpacked backup in `workdir`, and what the engine writes beside the database)."""
     if backup.kind != source.kind:
         raise SourceError(f"{backup.id} is a {backup.kind} backup and cannot be restored into a {source.kind} source", stage="restore")
-    with proven_raw(artifact, backup, workdir, cancel) as (raw, checks):
-        safety = source.restore(raw, cancel)
+    needs = getattr(source, "restore_space", None)  # optional: engines that write beside the database say how much
+    extra = list(needs(raw_needs(backup)).items()) if needs is not None else []
+    with proven_raw(artifact, backup, workdir, cancel, extra) as (raw, checks):
+        safety = source.restore(raw, cancel, notify=notify) if notify is not None else source.restore(raw, cancel)
     return safety, checks

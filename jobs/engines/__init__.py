@@ -1,16 +1,48 @@
 """One module per database engine, behind one small interface, chosen by URL scheme.
 
-A `Source` is a configured database we can snapshot and restore into. Verifying an artifact needs no source:
-`verifier(kind)` returns the engine's own check for a raw snapshot of that kind.
+Engines that produce a stream (pg_dump's stdout, Redis replication) and engines that produce a file (SQLite) meet
+the pipeline through one shape, so hashing, compression and the engine's proof happen in one pass:
+`Source.snapshot(workdir, cancel)` yields a `Snapshot` whose `stream` the pipeline reads in chunks, feeding every
+chunk to the snapshot's `Check` and to the compressor. Re-proving an existing artifact needs no source: the
+engine module's `checker(workdir, cancel)` gives the same proof for the decompressed chunks.
+
+Each engine module exports `SCHEMES`, `KIND`, `open_source(url, cwd)` and `checker(workdir, cancel)`.
 """
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+import functools
+import importlib
 from pathlib import Path
 import threading
-from typing import Protocol
+from typing import Any, BinaryIO, ContextManager, Protocol
 from urllib.parse import unquote, urlsplit
 
-from jobs.engines import sqlite
+from jobs.errors import IntegrityError
+
+
+class Check(Protocol):
+    """The engine's proof of a raw stream, fed the same chunks that go to the compressor, in order."""
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next chunk. May block (back-pressure) but never forever; may raise IntegrityError early."""
+
+    def finish(self) -> str:
+        """End of stream: wait for the verdict and return what passed (e.g. "PRAGMA integrity_check").
+
+        Raise IntegrityError (or Cancelled, or SourceError for a snapshot that failed)."""
+
+    def close(self) -> None:
+        """Release everything (kill a child, join a thread); idempotent; always called, also after errors."""
+
+
+@dataclass
+class Snapshot:
+    stream: BinaryIO  # the raw bytes; the pipeline reads it in chunks until b""
+    check: Check  # fed every chunk read from `stream`
+    size: int | None = None  # raw size when known up front (written as zstd content size), else None
+    details: dict[str, Any] = field(default_factory=dict)  # extra manifest fields; read AFTER check.finish()
 
 
 class Source(Protocol):
@@ -19,10 +51,10 @@ class Source(Protocol):
     kind: str  # artifact kind: "sqlite", "pgdump" or "rdb"
 
     def name(self) -> str:
-        """Return the short, file-name-safe name used in artifact names (`app` for app.db)."""
+        """Return the default backup-set name: the SQLite file stem, the PostgreSQL database name, `redis`."""
 
     def describe(self) -> dict[str, str]:
-        """Return the source for manifests and logs: kind and database name, no secrets."""
+        """Return the source for manifests and logs: {"kind": ..., "database": ...}, no secrets."""
 
     def target(self) -> str:
         """Return where a restore writes, for people: a file path or a URL with its password masked."""
@@ -30,19 +62,31 @@ class Source(Protocol):
     def estimate_size(self) -> int:
         """Return the expected size in bytes of a raw snapshot. Raise SourceError if the source is unusable."""
 
-    def snapshot(self, out: Path, cancel: threading.Event) -> None:
-        """Write a consistent raw snapshot to `out` (a new file). Raise SourceError or Cancelled."""
+    def snapshot(self, workdir: Path, cancel: threading.Event) -> ContextManager[Snapshot]:
+        """Yield a consistent raw snapshot.
 
-    def restore(self, raw: Path, cancel: threading.Event) -> Path | None:
-        """Replace the live data with the proven raw snapshot `raw`; return the safety copy made first, if any.
-
-        Raise SourceError or Cancelled."""
-
-    def protected_files(self) -> list[Path]:
-        """Return the files of this database that cleanup rules must never match (none for a server)."""
+        `workdir` is a private (0700) scratch directory on the backup volume, removed by the caller afterwards.
+        On exit the engine releases everything (children killed and waited). A snapshot that fails (child exit
+        != 0, connection lost, truncated stream) raises SourceError from `stream.read()` or from
+        `check.finish()`: the pipeline never publishes unless finish() returned. Raise Cancelled promptly
+        (< 2 s) when `cancel` is set."""
 
     def versions(self) -> dict[str, str]:
         """Return tool and server versions worth recording in the manifest."""
+
+    def protected_files(self) -> list[Path]:
+        """Return the files of this database that cleanup rules must never match ([] for a server)."""
+
+    def restore(self, raw: Path, cancel: threading.Event,
+                notify: Callable[[str], None] | None = None) -> Path | None:
+        """Replace the live data with the proven raw snapshot `raw`; return the safety copy made first, if any.
+
+        Call `notify` with one sentence naming the safety copy BEFORE anything changes (the command prints it).
+        Raise SourceError or Cancelled, saying whether the live data changed; once the restore has committed,
+        never raise (a stop request then does not make a finished restore report failure)."""
+
+
+Checker = Callable[[Path, threading.Event], AbstractContextManager[Check]]
 
 
 class Engine(Protocol):
@@ -53,37 +97,62 @@ class Engine(Protocol):
 
     def open_source(self, url: str, cwd: Path) -> Source: ...
 
-    def verify(self, raw: Path, cancel: threading.Event) -> str: ...
+    def checker(self, workdir: Path, cancel: threading.Event) -> AbstractContextManager[Check]: ...
 
 
-Verifier = Callable[[Path, threading.Event], str]
+# Engine modules in this package, in the order they are offered. A module that is not there (yet) is skipped,
+# so each engine lands as one new file.
+_MODULES = ("sqlite", "postgres", "redis")
+_PLANNED = {"postgresql": "postgres", "postgres": "postgres", "redis": "redis", "rediss": "redis"}
 
-ENGINES: tuple[Engine, ...] = (sqlite,)
-_BY_SCHEME = {scheme: engine for engine in ENGINES for scheme in engine.SCHEMES}
-_BY_KIND = {engine.KIND: engine for engine in ENGINES}
-_PLANNED = {"postgresql", "postgres", "redis", "rediss"} - set(_BY_SCHEME)
+
+@functools.cache
+def engines() -> tuple[Engine, ...]:
+    """Return the engine modules this installation has."""
+    found = []
+    for name in _MODULES:
+        module_name = f"{__name__}.{name}"
+        try:
+            found.append(importlib.import_module(module_name))
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+    return tuple(found)
+
+
+def _by_scheme() -> dict[str, Engine]:
+    return {scheme: engine for engine in engines() for scheme in engine.SCHEMES}
+
+
+def _by_kind() -> dict[str, Engine]:
+    return {engine.KIND: engine for engine in engines()}
 
 
 def open_source(url: str, cwd: Path) -> Source:
     """Given a BACKUP_SOURCE URL, return its Source. Raise ValueError naming what is wrong with the URL."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme in _BY_SCHEME:
-        return _BY_SCHEME[scheme].open_source(url, cwd)
+    by_scheme = _by_scheme()
+    if scheme in by_scheme:
+        return by_scheme[scheme].open_source(url, cwd)
     if scheme in _PLANNED:
         raise ValueError(f"{scheme}:// sources are not supported by this version yet; use sqlite:///path/to/app.db")
-    known = " or ".join(f"{s}://" for s in sorted(_BY_SCHEME))
+    known = " or ".join(f"{s}://" for s in sorted(by_scheme))
     raise ValueError(
         f"the URL must start with {known} (like sqlite:///data/app.db or sqlite:////app/data/app.db)"
         + (f", not {scheme}://" if scheme else "")
     )
 
 
-def verifier(kind: str) -> Verifier:
-    """Return the engine check for raw snapshots of `kind`. Raise ValueError for a kind we do not know."""
-    try:
-        return _BY_KIND[kind].verify
-    except KeyError:
-        raise ValueError(f"backups of kind {kind!r} cannot be checked by this version") from None
+def checker(kind: str, workdir: Path, cancel: threading.Event) -> AbstractContextManager[Check]:
+    """Return the engine's check for an existing artifact's raw stream of `kind`.
+
+    Raise IntegrityError, saying which kinds this version knows, for a kind no engine here can check."""
+    engine = _by_kind().get(kind)
+    if engine is None:
+        known = ", ".join(sorted(_by_kind()))
+        raise IntegrityError(f"backups of kind {kind!r} cannot be checked or restored by this version (it knows {known}); "
+                             "use a worker version with that engine, or restore by hand with `zstd -d`")
+    return engine.checker(workdir, cancel)
 
 
 def url_secrets(url: str) -> list[str]:

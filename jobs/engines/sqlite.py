@@ -1,79 +1,120 @@
 """SQLite: online snapshots through the backup API, `PRAGMA integrity_check`, restores through the backup API.
 
-The snapshot is one `sqlite3_backup_step(-1)`: a single read transaction copies every page, so the copy is
-consistent even while other processes write. A multi-step backup restarts whenever another connection writes
-and may never finish on a busy database. In WAL mode writers go on while we read; in rollback-journal mode they
-wait for our read lock (bounded by their busy timeout). The source is opened read-only (`mode=ro`), so a
-missing file is never created and the source is never written.
+The snapshot holds one read transaction on the source for the whole copy, so the copy is consistent even while
+other processes write, and it copies a few MiB per step, so a stop request ends it within milliseconds. In WAL
+mode writers go on while we read; in rollback-journal mode they wait for our read lock (bounded by their busy
+timeout). The source is opened read-only (`mode=ro`): a missing file is never created and the source is never
+written. The snapshot file is then streamed to the compressor while `PRAGMA integrity_check` runs on it in a
+thread: the file is read once for both.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager, closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+import os
 from pathlib import Path
 import re
 import sqlite3
 import threading
-import time
-from urllib.parse import quote
+from typing import BinaryIO
 
 from jobs.artifacts import STAMP, create_private
+from jobs.engines import Snapshot
+from jobs.engines import _sqlite as lib
 from jobs.errors import Cancelled, IntegrityError, SourceError
 
 SCHEMES = ("sqlite",)
 KIND = "sqlite"
-BUSY_TIMEOUT_S = 60.0  # how long a snapshot or restore waits for another connection's lock
-_STEP_BUSY_S = 0.2  # each backup step waits this long for a lock, then we look at the clock and the cancel flag
-_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
-CHECK = "PRAGMA integrity_check"
+CHECK = lib.CHECK
+SIDECARS = ("-wal", "-shm", "-journal")
 
 
-def _connect(path: Path, mode: str, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
-    uri = f"file:{quote(path.as_posix())}?mode={mode}"
-    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+class _ThreadCheck:
+    """The snapshot's proof: `PRAGMA integrity_check` on the snapshot file, in a thread, while it streams."""
+
+    def __init__(self, path: Path, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self.closed = threading.Event()
+        self.error: BaseException | None = None
+        self.result: str | None = None
+        self.header_seen = False
+        self.thread = threading.Thread(target=self._run, args=(path,), name="sqlite-check", daemon=True)
+        self.thread.start()
+
+    def _stopping(self) -> bool:
+        return self.cancel.is_set() or self.closed.is_set()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self.result = lib.integrity_check(path, self._stopping)
+        except BaseException as error:  # handed to finish() in the pipeline's thread
+            self.error = error
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.header_seen:
+            self.header_seen = True
+            if not chunk.startswith(lib.HEADER):
+                raise IntegrityError("the snapshot does not start with the SQLite header")
+        if self.error is not None and not self.thread.is_alive():
+            raise self.error  # the check already failed: stop compressing a snapshot we will not keep
+
+    def finish(self) -> str:
+        while self.thread.is_alive():
+            self.thread.join(0.05)
+            if self.cancel.is_set():
+                self.close()
+                raise Cancelled("the worker is stopping; the integrity check was interrupted")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thread.join()
 
 
-def _copy(source: sqlite3.Connection, target: sqlite3.Connection, cancel: threading.Event, what: str) -> None:
-    """Copy every page of `source` into `target` in one backup step.
+class _FileCheck:
+    """The proof of an existing artifact: the raw chunks go to a file in the workdir, and `PRAGMA
+    integrity_check` runs on it at the end. `path` is that file, for restore to use once finish() returned."""
 
-    CPython's `backup()` retries a busy step forever; the progress callback bounds that wait by BUSY_TIMEOUT_S and
-    stops at once when `cancel` is set. Raise Cancelled, or SourceError if the lock is never released.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    def __init__(self, path: Path, cancel: threading.Event) -> None:
+        self.path = path
+        self.cancel = cancel
+        self.out: BinaryIO | None = create_private(path)
+        self.header_seen = False
 
-    def progress(status: int, _remaining: int, _total: int) -> None:
-        if cancel.is_set():
-            raise Cancelled(f"the worker is stopping; {what} was interrupted")
-        if status in _BUSY_CODES and time.monotonic() > deadline:
-            raise SourceError(f"{what} waited {BUSY_TIMEOUT_S:g} s for another connection's lock; "
-                              "a long write transaction is holding the database, try again when it ends")
+    def feed(self, chunk: bytes) -> None:
+        if not self.header_seen and chunk:
+            self.header_seen = True
+            if not chunk.startswith(lib.HEADER):
+                raise IntegrityError("the backup does not hold a SQLite database (its first bytes are not the SQLite header)")
+        assert self.out is not None, "feed() after finish()"
+        self.out.write(chunk)
 
-    source.backup(target, pages=-1, progress=progress, sleep=0.05)
+    def finish(self) -> str:
+        assert self.out is not None, "finish() twice"
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        self.out.close()
+        self.out = None
+        return lib.integrity_check(self.path, self.cancel.is_set)
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None
 
 
 @contextmanager
-def _interrupt_when(cancel: threading.Event, connection: sqlite3.Connection) -> Iterator[None]:
-    """Interrupt `connection`'s running statement as soon as `cancel` is set."""
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.1):
-            if cancel.is_set():
-                connection.interrupt()
-                return
-
-    watcher = threading.Thread(target=watch, name="sqlite-interrupt", daemon=True)
-    watcher.start()
+def checker(workdir: Path, cancel: threading.Event) -> Iterator[_FileCheck]:
+    """Yield the check for a decompressed SQLite artifact: it keeps the raw file at `check.path` in `workdir`."""
+    check = _FileCheck(workdir / "restored.sqlite", cancel)
     try:
-        yield
+        yield check
     finally:
-        done.set()
-        watcher.join()
-
-
-def _reason(error: sqlite3.Error) -> str:
-    return str(error).rstrip(".") or type(error).__name__
+        check.close()
 
 
 @dataclass(frozen=True)
@@ -94,63 +135,84 @@ class SqliteSource:
         return str(self.path)
 
     def protected_files(self) -> list[Path]:
-        return [self.path.with_name(self.path.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+        return [self.path, *sidecars(self.path)]
 
     def estimate_size(self) -> int:
         self._require_file()
         wal = self.path.with_name(self.path.name + "-wal")
         return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
-    def snapshot(self, out: Path, cancel: threading.Event) -> None:
+    def versions(self) -> dict[str, str]:
+        return {"sqlite": sqlite3.sqlite_version}
+
+    @contextmanager
+    def snapshot(self, workdir: Path, cancel: threading.Event) -> Iterator[Snapshot]:
+        """Copy the database into `workdir` in one read transaction, then yield the copy as a stream whose
+        check (`PRAGMA integrity_check`) runs on the copy in a thread while the pipeline reads it."""
+        out = workdir / "snapshot.sqlite"
+        self.copy_to(out, cancel)
+        check = _ThreadCheck(out, cancel)
+        try:
+            with out.open("rb") as stream:
+                yield Snapshot(stream=stream, check=check, size=out.stat().st_size)
+        finally:
+            check.close()
+            out.unlink(missing_ok=True)
+
+    def copy_to(self, out: Path, cancel: threading.Event) -> None:
+        """Write a consistent copy of the database to the new file `out` (0600, rollback-journal mode).
+
+        Raise SourceError (unreadable, locked too long, no space) or Cancelled; `out` is removed then."""
         self._require_file()
         if cancel.is_set():
             raise Cancelled("the worker is stopping; the snapshot was not started")
         create_private(out).close()  # SQLite keeps the mode of a file it opens: only we can read the copy
         try:
-            self._snapshot_into(out, cancel)
+            self._copy_into(out, cancel)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
         finally:
-            for sidecar in ("-journal", "-wal", "-shm"):
-                out.with_name(out.name + sidecar).unlink(missing_ok=True)
+            for sidecar in sidecars(out):
+                sidecar.unlink(missing_ok=True)
 
-    def _snapshot_into(self, out: Path, cancel: threading.Event) -> None:
+    def _copy_into(self, out: Path, cancel: threading.Event) -> None:
         try:
-            source = _connect(self.path, "ro", timeout=_STEP_BUSY_S)
+            source = lib.connect(self.path, "ro", timeout=lib.STEP_BUSY_S)
         except sqlite3.Error as error:
-            raise SourceError(f"cannot open the SQLite database {self.path}: {_reason(error)}; check BACKUP_SOURCE and the file's permissions") from None
+            raise SourceError(f"cannot open the SQLite database {self.path}: {lib.reason(error)}; check BACKUP_SOURCE and the file's permissions") from None
         try:
             with closing(source), closing(sqlite3.connect(out, isolation_level=None)) as target:
-                _copy(source, target, cancel, f"the snapshot of {self.path}")
+                # The copy is scratch until its artifact is fsynced: no journal and no fsyncs of its own.
+                target.execute("PRAGMA journal_mode=OFF")
+                target.execute("PRAGMA synchronous=OFF")
+                wait = lib.LockWait(cancel, f"the snapshot of {self.path}")
+                lib.begin_read(source, wait)
+                lib.copy_pages(source, target, wait, lib.step_pages(source))
+                source.execute("COMMIT")
                 # The copy carries the source's WAL flag; a plain rollback-journal file opens anywhere, read-only too.
                 target.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.DatabaseError as error:
-            reason = _reason(error)
-            if "disk is full" in reason or "disk I/O" in reason:
-                raise SourceError(f"cannot write the snapshot of {self.path} to {out.parent}: {reason}; free space on the volume", stage="snapshot") from None
-            raise SourceError(f"cannot read the SQLite database {self.path}: {reason}; it may be damaged or not a SQLite file (run `sqlite3 {self.path} 'PRAGMA integrity_check'`)") from None
+            text = lib.reason(error)
+            if "disk is full" in text or "disk I/O" in text:
+                raise SourceError(f"cannot write the snapshot of {self.path} to {out.parent}: {text}; free space on the volume", stage="snapshot") from None
+            raise SourceError(f"cannot read the SQLite database {self.path}: {text}; it may be damaged or not a SQLite file (run `sqlite3 {self.path} 'PRAGMA integrity_check'`)") from None
 
-    def versions(self) -> dict[str, str]:
-        return {"sqlite": sqlite3.sqlite_version}
+    def restore_space(self, raw_size: int) -> dict[Path, int]:
+        """Return the bytes a restore over this database needs, by a directory on the volume they land on: the
+        safety copy beside the database, plus the restored pages written there (WAL or journal, or a new file)."""
+        live = sum(path.stat().st_size for path in (self.path, *sidecars(self.path)) if path.exists())
+        return {self.path.parent: live + raw_size}
 
-    def restore(self, raw: Path, cancel: threading.Event) -> Path:
-        """Save the live database to a new safety copy beside it, then write `raw` into it through the backup
-        API; return the safety copy's path.
+    def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> Path:
+        """Save the live database, then replace it with the proven raw database `raw`; return the safety copy.
 
-        Connections the app holds open see the restored data at their next transaction; the file is never torn.
-        Raise SourceError if the live database cannot be read or written.
-        """
+        See `jobs.engines.sqlite_restore`. Raise SourceError, SpaceError or Cancelled; a message says whether
+        anything changed."""
+        from jobs.engines.sqlite_restore import restore_live
+
         self._require_file()
-        safety_copy = safety_copy_path(self.path)
-        create_private(safety_copy).close()
-        try:
-            with closing(_connect(self.path, "rw", timeout=_STEP_BUSY_S)) as live:
-                with closing(sqlite3.connect(safety_copy, isolation_level=None)) as safety:
-                    _copy(live, safety, cancel, f"the safety copy of {self.path}")
-                    safety.execute("PRAGMA journal_mode=DELETE")
-                with closing(_connect(raw, "ro")) as backup:
-                    _copy(backup, live, cancel, f"the restore into {self.path}")
-        except sqlite3.Error as error:
-            raise SourceError(f"cannot restore into {self.path}: {_reason(error)}; stop the app's writers and try again", stage="restore") from None
-        return safety_copy
+        return restore_live(self.path, raw, cancel, notify or (lambda _: None))
 
     def _require_file(self) -> None:
         if not self.path.exists():
@@ -159,14 +221,19 @@ class SqliteSource:
             raise SourceError(f"the SQLite database {self.path} is not a file; point BACKUP_SOURCE at the database file")
 
 
-def safety_copy_path(database: Path, now: datetime | None = None) -> Path:
+def sidecars(database: Path) -> list[Path]:
+    """Return the files SQLite keeps beside `database`: `-wal`, `-shm` and `-journal`."""
+    return [database.with_name(database.name + suffix) for suffix in SIDECARS]
+
+
+def safety_copy_path(database: Path, now: datetime | None = None, suffix: str = "") -> Path:
     """Return a new path beside `database` where its live content is saved before a restore overwrites it."""
     stamp = (now or datetime.now(timezone.utc)).strftime(STAMP)
-    candidate = database.with_name(f"{database.name}.pre-restore-{stamp}")
+    candidate = database.with_name(f"{database.name}.pre-restore-{stamp}{suffix}")
     number = 1
-    while candidate.exists():
+    while candidate.exists() or candidate.is_symlink():
         number += 1
-        candidate = database.with_name(f"{database.name}.pre-restore-{stamp}-{number}")
+        candidate = database.with_name(f"{database.name}.pre-restore-{stamp}-{number}{suffix}")
     return candidate
 
 
@@ -181,22 +248,3 @@ def open_source(url: str, cwd: Path) -> SqliteSource:
     path = Path(path_text)
     return SqliteSource(path=path if path.is_absolute() else cwd / path)
 
-
-def verify(raw: Path, cancel: threading.Event) -> str:
-    """Run `PRAGMA integrity_check` on a raw snapshot; return what passed. Raise IntegrityError or Cancelled."""
-    try:
-        connection = _connect(raw, "ro")
-    except sqlite3.Error as error:
-        raise IntegrityError(f"the snapshot cannot be opened as a SQLite database: {_reason(error)}") from None
-    with closing(connection), _interrupt_when(cancel, connection):
-        try:
-            rows = [row[0] for row in connection.execute(CHECK + "(20)")]
-        except sqlite3.OperationalError as error:
-            if cancel.is_set():
-                raise Cancelled("the worker is stopping; the integrity check was interrupted") from None
-            raise IntegrityError(f"{CHECK} could not run: {_reason(error)}") from None
-        except sqlite3.DatabaseError as error:
-            raise IntegrityError(f"{CHECK} failed: {_reason(error)}") from None
-    if rows != ["ok"]:
-        raise IntegrityError(f"{CHECK} failed: {'; '.join(rows[:3])}")
-    return CHECK

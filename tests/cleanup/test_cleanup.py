@@ -331,3 +331,68 @@ def test_a_hundred_thousand_files_are_cleaned_up_correctly(tmp_path: Path) -> No
     assert report.files == 50_000 and report.failed == 0
     assert len(left) == 50_000
     assert all(int(name.removesuffix(".mp3")) % 2 == 0 for name in left)
+
+
+def test_a_base_directory_swapped_for_a_symlink_between_plan_and_delete_is_refused(tmp_path: Path) -> None:
+    names = ["app-20260101T000000Z.sqlite.zst", "app-20260101T000000Z.sqlite.zst.json"]
+    for name in names:
+        make(tmp_path / "scratch" / name, 48)
+        make(tmp_path / "backups" / name, 48, b"a real backup")
+    [rule] = parse_rules("scratch/*=1d", tmp_path)
+    plan = plan_rule(rule, now=datetime.now(timezone.utc), cancel=threading.Event())
+    assert len(plan.candidates) == 2
+    # between plan and delete, the base becomes a link to a directory holding files of the same names
+    (tmp_path / "scratch").rename(tmp_path / "scratch.old")
+    (tmp_path / "scratch").symlink_to(tmp_path / "backups", target_is_directory=True)
+
+    with capture_logs() as logs:
+        result = apply_plan(plan, cancel=threading.Event())
+
+    assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "scratch.old").iterdir()) == names, "the rule was not refused whole"
+    assert (result.files, result.failed) == (0, 2)
+    assert result.errors[0].startswith("refused: its base directory") and "nothing was removed" in result.errors[0]
+    assert [e["event"] for e in logs] == ["cleanup.rule_refused"]
+
+
+def test_a_base_directory_replaced_by_another_directory_between_plan_and_delete_is_refused(tmp_path: Path) -> None:
+    make(tmp_path / "scratch/old.bin", 48)
+    [rule] = parse_rules("scratch/*=1d", tmp_path)
+    plan = plan_rule(rule, now=datetime.now(timezone.utc), cancel=threading.Event())
+    (tmp_path / "scratch").rename(tmp_path / "scratch.old")
+    make(tmp_path / "scratch/old.bin", 48, b"someone else's")
+
+    result = apply_plan(plan, cancel=threading.Event())
+
+    assert (tmp_path / "scratch/old.bin").read_bytes() == b"someone else's"
+    assert (tmp_path / "scratch.old/old.bin").exists()
+    assert result.failed == 1 and "replaced by another directory" in result.errors[0]
+
+
+def test_a_base_reached_through_a_symlinked_parent_is_cleaned_as_usual(tmp_path: Path) -> None:
+    make(tmp_path / "volume/tmp/old.bin", 48)
+    make(tmp_path / "volume/tmp/new.bin", 0)
+    (tmp_path / "data").symlink_to(tmp_path / "volume", target_is_directory=True)
+
+    report = clean("data/tmp/*.bin=1d", tmp_path)
+
+    assert (report.files, report.failed) == (1, 0)
+    assert remaining(tmp_path / "volume/tmp") == {"new.bin"}
+
+
+def test_the_guard_judges_the_directory_the_rule_holds_open(tmp_path: Path) -> None:
+    backups = tmp_path / "backups"
+    make(backups / "app-20260101T000000Z.sqlite.zst", 48)
+    (tmp_path / "scratch").symlink_to(backups, target_is_directory=True)  # swapped in after config was checked
+    asked: list[Path] = []
+
+    def guard(rule) -> str | None:  # noqa: ANN001
+        asked.append(rule.base)
+        return "would sweep the backup directory" if rule.base == backups else None
+
+    report = run_cleanup(parse_rules("scratch/*=1d", tmp_path), dry_run=False, now=None, cancel=threading.Event(),
+                         guard=guard)
+
+    assert asked == [backups]
+    assert (backups / "app-20260101T000000Z.sqlite.zst").exists()
+    assert report.failed == 1 and "refused: would sweep the backup directory" in report.rules[0].errors

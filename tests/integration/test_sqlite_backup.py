@@ -300,13 +300,15 @@ def test_stale_temporaries_of_dead_runs_are_removed_but_a_live_runs_are_kept(tmp
 
 
 def test_the_raw_snapshot_is_private_while_it_exists(tmp_path: Path, app_db: Path) -> None:
-    out = tmp_path / "snap.db"
     previous = os.umask(0o022)
     try:
-        SqliteSource(app_db).snapshot(out, threading.Event())
+        with SqliteSource(app_db).snapshot(tmp_path, threading.Event()) as snap:
+            mode = os.fstat(snap.stream.fileno()).st_mode
+            snap.check.close()
     finally:
         os.umask(previous)
-    assert out.stat().st_mode & 0o777 == 0o600
+    assert mode & 0o777 == 0o600
+    assert list(tmp_path.glob("snapshot*")) == []
 
 
 def test_restore_refuses_up_front_when_the_target_volume_is_too_small(tmp_path: Path, worker, monkeypatch) -> None:
@@ -327,16 +329,15 @@ def test_restore_refuses_up_front_when_the_target_volume_is_too_small(tmp_path: 
     assert not target.exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-class Tripwire(threading.Event):
-    """A cancel flag that sets itself at its n-th look: it stops a job at a chosen point, deterministically."""
+class StopWhen(threading.Event):
+    """A stop flag that sets itself the first time `predicate()` is true when someone looks at it."""
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, predicate) -> None:  # noqa: ANN001
         super().__init__()
-        self.looks = after
+        self.predicate = predicate
 
     def is_set(self) -> bool:
-        self.looks -= 1
-        if self.looks <= 0:
+        if not super().is_set() and self.predicate():
             self.set()
         return super().is_set()
 
@@ -348,25 +349,48 @@ def test_a_stop_during_compression_leaves_only_removed_temporaries(tmp_path: Pat
     fill(db, 8)
     backups = tmp_path / "backups"
     settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3))
+    compressing = StopWhen(lambda: any(name.endswith(".zst") for name in temporaries_in(backups)))
     with pytest.raises(Cancelled, match="compression was interrupted"):
-        pipeline.take_backup(SqliteSource(db), settings, Tripwire(after=4))
+        pipeline.take_backup(SqliteSource(db), settings, compressing)
+    assert artifacts_in(backups) == [] and temporaries_in(backups) == []
+
+
+def test_a_stop_during_the_snapshot_ends_the_copy_part_way(tmp_path: Path) -> None:
+    from jobs.errors import Cancelled
+
+    db = tmp_path / "app.db"
+    fill(db, 40)
+    backups = tmp_path / "backups"
+    copied: list[int] = []
+
+    def copying() -> bool:  # the snapshot file has pages in it: the copy is under way
+        files = [p for p in backups.rglob("*") if p.is_file() and not p.name.endswith((".zst", ".json", "-journal"))]
+        sizes = [p.stat().st_size for p in files]
+        if sizes and sizes[0] > 0:
+            copied.append(sizes[0])
+            return True
+        return False
+
+    with pytest.raises(Cancelled, match="the snapshot of .* was interrupted"):
+        pipeline.take_backup(SqliteSource(db), pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)), StopWhen(copying))
+    assert copied and copied[0] < db.stat().st_size // 2, "the stop was only seen once the whole database was copied"
     assert artifacts_in(backups) == [] and temporaries_in(backups) == []
 
 
 def test_a_source_locked_for_too_long_fails_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:
-    from jobs.engines import sqlite as engine
+    from jobs.engines import _sqlite
     from jobs.errors import SourceError
 
     db = make_app_db(tmp_path / "locked.db", wal=False)
-    monkeypatch.setattr(engine, "BUSY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_S", 0.5)
     app = sqlite3.connect(db, isolation_level=None)
     app.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(SourceError, match="waited 0.5 s for another connection's lock"):
-            SqliteSource(db).snapshot(tmp_path / "snap.db", threading.Event())
+            SqliteSource(db).copy_to(tmp_path / "snap.db", threading.Event())
     finally:
         app.close()
-    assert not (tmp_path / "snap.db-journal").exists()
+    assert not (tmp_path / "snap.db").exists() and not (tmp_path / "snap.db-journal").exists()
 
 
 def test_a_malformed_manifest_is_skipped_and_backups_go_on(tmp_path: Path, worker) -> None:
@@ -381,14 +405,20 @@ def test_a_malformed_manifest_is_skipped_and_backups_go_on(tmp_path: Path, worke
     assert listed.code == 0 and len(json.loads(listed.stdout)) == 1
 
 
-def test_a_manifest_that_cannot_be_written_takes_its_artifact_with_it(tmp_path: Path, app_db: Path, monkeypatch) -> None:
-    from jobs import artifacts
+@pytest.mark.parametrize("failing", ["write", "rename"])
+def test_a_manifest_that_cannot_be_written_takes_its_artifact_with_it(tmp_path: Path, app_db: Path, monkeypatch,
+                                                                       failing: str) -> None:
+    from jobs import publish
     from jobs.errors import StorageError
 
     def no_space(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(artifacts, "write_manifest", no_space)
+    if failing == "write":
+        monkeypatch.setattr(publish, "write_temp_manifest", no_space)
+    else:
+        real_rename = os.rename
+        monkeypatch.setattr(publish.os, "rename", lambda a, b: no_space() if str(b).endswith(".json") else real_rename(a, b))
     backups = tmp_path / "backups"
     with pytest.raises(StorageError, match="No space left"):
         pipeline.take_backup(SqliteSource(app_db), pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)), threading.Event())

@@ -64,3 +64,44 @@ def test_a_malformed_manifest_is_refused_with_a_reason(manifest: bytes, problem:
 
     with pytest.raises(ValueError, match=problem):
         read_manifest(manifest, "a-20261122T020000Z.sqlite.zst")
+
+
+def test_one_pass_compression_keeps_the_error_that_stopped_it() -> None:
+    import io
+    import threading
+
+    import pytest
+
+    from jobs import artifacts
+    from jobs.errors import IntegrityError, SourceError
+
+    def refuse(_chunk: bytes) -> None:
+        raise IntegrityError("the check said no")
+
+    data = b"x" * (3 << 20)
+    with pytest.raises(IntegrityError, match="the check said no"):
+        artifacts.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data), feed=refuse)
+    with pytest.raises(SourceError, match="ended after"):
+        artifacts.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data) + 1)
+    with pytest.raises(SourceError, match="grew"):
+        artifacts.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data) - 1)
+
+
+def test_one_pass_compression_writes_one_standard_frame_with_its_size_and_checksum() -> None:
+    import io
+    import threading
+
+    import zstandard
+
+    from jobs import artifacts
+
+    data = bytes(range(256)) * 20000
+    for size in (len(data), None):
+        out = io.BytesIO()
+        seen = []
+        result = artifacts.compress_stream(io.BytesIO(data), out, 3, threading.Event(), size=size, feed=seen.append)
+        frame = out.getvalue()
+        params = zstandard.get_frame_parameters(frame)
+        assert params.has_checksum and params.content_size == (len(data) if size else zstandard.CONTENTSIZE_UNKNOWN)
+        assert b"".join(seen) == data and result.raw_size == len(data) and result.size == len(frame)
+        assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame)).read() == data

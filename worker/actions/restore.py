@@ -93,7 +93,8 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                 if to is not None:
                     checks = restoring.restore_to_file(artifact, backup, to, ctx.cancel)
                     return {"backup": backup.id, "restored_to": str(to), "checks": checks}
-                safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel)
+                safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel,
+                                                        notify=lambda line: print(line, file=sys.stderr, flush=True))
                 fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks}
                 return {**fields, "safety_copy": str(safety)} if safety else fields
 

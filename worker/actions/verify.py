@@ -22,8 +22,7 @@ def cmd_verify(ctx: Context, ident: str | None, remote: bool, source_name: str |
             backup = request.pick(destination, location, ctx)
             with tempfile.TemporaryDirectory(prefix=temp_prefix() + "verify-", dir=scratch_dir) as scratch:
                 artifact = fetch(ctx, destination, backup, Path(scratch))
-                with restoring.proven_raw(artifact, backup, Path(scratch), ctx.cancel) as (_, checks):
-                    pass
+                checks = restoring.check_artifact(artifact, backup, Path(scratch), ctx.cancel)
         return {"backup": backup.id, "location": destination.location, "checks": checks}
 
     outcome = run_job("verify", ctx.catalog, work)

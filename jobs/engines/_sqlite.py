@@ -1,0 +1,184 @@
+"""SQLite primitives shared by the SQLite engine's snapshot, check and restore: connections, lock waits that
+look at the clock and the stop flag, page copies in bounded steps, and the integrity check.
+
+Copies use the online backup API in steps of a few MiB, so a stop request is seen within milliseconds however
+large the database. A snapshot holds ONE read transaction on the source across all steps: every step reads the
+same consistent state and the copy never restarts when another process commits (a backup that opens a new read
+transaction per step restarts on every foreign commit and may never finish on a busy database).
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+import sqlite3
+import threading
+import time
+from urllib.parse import quote
+
+from jobs.errors import Cancelled, IntegrityError, SourceError
+
+BUSY_TIMEOUT_S = 60.0  # how long a snapshot or restore waits for another connection's lock
+STEP_BUSY_S = 0.2  # each lock attempt waits this long, then we look at the clock and the stop flag
+STEP_BYTES = 4 << 20  # pages copied per backup step: a stop is seen within one step
+CHECK = "PRAGMA integrity_check"
+HEADER = b"SQLite format 3\x00"
+
+SQLITE_OK, SQLITE_DONE = 0, 101
+_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes, masked)
+_DAMAGED_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def connect(path: Path, mode: str, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    """Open `path` in URI `mode` (ro, rw or rwc) in autocommit mode; `ro` and `rw` never create the file."""
+    uri = f"file:{quote(path.as_posix())}?mode={mode}"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+
+
+def reason(error: BaseException) -> str:
+    """Return an SQLite error's text without its trailing period."""
+    return str(error).rstrip(".") or type(error).__name__
+
+
+def is_busy(error: sqlite3.Error) -> bool:
+    """Return whether `error` means another connection holds a lock we need."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def is_damaged(error: sqlite3.Error) -> bool:
+    """Return whether `error` means the file is not a usable SQLite database (not a database, malformed)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGED_CODES
+    return "not a database" in str(error) or "malformed" in str(error)
+
+
+class LockWait:
+    """The clock and the stop flag while we wait for another connection's lock."""
+
+    def __init__(self, cancel: threading.Event, what: str) -> None:
+        self.cancel = cancel
+        self.what = what
+        self.since: float | None = None  # when the current wait for a lock began
+
+    def stop_if_cancelled(self) -> None:
+        """Raise Cancelled if the worker is stopping."""
+        if self.cancel.is_set():
+            raise Cancelled(f"the worker is stopping; {self.what} was interrupted")
+
+    def busy(self) -> None:
+        """A lock we need is held: raise Cancelled if stopping, SourceError once we waited BUSY_TIMEOUT_S."""
+        self.stop_if_cancelled()
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        elif now - self.since > BUSY_TIMEOUT_S:
+            raise SourceError(f"{self.what} waited {BUSY_TIMEOUT_S:g} s for another connection's lock; "
+                              "a long write transaction is holding the database, try again when it ends")
+
+    def progressed(self) -> None:
+        """The lock was granted: a later wait starts its own clock."""
+        self.since = None
+
+
+def begin_read(connection: sqlite3.Connection, wait: LockWait) -> None:
+    """Open a read transaction on `connection` and take its shared lock (or WAL snapshot) now, waiting for a
+    writer's lock in short attempts. Raise Cancelled, SourceError (too long), or sqlite3.Error."""
+    while True:
+        connection.execute("BEGIN")
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return
+        except sqlite3.OperationalError as error:
+            connection.execute("ROLLBACK")
+            if not is_busy(error):
+                raise
+        wait.busy()
+        time.sleep(0.05)
+
+
+def step_pages(connection: sqlite3.Connection) -> int:
+    """Return how many pages of `connection`'s database make one backup step of about STEP_BYTES."""
+    page_size = connection.execute("PRAGMA page_size").fetchone()[0] or 4096
+    return max(1, STEP_BYTES // page_size)
+
+
+def copy_pages(source: sqlite3.Connection, target: sqlite3.Connection, wait: LockWait, pages: int,
+               after_step: Callable[[int], None] | None = None) -> None:
+    """Copy every page of `source` into `target` with the backup API, `pages` per step.
+
+    Between steps the stop flag is checked (and `after_step(status)` called) until the copy is done; a step
+    that finds a lock busy is retried until the LockWait deadline. The last step commits the target; nothing
+    is checked after it, so a stop that arrives then never undoes or misreports the finished copy. Raise
+    Cancelled, SourceError or sqlite3.Error; the target is rolled back when this raises."""
+
+    def progress(status: int, _remaining: int, _total: int) -> None:
+        if status == SQLITE_DONE:
+            return
+        if status in _BUSY_CODES:
+            wait.busy()
+            return
+        wait.progressed()
+        if after_step is not None:
+            after_step(status)
+        wait.stop_if_cancelled()
+
+    source.backup(target, pages=pages, progress=progress, sleep=0.05)
+
+
+@contextmanager
+def interrupt_when(stop: Callable[[], bool], connection: sqlite3.Connection) -> Iterator[None]:
+    """Interrupt `connection`'s running statement as soon as `stop()` is true."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            if stop():
+                connection.interrupt()
+                return
+
+    watcher = threading.Thread(target=watch, name="sqlite-interrupt", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def integrity_check(path: Path, stop: Callable[[], bool]) -> str:
+    """Run `PRAGMA integrity_check` on the database file `path`; return what passed.
+
+    Raise IntegrityError if it fails, Cancelled if `stop()` became true while it ran."""
+    try:
+        connection = connect(path, "ro")
+    except sqlite3.Error as error:
+        raise IntegrityError(f"the snapshot cannot be opened as a SQLite database: {reason(error)}") from None
+    try:
+        with interrupt_when(stop, connection):
+            try:
+                rows = [row[0] for row in connection.execute(CHECK + "(20)")]
+            except sqlite3.OperationalError as error:
+                if stop():
+                    raise Cancelled("the worker is stopping; the integrity check was interrupted") from None
+                raise IntegrityError(f"{CHECK} could not run: {reason(error)}") from None
+            except sqlite3.DatabaseError as error:
+                raise IntegrityError(f"{CHECK} failed: {reason(error)}") from None
+    finally:
+        connection.close()
+    if rows != ["ok"]:
+        raise IntegrityError(f"{CHECK} failed: {'; '.join(rows[:3])}")
+    return CHECK
+
+
+def page_count(path: Path) -> int:
+    """Return the number of pages of a database file, from its header (0 for an empty file)."""
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    if len(header) < 100:
+        return 0
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    return path.stat().st_size // page_size if page_size else 0
