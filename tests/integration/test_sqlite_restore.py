@@ -302,7 +302,7 @@ def test_an_artifact_kind_with_no_engine_is_one_clear_sentence(tmp_path: Path, w
     manifest = artifact.with_name(artifact.name + ".json").read_text()
     odd = artifact.name.replace(".sqlite.zst", ".mysql.zst")
     (backups / odd).write_bytes(artifact.read_bytes())
-    (backups / (odd + ".json")).write_text(manifest.replace(artifact.name, odd).replace('"kind": "sqlite"', '"kind": "mysql"'))
+    (backups / (odd + ".json")).write_text(manifest.replace(".sqlite", ".mysql").replace('"kind": "sqlite"', '"kind": "mysql"'))
     result = worker("verify", odd)
     assert result.code == 1
     assert "'mysql' cannot be checked or restored by this version" in result.stderr
