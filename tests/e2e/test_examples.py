@@ -46,17 +46,40 @@ def test_the_sqlite_app_start_command_starts_uvicorn_on_railways_port(tmp_path: 
     assert procfile == start
 
 
-def test_without_a_shell_port_is_expanded_by_sh_c_inside_exec(tmp_path: Path) -> None:
-    # A Dockerfile deployment runs the start command in exec form: no outer shell. The README's form for it:
-    start = """backup-worker run --exec "sh -c 'exec uvicorn app:app --host 0.0.0.0 --port ${PORT:-8000}'\""""
-    inner = exec_argv(shlex.split(start)[1:])
+def readme_line(prefix: str) -> str:
+    found = [line.strip() for line in (ROOT / "README.md").read_text().splitlines() if line.strip().startswith(prefix)]
+    assert len(found) == 1, f"README has {len(found)} lines starting with {prefix!r}"
+    return found[0]
+
+
+def test_the_readmes_dockerfile_form_expands_port_in_a_shell_inside_exec(tmp_path: Path) -> None:
+    # A Dockerfile deployment runs the start command in exec form: no outer shell expands anything.
+    cmd = json.loads(readme_line("CMD [").removeprefix("CMD "))
+    assert cmd[0] == "backup-worker"
+    inner = exec_argv(cmd[1:])
     assert inner[:2] == ["sh", "-c"]
-    fake_uvicorn = tmp_path / "bin"
-    fake_uvicorn.mkdir()
-    (fake_uvicorn / "uvicorn").write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; print(\" \".join(sys.argv[1:]))' \"$@\"\n")
-    (fake_uvicorn / "uvicorn").chmod(0o755)
-    done = subprocess.run(inner, env={"PATH": f"{fake_uvicorn}:/usr/bin:/bin", "PORT": "8123"}, capture_output=True, text=True, check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "uvicorn").write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; print(\" \".join(sys.argv[1:]))' \"$@\"\n")
+    (bin_dir / "uvicorn").chmod(0o755)
+    done = subprocess.run(inner, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PORT": "8123"}, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["app:app", "--host", "0.0.0.0", "--port", "8123"]
+
+
+def test_the_readmes_restore_before_start_command_restores_a_missing_database_then_runs_the_app(tmp_path: Path) -> None:
+    start = tomllib.loads(readme_line("startCommand = 'test -f"))["startCommand"]
+    calls = tmp_path / "calls.jsonl"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "backup-worker"
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json, sys; open(sys.argv[1], \"a\").write(json.dumps(sys.argv[2:]) + chr(10))' {calls} \"$@\"\n")
+    fake.chmod(0o755)
+    subprocess.run(["bash", "-c", start], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PORT": "8123"}, check=True)
+    restore, run = [json.loads(line) for line in calls.read_text().splitlines()]
+    args = build_parser().parse_args(restore)
+    assert (args.command, args.from_s3, str(args.to)) == ("restore", True, "/app/data/rose.db")
+    assert exec_argv(run) == [*UVICORN, "--port", "8123"]
+    assert " exec backup-worker run" in start
 
 
 def test_the_example_variables_are_a_valid_configuration() -> None:
