@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker", description="Backup and retention worker.")
     parser.add_argument("--version", action="version", version=f"backup-worker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    commands.add_parser("run", help="run the scheduler: nightly backups, hourly cleanup")
+    run = commands.add_parser("run", help="run the scheduler: nightly backups, hourly cleanup")
+    run.add_argument("--exec", metavar="COMMAND", dest="exec_command",
+                     help="also start COMMAND (split like a shell, run without one) as the app, pass it SIGTERM/SIGINT, "
+                          "and exit with its exit status when it exits")
     backup = commands.add_parser("backup", help="run one backup cycle now")
     backup.add_argument("--no-upload", action="store_true", help="keep this backup local only")
     backup.add_argument("--json", action="store_true", help="print the outcome (artifact, sizes, check, uploads) as JSON")
@@ -78,12 +81,12 @@ def _stop_on_signals(cancel: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def dispatch(ctx: Context, args: argparse.Namespace) -> int:
+def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -> int:
     if args.command == "run":
         from worker.service import serve
 
         ctx.source()
-        return serve(ctx)
+        return serve(ctx, args.exec_command, umask)
     _stop_on_signals(ctx.cancel)
     if args.command == "backup":
         return cmd_backup(ctx, args.no_upload, args.json)
@@ -110,7 +113,7 @@ def dispatch(ctx: Context, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.umask(0o077)  # backups, snapshots, journals and the catalog are readable by this user only
+    umask = os.umask(0o077)  # backups, snapshots, journals and the catalog are readable by this user only
     debug = os.environ.get("LOG_LEVEL", "").strip().lower() == "debug"
     try:
         config = load_config()
@@ -123,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_level, config.log_format, config.secrets(), stream)
     ctx = Context(config=config, cwd=Path.cwd())
     try:
-        return dispatch(ctx, args)
+        return dispatch(ctx, args, umask)  # the umask we were started with is the app's (run --exec)
     except UsageError as error:
         print(str(error), file=sys.stderr)
         return EXIT_USAGE
