@@ -26,6 +26,7 @@ from worker import __version__
 from worker.catalog import Catalog, open_catalog
 from worker.config import Config
 from worker.crontab import next_fire_times
+from worker.freshness import status_extras, status_lines
 from worker.lock import exclusive
 from worker.runs import Outcome, run_job
 
@@ -378,6 +379,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         "backups": len(backups),
         "jobs": jobs,
         "next_runs": next_runs,
+        **status_extras(ctx.config, ctx.catalog),  # last_failure, disk (worker/freshness.py)
     }
 
 
@@ -397,6 +399,8 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
             say(f"last {job}: {row['outcome']} ({row['started_at']}){detail}")
         for job, when in report["next_runs"].items():
             say(f"next {job}: {when}")
+        for line in status_lines(report):
+            say(line)
     return EXIT_OK if report["healthy"] else EXIT_FAILED
 
 
