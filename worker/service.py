@@ -13,9 +13,10 @@ import structlog
 from jobs.backups import list_backups, newest_verified
 from jobs.errors import BusyError
 from jobs.pipeline import remove_stale
-from worker import __version__
+from worker import __version__, health
 from worker.commands import Context, backup_job, cleanup_job
 from worker.crontab import period
+from worker.freshness import configured_sets
 from worker.lock import exclusive
 
 log = structlog.get_logger("worker.service")
@@ -70,6 +71,7 @@ def serve(ctx: Context) -> int:
     catch_up, why = needs_catch_up(ctx, now)
     if catch_up:
         scheduler.add_job(backup_job, args=[ctx], id="backup-catch-up", name="backup", next_run_time=now)
+    monitor = health.start(ctx.config, ctx.catalog, configured_sets(ctx.config, ctx.cwd))  # None without HEALTH_PORT
     scheduler.start()
     log.info(
         "worker.started",
@@ -85,6 +87,8 @@ def serve(ctx: Context) -> int:
     while not stop.wait(1.0):
         pass
     log.info("worker.stopping", signal=received[0] if received else None)
+    if monitor is not None:
+        monitor.stop()  # within health.POLL_S
     # A hard deadline that needs no Python thread and no GIL: if a job is stuck inside a C call that holds
     # the GIL, the kernel ends the process (SIGALRM's default action) before the 10 s promise runs out.
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
