@@ -180,13 +180,13 @@ class Message:
     run: dict[str, str] = field(default_factory=dict)  # job and run_id, for the log
 
 
-def _problem(error: Exception, secrets: list[str]) -> str:
-    if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
-        text = f"no connection within {CONNECT_TIMEOUT_S:.0f} s"
-    elif isinstance(error, urllib3.exceptions.ReadTimeoutError):
-        text = f"no answer within {READ_TIMEOUT_S:.0f} s"
-    elif isinstance(error, urllib3.exceptions.NewConnectionError):
+def _problem(error: Exception, timeout: urllib3.Timeout, secrets: list[str]) -> str:
+    if isinstance(error, urllib3.exceptions.NewConnectionError):  # before ConnectTimeoutError: a subclass in urllib3 2
         text = f"cannot connect ({str(error).rsplit(':', 1)[-1].strip() or type(error).__name__})"
+    elif isinstance(error, urllib3.exceptions.ConnectTimeoutError):
+        text = f"no connection within {timeout.connect_timeout:.1f} s"
+    elif isinstance(error, urllib3.exceptions.ReadTimeoutError):
+        text = f"no answer within {timeout.read_timeout:.1f} s"
     else:
         text = f"{type(error).__name__}: {error}"
     return scrub(text, secrets)[:300]
@@ -195,30 +195,32 @@ def _problem(error: Exception, secrets: list[str]) -> str:
 def deliver(pool: urllib3.PoolManager, message: Message, deadline: float) -> tuple[str | None, int]:
     """POST a message until it is accepted, a few attempts at most, all before `deadline` (time.monotonic()).
 
-    Return (None, attempts) on a 2xx answer, else (the last problem in words, attempts). Never raise.
+    Return (None, attempts) on a 2xx answer, else (the last problem in words, attempts made). Never raise.
     """
     secrets = endpoint_secrets(message.url)
-    problem, attempt = "no time left to send", 0
-    for attempt in range(1, ATTEMPTS + 1):
+    problem, attempts = "no time left to send", 0
+    while attempts < ATTEMPTS:
         remaining = deadline - time.monotonic()
         if remaining < 0.2:
             break
+        if attempts:
+            time.sleep(min(BACKOFF_S[attempts - 1], remaining - 0.2))
+            remaining = deadline - time.monotonic()
+        attempts += 1
         timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, remaining), read=min(READ_TIMEOUT_S, remaining))
         try:
             response = pool.request("POST", message.url, body=message.body, timeout=timeout, retries=False,
                                     redirect=False, headers={"Content-Type": message.content_type,
                                                              "User-Agent": f"backup-worker/{__version__}"})
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
-            problem = _problem(error, secrets)
-        else:
-            if 200 <= response.status < 300:
-                return None, attempt
-            problem = f"HTTP {response.status}"
-            if response.status not in RETRY_STATUSES:
-                break
-        if attempt < ATTEMPTS:
-            time.sleep(max(0.0, min(BACKOFF_S[attempt - 1], deadline - time.monotonic())))
-    return problem, attempt
+            problem = _problem(error, timeout, secrets)
+            continue
+        if 200 <= response.status < 300:
+            return None, attempts
+        problem = f"HTTP {response.status}"
+        if response.status not in RETRY_STATUSES:
+            break
+    return problem, attempts
 
 
 class Sender:
