@@ -48,6 +48,8 @@ class Health:
     _lock: threading.Lock = field(default_factory=threading.Lock)  # guards the cache
     _counts_lock: threading.Lock = field(default_factory=threading.Lock)  # guards counts and durations
     _cached_at: float = float("-inf")
+    _generation: int = 0  # bumped by every outcome; a view computed under an older one is not reused
+    _seen: int = -1
     _backups: list[Backup] = field(default_factory=list)
     _last_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -61,7 +63,7 @@ class Health:
             key = (outcome.job, outcome.outcome)
             self.counts[key] = self.counts.get(key, 0) + 1
             self.durations[outcome.job] = outcome.duration_s
-        self._cached_at = float("-inf")
+            self._generation += 1
 
     def seed(self) -> None:
         """Start each job's last duration from the catalog, and show its run counters at 0."""
@@ -76,10 +78,11 @@ class Health:
 
     def _refresh(self) -> tuple[list[Backup], dict[str, dict[str, Any]]]:
         with self._lock:
-            if time.monotonic() - self._cached_at > CACHE_S:
+            generation = self._generation
+            if generation != self._seen or time.monotonic() - self._cached_at > CACHE_S:
                 backups, _ = list_backups(LocalDestination(self.config.backup_dir))
                 self._backups, self._last_runs = backups, self.catalog.last_runs()
-                self._cached_at = time.monotonic()
+                self._cached_at, self._seen = time.monotonic(), generation
             return self._backups, self._last_runs
 
     def healthz(self, now: datetime | None = None) -> tuple[int, dict[str, Any]]:
