@@ -24,6 +24,7 @@ import urllib3
 from jobs.artifacts import ARTIFACT_NAME, utc_iso
 from jobs.redact import scrub
 from worker import __version__
+from worker.freshness import disk_listener
 from worker.runs import Outcome, add_listener
 
 if TYPE_CHECKING:
@@ -338,8 +339,6 @@ def watching(config: "Config", cancel: threading.Event, sets: list[str]) -> Iter
 
     On exit, queued messages get at most DRAIN_S seconds, or STOP_DRAIN_S once `cancel` is set (a stop signal).
     """
-    from worker.freshness import disk_listener  # freshness reads backups and the catalog; keep imports one way
-
     notifier = make_notifier(config, sets)
     removers: list[Callable[[], None]] = [add_listener(disk_listener(config))]
     if notifier is not None:
