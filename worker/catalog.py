@@ -159,6 +159,28 @@ class Catalog:
             log.warning("catalog.unreadable", error=str(error.__class__.__name__))
             return {}
 
+    def history(self, since: datetime | None = None, job: str | None = None, outcome: str | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """Return recorded runs newest first: only those started at or after `since`, of `job`, with `outcome`,
+        at most `limit` (all when None). Empty if the catalog cannot be read."""
+        if self.engine is None:
+            return []
+        query = select(runs).order_by(runs.c.started_at.desc(), runs.c.run_id.desc())
+        if since is not None:
+            query = query.where(runs.c.started_at >= since)
+        if job is not None:
+            query = query.where(runs.c.job == job)
+        if outcome is not None:
+            query = query.where(runs.c.outcome == outcome)
+        if limit is not None:
+            query = query.limit(limit)
+        try:
+            with self.engine.connect() as connection:
+                return [dict(row._mapping) for row in connection.execute(query)]
+        except SQLAlchemyError as error:
+            log.warning("catalog.unreadable", error=str(error.__class__.__name__))
+            return []
+
     def _write(self, statement: Any) -> None:
         if self.engine is None:
             return

@@ -22,6 +22,8 @@ from worker.actions.restore import cmd_restore
 from worker.actions.status import cmd_status
 from worker.actions.verify import cmd_verify
 from worker.config import ConfigError, load_config
+from worker.freshness import configured_sets
+from worker.notify import watching
 
 # `run` logs to stdout (the service's log stream). One-shot commands log to stderr and print their result on
 # stdout (sentences, or JSON with --json), so that `python -m worker backup --json | jq` works.
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="last outcomes, newest backup, next runs")
     status.add_argument("--json", action="store_true")
     commands.add_parser("config", help="validate and print the configuration, secrets masked")
+    history = commands.add_parser("history", help="every recorded run, newest first")
+    history.add_argument("--json", action="store_true", help="print an array of runs")
+    history.add_argument("--since", metavar="DURATION", help="only runs started within this long, like 36h or 7d")
+    history.add_argument("--job", metavar="NAME", help="only runs of this job (backup, cleanup, verify, …)")
     return parser
 
 
@@ -108,6 +114,14 @@ def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -
         return cmd_cleanup(ctx, args.dry_run)
     if args.command == "status":
         return cmd_status(ctx, args.json)
+    if args.command == "history":
+        from worker import history
+
+        try:
+            since = history.parse_since(args.since)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        return history.show(ctx.catalog, args.json, since, args.job)
     return cmd_config(ctx)
 
 
@@ -126,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_level, config.log_format, config.secrets(), stream)
     ctx = Context(config=config, cwd=Path.cwd())
     try:
-        return dispatch(ctx, args, umask)  # the umask we were started with is the app's (run --exec)
+        with watching(config, ctx.cancel, configured_sets(config, ctx.cwd)):  # notifications, disk warnings
+            return dispatch(ctx, args, umask)  # the umask we were started with is the app's (run --exec)
     except UsageError as error:
         print(str(error), file=sys.stderr)
         return EXIT_USAGE

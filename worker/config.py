@@ -23,10 +23,12 @@ from jobs.durations import format_duration, parse_duration
 from jobs.redact import mask_url
 from jobs.volume import DEFAULT_MIN_FREE, MinFree, dir_problem, parse_min_free
 from worker.crontab import cron_trigger
+from worker.notify import endpoint_secrets, mask_endpoint
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 SET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # the `<name>` of artifact names
+NOTIFY_ON = ("failure", "all")
 
 
 class ConfigError(Exception):
@@ -70,6 +72,12 @@ class Config:
     aws_secrets: tuple[str, ...] = field(repr=False)  # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN: for scrubbing only
     backup_trigger: BaseTrigger = field(compare=False, repr=False)
     cleanup_trigger: BaseTrigger = field(compare=False, repr=False)
+    # Knowing what happened (issue 11): webhook and ping URLs carry tokens, so they are secrets.
+    notify_webhook_url: str | None = field(default=None, repr=False)
+    notify_on: str = "failure"
+    healthcheck_ping_url: str | None = field(default=None, repr=False)
+    health_port: int | None = None
+    disk_warn_percent: int = 80
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -81,6 +89,8 @@ class Config:
         for url in (self.source_url, self.catalog_url):
             if url:
                 found.extend(engines.url_secrets(url))
+        for url in (self.notify_webhook_url, self.healthcheck_ping_url):
+            found.extend(endpoint_secrets(url))
         return found
 
     def describe(self) -> dict[str, object]:
@@ -108,6 +118,11 @@ class Config:
             "CATALOG_URL": mask_url(self.catalog_url),
             "LOG_LEVEL": self.log_level,
             "LOG_FORMAT": self.log_format,
+            "NOTIFY_WEBHOOK_URL": mask_endpoint(self.notify_webhook_url),
+            "NOTIFY_ON": self.notify_on,
+            "HEALTHCHECK_PING_URL": mask_endpoint(self.healthcheck_ping_url),
+            "HEALTH_PORT": self.health_port,
+            "DISK_WARN_PERCENT": self.disk_warn_percent,
         }
 
 
@@ -269,6 +284,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     log_level = _choice(env, "LOG_LEVEL", "info", LOG_LEVELS, problems)
     log_format = _choice(env, "LOG_FORMAT", "json", LOG_FORMATS, problems)
 
+    monitoring = _monitoring(env, problems)
+
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -294,4 +311,26 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         aws_secrets=tuple(env[name] for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") if env.get(name)),
         backup_trigger=triggers["BACKUP_SCHEDULE"],
         cleanup_trigger=triggers["CLEANUP_SCHEDULE"],
+        **monitoring,
     )
+
+
+def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object]:
+    """Given the environment, return the Config fields of notifications, health and disk warnings (issue 11)."""
+    urls: dict[str, str | None] = {}
+    for name in ("NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL"):
+        url = env.get(name, "").strip() or None
+        if url and (not url.lower().startswith(("http://", "https://")) or not _hostname(url)):
+            problems.append(f"{name}={mask_endpoint(url)!r} must be an http(s) URL like https://hooks.example.com/…")
+            url = None
+        urls[name] = url
+    port = None
+    if env.get("HEALTH_PORT", "").strip().lower() not in ("", "off"):
+        port = _int(env, "HEALTH_PORT", 0, 1, 65535, problems) or None
+    return {
+        "notify_webhook_url": urls["NOTIFY_WEBHOOK_URL"],
+        "notify_on": _choice(env, "NOTIFY_ON", "failure", NOTIFY_ON, problems),
+        "healthcheck_ping_url": urls["HEALTHCHECK_PING_URL"],
+        "health_port": port,
+        "disk_warn_percent": _int(env, "DISK_WARN_PERCENT", 80, 1, 100, problems),
+    }

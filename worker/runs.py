@@ -19,6 +19,10 @@ from worker.catalog import Catalog
 
 log = structlog.get_logger("worker.runs")
 
+# What run_job tells about every run: ("started", outcome with outcome "running") and ("finished", outcome).
+Listener = Callable[[str, "Outcome"], None]
+_listeners: list[Listener] = []
+
 
 @dataclass
 class Outcome:
@@ -43,6 +47,7 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
         log.info("job.started")
         _record(catalog.mark_interrupted)
         _record(catalog.start, run_id, job, datetime.now(timezone.utc))
+        _tell("started", Outcome(job=job, run_id=run_id, outcome="running", duration_s=0.0))
         outcome = Outcome(job=job, run_id=run_id, outcome="failed", duration_s=0.0)
         try:
             outcome.fields = work() or {}
@@ -70,6 +75,7 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
         else:
             log.info(event, duration_s=outcome.duration_s, **outcome.fields)
         _record(catalog.finish, run_id, outcome.outcome, outcome.duration_s, outcome.stage, outcome.reason, outcome.fields)
+        _tell("finished", outcome)
     return outcome
 
 
@@ -79,3 +85,26 @@ def _record(write: Callable[..., Any], *args: Any) -> None:
         write(*args)
     except Exception as error:  # the job boundary: a catalog must never take a job's outcome away
         log.warning("catalog.write_failed", error=type(error).__name__, detail=str(error)[:200])
+
+
+def add_listener(listener: Listener) -> Callable[[], None]:
+    """Given a listener, have run_job call it at every run's start and outcome; return a function that removes it.
+
+    Listeners run on the job's thread, so they must be quick (queue the work); one that raises only warns.
+    """
+    _listeners.append(listener)
+
+    def remove() -> None:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+    return remove
+
+
+def _tell(event: str, outcome: Outcome) -> None:
+    for listener in list(_listeners):
+        try:
+            listener(event, outcome)
+        except Exception as error:  # a listener never changes a run's outcome
+            log.warning("job.listener_failed", listener=getattr(listener, "__qualname__", repr(listener)),
+                        error=f"{type(error).__name__}: {error}")

@@ -20,9 +20,10 @@ import structlog
 from jobs.backups import list_backups, newest_verified
 from jobs.errors import BusyError
 from jobs.pipeline import remove_stale
-from worker import __version__, child
+from worker import __version__, child, health
 from worker.commands import Context, UsageError, backup_job, cleanup_job
 from worker.crontab import period
+from worker.freshness import configured_sets
 from worker.lock import exclusive
 
 log = structlog.get_logger("worker.service")
@@ -148,6 +149,7 @@ def serve(ctx: Context, command: str | None = None, umask: int | None = None) ->
         if signals.stop is not None:
             return 0  # told to stop before the app was started
         app = _start_app(command, umask)
+    monitor = health.start(ctx.config, ctx.catalog, configured_sets(ctx.config, ctx.cwd))  # None without HEALTH_PORT
     try:
         scheduler: BackgroundScheduler | None = _start_scheduler(ctx)
     except Exception as error:
@@ -160,6 +162,8 @@ def serve(ctx: Context, command: str | None = None, umask: int | None = None) ->
         scheduler = None
 
     code = _wait(signals, app)
+    if monitor is not None:
+        monitor.stop()  # within health.POLL_S
     return _stop(ctx, scheduler, signals, app, code)
 
 

@@ -10,6 +10,7 @@ from jobs.durations import format_duration
 from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
 from worker.actions.output import human_age, say
 from worker.crontab import next_fire_times
+from worker.freshness import status_extras, status_lines
 
 
 def _utc(moment: datetime) -> str:
@@ -47,6 +48,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         "backup_sets": [str(backup_set) for backup_set in scope] if scope is not None else None,
         "jobs": jobs,
         "next_runs": next_runs,
+        **status_extras(ctx.config, ctx.catalog),  # last_failure, disk (worker/freshness.py)
     }
 
 
@@ -66,4 +68,6 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
             say(f"last {job}: {row['outcome']} ({row['started_at']}){detail}")
         for job, when in report["next_runs"].items():
             say(f"next {job}: {when}")
+        for line in status_lines(report):
+            say(line)
     return EXIT_OK if report["healthy"] else EXIT_FAILED

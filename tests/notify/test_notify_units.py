@@ -1,0 +1,157 @@
+"""The pure parts of notifications (masking, ping URLs, the sentence, the payload) and one delivery against
+real local receivers."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from worker import notify
+from worker.config import ConfigError, load_config
+from worker.notify import Message, Sender, deliver, endpoint_secrets, mask_endpoint, payload, ping_url, wants_webhook
+from worker.runs import Outcome
+
+SLACK = "https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX"
+DISCORD = "https://discord.com/api/webhooks/123456789/abcDEFsecretTOKEN"
+
+
+@pytest.mark.parametrize("url, shown", [
+    (SLACK, "https://hooks.slack.com/***"),
+    (DISCORD, "https://discord.com/***"),
+    ("https://hc-ping.com/5bf0a2b2-8d3c-4a4e-9d6b-1f2e3d4c5b6a", "https://hc-ping.com/***"),
+    ("http://user:pw@127.0.0.1:8080/hook?token=abc", "http://127.0.0.1:8080/***"),
+    ("https://example.com", "https://example.com"),
+    ("hooks.slack.com/services/T/B/X", "***"),
+    (None, None),
+])
+def test_a_webhook_url_is_shown_without_anything_after_its_host(url: str | None, shown: str | None) -> None:
+    assert mask_endpoint(url) == shown
+
+
+def test_the_secret_parts_of_a_webhook_url_are_known_for_scrubbing() -> None:
+    found = endpoint_secrets("https://user:pw@hooks.example.com/services/T/B/TOKEN?key=abc")
+    assert "/services/T/B/TOKEN" in found and "key=abc" in found and "pw" in found
+
+
+def test_ping_urls_follow_healthchecks_io() -> None:
+    base = "https://hc-ping.com/uuid-1234"
+    assert ping_url(base, "start") == "https://hc-ping.com/uuid-1234/start"
+    assert ping_url(base + "/", "fail") == "https://hc-ping.com/uuid-1234/fail"
+    assert ping_url(base, "") == base
+    assert ping_url("https://hc.example.com/ping/key/slug?create=1", "start") == "https://hc.example.com/ping/key/slug/start?create=1"
+
+
+def failed() -> Outcome:
+    return Outcome(job="backup", run_id="abc123def456", outcome="failed", duration_s=4.25, stage="upload",
+                   reason="the bucket refused the upload: AccessDenied; check the key's permissions",
+                   fields={"artifact": "app-20261122T020000Z.sqlite.zst", "size": 2048, "raw_size": 8192})
+
+
+def test_a_failure_payload_has_the_contract_fields_and_one_sentence_for_slack_and_discord() -> None:
+    body = payload(failed(), "web-1", ["app"])
+    assert body["job"] == "backup" and body["outcome"] == "failed" and body["run_id"] == "abc123def456"
+    assert body["duration_s"] == 4.25 and body["stage"] == "upload" and "AccessDenied" in body["reason"]
+    assert body["host"] == "web-1" and body["backup_set"] == "app"
+    assert body["artifact"] == "app-20261122T020000Z.sqlite.zst" and body["size"] == 2048 and body["raw_size"] == 8192
+    assert body["text"] == body["content"]
+    assert body["text"].startswith("backup of app failed on web-1 at stage upload: the bucket refused")
+
+
+def test_a_success_sentence_names_the_artifact_and_sizes() -> None:
+    outcome = Outcome("backup", "r1", "succeeded", 1.5, fields={"artifact": "app-20261122T020000Z.sqlite.zst",
+                                                                 "size": 1536, "raw_size": 4 << 20})
+    assert payload(outcome, "h", ["app"])["text"] == (
+        "backup of app succeeded on h in 1.5 s: app-20261122T020000Z.sqlite.zst, 1.5 KiB (4.0 MiB raw)")
+
+
+def test_a_long_reason_is_cut_to_what_discord_accepts() -> None:
+    outcome = failed()
+    outcome.reason = "x" * 5000
+    assert len(payload(outcome, "h", [])["content"]) <= 2000
+
+
+@pytest.mark.parametrize("job, outcome, notify_on, wanted", [
+    ("backup", "failed", "failure", True),
+    ("backup", "skipped", "failure", True),
+    ("cleanup", "failed", "failure", True),
+    ("backup", "succeeded", "failure", False),
+    ("cleanup", "skipped", "failure", False),
+    ("backup", "succeeded", "all", True),
+    ("cleanup", "succeeded", "all", True),
+])
+def test_which_outcomes_are_notified(job: str, outcome: str, notify_on: str, wanted: bool) -> None:
+    assert wants_webhook(Outcome(job, "r", outcome, 0.1), notify_on) is wanted
+
+
+def test_bad_notification_variables_are_named_and_their_urls_masked(tmp_path: Path) -> None:
+    env = {"BACKUP_DIR": str(tmp_path), "NOTIFY_WEBHOOK_URL": "ftp://hooks.example.com/services/SECRET",
+           "NOTIFY_ON": "sometimes", "HEALTHCHECK_PING_URL": "hc-ping.com/SECRET", "HEALTH_PORT": "99999",
+           "DISK_WARN_PERCENT": "101"}
+    with pytest.raises(ConfigError) as raised:
+        load_config(env, cwd=tmp_path)
+    text = "; ".join(raised.value.problems)
+    for name in ("NOTIFY_WEBHOOK_URL", "NOTIFY_ON", "HEALTHCHECK_PING_URL", "HEALTH_PORT", "DISK_WARN_PERCENT"):
+        assert name in text
+    assert "SECRET" not in text
+
+
+def test_config_shows_notification_urls_masked_and_knows_their_secrets(tmp_path: Path) -> None:
+    config = load_config({"BACKUP_DIR": str(tmp_path), "NOTIFY_WEBHOOK_URL": SLACK, "NOTIFY_ON": "all",
+                          "HEALTHCHECK_PING_URL": "https://hc-ping.com/uuid-secret", "HEALTH_PORT": "8080"}, cwd=tmp_path)
+    shown = config.describe()
+    assert shown["NOTIFY_WEBHOOK_URL"] == "https://hooks.slack.com/***"
+    assert shown["HEALTHCHECK_PING_URL"] == "https://hc-ping.com/***"
+    assert shown["NOTIFY_ON"] == "all" and shown["HEALTH_PORT"] == 8080 and shown["DISK_WARN_PERCENT"] == 80
+    assert "XXXXXXXXXXXXXXXXXXXXXXXX" not in repr(config) and "uuid-secret" not in repr(config)
+    assert "/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX" in config.secrets()
+    assert load_config({"BACKUP_DIR": str(tmp_path), "HEALTH_PORT": "off"}, cwd=tmp_path).health_port is None
+
+
+def message(url: str) -> Message:
+    return Message(url + "/hook", b"{}", "application/json", "webhook")
+
+
+def test_delivery_retries_a_server_error_and_then_succeeds(receiver) -> None:
+    receiver.statuses[:] = [503]
+    problem, attempts = deliver(urllib3.PoolManager(), message(receiver.url), time.monotonic() + 10)
+    assert problem is None and attempts == 2 and len(receiver.requests) == 2
+
+
+def test_delivery_gives_up_on_a_client_error_at_once(receiver) -> None:
+    receiver.statuses[:] = [404]
+    problem, attempts = deliver(urllib3.PoolManager(), message(receiver.url), time.monotonic() + 10)
+    assert problem == "HTTP 404" and attempts == 1
+
+
+def test_delivery_to_a_refusing_receiver_ends_with_a_problem_in_words(refusing_url: str) -> None:
+    problem, attempts = deliver(urllib3.PoolManager(), message(refusing_url), time.monotonic() + 10)
+    assert problem.startswith("cannot connect") and attempts == notify.ATTEMPTS
+    assert "/hook" not in problem
+
+
+def test_delivery_to_a_hanging_receiver_ends_by_its_deadline(hanging) -> None:
+    began = time.monotonic()
+    problem, _ = deliver(urllib3.PoolManager(), message(hanging.url), time.monotonic() + 4)
+    assert "no answer" in problem
+    assert time.monotonic() - began < 15  # a bound, not a speed: 4 s budget plus one read timeout at most
+
+
+def test_a_sender_never_blocks_and_close_gives_up_after_its_grace(hanging) -> None:
+    sender = Sender("webhook", hanging.url + "/hook")
+    began = time.monotonic()
+    for _ in range(notify.QUEUE_SIZE + 5):  # more than the queue holds: the extra ones are dropped, not waited for
+        sender.send(message(hanging.url))
+    assert sender.close(0.5) is False
+    assert time.monotonic() - began < 10
+
+
+def test_close_returns_at_once_after_a_stop_signal(hanging) -> None:
+    sender = Sender("webhook", hanging.url)
+    sender.send(message(hanging.url))
+    stop = threading.Event()
+    stop.set()
+    began = time.monotonic()
+    sender.close(30, stop)
+    assert time.monotonic() - began < 10  # STOP_DRAIN_S, not the 30 s grace

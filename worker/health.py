@@ -1,0 +1,211 @@
+"""`/healthz` and `/metrics` over HTTP for `run` (HEALTH_PORT), served from their own threads.
+
+What they show is computed from the backup directory (manifests, read without the backup lock) and the catalog,
+and cached for a few seconds: a slow scrape never waits for a backup, a backup never waits for a scrape, and
+this process's own backup outcomes refresh the cache at once. Run counters count this process's runs since it
+started (a Prometheus counter resets with its process; `rate()` and `increase()` expect that); the last duration
+of each job starts from the catalog, so it is there before the first run.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import structlog
+
+from jobs.backups import Backup, list_backups
+from jobs.destinations.local import LocalDestination
+from worker.catalog import Catalog
+from worker.freshness import catalog_time, disk_usage, disk_warning, evaluate
+from worker.runs import Outcome, add_listener
+
+if TYPE_CHECKING:
+    from worker.config import Config
+
+log = structlog.get_logger("worker.health")
+
+CACHE_S = 3.0
+POLL_S = 0.2  # how often the server thread looks for a stop request
+OUTCOMES = ("succeeded", "failed", "skipped")
+
+
+@dataclass(eq=False)  # hashable: the registry keys collectors by identity
+class Health:
+    """What /healthz and /metrics show, refreshed at most every CACHE_S seconds."""
+
+    config: "Config"
+    catalog: Catalog
+    sets: list[str]
+    jobs: list[str] = field(default_factory=lambda: ["backup"])
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # guards the cache
+    _counts_lock: threading.Lock = field(default_factory=threading.Lock)  # guards counts and durations
+    _cached_at: float = float("-inf")
+    _generation: int = 0  # bumped by every outcome; a view computed under an older one is not reused
+    _seen: int = -1
+    _backups: list[Backup] = field(default_factory=list)
+    _last_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def listener(self, event: str, outcome: Outcome) -> None:
+        """Count this process's outcomes and drop the cache after each one (a run listener; quick)."""
+        if event != "finished":
+            return
+        with self._counts_lock:
+            key = (outcome.job, outcome.outcome)
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self.durations[outcome.job] = outcome.duration_s
+            self._generation += 1
+
+    def seed(self) -> None:
+        """Start each job's last duration from the catalog, and show its run counters at 0."""
+        last = self.catalog.last_runs()
+        with self._counts_lock:
+            for job in {*self.jobs, *last}:
+                for outcome in OUTCOMES:
+                    self.counts.setdefault((job, outcome), 0)
+            for job, row in last.items():
+                if row.get("duration_s") is not None:
+                    self.durations.setdefault(job, float(row["duration_s"]))
+
+    def _refresh(self) -> tuple[list[Backup], dict[str, dict[str, Any]]]:
+        with self._lock:
+            generation = self._generation
+            if generation != self._seen or time.monotonic() - self._cached_at > CACHE_S:
+                backups, _ = list_backups(LocalDestination(self.config.backup_dir))
+                self._backups, self._last_runs = backups, self.catalog.last_runs()
+                self._cached_at, self._seen = time.monotonic(), generation
+            return self._backups, self._last_runs
+
+    def healthz(self, now: datetime | None = None) -> tuple[int, dict[str, Any]]:
+        """Return the HTTP status (200 fresh, 503 stale or no backup) and the JSON document of SPEC's Health."""
+        backups, last_runs = self._refresh()
+        state = evaluate(backups, self.sets, self.config.freshness_limit, now)
+        deciding = state.deciding
+        usage = disk_usage(self.config.backup_dir)
+        document = {
+            "status": "ok" if state.fresh else "stale",
+            "newest_backup": deciding.describe() if deciding else None,
+            "freshness_limit_s": int(self.config.freshness_limit.total_seconds()),
+            "sets": {s.name: {"status": "ok" if s.fresh else "stale", "newest_backup": s.describe()} for s in state.sets},
+            "jobs": {job: {"outcome": row.get("outcome"), "finished_at": catalog_time(row.get("finished_at")),
+                           "stage": row.get("stage"), "reason": row.get("reason"), "duration_s": row.get("duration_s")}
+                     for job, row in sorted(last_runs.items())},
+            "disk": {"path": usage["path"], "used_percent": usage["used_percent"],
+                     "warn_percent": self.config.disk_warn_percent,
+                     "warning": disk_warning(usage, self.config.disk_warn_percent)},
+        }
+        return (200 if state.fresh else 503), document
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the metric families (prometheus_client's Collector protocol)."""
+        backups, _ = self._refresh()
+        state = evaluate(backups, self.sets, self.config.freshness_limit, datetime.now(timezone.utc))
+        age = GaugeMetricFamily("backup_worker_newest_backup_age_seconds",
+                                "Age of the newest verified backup of each backup set", labels=["set"])
+        size = GaugeMetricFamily("backup_worker_newest_backup_size_bytes",
+                                 "Size of the newest verified backup's artifact, per backup set", labels=["set"])
+        fresh = GaugeMetricFamily("backup_worker_backup_fresh",
+                                  "1 when the set's newest verified backup is within FRESHNESS_LIMIT, else 0", labels=["set"])
+        for s in state.sets:
+            fresh.add_metric([s.name], 1.0 if s.fresh else 0.0)
+            if s.newest is not None:
+                age.add_metric([s.name], float(s.age_s or 0.0))
+                size.add_metric([s.name], float(s.newest.size))
+        yield from (age, size, fresh)
+        yield GaugeMetricFamily("backup_worker_freshness_limit_seconds", "FRESHNESS_LIMIT in seconds",
+                                value=self.config.freshness_limit.total_seconds())
+        runs = CounterMetricFamily("backup_worker_job_runs", "Job runs of this process by outcome", labels=["job", "outcome"])
+        duration = GaugeMetricFamily("backup_worker_job_last_duration_seconds", "Duration of each job's last run",
+                                     labels=["job"])
+        with self._counts_lock:
+            for (job, outcome), count in sorted(self.counts.items()):
+                runs.add_metric([job, outcome], float(count))
+            for job, seconds in sorted(self.durations.items()):
+                duration.add_metric([job], seconds)
+        yield from (runs, duration)
+        used = disk_usage(self.config.backup_dir)["used_percent"]
+        if used is not None:
+            yield GaugeMetricFamily("backup_worker_disk_used_ratio", "Used share of the backup volume (0-1)",
+                                    value=used / 100)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    health: Health
+    registry: CollectorRegistry
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/healthz":
+                code, document = self.server.health.healthz()
+                self._answer(code, json.dumps(document, default=str).encode(), "application/json")
+            elif path == "/metrics":
+                self._answer(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+            else:
+                self._answer(404, b"not found: try /healthz or /metrics\n", "text/plain; charset=utf-8")
+        except Exception as error:  # a scrape that fails must not kill the server thread
+            log.warning("health.error", path=path, error=f"{type(error).__name__}: {error}")
+            self._answer(500, b"internal error; see the worker's log\n", "text/plain; charset=utf-8")
+
+    def _answer(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's signature)
+        log.debug("health.request", detail=format % args)
+
+
+@dataclass
+class HealthServer:
+    server: _Server
+    thread: threading.Thread
+    remove_listener: Callable[[], None]
+
+    def stop(self) -> None:
+        """Stop serving (within about POLL_S) and release the port."""
+        self.remove_listener()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start(config: "Config", catalog: Catalog, sets: list[str], host: str = "0.0.0.0") -> HealthServer | None:
+    """Serve /healthz and /metrics on HEALTH_PORT from a thread; return the server, or None when HEALTH_PORT is
+    unset or the port cannot be bound (that only logs an error: backups matter more than their dashboard)."""
+    if config.health_port is None:
+        return None
+    jobs = ["backup", "cleanup"] if config.cleanup_rules else ["backup"]
+    health = Health(config=config, catalog=catalog, sets=sets, jobs=jobs)
+    health.seed()
+    try:
+        server = _Server((host, config.health_port), _Handler)
+    except OSError as error:
+        log.error("health.unavailable", port=config.health_port, error=error.strerror or str(error),
+                  hint="another process holds HEALTH_PORT; choose a free port. Backups go on without /healthz")
+        return None
+    server.health = health
+    server.registry = CollectorRegistry(auto_describe=False)
+    server.registry.register(health)  # type: ignore[arg-type]  # Health.collect is the Collector protocol
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_S}, name="health", daemon=True)
+    thread.start()
+    log.info("health.serving", port=config.health_port, paths=["/healthz", "/metrics"])
+    return HealthServer(server, thread, add_listener(health.listener))

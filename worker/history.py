@@ -1,0 +1,66 @@
+"""`history [--json] [--since DURATION] [--job NAME]`: every recorded run, newest first, from the catalog."""
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+import json
+from typing import Any
+
+from jobs.artifacts import utc_iso
+from jobs.durations import parse_duration
+from worker.catalog import Catalog
+from worker.freshness import catalog_time
+from worker.notify import human_size
+
+KEYS = ("job", "run_id", "started_at", "finished_at", "outcome", "stage", "reason", "duration_s", "size",
+        "raw_size", "artifact")
+
+
+def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
+    """Given `--since` like `36h` or `7d`, return the UTC moment it names. Raise ValueError naming the option."""
+    if not text:
+        return None
+    try:
+        return (now or datetime.now(timezone.utc)) - parse_duration(text)
+    except ValueError as error:
+        raise ValueError(f"--since: {error}") from None
+
+
+def runs(catalog: Catalog, since: datetime | None = None, job: str | None = None) -> list[dict[str, Any]]:
+    """Return the recorded runs newest first, as objects with exactly KEYS (times in ISO 8601 UTC)."""
+    rows = []
+    for row in catalog.history(since=since, job=job):
+        rows.append({key: (catalog_time(row.get(key)) if key in ("started_at", "finished_at") else row.get(key))
+                     for key in KEYS})
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> list[str]:
+    """Return the lines of the table `history` prints for people."""
+    if not rows:
+        return []
+    lines = [f"{'STARTED (UTC)':<21} {'JOB':<8} {'OUTCOME':<9} {'DURATION':>9} {'SIZE':>10} {'RAW':>10}  {'RUN':<12}  DETAIL"]
+    for row in rows:
+        duration = f"{row['duration_s']:.1f} s" if row["duration_s"] is not None else "-"
+        if row["outcome"] in ("failed", "skipped"):
+            detail = (f"{row['stage']}: " if row["stage"] else "") + (row["reason"] or "")
+        else:
+            detail = row["artifact"] or ""
+        lines.append(f"{row['started_at'] or '-':<21} {row['job']:<8} {row['outcome']:<9} {duration:>9} "
+                     f"{human_size(row['size']):>10} {human_size(row['raw_size']):>10}  {row['run_id']:<12}  {detail}")
+    return lines
+
+
+def show(catalog: Catalog, as_json: bool, since: datetime | None = None, job: str | None = None,
+         say: Callable[[str], None] = print) -> int:
+    """Print the history (a JSON array with `as_json`, else a table); return exit code 0."""
+    rows = runs(catalog, since, job)
+    if as_json:
+        say(json.dumps(rows, indent=2))
+        return 0
+    if catalog.engine is None:
+        say("no run history: the catalog cannot be opened (see the warning above; check CATALOG_URL)")
+    elif not rows:
+        say("no recorded runs" + (f" of {job}" if job else "") + (f" since {utc_iso(since)}" if since else ""))
+    for line in render(rows):
+        say(line)
+    return 0
