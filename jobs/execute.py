@@ -227,11 +227,11 @@ class Timeout(Exception):
     """`run` gave up waiting for a child (or was cancelled); the child was stopped."""
 
 
-def run(args: Sequence[str], *, env: Mapping[str, str] | None = None, secrets: Sequence[str] = (), timeout: float = 60.0,
-        cancel: threading.Event | None = None, stdout_limit: int = 16 << 20) -> Completed:
-    """Run a short command to completion; return its exit code, its stdout (up to `stdout_limit` bytes, decoded)
-    and its failure text. Raise Timeout if it takes longer than `timeout` or `cancel` is set, OSError if it
-    cannot be started."""
+def run(args: Sequence[str], *, env: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
+        timeout: float | None = 60.0, cancel: threading.Event | None = None, stdout_limit: int = 16 << 20) -> Completed:
+    """Run a command to completion; return its exit code, its stdout (up to `stdout_limit` bytes, decoded) and
+    its failure text. Raise Timeout if it takes longer than `timeout` (None: no limit) or `cancel` is set, OSError
+    if it cannot be started."""
     with reading(args, env=env, secrets=secrets, cancel=cancel) as child:
         chunks: list[bytes] = []
         reader = threading.Thread(target=_read_limited, args=(child.stdout, chunks, stdout_limit), daemon=True)
@@ -239,7 +239,8 @@ def run(args: Sequence[str], *, env: Mapping[str, str] | None = None, secrets: S
         code = child.wait(timeout, cancel)
         if code is None:
             child.stop()
-            raise Timeout(f"{child.name} did not finish within {timeout:g} s")
+            cancelled = cancel is not None and cancel.is_set()
+            raise Timeout(f"{child.name} was stopped: " + ("cancelled" if cancelled else f"it did not finish within {timeout:g} s"))
         reader.join(1.0)
         return Completed(code, b"".join(chunks).decode("utf-8", "replace"), child.failure(code))
 
