@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 import re
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -57,24 +57,36 @@ class RestoreCheck:
             raise Cancelled("the worker is stopping; the archive check was interrupted")
         try:
             self._child.stdin.write(chunk)
-        except (OSError, ValueError):  # pg_restore stopped reading: it failed, or it was stopped by cancel
-            self._raise_failure(self._child.wait(5))
+        except (OSError, ValueError):  # pg_restore stopped reading: it failed, finished early, or was stopped
+            self._stopped_reading()
 
     def finish(self) -> str:
         try:
             self._child.stdin.close()
         except (OSError, ValueError):
-            pass
-        self._raise_failure(self._child.wait(None, self._cancel))
-        return CHECK
-
-    def _raise_failure(self, code: int | None) -> None:
+            self._stopped_reading()
+        code = self._child.wait(None, self._cancel)
         if self._cancel.is_set() or code is None:
             raise Cancelled("the worker is stopping; the archive check was interrupted")
         if code != 0:
-            failure = self._child.failure(code)
-            hint = "; install a newer PostgreSQL client" if "unsupported version" in failure else ""
-            raise IntegrityError(f"pg_restore could not read the whole archive: {failure}{hint}")
+            raise IntegrityError(self._failure(code))
+        return CHECK
+
+    def _stopped_reading(self) -> NoReturn:
+        code = self._child.wait(5, self._cancel)
+        if self._cancel.is_set():
+            raise Cancelled("the worker is stopping; the archive check was interrupted")
+        if code is None:
+            self._child.stop()
+            raise IntegrityError("pg_restore stopped reading the archive before its end")
+        if code == 0:  # pg_restore exits as soon as the archive is complete: these bytes come after its end
+            raise IntegrityError("the stream goes on after the end of a complete archive, so it is not what pg_dump wrote")
+        raise IntegrityError(self._failure(code))
+
+    def _failure(self, code: int) -> str:
+        failure = self._child.failure(code)
+        hint = "; install a newer PostgreSQL client" if "unsupported version" in failure else ""
+        return f"pg_restore could not read the whole archive: {failure}{hint}"
 
     def close(self) -> None:
         if not self._closed:
@@ -141,8 +153,8 @@ def dump_failure(database: str, failure: str) -> str:
     if "permission denied" in failure:
         hint = ("the backup user must be able to read every table: GRANT SELECT ON ALL TABLES IN SCHEMA ... (and "
                 "USAGE on the schemas, SELECT on sequences), or back up as the database owner")
-    elif "lock timeout" in failure:
-        hint = f"another session held a lock on a table for over {LOCK_WAIT} (a migration?); the next backup tries again"
+    elif "LOCK TABLE" in failure or "lock timeout" in failure:
+        hint = f"another session held a table locked for over {LOCK_WAIT} (a migration?); the next backup tries again"
     elif "server version mismatch" in failure:
         hint = "set PG_BIN_DIR to a newer PostgreSQL client, or unset it to let the worker choose"
     elif "terminating connection" in failure or "server closed the connection" in failure or "connection" in failure:

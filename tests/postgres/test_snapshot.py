@@ -359,3 +359,24 @@ def test_an_archive_the_check_rejects_is_never_published(app_pg, tmp_path, monke
                                              "pg_restore: error: invalid block type"):
         backup_to_file(source, tmp_path / "out", tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_bytes_after_the_end_of_a_complete_archive_are_refused(app_pg, tmp_path):
+    raw = tmp_path / "good"
+    backup_to_file(postgres.open_source(url_for(app_pg), tmp_path), raw, tmp_path)
+    padded = tmp_path / "padded"
+    padded.write_bytes(raw.read_bytes() + b"\0" * (4 << 20))
+    with pytest.raises(IntegrityError, match="goes on after the end of a complete archive"):
+        check_file(padded, tmp_path)
+
+
+def test_a_table_locked_longer_than_the_lock_wait_fails_the_snapshot_with_a_hint(app_pg, tmp_path, monkeypatch):
+    monkeypatch.setattr(postgres, "LOCK_WAIT", "1s")
+    source = postgres.open_source(url_for(app_pg), tmp_path)
+    with admin(dbname=app_pg) as holder:
+        holder.execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(SourceError) as caught:
+            backup_to_file(source, tmp_path / "out", tmp_path)
+        holder.execute("ROLLBACK")
+    message = str(caught.value)
+    assert "LOCK TABLE public.messages" in message and "held a table locked for over 1s" in message
