@@ -15,11 +15,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
+import re
 import signal
 import subprocess
 import threading
 import time
 from typing import IO
+from urllib.parse import quote
 
 from jobs.redact import scrub
 
@@ -159,8 +161,15 @@ def secret_file(directory: Path, name: str, content: str) -> Path:
 
 
 def _refuse_secrets_in(args: Sequence[str], secrets: Sequence[str]) -> None:
+    """Raise ValueError if a secret is in `args` the way a slip puts it there: as an argument of its own, after
+    `password=` (a conninfo), or as a URL's password. (A password that happens to equal the user name, as in
+    postgres:postgres, is not taken for a slip.)"""
     for secret in secrets:
-        if secret and any(secret in arg for arg in args):
+        if not secret:
+            continue
+        forms = "|".join(re.escape(form) for form in {secret, quote(secret, safe="")})
+        slip = re.compile(rf"(?:^(?:{forms})$|(?:pass(?:word|wd)?|pwd)\s*=\s*['\"]?(?:{forms})|:(?:{forms})@)", re.IGNORECASE)
+        if any(slip.search(arg) for arg in args):
             raise ValueError(f"refusing to start {Path(args[0]).name}: a secret is in its arguments, where every process can read it")
 
 

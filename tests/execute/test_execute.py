@@ -59,10 +59,21 @@ def test_a_very_long_stderr_line_is_cut():
     assert len(completed.failure) < 4 * execute.LINE_LIMIT
 
 
-def test_a_secret_in_the_arguments_is_refused_before_anything_starts():
+@pytest.mark.parametrize("args", [
+    ["echo", "--password=s3cret pw"],
+    ["echo", "host=h user=u password='s3cret pw' dbname=d"],
+    ["echo", "postgresql://u:s3cret%20pw@h/d"],
+    ["echo", "-p", "s3cret pw"],
+])
+def test_a_secret_in_the_arguments_is_refused_before_anything_starts(args):
     with pytest.raises(ValueError, match="secret"):
-        with execute.spawn(["echo", "--password=s3cret-pw"], secrets=["s3cret-pw"]):
+        with execute.spawn(args, secrets=["s3cret pw"]):
             pass
+
+
+def test_a_password_equal_to_the_user_name_is_not_taken_for_a_slip():
+    completed = execute.run(["echo", "user=postgres dbname=postgres"], secrets=["postgres"])
+    assert completed.code == 0
 
 
 def test_a_secret_reaches_the_child_through_its_environment():

@@ -93,3 +93,23 @@ def test_a_host_that_does_not_resolve_is_named():
     source = postgres.open_source("postgresql://u:p@no-such-host.invalid/db", None)
     with pytest.raises(SourceError, match=r"the host name in the URL \(no-such-host.invalid\) does not resolve"):
         source.estimate_size()
+
+
+def test_a_password_equal_to_the_user_and_database_name_still_backs_up(password_server, tmp_path):
+    """postgres:postgres@…/postgres is common in development; the secret guard must not take it for a slip."""
+    from psycopg import sql
+
+    from tests.postgres.conftest import admin, backup_to_file, drop_database
+
+    name = "bw_same_name"
+    su = password_server.superuser_password
+    with admin(password_server.port, su) as connection:
+        connection.execute(sql.SQL("CREATE ROLE {0} LOGIN PASSWORD {1}").format(sql.Identifier(name), sql.Literal(name)))
+        connection.execute(sql.SQL("CREATE DATABASE {0} OWNER {0}").format(sql.Identifier(name)))
+    try:
+        source = postgres.open_source(password_server.url(name, user=name, password=name), tmp_path)
+        assert backup_to_file(source, tmp_path / "out", tmp_path) == "pg_restore read every block"
+    finally:
+        drop_database(name, password_server.port, su)
+        with admin(password_server.port, su) as connection:
+            connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))

@@ -115,7 +115,13 @@ def test_a_backup_from_a_newer_major_warns_before_restoring():
     assert postgres.version_warning("9.6.24", "15.20") is None
 
 
-def test_the_password_never_reaches_a_command_line_output_or_file(password_server, tmp_path):
+def our_pg_children() -> list[int]:
+    """Return the pids of this process's pg_dump and pg_restore children."""
+    return [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+            if _safe_read(p).split(b"\0")[0].endswith((b"/pg_dump", b"/pg_restore")) and _is_child(p.parent)]
+
+
+def test_the_password_never_reaches_a_command_line_output_or_file(password_server, tmp_path, capfd):
     role_password = "Rl-" + os.urandom(12).hex()
     dbname = unique("secret")
     su = password_server.superuser_password
@@ -139,8 +145,7 @@ def test_the_password_never_reaches_a_command_line_output_or_file(password_serve
                         found.append(cmdline.parent.name)
                 except OSError:
                     continue
-            children = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _safe_read(p).startswith((b"/usr/lib/postgresql", b"pg_"))]
-            scans.append((found, len(children)))
+            scans.append((found, len(our_pg_children())))
 
         raw = tmp_path / "secret.pgdump"
         assert backup_to_file(source, raw, tmp_path, on_chunk=scan) == "pg_restore read every block"
@@ -152,6 +157,8 @@ def test_the_password_never_reaches_a_command_line_output_or_file(password_serve
             if path.is_file():
                 assert needle not in path.read_bytes(), path
         postgres.restore_into(raw, url, threading.Event())  # the restore gets the password the same way
+        out, err = capfd.readouterr()
+        assert "pg_dump.start" in out + err and role_password not in out + err
     finally:
         drop_database(dbname, password_server.port, su)
         with admin(password_server.port, su) as connection:
@@ -237,8 +244,7 @@ def test_cancel_stops_the_dump_and_the_check_promptly(make_db, tmp_path):
 
     def slow(_: bytes) -> None:
         if not pids:
-            pids.extend(int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
-                        if _safe_read(p).split(b"\0")[0].endswith((b"/pg_dump", b"/pg_restore")) and _is_child(p.parent))
+            pids.extend(our_pg_children())
             cancel.set()
         time.sleep(0.05)
 
