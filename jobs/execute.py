@@ -239,16 +239,16 @@ class Timeout(Exception):
 def run(args: Sequence[str], *, env: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
         timeout: float | None = 60.0, cancel: threading.Event | None = None, stdout_limit: int = 16 << 20) -> Completed:
     """Run a command to completion; return its exit code, its stdout (up to `stdout_limit` bytes, decoded) and
-    its failure text. Raise Timeout if it takes longer than `timeout` (None: no limit) or `cancel` is set, OSError
-    if it cannot be started."""
+    its failure text. Raise Timeout if it takes longer than `timeout` (None: no limit), or if `cancel` is set
+    before it succeeded (a child that succeeded is returned, cancel or not); OSError if it cannot be started."""
     with reading(args, env=env, secrets=secrets, cancel=cancel) as child:
         chunks: list[bytes] = []
         reader = threading.Thread(target=_read_limited, args=(child.stdout, chunks, stdout_limit), daemon=True)
         reader.start()
         code = child.wait(timeout, cancel)
-        if code is None:
+        cancelled = cancel is not None and cancel.is_set()
+        if code is None or (cancelled and code != 0):  # a child that failed because it was stopped was cancelled
             child.stop()
-            cancelled = cancel is not None and cancel.is_set()
             raise Timeout(f"{child.name} was stopped: " + ("cancelled" if cancelled else f"it did not finish within {timeout:g} s"))
         reader.join(1.0)
         return Completed(code, b"".join(chunks).decode("utf-8", "replace"), child.failure(code))

@@ -13,12 +13,15 @@ import re
 from urllib.parse import unquote, urlsplit
 
 import psycopg
+import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobs import execute
 from jobs.engines import pg_tools
 from jobs.errors import SourceError
 from jobs.redact import mask_url, scrub
+
+log = structlog.get_logger("jobs.engines.pg_connect")
 
 CONNECT_TIMEOUT_S = 10  # libpq waits forever by default; an unreachable server should fail a backup, not hang it
 APPLICATION_NAME = "backup-worker"  # what pg_stat_activity shows for our own connections
@@ -104,6 +107,17 @@ def database_size(conn: Connection) -> int:
     with connect(conn) as connection:
         row = connection.execute("SELECT pg_database_size(current_database())").fetchone()
     return int(row[0]) if row else 0
+
+
+def end_sessions(conn: Connection, application_name: str) -> None:
+    """Terminate the server sessions of `conn`'s user named `application_name` (a killed client's session may
+    wait on a lock, holding others, until it next talks to the client). Failures only log: this is cleanup."""
+    try:
+        with connect(conn) as connection:
+            connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE application_name = %s AND pid <> pg_backend_pid()", (application_name,))
+    except (SourceError, psycopg.Error) as error:
+        log.warning("postgres.end_sessions_failed", application_name=application_name, error=str(error)[:200])
 
 
 _PROBLEMS: list[tuple[str, str]] = [

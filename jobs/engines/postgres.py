@@ -11,15 +11,16 @@ at the end of the stream: a dump that failed half-way is never published.
 pg_dump is chosen to match the server (see pg_tools); the password travels in the children's environment only.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import io
 import os
 from pathlib import Path
 import re
 import threading
 from typing import Any, NoReturn
+import uuid
 
 import structlog
 
@@ -229,11 +230,11 @@ class PostgresSource:
                                   "PG_BIN_DIR and the PostgreSQL client installation") from None
             yield Snapshot(DumpStream(dump, cancel, self.conn.dbname), check)
 
-    def restore(self, raw: Path, cancel: threading.Event) -> None:
+    def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> None:
         """Restore the proven archive `raw` into this database, replacing the objects it holds; return None
-        (the safety backup is an ordinary backup the caller takes first). Raise SourceError or Cancelled."""
-        for note in _restore(raw, self.conn, cancel):
-            log.warning("restore.note", note=note)
+        (the safety backup is an ordinary backup the caller takes first). Warnings go to `notify` before
+        anything changes. Raise SourceError or Cancelled, and then the database is unchanged."""
+        _restore(raw, self.conn, cancel, notify)
 
 
 def open_source(url: str, cwd: Path) -> PostgresSource:
@@ -284,14 +285,15 @@ def restore_warning(backup_versions: Mapping[str, Any], target_url: str) -> str 
     return version_warning(server if isinstance(server, str) else None, target_text)
 
 
-def restore_into(raw: Path, target_url: str, cancel: threading.Event) -> list[str]:
+def restore_into(raw: Path, target_url: str, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> list[str]:
     """Restore the proven archive `raw` into the existing database at `target_url`, replacing the objects the
-    archive holds, in one transaction; return notes for the user (a version warning). Raise SourceError
-    (unreachable, refused, the restore failed: then nothing changed), ValueError (bad URL) or Cancelled."""
-    return _restore(raw, pg_connect.parse_url(target_url), cancel)
+    archive holds, in one transaction; return the notes for the user (a version warning), which also go to
+    `notify` before anything changes. Raise SourceError (unreachable, refused, the restore failed), ValueError
+    (bad URL) or Cancelled; when it raises, the database is unchanged (the transaction was rolled back)."""
+    return _restore(raw, pg_connect.parse_url(target_url), cancel, notify)
 
 
-def _restore(raw: Path, conn: Connection, cancel: threading.Event) -> list[str]:
+def _restore(raw: Path, conn: Connection, cancel: threading.Event, notify: Callable[[str], None] | None) -> list[str]:
     target_text, target_major = pg_connect.server_version(conn)
     available = pg_tools.installed(bin_dir())
     header = archive_header(pg_tools.newest(bin_dir()).pg_restore, raw, cancel)
@@ -299,13 +301,21 @@ def _restore(raw: Path, conn: Connection, cancel: threading.Event) -> list[str]:
     needed = max(target_major, dumped_by[1]) if dumped_by else target_major
     tools = pg_tools.choose(needed, available) or pg_tools.newest(bin_dir())
     notes = [note for note in [version_warning(header.server, target_text)] if note]
+    for note in notes:
+        log.warning("restore.note", note=note)
+        if notify is not None:
+            notify(note)
+    session = f"{pg_connect.APPLICATION_NAME}-restore-{uuid.uuid4().hex[:12]}"  # to find its server session
+    restoring = replace(conn, params={**conn.params, "application_name": session})
     args = [str(tools.pg_restore), "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error",
-            "--single-transaction", "--no-password", f"--dbname={conn.conninfo()}", str(raw)]
+            "--single-transaction", "--no-password", f"--dbname={restoring.conninfo()}", str(raw)]
     log.info("pg_restore.start", database=conn.dbname, host=conn.host, pg_restore=tools.version, server=target_text)
     try:
         completed = execute.run(args, env=conn.env(), secrets=conn.secrets(), timeout=None, cancel=cancel)
     except execute.Timeout:
-        raise Cancelled(f"the worker is stopping; the restore into {conn.dbname} was rolled back") from None
+        pg_connect.end_sessions(conn, session)  # else it may hold its locks until its current statement ends
+        raise Cancelled(f"the worker is stopping; the restore into {conn.dbname} was stopped before it committed, "
+                        "so the database is unchanged") from None
     if completed.code != 0:
         raise SourceError(f"pg_restore into {conn.dbname} on {conn.host} failed and its transaction was rolled back, so "
                           f"the database is unchanged: {completed.failure}", stage="restore")

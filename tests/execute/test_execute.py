@@ -161,3 +161,17 @@ def test_describe_exit_names_signals():
 def test_a_missing_program_raises_oserror():
     with pytest.raises(FileNotFoundError):
         execute.run(["/nonexistent/pg_dump", "--version"])
+
+
+def test_run_reports_a_child_that_failed_because_it_was_cancelled_as_cancelled():
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    with pytest.raises(execute.Timeout, match="cancelled"):
+        execute.run(["sh", "-c", "trap 'exit 1' TERM; while :; do sleep 0.05; done"], timeout=None, cancel=cancel)
+
+
+def test_run_returns_a_child_that_succeeded_even_if_cancel_came_later():
+    cancel = threading.Event()
+    completed = execute.run(["true"], cancel=cancel)
+    cancel.set()
+    assert completed.code == 0

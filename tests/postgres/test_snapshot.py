@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+import signal
 import subprocess
 import threading
 import time
@@ -10,6 +11,7 @@ import psycopg
 from psycopg import sql
 import pytest
 
+from jobs import execute
 from jobs.engines import postgres
 from jobs.errors import Cancelled, IntegrityError, SourceError
 
@@ -386,3 +388,49 @@ def test_a_table_locked_longer_than_the_lock_wait_fails_the_snapshot_with_a_hint
         holder.execute("ROLLBACK")
     message = str(caught.value)
     assert "LOCK TABLE public.messages" in message and "held a table locked for over 1s" in message
+
+
+def restore_sessions(dbname: str, settle_s: float = 5.0) -> int:
+    """Return how many restore sessions are still on `dbname`, after waiting up to `settle_s` for them to go."""
+    deadline = time.monotonic() + settle_s
+    with admin() as connection:
+        while True:
+            count = connection.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name "
+                                       "LIKE 'backup-worker-restore-%%'", (dbname,)).fetchone()[0]
+            if count == 0 or time.monotonic() > deadline:
+                return count
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signal_sent", ["SIGTERM", "SIGKILL"])
+def test_a_restore_stopped_by_cancel_leaves_the_target_unchanged_and_no_session_behind(app_pg, make_db, tmp_path, monkeypatch, signal_sent):
+    """pg_restore answers SIGTERM by cancelling its query; one killed outright (SIGKILL after the grace period)
+    leaves a server session waiting on its lock, holding the others it took, so the engine ends that session."""
+    if signal_sent == "SIGKILL":
+        kill = execute._signal
+        monkeypatch.setattr(execute, "_signal", lambda process, _signum: kill(process, signal.SIGKILL))
+    raw = tmp_path / "app.pgdump"
+    backup_to_file(postgres.open_source(url_for(app_pg), tmp_path), raw, tmp_path)
+    target = make_db("cancelled")
+    populate(target, events=100)
+    before = digests(target)
+    cancel = threading.Event()
+    with admin(dbname=target) as holder:  # the restore waits on this lock until we cancel it
+        holder.execute("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE")
+        threading.Timer(1.0, cancel.set).start()
+        with pytest.raises(Cancelled, match="stopped before it committed, so the database is unchanged"):
+            postgres.restore_into(raw, url_for(target), cancel)
+        left = restore_sessions(target)
+        holder.execute("ROLLBACK")
+    assert left == 0  # its server session was ended, not left waiting on the lock with the others it took
+    assert digests(target) == before
+
+
+def test_a_version_warning_reaches_notify_before_the_restore(app_pg, make_db, tmp_path, monkeypatch):
+    raw = tmp_path / "app.pgdump"
+    backup_to_file(postgres.open_source(url_for(app_pg), tmp_path), raw, tmp_path)
+    newer = postgres.ArchiveHeader(server="99.1", pg_dump=None)
+    monkeypatch.setattr(postgres, "archive_header", lambda *_: newer)
+    heard: list[str] = []
+    notes = postgres.open_source(url_for(make_db("notified")), tmp_path).restore(raw, threading.Event(), notify=heard.append)
+    assert notes is None and len(heard) == 1 and "PostgreSQL 99.1" in heard[0]
