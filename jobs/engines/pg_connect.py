@@ -1,0 +1,157 @@
+"""PostgreSQL connection settings from a URL, with the password kept apart, and errors told in one sentence.
+
+libpq parses the URL (through psycopg), so every form it accepts works the same for psycopg, pg_dump and
+pg_restore: percent-encoding, host lists, Unix sockets (`?host=/var/run/postgresql`), and query parameters
+such as sslmode, sslrootcert, options or application_name. The password is taken out: children get it in
+their environment (PGPASSWORD), never on a command line; the rest becomes a `key=value` conninfo string that
+is safe to show.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+import re
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+import structlog
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from jobs import execute
+from jobs.engines import pg_tools
+from jobs.errors import SourceError
+from jobs.redact import mask_url, scrub
+
+log = structlog.get_logger("jobs.engines.pg_connect")
+
+CONNECT_TIMEOUT_S = 10  # libpq waits forever by default; an unreachable server should fail a backup, not hang it
+APPLICATION_NAME = "backup-worker"  # what pg_stat_activity shows for our own connections
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where a database is and how to reach it; the password is never part of what is printed or passed on."""
+
+    params: Mapping[str, str]  # libpq keywords, without the password
+    masked: str  # the URL with its password masked, for people
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def dbname(self) -> str:
+        return self.params.get("dbname") or self.params.get("user") or "postgres"
+
+    @property
+    def host(self) -> str:
+        host = self.params.get("host") or self.params.get("hostaddr") or "localhost"
+        port = self.params.get("port")
+        return f"{host}:{port}" if port else host
+
+    @property
+    def user(self) -> str:
+        return self.params.get("user", "")
+
+    def conninfo(self) -> str:
+        """Return the `key=value` connection string without the password: safe on a command line."""
+        return make_conninfo(**self.params)
+
+    def env(self) -> dict[str, str]:
+        """Return a child's environment carrying the password (PGPASSWORD), if the URL has one."""
+        return execute.child_env({"PGPASSWORD": self.password} if self.password else None)
+
+    def secrets(self) -> list[str]:
+        return [self.password] if self.password else []
+
+
+def parse_url(url: str) -> Connection:
+    """Given a postgresql:// (or postgres://) URL, return its Connection. Raise ValueError if libpq rejects it."""
+    masked = mask_url(url)
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as error:
+        raise ValueError(f"{masked} is not a valid PostgreSQL URL: {scrub(str(error), url_secrets(url))}") from None
+    if "sslpassword" in params:
+        raise ValueError(f"{masked} has an sslpassword, which pg_dump could only get on its command line, where every "
+                         "process can read it; use a client key without a passphrase (mode 0600) instead")
+    password = params.pop("password", None)
+    params = {key: str(value) for key, value in params.items()}
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
+    return Connection(params, masked, str(password) if password else None)
+
+
+def url_secrets(url: str) -> list[str]:
+    """Return the password in `url`, raw and decoded, for scrubbing."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
+
+
+def connect(conn: Connection) -> psycopg.Connection:
+    """Open an autocommit connection. Raise SourceError saying why it failed and what to do."""
+    try:
+        return psycopg.connect(conn.conninfo(), password=conn.password, autocommit=True,
+                               fallback_application_name=APPLICATION_NAME)
+    except psycopg.Error as error:
+        raise SourceError(connection_problem(str(error), conn)) from None
+
+
+def server_version(conn: Connection) -> tuple[str, pg_tools.Major]:
+    """Return the server's version ("15.20") and major ((15,)). Raise SourceError if it cannot be reached."""
+    with connect(conn) as connection:
+        num = connection.info.server_version
+    return pg_tools.server_version(num)
+
+
+def database_size(conn: Connection) -> int:
+    """Return the size on disk of the database, in bytes. Raise SourceError if it cannot be reached."""
+    with connect(conn) as connection:
+        row = connection.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row else 0
+
+
+def end_sessions(conn: Connection, application_name: str) -> None:
+    """Terminate the server sessions of `conn`'s user named `application_name` (a killed client's session may
+    wait on a lock, holding others, until it next talks to the client). Failures only log: this is cleanup."""
+    try:
+        with connect(conn) as connection:
+            connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE application_name = %s AND pid <> pg_backend_pid()", (application_name,))
+    except (SourceError, psycopg.Error) as error:
+        log.warning("postgres.end_sessions_failed", application_name=application_name, error=str(error)[:200])
+
+
+_PROBLEMS: list[tuple[str, str]] = [
+    (r"password authentication failed", "PostgreSQL at {host} refused the password of user {user}; check the password in the URL (BACKUP_SOURCE or DATABASE_URL)"),
+    (r"no password supplied", "PostgreSQL at {host} asks user {user} for a password and the URL has none; add it to the URL (postgresql://USER:PASSWORD@HOST/DB)"),
+    (r'database ".*" does not exist', "the database {db} does not exist on {host}; check the database name at the end of the URL, or create it (createdb {db})"),
+    (r'role ".*" does not exist', "PostgreSQL at {host} has no user {user}; check the user name in the URL"),
+    (r"no pg_hba\.conf entry", "PostgreSQL at {host} does not accept user {user} from this machine (pg_hba.conf: {reason}); allow it there, or check sslmode in the URL"),
+    (r"permission denied for database|must have CONNECT", "user {user} may not connect to {db} on {host}; GRANT CONNECT ON DATABASE {db} TO {user}"),
+    (r"Connection refused", "cannot connect to PostgreSQL at {host}: connection refused; check the host and port in the URL and that the server is running"),
+    (r"timeout expired|timed out", "PostgreSQL at {host} did not answer within the connect timeout ({timeout} s); check the host and port in the URL and the network between us"),
+    (r"failed to resolve host|could not translate host name|Name or service not known", "the host name in the URL ({host}) does not resolve; check the URL (on Railway, the private host name only resolves inside the project)"),
+    (r"SSL", "cannot connect to PostgreSQL at {host}: {reason}; check sslmode (and sslrootcert) in the URL"),
+    (r"too many clients|remaining connection slots", "PostgreSQL at {host} has no free connection slots; try again later, or raise max_connections"),
+    (r"starting up|shutting down|in recovery mode", "PostgreSQL at {host} is starting up or shutting down; try again in a minute"),
+]
+
+
+def connection_problem(message: str, conn: Connection) -> str:
+    """Given a libpq/psycopg connection error, return one sentence naming the cause and the fix, without secrets."""
+    reason = _reason(message, conn)
+    fields = {"host": conn.host, "user": conn.user or "(default)", "db": conn.dbname, "reason": reason,
+              "timeout": conn.params.get("connect_timeout", CONNECT_TIMEOUT_S)}
+    for pattern, sentence in _PROBLEMS:
+        if re.search(pattern, message, re.IGNORECASE):
+            return sentence.format(**fields)
+    return f"cannot connect to PostgreSQL at {conn.host}: {reason}; check BACKUP_SOURCE (or DATABASE_URL)"
+
+
+def _reason(message: str, conn: Connection) -> str:
+    """Return the last, most specific line of a libpq error, without its prefixes and secrets."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = lines[0] if lines else message
+    text = re.sub(r"^connection failed:\s*", "", text)
+    text = re.sub(r'^connection to server at "[^"]*"(?:\s*\([^)]*\))?, port \d+ failed:\s*', "", text)
+    text = re.sub(r"^(FATAL|ERROR):\s*", "", text)
+    return scrub(text.rstrip("."), conn.secrets())

@@ -1,0 +1,343 @@
+"""PostgreSQL: streamed `pg_dump` archives, proven by `pg_restore` reading every block in the same pass.
+
+A snapshot is `pg_dump --format=custom --compress=0`: one consistent (repeatable read) view of the database,
+written to a pipe that the pipeline reads, hashes and compresses with zstd; nothing uncompressed touches the
+disk. Every chunk read is also written to `pg_restore --file=/dev/null` through its stdin. Reading a custom
+archive from a pipe, pg_restore cannot seek, so it walks the archive front to back and reads each data block
+in full to reach the next: a truncated or damaged archive makes it fail ("could not read from input file",
+"could not find block ID"), and only an archive it read to the end passes. pg_dump's exit status is checked
+at the end of the stream: a dump that failed half-way is never published.
+
+pg_dump is chosen to match the server (see pg_tools); the password travels in the children's environment only.
+"""
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+import io
+import os
+from pathlib import Path
+import re
+import threading
+from typing import Any, NoReturn
+import uuid
+
+import structlog
+
+from jobs import execute
+from jobs.engines import pg_connect, pg_tools
+from jobs.engines.pg_connect import Connection
+from jobs.errors import Cancelled, IntegrityError, SourceError
+
+SCHEMES = ("postgresql", "postgres")
+KIND = "pgdump"
+CHECK = "pg_restore read every block"
+LOCK_WAIT = "5min"  # pg_dump gives up if a table stays locked this long (a migration), rather than hang the night
+CATALOG_DRIVER = "postgresql+psycopg"
+
+log = structlog.get_logger("jobs.engines.postgres")
+
+
+def bin_dir() -> str | None:
+    """Return PG_BIN_DIR, the operator's choice of client directory, if set."""
+    return os.environ.get("PG_BIN_DIR") or None
+
+
+# --- the check: pg_restore reading the stream -------------------------------------------------------------------
+
+class RestoreCheck:
+    """Feeds a raw archive to `pg_restore --file=/dev/null` through a pipe; finish() waits for its verdict."""
+
+    def __init__(self, child: execute.Child, cancel: threading.Event) -> None:
+        self._child = child
+        self._cancel = cancel
+        self._closed = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._cancel.is_set():
+            raise Cancelled("the worker is stopping; the archive check was interrupted")
+        try:
+            self._child.stdin.write(chunk)
+        except (OSError, ValueError):  # pg_restore stopped reading: it failed, finished early, or was stopped
+            self._stopped_reading()
+
+    def finish(self) -> str:
+        try:
+            self._child.stdin.close()
+        except (OSError, ValueError):
+            self._stopped_reading()
+        code = self._child.wait(None, self._cancel)
+        if self._cancel.is_set() or code is None:
+            raise Cancelled("the worker is stopping; the archive check was interrupted")
+        if code != 0:
+            raise IntegrityError(self._failure(code))
+        return CHECK
+
+    def _stopped_reading(self) -> NoReturn:
+        code = self._child.wait(5, self._cancel)
+        if self._cancel.is_set():
+            raise Cancelled("the worker is stopping; the archive check was interrupted")
+        if code is None:
+            self._child.stop()
+            raise IntegrityError("pg_restore stopped reading the archive before its end")
+        if code == 0:  # pg_restore exits as soon as the archive is complete: these bytes come after its end
+            raise IntegrityError("the stream goes on after the end of a complete archive, so it is not what pg_dump wrote")
+        raise IntegrityError(self._failure(code))
+
+    def _failure(self, code: int) -> str:
+        failure = self._child.failure(code)
+        hint = "; install a newer PostgreSQL client" if "unsupported version" in failure else ""
+        return f"pg_restore could not read the whole archive: {failure}{hint}"
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._child.stop()
+
+
+@contextmanager
+def _restore_check(pg_restore: Path, cancel: threading.Event) -> Iterator[RestoreCheck]:
+    with execute.writing([str(pg_restore), "--file=/dev/null"], cancel=cancel) as child:
+        check = RestoreCheck(child, cancel)
+        try:
+            yield check
+        finally:
+            check.close()
+
+
+@contextmanager
+def checker(workdir: Path, cancel: threading.Event) -> Iterator[RestoreCheck]:
+    """Yield the proof for an existing raw archive: feed it every chunk in order, then finish(). The newest
+    installed pg_restore reads archives of every older pg_dump. Raise SourceError if none is installed."""
+    with _restore_check(pg_tools.newest(bin_dir()).pg_restore, cancel) as check:
+        yield check
+
+
+# --- the stream: pg_dump's stdout ---------------------------------------------------------------------------------
+
+class DumpStream(io.RawIOBase):
+    """pg_dump's stdout; at its end, pg_dump's exit status: a failed dump raises SourceError instead of ending."""
+
+    def __init__(self, child: execute.Child, cancel: threading.Event, database: str) -> None:
+        super().__init__()
+        self._child = child
+        self._cancel = cancel
+        self._database = database
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._ended:
+            return 0
+        if self._cancel.is_set():
+            raise Cancelled("the worker is stopping; the dump was interrupted")
+        try:
+            count = self._child.stdout.readinto(buffer)
+        except (OSError, ValueError):
+            count = 0
+        if count:
+            return count
+        code = self._child.wait(None, self._cancel)
+        if self._cancel.is_set() or code is None:
+            raise Cancelled("the worker is stopping; the dump was interrupted")
+        if code != 0:
+            raise SourceError(dump_failure(self._database, self._child.failure(code)))
+        self._ended = True
+        return 0
+
+
+def dump_failure(database: str, failure: str) -> str:
+    """Return one sentence for a pg_dump that failed: what it said, and what to do about it."""
+    hint = "no backup was kept"
+    if "permission denied" in failure:
+        hint = ("the backup user must be able to read every table: GRANT SELECT ON ALL TABLES IN SCHEMA ... (and "
+                "USAGE on the schemas, SELECT on sequences), or back up as the database owner")
+    elif "LOCK TABLE" in failure or "lock timeout" in failure:
+        hint = f"another session held a table locked for over {LOCK_WAIT} (a migration?); the next backup tries again"
+    elif "server version mismatch" in failure:
+        hint = "set PG_BIN_DIR to a newer PostgreSQL client, or unset it to let the worker choose"
+    elif "terminating connection" in failure or "server closed the connection" in failure or "connection" in failure:
+        hint = "the server or the network dropped the connection mid-dump; the next backup tries again"
+    return f"pg_dump of {database} failed: {failure}; {hint}"
+
+
+# --- the source ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    """The pipeline's Snapshot shape (jobs.engines.Snapshot once that lands): raw stream, its check, details."""
+
+    stream: io.RawIOBase
+    check: RestoreCheck
+    size: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PostgresSource:
+    """A PostgreSQL database reached through a URL."""
+
+    conn: Connection
+    kind: str = KIND
+    _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]+", "-", self.conn.dbname).strip("-") or "postgres"
+
+    def describe(self) -> dict[str, str]:
+        return {"kind": KIND, "database": self.conn.dbname, "host": self.conn.host}
+
+    def target(self) -> str:
+        return self.conn.masked
+
+    def protected_files(self) -> list[Path]:
+        return []
+
+    def estimate_size(self) -> int:
+        return pg_connect.database_size(self.conn)
+
+    def versions(self) -> dict[str, str]:
+        return dict(self._versions)
+
+    def tools(self) -> pg_tools.Tools:
+        """Return the pg_dump and pg_restore that fit this server, and record both versions. Raise SourceError."""
+        server_text, server_major = pg_connect.server_version(self.conn)
+        tools = pg_tools.tools_for(server_major, server_text, bin_dir())
+        self._versions.update(pg_dump=tools.version, server=server_text)
+        return tools
+
+    @contextmanager
+    def snapshot(self, workdir: Path, cancel: threading.Event) -> Iterator[Snapshot]:
+        """Yield pg_dump's archive as a stream, with pg_restore reading it as the check; both stopped on exit.
+
+        Raise SourceError (unreachable, refused, no fitting pg_dump, the dump failed) or Cancelled.
+        """
+        if cancel.is_set():
+            raise Cancelled("the worker is stopping; the dump was not started")
+        tools = self.tools()
+        args = [str(tools.pg_dump), "--format=custom", "--compress=0", "--no-password",
+                f"--lock-wait-timeout={LOCK_WAIT}", f"--dbname={self.conn.conninfo()}"]
+        log.info("pg_dump.start", database=self.conn.dbname, host=self.conn.host, pg_dump=tools.version,
+                 server=self._versions["server"], path=str(tools.pg_dump))
+        with ExitStack() as children:
+            try:
+                check = children.enter_context(_restore_check(tools.pg_restore, cancel))
+                dump = children.enter_context(execute.reading(args, env=self.conn.env(), secrets=self.conn.secrets(), cancel=cancel))
+            except OSError as error:
+                raise SourceError(f"cannot start {error.filename or 'pg_dump'}: {error.strerror or error}; check "
+                                  "PG_BIN_DIR and the PostgreSQL client installation") from None
+            yield Snapshot(DumpStream(dump, cancel, self.conn.dbname), check)
+
+    def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> None:
+        """Restore the proven archive `raw` into this database, replacing the objects it holds; return None
+        (the safety backup is an ordinary backup the caller takes first). Warnings go to `notify` before
+        anything changes. Raise SourceError or Cancelled, and then the database is unchanged."""
+        _restore(raw, self.conn, cancel, notify)
+
+
+def open_source(url: str, cwd: Path) -> PostgresSource:
+    """Given a postgresql:// or postgres:// URL, return the source; nothing is connected yet. Raise ValueError."""
+    return PostgresSource(pg_connect.parse_url(url))
+
+
+# --- restore ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArchiveHeader:
+    server: str | None  # "Dumped from database version"
+    pg_dump: str | None  # "Dumped by pg_dump version"
+
+
+def archive_header(pg_restore: Path, raw: Path, cancel: threading.Event) -> ArchiveHeader:
+    """Return the versions recorded in a custom archive's header (`pg_restore --list`). Raise IntegrityError."""
+    try:
+        completed = execute.run([str(pg_restore), "--list", str(raw)], cancel=cancel, timeout=300)
+    except execute.Timeout:
+        raise Cancelled("the worker is stopping; reading the archive header was interrupted") from None
+    if completed.code != 0:
+        raise IntegrityError(f"pg_restore cannot read the archive {raw.name}: {completed.failure}")
+
+    def field_of(label: str) -> str | None:
+        match = re.search(rf"^;\s*{label}:\s*(\S+)", completed.stdout, re.MULTILINE)
+        return match[1] if match else None
+
+    return ArchiveHeader(field_of("Dumped from database version"), field_of("Dumped by pg_dump version"))
+
+
+def version_warning(backup_server: str | None, target_server: str) -> str | None:
+    """Return a warning when a backup comes from a newer PostgreSQL major than the target runs, else None."""
+    backup = pg_tools.parse_version(f"(PostgreSQL) {backup_server}") if backup_server else None
+    target = pg_tools.parse_version(f"(PostgreSQL) {target_server}")
+    if backup is None or target is None or backup[1] <= target[1]:
+        return None
+    return (f"the backup comes from PostgreSQL {backup[0]} and the target runs {target[0]}, an older major: objects "
+            f"or settings new in {pg_tools.major_text(backup[1])} may fail to restore (the restore is one "
+            "transaction, so a failure changes nothing)")
+
+
+def restore_warning(backup_versions: Mapping[str, Any], target_url: str) -> str | None:
+    """Given a manifest's `versions` and the restore target, return the warning to show before asking for
+    confirmation, or None. Raise SourceError if the target cannot be reached, ValueError if the URL is bad."""
+    target_text, _ = pg_connect.server_version(pg_connect.parse_url(target_url))
+    server = backup_versions.get("server")
+    return version_warning(server if isinstance(server, str) else None, target_text)
+
+
+def restore_into(raw: Path, target_url: str, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> list[str]:
+    """Restore the proven archive `raw` into the existing database at `target_url`, replacing the objects the
+    archive holds, in one transaction; return the notes for the user (a version warning), which also go to
+    `notify` before anything changes. Raise SourceError (unreachable, refused, the restore failed), ValueError
+    (bad URL) or Cancelled; when it raises, the database is unchanged (the transaction was rolled back)."""
+    return _restore(raw, pg_connect.parse_url(target_url), cancel, notify)
+
+
+def _restore(raw: Path, conn: Connection, cancel: threading.Event, notify: Callable[[str], None] | None) -> list[str]:
+    target_text, target_major = pg_connect.server_version(conn)
+    available = pg_tools.installed(bin_dir())
+    header = archive_header(pg_tools.newest(bin_dir()).pg_restore, raw, cancel)
+    dumped_by = pg_tools.parse_version(f"(PostgreSQL) {header.pg_dump}") if header.pg_dump else None
+    needed = max(target_major, dumped_by[1]) if dumped_by else target_major
+    tools = pg_tools.choose(needed, available) or pg_tools.newest(bin_dir())
+    notes = [note for note in [version_warning(header.server, target_text)] if note]
+    for note in notes:
+        log.warning("restore.note", note=note)
+        if notify is not None:
+            notify(note)
+    session = f"{pg_connect.APPLICATION_NAME}-restore-{uuid.uuid4().hex[:12]}"  # to find its server session
+    restoring = replace(conn, params={**conn.params, "application_name": session})
+    args = [str(tools.pg_restore), "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error",
+            "--single-transaction", "--no-password", f"--dbname={restoring.conninfo()}", str(raw)]
+    log.info("pg_restore.start", database=conn.dbname, host=conn.host, pg_restore=tools.version, server=target_text)
+    try:
+        completed = execute.run(args, env=conn.env(), secrets=conn.secrets(), timeout=None, cancel=cancel)
+    except execute.Timeout:
+        pg_connect.end_sessions(conn, session)  # else it may hold its locks until its current statement ends
+        raise Cancelled(f"the worker is stopping; the restore into {conn.dbname} was stopped before it committed, "
+                        "so the database is unchanged") from None
+    if completed.code != 0:
+        raise SourceError(f"pg_restore into {conn.dbname} on {conn.host} failed and its transaction was rolled back, so "
+                          f"the database is unchanged: {completed.failure}", stage="restore")
+    return notes
+
+
+# --- wiring helpers for the worker --------------------------------------------------------------------------------
+
+def describe_tools(url: str) -> str | None:
+    """Given a PostgreSQL BACKUP_SOURCE, return the problem that would stop its backups (no fitting pg_dump, or
+    the server cannot be reached to tell its version), as one sentence; None when a fitting pg_dump is there."""
+    try:
+        PostgresSource(pg_connect.parse_url(url)).tools()
+    except (ValueError, SourceError) as error:
+        return str(error)
+    return None
+
+
+def catalog_url(url: str) -> str:
+    """Return a CATALOG_URL with postgresql:// or postgres:// rewritten to SQLAlchemy's psycopg 3 driver;
+    other URLs (sqlite://, an explicit +driver) unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in SCHEMES:
+        return f"{CATALOG_DRIVER}://{rest}"
+    return url

@@ -1,0 +1,265 @@
+"""The one way this project runs other programs: argument lists, secrets off the command line, bounded stderr.
+
+Every child is started by `spawn` (or its two shapes `reading` and `writing`, or `run` for short commands) and
+lives inside a `with` block: when the block ends, on success, error or cancel, a child still running is sent
+SIGTERM, then SIGKILL after a grace period, and waited for. Its stderr is read by a thread into the last
+`STDERR_LINES` lines, with every secret scrubbed, so a failure can name its cause without flooding anything.
+
+Secrets reach a child only through its environment or a 0600 file (`secret_file`); `spawn` refuses an argument
+list that contains a known secret, so a slip shows up as an error in the tests rather than in /proc/*/cmdline.
+"""
+
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+import os
+from pathlib import Path
+import re
+import signal
+import subprocess
+import threading
+import time
+from typing import IO
+from urllib.parse import quote
+
+from jobs.redact import scrub
+
+STDERR_LINES = 20
+LINE_LIMIT = 1000  # characters kept of one stderr line
+GRACE_S = 1.0  # between SIGTERM and SIGKILL
+PIPE_SIZE = 1 << 20  # bigger pipes, fewer wake-ups when streaming (Linux's default ceiling for unprivileged users)
+_POLL_S = 0.05
+
+
+class Tail:
+    """The last lines a child wrote to a stream, read in a thread, scrubbed of secrets as they arrive."""
+
+    def __init__(self, stream: IO[bytes], secrets: Sequence[str], lines: int = STDERR_LINES) -> None:
+        self._lines: deque[str] = deque(maxlen=lines)
+        self._secrets = list(secrets)
+        self._thread = threading.Thread(target=self._read, args=(stream,), name="stderr-tail", daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        continued = False  # inside a line longer than the limit: its rest is dropped
+        with stream:
+            while True:
+                line = stream.readline(LINE_LIMIT * 4)
+                if not line:
+                    return
+                text = line.decode("utf-8", "replace").rstrip()
+                if text and not continued:
+                    self._lines.append(scrub(text[:LINE_LIMIT], self._secrets))
+                continued = not line.endswith(b"\n")
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def text(self, separator: str = " | ") -> str:
+        """Return the kept lines, oldest first, joined by `separator` ("" when the child wrote nothing)."""
+        return separator.join(self._lines)
+
+
+@dataclass
+class Child:
+    """A running child process started by `spawn`."""
+
+    args: list[str]
+    process: subprocess.Popen[bytes]
+    tail: Tail
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def name(self) -> str:
+        return Path(self.args[0]).name
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        assert self.process.stdin is not None, "spawned without stdin=PIPE"
+        return self.process.stdin
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.process.stdout is not None, "spawned without stdout=PIPE"
+        return self.process.stdout
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None, cancel: threading.Event | None = None) -> int | None:
+        """Wait for the child to exit; return its exit code, or None if `timeout` passed or `cancel` was set."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+            try:
+                code = self.process.wait(step)
+            except subprocess.TimeoutExpired:
+                if (cancel is not None and cancel.is_set()) or (deadline is not None and time.monotonic() >= deadline):
+                    return None
+                continue
+            self.tail.join(1.0)  # the child is gone; let the reader take its last lines
+            return code
+
+    def stop(self, grace: float = GRACE_S) -> None:
+        """Make sure the child is gone: SIGTERM, then SIGKILL after `grace` seconds; wait for it. Idempotent."""
+        if self.process.poll() is None:
+            _signal(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                _signal(self.process, signal.SIGKILL)
+                self.process.wait()
+        self.tail.join(1.0)
+
+    def failure(self, code: int | None = None) -> str:
+        """Return `NAME exited with 2: <stderr tail>` (or `was killed by SIGTERM`) for an error message."""
+        code = self.process.returncode if code is None else code
+        how = describe_exit(code)
+        tail = self.tail.text()
+        return f"{self.name} {how}" + (f": {tail}" if tail else "")
+
+
+def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Signal the child's whole process group (it leads one), so helpers it started go too."""
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        try:
+            process.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+
+def describe_exit(code: int | None) -> str:
+    """Return `exited with N` or `was killed by SIGNAME` for a Popen return code."""
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code}"
+
+
+def child_env(extra: Mapping[str, str] | None = None, drop: Iterable[str] = ()) -> dict[str, str]:
+    """Return this process's environment without the names in `drop`, plus `extra`: a child's environment."""
+    dropped = set(drop)
+    env = {key: value for key, value in os.environ.items() if key not in dropped}
+    env.update(extra or {})
+    return env
+
+
+def secret_file(directory: Path, name: str, content: str) -> Path:
+    """Write `content` to the new file `directory/name`, readable by this user only (0600); return its path."""
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(content)
+    return path
+
+
+def _refuse_secrets_in(args: Sequence[str], secrets: Sequence[str]) -> None:
+    """Raise ValueError if a secret is in `args` the way a slip puts it there: as an argument of its own, after
+    `password=` (a conninfo), or as a URL's password. (A password that happens to equal the user name, as in
+    postgres:postgres, is not taken for a slip.)"""
+    for secret in secrets:
+        if not secret:
+            continue
+        forms = "|".join(re.escape(form) for form in {secret, quote(secret, safe="")})
+        slip = re.compile(rf"(?:^(?:{forms})$|(?:pass(?:word|wd)?|pwd)\s*=\s*['\"]?(?:{forms})|:(?:{forms})@)", re.IGNORECASE)
+        if any(slip.search(arg) for arg in args):
+            raise ValueError(f"refusing to start {Path(args[0]).name}: a secret is in its arguments, where every process can read it")
+
+
+@contextmanager
+def spawn(args: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: int | IO[bytes] = subprocess.DEVNULL,
+          stdout: int | IO[bytes] = subprocess.DEVNULL, cwd: Path | None = None, secrets: Sequence[str] = (),
+          cancel: threading.Event | None = None) -> Iterator[Child]:
+    """Start `args` (a list, never a shell) and yield the Child; when the block ends, stop and wait for it.
+
+    `secrets` are scrubbed from its stderr tail and must not appear in `args` (ValueError). When `cancel` is
+    set, the child is stopped at once (a reader of its stdout then sees end of file). Raise OSError if the
+    program cannot be started.
+    """
+    args = [str(arg) for arg in args]
+    _refuse_secrets_in(args, secrets)
+    process = subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=dict(env) if env is not None else None,
+                               cwd=cwd, start_new_session=True, pipesize=PIPE_SIZE)
+    assert process.stderr is not None
+    child = Child(args, process, Tail(process.stderr, secrets))
+    watcher = None
+    if cancel is not None:
+        watcher = threading.Thread(target=_stop_on_cancel, args=(child, cancel), name=f"cancel-{child.name}", daemon=True)
+        watcher.start()
+    try:
+        yield child
+    finally:
+        child.done.set()
+        if watcher is not None:
+            watcher.join()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:  # a child that died leaves a broken pipe: nothing left to flush
+                    pass
+        child.stop()
+
+
+def _stop_on_cancel(child: Child, cancel: threading.Event) -> None:
+    while not child.done.wait(_POLL_S):
+        if cancel.is_set():
+            child.stop()
+            return
+
+
+def reading(args: Sequence[str], **options: object) -> AbstractContextManager[Child]:
+    """`spawn` with the child's stdout as a pipe to read (`child.stdout`): a child that produces a stream."""
+    return spawn(args, stdout=subprocess.PIPE, **options)  # type: ignore[arg-type]
+
+
+def writing(args: Sequence[str], **options: object) -> AbstractContextManager[Child]:
+    """`spawn` with the child's stdin as a pipe to write (`child.stdin`): a child that consumes a stream."""
+    return spawn(args, stdin=subprocess.PIPE, **options)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Completed:
+    code: int
+    stdout: str
+    failure: str  # `NAME exited with N: <stderr tail>`, for an error message
+
+
+class Timeout(Exception):
+    """`run` gave up waiting for a child (or was cancelled); the child was stopped."""
+
+
+def run(args: Sequence[str], *, env: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
+        timeout: float | None = 60.0, cancel: threading.Event | None = None, stdout_limit: int = 16 << 20) -> Completed:
+    """Run a command to completion; return its exit code, its stdout (up to `stdout_limit` bytes, decoded) and
+    its failure text. Raise Timeout if it takes longer than `timeout` (None: no limit), or if `cancel` is set
+    before it succeeded (a child that succeeded is returned, cancel or not); OSError if it cannot be started."""
+    with reading(args, env=env, secrets=secrets, cancel=cancel) as child:
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=_read_limited, args=(child.stdout, chunks, stdout_limit), daemon=True)
+        reader.start()
+        code = child.wait(timeout, cancel)
+        cancelled = cancel is not None and cancel.is_set()
+        if code is None or (cancelled and code != 0):  # a child that failed because it was stopped was cancelled
+            child.stop()
+            raise Timeout(f"{child.name} was stopped: " + ("cancelled" if cancelled else f"it did not finish within {timeout:g} s"))
+        reader.join(1.0)
+        return Completed(code, b"".join(chunks).decode("utf-8", "replace"), child.failure(code))
+
+
+def _read_limited(stream: IO[bytes], chunks: list[bytes], limit: int) -> None:
+    size = 0
+    try:
+        while chunk := stream.read1(1 << 16):
+            if size < limit:
+                chunks.append(chunk[: limit - size])
+            size += len(chunk)
+    except (OSError, ValueError):  # the pipe was closed under us when the child was stopped
+        pass
