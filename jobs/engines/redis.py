@@ -76,7 +76,7 @@ class SyncStream(io.RawIOBase):
         except Closed:
             self.wire.close()
             raise SourceError(f"the Redis server at {self.wire.where} closed the connection after {self.received} bytes "
-                              "of the snapshot; nothing was kept: check the server's log (restart, out of memory, "
+                              "of the snapshot; the incomplete snapshot is discarded: check the server's log (restart, out of memory, "
                               "client-output-buffer-limit) and try again") from None
 
     def _readinto(self, view: memoryview) -> int:
@@ -125,7 +125,7 @@ def _refusal(error: ServerError, source: "RedisSource", command: str) -> SourceE
     if code == "NOAUTH":
         return SourceError(f"the Redis server at {where} requires a password; put it in the source URL as redis://default:PASSWORD@{where}")
     if code == "WRONGPASS" or "invalid password" in text or "invalid username-password" in text:
-        who = f"user {source.username!r} and password" if source.username else "password"
+        who = f"user {source.username!r} and password" if source.username not in (None, "default") else "password"
         return SourceError(f"the Redis server at {where} rejected the {who} in the source URL; check the credentials (on Railway, copy REDIS_URL from the Redis service)")
     if code == "NOPERM" and command in ("SYNC", "PSYNC"):
         user = source.username or "default"
@@ -193,8 +193,10 @@ class RedisSource:
     def protected_files(self) -> list[Path]:
         return []
 
-    def connect(self, cancel: threading.Event) -> Wire:
-        """Return an authenticated connection. Raise SourceError (unreachable, credentials) or Cancelled."""
+    @contextmanager
+    def session(self, cancel: threading.Event) -> Iterator[Wire]:
+        """Yield an authenticated connection, closed on exit. Raise SourceError (unreachable, credentials, a
+        server that hangs up at once) or Cancelled."""
         wire = Wire.open(self.host, self.port, self.tls, cancel)
         try:
             if self.password is not None:
@@ -204,14 +206,12 @@ class RedisSource:
                 except ServerError as error:
                     if "without any password configured" not in str(error):  # a password the server does not need
                         raise _refusal(error, self, "AUTH") from None
-            return wire
+            yield wire
         except Closed:
+            scheme, does = ("redis", "does not speak") if self.tls else ("rediss", "expects")
+            raise SourceError(f"the server at {self.where} hung up before answering; check the port, and use {scheme}:// if it {does} TLS") from None
+        finally:
             wire.close()
-            raise SourceError(f"the server at {self.where} closed the connection at once; check the port, and use "
-                              f"{'redis' if self.tls else 'rediss'}:// if it {'does not speak' if self.tls else 'expects'} TLS") from None
-        except BaseException:
-            wire.close()
-            raise
 
     def info(self, wire: Wire, section: str) -> dict[str, str]:
         """Return the INFO `section` fields, or {} when this user may not run INFO. Raise SourceError otherwise."""
@@ -233,23 +233,17 @@ class RedisSource:
 
     def estimate_size(self) -> int:
         """Return the server's dataset size in memory, an upper bound of the RDB's size (0 when INFO is denied)."""
-        wire = self.connect(threading.Event())
-        try:
+        with self.session(threading.Event()) as wire:
             self._remember(self.info(wire, "server"))
             memory = self.info(wire, "memory")
-        finally:
-            wire.close()
         value = memory.get("used_memory_dataset") or memory.get("used_memory") or "0"
         return int(value) if value.isdigit() else 0
 
     def versions(self) -> dict[str, str]:
         if not self._versions:
             try:
-                wire = self.connect(threading.Event())
-                try:
+                with self.session(threading.Event()) as wire:
                     self._remember(self.info(wire, "server"))
-                finally:
-                    wire.close()
             except SourceError:
                 return {}
         return dict(self._versions)
@@ -257,8 +251,7 @@ class RedisSource:
     @contextmanager
     def snapshot(self, workdir: Path, cancel: threading.Event) -> Iterator[Any]:
         """Yield the SYNC payload as a Snapshot whose check proves the RDB; the connection is closed on exit."""
-        wire = self.connect(cancel)
-        try:
+        with self.session(cancel) as wire:
             versions = self._remember(self.info(wire, "server"))
             keys = keyspace(self.info(wire, "keyspace"))
             for capability in (("capa", "eof"), ("rdb-only", "1")):
@@ -272,8 +265,6 @@ class RedisSource:
             check = RdbCheck(cancel, details["rdb"])
             stream = SyncStream(wire, size, mark)
             yield _snapshot_type()(stream=stream, check=check, size=size, details=details)
-        finally:
-            wire.close()
 
     def _sync(self, wire: Wire) -> tuple[int | None, bytes | None]:
         """Send SYNC and read up to the payload: return (size, None) or (None, end mark)."""

@@ -87,7 +87,7 @@ def _tls(sock: socket.socket, host: str, port: int, tls: Tls, cancel: threading.
         while True:
             _cancelled(cancel, "the TLS handshake with Redis")
             if time.monotonic() > deadline:
-                raise SourceError(f"the TLS handshake with {host}:{port} timed out; check that the server speaks TLS on this port")
+                raise SourceError(f"the TLS handshake with {host}:{port} timed out; check that the server speaks TLS on this port, or use redis:// for a plain one")
             try:
                 wrapped.do_handshake()
                 return wrapped
