@@ -49,6 +49,8 @@ class RdbCheck:
     `finish()`, `details` holds the RDB version and whether the server wrote a checksum.
     """
 
+    path: Path | None = None  # the check writes no copy of the stream (see the engine interface)
+
     def __init__(self, cancel: threading.Event | None = None, details: dict[str, Any] | None = None) -> None:
         self.cancel = cancel
         self.details = details if details is not None else {}

@@ -8,7 +8,7 @@ rediss://). `rdb-only` tells Redis 7+ we want the file and no command stream, so
 the connection is closed right after the payload. The password goes only into the AUTH command on the socket.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 import io
@@ -288,7 +288,8 @@ class RedisSource:
             raise SourceError(f"the Redis server at {self.where} closed the connection before sending the snapshot; "
                               "its log says why (often: the fork for the snapshot failed for lack of memory)") from None
 
-    def restore(self, raw: Path, cancel: threading.Event) -> Path | None:
+    def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> Path | None:
+        """Refuse: loading a dataset into a live server is the operator's step (docs/redis.md). Nothing changes."""
         raise SourceError("a Redis backup is not loaded into a live server by this worker; write the RDB file with "
                           "`restore --to PATH` and load it as docs/redis.md explains (stop the server, replace its dump.rdb, start it)",
                           stage="restore")
