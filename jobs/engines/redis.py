@@ -71,6 +71,8 @@ class SyncStream(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
+        if not len(view):
+            return 0
         try:
             return self._readinto(view)
         except Closed:
@@ -255,7 +257,8 @@ class RedisSource:
             versions = self._remember(self.info(wire, "server"))
             keys = keyspace(self.info(wire, "keyspace"))
             for capability in (("capa", "eof"), ("rdb-only", "1")):
-                try:  # optional: older servers or restricted users say no, and we get the sized form with a stream after it
+                try:  # optional (old servers, restricted users): without capa eof the server sends the sized form,
+                    # without rdb-only it would follow the file with its command stream (we hang up first)
                     wire.command("REPLCONF", *capability)
                 except ServerError:
                     pass
