@@ -138,3 +138,11 @@ def test_estimate_size_is_the_dataset_in_memory(filled_server: Server, tmp_path:
     estimate = source.estimate_size()
     taken = take(source, tmp_path / "dump.rdb")
     assert estimate >= taken.raw_size > 0
+
+
+def test_a_host_name_is_tried_address_by_address(tmp_path: Path) -> None:
+    """`localhost` may resolve to ::1 first while the server listens on 127.0.0.1 only (as on IPv6-first networks)."""
+    with redis_server(tmp_path / "source") as server:
+        server.client().set("k", "v")
+        taken = take(engine.open_source(f"redis://localhost:{server.port}", tmp_path), tmp_path / "dump.rdb")
+        assert taken.details["rdb"]["keys"] == {"db0": 1}
