@@ -1,0 +1,341 @@
+"""Redis: an RDB snapshot taken over the replication protocol, as `redis-cli --rdb` does.
+
+We connect like a replica (AUTH, `REPLCONF capa eof`, `REPLCONF rdb-only 1`, `SYNC`) and the server forks and
+streams a point-in-time RDB of every database to us: sized (`$<len>` then the file, written first on the
+server's disk) or diskless (`$EOF:<40-byte mark>`, the file, the mark; Redis 7's default). Nothing depends on
+the server's own disk or on BGSAVE, so it works against a server on another host (Railway's Redis, TLS with
+rediss://). `rdb-only` tells Redis 7+ we want the file and no command stream, so it buffers nothing for us;
+the connection is closed right after the payload. The password goes only into the AUTH command on the socket.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+import io
+from pathlib import Path
+import threading
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from jobs.engines import rdb
+from jobs.engines.rdb import RdbCheck
+from jobs.engines.redis_wire import Closed, ServerError, Tls, Wire
+from jobs.errors import SourceError
+from jobs.redact import mask_url
+
+SCHEMES = ("redis", "rediss")
+KIND = "rdb"
+DEFAULT_PORT = 6379
+SYNC_IDLE_S = 60.0  # silence tolerated while the server prepares (it sends a newline every second) or streams
+MARK_SIZE = 40
+_IGNORED_QUERY = {"family", "db", "protocol"}  # client settings from app URLs that mean nothing for a snapshot
+_CERT_REQS = {"none": False, "optional": True, "required": True}
+
+
+@dataclass
+class RedisSnapshot:
+    """The stream-interface snapshot (same fields as jobs.engines.Snapshot), used until that lands here."""
+
+    stream: BinaryIO
+    check: RdbCheck
+    size: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _snapshot_type() -> type:
+    try:
+        from jobs.engines import Snapshot  # the pipeline's dataclass; imported late: that package imports us
+    except ImportError:
+        return RedisSnapshot
+    return Snapshot
+
+
+class SyncStream(io.RawIOBase):
+    """The SYNC payload as a file: `size` bytes, or everything up to the 40-byte end mark (never included).
+
+    Reads return b"" only once the whole payload arrived; the connection is closed at that moment. A connection
+    lost earlier raises SourceError from read().
+    """
+
+    def __init__(self, wire: Wire, size: int | None, mark: bytes | None) -> None:
+        super().__init__()
+        self.wire = wire
+        self.remaining = size
+        self.mark = mark
+        self.received = 0
+        self._pending = bytearray()  # diskless form: bytes received, the last 40 held back until no mark follows
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not len(view):
+            return 0
+        try:
+            return self._readinto(view)
+        except Closed:
+            self.wire.close()
+            raise SourceError(f"the Redis server at {self.wire.where} closed the connection after {self.received} bytes "
+                              "of the snapshot; the incomplete snapshot is discarded: check the server's log (restart, out of memory, "
+                              "client-output-buffer-limit) and try again") from None
+
+    def _readinto(self, view: memoryview) -> int:
+        if self.mark is None:
+            if not self.remaining:
+                self._end()
+                return 0
+            data = self.wire.read_some(min(len(view), self.remaining))
+            view[:len(data)] = data
+            self.remaining -= len(data)
+            self.received += len(data)
+            if not self.remaining:
+                self._end()
+            return len(data)
+        while True:
+            hold = 0 if self._ended else MARK_SIZE
+            if len(self._pending) > hold:
+                count = min(len(view), len(self._pending) - hold)
+                view[:count] = self._pending[:count]
+                del self._pending[:count]
+                return count
+            if self._ended:
+                return 0
+            data = self.wire.read_some(max(len(view), 1 << 16))
+            self.received += len(data)
+            self._pending += data
+            if self._pending.endswith(self.mark):  # as Redis's replica does: the mark ends the last read
+                del self._pending[-MARK_SIZE:]
+                self.received -= MARK_SIZE
+                self._end()
+
+    def _end(self) -> None:
+        self._ended = True
+        self.wire.close()  # we are not a real replica: hang up as soon as we have the file
+
+    def close(self) -> None:
+        self.wire.close()
+        super().close()
+
+
+def _refusal(error: ServerError, source: "RedisSource", command: str) -> SourceError:
+    """Turn an error reply into a SourceError a user can act on (never quoting a password)."""
+    text = str(error)
+    code = text.split(" ", 1)[0]
+    where = source.where
+    if code == "NOAUTH":
+        return SourceError(f"the Redis server at {where} requires a password; put it in the source URL as redis://default:PASSWORD@{where}")
+    if code == "WRONGPASS" or "invalid password" in text or "invalid username-password" in text:
+        who = f"user {source.username!r} and password" if source.username not in (None, "default") else "password"
+        return SourceError(f"the Redis server at {where} rejected the {who} in the source URL; check the credentials (on Railway, copy REDIS_URL from the Redis service)")
+    if code == "NOPERM" and command in ("SYNC", "PSYNC"):
+        user = source.username or "default"
+        return SourceError(f"the Redis user {user!r} may not run SYNC, so no snapshot can be taken over replication; "
+                           f"grant it with `ACL SETUSER {user} +sync +psync +replconf +info` or use an admin user")
+    if command == "SYNC" and ((code == "ERR" and "unknown command" in text) or "disabled" in text or "not allowed" in text):
+        return SourceError(f"the Redis server at {where} does not allow replication (SYNC is disabled or renamed, as some managed "
+                           "services do), so it cannot be backed up over the network; use the provider's own backups, or a server you control")
+    if code == "LOADING":
+        return SourceError(f"the Redis server at {where} is still loading its data into memory; try again when it has finished")
+    if code == "DENIED":
+        return SourceError(f"the Redis server at {where} refuses remote clients (protected mode); set a password with requirepass and use it in the source URL")
+    if code == "MASTERDOWN" or "not connected with my master" in text:
+        return SourceError(f"the Redis server at {where} is a replica whose master is down; back up the master or wait until the replica is in sync")
+    return SourceError(f"the Redis server at {where} refused {command}: {text[:200]}; check the server's log and configuration")
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """Given INFO's reply, return its `field:value` lines as a dict."""
+    fields = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            key, value = line.split(":", 1)
+            fields[key] = value.strip()
+    return fields
+
+
+def keyspace(info: dict[str, str]) -> dict[str, int]:
+    """Given INFO keyspace fields (`db0: keys=3,expires=0,…`), return the key count of each database."""
+    counts = {}
+    for name, value in info.items():
+        if name.startswith("db") and name[2:].isdigit():
+            pairs = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+            if pairs.get("keys", "").isdigit():
+                counts[name] = int(pairs["keys"])
+    return counts
+
+
+@dataclass
+class RedisSource:
+    """A Redis (or Valkey) server; the snapshot holds every database."""
+
+    host: str
+    port: int
+    url: str = field(repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: Tls | None = None
+    kind: str = KIND
+    _versions: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def where(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def name(self) -> str:
+        return "redis"
+
+    def describe(self) -> dict[str, str]:
+        return {"kind": KIND, "database": "redis", "host": self.where}
+
+    def target(self) -> str:
+        return mask_url(self.url)
+
+    def protected_files(self) -> list[Path]:
+        return []
+
+    @contextmanager
+    def session(self, cancel: threading.Event) -> Iterator[Wire]:
+        """Yield an authenticated connection, closed on exit. Raise SourceError (unreachable, credentials, a
+        server that hangs up at once) or Cancelled."""
+        wire = Wire.open(self.host, self.port, self.tls, cancel)
+        try:
+            if self.password is not None:
+                plain = not self.username or self.username == "default"  # also works on servers older than Redis 6
+                try:
+                    wire.command(*(["AUTH", self.password] if plain else ["AUTH", self.username, self.password]))
+                except ServerError as error:
+                    if "without any password configured" not in str(error):  # a password the server does not need
+                        raise _refusal(error, self, "AUTH") from None
+            yield wire
+        except Closed:
+            scheme, does = ("redis", "does not speak") if self.tls else ("rediss", "expects")
+            raise SourceError(f"the server at {self.where} hung up before answering; check the port, and use {scheme}:// if it {does} TLS") from None
+        finally:
+            wire.close()
+
+    def info(self, wire: Wire, section: str) -> dict[str, str]:
+        """Return the INFO `section` fields, or {} when this user may not run INFO. Raise SourceError otherwise."""
+        try:
+            reply = wire.command("INFO", section)
+        except ServerError as error:
+            if str(error).startswith(("NOPERM", "ERR unknown command")):
+                return {}
+            raise _refusal(error, self, "INFO") from None
+        return parse_info(reply.decode(errors="replace") if isinstance(reply, bytes) else "")
+
+    def _remember(self, server: dict[str, str]) -> dict[str, str]:
+        if "redis_version" in server:
+            name = server.get("server_name", "redis")
+            version = server.get(f"{name}_version", server["redis_version"])
+            self._versions.clear()
+            self._versions.update({"server": version} if name == "redis" else {"server": f"{name} {version}"})
+        return dict(self._versions)
+
+    def estimate_size(self) -> int:
+        """Return the server's dataset size in memory, an upper bound of the RDB's size (0 when INFO is denied)."""
+        with self.session(threading.Event()) as wire:
+            self._remember(self.info(wire, "server"))
+            memory = self.info(wire, "memory")
+        value = memory.get("used_memory_dataset") or memory.get("used_memory") or "0"
+        return int(value) if value.isdigit() else 0
+
+    def versions(self) -> dict[str, str]:
+        if not self._versions:
+            try:
+                with self.session(threading.Event()) as wire:
+                    self._remember(self.info(wire, "server"))
+            except SourceError:
+                return {}
+        return dict(self._versions)
+
+    @contextmanager
+    def snapshot(self, workdir: Path, cancel: threading.Event) -> Iterator[Any]:
+        """Yield the SYNC payload as a Snapshot whose check proves the RDB; the connection is closed on exit."""
+        with self.session(cancel) as wire:
+            versions = self._remember(self.info(wire, "server"))
+            keys = keyspace(self.info(wire, "keyspace"))
+            for capability in (("capa", "eof"), ("rdb-only", "1")):
+                try:  # optional (old servers, restricted users): without capa eof the server sends the sized form,
+                    # without rdb-only it would follow the file with its command stream (we hang up first)
+                    wire.command("REPLCONF", *capability)
+                except ServerError:
+                    pass
+            size, mark = self._sync(wire)
+            details: dict[str, Any] = {"versions": versions,
+                                       "rdb": {"keys": keys, "transfer": "disk" if mark is None else "diskless"}}
+            check = RdbCheck(cancel, details["rdb"])
+            stream = SyncStream(wire, size, mark)
+            yield _snapshot_type()(stream=stream, check=check, size=size, details=details)
+
+    def _sync(self, wire: Wire) -> tuple[int | None, bytes | None]:
+        """Send SYNC and read up to the payload: return (size, None) or (None, end mark)."""
+        wire.idle_limit = SYNC_IDLE_S
+        wire.send("SYNC")
+        try:
+            while True:
+                line = wire.readline()
+                if not line:  # the newline the server sends every second while it forks and saves
+                    continue
+                if line.startswith(b"-"):
+                    raise _refusal(ServerError(line[1:].decode(errors="replace")), self, "SYNC")
+                if line.startswith(b"+FULLRESYNC"):
+                    continue
+                if line.startswith(b"$EOF:") and len(line) >= 5 + MARK_SIZE:
+                    return None, bytes(line[5:5 + MARK_SIZE])
+                if line.startswith(b"$") and line[1:].isdigit():
+                    return int(line[1:]), None
+                raise SourceError(f"the Redis server at {self.where} answered SYNC with {line[:40]!r}, not a snapshot; check that it is a Redis server")
+        except Closed:
+            raise SourceError(f"the Redis server at {self.where} closed the connection before sending the snapshot; "
+                              "its log says why (often: the fork for the snapshot failed for lack of memory)") from None
+
+    def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> Path | None:
+        """Refuse: loading a dataset into a live server is the operator's step (docs/redis.md). Nothing changes."""
+        raise SourceError("a Redis backup is not loaded into a live server by this worker; write the RDB file with "
+                          "`restore --to PATH` and load it as docs/redis.md explains (stop the server, replace its dump.rdb, start it)",
+                          stage="restore")
+
+
+def open_source(url: str, cwd: Path) -> RedisSource:
+    """Given redis://[user:password@]host[:port][/db] or rediss://… (TLS), return the source.
+
+    Query parameters for rediss://: `ssl_cert_reqs=none` (accept any certificate) and `ssl_ca_certs=PATH` (trust
+    this CA file); `family`, `db` and `protocol` (app client settings) are ignored. Raise ValueError if malformed.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ValueError(f"{mask_url(url)!r} is not a redis:// or rediss:// URL")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"{mask_url(url)!r} has an invalid port; write redis://[user:password@]host:6379") from None
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = set(query) - _IGNORED_QUERY - {"ssl_cert_reqs", "ssl_ca_certs"}
+    if unknown:
+        raise ValueError(f"{mask_url(url)!r} has unknown parameters ({', '.join(sorted(unknown))}); "
+                         "rediss:// accepts ssl_cert_reqs=none and ssl_ca_certs=PATH")
+    tls = None
+    if scheme == "rediss":
+        reqs = query.get("ssl_cert_reqs", "required").lower()
+        if reqs not in _CERT_REQS:
+            raise ValueError(f"ssl_cert_reqs={reqs} in {mask_url(url)!r} must be none or required")
+        ca_file = query.get("ssl_ca_certs") or None
+        if ca_file and not Path(ca_file).is_absolute():
+            ca_file = str(cwd / ca_file)
+        tls = Tls(verify=_CERT_REQS[reqs], ca_file=ca_file)
+    elif "ssl_cert_reqs" in query or "ssl_ca_certs" in query:
+        raise ValueError(f"{mask_url(url)!r} sets TLS parameters on a plain connection; use rediss://")
+    return RedisSource(host=parts.hostname or "localhost", port=port, url=url,
+                       username=unquote(parts.username) if parts.username else None,
+                       password=unquote(parts.password) if parts.password else None, tls=tls)
+
+
+checker = rdb.checker
+
+
+def verify(raw: Path, cancel: threading.Event) -> str:
+    """Check the RDB file at `raw` (header, EOF opcode, CRC64); return what passed. Raise IntegrityError or Cancelled."""
+    return rdb.verify_file(raw, cancel)
