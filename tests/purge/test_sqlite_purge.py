@@ -63,18 +63,28 @@ def test_purge_deletes_rows_older_than_the_rule_in_every_iso_spelling_and_keeps_
                                 "cutoff": "2026-10-23T02:00:00Z", "cascades": [], "error": None}
 
 
-def test_rows_a_second_either_side_of_the_cutoff_fall_on_the_right_side_whatever_the_offset(tmp_path: Path) -> None:
-    path = tmp_path / "app.db"
-    db = make_sqlite(path, EVENTS)
-    edge = {
+NOON = NOW.replace(hour=12)  # cutoff 2026-10-23 12:00 UTC: +14:00 times of old rows are already on the 24th
+
+
+@pytest.mark.parametrize("now, edge", [
+    (NOW, {
         "2026-10-23 01:59:59": "old", "2026-10-23 02:00:00": "new", "2026-10-23 01:59:59.999": "old",
         "2026-10-23T02:00:00.001Z": "new", "2026-10-23T15:59:59+14:00": "old", "2026-10-23T16:00:00+14:00": "new",
         "2026-10-22T11:59:59-14:00": "old", "2026-10-22T12:00:00-14:00": "new", "2026-10-22": "old",
         "2026-10-23": "old", "2026-10-24": "new",
-    }
+    }),
+    (NOON, {
+        "2026-10-24T01:59:59+14:00": "old", "2026-10-24T02:00:00+14:00": "new", "2026-10-23T11:59:59": "old",
+        "2026-10-23T12:00:00": "new", "2026-10-22T21:59:59-14:00": "old", "2026-10-22T22:00:00-14:00": "new",
+    }),
+])
+def test_rows_a_second_either_side_of_the_cutoff_fall_on_the_right_side_whatever_the_offset(
+        tmp_path: Path, now, edge: dict[str, str]) -> None:
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, EVENTS + "CREATE INDEX events_created_at ON events (created_at);")
     db.executemany("INSERT INTO events (created_at) VALUES (?)", [(text,) for text in edge])
 
-    purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event())
+    purge(f"sqlite:///{path}", rules("events.created_at=30d"), now, threading.Event())
 
     left = {row[0] for row in db.execute("SELECT created_at FROM events")}
     assert left == {text for text, side in edge.items() if side == "new"}
@@ -142,6 +152,20 @@ def test_a_rule_that_does_not_fit_the_database_is_a_problem_naming_it_and_delete
     [result] = purge(f"sqlite:///{path}", rules(rule), NOW, threading.Event())
     assert result.deleted == 0 and fragment in result.error
     assert dump(path) == before
+
+
+def test_a_stray_value_the_sample_missed_is_never_deleted_by_a_wrong_reading(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, UNTYPED)
+    texts = ["2026-01-01 00:00:00"] * 500 + [2460000.5, "yesterday", "2026-13-01 00:00:00"] + ["2026-01-01 00:00:00"] * 500
+    db.executemany("INSERT INTO events (created_at) VALUES (?)", [(text,) for text in texts])
+    assert check_rules(f"sqlite:///{path}", rules("events.created_at=30d")) == []  # the sample saw only good times
+
+    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event())
+
+    # SQLite's datetime() reads the number as a Julian day (year 2023); it is not text, so it is not a time here
+    assert result.deleted == 1000
+    assert set(db.execute("SELECT created_at FROM events")) == {(2460000.5,), ("2026-13-01 00:00:00",), ("yesterday",)}
 
 
 def test_rules_that_fit_have_no_problems_whatever_the_case_and_with_the_main_schema(tmp_path: Path) -> None:
