@@ -1,9 +1,10 @@
 """Connections for table retention: one SQLAlchemy engine per call, set up for short write transactions.
 
 SQLite: the file is opened with `mode=rw` (a missing file is never created), `PRAGMA foreign_keys=ON` (SQLite
-enforces foreign keys, and runs ON DELETE CASCADE, only on connections that turn them on), a short busy timeout,
-and transactions that say how they lock: reads `BEGIN`, deletes `BEGIN IMMEDIATE` (the write lock is taken at
-the start, so a batch never fails half-way on a lock it could not upgrade).
+enforces foreign keys, and runs ON DELETE CASCADE, only on connections that turn them on), in WAL mode
+`synchronous=NORMAL` for this connection only, a short busy timeout, and transactions that say how they lock:
+reads `BEGIN`, deletes `BEGIN IMMEDIATE` (the write lock is taken at the start, so a batch never fails half-way
+on a lock it could not upgrade).
 PostgreSQL: psycopg 3, `lock_timeout` so a batch never queues behind an app's long lock.
 """
 
@@ -72,6 +73,10 @@ def _sqlite_engine(path: Path) -> Engine:
         connection = sqlite3.connect(f"file:{quote(path.as_posix())}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S,
                                      isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA foreign_keys=ON")
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            # Our commits skip the fsync (the app's keep theirs): a power cut may undo the last batches, never
+            # corrupt the file; the next purge deletes those rows again.
+            connection.execute("PRAGMA synchronous=NORMAL")
         return connection
 
     engine = sa.create_engine("sqlite://", creator=connect, poolclass=NullPool)

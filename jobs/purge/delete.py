@@ -32,6 +32,7 @@ BATCH_SIZE = 1000
 MAX_OFFSET = timedelta(hours=14)  # the widest UTC offset ISO 8601 text can carry
 LOCK_ATTEMPTS = 15  # SQLite: BEGIN IMMEDIATE waits BUSY_TIMEOUT_S each time, then we look at `cancel` and retry
 MAX_PAUSE_S = 0.5
+DENSE = 8  # a batch's key range may hold this many times the rows chosen before its keys are listed instead
 STOPPING = "stopped: the worker is stopping"
 NOT_STARTED = "not started: the worker is stopping"
 
@@ -122,9 +123,49 @@ def blocked_by(connection: Connection, target: Target, cutoff: datetime) -> str 
     return None
 
 
+@dataclass(frozen=True)
+class Batch:
+    """The next rows to delete: which (a key range or a list of keys), the last key, how many were chosen."""
+
+    chosen: sa.ColumnElement[bool]
+    last: tuple[Any, ...]
+    size: int
+
+
+def next_batch(connection: Connection, target: Target, condition: sa.ColumnElement[bool],
+               last: tuple[Any, ...] | None, batch_size: int) -> Batch | None:
+    """Return the next `batch_size` old rows after key `last` (in key order), or None when there are no more.
+
+    A single integer key whose chosen values are dense (the usual case: rows were inserted in time order) gives a
+    range, `key BETWEEN lo AND hi`, read as one row (lo, hi, count); otherwise the keys themselves are listed.
+    """
+    chosen = sa.select(*target.key).select_from(target.table).where(condition)
+    if last is not None:
+        chosen = chosen.where(_after(target.key, last))
+    chosen = chosen.order_by(*target.key).limit(batch_size)
+    if len(target.key) == 1:
+        key = target.key[0]
+        window = chosen.subquery()
+        low, high, size = connection.execute(
+            sa.select(sa.func.min(window.c[0]), sa.func.max(window.c[0]), sa.func.count())).one()
+        if not size:
+            return None
+        if isinstance(low, int) and isinstance(high, int) and high - low < DENSE * size:
+            return Batch(chosen=key.between(low, high), last=(high,), size=size)
+        values = list(connection.execute(chosen).scalars())
+        return Batch(chosen=key.in_(values), last=(values[-1],), size=len(values)) if values else None
+    keys = [tuple(row) for row in connection.execute(chosen)]
+    if not keys:
+        return None
+    return Batch(chosen=sa.tuple_(*target.key).in_(keys), last=keys[-1], size=len(keys))
+
+
 def purge_target(connection: Connection, target: Target, cutoff: datetime, cancel: threading.Event,
                  result: RuleResult, batch_size: int = BATCH_SIZE, pause: float | None = None) -> bool:
     """Delete the target's old rows in batches, adding to `result`. Return False if `cancel` stopped it early.
+
+    The rows old when it starts are counted first; it stops once it has chosen that many (rows that turn up
+    later with an old time wait for the next purge).
 
     A batch refused by the database (a foreign key that appeared meanwhile, a lock held too long) is rolled back
     whole and ends the rule with `result.error`; the batches before it stay deleted and counted.
@@ -132,16 +173,23 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
     sqlite = database.is_sqlite(connection)
     batch_size = _batch_limit(batch_size, len(target.key), sqlite)
     condition = old_rows(target, cutoff)
-    keys_query = (sa.select(*target.key).select_from(target.table).where(condition)
-                  .order_by(*target.key).limit(batch_size))
     last: tuple[Any, ...] | None = None
-    while True:
+    chosen = 0
+    try:
+        # Counting first (an index on the column makes it cheap) saves the last batch's scan of every newer row.
+        expected = count_old(connection, target, cutoff, cancel)
+    except sa.exc.DBAPIError as error:
+        connection.rollback()
         if cancel.is_set():
             return False
-        query = keys_query if last is None else keys_query.where(_after(target.key, last))
+        result.error = f"counting the old rows failed: {database.reason(error)}"
+        return True
+    while chosen < expected:
+        if cancel.is_set():
+            return False
         try:
             with database.interruptible(connection, cancel):
-                keys = [tuple(row) for row in connection.execute(query)]
+                batch = next_batch(connection, target, condition, last, batch_size)
             connection.commit()
         except sa.exc.DBAPIError as error:
             connection.rollback()
@@ -149,31 +197,29 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
                 return False
             result.error = f"reading the next batch failed: {database.reason(error)}"
             return True
-        if not keys:
+        if batch is None:
             return True
         started = time.monotonic()
-        deleted = _delete_batch(connection, target, keys, condition, cancel, result)
+        deleted = _delete_batch(connection, target, batch.chosen, condition, cancel, result)
         if deleted is None:
             return result.error is not None  # no error: `cancel` was set while waiting for the lock
         held = time.monotonic() - started
         result.deleted += deleted
         result.batches += 1
-        last = keys[-1]
-        if len(keys) < batch_size:
+        last = batch.last
+        chosen += batch.size
+        if batch.size < batch_size:
             return True
         wait = pause if pause is not None else (min(held, MAX_PAUSE_S) if sqlite else 0.0)
-        if wait > 0:
+        if wait > 0 and chosen < expected:
             cancel.wait(wait)
+    return True
 
 
-def _delete_batch(connection: Connection, target: Target, keys: list[tuple[Any, ...]],
+def _delete_batch(connection: Connection, target: Target, chosen: sa.ColumnElement[bool],
                   condition: sa.ColumnElement[bool], cancel: threading.Event, result: RuleResult) -> int | None:
-    """Delete the still-old rows among `keys` in one write transaction; return how many, or None when it failed
+    """Delete the chosen rows that are still old in one write transaction; return how many, or None when it failed
     (`result.error` says why) or `cancel` was set while waiting for the write lock."""
-    if len(target.key) == 1:
-        chosen = target.key[0].in_([key[0] for key in keys])
-    else:
-        chosen = sa.tuple_(*target.key).in_(keys)
     statement = sa.delete(target.table).where(chosen, condition)
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         try:

@@ -57,9 +57,12 @@ def spanning_moments(days: int = 60, step: timedelta = STEP) -> list[datetime]:
 
 
 def make_sqlite(path: Path, schema: str, wal: bool = True) -> sqlite3.Connection:
+    """Create a SQLite file with `schema`; return an autocommit connection (synchronous=OFF: each test row is its own
+    transaction, and the tests do not survive power cuts anyway)."""
     db = sqlite3.connect(path, isolation_level=None)
     if wal:
         db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")
     db.executescript(schema)
     return db
 

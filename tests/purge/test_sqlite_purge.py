@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from jobs.errors import Cancelled, SourceError
 from jobs.purge import check_rules, count_rows, dry_run, parse_retention_rules, purge
 from jobs.purge.database import engine_for
-from jobs.purge.delete import RuleResult, cutoff_for, purge_target
+from jobs.purge.delete import RuleResult, cutoff_for, next_batch, old_rows, purge_target
 from jobs.purge.schema import resolve
 from tests.purge.conftest import NOW, iso_variants, make_sqlite, parse_moment, spanning_moments
 
@@ -188,6 +188,25 @@ def test_a_relative_url_is_read_from_cwd_and_an_engine_lends_its_url(tmp_path: P
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     [result] = purge(engine, rules("events.created_at=30d"), NOW, threading.Event())
     assert result.deleted > 0
+
+
+@pytest.mark.parametrize("every, shape", [(1, "BETWEEN"), (2, "BETWEEN"), (20, "IN")])
+def test_batches_are_key_ranges_when_old_rows_are_dense_and_key_lists_when_they_are_scattered(
+        tmp_path: Path, every: int, shape: str) -> None:
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, EVENTS)
+    times = ["2026-01-01 00:00:00" if index % every == 0 else "2026-11-21 00:00:00" for index in range(3000)]
+    db.executemany("INSERT INTO events (created_at) VALUES (?)", [(text,) for text in times])
+    newer = {key for key, text in db.execute("SELECT id, created_at FROM events") if text.startswith("2026-11")}
+    rule = rules("events.created_at=30d")[0]
+    with engine_for(f"sqlite:///{path}") as engine, engine.connect() as connection:
+        target = resolve(connection, rule)
+        batch = next_batch(connection, target, old_rows(target, cutoff_for(rule, NOW)), None, 50)
+    assert shape in str(batch.chosen) and batch.size == 50
+
+    [result] = purge(f"sqlite:///{path}", [rule], NOW, threading.Event(), batch_size=50)
+
+    assert ids(path) == newer and result.deleted == 3000 - len(newer) and result.batches == -(-result.deleted // 50)
 
 
 def test_a_without_rowid_table_is_purged_by_its_composite_primary_key(tmp_path: Path) -> None:
