@@ -5,7 +5,8 @@ enforces foreign keys, and runs ON DELETE CASCADE, only on connections that turn
 `synchronous=NORMAL` for this connection only, a short busy timeout, and transactions that say how they lock:
 reads `BEGIN`, deletes `BEGIN IMMEDIATE` (the write lock is taken at the start, so a batch never fails half-way
 on a lock it could not upgrade).
-PostgreSQL: psycopg 3, `lock_timeout` so a batch never queues behind an app's long lock.
+PostgreSQL: psycopg 3, `lock_timeout` so a batch never queues behind an app's long lock, and
+`synchronous_commit=off` for this session only (a crash may undo the last batches, which the next purge redoes).
 """
 
 from collections.abc import Iterator
@@ -108,9 +109,12 @@ def write_transaction(connection: Connection) -> Iterator[None]:
 
 
 def prepare(connection: Connection) -> None:
-    """Session settings for a purge connection (PostgreSQL: bounded lock waits)."""
+    """Session settings for a purge connection (PostgreSQL: bounded lock waits, commits without waiting for the
+    WAL flush)."""
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")  # a constant, never user input
+        # Like synchronous=NORMAL on SQLite: a crash may undo the last batches (redone by the next purge), no more.
+        connection.exec_driver_sql("SET synchronous_commit = off")
         connection.commit()
 
 
