@@ -263,13 +263,13 @@ def measure(methods: dict[str, Callable[[object], int]], fresh: Callable[[str], 
     runs = []
     for what, method in methods.items():
         target = fresh(f"quiet {what.split()[0]}")
-        runs.append(timed(f"{what}, quiet", lambda: method(target)))
+        runs.append(timed(f"{what}, quiet", lambda method=method, target=target: method(target)))
         print(f"  {runs[-1].what}: {runs[-1].wall:.2f} s, {runs[-1].deleted} rows", flush=True)
     for what, method in methods.items():
         target = fresh(f"writer {what.split()[0]}")
         with writer(target) as running:
             began = time.time()
-            run = timed(f"{what}, under a writer", lambda: method(target))
+            run = timed(f"{what}, under a writer", lambda method=method, target=target: method(target))
             ended = time.time()
         run.latency = running.window(began, ended)
         runs.append(run)

@@ -79,6 +79,8 @@ def purge(source: EngineLike, rules: Sequence[PurgeRule], now: datetime, cancel:
     batches.
     """
     results: list[RuleResult] = []
+    if not rules:
+        return results
     with database.engine_for(source, cwd) as engine:
         for rule in rules:
             if cancel.is_set():

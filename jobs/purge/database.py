@@ -41,7 +41,8 @@ def sqlite_path(url: sa.URL, cwd: Path | None) -> Path:
 
 def create_engine(source: EngineLike, cwd: Path | None = None) -> Engine:
     """Given a database URL (`sqlite://…`, `postgresql://…`, `postgres://…`) or an Engine, return a new Engine set up
-    for retention; the caller disposes it. An Engine passed in only lends its URL. Raise ValueError for other schemes."""
+    for retention; the caller disposes it. An Engine passed in only lends its URL. Raise ValueError for other
+    schemes."""
     url = source.url if isinstance(source, Engine) else sa.make_url(_canonical(source))
     backend = url.get_backend_name()
     if backend == "sqlite":

@@ -89,11 +89,10 @@ def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
     return column < cutoff.date()
 
 
-def count_old(connection: Connection, target: Target, cutoff: datetime, cancel: threading.Event | None = None) -> int:
+def count_old(connection: Connection, target: Target, cutoff: datetime) -> int:
     """Return how many rows of the target are older than `cutoff`."""
     query = sa.select(sa.func.count()).select_from(target.table).where(old_rows(target, cutoff))
-    with database.interruptible(connection, cancel or threading.Event()):
-        count = connection.execute(query).scalar_one()
+    count = connection.execute(query).scalar_one()
     connection.commit()
     return count
 
@@ -103,7 +102,7 @@ def referencing_rows(connection: Connection, target: Target, reference: Referenc
     other = sa.table(reference.table, *(sa.column(name) for name in reference.columns),
                      schema=reference.schema).alias("referencing")
     joined = sa.and_(*(other.c[mine] == target.table.c[theirs]
-                       for mine, theirs in zip(reference.columns, reference.referred)))
+                       for mine, theirs in zip(reference.columns, reference.referred, strict=True)))
     query = sa.select(sa.func.count()).select_from(other.join(target.table, joined)).where(old_rows(target, cutoff))
     count = connection.execute(query).scalar_one()
     connection.commit()
@@ -177,7 +176,7 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
     chosen = 0
     try:
         # Counting first (an index on the column makes it cheap) saves the last batch's scan of every newer row.
-        expected = count_old(connection, target, cutoff, cancel)
+        expected = count_old(connection, target, cutoff)
     except sa.exc.DBAPIError as error:
         connection.rollback()
         if cancel.is_set():
@@ -188,8 +187,7 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
         if cancel.is_set():
             return False
         try:
-            with database.interruptible(connection, cancel):
-                batch = next_batch(connection, target, condition, last, batch_size)
+            batch = next_batch(connection, target, condition, last, batch_size)
             connection.commit()
         except sa.exc.DBAPIError as error:
             connection.rollback()
@@ -263,33 +261,33 @@ def _batch_limit(batch_size: int, key_columns: int, sqlite: bool) -> int:
 def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.Event, *, dry_run: bool,
              batch_size: int = BATCH_SIZE, pause: float | None = None) -> tuple[RuleResult, bool]:
     """Resolve one rule and count (dry run) or delete its old rows. Return the result and whether it ran to the end
-    (False: `cancel` stopped it). Problems become `result.error`; nothing here raises for them."""
+    (False: `cancel` stopped it). Problems become `result.error`; nothing here raises for them.
+
+    A statement still running when `cancel` is set (a long scan) is interrupted; a batch interrupted that way is
+    rolled back whole.
+    """
     cutoff = cutoff_for(rule, now)
     result = RuleResult(rule=rule.describe(), cutoff=utc_iso(cutoff))
+    finished = True
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, database.interruptible(connection, cancel):
             database.prepare(connection)
             target = resolve(connection, rule)
             connection.commit()
             result.cascades = target.cascades
             if dry_run:
-                result.would_delete = count_old(connection, target, cutoff, cancel)
+                result.would_delete = count_old(connection, target, cutoff)
             result.error = blocked_by(connection, target, cutoff)
-            if dry_run or result.error:
-                return result, True
-            finished = purge_target(connection, target, cutoff, cancel, result, batch_size, pause)
+            if not dry_run and result.error is None:
+                finished = purge_target(connection, target, cutoff, cancel, result, batch_size, pause)
     except RuleProblem as problem:
         result.error = str(problem).removeprefix(f"{rule.describe()}: ")
-        return result, True
     except sa.exc.DBAPIError as error:
-        if cancel.is_set():
-            result.error = STOPPING
-            return result, False
-        result.error = f"the database refused: {database.reason(error)}"
-        return result, True
+        finished = not cancel.is_set()
+        result.error = None if cancel.is_set() else f"database error: {database.reason(error)}"
     if not finished and result.error is None:
         result.error = STOPPING
-    log.info("purge.rule", **result.as_dict())
+    (log.warning if result.error else log.info)("purge.rule", dry_run=dry_run, **result.as_dict())
     return result, finished
 
 

@@ -162,7 +162,8 @@ def _postgres_kind(rule: PurgeRule, declared: Any) -> str:
 
 
 def affinity(declared: str) -> str:
-    """Given a declared SQLite column type, return its affinity by SQLite's rules (integer, text, blob, real, numeric)."""
+    """Given a declared SQLite column type, return its affinity by SQLite's rules: integer, text, blob, real or
+    numeric."""
     declared = declared.upper()
     if "INT" in declared:
         return "integer"

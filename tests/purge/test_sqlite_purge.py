@@ -346,3 +346,25 @@ def test_a_purge_asked_to_stop_before_it_starts_deletes_nothing(tmp_path: Path) 
     with pytest.raises(Cancelled):
         purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, cancel)
     assert ids(path) == before
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.4])
+def test_whenever_cancel_comes_the_reported_count_is_exactly_what_left_the_table(tmp_path: Path, delay: float) -> None:
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL, body TEXT);")
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO events (created_at, body) VALUES (?, 'x')",
+                   [("2026-01-01 00:00:00" if index % 3 else "2026-11-21 00:00:00",) for index in range(200_000)])
+    db.execute("COMMIT")
+    cancel = threading.Event()
+    timer = threading.Timer(delay, cancel.set)
+    timer.start()
+    try:
+        [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, cancel, batch_size=500)
+        fields = [result.as_dict()]
+    except Cancelled as stopped:
+        fields = stopped.fields["purge"]
+        assert fields[0]["error"] in ("stopped: the worker is stopping", "not started: the worker is stopping")
+    finally:
+        timer.cancel()
+    assert fields[0]["deleted"] == 200_000 - len(ids(path))
