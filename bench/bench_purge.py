@@ -1,7 +1,7 @@
 """Benchmark table retention (issue 12): our batched purge against one `DELETE … WHERE created_at < cutoff`.
 
 Usage: python bench/bench_purge.py [--rows 10000000] [--old 1000000] [--engines sqlite,postgres]
-                                   [--batch-size 1000] [--workdir DIR] [--keep] [--pg-url URL]
+                                   [--batch-size 1000] [--pause SECONDS] [--workdir DIR] [--keep] [--pg-url URL]
 
 Builds once per engine a table `events (id, created_at, kind, payload)` with an index on created_at: `--rows`
 rows in time order, the first `--old` of them older than 30 days (SQLite: ISO 8601 text as CURRENT_TIMESTAMP writes
@@ -150,7 +150,7 @@ def build_sqlite(path: Path, rows: int, old: int) -> None:
     db.close()
 
 
-def sqlite_runs(template: Path, work: Path, batch_size: int) -> tuple[list[Run], list[Run]]:
+def sqlite_runs(template: Path, work: Path, batch_size: int, pause: float | None) -> tuple[list[Run], list[Run]]:
     url = lambda path: f"sqlite:///{path}"  # noqa: E731
 
     def fresh(name: str) -> Path:
@@ -162,7 +162,7 @@ def sqlite_runs(template: Path, work: Path, batch_size: int) -> tuple[list[Run],
         return target
 
     def ours(path: Path) -> int:
-        [result] = purge(url(path), RULE, NOW, threading.Event(), batch_size=batch_size)
+        [result] = purge(url(path), RULE, NOW, threading.Event(), batch_size=batch_size, pause=pause)
         assert result.error is None, result.error
         return result.deleted
 
@@ -218,7 +218,8 @@ def _database(admin: str, name: str) -> str:
     return admin.rsplit("/", 1)[0] + "/" + name
 
 
-def postgres_runs(admin: str, template: str, work: Path, batch_size: int) -> tuple[list[Run], list[Run]]:
+def postgres_runs(admin: str, template: str, work: Path, batch_size: int,
+                  pause: float | None) -> tuple[list[Run], list[Run]]:
     import psycopg
 
     made: list[str] = []
@@ -232,7 +233,7 @@ def postgres_runs(admin: str, template: str, work: Path, batch_size: int) -> tup
         return _database(admin, database)
 
     def ours(url: str) -> int:
-        [result] = purge(url, RULE, NOW, threading.Event(), batch_size=batch_size)
+        [result] = purge(url, RULE, NOW, threading.Event(), batch_size=batch_size, pause=pause)
         assert result.error is None, result.error
         return result.deleted
 
@@ -283,8 +284,10 @@ def timed(what: str, work: Callable[[], int]) -> Run:
     return Run(what, time.perf_counter() - began, value)
 
 
-def report(engine: str, rows: int, old: int, batch_size: int, runs: list[Run], counts: list[Run]) -> str:
-    lines = [f"### {engine}: {old:,} old rows of {rows:,}, batch {batch_size}", "",
+def report(engine: str, rows: int, old: int, batch_size: int, pause: float | None, runs: list[Run],
+           counts: list[Run]) -> str:
+    pause_text = "default pause" if pause is None else f"pause {pause:g} s"
+    lines = [f"### {engine}: {old:,} old rows of {rows:,}, batch {batch_size}, {pause_text}", "",
              "| run | wall s | rows | writer commits | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|"]
     for run in runs:
         latency = run.latency
@@ -306,6 +309,7 @@ def main() -> None:
     parser.add_argument("--old", type=int, default=1_000_000)
     parser.add_argument("--engines", default="sqlite,postgres")
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--pause", type=float, help="seconds between batches (default: purge()'s own choice)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -328,16 +332,16 @@ def main() -> None:
             began = time.perf_counter()
             build_sqlite(template, args.rows, args.old)
             print(f"sqlite: built {template.stat().st_size >> 20} MiB in {time.perf_counter() - began:.1f} s", flush=True)
-            sections.append(report("SQLite", args.rows, args.old, args.batch_size,
-                                   *sqlite_runs(template, work, args.batch_size)))
+            sections.append(report("SQLite", args.rows, args.old, args.batch_size, args.pause,
+                                   *sqlite_runs(template, work, args.batch_size, args.pause)))
         if "postgres" in engines:
             template = f"bw_bench_purge_{uuid.uuid4().hex[:8]}"
             began = time.perf_counter()
             build_postgres(args.pg_url, template, args.rows, args.old)
             print(f"postgres: built {template} in {time.perf_counter() - began:.1f} s", flush=True)
             try:
-                sections.append(report("PostgreSQL", args.rows, args.old, args.batch_size,
-                                       *postgres_runs(args.pg_url, template, work, args.batch_size)))
+                sections.append(report("PostgreSQL", args.rows, args.old, args.batch_size, args.pause,
+                                       *postgres_runs(args.pg_url, template, work, args.batch_size, args.pause)))
             finally:
                 if not args.keep:
                     import psycopg
