@@ -224,9 +224,9 @@ def _delete_batch(connection: Connection, target: Target, chosen: sa.ColumnEleme
             with database.write_transaction(connection):
                 return connection.execute(statement).rowcount
         except sa.exc.IntegrityError as error:
-            result.error = (f"a batch was refused by a foreign key ({database.reason(error)}): rows that reference "
-                            f"{target.table.name} appeared during the purge; that batch was rolled back, "
-                            f"{result.deleted} rows were deleted before it")
+            result.error = (f"a batch was refused by a foreign key ({database.reason(error)}): rows referencing "
+                            f"{target.table.name} (added during the purge, or reached through a cascade) block it; "
+                            f"that batch was rolled back, {result.deleted} rows were deleted before it")
             return None
         except sa.exc.DBAPIError as error:
             if database.is_locked(error) and attempt < LOCK_ATTEMPTS and not cancel.is_set():

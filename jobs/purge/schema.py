@@ -132,7 +132,9 @@ def _table(inspector: sa.Inspector, rule: PurgeRule, schema: str | None) -> str:
         return table
     if _pick(inspector.get_view_names(schema=schema), rule.table) is not None:
         raise RuleProblem(f"{rule.describe()}: {rule.table} is a view; name the table it reads from")
-    raise RuleProblem(f"{rule.describe()}: the database has no table {rule.table}; check the name in RETENTION_RULES")
+    where = "" if schema or inspector.dialect.name == "sqlite" else f" in schema {inspector.default_schema_name}"
+    raise RuleProblem(f"{rule.describe()}: the database has no table {rule.table}{where}; check the name in "
+                      "RETENTION_RULES (SCHEMA.TABLE.COLUMN names a table in another schema)")
 
 
 def _key(inspector: sa.Inspector, rule: PurgeRule, table: sa.TableClause, names: list[str],

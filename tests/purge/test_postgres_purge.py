@@ -65,7 +65,7 @@ def test_purge_deletes_old_rows_by_timestamptz_timestamp_and_date_and_the_dry_ru
 @pytest.mark.parametrize(
     "extra, rule, fragment",
     [
-        ("", "evnts.created_at=30d", "the database has no table evnts"),
+        ("", "evnts.created_at=30d", "the database has no table evnts in schema public; check the name"),
         ("", "events.created=30d", "table events has no column created; its columns are id, created_at, happened"),
         ("", "events.body=30d", "column body is of type TEXT; retention needs timestamp, timestamp with time zone or date"),
         ("", "events.n=30d", "column n is of type INTEGER"),
