@@ -337,9 +337,9 @@ def main() -> None:
         if "postgres" in engines:
             template = f"bw_bench_purge_{uuid.uuid4().hex[:8]}"
             began = time.perf_counter()
-            build_postgres(args.pg_url, template, args.rows, args.old)
-            print(f"postgres: built {template} in {time.perf_counter() - began:.1f} s", flush=True)
             try:
+                build_postgres(args.pg_url, template, args.rows, args.old)
+                print(f"postgres: built {template} in {time.perf_counter() - began:.1f} s", flush=True)
                 sections.append(report("PostgreSQL", args.rows, args.old, args.batch_size, args.pause,
                                        *postgres_runs(args.pg_url, template, work, args.batch_size, args.pause)))
             finally:
