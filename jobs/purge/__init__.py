@@ -1,0 +1,124 @@
+"""Table retention (RETENTION_RULES): delete rows older than an age from the source database, in small batches.
+
+The gating contract: the pipeline calls `purge` for a source ONLY right after a backup cycle of that source fully
+succeeded, that is its snapshot passed the engine's check and was published and, when S3 is configured, the
+backup was uploaded (`should_purge` decides this from the cycle's fields). Every row deleted is then in a
+verified backup, off-site when there is a bucket. Anything that failed before: nothing is deleted, and the
+outcome says why. `purge` itself deletes in batches that never hold a write lock for long and stops between
+batches when `cancel` is set.
+
+Entry points:
+- `parse_retention_rules(text)` reads RETENTION_RULES (ValueError naming every bad pair: a config problem).
+- `check_rules(source, rules)` at start: one problem per rule that does not fit the database (missing table or
+  column, unsupported type, no key); any problem is exit 2, nothing deleted.
+- `dry_run(source, rules, now)` / `count_rows(source, rule, now)` for `prune --dry-run`.
+- `purge(source, rules, now, cancel)` after a fully successful cycle; `purge_fields(results)` for the outcome
+  event and the catalog.
+`source` is a database URL (`sqlite:///…`, `postgresql://…`, `postgres://…`) or a SQLAlchemy Engine (only its URL
+is used: the retention connections need their own settings).
+"""
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobs.artifacts import backup_id
+from jobs.errors import SourceError
+from jobs.purge import database
+from jobs.purge.database import EngineLike
+from jobs.purge.delete import BATCH_SIZE, RuleResult, count_old, cutoff_for, run_rule, stop
+from jobs.purge.rules import PurgeRule, parse_retention_rules
+from jobs.purge.schema import check, resolve
+
+__all__ = ["PurgeRule", "RuleResult", "check_rules", "count_rows", "dry_run", "parse_retention_rules", "purge",
+           "purge_fields", "should_purge"]
+
+
+def check_rules(source: EngineLike, rules: Sequence[PurgeRule], cwd: Path | None = None) -> list[str]:
+    """Given the source database and the rules, return one problem per rule that does not fit it (each a sentence
+    that starts with the rule, e.g. `events.created_at=30d: the database has no table events; …`); [] when all
+    fit. Raise SourceError if the database cannot be reached, ValueError if it is not SQLite or PostgreSQL."""
+    if not rules:
+        return []
+    with _database_errors("checking RETENTION_RULES"), database.engine_for(source, cwd) as engine, \
+            engine.connect() as connection:
+        return check(connection, list(rules))
+
+
+def count_rows(source: EngineLike, rule: PurgeRule, now: datetime, cwd: Path | None = None) -> int:
+    """Given a rule and an aware `now`, return how many rows it would delete now. Raise ValueError if the rule does not
+    fit the database (see check_rules), SourceError if the database cannot be reached."""
+    with _database_errors("counting old rows"), database.engine_for(source, cwd) as engine, \
+            engine.connect() as connection:
+        target = resolve(connection, rule)
+        connection.commit()
+        return count_old(connection, target, cutoff_for(rule, now))
+
+
+def dry_run(source: EngineLike, rules: Sequence[PurgeRule], now: datetime, cwd: Path | None = None) -> list[RuleResult]:
+    """For `prune --dry-run`: return per rule `would_delete` (and `error` when it could not run: a problem with the
+    rule, or rows referenced by a RESTRICT / NO ACTION foreign key). Nothing is deleted."""
+    never = threading.Event()
+    with database.engine_for(source, cwd) as engine:
+        return [run_rule(engine, rule, now, never, dry_run=True)[0] for rule in rules]
+
+
+def purge(source: EngineLike, rules: Sequence[PurgeRule], now: datetime, cancel: threading.Event, *,
+          batch_size: int = BATCH_SIZE, pause: float | None = None, cwd: Path | None = None) -> list[RuleResult]:
+    """Delete, rule by rule, the rows older than `now - age`, in batches of `batch_size` keys, each its own short
+    transaction; return one RuleResult per rule. A rule that fails (see RuleResult.error) does not stop the others.
+    `pause` is the sleep between batches (default: SQLite as long as the last batch held the lock, PostgreSQL none).
+
+    Call only after a fully successful backup cycle of this source (see the module docstring and should_purge).
+    Raise Cancelled (its `fields["purge"]` holds every rule's result so far) when `cancel` stopped it between
+    batches.
+    """
+    results: list[RuleResult] = []
+    if not rules:
+        return results
+    with database.engine_for(source, cwd) as engine:
+        for rule in rules:
+            if cancel.is_set():
+                raise stop(results, rules, now)
+            result, finished = run_rule(engine, rule, now, cancel, dry_run=False, batch_size=batch_size, pause=pause)
+            results.append(result)
+            if not finished:
+                raise stop(results, rules, now)
+    return results
+
+
+def purge_fields(results: Sequence[RuleResult]) -> dict[str, Any]:
+    """Return the fields a backup's outcome event and catalog row carry about table retention."""
+    return {"purge": [result.as_dict() for result in results],
+            "purged_rows": sum(result.deleted for result in results),
+            "purge_failed": [result.rule for result in results if result.error]}
+
+
+def should_purge(cycle_fields: Mapping[str, Any], *, remote: bool) -> tuple[bool, str]:
+    """Given the fields `pipeline.run_cycle` returned for a source and whether S3 is configured, return whether table
+    retention may run now and why (or why not). It may only when this cycle wrote a backup that passed its check
+    and, with a bucket, uploaded that very backup."""
+    artifact = cycle_fields.get("artifact")
+    if not artifact:
+        return False, "this cycle wrote no backup, so rows are not deleted"
+    if not cycle_fields.get("verified"):
+        return False, f"the backup {artifact} has no passed check, so rows are not deleted"
+    if remote and backup_id(str(artifact)) not in (cycle_fields.get("uploaded") or []):
+        return False, f"the backup {artifact} was not uploaded to S3 in this cycle, so rows are not deleted"
+    where = " and uploaded" if remote else ""
+    return True, f"the backup {artifact} passed its check ({cycle_fields['verified']}){where}"
+
+
+@contextmanager
+def _database_errors(doing: str) -> Iterator[None]:
+    """Turn a driver or connection error into a SourceError that names what we were doing."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as error:
+        raise SourceError(f"{doing} failed: {database.reason(error)}; check that the database is reachable and "
+                          "BACKUP_SOURCE names it") from None

@@ -1,0 +1,257 @@
+"""What a retention rule points at in the real database: the table, its batch key, how its times are stored,
+and the foreign keys that reference it. Everything comes from reflection; statements are SQLAlchemy Core on
+lightweight, untyped table clauses (values pass to the driver as they are, no type conversion in between).
+"""
+
+from dataclasses import dataclass
+import re
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from jobs.purge.rules import PurgeRule
+
+SAMPLE = 200  # values read from each end of the table (in key order) to tell how a SQLite column stores time
+MILLISECONDS = 10**11  # a "Unix seconds" value this large is a time in milliseconds (year 5138 in seconds)
+UNIX_MIN = 10**8  # 1973-03-03: a smaller number is a counter or an id, not a time (a rule on it would delete all)
+ROWID_ALIASES = ("rowid", "_rowid_", "oid")
+KINDS = {
+    "text": "ISO 8601 text",
+    "unix": "Unix seconds",
+    "timestamptz": "timestamp with time zone",
+    "timestamp": "timestamp without time zone (read as UTC)",
+    "date": "date",
+}
+ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?")
+_RESTRICTS = ("RESTRICT", "NO ACTION")
+_SYSTEM_SCHEMAS = ("information_schema",)
+
+
+class RuleProblem(ValueError):
+    """A rule does not fit the database; the message is one sentence that starts with the rule."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A foreign key in another table (or the same one) that points at the rule's table."""
+
+    schema: str | None
+    table: str
+    columns: tuple[str, ...]
+    referred: tuple[str, ...]
+    on_delete: str  # CASCADE, SET NULL, SET DEFAULT, RESTRICT or NO ACTION
+
+    @property
+    def restricts(self) -> bool:
+        return self.on_delete in _RESTRICTS
+
+    def describe(self) -> str:
+        """Return e.g. `comments.event_id ON DELETE CASCADE`."""
+        table = f"{self.schema}.{self.table}" if self.schema else self.table
+        return f"{table}.{','.join(self.columns)} ON DELETE {self.on_delete}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A rule resolved against the database."""
+
+    rule: PurgeRule
+    table: sa.TableClause  # every column, untyped
+    column: sa.ColumnClause  # the time column
+    key: tuple[sa.ColumnClause, ...]  # rowid, or the primary key columns
+    kind: str  # one of KINDS
+    references: tuple[Reference, ...]
+
+    @property
+    def cascades(self) -> list[str]:
+        return [reference.describe() for reference in self.references if not reference.restricts]
+
+
+def resolve(connection: Connection, rule: PurgeRule) -> Target:
+    """Given a connection and a rule, return its Target. Raise RuleProblem naming the rule and what to fix."""
+    inspector = sa.inspect(connection)
+    sqlite = connection.dialect.name == "sqlite"
+    schema = _schema(inspector, rule)
+    table_name = _table(inspector, rule, schema)
+    columns = inspector.get_columns(table_name, schema=schema)
+    names = [column["name"] for column in columns]
+    column_name = _pick(names, rule.column)
+    if column_name is None:
+        raise RuleProblem(f"{rule.describe()}: table {table_name} has no column {rule.column}; "
+                          f"its columns are {', '.join(names)}")
+    table = sa.table(table_name, *(sa.column(name) for name in names), schema=schema)
+    key = _key(inspector, rule, table, names, sqlite)
+    declared = next(column["type"] for column in columns if column["name"] == column_name)
+    column = table.c[column_name]
+    if sqlite:
+        kind = _sqlite_kind(connection, rule, table, column, key, declared)
+    else:
+        kind = _postgres_kind(rule, declared)
+    references = _sqlite_references if sqlite else _postgres_references
+    return Target(rule=rule, table=table, column=column, key=key, kind=kind,
+                  references=tuple(references(connection, inspector, schema, table_name)))
+
+
+def check(connection: Connection, rules: list[PurgeRule]) -> list[str]:
+    """Return one problem per rule that does not fit the database (see resolve), in rule order."""
+    problems = []
+    for rule in rules:
+        try:
+            resolve(connection, rule)
+        except RuleProblem as problem:
+            problems.append(str(problem))
+        finally:
+            if connection.in_transaction():
+                connection.commit()
+    return problems
+
+
+# --- names ------------------------------------------------------------------------------------------------------
+
+def _pick(names: list[str], wanted: str) -> str | None:
+    """Return `wanted` as the database spells it: the exact name, else the one name equal to it ignoring case."""
+    if wanted in names:
+        return wanted
+    folded = [name for name in names if name.lower() == wanted.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _schema(inspector: sa.Inspector, rule: PurgeRule) -> str | None:
+    if rule.schema is None:
+        return None
+    schema = _pick(inspector.get_schema_names(), rule.schema)
+    if schema is None:
+        raise RuleProblem(f"{rule.describe()}: the database has no schema {rule.schema}")
+    return None if schema == inspector.default_schema_name else schema
+
+
+def _table(inspector: sa.Inspector, rule: PurgeRule, schema: str | None) -> str:
+    table = _pick(inspector.get_table_names(schema=schema), rule.table)
+    if table is not None:
+        return table
+    if _pick(inspector.get_view_names(schema=schema), rule.table) is not None:
+        raise RuleProblem(f"{rule.describe()}: {rule.table} is a view; name the table it reads from")
+    where = "" if schema or inspector.dialect.name == "sqlite" else f" in schema {inspector.default_schema_name}"
+    raise RuleProblem(f"{rule.describe()}: the database has no table {rule.table}{where}; check the name in "
+                      "RETENTION_RULES (SCHEMA.TABLE.COLUMN names a table in another schema)")
+
+
+def _key(inspector: sa.Inspector, rule: PurgeRule, table: sa.TableClause, names: list[str],
+         sqlite: bool) -> tuple[sa.ColumnClause, ...]:
+    """Return the columns batches are chosen and deleted by: SQLite's rowid, else the primary key."""
+    if sqlite and inspector.get_table_options(table.name, schema=table.schema).get("sqlite_with_rowid", True):
+        taken = {name.lower() for name in names}
+        alias = next((alias for alias in ROWID_ALIASES if alias not in taken), None)
+        if alias is not None:
+            return (sa.column(alias),)
+    primary = inspector.get_pk_constraint(table.name, schema=table.schema).get("constrained_columns") or []
+    if not primary:
+        raise RuleProblem(f"{rule.describe()}: table {table.name} has no primary key, which retention needs to "
+                          "delete in small batches; add one")
+    return tuple(table.c[name] for name in primary)
+
+
+# --- how the column stores time ---------------------------------------------------------------------------------
+
+def _postgres_kind(rule: PurgeRule, declared: Any) -> str:
+    if isinstance(declared, sa.DateTime):
+        return "timestamptz" if declared.timezone else "timestamp"
+    if isinstance(declared, sa.Date):
+        return "date"
+    raise RuleProblem(f"{rule.describe()}: column {rule.column} is of type {declared}; retention needs "
+                      "timestamp, timestamp with time zone or date")
+
+
+def affinity(declared: str) -> str:
+    """Given a declared SQLite column type, return its affinity by SQLite's rules: integer, text, blob, real or
+    numeric."""
+    declared = declared.upper()
+    if "INT" in declared:
+        return "integer"
+    if any(word in declared for word in ("CHAR", "CLOB", "TEXT")):
+        return "text"
+    if "BLOB" in declared or not declared:
+        return "blob"
+    if any(word in declared for word in ("REAL", "FLOA", "DOUB")):
+        return "real"
+    return "numeric"
+
+
+def _sqlite_kind(connection: Connection, rule: PurgeRule, table: sa.TableClause, column: sa.ColumnClause,
+                 key: tuple[sa.ColumnClause, ...], declared: Any) -> str:
+    """Decide from a sample of stored values (both ends of the table) whether the column holds ISO 8601 text or
+    Unix seconds; the declared type decides only for an empty column. Raise RuleProblem for anything else."""
+    declared_name = "" if isinstance(declared, sa.types.NullType) else str(declared)
+    sample = sa.select(sa.func.typeof(column), column, sa.func.datetime(column)).where(column.is_not(None))
+    rows = [*connection.execute(sample.order_by(*key).limit(SAMPLE)),
+            *connection.execute(sample.order_by(*(part.desc() for part in key)).limit(SAMPLE))]
+    where = f"{rule.describe()}: column {column.name}"
+    texts = [(value, parsed) for storage, value, parsed in rows if storage == "text"]
+    numbers = [value for storage, value, _ in rows if storage in ("integer", "real")]
+    if any(storage == "blob" for storage, _, _ in rows):
+        raise RuleProblem(f"{where} holds binary values; retention reads ISO 8601 text or Unix seconds")
+    if texts and numbers:
+        raise RuleProblem(f"{where} mixes text and numbers (e.g. {texts[0][0]!r} and {numbers[0]!r}); "
+                          "store every time one way, ISO 8601 text or Unix seconds")
+    for value, parsed in texts:
+        if parsed is None or not ISO_8601.fullmatch(value):
+            raise RuleProblem(f"{where} holds {value!r}, which is not an ISO 8601 time; retention reads text like "
+                              "2026-11-22 02:00:00 (T, fractions and +HH:MM offsets allowed) or Unix seconds")
+    for value in numbers:
+        if value >= MILLISECONDS:
+            raise RuleProblem(f"{where} holds {value!r}, which looks like milliseconds; retention reads Unix seconds")
+        if value < UNIX_MIN:
+            raise RuleProblem(f"{where} holds {value!r}, which is not a Unix time in seconds (it would be before "
+                              "1973); name the column that holds the row's time")
+    if texts:
+        return "text"
+    if numbers:
+        return "unix"
+    column_affinity = affinity(declared_name)
+    if "BLOB" in declared_name.upper():
+        raise RuleProblem(f"{where} is declared {declared_name}; retention reads ISO 8601 text or Unix seconds")
+    return "unix" if column_affinity in ("integer", "real") else "text"
+
+
+# --- foreign keys pointing at the table -------------------------------------------------------------------------
+
+def _sqlite_references(connection: Connection, inspector: sa.Inspector, schema: str | None,
+                       table: str) -> list[Reference]:
+    # SQLAlchemy does not reflect ON DELETE for SQLite; the table-valued pragma says it, table name as a parameter.
+    primary = inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
+    found = []
+    for other in inspector.get_table_names(schema=schema):
+        arguments = [other] if schema is None else [other, schema]
+        pragma = sa.func.pragma_foreign_key_list(*arguments).table_valued(
+            "id", "seq", "table", "from", "to", "on_delete")
+        keys: dict[int, list[Any]] = {}
+        for row in connection.execute(sa.select(pragma).order_by(pragma.c.id, pragma.c.seq)):
+            if row.table.lower() == table.lower():
+                keys.setdefault(row.id, []).append(row)
+        for rows in keys.values():
+            referred = tuple(row.to for row in rows) if all(row.to for row in rows) else tuple(primary)
+            found.append(Reference(schema=schema, table=other, columns=tuple(row._mapping["from"] for row in rows),
+                                   referred=referred, on_delete=(rows[0].on_delete or "NO ACTION").upper()))
+    return found
+
+
+def _postgres_references(connection: Connection, inspector: sa.Inspector, schema: str | None,
+                         table: str) -> list[Reference]:
+    default = inspector.default_schema_name
+    found = []
+    for other_schema in inspector.get_schema_names():
+        if other_schema in _SYSTEM_SCHEMAS or other_schema.startswith("pg_"):
+            continue
+        listed = None if other_schema == default else other_schema
+        for (_, other), keys in inspector.get_multi_foreign_keys(schema=listed).items():
+            for foreign in keys:
+                referred_schema = foreign.get("referred_schema")
+                if referred_schema == default:
+                    referred_schema = None
+                if foreign["referred_table"] != table or referred_schema != schema:
+                    continue
+                found.append(Reference(schema=listed, table=other, columns=tuple(foreign["constrained_columns"]),
+                                       referred=tuple(foreign["referred_columns"]),
+                                       on_delete=(foreign.get("options", {}).get("ondelete") or "NO ACTION").upper()))
+    return found
