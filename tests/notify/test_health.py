@@ -101,8 +101,14 @@ def test_metrics_parse_as_prometheus_text_after_a_backup(tmp_path: Path, worker_
         succeeded = read_events(process, "job.succeeded", 30)[-1]
         code, document = healthz(port)  # this process's own backup refreshes the view at once
         assert code == 200 and document["status"] == "ok" and document["sets"]["app"]["status"] == "ok"
-        code, body = get(port, "/metrics")
-        assert code == 200
+        # The outcome event is logged just before listeners hear of the run: poll briefly for the counter.
+        deadline = time.monotonic() + 15
+        while True:
+            code, body = get(port, "/metrics")
+            assert code == 200
+            if b'outcome="succeeded"} 1.0' in body or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert get(port, "/nothing")[0] == 404
     families = {family.name: family for family in text_string_to_metric_families(body.decode())}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
