@@ -9,7 +9,7 @@ from datetime import timedelta
 import os
 from pathlib import Path
 import re
-from typing import Mapping
+from typing import Mapping, NamedTuple
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,6 +37,16 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+SOURCE_PREFIX = "BACKUP_SOURCE_"  # BACKUP_SOURCE_<NAME>: further sources, backup set `<name>` in lower case
+
+
+class SourceSpec(NamedTuple):
+    """One configured source: its backup set's name and its URL (a secret: never print it unmasked)."""
+
+    name: str
+    url: str
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,10 @@ class Config:
     healthcheck_ping_url: str | None = field(default=None, repr=False)
     health_port: int | None = None
     disk_warn_percent: int = 80
+    # Every source, the main one (BACKUP_SOURCE or DATABASE_URL) first, then BACKUP_SOURCE_<NAME> by name;
+    # `source_url` stays the main one's URL. `source_variables` maps each set name to its variable.
+    sources: tuple[SourceSpec, ...] = field(default=(), repr=False)
+    source_variables: dict[str, str] = field(default_factory=dict, compare=False)
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -86,7 +100,7 @@ class Config:
     def secrets(self) -> list[str]:
         """Return every secret value the configuration holds, so that logs can scrub them."""
         found = list(self.aws_secrets)
-        for url in (self.source_url, self.catalog_url):
+        for url in (self.source_url, self.catalog_url, *(spec.url for spec in self.sources)):
             if url:
                 found.extend(engines.url_secrets(url))
         for url in (self.notify_webhook_url, self.healthcheck_ping_url):
@@ -97,7 +111,10 @@ class Config:
         """Return the configuration as printable values, with every secret masked."""
         return {
             "BACKUP_SOURCE": mask_url(self.source_url) if self.source_url else None,
+            **{variable: mask_url(spec.url) for spec in self.sources
+               if (variable := self.source_variables.get(spec.name, "")).startswith(SOURCE_PREFIX)},
             "BACKUP_NAME": self.backup_name,
+            "BACKUP_SETS": [spec.name for spec in self.sources],
             "BACKUP_DIR": str(self.backup_dir),
             "BACKUP_MIN_FREE": self.min_free.text,
             "BACKUP_SCHEDULE": self.schedule,
@@ -188,15 +205,6 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     cwd = cwd or Path.cwd()
     problems: list[str] = []
 
-    source_url = (env.get("BACKUP_SOURCE") or env.get("DATABASE_URL") or "").strip() or None
-    source = None
-    if source_url:
-        origin = "BACKUP_SOURCE" if env.get("BACKUP_SOURCE") else "DATABASE_URL"
-        try:
-            source = engines.open_source(source_url, cwd)
-        except ValueError as error:
-            problems.append(f"{origin}: {error}")
-
     volume = env.get("RAILWAY_VOLUME_MOUNT_PATH", "").strip()
     default_dir = Path(volume) / "backups" if volume else cwd / "data" / "backups"
     backup_dir = Path(env.get("BACKUP_DIR", "").strip() or default_dir)
@@ -209,6 +217,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     backup_name = env.get("BACKUP_NAME", "").strip() or None
     if backup_name is not None and not SET_NAME.match(backup_name):
         problems.append(f"BACKUP_NAME={backup_name!r} is not a backup set name; use letters, digits, _ and - only (at most 100)")
+    source_url, specs, variables, opened = _sources(env, cwd, backup_name, problems)
     try:
         min_free = parse_min_free(env.get("BACKUP_MIN_FREE", "").strip() or DEFAULT_MIN_FREE)
     except ValueError as error:
@@ -264,7 +273,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     except ValueError as error:
         problems.append(f"CLEANUP_RULES: {error}")
     protected = [backup_dir, cwd, Path.home()]
-    protected_files = tuple(source.protected_files()) if source is not None else ()
+    protected_files = tuple(path for source in opened for path in source.protected_files())
     for rule in rules:
         reason = dangerous_rule_reason(rule, protected, protected_files)
         if reason:
@@ -311,8 +320,49 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         aws_secrets=tuple(env[name] for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") if env.get(name)),
         backup_trigger=triggers["BACKUP_SCHEDULE"],
         cleanup_trigger=triggers["CLEANUP_SCHEDULE"],
+        sources=specs,
+        source_variables=variables,
         **monitoring,
     )
+
+
+def _sources(env: Mapping[str, str], cwd: Path, backup_name: str | None,
+             problems: list[str]) -> tuple[str | None, tuple[SourceSpec, ...], dict[str, str], list[engines.Source]]:
+    """Given the environment, return the main source's URL, every source as (set name, URL), each set name's
+    variable and the sources opened (no connection made). Invalid URLs, names and set names used twice are
+    added to `problems`, each naming its variable(s)."""
+    main = (env.get("BACKUP_SOURCE") or env.get("DATABASE_URL") or "").strip() or None
+    wanted: list[tuple[str, str | None, str]] = []  # (variable, set name or None for the source's own, url)
+    if main:
+        wanted.append(("BACKUP_SOURCE" if env.get("BACKUP_SOURCE") else "DATABASE_URL", backup_name, main))
+    for variable in sorted(key for key in env if key.startswith(SOURCE_PREFIX)):
+        name, url = variable[len(SOURCE_PREFIX):].lower(), env[variable].strip()
+        if not SET_NAME.match(name):
+            problems.append(f"{variable}: {name!r} is not a backup set name; name the variable BACKUP_SOURCE_<NAME> "
+                            "with letters, digits and _ only")
+        elif not url:
+            problems.append(f"{variable} is empty; set it to the URL of the database to back up (a Railway reference "
+                            "like ${{{{Redis.REDIS_URL}}}} must name an existing service and variable) or remove it")
+        else:
+            wanted.append((variable, name, url))
+    specs: list[SourceSpec] = []
+    variables: dict[str, str] = {}
+    opened: list[engines.Source] = []
+    for variable, name, url in wanted:
+        try:
+            source = engines.open_source(url, cwd)
+        except ValueError as error:
+            problems.append(f"{variable}: {error}")
+            continue
+        name = name or source.name()
+        if name in variables:
+            problems.append(f"{variables[name]} and {variable} both name the backup set {name!r}; every source needs "
+                            "its own set: rename one BACKUP_SOURCE_<NAME> variable, or set BACKUP_NAME for BACKUP_SOURCE")
+            continue
+        variables[name] = variable
+        specs.append(SourceSpec(name, url))
+        opened.append(source)
+    return main, tuple(specs), variables, opened
 
 
 def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object]:

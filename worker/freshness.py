@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from jobs import engines
 from jobs.artifacts import ARTIFACT_NAME, utc_iso
 from jobs.backups import Backup, newest_verified
 from worker.catalog import Catalog
@@ -23,15 +22,11 @@ log = structlog.get_logger("worker.freshness")
 
 
 def configured_sets(config: "Config", cwd: Path) -> list[str]:
-    """Return the names of the configured backup sets ([] when no source is configured)."""
-    if config.backup_name:
-        return [config.backup_name]
-    if not config.source_url:
-        return []
-    try:
-        return [engines.open_source(config.source_url, cwd).name()]
-    except ValueError:
-        return []
+    """Return the names of the configured backup sets, the main source's first; BACKUP_NAME alone when no source
+    is configured; else []."""
+    if config.sources:
+        return [spec.name for spec in config.sources]
+    return [config.backup_name] if config.backup_name else []
 
 
 def set_of(backup: Backup) -> str:

@@ -38,19 +38,30 @@ FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUS
 REAP_EVERY_S = 2.0
 
 
-def needs_catch_up(ctx: Context, now: datetime) -> tuple[bool, str]:
-    """Return whether the newest verified local backup of the configured set is older than one schedule period,
-    and why. Other sets in the backup directory never count."""
-    (backup_set,) = ctx.backup_sets()
-    backups, _ = list_backups(ctx.local, backup_set)
-    newest = newest_verified(backups)
-    if newest is None:
-        return True, "there is no verified backup yet"
+def stale_sets(ctx: Context, now: datetime) -> dict[str, str]:
+    """Return each configured set whose newest verified local backup is missing or older than one schedule
+    period, with why. Other sets in the backup directory never count."""
     gap = period(ctx.config.backup_trigger, now.astimezone(ctx.config.timezone))
-    age = now - newest.created_at
-    if gap is not None and age > gap:
-        return True, f"the newest backup {newest.id} is {int(age.total_seconds())} s old, more than one schedule period"
-    return False, f"the newest backup {newest.id} is recent"
+    stale = {}
+    for backup_set in ctx.backup_sets():
+        backups, _ = list_backups(ctx.local, backup_set)
+        newest = newest_verified(backups)
+        age = now - newest.created_at if newest else None
+        if newest is None:
+            stale[backup_set.name] = "there is no verified backup yet"
+        elif gap is not None and age > gap:
+            stale[backup_set.name] = f"the newest backup {newest.id} is {int(age.total_seconds())} s old, more than one schedule period"
+    return stale
+
+
+def needs_catch_up(ctx: Context, now: datetime) -> tuple[bool, str]:
+    """Return whether any configured set needs a catch-up backup now, and why (naming the sets when several)."""
+    stale = stale_sets(ctx, now)
+    if not stale:
+        return False, "the newest backup of every configured set is recent"
+    if len(ctx.config.sources) == 1:
+        return True, next(iter(stale.values()))
+    return True, "; ".join(f"{name}: {why}" for name, why in stale.items())
 
 
 class _Signals:
@@ -106,14 +117,15 @@ def _start_scheduler(ctx: Context) -> BackgroundScheduler:
         scheduler.add_job(cleanup_job, ctx.config.cleanup_trigger, args=[ctx], id="cleanup", name="cleanup")
     now = datetime.now(timezone.utc)
     catch_up, why = needs_catch_up(ctx, now)
-    if catch_up:
-        scheduler.add_job(backup_job, args=[ctx], id="backup-catch-up", name="backup", next_run_time=now)
+    if catch_up:  # only the sets that need it: a fresh set is not backed up again at every restart
+        only = list(stale_sets(ctx, now))
+        scheduler.add_job(backup_job, args=[ctx], kwargs={"only": only}, id="backup-catch-up", name="backup", next_run_time=now)
     scheduler.start()
     log.info(
         "worker.started",
         version=__version__,
         backup_dir=str(ctx.config.backup_dir),
-        source=(ctx.source().describe()),
+        sources={source.name(): source.describe() for source in ctx.sources()},
         catch_up=catch_up,
         catch_up_reason=why,
         next_runs={job.id: job.next_run_time.isoformat() for job in scheduler.get_jobs() if job.next_run_time},

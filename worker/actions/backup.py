@@ -1,36 +1,117 @@
-"""`backup`: one backup cycle now; also the scheduler's backup job."""
+"""`backup`: one backup cycle now; also the scheduler's backup job.
 
+A cycle backs up each configured source in turn (`backup_one`): its snapshot, upload and retention, scoped to
+its own backup set. One failing source does not stop the others; the cycle fails if any failed, and its
+outcome event says which (`sources`, `failed_sources`).
+"""
+
+import sys
+import time
 from typing import Any
 
+import structlog
+
 from jobs import pipeline
-from jobs.volume import require_usable
-from worker.actions.context import Context
+from jobs.engines import Source
+from jobs.errors import Cancelled, JobError
+from jobs.volume import explain, require_usable
+from worker.actions.context import EXIT_FAILED, Context
 from worker.actions.output import human_size, print_json, report_failure, say
 from worker.lock import exclusive
 from worker.runs import Outcome, run_job
 
+log = structlog.get_logger("worker.actions.backup")
 
-def backup_job(ctx: Context, upload: bool = True) -> Outcome:
-    """Run one backup cycle under the backup lock, as the job `backup`."""
+
+def backup_one(ctx: Context, source: Source, settings: pipeline.BackupSettings) -> dict[str, Any]:
+    """Given one configured source, run its whole cycle (backup, upload, retention of its set); return its row:
+    `outcome` (succeeded or failed), `stage` and `reason` (None on success) and the cycle's fields (artifact,
+    sizes, check, uploads, pruned). Raise only Cancelled: any other failure is this source's alone."""
+    started = time.monotonic()
+    row: dict[str, Any] = {"outcome": None, "stage": None, "reason": None}
+    with structlog.contextvars.bound_contextvars(source=source.name()):
+        try:
+            row.update(pipeline.run_cycle(source, settings, ctx.cancel))
+            # Here, after this source's fully successful cycle: its table retention (RETENTION_RULES), one line.
+        except Cancelled:
+            raise
+        except JobError as error:
+            row.update({**error.fields, "stage": error.stage, "reason": str(error)})
+        except OSError as error:  # a filesystem problem we did not foresee: still one sentence with the path
+            row.update(stage="store", reason=explain(error))
+        except Exception as error:  # this source's boundary: one source's bug must not stop the others' backups
+            row.update(stage="internal", reason=f"unexpected {type(error).__name__}: {error}; this is a bug, please report it with the log")
+            log.error("backup.source_crashed", exc_info=True)
+        row["outcome"] = "failed" if row["stage"] else "succeeded"
+        row["duration_s"] = round(time.monotonic() - started, 3)
+        if row["outcome"] == "succeeded":
+            log.info("backup.source_succeeded", artifact=row.get("artifact"), duration_s=row["duration_s"])
+        else:
+            log.error("backup.source_failed", stage=row["stage"], reason=row["reason"], duration_s=row["duration_s"])
+    return row
+
+
+def run_sources(ctx: Context, sources: list[Source], settings: pipeline.BackupSettings) -> dict[str, Any]:
+    """Back up each source in turn; return the cycle's fields. Raise JobError (with those fields) if any failed:
+    with one source its own stage and reason, with several the failed sets named."""
+    rows: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        if ctx.cancel.is_set():
+            raise Cancelled(f"backup cancelled before {source.name()}; the sets done so far are kept",
+                            fields={"sources": rows})
+        try:
+            rows[source.name()] = backup_one(ctx, source, settings)
+        except Cancelled as error:
+            error.fields = {**error.fields, "sources": rows}
+            raise
+    failed = [name for name, row in rows.items() if row["outcome"] != "succeeded"]
+    fields: dict[str, Any] = {"sources": rows, "failed_sources": failed}
+    if len(rows) == 1:  # one source: its fields at the top, as before there were several
+        (row,) = rows.values()
+        fields = {**{k: v for k, v in row.items() if k not in ("outcome", "stage", "reason", "duration_s")}, **fields}
+    if not failed:
+        return fields
+    if len(rows) == 1:
+        raise JobError(rows[failed[0]]["reason"], stage=rows[failed[0]]["stage"], fields=fields)
+    reasons = "; ".join(f"{name} at {rows[name]['stage']}: {rows[name]['reason']}" for name in failed)
+    stage = rows[failed[0]]["stage"] if len(failed) == 1 else "sources"
+    raise JobError(f"{len(failed)} of {len(rows)} sources failed ({reasons})", stage=stage, fields=fields)
+
+
+def backup_job(ctx: Context, upload: bool = True, only: list[str] | None = None) -> Outcome:
+    """Run one backup cycle of every configured source (or of the sets in `only`) under the backup lock, as the
+    job `backup`."""
 
     def work() -> dict[str, Any]:
-        source = ctx.source()
+        sources = ctx.sources(only)
         require_usable(ctx.config.backup_dir)
         with exclusive(ctx.config.backup_dir):
-            return pipeline.run_cycle(source, ctx.settings(upload), ctx.cancel)
+            return run_sources(ctx, sources, ctx.settings(upload))
 
     return run_job("backup", ctx.catalog, work)
 
 
 def cmd_backup(ctx: Context, no_upload: bool, as_json: bool = False) -> int:
-    ctx.source()  # a missing BACKUP_SOURCE is a usage error, before any run starts
+    ctx.sources()  # no source configured is a usage error, before any run starts
     outcome = backup_job(ctx, upload=not no_upload)
     if as_json:
         print_json(outcome)
-    elif outcome.ok:
-        say(f"backup {outcome.fields['artifact']} written to {ctx.config.backup_dir} "
-            f"({human_size(outcome.fields['raw_size'])} -> {human_size(outcome.fields['size'])}, "
-            f"{outcome.fields['verified']} passed)")
-        if outcome.fields.get("uploaded"):
-            say(f"uploaded {', '.join(outcome.fields['uploaded'])} to {ctx.remote().url()}")
-    return report_failure(outcome)
+        return report_failure(outcome)
+    rows = outcome.fields.get("sources") or {}
+    if len(rows) < 2:  # one source (or a cycle that stopped before any): as before there were several
+        if outcome.ok:
+            _say_done(ctx, outcome.fields)
+        return report_failure(outcome)
+    for name, row in rows.items():
+        if row["outcome"] == "succeeded":
+            _say_done(ctx, row, f"{name}: ")
+        else:
+            print(f"{name}: backup failed at stage {row['stage']}: {row['reason']}", file=sys.stderr, flush=True)
+    return 0 if outcome.ok else EXIT_FAILED
+
+
+def _say_done(ctx: Context, fields: dict[str, Any], prefix: str = "") -> None:
+    say(f"{prefix}backup {fields['artifact']} written to {ctx.config.backup_dir} "
+        f"({human_size(fields['raw_size'])} -> {human_size(fields['size'])}, {fields['verified']} passed)")
+    if fields.get("uploaded"):
+        say(f"{prefix}uploaded {', '.join(fields['uploaded'])} to {ctx.remote().url()}")

@@ -3,6 +3,7 @@ configured backup sets."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
+import re
 import threading
 from typing import Any
 
@@ -18,6 +19,15 @@ from worker.config import Config
 from worker.lock import for_deletion
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+NO_SOURCE = ("BACKUP_SOURCE is not set; set it (or DATABASE_URL, or BACKUP_SOURCE_<NAME>) to the database to back up, "
+             "like sqlite:////app/data/app.db")
+# Why `restore` without --to refuses a Redis backup: said before anything is fetched or checked.
+REDIS_RESTORE = ("a Redis backup is not loaded into a running server by the worker; write the RDB file with "
+                 "`restore --to PATH` (e.g. --to /tmp/restore/dump.rdb) and load it as the README's Redis section says: "
+                 "stop the server, put the file in place as its dump.rdb and start it, or let the server copy it from "
+                 "a temporary redis-server as a replica (on Railway)")
+_SET_OF_ID = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-\d{8}T\d{6}Z")
 
 
 class UsageError(Exception):
@@ -56,24 +66,63 @@ class Context:
     def local(self) -> LocalDestination:
         return LocalDestination(self.config.backup_dir)
 
-    def source(self) -> Source:
-        if not self.config.source_url:
-            raise UsageError("BACKUP_SOURCE is not set; set it (or DATABASE_URL) to the database to back up, like sqlite:////app/data/app.db")
-        source = engines.open_source(self.config.source_url, self.cwd)
-        return NamedSource(source, self.config.backup_name) if self.config.backup_name else source
+    def sources(self, only: list[str] | None = None) -> list[Source]:
+        """Return every configured source (the main one first), each named by its backup set; with `only`, just
+        those sets. Raise UsageError when no source is configured."""
+        if not self.config.sources:
+            raise UsageError(NO_SOURCE)
+        found = []
+        for spec in self.config.sources:
+            if only is None or spec.name in only:
+                source = engines.open_source(spec.url, self.cwd)
+                found.append(source if source.name() == spec.name else NamedSource(source, spec.name))
+        return found
+
+    def source(self, name: str | None = None) -> Source:
+        """Return the configured source of the set `name`, or without a name the main one (the first).
+        Raise UsageError when there is no such source."""
+        if name is None:
+            return self.sources()[0]
+        chosen = self.sources([name])
+        if not chosen:
+            raise UsageError(f"there is no configured source {name!r} (configured: {self.set_names()}); check --source")
+        return chosen[0]
+
+    def set_names(self) -> str:
+        """Return the configured backup sets for a message: `app (sqlite), cache (rdb)`, or `none`."""
+        return ", ".join(map(str, self.backup_sets())) or "none"
+
+    def restore_source(self, source_name: str | None, ident: str | None) -> Source:
+        """Return the live source a restore without --to writes into: the set of --source, else of the backup id,
+        else the only configured source. Raise UsageError, before anything is fetched, when that is ambiguous, not
+        configured, or a Redis server (its backups are written with --to and loaded by hand)."""
+        parts = _SET_OF_ID.match(ident) if ident else None
+        name = source_name or (parts["name"] if parts else None)
+        if name is None:
+            if len(self.config.sources) > 1:
+                raise UsageError(f"several sources are configured ({self.set_names()}); pass --source NAME to choose the one to restore")
+            source = self.source()
+        else:
+            chosen = self.sources([name])
+            if not chosen:
+                raise UsageError(f"{name!r} is not a configured source (configured: {self.set_names()}); restore a backup "
+                                 "of another set to a new file with --to PATH")
+            source = chosen[0]
+        if source.kind == "rdb":
+            raise UsageError(REDIS_RESTORE)
+        return source
 
     def backup_sets(self) -> list[BackupSet]:
-        """Return the configured backup sets: one per source (BACKUP_NAME or the source's own name, and its
-        kind); none when no source is configured."""
-        if not self.config.source_url:
+        """Return the configured backup sets: one per source (its set name and kind), the main source first;
+        none when no source is configured."""
+        if not self.config.sources:
             return []
-        source = self.source()
-        return [BackupSet(source.name(), source.kind)]
+        return [BackupSet(source.name(), source.kind) for source in self.sources()]
 
     def scope(self, found: list[BackupSet]) -> list[BackupSet] | None:
         """Given the sets found somewhere, return those `list` and `status` show: the configured sets, else the
         sets named BACKUP_NAME, else None (nothing configured to scope by: every set)."""
-        if self.config.source_url:
+        if self.config.sources:
             return self.backup_sets()
         if self.config.backup_name:
             return [found_set for found_set in found if found_set.name == self.config.backup_name]

@@ -17,7 +17,7 @@ from worker.runs import run_job
 def prune_sets(ctx: Context, destination: Destination) -> list[BackupSet]:
     """Return the sets prune looks at on `destination`: the configured ones, else those named BACKUP_NAME.
     Raise UsageError when neither is set: prune never guesses whose backups it may delete."""
-    if ctx.config.source_url:
+    if ctx.config.sources:
         return ctx.backup_sets()
     if ctx.config.backup_name:
         return [found for found in sets_in(destination, ctx.cancel) if found.name == ctx.config.backup_name]
@@ -25,7 +25,7 @@ def prune_sets(ctx: Context, destination: Destination) -> list[BackupSet]:
 
 
 def cmd_prune(ctx: Context, dry_run: bool) -> int:
-    if not (ctx.config.source_url or ctx.config.backup_name):
+    if not (ctx.config.sources or ctx.config.backup_name):
         prune_sets(ctx, ctx.local)  # the usage error, before any run starts
     require_usable(ctx.config.backup_dir)
 

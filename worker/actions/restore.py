@@ -61,7 +61,7 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
         problem = restoring.new_file_problem(to)
         if problem:
             raise UsageError(problem)
-    source = None if to else ctx.source()
+    source = None if to else ctx.restore_source(source_name, ident)  # refuses Redis before anything is fetched
     request = wanted(ctx, destination, location, ident, source_name)
     scratch_dir = to.parent if to else workdir(ctx)
 

@@ -10,7 +10,7 @@ from jobs.durations import format_duration
 from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
 from worker.actions.output import human_age, say
 from worker.crontab import next_fire_times
-from worker.freshness import status_extras, status_lines
+from worker.freshness import evaluate, status_extras, status_lines
 
 
 def _utc(moment: datetime) -> str:
@@ -20,7 +20,8 @@ def _utc(moment: datetime) -> str:
 
 def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     """Return the status document: last outcome per job, the newest verified backup of the configured sets and
-    its age, next runs. Other sets in the backup directory are not counted."""
+    its age (also per set, in `sets`), next runs. Healthy when every configured set has a verified backup within
+    FRESHNESS_LIMIT. Other sets in the backup directory are not counted."""
     now = now or datetime.now(timezone.utc)
     scope = ctx.scope(sets_in(ctx.local, ctx.cancel))
     backups = [backup for backup_set in (scope if scope is not None else [None])
@@ -28,6 +29,13 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     newest = newest_verified(backups)
     age = (now - newest.created_at) if newest else None
     fresh = age is not None and age <= ctx.config.freshness_limit
+    per_set = {}
+    if scope is not None:
+        state = evaluate(backups, [backup_set.name for backup_set in scope], ctx.config.freshness_limit, now)
+        fresh = state.fresh
+        per_set = {s.name: {"healthy": s.fresh, "newest_backup": s.newest.id if s.newest else None,
+                            "newest_backup_created_at": s.newest.manifest["created_at"] if s.newest else None,
+                            "newest_backup_age_s": int(s.age_s) if s.age_s is not None else None} for s in state.sets}
     jobs = {}
     for job, row in ctx.catalog.last_runs().items():
         jobs[job] = {key: (_utc(value) if isinstance(value, datetime) else value)
@@ -46,6 +54,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         "newest_backup_age_s": int(age.total_seconds()) if age is not None else None,
         "backups": len(backups),
         "backup_sets": [str(backup_set) for backup_set in scope] if scope is not None else None,
+        "sets": per_set,
         "jobs": jobs,
         "next_runs": next_runs,
         **status_extras(ctx.config, ctx.catalog),  # last_failure, disk (worker/freshness.py)
@@ -57,12 +66,21 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
     if as_json:
         say(json.dumps(report, indent=2, sort_keys=True))
     else:
-        if report["newest_backup"]:
-            age = human_age(report["newest_backup_age_s"])
-            say(f"newest backup: {report['newest_backup']} ({age} old, limit {report['freshness_limit']})")
+        limit = report["freshness_limit"]
+        if len(report["sets"]) > 1:
+            for name, row in report["sets"].items():
+                newest = (f"{row['newest_backup']} ({human_age(row['newest_backup_age_s'])} old)" if row["newest_backup"]
+                          else f"none in {ctx.config.backup_dir}")
+                say(f"newest backup of {name}: {newest}{'' if row['healthy'] else ' STALE'}")
+            stale = [name for name, row in report["sets"].items() if not row["healthy"]]
+            say(f"health: {'ok' if not stale else 'STALE: no verified backup within ' + limit + ' of ' + ', '.join(stale)}")
         else:
-            say(f"newest backup: none in {ctx.config.backup_dir}")
-        say(f"health: {'ok' if report['healthy'] else 'STALE: no verified backup within ' + report['freshness_limit']}")
+            if report["newest_backup"]:
+                age = human_age(report["newest_backup_age_s"])
+                say(f"newest backup: {report['newest_backup']} ({age} old, limit {limit})")
+            else:
+                say(f"newest backup: none in {ctx.config.backup_dir}")
+            say(f"health: {'ok' if report['healthy'] else 'STALE: no verified backup within ' + limit}")
         for job, row in sorted(report["jobs"].items()):
             detail = f" at {row['stage']}: {row['reason']}" if row.get("reason") else ""
             say(f"last {job}: {row['outcome']} ({row['started_at']}){detail}")
