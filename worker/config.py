@@ -60,7 +60,7 @@ class S3Settings:
 
 @dataclass(frozen=True)
 class Config:
-    source_url: str | None
+    source_url: str | None = field(repr=False)  # the main source (BACKUP_SOURCE or DATABASE_URL); a secret
     backup_dir: Path
     schedule: str
     timezone: ZoneInfo
@@ -342,7 +342,7 @@ def _sources(env: Mapping[str, str], cwd: Path, backup_name: str | None,
                             "with letters, digits and _ only")
         elif not url:
             problems.append(f"{variable} is empty; set it to the URL of the database to back up (a Railway reference "
-                            "like ${{{{Redis.REDIS_URL}}}} must name an existing service and variable) or remove it")
+                            "like ${{Redis.REDIS_URL}} must name an existing service and variable) or remove it")
         else:
             wanted.append((variable, name, url))
     specs: list[SourceSpec] = []

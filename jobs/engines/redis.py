@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import io
 from pathlib import Path
 import threading
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from jobs.engines import rdb
+from jobs.engines import Snapshot, rdb
 from jobs.engines.rdb import RdbCheck
 from jobs.engines.redis_wire import Closed, ServerError, Tls, Wire
 from jobs.errors import SourceError
@@ -30,24 +30,6 @@ SYNC_IDLE_S = 60.0  # silence tolerated while the server prepares (it sends a ne
 MARK_SIZE = 40
 _IGNORED_QUERY = {"family", "db", "protocol"}  # client settings from app URLs that mean nothing for a snapshot
 _CERT_REQS = {"none": False, "optional": True, "required": True}
-
-
-@dataclass
-class RedisSnapshot:
-    """The stream-interface snapshot (same fields as jobs.engines.Snapshot), used until that lands here."""
-
-    stream: BinaryIO
-    check: RdbCheck
-    size: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def _snapshot_type() -> type:
-    try:
-        from jobs.engines import Snapshot  # the pipeline's dataclass; imported late: that package imports us
-    except ImportError:
-        return RedisSnapshot
-    return Snapshot
 
 
 class SyncStream(io.RawIOBase):
@@ -251,7 +233,7 @@ class RedisSource:
         return dict(self._versions)
 
     @contextmanager
-    def snapshot(self, workdir: Path, cancel: threading.Event) -> Iterator[Any]:
+    def snapshot(self, workdir: Path, cancel: threading.Event) -> Iterator[Snapshot]:
         """Yield the SYNC payload as a Snapshot whose check proves the RDB; the connection is closed on exit."""
         with self.session(cancel) as wire:
             versions = self._remember(self.info(wire, "server"))
@@ -267,7 +249,7 @@ class RedisSource:
                                        "rdb": {"keys": keys, "transfer": "disk" if mark is None else "diskless"}}
             check = RdbCheck(cancel, details["rdb"])
             stream = SyncStream(wire, size, mark)
-            yield _snapshot_type()(stream=stream, check=check, size=size, details=details)
+            yield Snapshot(stream=stream, check=check, size=size, details=details)
 
     def _sync(self, wire: Wire) -> tuple[int | None, bytes | None]:
         """Send SYNC and read up to the payload: return (size, None) or (None, end mark)."""
@@ -292,9 +274,9 @@ class RedisSource:
                               "its log says why (often: the fork for the snapshot failed for lack of memory)") from None
 
     def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> Path | None:
-        """Refuse: loading a dataset into a live server is the operator's step (docs/redis.md). Nothing changes."""
+        """Refuse: loading a dataset into a live server is the operator's step (README, Redis). Nothing changes."""
         raise SourceError("a Redis backup is not loaded into a live server by this worker; write the RDB file with "
-                          "`restore --to PATH` and load it as docs/redis.md explains (stop the server, replace its dump.rdb, start it)",
+                          "`restore --to PATH` and load it as the README's Redis section explains (stop the server, replace its dump.rdb, start it)",
                           stage="restore")
 
 

@@ -1,4 +1,4 @@
-"""The two ways docs/redis.md gives to load a backup into a server, done as written, with real servers."""
+"""The two ways the README (Redis, loading a backup) gives to load a backup into a server, done as written, with real servers."""
 
 from pathlib import Path
 import shutil

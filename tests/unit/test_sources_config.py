@@ -1,0 +1,61 @@
+"""Several sources: BACKUP_SOURCE (or DATABASE_URL) plus BACKUP_SOURCE_<NAME>, each its own backup set."""
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import ConfigError, SourceSpec, load_config
+from worker.freshness import configured_sets
+
+
+def load(tmp_path: Path, **env: str):
+    return load_config(env, cwd=tmp_path)
+
+
+def test_each_backup_source_variable_is_a_set_named_by_its_suffix_in_lower_case_after_the_main_one(tmp_path: Path) -> None:
+    config = load(tmp_path, BACKUP_SOURCE="sqlite:///app.db", BACKUP_SOURCE_CACHE="redis://:pw@cache:6379",
+                  BACKUP_SOURCE_AUDIT_LOG="sqlite:///audit.db")
+    assert config.sources == (SourceSpec("app", "sqlite:///app.db"), SourceSpec("audit_log", "sqlite:///audit.db"),
+                              SourceSpec("cache", "redis://:pw@cache:6379"))
+    assert config.source_url == "sqlite:///app.db"  # the main one, as before there were several
+    assert configured_sets(config, tmp_path) == ["app", "audit_log", "cache"]
+
+
+def test_backup_name_names_the_main_source_only(tmp_path: Path) -> None:
+    config = load(tmp_path, DATABASE_URL="sqlite:///app.db", BACKUP_NAME="billing", BACKUP_SOURCE_CACHE="redis://cache")
+    assert [spec.name for spec in config.sources] == ["billing", "cache"]
+
+
+def test_named_sources_alone_need_no_main_source(tmp_path: Path) -> None:
+    config = load(tmp_path, BACKUP_SOURCE_CACHE="redis://cache")
+    assert config.source_url is None and config.sources == (SourceSpec("cache", "redis://cache"),)
+
+
+def test_two_sources_naming_the_same_set_is_a_config_error_naming_both_variables(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, BACKUP_SOURCE="sqlite:///data/app.db", BACKUP_SOURCE_APP="redis://cache")
+    (problem,) = caught.value.problems
+    assert "BACKUP_SOURCE and BACKUP_SOURCE_APP" in problem and "'app'" in problem
+
+
+def test_every_source_url_is_validated_and_every_problem_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, BACKUP_SOURCE="mysql://db/app", BACKUP_SOURCE_CACHE="redis://:pw@cache:port", BACKUP_SOURCE_EMPTY=" ",
+             **{"BACKUP_SOURCE_BAD.NAME": "redis://cache"})
+    problems = caught.value.problems
+    assert len(problems) == 4
+    assert any(p.startswith("BACKUP_SOURCE:") for p in problems)
+    assert any(p.startswith("BACKUP_SOURCE_CACHE:") and "invalid port" in p for p in problems)
+    assert any(p.startswith("BACKUP_SOURCE_EMPTY is empty") and "${{Redis.REDIS_URL}}" in p for p in problems)
+    assert any(p.startswith("BACKUP_SOURCE_BAD.NAME") and "not a backup set name" in p for p in problems)
+    assert not any("pw" in p for p in problems)
+
+
+def test_every_sources_password_is_a_secret_and_masked_in_the_printed_configuration(tmp_path: Path) -> None:
+    config = load(tmp_path, BACKUP_SOURCE="postgresql://u:main-secret@db/app",
+                  BACKUP_SOURCE_CACHE="redis://default:cache-secret@cache:6379")
+    assert {"main-secret", "cache-secret"} <= set(config.secrets())
+    shown = config.describe()
+    assert shown["BACKUP_SOURCE_CACHE"] == "redis://default:***@cache:6379"
+    assert shown["BACKUP_SETS"] == ["app", "cache"]
+    assert not [s for s in ("main-secret", "cache-secret") if s in repr(shown) or s in repr(config)]
