@@ -7,10 +7,9 @@ repl-diskless-sync-delay 0 so neither contender waits for other replicas), loads
 data through `redis-cli --pipe` (JSON session strings ~45%, Sidekiq-style job lists ~20%, hashes ~20%, random
 tokens ~15%, some with TTLs, over two databases), then times, --repeat times in alternating order:
 
-  ours  = this script's --ours mode in a child process: jobs.engines.redis snapshot over SYNC, the RDB check fed
-          every chunk, multithreaded zstd level 3 (one frame, checksum, content size when known) and SHA-256 of
-          the compressed bytes into a file, as the pipeline does (the lead switches this to `python -m worker
-          backup` once the engine is wired);
+  ours  = `python -m worker backup --no-upload` with BACKUP_SOURCE=redis://127.0.0.1:PORT and BACKUP_COMPRESSION_LEVEL=3
+          into a fresh BACKUP_DIR: the whole cycle (snapshot over SYNC, the RDB check fed every chunk,
+          multithreaded zstd, SHA-256, manifest, publish, retention), as a user runs it;
   stock = `redis-cli -p PORT --rdb dump.rdb && zstd -3 -T0 -q dump.rdb -o dump.rdb.zst`.
 
 Reports median wall time, the ratio ours/stock (target <= 1.1 at 1 GiB), peak RSS of each (ru_maxrss via
@@ -20,7 +19,6 @@ writes bench/out/redis-<UTC timestamp>.md. The work directory is deleted unless 
 
 import argparse
 from datetime import datetime, timezone
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 BENCH = Path(__file__).resolve().parent
@@ -106,34 +103,19 @@ def load(port: int, size: int) -> None:
 
 # --- the contenders -----------------------------------------------------------------------------------------
 
-def ours_in_process(url: str, out: Path) -> None:
-    """Our path in this process: SYNC snapshot -> RDB check + zstd -3 (threads) -> SHA-256 -> file."""
-    import zstandard
-    from jobs.engines import redis as engine
-
-    source = engine.open_source(url, Path.cwd())
-    digest = hashlib.sha256()
-    with source.snapshot(out.parent, threading.Event()) as snap, out.open("wb") as file:
-
-        class Hashing:
-            def write(self, data: bytes) -> int:
-                digest.update(data)
-                return file.write(data)
-
-        compressor = zstandard.ZstdCompressor(level=3, threads=-1, write_checksum=True, write_content_size=snap.size is not None)
-        with compressor.stream_writer(Hashing(), size=snap.size if snap.size is not None else -1, closefd=False) as writer:
-            while chunk := snap.stream.read(MIB):
-                snap.check.feed(chunk)
-                writer.write(chunk)
-        verified = snap.check.finish()
-        snap.check.close()
-    print(json.dumps({"verified": verified, "sha256": digest.hexdigest(), "details": snap.details}))
-
-
 def ours(port: int, directory: Path, logs: Path) -> Run:
-    out = directory / "ours.rdb.zst"
-    out.unlink(missing_ok=True)
-    return run_child([sys.executable, __file__, "--ours", f"redis://127.0.0.1:{port}", str(out)], logs / "ours.log", cwd=ROOT)
+    backups = directory / "backups"
+    shutil.rmtree(backups, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKUP_", "S3_", "CLEANUP_", "DATABASE_URL", "RETENTION_"))}
+    env.update(BACKUP_SOURCE=f"redis://127.0.0.1:{port}", BACKUP_DIR=str(backups), BACKUP_COMPRESSION_LEVEL="3",
+               BACKUP_MIN_FREE="0%", PYTHONPATH=str(ROOT))
+    return run_child([sys.executable, "-m", "worker", "backup", "--no-upload"], logs / "ours.log", env=env, cwd=ROOT)
+
+
+def our_backup(directory: Path) -> tuple[dict, Path]:
+    """Return the manifest and artifact of the backup `ours` wrote last."""
+    (manifest_path,) = (directory / "backups").glob("*.rdb.zst.json")
+    return json.loads(manifest_path.read_text()), manifest_path.with_suffix("")
 
 
 def stock(port: int, directory: Path, logs: Path) -> Run:
@@ -156,11 +138,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--diskless", choices=("yes", "no"), default="yes")
-    parser.add_argument("--ours", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.ours:
-        ours_in_process(args.ours[0], Path(args.ours[1]))
-        return
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-redis-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -199,7 +177,7 @@ def main() -> None:
         ours_wall = [r.wall for r in runs["ours"]]
         stock_wall = [r.wall for r in runs["stock"]]
         ratio = statistics.median(ours_wall) / statistics.median(stock_wall)
-        last = json.loads((logs / "ours.log").read_text().strip().splitlines()[-1])
+        last, artifact = our_backup(work)
         version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
         lines = [
             f"# Redis backup benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
@@ -210,13 +188,13 @@ def main() -> None:
             "",
             "| | wall (median, runs) | peak RSS | output |",
             "|---|---|---|---|",
-            f"| ours: SYNC -> RDB check -> zstd -3 -> sha256 | {fmt_s(ours_wall)} | {max(r.maxrss_kib for r in runs['ours']) / 1024:.0f} MB "
-            f"| {(work / 'ours.rdb.zst').stat().st_size / MIB:.1f} MiB |",
+            f"| ours: python -m worker backup (SYNC -> RDB check -> zstd -3 -> sha256) | {fmt_s(ours_wall)} | "
+            f"{max(r.maxrss_kib for r in runs['ours']) / 1024:.0f} MB | {artifact.stat().st_size / MIB:.1f} MiB |",
             f"| stock: redis-cli --rdb && zstd -3 -T0 | {fmt_s(stock_wall)} | {max(r.maxrss_kib for r in runs['stock']) / 1024:.0f} MB "
             f"| {(work / 'dump.rdb.zst').stat().st_size / MIB:.1f} MiB (+ {raw / MIB:.1f} MiB dump.rdb on disk) |",
             "",
-            f"Ratio ours/stock: **{ratio:.2f}** (target <= 1.1 at 1 GiB). Our check: {last['verified']}; "
-            f"transfer {last['details']['rdb']['transfer']}.",
+            f"Ratio ours/stock: **{ratio:.2f}** (target <= 1.1 at 1 GiB). Our check: {last['verified']['check']}; "
+            f"transfer {last['rdb']['transfer']}.",
         ]
         report = "\n".join(lines)
         print(report)
