@@ -200,6 +200,6 @@ def restore_over_server(ctx: Context, artifact: Path, backup: Backup, source: So
         try:
             source.restore(raw, ctx.cancel, notify=lambda note: _stderr(f"warning: {note}"))
         except (SourceError, Cancelled) as error:
-            raise type(error)(f"{error}; the safety backup {safety['id']} holds the state from before the restore",
+            raise type(error)(f"{str(error).rstrip(';. ')}; the safety backup {safety['id']} holds the state from before the restore",
                               stage=error.stage) from None
     return {"backup": backup.id, "restored_to": source.target(), "checks": checks, "safety_backup": safety["id"]}
