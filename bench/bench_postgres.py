@@ -1,7 +1,7 @@
 """Benchmark our PostgreSQL backup against the shell pipelines people use (issue 9).
 
 Usage: python bench/bench_postgres.py [--size-mib 1024[,2048...]] [--repeat 3] [--url URL] [--db NAME] [--keep]
-                                      [--ours auto|worker|engine]
+                                      [--ours worker|engine|auto]
 
 Builds a realistic database on the server at --url (default postgresql://postgres@127.0.0.1:5432/postgres, or
 TEST_PG_HOST/TEST_PG_PORT): users, sessions, JSON events and chat messages with word-based text and the indexes
@@ -9,9 +9,10 @@ an app has, generated server-side with generate_series (no pgbench padding). Wit
 database grows from one to the next, so the numbers show whether memory stays flat as the data grows.
 For each size, --repeat times in alternating order:
 
-  ours   = `python -m worker backup --no-upload` (once the worker knows postgresql:// sources), else the engine
-           driven the way the pipeline drives it: pg_dump's stream read in 1 MiB chunks, every chunk fed to
-           pg_restore (the check) and to multithreaded zstd -3 with SHA-256 of the compressed bytes, to a file;
+  ours   = `python -m worker backup --no-upload` (the default: the whole cycle as a user runs it, manifest and
+           retention included); `--ours engine` drives the engine the way the pipeline does instead: pg_dump's
+           stream read in 1 MiB chunks, every chunk fed to pg_restore (the check) and to multithreaded zstd -3
+           with SHA-256 of the compressed bytes, to a file;
   floor  = `pg_dump -Fc -Z0 | zstd -3 -T0` (no verification at all);
   pg_dump -Fc (its default gzip compression; what most peers run);
   pg_dump -Ft | gzip (the Railway template).
@@ -114,8 +115,14 @@ def connect(url: str):
 
 
 def db_url(base: str, dbname: str) -> str:
+    """Return `base` pointed at the database `dbname`: still a postgresql:// URL when `base` is one (the worker's
+    BACKUP_SOURCE must be a URL), else a key=value conninfo."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+    if "://" in base:
+        return urlunsplit(urlsplit(base)._replace(path="/" + quote(dbname, safe="")))
     return make_conninfo(**{**conninfo_to_dict(base), "dbname": dbname})
 
 
@@ -156,7 +163,7 @@ def db_facts(url: str) -> str:
     return f"{size / MIB:.0f} MiB on PostgreSQL {version}; rows: " + ", ".join(f"{t} {n:,}" for t, n in counts.items())
 
 
-# --- ours, driven like the pipeline (until the worker knows postgresql://) ----------------------------------------
+# --- ours with --ours engine: the engine driven like the pipeline, without the worker around it ------------------
 
 def drive(url: str, out: Path) -> None:
     """Back up `url` into `out` the way jobs/pipeline.py does: stream, check, zstd -3 multithreaded, SHA-256."""
@@ -198,7 +205,7 @@ def drive(url: str, out: Path) -> None:
 
 
 def ours_mode(url: str) -> str:
-    """Return "worker" once `python -m worker` takes postgresql:// sources, else "engine"."""
+    """Return "worker" if `python -m worker` takes postgresql:// sources (it does), else "engine"."""
     from jobs import engines
 
     try:
@@ -317,7 +324,8 @@ def main() -> None:
     parser.add_argument("--url", default=os.environ.get("BENCH_PG_URL", DEFAULT_URL), help="a database on the server to use for setup")
     parser.add_argument("--db", help="use this existing database (it is grown to the size if smaller, never dropped)")
     parser.add_argument("--keep", action="store_true", help="keep the built database")
-    parser.add_argument("--ours", choices=("auto", "worker", "engine"), default="auto")
+    parser.add_argument("--ours", choices=("worker", "engine", "auto"), default="worker",
+                        help="worker: `python -m worker backup` (default); engine: the engine driven like the pipeline")
     parser.add_argument("--drive", nargs=2, metavar=("URL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:

@@ -56,24 +56,34 @@ def stage(name: str) -> Iterator[None]:
         raise StorageError(f"{name} failed on{where}: {error.strerror or error}; check free space and permissions on the volume", stage=name) from None
 
 
-def required_space(estimate: int, previous: list[Backup]) -> int:
-    """Return the bytes a backup needs: the raw snapshot plus the artifact, judged by the last compression ratio."""
+def required_space(estimate: int, previous: list[Backup], on_disk: bool = True) -> int:
+    """Return the bytes a backup needs: the raw snapshot (when the engine writes one to the volume, see
+    `snapshot_on_disk`) plus the artifact, judged by the last compression ratio."""
     ratio = 1.0
     for backup in previous:
         raw = backup.manifest.get("raw_size")
         if isinstance(raw, int) and raw > 0:
             ratio = min(1.0, backup.size / raw * 1.5)
             break
-    return estimate + int(estimate * ratio) + HEADROOM
+    return (estimate if on_disk else 0) + int(estimate * ratio) + HEADROOM
 
 
-def check_space(directory: Path, estimate: int, previous: list[Backup], min_free: MinFree | None = None) -> None:
-    """Raise SpaceError if the volume holding `directory` cannot take the snapshot and the artifact and still
-    keep `min_free` (BACKUP_MIN_FREE) free for the app."""
+def snapshot_on_disk(source: Source) -> bool:
+    """Return whether the source's snapshot lands on the backup volume as a raw file before it is compressed
+    (SQLite's copy) or only passes through as a stream (pg_dump, Redis): `Source.snapshot_on_disk`, True if absent."""
+    return bool(getattr(source, "snapshot_on_disk", True))
+
+
+def check_space(directory: Path, estimate: int, previous: list[Backup], min_free: MinFree | None = None,
+                on_disk: bool = True) -> None:
+    """Raise SpaceError if the volume holding `directory` cannot take the snapshot (if `on_disk`) and the
+    artifact and still keep `min_free` (BACKUP_MIN_FREE) free for the app."""
     usage = shutil.disk_usage(directory)
-    problem = room_problem(usage.free, usage.total, required_space(estimate, previous), min_free)
+    problem = room_problem(usage.free, usage.total, required_space(estimate, previous, on_disk), min_free)
     if problem:
-        raise SpaceError(f"{directory} {problem} (a {estimate >> 20} MiB snapshot and its compressed copy); "
+        what = f"a {estimate >> 20} MiB snapshot and its compressed copy" if on_disk else \
+            f"the compressed copy of a {estimate >> 20} MiB database"
+        raise SpaceError(f"{directory} {problem} ({what}); "
                          "free space or grow the volume" + (", or lower BACKUP_MIN_FREE" if "BACKUP_MIN_FREE" in problem else ""))
 
 
@@ -87,8 +97,10 @@ def _free_name(directory: Path, name: str, kind: str, now: datetime) -> tuple[st
         moment += timedelta(seconds=1)
 
 
-def take_backup(source: Source, settings: BackupSettings, cancel: threading.Event) -> dict[str, Any]:
+def take_backup(source: Source, settings: BackupSettings, cancel: threading.Event,
+                reason: str | None = None) -> dict[str, Any]:
     """Write one checked, compressed backup of `source` into the backup directory; return its manifest.
+    `reason` (e.g. "pre-restore" for the safety backup before a restore) goes into the manifest as `reason`.
 
     One pass: the snapshot's stream is read in chunks, each chunk goes to the engine's check and to zstd, and
     the compressed bytes are hashed on their way into a temporary file. Only when the check has passed is the
@@ -102,7 +114,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         artifacts.ensure_dir(directory)
         previous, _ = list_backups(local, BackupSet(source.name(), source.kind), cancel)
         estimate = source.estimate_size()
-        check_space(directory, estimate, previous, settings.min_free)
+        check_space(directory, estimate, previous, settings.min_free, snapshot_on_disk(source))
 
     started = time.monotonic()
     artifact, created_at = _free_name(directory, source.name(), source.kind, datetime.now(timezone.utc))
@@ -137,6 +149,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
                 **details.get("versions", {}),
             },
             "duration_s": round(time.monotonic() - started, 3),
+            **({"reason": reason} if reason else {}),
         }
         with stage("publish"):
             publish.write_temp_manifest(temp_manifest, manifest)

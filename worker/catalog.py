@@ -24,6 +24,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobs.artifacts import FILE_MODE, ensure_dir
+from jobs.engines import url_secrets
+from jobs.engines.postgres import catalog_url
+from jobs.redact import scrub
 
 log = structlog.get_logger("worker.catalog")
 
@@ -191,21 +194,29 @@ class Catalog:
             log.warning("catalog.write_failed", error=error.__class__.__name__, detail=str(getattr(error, "orig", None) or error)[:200])
 
 
+CONNECT_TIMEOUT_S = 10  # a catalog server that does not answer must not hold a backup up for long
+
+
 def open_catalog(url: str) -> Catalog:
-    """Given a SQLAlchemy URL, return a Catalog with its table created; one that cannot open only warns."""
+    """Given a SQLAlchemy URL (a plain postgresql:// or postgres:// one goes through psycopg 3), return a
+    Catalog with its table created if missing; one that cannot open only warns, its password masked."""
     try:
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        parsed = make_url(catalog_url(url))
+        backend = parsed.get_backend_name()
+        if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
             path = Path(parsed.database)
             ensure_dir(path.parent)
             if not path.exists():
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
-        engine = create_engine(url, connect_args={"timeout": 30} if parsed.get_backend_name() == "sqlite" else {})
+        connect_args: dict[str, Any] = {"timeout": 30} if backend == "sqlite" else {}
+        if backend == "postgresql" and "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        engine = create_engine(parsed, connect_args=connect_args, hide_parameters=True)
         metadata.create_all(engine)
         _upgrade(engine)
         return Catalog(engine)
-    except (SQLAlchemyError, OSError, ImportError) as error:
-        log.warning("catalog.unavailable", error=error.__class__.__name__, detail=str(error)[:200],
+    except (SQLAlchemyError, OSError, ImportError, ValueError) as error:
+        log.warning("catalog.unavailable", error=error.__class__.__name__, detail=scrub(str(error), url_secrets(url))[:200],
                     hint="run history will not be recorded; check CATALOG_URL and that its driver is installed")
         return Catalog(None)
 

@@ -9,9 +9,10 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from jobs.engines import url_secrets
 from jobs.errors import JobError
 from jobs.volume import explain
-from worker import __version__, logs
+from worker import __version__, logs, preflight
 from worker.actions.backup import cmd_backup
 from worker.actions.cleanup import cmd_cleanup
 from worker.actions.config import cmd_config
@@ -92,6 +93,7 @@ def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -
         from worker.service import serve
 
         ctx.source()
+        preflight.log_problems(ctx.config)  # e.g. no fitting pg_dump: logged as an error, the worker keeps running
         return serve(ctx, args.exec_command, umask)
     _stop_on_signals(ctx.cancel)
     if args.command == "backup":
@@ -137,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
     stream = sys.stdout if args.command in LOG_TO_STDOUT else sys.stderr
-    logs.configure(config.log_level, config.log_format, config.secrets(), stream)
+    secrets = config.secrets() + url_secrets(getattr(args, "target_url", None) or "")  # restore --target-url
+    logs.configure(config.log_level, config.log_format, secrets, stream)
     ctx = Context(config=config, cwd=Path.cwd())
     try:
         with watching(config, ctx.cancel, configured_sets(config, ctx.cwd)):  # notifications, disk warnings

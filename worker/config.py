@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from jobs import engines
 from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.durations import format_duration, parse_duration
+from jobs.engines.postgres import catalog_url
 from jobs.redact import mask_url
 from jobs.volume import DEFAULT_MIN_FREE, MinFree, dir_problem, parse_min_free
 from worker.crontab import cron_trigger
@@ -188,7 +189,7 @@ def _catalog_problem(url: str) -> str | None:
     opens (run history is not recorded), like an unreachable catalog server. Connects to nothing."""
     shown = mask_url(url)
     try:
-        parsed = make_url(url)
+        parsed = make_url(catalog_url(url))  # postgresql:// and postgres:// open through psycopg 3
     except ArgumentError:
         return f"CATALOG_URL={shown!r} is not a SQLAlchemy URL, like sqlite:////app/data/catalog.db"
     try:

@@ -19,13 +19,13 @@ import os
 from pathlib import Path
 import re
 import threading
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 import uuid
 
 import structlog
 
 from jobs import execute
-from jobs.engines import pg_connect, pg_tools
+from jobs.engines import Snapshot, pg_connect, pg_tools
 from jobs.engines.pg_connect import Connection
 from jobs.errors import Cancelled, IntegrityError, SourceError
 
@@ -165,22 +165,13 @@ def dump_failure(database: str, failure: str) -> str:
 
 # --- the source ---------------------------------------------------------------------------------------------------
 
-@dataclass
-class Snapshot:
-    """The pipeline's Snapshot shape (jobs.engines.Snapshot once that lands): raw stream, its check, details."""
-
-    stream: io.RawIOBase
-    check: RestoreCheck
-    size: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class PostgresSource:
     """A PostgreSQL database reached through a URL."""
 
     conn: Connection
     kind: str = KIND
+    snapshot_on_disk: ClassVar[bool] = False  # pg_dump's archive streams to the compressor: no raw file on the volume
     _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def name(self) -> str:

@@ -1,4 +1,10 @@
-"""`restore`: fetch, verify, then restore a backup to a new file or over the live database."""
+"""`restore`: fetch, verify, then restore a backup: to a new file, over the live database, or into the
+PostgreSQL database at `--target-url`.
+
+Over a live SQLite file, the engine saves a safety copy first. Over a live PostgreSQL database, a safety backup
+is taken first: an ordinary backup of the set through the pipeline (manifest `"reason": "pre-restore"`), its id
+printed before anything changes. pg_restore runs in one transaction, so a restore that fails changes nothing.
+"""
 
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,17 +15,22 @@ from typing import Any
 
 import structlog
 
-from jobs import offsite, restore as restoring
+from jobs import offsite, pipeline, restore as restoring
 from jobs.artifacts import temp_prefix
 from jobs.backups import Backup, BackupSet
+from jobs.engines import Source, postgres
+from jobs.engines.pg_connect import parse_url
+from jobs.errors import Cancelled, JobError, SourceError
 from worker.actions.context import Context, UsageError
 from worker.actions.output import human_age, human_size, report_failure, say
 from worker.actions.selection import fetch, reading, wanted, where, workdir
+from worker.lock import exclusive
 from worker.runs import run_job
 
 log = structlog.get_logger("worker.actions.restore")
 
 CANCELLED = "restore cancelled; nothing was changed"
+PRE_RESTORE = "pre-restore"  # the manifest `reason` of the safety backup taken before a restore over a server
 
 
 def confirm(question: str, assume_yes: bool) -> None:
@@ -51,38 +62,84 @@ def describe(backup: Backup, location: str, now: datetime | None = None) -> str:
             + (f", {human_size(raw)} restored" if isinstance(raw, int) else "") + f", {location})")
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def target_problem(url: str) -> str | None:
+    """Return why `url` cannot be a `--target-url` (not a PostgreSQL URL, or one libpq rejects), or None."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in postgres.SCHEMES:
+        return ("--target-url takes the PostgreSQL database to restore into, like postgresql://USER@HOST:5432/DBNAME "
+                "(pgdump backups only; restore other kinds to a file with --to PATH)")
+    try:
+        parse_url(url)
+    except ValueError as error:
+        return f"--target-url: {error}"
+    return None
+
+
+def kind_problem(backup_kind: str | None, ident: str) -> str | None:
+    """Return the usage error for restoring a backup of `backup_kind` with --target-url, or None for pgdump."""
+    if backup_kind is None or backup_kind == postgres.KIND:
+        return None
+    return (f"{ident} is a {backup_kind} backup and --target-url restores pgdump (PostgreSQL) backups only; "
+            "write it to a new file with --to PATH instead")
+
+
 def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None, target_url: str | None,
                 assume_yes: bool, fallback: bool = False, source_name: str | None = None) -> int:
     if target_url:
-        raise UsageError("--target-url restores into a PostgreSQL or Redis server, which this version does not support yet; use --to PATH")
+        problem = target_problem(target_url)
+        if problem:
+            raise UsageError(problem)
     destination, location = where(ctx, from_s3)
     if to is not None:
         to = to.resolve()
         problem = restoring.new_file_problem(to)
         if problem:
             raise UsageError(problem)
-    source = None if to else ctx.restore_source(source_name, ident)  # refuses Redis before anything is fetched
+    # refuses Redis before anything is fetched
+    source = None if to or target_url else ctx.restore_source(source_name, ident)
     request = wanted(ctx, destination, location, ident, source_name)
+    if target_url and ident and request.backup_set is not None:
+        problem = kind_problem(request.backup_set.kind, ident)
+        if problem:
+            raise UsageError(problem)
     scratch_dir = to.parent if to else workdir(ctx)
+    maybe = " (or, if it proves damaged, the newest intact older one)" if fallback else ""
+    warning: str | None = None  # shown before the confirmation; not repeated when the restore notes it again
 
     with reading(ctx, from_s3):
         chosen: Backup | None = None
-        if not from_s3 or source is not None:
+        if not from_s3 or source is not None or target_url:
             chosen = request.pick(destination, location, ctx)
-        if source is not None:
+        if target_url:
+            problem = kind_problem(chosen.kind, chosen.id)
+            if problem:
+                raise UsageError(problem)
+            warning = postgres.restore_warning(chosen.manifest.get("versions") or {}, target_url)  # reaches the target
+            if warning:
+                _stderr(f"warning: {warning}")
+            confirm(f"This restores the backup {describe(chosen, location)}{maybe} into the database "
+                    f"{parse_url(target_url).masked}, replacing the tables and other objects the backup holds "
+                    "(objects it does not hold are left alone; one transaction: a failure changes nothing)", assume_yes)
+        elif source is not None:
             live = BackupSet(source.name(), source.kind)
             if chosen.backup_set != live:
                 raise UsageError(f"{chosen.id} is a backup of the set {chosen.backup_set}, not of {live} that BACKUP_SOURCE "
                                  f"holds; restore it to a new file with --to PATH")
-            maybe = " (or, if it proves damaged, the newest intact older one)" if fallback else ""
+            saved = ("A safety backup of its current state is taken first (its id is printed)" if source.kind == postgres.KIND
+                     else "Its current content is saved first as a safety copy")
             confirm(f"This replaces the live database {source.target()} with the backup {describe(chosen, location)}{maybe}. "
-                    "Its current content is saved first as a safety copy. Stop the app's writers before you go on; "
-                    "open connections will see the restored data", assume_yes)
+                    f"{saved}. Stop the app's writers before you go on; open connections will see the restored data",
+                    assume_yes)
 
         def work() -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix=temp_prefix() + "restore-", dir=scratch_dir) as scratch:
-                if from_s3:
-                    backup, artifact, notes = offsite.pick_restorable(destination, Path(scratch), ctx.cancel, ident,
+                if from_s3:  # the backup confirmed, unless --fallback may take an older intact one
+                    pick = ident or (chosen.id if chosen is not None and not fallback else None)
+                    backup, artifact, notes = offsite.pick_restorable(destination, Path(scratch), ctx.cancel, pick,
                                                                       fallback, request.backup_set)
                     for note in notes:
                         log.warning("restore.note", note=note)
@@ -93,8 +150,11 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                 if to is not None:
                     checks = restoring.restore_to_file(artifact, backup, to, ctx.cancel)
                     return {"backup": backup.id, "restored_to": str(to), "checks": checks}
-                safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel,
-                                                        notify=lambda line: print(line, file=sys.stderr, flush=True))
+                if target_url:
+                    return restore_into_url(ctx, artifact, backup, target_url, shown=warning)
+                if source.kind == postgres.KIND:
+                    return restore_over_server(ctx, artifact, backup, source)
+                safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
                 fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks}
                 return {**fields, "safety_copy": str(safety)} if safety else fields
 
@@ -104,4 +164,43 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
             f"({', '.join(outcome.fields['checks'])} passed)")
         if "safety_copy" in outcome.fields:
             say(f"the previous database was saved as {outcome.fields['safety_copy']}")
+        if "safety_backup" in outcome.fields:
+            say(f"the previous state of the database is in the safety backup {outcome.fields['safety_backup']} "
+                f"(restore it with `python -m worker restore {outcome.fields['safety_backup']}`)")
     return report_failure(outcome)
+
+
+def restore_into_url(ctx: Context, artifact: Path, backup: Backup, target_url: str, shown: str | None) -> dict[str, Any]:
+    """Prove the artifact (checksum first, then pg_restore reading every block), then pg_restore it into the
+    database at `target_url` in one transaction; return the run's fields. Warnings not shown yet go to stderr."""
+    problem = kind_problem(backup.kind, backup.id)
+    if problem:
+        raise SourceError(problem, stage="restore")
+    masked = parse_url(target_url).masked
+    with restoring.proven_raw(artifact, backup, workdir(ctx), ctx.cancel) as (raw, checks):
+        postgres.restore_into(raw, target_url, ctx.cancel, notify=lambda note: None if note == shown else _stderr(f"warning: {note}"))
+    return {"backup": backup.id, "restored_to": masked, "checks": checks}
+
+
+def restore_over_server(ctx: Context, artifact: Path, backup: Backup, source: Source) -> dict[str, Any]:
+    """Prove the artifact, take a safety backup of the live database (an ordinary backup of the set, manifest
+    `"reason": "pre-restore"`, its id printed before anything changes), then restore into it in one
+    transaction; return the run's fields. A failure names the safety backup and says nothing changed."""
+    live = BackupSet(source.name(), source.kind)
+    if backup.backup_set != live:
+        raise SourceError(f"{backup.id} is a backup of the set {backup.backup_set}, not of {live}", stage="restore")
+    with restoring.proven_raw(artifact, backup, workdir(ctx), ctx.cancel) as (raw, checks):
+        try:
+            with exclusive(ctx.config.backup_dir):
+                safety = pipeline.take_backup(source, ctx.settings(upload=False), ctx.cancel, reason=PRE_RESTORE)
+        except JobError as error:
+            raise type(error)(f"the safety backup of {source.target()} before the restore failed, so nothing was "
+                              f"restored and the database is unchanged: {error}", stage="safety-backup") from None
+        log.info("restore.safety_backup", safety_backup=safety["id"], artifact=safety["artifact"])
+        _stderr(f"safety backup {safety['id']} holds the current state of {source.target()}; restoring {backup.id} now")
+        try:
+            source.restore(raw, ctx.cancel, notify=lambda note: _stderr(f"warning: {note}"))
+        except (SourceError, Cancelled) as error:
+            raise type(error)(f"{str(error).rstrip(';. ')}; the safety backup {safety['id']} holds the state from before the restore",
+                              stage=error.stage) from None
+    return {"backup": backup.id, "restored_to": source.target(), "checks": checks, "safety_backup": safety["id"]}

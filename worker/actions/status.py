@@ -10,6 +10,7 @@ from jobs.durations import format_duration
 from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
 from worker.actions.output import human_age, say
 from worker.crontab import next_fire_times
+from worker import preflight
 from worker.freshness import evaluate, status_extras, status_lines
 
 
@@ -62,6 +63,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
 
 
 def cmd_status(ctx: Context, as_json: bool) -> int:
+    preflight.warn(ctx.config)  # on stderr: what would stop the backups (no fitting pg_dump)
     report = status_report(ctx)
     if as_json:
         say(json.dumps(report, indent=2, sort_keys=True))
