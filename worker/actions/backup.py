@@ -6,6 +6,7 @@ from jobs import pipeline
 from jobs.volume import require_usable
 from worker.actions.context import Context
 from worker.actions.output import human_size, print_json, report_failure, say
+from worker.actions.purge import purge_after_backup
 from worker.lock import exclusive
 from worker.runs import Outcome, run_job
 
@@ -17,7 +18,7 @@ def backup_job(ctx: Context, upload: bool = True) -> Outcome:
         source = ctx.source()
         require_usable(ctx.config.backup_dir)
         with exclusive(ctx.config.backup_dir):
-            return pipeline.run_cycle(source, ctx.settings(upload), ctx.cancel)
+            return purge_after_backup(ctx, ctx.config.source_url, pipeline.run_cycle(source, ctx.settings(upload), ctx.cancel))
 
     return run_job("backup", ctx.catalog, work)
 
