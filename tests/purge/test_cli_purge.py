@@ -3,6 +3,7 @@ RETENTION_RULES on real SQLite files (rows spanning 60 days, written relative to
 
 from datetime import datetime, timedelta, timezone
 import json
+import os
 from pathlib import Path
 import signal
 import socket
@@ -12,9 +13,11 @@ import sys
 import threading
 import time
 
+import boto3
 import pytest
 
 from tests.conftest import run_worker
+from tests.s3.conftest import moto_endpoint  # noqa: F401  (a fixture: moto's S3 server for the session)
 from tests.purge.conftest import make_sqlite
 
 RULE = "events.created_at=30d"
@@ -153,6 +156,20 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_with_a_bucket_rows_are_deleted_once_the_backup_that_holds_them_is_uploaded(app: dict, moto_endpoint: str) -> None:
+    s3 = {"S3_BUCKET": f"purge-{os.getpid()}-{time.monotonic_ns()}", "S3_ENDPOINT_URL": moto_endpoint,
+          "AWS_ACCESS_KEY_ID": "AKIATESTKEYID0000001", "AWS_SECRET_ACCESS_KEY": "test-secret", "NO_PROXY": "127.0.0.1"}
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=s3["S3_BUCKET"])
+    result = run_worker(["backup", "--json"], {**app["env"], **s3}, cwd=app["cwd"])
+
+    assert result.code == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["uploaded"] == [outcome["backup"]] and outcome["purged_rows"] == app["old"]
+    assert "and uploaded" in result.event("purge.allowed")["reason"]
+    assert count(app["path"]) == app["total"] - app["old"]
 
 
 def test_a_failed_upload_deletes_nothing_and_the_outcome_says_why(app: dict) -> None:
