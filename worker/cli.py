@@ -19,6 +19,7 @@ from worker.actions.config import cmd_config
 from worker.actions.context import EXIT_FAILED, EXIT_USAGE, Context, UsageError
 from worker.actions.listing import cmd_list
 from worker.actions.prune import cmd_prune
+from worker.actions.purge import require_rules_fit
 from worker.actions.restore import cmd_restore
 from worker.actions.status import cmd_status
 from worker.actions.verify import cmd_verify
@@ -89,6 +90,8 @@ def _stop_on_signals(cancel: threading.Event) -> None:
 
 
 def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -> int:
+    if args.command in ("run", "backup", "prune", "config"):
+        require_rules_fit(ctx)  # RETENTION_RULES against the database: a missing table or column is exit 2
     if args.command == "run":
         from worker.service import serve
 

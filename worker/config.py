@@ -21,6 +21,7 @@ from jobs import engines
 from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.durations import format_duration, parse_duration
 from jobs.engines.postgres import catalog_url
+from jobs.purge import PurgeRule, parse_retention_rules
 from jobs.redact import mask_url
 from jobs.volume import DEFAULT_MIN_FREE, MinFree, dir_problem, parse_min_free
 from worker.crontab import cron_trigger
@@ -93,6 +94,7 @@ class Config:
     # `source_url` stays the main one's URL. `source_variables` maps each set name to its variable.
     sources: tuple[SourceSpec, ...] = field(default=(), repr=False)
     source_variables: dict[str, str] = field(default_factory=dict, compare=False)
+    retention_rules: tuple[PurgeRule, ...] = ()  # RETENTION_RULES (issue 12): rows deleted after a good backup
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -141,6 +143,7 @@ class Config:
             "HEALTHCHECK_PING_URL": mask_endpoint(self.healthcheck_ping_url),
             "HEALTH_PORT": self.health_port,
             "DISK_WARN_PERCENT": self.disk_warn_percent,
+            "RETENTION_RULES": [rule.describe() for rule in self.retention_rules],
         }
 
 
@@ -295,6 +298,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     log_format = _choice(env, "LOG_FORMAT", "json", LOG_FORMATS, problems)
 
     monitoring = _monitoring(env, problems)
+    retention_rules = _retention_rules(env, source_url, source, problems)
 
     if problems:
         raise ConfigError(problems)
@@ -324,6 +328,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         sources=specs,
         source_variables=variables,
         **monitoring,
+        retention_rules=retention_rules,
     )
 
 
@@ -385,3 +390,23 @@ def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object
         "health_port": port,
         "disk_warn_percent": _int(env, "DISK_WARN_PERCENT", 80, 1, 100, problems),
     }
+
+
+def _retention_rules(env: Mapping[str, str], source_url: str | None, source: engines.Source | None,
+                     problems: list[str]) -> tuple[PurgeRule, ...]:
+    """Given the environment and the main source, return RETENTION_RULES (issue 12), adding a problem for bad
+    pairs, for rules without a source, and for a source that has no tables (Redis). Whether each rule fits the
+    database is checked when a command starts (worker/actions/purge.py): that needs a connection."""
+    text = env.get("RETENTION_RULES", "")
+    try:
+        rules = tuple(parse_retention_rules(text))
+    except ValueError as error:
+        problems.append(f"RETENTION_RULES: {error}")
+        return ()
+    if rules and not source_url:
+        problems.append("RETENTION_RULES is set but BACKUP_SOURCE is not; set BACKUP_SOURCE (or DATABASE_URL) to "
+                        "the SQLite or PostgreSQL database whose rows it deletes")
+    elif rules and source is not None and source.kind not in ("sqlite", "pgdump"):
+        problems.append(f"RETENTION_RULES: table retention works on SQLite and PostgreSQL sources, not on "
+                        f"{mask_url(source_url or '')}; unset RETENTION_RULES")
+    return rules

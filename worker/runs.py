@@ -13,7 +13,7 @@ import uuid
 
 import structlog
 
-from jobs.errors import BusyError, Cancelled, JobError
+from jobs.errors import BusyError, JobError
 from jobs.volume import explain
 from worker.catalog import Catalog
 
@@ -54,9 +54,7 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
             outcome.outcome = "succeeded"
         except BusyError as error:
             outcome.outcome, outcome.reason = "skipped", str(error)
-        except Cancelled as error:
-            outcome.stage, outcome.reason = error.stage, str(error)
-        except JobError as error:
+        except JobError as error:  # Cancelled too: what it did before it stopped stays (a purge's counts so far)
             outcome.stage, outcome.reason, outcome.fields = error.stage, str(error), dict(error.fields)
         except OSError as error:  # a filesystem problem we did not foresee: still one sentence with the path
             outcome.stage, outcome.reason = "store", explain(error)

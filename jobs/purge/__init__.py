@@ -108,7 +108,8 @@ def should_purge(cycle_fields: Mapping[str, Any], *, remote: bool) -> tuple[bool
         return False, "this cycle wrote no backup, so rows are not deleted"
     if not cycle_fields.get("verified"):
         return False, f"the backup {artifact} has no passed check, so rows are not deleted"
-    if remote and backup_id(str(artifact)) not in (cycle_fields.get("uploaded") or []):
+    backup = cycle_fields.get("backup") or backup_id(str(artifact))  # the manifest's id, as offsite.sync names it
+    if remote and backup not in (cycle_fields.get("uploaded") or []):
         return False, f"the backup {artifact} was not uploaded to S3 in this cycle, so rows are not deleted"
     where = " and uploaded" if remote else ""
     return True, f"the backup {artifact} passed its check ({cycle_fields['verified']}){where}"

@@ -79,7 +79,7 @@ def test_the_cutoff_is_now_minus_the_age_in_whole_utc_seconds_and_needs_an_aware
         ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": "PRAGMA integrity_check",
           "uploaded": ["app-20261121T020000Z.sqlite", "app-20261122T020000Z.sqlite"]}, True, True, "passed its check (PRAGMA integrity_check) and uploaded"),
         ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": "PRAGMA integrity_check",
-          "uploaded": ["app-20261121T020000Z.sqlite"]}, True, False, "was not uploaded to S3 in this cycle"),
+          "uploaded": ["app-20261121T020000Z.sqlite", "app-20261122T020000Z"]}, True, False, "was not uploaded to S3 in this cycle"),
         ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": "PRAGMA integrity_check"}, True, False,
          "was not uploaded to S3"),
         ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": None}, False, False, "has no passed check"),

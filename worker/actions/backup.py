@@ -17,6 +17,7 @@ from jobs.errors import Cancelled, JobError
 from jobs.volume import explain, require_usable
 from worker.actions.context import EXIT_FAILED, Context
 from worker.actions.output import human_size, print_json, report_failure, say
+from worker.actions.purge import purge_after_backup
 from worker.lock import exclusive
 from worker.runs import Outcome, run_job
 
@@ -31,8 +32,10 @@ def backup_one(ctx: Context, source: Source, settings: pipeline.BackupSettings) 
     row: dict[str, Any] = {"outcome": None, "stage": None, "reason": None}
     with structlog.contextvars.bound_contextvars(source=source.name()):
         try:
-            row.update(pipeline.run_cycle(source, settings, ctx.cancel))
-            # Here, after this source's fully successful cycle: its table retention (RETENTION_RULES), one line.
+            cycle = pipeline.run_cycle(source, settings, ctx.cancel)
+            if source.name() == ctx.config.sources[0].name:  # RETENTION_RULES apply to the main source
+                cycle = purge_after_backup(ctx, ctx.config.source_url, cycle)  # only after its full success
+            row.update(cycle)
         except Cancelled:
             raise
         except JobError as error:

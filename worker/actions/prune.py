@@ -10,6 +10,7 @@ from jobs.destinations import Destination
 from jobs.volume import require_usable
 from worker.actions.context import Context, UsageError
 from worker.actions.output import report_failure, say
+from worker.actions.purge import dry_run_report
 from worker.lock import exclusive, for_deletion
 from worker.runs import run_job
 
@@ -45,6 +46,7 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
                         pipeline.carry_out(destination, plan, cancel=ctx.cancel)
                     deleted += [b.id for b in plan.delete]
                 fields[f"{destination.location}_delete"] = deleted
+            fields.update(dry_run_report(ctx) if dry_run else {})  # RETENTION_RULES: rows each rule would delete
             return fields
 
     return report_failure(run_job("prune", ctx.catalog, work))

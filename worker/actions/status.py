@@ -9,6 +9,7 @@ from jobs.backups import list_backups, newest_verified, sets_in
 from jobs.durations import format_duration
 from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
 from worker.actions.output import human_age, say
+from worker.actions.purge import last_purge, status_lines as purge_status_lines
 from worker.crontab import next_fire_times
 from worker import preflight
 from worker.freshness import evaluate, status_extras, status_lines
@@ -58,6 +59,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         "sets": per_set,
         "jobs": jobs,
         "next_runs": next_runs,
+        "last_purge": last_purge(ctx.catalog),  # RETENTION_RULES: rows deleted per rule by the last purge
         **status_extras(ctx.config, ctx.catalog),  # last_failure, disk (worker/freshness.py)
     }
 
@@ -88,6 +90,6 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
             say(f"last {job}: {row['outcome']} ({row['started_at']}){detail}")
         for job, when in report["next_runs"].items():
             say(f"next {job}: {when}")
-        for line in status_lines(report):
+        for line in status_lines(report) + purge_status_lines(report):
             say(line)
     return EXIT_OK if report["healthy"] else EXIT_FAILED

@@ -1,0 +1,152 @@
+"""Table retention (RETENTION_RULES) in the worker: the check at start, the purge right after a fully successful
+backup cycle, `prune --dry-run`'s row counts and `status`'s last purge.
+
+The purge is its own job `purge` (start and outcome events, a catalog row, notified like any job), run inside the
+backup run that allowed it, under the same backup lock; its per-rule counts are also copied into the backup's
+outcome fields. A rule that fails makes the `purge` run fail (logged at error level, notified) but never the
+backup: that backup is good, and it holds every row. The rules apply to the main source (BACKUP_SOURCE).
+"""
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+import json
+from typing import Any
+
+import structlog
+
+from jobs.artifacts import utc_iso
+from jobs.errors import Cancelled, JobError, SourceError
+from jobs.purge import PurgeRule, check_rules, dry_run, purge, purge_fields, should_purge
+from worker.actions.context import Context, UsageError
+from worker.actions.output import say
+from worker.catalog import Catalog
+from worker.runs import run_job
+
+log = structlog.get_logger("worker.purge")
+
+# What a backup's outcome carries about its purge, with `purge_run_id`, and `purge_skipped` / `purge_error` when
+# it did not run, or not whole.
+PURGE_FIELDS = ("purge", "purged_rows", "purge_failed")
+
+
+def rules_for(ctx: Context, source_url: str | None) -> tuple[PurgeRule, ...]:
+    """Return the rules that apply to the source `source_url`: RETENTION_RULES for the main source, none for
+    others (rules for further sources are not supported yet)."""
+    if not source_url or source_url != ctx.config.source_url:
+        return ()
+    return ctx.config.retention_rules
+
+
+def rule_problems(ctx: Context) -> list[str]:
+    """Return one problem per rule that does not fit the main source's database (no such table or column, a type
+    we cannot read as a time, no key). A database that cannot be reached now only warns: the app may not have
+    created it yet, and every purge checks each rule again."""
+    rules = rules_for(ctx, ctx.config.source_url)
+    if not rules:
+        return []
+    try:
+        problems = check_rules(ctx.config.source_url, rules, ctx.cwd)
+    except SourceError as error:
+        log.warning("purge.check_deferred", reason=str(error), detail="the rules are checked again before every purge")
+        return []
+    except ValueError as error:
+        return [f"RETENTION_RULES: {error}"]
+    return [f"RETENTION_RULES: {problem}" for problem in problems]
+
+
+def require_rules_fit(ctx: Context) -> None:
+    """Raise UsageError (exit 2) listing every rule that does not fit the database; nothing is deleted then."""
+    problems = rule_problems(ctx)
+    if problems:
+        plural = "s" if len(problems) > 1 else ""
+        raise UsageError(f"invalid configuration ({len(problems)} problem{plural}):\n  " + "\n  ".join(problems))
+
+
+def purge_after_backup(ctx: Context, source_url: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+    """Given the fields of a backup cycle of `source_url` that returned (it fully succeeded), delete the rows the
+    rules make old, as the job `purge`, if `should_purge` allows it (with S3 configured, only once this cycle
+    uploaded the backup, also under `backup --no-upload`). Return the cycle's fields with the purge's."""
+    rules = rules_for(ctx, source_url)
+    if not rules:
+        return fields
+    allowed, why = should_purge(fields, remote=ctx.config.s3 is not None)
+    if not allowed:
+        log.warning("purge.skipped", reason=why)
+        return {**fields, "purge_skipped": why}
+    log.info("purge.allowed", reason=why)
+    outcome = run_job("purge", ctx.catalog, lambda: _purge_job(ctx, source_url or "", rules, fields))
+    merged = {**fields, **{key: outcome.fields[key] for key in PURGE_FIELDS if key in outcome.fields},
+              "purge_run_id": outcome.run_id}
+    if not outcome.ok:
+        merged["purge_error"] = outcome.reason
+    return merged
+
+
+def _purge_job(ctx: Context, source_url: str, rules: Sequence[PurgeRule], cycle: Mapping[str, Any]) -> dict[str, Any]:
+    """The `purge` run: delete, report per rule; raise JobError (stage purge) if a rule failed, Cancelled (with the
+    counts so far) if the worker is stopping."""
+    held_by = {"backup": cycle.get("backup")}  # the backup that holds every row deleted here
+    try:
+        results = purge(source_url, rules, datetime.now(timezone.utc), ctx.cancel, cwd=ctx.cwd)
+    except Cancelled as error:
+        error.fields = {**held_by, **summary(error.fields.get("purge", []))}
+        raise
+    fields = {**held_by, **purge_fields(results)}
+    failed = [result for result in results if result.error]
+    if failed:
+        reasons = "; ".join(f"{result.rule}: {result.error}" for result in failed)
+        raise JobError(f"{len(failed)} of {len(results)} table retention rules failed ({reasons}); the other rules "
+                       f"deleted {fields['purged_rows']} rows; the backup {cycle.get('backup')} holds every row",
+                       stage="purge", fields=fields)
+    return fields
+
+
+def summary(rules: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Given per-rule dicts (RuleResult.as_dict), return the same fields as `purge_fields`."""
+    return {"purge": list(rules), "purged_rows": sum(rule.get("deleted", 0) for rule in rules),
+            "purge_failed": [rule["rule"] for rule in rules if rule.get("error")]}
+
+
+def dry_run_report(ctx: Context) -> dict[str, Any]:
+    """For `prune --dry-run`: print the rows each rule would delete now (or why it cannot run) and return them as
+    fields of the prune run. Nothing is deleted."""
+    rules = rules_for(ctx, ctx.config.source_url)
+    if not rules:
+        return {}
+    results = dry_run(ctx.config.source_url or "", rules, datetime.now(timezone.utc), ctx.cwd)
+    for result in results:
+        if result.error:
+            say(f"table {result.rule}: cannot run: {result.error}")
+        else:
+            cascades = f", cascading to {', '.join(result.cascades)}" if result.cascades else ""
+            say(f"table {result.rule}: would delete {result.would_delete} rows older than {result.cutoff}{cascades} "
+                "(dry run: nothing deleted)")
+    return {"purge_would_delete": [result.as_dict() for result in results]}
+
+
+def last_purge(catalog: Catalog) -> dict[str, Any] | None:
+    """Return the newest finished `purge` run for `status`: when, its outcome, rows deleted per rule, or None."""
+    row = catalog.last_runs().get("purge")
+    if row is None:
+        return None
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        details = {}
+    started = row["started_at"]
+    if isinstance(started, datetime):  # SQLite hands back naive datetimes, which we always wrote in UTC
+        started = utc_iso(started if started.tzinfo else started.replace(tzinfo=timezone.utc))
+    return {"run_id": row["run_id"], "started_at": started, "outcome": row["outcome"], "reason": row.get("reason"),
+            "backup": details.get("backup"), "purged_rows": details.get("purged_rows"),
+            "rules": [{key: rule.get(key) for key in ("rule", "deleted", "error")} for rule in details.get("purge", [])]}
+
+
+def status_lines(report: Mapping[str, Any]) -> list[str]:
+    """Return `status`'s lines about the last purge (none if there was none)."""
+    last = report.get("last_purge")
+    if not last:
+        return []
+    rules = "; ".join(f"{rule['rule']}: {rule['deleted']}" + (f" ({rule['error']})" if rule.get("error") else "")
+                      for rule in last["rules"])
+    return [f"table retention: {last['purged_rows'] or 0} rows deleted by the last purge ({last['started_at']})"
+            + (f": {rules}" if rules else "")]
