@@ -298,7 +298,13 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     log_format = _choice(env, "LOG_FORMAT", "json", LOG_FORMATS, problems)
 
     monitoring = _monitoring(env, problems)
-    retention_rules = _retention_rules(env, source_url, source, problems)
+    main_source = None  # the source RETENTION_RULES applies to (its URL problems are already gathered above)
+    if source_url:
+        try:
+            main_source = engines.open_source(source_url, cwd)
+        except ValueError:
+            pass
+    retention_rules = _retention_rules(env, source_url, main_source, problems)
 
     if problems:
         raise ConfigError(problems)
