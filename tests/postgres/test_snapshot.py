@@ -369,6 +369,28 @@ def test_an_archive_the_check_rejects_is_never_published(app_pg, tmp_path, monke
     assert not (tmp_path / "out").exists()
 
 
+def test_a_pg_restore_that_never_reads_cannot_hold_the_backup_past_a_cancel(app_pg, tmp_path, monkeypatch):
+    """A pg_restore that never reads (a stand-in that sleeps) fills the pipe and blocks the feed: a cancel must
+    still stop the backup promptly and publish nothing."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    real = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip() or "/usr/lib/postgresql/15/bin")
+    (tools / "pg_dump").symlink_to(real / "pg_dump")
+    (tools / "pg_restore").write_text("#!/bin/sh\n"
+                                      "if [ \"$1\" = --version ]; then exec '%s' --version; fi\n"
+                                      "exec sleep 600\n" % (real / "pg_restore"))
+    (tools / "pg_restore").chmod(0o755)
+    monkeypatch.setenv("PG_BIN_DIR", str(tools))
+    source = postgres.open_source(url_for(app_pg), tmp_path)
+    cancel = threading.Event()
+    threading.Timer(1.5, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        backup_to_file(source, tmp_path / "out", tmp_path, cancel=cancel)
+    assert time.monotonic() - started < 1.5 + 8
+    assert not (tmp_path / "out").exists()
+
+
 def test_bytes_after_the_end_of_a_complete_archive_are_refused(app_pg, tmp_path):
     raw = tmp_path / "good"
     backup_to_file(postgres.open_source(url_for(app_pg), tmp_path), raw, tmp_path)
