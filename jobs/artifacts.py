@@ -129,6 +129,14 @@ def is_stale_temporary(name: str) -> bool:
     return not process_alive(pid)
 
 
+def remove_temporary(path: Path) -> None:
+    """Remove a stale temporary file or directory of ours (never followed through a symlink: callers skip those)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def process_alive(pid: int) -> bool:
     """Return whether a process with this pid exists."""
     try:

@@ -97,10 +97,7 @@ def sweep_stale(directory: Path, marker: str) -> list[str]:
     removed = []
     for child in directory.iterdir():
         if marker in child.name and artifacts.is_stale_temporary(child.name) and not child.is_symlink():
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+            artifacts.remove_temporary(child)
             removed.append(child.name)
     return removed
 

@@ -9,7 +9,7 @@ from jobs.artifacts import utc_iso
 from jobs.durations import parse_duration
 from worker.catalog import Catalog
 from worker.freshness import catalog_time
-from worker.notify import human_size
+from worker.text import human_size
 
 KEYS = ("job", "run_id", "started_at", "finished_at", "outcome", "stage", "reason", "duration_s", "size",
         "raw_size", "artifact")

@@ -26,6 +26,7 @@ from jobs.redact import scrub
 from worker import __version__
 from worker.freshness import disk_listener
 from worker.runs import Outcome, add_listener
+from worker.text import human_size
 
 if TYPE_CHECKING:
     from worker.config import Config
@@ -90,18 +91,6 @@ def ping_url(base: str, suffix: str) -> str:
 
 
 # --- What is said ---------------------------------------------------------------------------------------------
-
-def human_size(size: int | None) -> str:
-    """Return a size like `512 B`, `1.5 MiB`."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
 
 def backup_set(outcome: Outcome, sets: list[str]) -> str | None:
     """Return the backup set a run concerns when it is known: from its fields, its artifact, or the only set."""

@@ -96,9 +96,6 @@ class LocalDestination:
         for child in self.directory.iterdir():
             if not artifacts.is_stale_temporary(child.name) or child.is_symlink():
                 continue
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+            artifacts.remove_temporary(child)
             removed.append(child.name)
         return removed

@@ -351,17 +351,21 @@ def test_a_connection_lost_mid_dump_fails_the_snapshot(make_db, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_an_archive_the_check_rejects_is_never_published(app_pg, tmp_path, monkeypatch):
-    """A pg_restore that gives up half-way (here a stand-in that reads 64 KiB and fails) fails the backup."""
+def stand_in_pg_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    """Point PG_BIN_DIR at the real pg_dump and a pg_restore that reports the real version but runs `body`."""
     tools = tmp_path / "bin"
     tools.mkdir()
     real = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip() or "/usr/lib/postgresql/15/bin")
     (tools / "pg_dump").symlink_to(real / "pg_dump")
     (tools / "pg_restore").write_text("#!/bin/sh\n"
-                                      "if [ \"$1\" = --version ]; then exec '%s' --version; fi\n"
-                                      "head -c 65536 >/dev/null; echo 'pg_restore: error: invalid block type' >&2; exit 1\n" % (real / "pg_restore"))
+                                      "if [ \"$1\" = --version ]; then exec '%s' --version; fi\n%s\n" % (real / "pg_restore", body))
     (tools / "pg_restore").chmod(0o755)
     monkeypatch.setenv("PG_BIN_DIR", str(tools))
+
+
+def test_an_archive_the_check_rejects_is_never_published(app_pg, tmp_path, monkeypatch):
+    """A pg_restore that gives up half-way (here a stand-in that reads 64 KiB and fails) fails the backup."""
+    stand_in_pg_restore(tmp_path, monkeypatch, "head -c 65536 >/dev/null; echo 'pg_restore: error: invalid block type' >&2; exit 1")
     source = postgres.open_source(url_for(app_pg), tmp_path)
     with pytest.raises(IntegrityError, match="pg_restore could not read the whole archive: pg_restore exited with 1: "
                                              "pg_restore: error: invalid block type"):
@@ -372,15 +376,7 @@ def test_an_archive_the_check_rejects_is_never_published(app_pg, tmp_path, monke
 def test_a_pg_restore_that_never_reads_cannot_hold_the_backup_past_a_cancel(app_pg, tmp_path, monkeypatch):
     """A pg_restore that never reads (a stand-in that sleeps) fills the pipe and blocks the feed: a cancel must
     still stop the backup promptly and publish nothing."""
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    real = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip() or "/usr/lib/postgresql/15/bin")
-    (tools / "pg_dump").symlink_to(real / "pg_dump")
-    (tools / "pg_restore").write_text("#!/bin/sh\n"
-                                      "if [ \"$1\" = --version ]; then exec '%s' --version; fi\n"
-                                      "exec sleep 600\n" % (real / "pg_restore"))
-    (tools / "pg_restore").chmod(0o755)
-    monkeypatch.setenv("PG_BIN_DIR", str(tools))
+    stand_in_pg_restore(tmp_path, monkeypatch, "exec sleep 600")
     source = postgres.open_source(url_for(app_pg), tmp_path)
     cancel = threading.Event()
     threading.Timer(1.5, cancel.set).start()

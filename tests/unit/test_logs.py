@@ -2,9 +2,20 @@ import io
 import json
 import logging
 
+import pytest
 import structlog
 
 from worker import logs
+
+
+@pytest.fixture(autouse=True)
+def _logging_put_back():
+    """These tests point logging at a StringIO; later tests must not log into it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers, root.level = handlers, level
 
 
 def lines(stream: io.StringIO) -> list[dict]:

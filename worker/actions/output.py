@@ -5,21 +5,11 @@ import sys
 
 from worker.actions.context import EXIT_FAILED, EXIT_OK
 from worker.runs import Outcome
+from worker.text import human_size  # noqa: F401  (re-exported for the actions)
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def human_age(seconds: float) -> str:
