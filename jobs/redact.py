@@ -5,7 +5,8 @@ import re
 from urllib.parse import parse_qsl, urlencode
 
 _SECRET_QUERY_KEYS = {"password", "pass", "passwd", "secret", "token", "key", "sslpassword", "access_key", "secret_key"}
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s]*)@")
+# The password runs to the LAST "@" before the host: a password with an unencoded "@" is masked whole.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^\s/?#]*)@")
 
 
 def mask_url(url: str) -> str:
@@ -31,3 +32,10 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
         if secret and len(secret) >= 3:
             text = text.replace(secret, "***")
     return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def unencoded_userinfo(url: str) -> bool:
+    """Return whether the user and password part of `url` holds an "@" that should have been written %40: URL
+    parsers disagree on where such a host starts, and part of the password would be taken for the host."""
+    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return authority.count("@") > 1

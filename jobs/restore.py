@@ -220,7 +220,7 @@ def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, 
     `notify` gets a sentence naming the safety copy before anything changes. Space is checked up front on every
     volume involved (the unpacked backup in `workdir`, and what the engine writes beside the database)."""
     if backup.kind != source.kind:
-        raise SourceError(f"{backup.id} is a {backup.kind} backup and cannot be restored into a {source.kind} source", stage="restore")
+        raise SourceError(f"{backup.id} is a backup of kind {backup.kind} and cannot be restored into a {source.kind} source", stage="restore")
     needs = getattr(source, "restore_space", None)  # optional: engines that write beside the database say how much
     extra = list(needs(raw_needs(backup)).items()) if needs is not None else []
     with proven_raw(artifact, backup, workdir, cancel, extra) as (raw, checks):

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from jobs import execute
 from jobs.engines import pg_tools
 from jobs.errors import SourceError
-from jobs.redact import mask_url, scrub
+from jobs.redact import mask_url, scrub, unencoded_userinfo
 
 log = structlog.get_logger("jobs.engines.pg_connect")
 
@@ -64,6 +64,9 @@ class Connection:
 def parse_url(url: str) -> Connection:
     """Given a postgresql:// (or postgres://) URL, return its Connection. Raise ValueError if libpq rejects it."""
     masked = mask_url(url)
+    if unencoded_userinfo(url):
+        raise ValueError(f"the user or password in {masked} contains \"@\"; write it percent-encoded as %40 so the host "
+                         "is read right")
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error as error:
@@ -73,6 +76,8 @@ def parse_url(url: str) -> Connection:
                          "process can read it; use a client key without a passphrase (mode 0600) instead")
     password = params.pop("password", None)
     params = {key: str(value) for key, value in params.items()}
+    if not all(port.strip().isdigit() for port in params.get("port", "5432").split(",")):
+        raise ValueError(f"{masked} has the port {params['port']!r}; a port is a number like 5432")
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
     return Connection(params, masked, str(password) if password else None)
 
@@ -121,7 +126,7 @@ def end_sessions(conn: Connection, application_name: str) -> None:
 
 
 _PROBLEMS: list[tuple[str, str]] = [
-    (r"password authentication failed", "PostgreSQL at {host} refused the password of user {user}; check the password in the URL (BACKUP_SOURCE or DATABASE_URL)"),
+    (r"password authentication failed", "PostgreSQL at {host} refused the password of user {user}; check the password in the URL that names this database (BACKUP_SOURCE, DATABASE_URL, or --target-url for a restore)"),
     (r"no password supplied", "PostgreSQL at {host} asks user {user} for a password and the URL has none; add it to the URL (postgresql://USER:PASSWORD@HOST/DB)"),
     (r'database ".*" does not exist', "the database {db} does not exist on {host}; check the database name at the end of the URL, or create it (createdb {db})"),
     (r'role ".*" does not exist', "PostgreSQL at {host} has no user {user}; check the user name in the URL"),

@@ -22,3 +22,11 @@ def test_scrub_removes_known_secrets_and_url_passwords_from_free_text() -> None:
     cleaned = scrub(text, ["AKIASECRETVALUE"])
     assert "p%40ss" not in cleaned and "AKIASECRETVALUE" not in cleaned
     assert "postgresql://u:***@h/db" in cleaned
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:Le@k5_pw@127.0.0.1:5432/db", "redis://:a@b@cache:6379/0",
+                                 "rediss://default:x@y@z@cache:6380"])
+def test_a_password_with_an_unencoded_at_sign_is_masked_whole(url: str) -> None:
+    for text in (mask_url(url), scrub(f"cannot reach {url} now", [])):
+        assert "k5_pw" not in text and "b@" not in text and "y@z" not in text
+        assert "***@" in text

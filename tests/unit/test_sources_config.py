@@ -59,3 +59,20 @@ def test_every_sources_password_is_a_secret_and_masked_in_the_printed_configurat
     assert shown["BACKUP_SOURCE_CACHE"] == "redis://default:***@cache:6379"
     assert shown["BACKUP_SETS"] == ["app", "cache"]
     assert not [s for s in ("main-secret", "cache-secret") if s in repr(shown) or s in repr(config)]
+
+
+@pytest.mark.parametrize("variable", ["BACKUP_SOURCE", "BACKUP_SOURCE_CACHE"])
+def test_an_unencoded_at_sign_in_a_password_is_a_config_error_that_shows_none_of_it(tmp_path: Path, variable: str) -> None:
+    url = "postgresql://u:Le@k5_pw@127.0.0.1:5432/db" if variable == "BACKUP_SOURCE" else "redis://:Le@k5_pw@cache:6379"
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, **{variable: url})
+    (problem,) = caught.value.problems
+    assert variable in problem and "%40" in problem
+    assert "Le@k5" not in problem and "k5_pw" not in problem
+
+
+def test_a_postgresql_port_that_is_not_a_number_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, BACKUP_SOURCE="postgresql://u@127.0.0.1:notaport/db")
+    (problem,) = caught.value.problems
+    assert "BACKUP_SOURCE" in problem and "'notaport'" in problem and "a number" in problem

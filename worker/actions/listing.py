@@ -49,7 +49,7 @@ def cmd_list(ctx: Context, as_json: bool, remote: bool, everything: bool = False
         scope = "" if everything or not ctx.backup_sets() else f" of the set {', '.join(map(str, ctx.backup_sets()))} (--all shows every set)"
         say(f"no backups{scope} in {ctx.config.backup_dir}" + (" or the bucket" if ctx.config.s3 else ""))
         return EXIT_OK
-    header = f"{'ID':<44} {'CREATED (UTC)':<21} {'AGE':>8} {'SIZE':>10} {'RAW':>10}  {'VERIFIED':<24} LOCATION"
+    header = f"{'ID':<44} {'CREATED (UTC)':<21} {'AGE':>8} {'SIZE':>10} {'RAW':>10}  {'VERIFIED':<28} LOCATION"
     say(header)
     now = datetime.now(timezone.utc)
     for backup, location in rows:
@@ -57,6 +57,8 @@ def cmd_list(ctx: Context, as_json: bool, remote: bool, everything: bool = False
         age = human_age((now - backup.created_at).total_seconds())
         verified = row["verified"].get("check", "yes") if isinstance(row.get("verified"), dict) else "no"
         raw = row.get("raw_size")
+        if row.get("reason") == "pre-restore":
+            location += " (pre-restore safety backup)"
         say(f"{backup.id:<44} {row['created_at']:<21} {age:>8} {human_size(backup.size):>10} "
-            f"{human_size(raw if isinstance(raw, int) else None):>10}  {verified:<24} {location}")
+            f"{human_size(raw if isinstance(raw, int) else None):>10}  {verified:<28} {location}")
     return EXIT_OK

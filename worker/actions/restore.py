@@ -83,7 +83,7 @@ def kind_problem(backup_kind: str | None, ident: str) -> str | None:
     """Return the usage error for restoring a backup of `backup_kind` with --target-url, or None for pgdump."""
     if backup_kind is None or backup_kind == postgres.KIND:
         return None
-    return (f"{ident} is a {backup_kind} backup and --target-url restores pgdump (PostgreSQL) backups only; "
+    return (f"{ident} is a backup of kind {backup_kind}, and --target-url restores pgdump (PostgreSQL) backups only; "
             "write it to a new file with --to PATH instead")
 
 

@@ -136,7 +136,7 @@ def test_target_url_is_for_pgdump_backups_and_postgresql_urls_only(tmp_path, cli
     env = base_env(tmp_path, f"sqlite:///{app_db}")
     assert cli("backup", env=env).code == 0
     wrong_kind = cli("restore", "--target-url", url_for("postgres"), "--yes", env=env)
-    assert wrong_kind.code == 2 and "sqlite backup" in wrong_kind.stderr and "--to PATH" in wrong_kind.stderr
+    assert wrong_kind.code == 2 and "backup of kind sqlite" in wrong_kind.stderr and "--to PATH" in wrong_kind.stderr
     wrong_url = cli("restore", "--target-url", "mysql://db/app", "--yes", env=env)
     assert wrong_url.code == 2 and "postgresql://" in wrong_url.stderr
 
