@@ -5,8 +5,9 @@ import re
 from urllib.parse import parse_qsl, urlencode
 
 _SECRET_QUERY_KEYS = {"password", "pass", "passwd", "secret", "token", "key", "sslpassword", "access_key", "secret_key"}
-# The password runs to the LAST "@" before the host: a password with an unencoded "@" is masked whole.
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^\s/?#]*)@")
+# The password runs to the last "@" that a host follows (no "@" before the path, query or end): a password with an
+# unencoded "@" or "/" is masked whole. A later "@" in the same word (an e-mail address in a query) masks more, never less.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>\S*)@(?=[^@\s/?#]*(?:[/?#\s]|$))")
 
 
 def mask_url(url: str) -> str:
@@ -34,8 +35,16 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
 
 
-def unencoded_userinfo(url: str) -> bool:
-    """Return whether the user and password part of `url` holds an "@" that should have been written %40: URL
-    parsers disagree on where such a host starts, and part of the password would be taken for the host."""
-    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    return authority.count("@") > 1
+def ambiguous_userinfo(url: str) -> str | None:
+    """Return why the user and password of a network URL cannot be told from its host, or None. An unencoded "@"
+    or "/" in a password makes URL parsers disagree on where the host starts, and part of the password would then
+    be shown as a host name; the answer names the fix without showing any of it."""
+    rest = url.partition("://")[2]
+    head = re.split(r"[?#\s]", rest, maxsplit=1)[0]
+    if head.startswith("/") or "@" not in head:  # a file path (sqlite:///…), or no user part
+        return None
+    userinfo = head.rpartition("@")[0]
+    if "@" not in userinfo and "/" not in userinfo:
+        return None
+    return (f"the user or password in {mask_url(url)} contains \"@\" or \"/\"; write them percent-encoded (\"@\" as "
+            "%40, \"/\" as %2F) so the host is read right")

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from jobs import execute
 from jobs.engines import pg_tools
 from jobs.errors import SourceError
-from jobs.redact import mask_url, scrub, unencoded_userinfo
+from jobs.redact import ambiguous_userinfo, mask_url, scrub
 
 log = structlog.get_logger("jobs.engines.pg_connect")
 
@@ -64,9 +64,8 @@ class Connection:
 def parse_url(url: str) -> Connection:
     """Given a postgresql:// (or postgres://) URL, return its Connection. Raise ValueError if libpq rejects it."""
     masked = mask_url(url)
-    if unencoded_userinfo(url):
-        raise ValueError(f"the user or password in {masked} contains \"@\"; write it percent-encoded as %40 so the host "
-                         "is read right")
+    if problem := ambiguous_userinfo(url):  # --target-url comes here without open_source
+        raise ValueError(problem)
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error as error:

@@ -30,3 +30,13 @@ def test_a_password_with_an_unencoded_at_sign_is_masked_whole(url: str) -> None:
     for text in (mask_url(url), scrub(f"cannot reach {url} now", [])):
         assert "k5_pw" not in text and "b@" not in text and "y@z" not in text
         assert "***@" in text
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://u:pa/ss@db.internal:5432/app", "postgresql://u:***@db.internal:5432/app"),
+    ("redis://:x/y@z@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("postgresql://u:s3cr3t@db/app?sslrootcert=/etc/ca.pem", "postgresql://u:***@db/app?sslrootcert=/etc/ca.pem"),
+])
+def test_a_password_with_an_unencoded_slash_is_masked_whole_too(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert scrub(f"cannot reach {url} now", []) == f"cannot reach {masked} now"

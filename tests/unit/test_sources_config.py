@@ -76,3 +76,13 @@ def test_a_postgresql_port_that_is_not_a_number_is_a_config_error(tmp_path: Path
         load(tmp_path, BACKUP_SOURCE="postgresql://u@127.0.0.1:notaport/db")
     (problem,) = caught.value.problems
     assert "BACKUP_SOURCE" in problem and "'notaport'" in problem and "a number" in problem
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:Zq/xv@127.0.0.1:5432/db", "redis://:Zq/xv@cache:6379"])
+def test_an_unencoded_slash_in_a_password_is_a_config_error_that_shows_none_of_it(tmp_path: Path, url: str) -> None:
+    """Read naively, `Zq` would be the host: a later "cannot resolve host Zq" would show part of the password."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, BACKUP_SOURCE=url)
+    (problem,) = caught.value.problems
+    assert "BACKUP_SOURCE" in problem and "%2F" in problem
+    assert "Zq" not in problem and "xv" not in problem

@@ -148,3 +148,11 @@ def test_an_unreachable_target_fails_before_anything_is_asked(app_pg, tmp_path, 
     assert failed.code == 1
     assert plain_lines(failed) == ["cannot connect to PostgreSQL at 127.0.0.1:1: connection refused; check the host and "
                                    "port in the URL and that the server is running"]
+
+
+def test_a_target_url_whose_password_hides_the_host_is_refused_without_showing_it(tmp_path, cli):
+    env = {"BACKUP_DIR": str(tmp_path / "backups")}
+    for url in ("postgresql://app:Zq@xv@127.0.0.1:5432/app", "postgresql://app:Zq/xv@127.0.0.1:5432/app"):
+        result = cli("restore", "--latest", "--target-url", url, "--yes", env=env)
+        assert result.code == 2 and "--target-url" in result.stderr and "percent-encoded" in result.stderr
+        assert "Zq" not in result.stdout + result.stderr and "xv" not in result.stdout + result.stderr
