@@ -45,7 +45,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from bench_backup import fmt_s, run_child, tool_version  # noqa: E402
+from bench_backup import compile_worker, fmt_s, run_child, tool_version  # noqa: E402
 
 MIB = 1 << 20
 POLL_S = 0.05
@@ -348,6 +348,7 @@ def main() -> None:
             create_database(args.url, dbname)
             created = True
         mode = ours_mode(url) if args.ours == "auto" else args.ours
+        compile_worker()
         sections: list[str] = []
         for size in sizes:
             print(f"growing {dbname} to {size} MiB ...", flush=True)

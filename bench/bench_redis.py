@@ -37,7 +37,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
-from bench_backup import Run, run_child  # noqa: E402
+from bench_backup import Run, compile_worker, run_child  # noqa: E402
 
 MIB = 1 << 20
 
@@ -163,6 +163,7 @@ def main() -> None:
         dataset = next((l.split(":")[1].strip() for l in info.splitlines() if l.startswith("used_memory_dataset:")), "?")
         print(f"loaded ~{args.size_mib} MiB of values in {time.monotonic() - started:.1f} s (used_memory_dataset {dataset})", file=sys.stderr)
 
+        compile_worker()
         runs: dict[str, list[Run]] = {"ours": [], "stock": []}
         for i in range(args.repeat):
             order = ("ours", "stock") if i % 2 == 0 else ("stock", "ours")

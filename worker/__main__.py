@@ -1,3 +1,3 @@
-from worker.cli import main
+from worker.start import main
 
 raise SystemExit(main())

@@ -11,7 +11,6 @@ from jobs import engines, pipeline, retention
 from jobs.backups import BackupSet
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
-from jobs.destinations.s3 import S3Destination
 from jobs.engines import Source
 from worker import __version__
 from worker.catalog import Catalog, open_catalog
@@ -133,6 +132,8 @@ class Context:
         if settings is None:
             return None
         if self._remote is None:
+            from jobs.destinations.s3 import S3Destination  # boto3 costs ~80 ms of start-up: only when a bucket is set
+
             self._remote = S3Destination(settings.bucket, settings.prefix, settings.endpoint_url, settings.region)
         return self._remote
 
