@@ -130,8 +130,8 @@ def is_stale_temporary(name: str) -> bool:
 
 
 def remove_temporary(path: Path) -> None:
-    """Remove a stale temporary file or directory of ours (never followed through a symlink: callers skip those)."""
-    if path.is_dir():
+    """Remove a stale temporary file or directory of ours. A symlink is removed itself, never what it points at."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)

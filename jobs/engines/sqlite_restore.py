@@ -29,7 +29,7 @@ import time
 import structlog
 
 from jobs.artifacts import (
-    CHUNK, DIR_MODE, create_private, fsync_path, is_stale_temporary, temp_prefix, temporary_of,
+    CHUNK, DIR_MODE, create_private, fsync_path, is_stale_temporary, remove_temporary, temp_prefix, temporary_of,
 )
 from jobs.engines import _sqlite as lib
 from jobs.engines.sqlite import safety_copy_path, sidecars
@@ -108,10 +108,7 @@ def _sweep_stale(database: Path) -> None:
     for child in database.parent.iterdir():
         final = temporary_of(child.name) or ""
         if (final == database.name or final.startswith(database.name + ".pre-restore-")) and is_stale_temporary(child.name):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+            remove_temporary(child)
             log.info("restore.stale_temporary_removed", path=str(child))
 
 

@@ -320,3 +320,17 @@ def test_what_a_killed_restore_left_beside_the_database_is_removed_by_the_next_o
         path.write_bytes(b"left behind")
     restoring.restore_over(artifact, backup, SqliteSource(db), tmp_path / "backups", threading.Event())
     assert not staged.exists() and not half_copy.exists() and not_ours.exists()
+
+
+def test_a_stale_temporary_name_that_is_a_symlink_loses_the_link_only(tmp_path: Path) -> None:
+    db = make_app_db(tmp_path / "app.db")
+    artifact, backup = backup_of(db, tmp_path / "backups")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "photo.jpg").write_bytes(b"the app's")
+    link = tmp_path / f".tmp-{dead}-0badcafe-app.db.pre-restore-20260101T000000Z"
+    link.symlink_to(uploads, target_is_directory=True)
+    restoring.restore_over(artifact, backup, SqliteSource(db), tmp_path / "backups", threading.Event())
+    assert not link.is_symlink()
+    assert (uploads / "photo.jpg").read_bytes() == b"the app's"

@@ -2,7 +2,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.artifacts import ARTIFACT_NAME, artifact_name, backup_id, parse_iso, utc_iso
+from jobs.artifacts import ARTIFACT_NAME, artifact_name, backup_id, parse_iso, remove_temporary, utc_iso
 from jobs.durations import format_duration, parse_duration
 
 
@@ -105,3 +105,32 @@ def test_one_pass_compression_writes_one_standard_frame_with_its_size_and_checks
         assert params.has_checksum and params.content_size == (len(data) if size else zstandard.CONTENTSIZE_UNKNOWN)
         assert b"".join(seen) == data and result.raw_size == len(data) and result.size == len(frame)
         assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frame)).read() == data
+
+
+def test_removing_a_temporary_never_follows_a_symlink_into_what_it_points_at(tmp_path) -> None:
+    """A stale temporary name may be a symlink (planted, or left by anything): the link goes, its target stays."""
+    app = tmp_path / "app-uploads"
+    (app / "deep").mkdir(parents=True)
+    (app / "deep" / "photo.jpg").write_bytes(b"the app's")
+    (tmp_path / "notes.txt").write_text("the app's too")
+    to_dir = tmp_path / ".tmp-1-0badcafe-snapshot-x"
+    to_file = tmp_path / ".tmp-1-0badcafe-app.db"
+    to_dir.symlink_to(app, target_is_directory=True)
+    to_file.symlink_to(tmp_path / "notes.txt")
+    remove_temporary(to_dir)
+    remove_temporary(to_file)
+    assert not to_dir.is_symlink() and not to_file.is_symlink()
+    assert (app / "deep" / "photo.jpg").read_bytes() == b"the app's"
+    assert (tmp_path / "notes.txt").read_text() == "the app's too"
+
+
+def test_removing_a_temporary_takes_a_directory_whole_and_a_file(tmp_path) -> None:
+    scratch = tmp_path / ".tmp-1-0badcafe-verify-x"
+    (scratch / "inner").mkdir(parents=True)
+    (scratch / "inner" / "raw").write_bytes(b"x" * 10)
+    half = tmp_path / ".tmp-1-0badcafe-app-20260101T000000Z.sqlite.zst"
+    half.write_bytes(b"half")
+    remove_temporary(scratch)
+    remove_temporary(half)
+    remove_temporary(half)  # already gone: nothing to do, no error
+    assert list(tmp_path.iterdir()) == []
