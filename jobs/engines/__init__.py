@@ -20,7 +20,6 @@ from typing import Any, BinaryIO, ContextManager, Protocol
 from urllib.parse import unquote, urlsplit
 
 from jobs.errors import IntegrityError
-from jobs.redact import ambiguous_userinfo
 
 
 class Check(Protocol):
@@ -132,8 +131,6 @@ def _by_kind() -> dict[str, Engine]:
 def open_source(url: str, cwd: Path) -> Source:
     """Given a BACKUP_SOURCE URL, return its Source. Raise ValueError naming what is wrong with the URL."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if problem := ambiguous_userinfo(url):
-        raise ValueError(problem)
     by_scheme = _by_scheme()
     if scheme in by_scheme:
         return by_scheme[scheme].open_source(url, cwd)

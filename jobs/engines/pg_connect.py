@@ -64,7 +64,7 @@ class Connection:
 def parse_url(url: str) -> Connection:
     """Given a postgresql:// (or postgres://) URL, return its Connection. Raise ValueError if libpq rejects it."""
     masked = mask_url(url)
-    if problem := ambiguous_userinfo(url):  # --target-url comes here without open_source
+    if problem := ambiguous_userinfo(url):  # BACKUP_SOURCE and --target-url alike
         raise ValueError(problem)
     try:
         params = conninfo_to_dict(url)

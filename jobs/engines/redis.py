@@ -21,7 +21,7 @@ from jobs.engines import Snapshot, rdb
 from jobs.engines.rdb import RdbCheck
 from jobs.engines.redis_wire import Closed, ServerError, Tls, Wire
 from jobs.errors import SourceError
-from jobs.redact import mask_url
+from jobs.redact import ambiguous_userinfo, mask_url
 
 SCHEMES = ("redis", "rediss")
 KIND = "rdb"
@@ -286,6 +286,8 @@ def open_source(url: str, cwd: Path) -> RedisSource:
     Query parameters for rediss://: `ssl_cert_reqs=none` (accept any certificate) and `ssl_ca_certs=PATH` (trust
     this CA file); `family`, `db` and `protocol` (app client settings) are ignored. Raise ValueError if malformed.
     """
+    if problem := ambiguous_userinfo(url):  # before urlsplit, which would take part of such a password for the host
+        raise ValueError(problem)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
