@@ -16,10 +16,11 @@ from jobs.engines import Source
 from jobs.errors import Cancelled, JobError
 from jobs.volume import explain, require_usable
 from worker.actions.context import EXIT_FAILED, Context
-from worker.actions.output import human_size, print_json, report_failure, say
+from worker.actions.output import print_json, report_failure, say
 from worker.actions.purge import purge_after_backup
 from worker.lock import exclusive
 from worker.runs import Outcome, run_job
+from worker.text import human_size
 
 log = structlog.get_logger("worker.actions.backup")
 

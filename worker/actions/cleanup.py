@@ -4,8 +4,9 @@ from typing import Any
 
 from jobs.cleanup import run_cleanup
 from worker.actions.context import Context
-from worker.actions.output import human_size, report_failure, say
+from worker.actions.output import report_failure, say
 from worker.runs import Outcome, run_job
+from worker.text import human_size
 
 
 def cleanup_job(ctx: Context, dry_run: bool = False) -> Outcome:

@@ -9,7 +9,8 @@ import structlog
 from jobs.backups import Backup, BackupSet, list_backups, sets_in
 from jobs.destinations import Destination
 from worker.actions.context import EXIT_OK, Context, UsageError
-from worker.actions.output import human_age, human_size, say
+from worker.actions.output import human_age, say
+from worker.text import human_size
 
 log = structlog.get_logger("worker.actions.listing")
 

@@ -5,7 +5,6 @@ import sys
 
 from worker.actions.context import EXIT_FAILED, EXIT_OK
 from worker.runs import Outcome
-from worker.text import human_size  # noqa: F401  (re-exported for the actions)
 
 
 def say(text: str = "") -> None:

@@ -22,10 +22,11 @@ from jobs.engines import Source, postgres
 from jobs.engines.pg_connect import parse_url
 from jobs.errors import Cancelled, JobError, SourceError
 from worker.actions.context import Context, UsageError
-from worker.actions.output import human_age, human_size, report_failure, say
+from worker.actions.output import human_age, report_failure, say
 from worker.actions.selection import fetch, reading, wanted, where, workdir
 from worker.lock import exclusive
 from worker.runs import run_job
+from worker.text import human_size
 
 log = structlog.get_logger("worker.actions.restore")
 
