@@ -9,7 +9,7 @@ written by version 1, minus `.<kind>.zst`). A backup's id is always derived from
 never read from the manifest, so nothing a manifest says can name a path.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 import threading
 from typing import Any
@@ -62,6 +62,20 @@ class Backup:
     sha256: str
     verified: bool
     manifest: dict[str, Any] = field(compare=False, repr=False)
+    # What the destination holds for the artifact: its size (None: not looked at), and whether it is there at all.
+    stored_size: int | None = field(default=None, compare=False)
+    present: bool = field(default=True, compare=False)
+    tag: str = field(default="", compare=False)  # the artifact's version on its destination (mtime, ETag)
+
+    @property
+    def damage(self) -> str | None:
+        """Return why the artifact cannot be this backup, judged without reading it (missing, or not the size its
+        manifest records), or None."""
+        if not self.present:
+            return f"{self.artifact} is missing; only its manifest is there"
+        if self.stored_size is not None and self.stored_size != self.size:
+            return f"{self.artifact} is {self.stored_size} bytes but its manifest says {self.size}"
+        return None
 
     @property
     def manifest_key(self) -> str:
@@ -102,31 +116,37 @@ def from_manifest(artifact: str, manifest: dict[str, Any]) -> Backup:
 
 def list_backups(destination: Destination, backup_set: BackupSet | None = None,
                  cancel: threading.Event | None = None) -> tuple[list[Backup], list[str]]:
-    """Return the destination's complete backups of `backup_set` (every set if None), newest first, and a note
-    for each of that set's file pairs we skipped.
+    """Return the destination's backups of `backup_set` (every set if None), newest first, and a note for each of
+    that set's files we skipped.
 
-    A backup counts only when both its artifact (named as we name them) and a readable manifest are present, the
-    manifest's id is the artifact's, and the artifact has the size the manifest records. Other sets' files are
-    not even read; files we did not write are ignored, never touched.
+    A backup is a valid manifest (its id the artifact's) beside the artifact it names. A backup whose artifact is
+    missing or not the size its manifest records is returned too, with `damage` saying so: whether it may be
+    chosen, counted or deleted is decided in one place, `jobs.selection`, never by leaving it out here (a damaged
+    newest backup left out would silently make an older one "the newest"). An artifact without a manifest is an
+    interrupted backup or upload: not a backup. Other sets' files are not even read; files we did not write are
+    ignored, never touched.
     """
     entries = {entry.key: entry for entry in destination.list(cancel=cancel)}
     backups, problems = [], []
-    for key, entry in entries.items():
-        owner = set_of(key)
+    for key in entries:
+        artifact = key.removesuffix(MANIFEST_SUFFIX)
+        owner = set_of(artifact)
         if owner is None or (backup_set is not None and owner != backup_set):
             continue
-        manifest_key = key + MANIFEST_SUFFIX
-        if manifest_key not in entries:
-            problems.append(f"{key} has no manifest (an interrupted backup or upload); it is not counted")
+        if key == artifact:  # an artifact: counted through its manifest, if it has one
+            if artifact + MANIFEST_SUFFIX not in entries:
+                problems.append(f"{key} has no manifest (an interrupted backup or upload); it is not counted")
             continue
         try:
-            backup = from_manifest(key, read_manifest(destination.read(manifest_key, cancel=cancel), key))
+            backup = from_manifest(artifact, read_manifest(destination.read(key, cancel=cancel), artifact))
         except (ValueError, KeyError, TypeError, NotFound) as error:
-            problems.append(f"{manifest_key} is not a valid manifest ({error}); the backup is not counted")
+            problems.append(f"{key} is not a valid manifest ({error}); the backup is not counted")
             continue
-        if backup.size != entry.size:
-            problems.append(f"{key} is {entry.size} bytes but its manifest says {backup.size}; it is not counted")
-            continue
+        stored = entries.get(artifact)
+        backup = replace(backup, stored_size=stored.size if stored else None, present=stored is not None,
+                         tag=getattr(stored, "tag", "") if stored else "")
+        if backup.damage:
+            problems.append(f"{backup.damage}; the backup is damaged")
         backups.append(backup)
     backups.sort(key=lambda backup: (backup.created_at, backup.id), reverse=True)
     return backups, problems
@@ -137,11 +157,6 @@ def sets_in(destination: Destination, cancel: threading.Event | None = None) -> 
     (judged by file names only: nothing is read)."""
     keys = {entry.key for entry in destination.list(cancel=cancel)}
     return sorted({owner for key in keys if (owner := set_of(key)) and key + MANIFEST_SUFFIX in keys})
-
-
-def newest_verified(backups: list[Backup]) -> Backup | None:
-    """Return the newest backup whose manifest records a passed check, or None."""
-    return max((b for b in backups if b.verified), key=lambda b: (b.created_at, b.id), default=None)
 
 
 def find(backups: list[Backup], wanted: str) -> Backup:

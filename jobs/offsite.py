@@ -3,7 +3,7 @@
 Works over any two Destinations (the bucket is usually an S3Destination; tests also use a second local
 directory). Upload order is the contract: the artifact first, its manifest last, so a manifest in the bucket
 always means a whole artifact beside it; an interrupted upload leaves at most an artifact without a manifest,
-which `list_backups` does not count and the next cycle uploads again.
+which `list_backups` does not count and the next cycle uploads again. A copy of the wrong size is uploaded again.
 """
 
 from datetime import datetime, timedelta, timezone
@@ -12,12 +12,14 @@ import threading
 
 import structlog
 
-from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, sha256_file, temp_path
+from jobs import selection
+from jobs.artifacts import sha256_file, temp_path
 from jobs.backups import Backup, BackupSet, find, list_backups, set_of
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.errors import Cancelled, IntegrityError, NotFound, UploadError
 from jobs.retention import Policy, plan
+from jobs.selection import Purpose
 
 log = structlog.get_logger("jobs.offsite")
 
@@ -43,9 +45,10 @@ def upload_backup(local: LocalDestination, remote: Destination, backup: Backup, 
 
 
 def missing_remote(local_backups: list[Backup], remote_backups: list[Backup]) -> list[Backup]:
-    """Given the local and the remote backups, return the local ones the remote lacks (by artifact name), oldest first."""
-    present = {backup.artifact for backup in remote_backups}
-    missing = [backup for backup in local_backups if backup.artifact not in present]
+    """Given the local and the remote backups, return the local ones the remote lacks whole (by artifact name; a
+    remote copy of the wrong size is replaced), oldest first. A local backup that is damaged is never sent."""
+    present = {backup.artifact for backup in remote_backups if not backup.damage}
+    missing = [backup for backup in local_backups if backup.artifact not in present and not backup.damage]
     return sorted(missing, key=lambda backup: (backup.created_at, backup.id))
 
 
@@ -74,7 +77,7 @@ def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
                          "that aborts incomplete multipart uploads")
     local_backups, _ = list_backups(local, backup_set, cancel)
     remote_backups, _ = list_backups(remote, backup_set, cancel)
-    present.update(backup.artifact for backup in remote_backups)
+    present.update(backup.artifact for backup in remote_backups if not backup.damage)
     missing = missing_remote(local_backups, remote_backups)
     if policy is not None and missing:
         doomed = {b.id for b in plan(remote_backups + missing, policy, now or datetime.now(timezone.utc)).delete}
@@ -118,60 +121,29 @@ def fetch_verified(remote: Destination, backup: Backup, workdir: Path, cancel: t
             target.unlink(missing_ok=True)
 
 
-def _stamp(artifact: str) -> str:
-    return ARTIFACT_NAME.match(artifact)["stamp"]
-
-
-def _damaged(remote: Destination, backups: list[Backup], backup_set: BackupSet | None,
-             cancel: threading.Event | None) -> list[str]:
-    """Return, newest first, the artifacts of `backup_set` on `remote` that have a manifest but are not
-    complete backups."""
-    keys = {entry.key for entry in remote.list(cancel=cancel)}
-    complete = {backup.artifact for backup in backups}
-    damaged = [key for key in keys if ARTIFACT_NAME.match(key) and key + MANIFEST_SUFFIX in keys and key not in complete
-               and (backup_set is None or backup_set.owns(key))]
-    return sorted(damaged, key=_stamp, reverse=True)
-
-
 def pick_restorable(remote: Destination, workdir: Path, cancel: threading.Event, wanted: str | None,
                     fallback: bool, backup_set: BackupSet | None = None) -> tuple[Backup, Path, list[str]]:
     """Given a destination, a backup set (None: every set) and a wanted id (None for the latest), return the
     backup to restore, its verified artifact downloaded into `workdir`, and notes on what was skipped.
 
-    For the latest, the set's newest backup whose manifest and artifact are present and whose checksum matches
-    is chosen; if the newest is damaged this raises IntegrityError unless `fallback`, which tries older ones in
+    The latest is the set's newest backup as `jobs.selection.latest` chooses it; if it proves damaged (missing,
+    wrong size, wrong SHA-256) this raises IntegrityError naming it unless `fallback`, which tries older ones in
     order. Raise NotFound if there is no such backup, IntegrityError if none is intact.
     """
     backups, problems = list_backups(remote, backup_set, cancel)
     notes = list(problems)
     if wanted is not None:
         backup = find(backups, wanted)
+        if backup.damage:
+            raise IntegrityError(f"{backup.damage} in {_where(remote)}; restore another backup")
         return backup, fetch_verified(remote, backup, workdir, cancel), notes
-    damaged = _damaged(remote, backups, backup_set, cancel)
-    if not backups and not damaged:
+    if not backups:
         of = f" of the set {backup_set}" if backup_set is not None else ""
         raise NotFound(f"there is no complete backup{of} in {_where(remote)}; run `python -m worker list --remote --all` to see what is there")
-    newest_is_damaged = bool(damaged) and (not backups or _stamp(damaged[0]) > _stamp(backups[0].artifact))
-    if newest_is_damaged and not fallback:
-        raise IntegrityError(
-            f"the newest backup in {_where(remote)}, {damaged[0]}, is damaged (its size does not match its manifest, "
-            f"or the manifest is unreadable); run with --fallback to restore the newest intact older backup instead"
-        )
-    skipped = []
-    for position, backup in enumerate(backups):
-        try:
-            return backup, fetch_verified(remote, backup, workdir, cancel), notes
-        except (IntegrityError, NotFound) as error:
-            if not fallback:
-                older = f" ({backups[position + 1].id} is the next older one)" if position + 1 < len(backups) else ""
-                raise IntegrityError(
-                    f"the newest backup {backup.id} cannot be restored: {error}; run with --fallback to restore "
-                    f"the newest intact older backup instead{older}"
-                ) from None
-            skipped.append(f"skipped {backup.id}: {error}")
-            notes.append(skipped[-1])
-            log.warning("offsite.skipped_backup", backup=backup.id, reason=str(error))
-    raise IntegrityError(
-        f"none of the {len(backups)} complete backups in {_where(remote)} passed its checksum ({'; '.join(skipped)})"
-        if backups else f"the only backups in {_where(remote)} are damaged ({'; '.join(notes)})"
-    )
+    backup, artifact, skipped = selection.latest(backups, Purpose.RESTORE, datetime.now(timezone.utc),
+                                                 lambda chosen: fetch_verified(remote, chosen, workdir, cancel),
+                                                 fallback, _where(remote))
+    for note in skipped:
+        log.warning("offsite.skipped_backup", note=note)
+    assert artifact is not None
+    return backup, artifact, notes + skipped

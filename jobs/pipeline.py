@@ -20,12 +20,13 @@ from typing import Any
 import structlog
 import zstandard
 
-from jobs import artifacts, offsite, publish, retention
+from jobs import artifacts, offsite, publish, retention, selection
 from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
 from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
+from jobs.intact import CACHE_NAME, IntactCache
 from jobs.volume import MinFree, room_problem
 
 log = structlog.get_logger("jobs.pipeline")
@@ -181,20 +182,35 @@ def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, s
 
 
 def plan_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None,
-                   backup_set: BackupSet | None = None, cancel: threading.Event | None = None) -> retention.Plan:
-    """Return the retention plan for a destination's backups of `backup_set` (every set if None) now; files that
-    are not whole backups are logged."""
+                   backup_set: BackupSet | None = None, cancel: threading.Event | None = None,
+                   fresh: str | None = None, cache: IntactCache | None = None) -> retention.Plan:
+    """Return the retention plan for a destination's backups of `backup_set` (every set if None) now, its
+    keep_min slots proven intact (SHA-256, cached in `cache`) when it deletes anything; `fresh` is the backup this
+    cycle just wrote (it does not move the anchor of ages). Files that are not whole backups, and backups dated
+    in the future, are logged."""
+    now = now or datetime.now(timezone.utc)
     backups, problems = list_backups(destination, backup_set, cancel)
     for problem in problems:
         log.warning("retention.skipped_file", location=destination.location, problem=problem)
-    return retention.plan(backups, policy, now or datetime.now(timezone.utc))
+    for backup in selection.future(backups, now):
+        log.warning("backup.future_dated", location=destination.location, backup=backup.id,
+                    created_at=backup.manifest.get("created_at"),
+                    detail="dated more than 5 minutes in the future: the clock was wrong when it was written; it is "
+                           "never the newest, never fresh and never fills a BACKUP_KEEP_MIN slot")
+    cache = cache or IntactCache(None, now)
+    try:
+        return retention.prove_slots(backups, policy, now, lambda backup: cache.intact(destination, backup, cancel), fresh)
+    finally:
+        cache.save()
 
 
 def apply_retention(destination: Destination, policy: retention.Policy, now: datetime | None = None,
                     backup_set: BackupSet | None = None, offsite_copies: set[str] | None = None,
-                    cancel: threading.Event | None = None) -> retention.Plan:
+                    cancel: threading.Event | None = None, fresh: str | None = None,
+                    cache: IntactCache | None = None) -> retention.Plan:
     """Plan retention on a destination's backups of `backup_set` and carry the plan out; return it."""
-    return carry_out(destination, plan_retention(destination, policy, now, backup_set, cancel), offsite_copies, cancel)
+    result = plan_retention(destination, policy, now, backup_set, cancel, fresh, cache)
+    return carry_out(destination, result, offsite_copies, cancel)
 
 
 def carry_out(destination: Destination, result: retention.Plan, offsite_copies: set[str] | None = None,
@@ -255,11 +271,12 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
             fields["uploaded"] = offsite.sync(local, settings.remote, cancel, settings.remote_policy,
                                               backup_set=backup_set, present=offsite_copies)
             if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
-                fields["pruned_remote"] = _retention(settings.remote, settings.remote_policy, backup_set, settings, None, cancel)
+                fields["pruned_remote"] = _retention(settings.remote, settings.remote_policy, backup_set, settings, None,
+                                                     cancel, manifest["id"])
         except UploadError as error:
             failure = UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it")
             log.warning("retention.despite_upload_failure", detail="local retention runs so that the volume does not fill up")
-    fields["pruned"] = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel)
+    fields["pruned"] = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel, manifest["id"])
     if failure is not None:
         failure.fields = fields
         raise failure
@@ -267,12 +284,14 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
 
 
 def _retention(destination: Destination, policy: retention.Policy, backup_set: BackupSet, settings: BackupSettings,
-               offsite_copies: set[str] | None, cancel: threading.Event) -> list[str]:
+               offsite_copies: set[str] | None, cancel: threading.Event, fresh: str) -> list[str]:
     """Apply retention to one destination under the deletion lock; return the ids deleted. If a verify or
-    restore holds the lock, delete nothing this time and say why."""
+    restore holds the lock, delete nothing this time and say why. `fresh` is the backup this cycle wrote."""
+    cache = IntactCache(settings.backup_dir / CACHE_NAME)
     try:
         with settings.deletion_lock() if settings.deletion_lock is not None else nullcontext():
-            plan = apply_retention(destination, policy, backup_set=backup_set, offsite_copies=offsite_copies, cancel=cancel)
+            plan = apply_retention(destination, policy, backup_set=backup_set, offsite_copies=offsite_copies,
+                                   cancel=cancel, fresh=fresh, cache=cache)
     except BusyError as error:
         log.warning("retention.deferred", location=destination.location, reason=str(error))
         return []

@@ -40,7 +40,19 @@ def _check_file(handle: BinaryIO, backup: Backup, cancel: threading.Event) -> No
             raise Cancelled("the worker is stopping; hashing was interrupted")
         digest.update(chunk)
     if digest.hexdigest() != backup.sha256:
-        raise IntegrityError(f"{backup.artifact} does not match the SHA-256 in its manifest; the file is damaged, use another backup")
+        raise IntegrityError(f"{backup.artifact} does not match the SHA-256 in its manifest; the file is damaged: "
+                             "use another backup (by its id, or --fallback for the newest intact one)")
+
+
+def prove_file(artifact: Path, backup: Backup, cancel: threading.Event) -> Path:
+    """Check the artifact file's size and SHA-256 against the manifest; return its path. Raise IntegrityError
+    naming what failed (a missing file too)."""
+    try:
+        with artifact.open("rb") as handle:
+            _check_file(handle, backup, cancel)
+    except FileNotFoundError:
+        raise IntegrityError(f"{backup.artifact} is missing; its manifest is there but the artifact is not") from None
+    return artifact
 
 
 @contextmanager

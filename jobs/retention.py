@@ -1,17 +1,27 @@
-"""Retention: decide first (a pure function), then act and log the plan.
+"""Retention: decide first (a pure function), then prove what the decision relies on, then act and log the plan.
 
-Rules, in order, within each backup set: the newest `keep_min` verified backups are kept however old (so the
-last good copy always survives); anything younger than `retention_days` is kept; the rest goes. With no age
-limit nothing goes. Sets are planned apart: one set's backups never count toward another's `keep_min`.
+Rules, within each backup set: the newest `keep_min` sound backups (see `jobs.selection`: a passed check, an
+artifact that matches its manifest, not dated in the future) are kept however old, so the last good copies always
+survive; anything within `retention_days` is kept; the rest goes. Ages are counted from the anchor: the newest
+sound backup, or now if that is earlier (restic's `--keep-within`). Within a backup cycle the backup just written
+does not move the anchor (`fresh`), so a cycle run while the clock is a month ahead cannot age out a month of
+backups. With no age limit nothing goes. Sets are planned apart: one set's backups never count toward another's
+`keep_min`.
+
+Before anything is deleted, `prove_slots` re-checks the SHA-256 of the backups that fill the keep_min slots:
+a slot is only ever filled by an intact copy, and a deletion never leaves fewer than keep_min of them.
 """
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 import threading
 
+from jobs import selection
 from jobs.backups import Backup, BackupSet, delete_backup
 from jobs.destinations import Destination
+from jobs.selection import Purpose
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class Plan:
     keep: list[Backup] = field(default_factory=list)
     delete: list[Backup] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
+    slots: list[Backup] = field(default_factory=list)  # the sound backups that fill the keep_min slots
 
     def describe(self) -> list[dict[str, str]]:
         """Return one row per backup, newest first: id, action and reason."""
@@ -37,42 +48,77 @@ class Plan:
         return [{"id": b.id, "action": action, "reason": self.reasons[b.id]} for b, action in rows]
 
 
-def plan(backups: list[Backup], policy: Policy, now: datetime) -> Plan:
-    """Given backups, a policy and the time, return what to keep, what to delete, and why for each; each backup
+def plan(backups: Sequence[Backup], policy: Policy, now: datetime, damaged: Sequence[str] = (),
+         fresh: str | None = None) -> Plan:
+    """Given backups, a policy, the time, the ids known damaged (SHA-256) and the id of a backup just written
+    (`fresh`, which does not move the anchor), return what to keep, what to delete, and why for each; each backup
     set is planned on its own."""
     result = Plan()
     by_set: dict[BackupSet | None, list[Backup]] = defaultdict(list)
     for backup in backups:
         by_set[backup.backup_set].append(backup)
     for members in by_set.values():
-        _plan_set(members, policy, now, result)
+        _plan_set(members, policy, now, damaged, fresh, result)
     return result
 
 
-def _plan_set(backups: list[Backup], policy: Policy, now: datetime, result: Plan) -> None:
+def anchor(backups: Sequence[Backup], now: datetime, damaged: Sequence[str] = (), fresh: str | None = None) -> datetime:
+    """Return the time ages are counted from: the newest sound backup (other than `fresh`), or `now` if earlier."""
+    counted = [b for b in selection.sound(backups, Purpose.RETENTION, now, damaged) if b.id != fresh]
+    return min(now, counted[0].created_at) if counted else now
+
+
+def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Sequence[str], fresh: str | None,
+              result: Plan) -> None:
     """Add the decisions for the backups of one set to `result`."""
-    cutoff = now - timedelta(days=policy.retention_days) if policy.retention_days is not None else None
-    verified_seen = 0
+    since = anchor(backups, now, damaged, fresh)
+    cutoff = since - timedelta(days=policy.retention_days) if policy.retention_days is not None else None
+    slots = selection.sound(backups, Purpose.RETENTION, now, damaged)[:policy.keep_min]
+    result.slots.extend(slots)
+    slot_ids = {backup.id for backup in slots}
+    measured = "" if since == now else f" (counted from the newest sound backup, {since.isoformat()})"
     for backup in sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True):
-        age_days = (now - backup.created_at).total_seconds() / 86400
-        if backup.verified and verified_seen < policy.keep_min:
-            verified_seen += 1
+        age_days = (since - backup.created_at).total_seconds() / 86400
+        if backup.id in slot_ids:
             result.keep.append(backup)
-            result.reasons[backup.id] = f"one of the newest {policy.keep_min} verified backups (BACKUP_KEEP_MIN)"
+            result.reasons[backup.id] = f"one of the newest {policy.keep_min} sound backups (BACKUP_KEEP_MIN)"
             continue
+        unsound = selection.problem(backup, now, damaged)
         if cutoff is None:
             result.keep.append(backup)
             result.reasons[backup.id] = "no age limit is set"
         elif backup.created_at >= cutoff:
             result.keep.append(backup)
-            result.reasons[backup.id] = f"{age_days:.1f} days old, within {policy.retention_days} days"
+            result.reasons[backup.id] = (f"{age_days:.1f} days old{measured}, within {policy.retention_days} days"
+                                         + (f"; not counted toward BACKUP_KEEP_MIN: {unsound}" if unsound else ""))
         else:
             result.delete.append(backup)
-            state = "verified" if backup.verified else "never verified"
+            state = f"not sound: {unsound}" if unsound else "sound"
             result.reasons[backup.id] = (
-                f"{age_days:.1f} days old, older than {policy.retention_days} days ({state}), "
-                f"and the {verified_seen} newest verified backups are kept"
+                f"{age_days:.1f} days old{measured}, older than {policy.retention_days} days ({state}), "
+                f"and the {len(slots)} newest sound backups are kept"
             )
+
+
+def prove_slots(backups: Sequence[Backup], policy: Policy, now: datetime, intact: Callable[[Backup], bool],
+                fresh: str | None = None) -> Plan:
+    """Plan, and when the plan deletes anything, re-check with `intact` (a SHA-256 check, perhaps cached) every
+    backup that fills a keep_min slot; a damaged one loses its slot and the plan is made again, until every slot
+    holder is proven. Return that plan. A plan that deletes nothing reads nothing."""
+    damaged: list[str] = []
+    proven: set[str] = set()
+    while True:
+        result = plan(backups, policy, now, damaged, fresh)
+        if not result.delete:
+            return result
+        unproven = [backup for backup in result.slots if backup.id not in proven]
+        if not unproven:
+            return result
+        for backup in unproven:
+            if intact(backup):
+                proven.add(backup.id)
+            else:
+                damaged.append(backup.id)
 
 
 def apply(destination: Destination, result: Plan, cancel: threading.Event | None = None) -> list[str]:

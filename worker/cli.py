@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-url", metavar="URL", help="restore into this database server")
     restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     restore.add_argument("--fallback", action="store_true",
-                         help="with --from-s3 and no id: if the newest backup in the bucket is damaged, restore the newest intact older one")
+                         help="with --latest (no id): if the newest backup is damaged, restore the newest intact older one")
     prune = commands.add_parser("prune", help="apply retention now and print the plan")
     prune.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     cleanup = commands.add_parser("cleanup", help="apply the cleanup rules now")
@@ -110,8 +110,8 @@ def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -
     if args.command == "restore":
         if args.id and args.latest:
             raise UsageError("give a backup id or --latest, not both")
-        if args.fallback and (args.id or not args.from_s3):
-            raise UsageError("--fallback goes with --from-s3 and --latest (no id): it picks an older intact backup")
+        if args.fallback and args.id:
+            raise UsageError("--fallback goes with --latest (no id): it picks an older intact backup when the newest is damaged")
         return cmd_restore(ctx, args.id, args.from_s3, args.to, args.target_url, args.yes, args.fallback, args.source)
     if args.command == "prune":
         return cmd_prune(ctx, args.dry_run)

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from jobs.artifacts import ARTIFACT_NAME, utc_iso
-from jobs.backups import Backup, newest_verified
+from jobs import selection
+from jobs.backups import Backup
+from jobs.selection import Purpose
 from worker.catalog import Catalog
 from worker.runs import Outcome
 
@@ -41,6 +43,7 @@ class SetFreshness:
     newest: Backup | None
     age_s: float | None
     fresh: bool
+    future: tuple[str, ...] = ()  # ids of backups dated in the future: never newest, never fresh
 
     def describe(self) -> dict[str, Any] | None:
         if self.newest is None:
@@ -68,15 +71,18 @@ class Freshness:
 
 
 def evaluate(backups: list[Backup], sets: list[str], limit: timedelta, now: datetime | None = None) -> Freshness:
-    """Given the backups on the volume and the configured set names, return each set's newest verified backup,
-    its age and whether it is within `limit`. With no configured set, every set found on the volume counts."""
+    """Given the backups on the volume and the configured set names, return each set's newest sound backup (as
+    `jobs.selection` decides it: backups dated in the future never count), its age and whether it is within
+    `limit`. With no configured set, every set found on the volume counts."""
     now = now or datetime.now(timezone.utc)
     names = list(sets) or sorted({set_of(backup) for backup in backups})
     states = []
     for name in names:
-        newest = newest_verified([b for b in backups if set_of(b) == name])
-        age = (now - newest.created_at).total_seconds() if newest else None
-        states.append(SetFreshness(name, newest, age, age is not None and age <= limit.total_seconds()))
+        members = [b for b in backups if set_of(b) == name]
+        newest = selection.newest(members, Purpose.FRESHNESS, now)
+        age = max(0.0, (now - newest.created_at).total_seconds()) if newest else None
+        ahead = tuple(b.id for b in selection.future(members, now))
+        states.append(SetFreshness(name, newest, age, age is not None and age <= limit.total_seconds(), ahead))
     return Freshness(states, limit)
 
 

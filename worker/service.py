@@ -17,7 +17,8 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 import structlog
 
-from jobs.backups import list_backups, newest_verified
+from jobs import selection
+from jobs.backups import list_backups
 from jobs.errors import BusyError
 from jobs.pipeline import remove_stale
 from worker import __version__, child, health
@@ -39,16 +40,19 @@ REAP_EVERY_S = 2.0
 
 
 def stale_sets(ctx: Context, now: datetime) -> dict[str, str]:
-    """Return each configured set whose newest verified local backup is missing or older than one schedule
-    period, with why. Other sets in the backup directory never count."""
+    """Return each configured set whose newest sound local backup (`jobs.selection`: one dated in the future
+    never counts) is missing or older than one schedule period, with why. Other sets in the backup directory
+    never count."""
     gap = period(ctx.config.backup_trigger, now.astimezone(ctx.config.timezone))
     stale = {}
     for backup_set in ctx.backup_sets():
         backups, _ = list_backups(ctx.local, backup_set)
-        newest = newest_verified(backups)
+        newest = selection.newest(backups, selection.Purpose.CATCH_UP, now)
         age = now - newest.created_at if newest else None
+        ahead = selection.future(backups, now)
         if newest is None:
-            stale[backup_set.name] = "there is no verified backup yet"
+            stale[backup_set.name] = "there is no verified backup yet" + (
+                f" (not counting {len(ahead)} dated in the future, like {ahead[0].id})" if ahead else "")
         elif gap is not None and age > gap:
             stale[backup_set.name] = f"the newest backup {newest.id} is {int(age.total_seconds())} s old, more than one schedule period"
     return stale

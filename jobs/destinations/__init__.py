@@ -18,6 +18,7 @@ from typing import Protocol
 class Entry:
     key: str
     size: int
+    tag: str = ""  # the stored version: a local file's mtime (ns), an S3 object's ETag; changes when it is rewritten
 
 
 class Destination(Protocol):
@@ -37,6 +38,10 @@ class Destination(Protocol):
 
     def delete(self, key: str, cancel: threading.Event | None = None) -> None:
         """Remove `key`; a missing key is not an error. Raise Cancelled if `cancel` is set."""
+
+    def sha256(self, key: str, cancel: threading.Event | None = None) -> str:
+        """Return the hex SHA-256 of the object `key`, read as a stream (nothing is written). Raise NotFound if it
+        is missing, Cancelled if `cancel` is set, StorageError or UploadError if it cannot be read."""
 
     def abort_incomplete(self, match: Callable[[str], bool], older_than: timedelta,
                          cancel: threading.Event | None = None) -> list[str]:

@@ -70,7 +70,8 @@ class LocalDestination:
             if child.name.startswith(TEMP_PREFIX) or not child.is_file() or child.is_symlink():
                 continue
             try:
-                entries.append(Entry(key=child.name, size=child.stat().st_size))
+                info = child.stat()
+                entries.append(Entry(key=child.name, size=info.st_size, tag=str(info.st_mtime_ns)))
             except FileNotFoundError:
                 continue
         return entries
@@ -78,6 +79,14 @@ class LocalDestination:
     def delete(self, key: str, cancel: threading.Event | None = None) -> None:
         _check(cancel, f"deleting {key}")
         self.path(key).unlink(missing_ok=True)
+
+    def sha256(self, key: str, cancel: threading.Event | None = None) -> str:
+        try:
+            return artifacts.sha256_file(self.path(key), cancel)
+        except FileNotFoundError:
+            raise NotFound(f"{key} is not in {self.directory}") from None
+        except OSError as error:
+            raise StorageError(f"cannot read {self.path(key)}: {error.strerror or error}") from None
 
     def abort_incomplete(self, match: Callable[[str], bool], older_than: timedelta,
                          cancel: threading.Event | None = None) -> list[str]:

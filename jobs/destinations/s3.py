@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+import hashlib
 import random
 import threading
 from pathlib import Path
@@ -246,10 +247,28 @@ class S3Destination:
                 for item in page.get("Contents", []):
                     key = item["Key"][len(start):]
                     if key and "/" not in key:
-                        entries.append(Entry(key=key, size=int(item["Size"])))
+                        entries.append(Entry(key=key, size=int(item["Size"]), tag=str(item.get("ETag", ""))))
             return entries
 
         return self._retrying("list", "", fetch, cancel)
+
+    def sha256(self, key: str, cancel: threading.Event | None = None) -> str:
+        """Return the hex SHA-256 of the object `key`, streamed (never written to disk). Raise NotFound, Cancelled
+        (checked between chunks) or UploadError."""
+        object_key = self.object_key(key)
+
+        def digest() -> str:
+            response = self.client.get_object(Bucket=self.bucket, Key=object_key)
+            body, hasher = response["Body"], hashlib.sha256()
+            try:
+                while chunk := body.read(MIB):
+                    _stop_if(cancel, f"checking {self.url(key)}")
+                    hasher.update(chunk)
+            finally:
+                body.close()
+            return hasher.hexdigest()
+
+        return self._retrying("read", key, digest, cancel)
 
     def delete(self, key: str, cancel: threading.Event | None = None) -> None:
         """Remove `key`; a missing key is not an error. Raise UploadError if the bucket refuses, Cancelled if

@@ -39,7 +39,7 @@ def test_a_backup_belongs_to_the_set_of_its_artifact_name_and_kind() -> None:
 
 
 def test_retention_counts_keep_min_within_each_set_so_one_set_never_crowds_out_another() -> None:
-    ours = [backup("app", "sqlite", age) for age in (40, 41)]
+    ours = [backup("app", "sqlite", age) for age in (40, 48)]
     theirs = [backup("staging", "sqlite", age) for age in (1, 2, 3)]
     result = plan(ours + theirs, Policy(7, 1), NOW)
     assert [b.id for b in result.delete] == [ours[1].id]  # one of each set's survives; the newer set's do not count for ours

@@ -6,6 +6,7 @@ import json
 
 import structlog
 
+from jobs import selection
 from jobs.backups import Backup, BackupSet, list_backups, sets_in
 from jobs.destinations import Destination
 from worker.actions.context import EXIT_OK, Context, UsageError
@@ -44,7 +45,9 @@ def cmd_list(ctx: Context, as_json: bool, remote: bool, everything: bool = False
         raise UsageError("--remote needs S3_BUCKET (and its credentials) to be set")
     rows = _merged(ctx, remote, everything)
     if as_json:
-        say(json.dumps([{**backup.manifest, "location": location} for backup, location in rows], indent=2, sort_keys=True))
+        now = datetime.now(timezone.utc)
+        say(json.dumps([{**backup.manifest, "location": location, "flags": selection.flags(backup, now)}
+                        for backup, location in rows], indent=2, sort_keys=True))
         return EXIT_OK
     if not rows:
         scope = "" if everything or not ctx.backup_sets() else f" of the set {', '.join(map(str, ctx.backup_sets()))} (--all shows every set)"
@@ -58,8 +61,11 @@ def cmd_list(ctx: Context, as_json: bool, remote: bool, everything: bool = False
         age = human_age((now - backup.created_at).total_seconds())
         verified = row["verified"].get("check", "yes") if isinstance(row.get("verified"), dict) else "no"
         raw = row.get("raw_size")
-        if row.get("reason") == "pre-restore":
-            location += " (pre-restore safety backup)"
+        notes = {"pre-restore": "pre-restore safety backup", "future": "DATED IN THE FUTURE: not counted",
+                 "damaged": "DAMAGED: " + (backup.damage or "")}
+        flagged = [notes[flag] for flag in selection.flags(backup, now)]
+        if flagged:
+            location += f" ({'; '.join(flagged)})"
         say(f"{backup.id:<44} {row['created_at']:<21} {age:>8} {human_size(backup.size):>10} "
             f"{human_size(raw if isinstance(raw, int) else None):>10}  {verified:<28} {location}")
     return EXIT_OK

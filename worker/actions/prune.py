@@ -7,6 +7,7 @@ from typing import Any
 from jobs import pipeline
 from jobs.backups import BackupSet, sets_in
 from jobs.destinations import Destination
+from jobs.intact import CACHE_NAME, IntactCache
 from jobs.volume import require_usable
 from worker.actions.context import Context, UsageError
 from worker.actions.output import report_failure, say
@@ -37,7 +38,8 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
             for destination, side_policy in sides:
                 deleted = []
                 for backup_set in prune_sets(ctx, destination):
-                    plan = pipeline.plan_retention(destination, side_policy, backup_set=backup_set, cancel=ctx.cancel)
+                    plan = pipeline.plan_retention(destination, side_policy, backup_set=backup_set, cancel=ctx.cancel,
+                                                   cache=IntactCache(ctx.config.backup_dir / CACHE_NAME))
                     say(f"{destination.location}: keep {len(plan.keep)}, delete {len(plan.delete)} of the set {backup_set}"
                         + (" (dry run: nothing deleted)" if dry_run else ""))
                     for row in plan.describe():

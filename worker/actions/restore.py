@@ -23,7 +23,7 @@ from jobs.engines.pg_connect import parse_url
 from jobs.errors import Cancelled, JobError, SourceError
 from worker.actions.context import Context, UsageError
 from worker.actions.output import human_age, report_failure, say
-from worker.actions.selection import fetch, reading, wanted, where, workdir
+from worker.actions.selection import fetch, reading, scratch_dir, wanted, where, workdir
 from worker.lock import exclusive
 from worker.runs import run_job
 from worker.text import human_size
@@ -107,14 +107,17 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
         problem = kind_problem(request.backup_set.kind, ident)
         if problem:
             raise UsageError(problem)
-    scratch_dir = to.parent if to else workdir(ctx)
+    unpack_in = to.parent if to else scratch_dir(ctx)
     maybe = " (or, if it proves damaged, the newest intact older one)" if fallback else ""
     warning: str | None = None  # shown before the confirmation; not repeated when the restore notes it again
 
     with reading(ctx, from_s3):
         chosen: Backup | None = None
         if not from_s3 or source is not None or target_url:
-            chosen = request.pick(destination, location, ctx)
+            # The newest backup, judged without hashing; with --fallback on the volume, the newest that proves intact.
+            prove = (lambda backup: restoring.prove_file(destination.path(backup.artifact), backup, ctx.cancel)) \
+                if fallback and not from_s3 else None
+            chosen = request.pick(destination, location, ctx, fallback, prove)
         if target_url:
             problem = kind_problem(chosen.kind, chosen.id)
             if problem:
@@ -137,7 +140,7 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                     assume_yes)
 
         def work() -> dict[str, Any]:
-            with tempfile.TemporaryDirectory(prefix=temp_prefix() + "restore-", dir=scratch_dir) as scratch:
+            with tempfile.TemporaryDirectory(prefix=temp_prefix() + "restore-", dir=unpack_in) as scratch:
                 if from_s3:  # the backup confirmed, unless --fallback may take an older intact one
                     pick = ident or (chosen.id if chosen is not None and not fallback else None)
                     backup, artifact, notes = offsite.pick_restorable(destination, Path(scratch), ctx.cancel, pick,
@@ -178,7 +181,7 @@ def restore_into_url(ctx: Context, artifact: Path, backup: Backup, target_url: s
     if problem:
         raise SourceError(problem, stage="restore")
     masked = parse_url(target_url).masked
-    with restoring.proven_raw(artifact, backup, workdir(ctx), ctx.cancel) as (raw, checks):
+    with restoring.proven_raw(artifact, backup, scratch_dir(ctx), ctx.cancel) as (raw, checks):
         postgres.restore_into(raw, target_url, ctx.cancel, notify=lambda note: None if note == shown else _stderr(f"warning: {note}"))
     return {"backup": backup.id, "restored_to": masked, "checks": checks}
 

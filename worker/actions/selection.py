@@ -2,22 +2,28 @@
 
 Selection happens in two steps. First, before any job runs, the backup set: `--source NAME`, else the one
 configured set, else BACKUP_NAME, else the only set the location holds; anything ambiguous is a usage error that
-names the sets. Then, inside the job, the backup: the id asked for, or the set's newest verified backup. A backup
-of another set is never chosen by `--latest`.
+names the sets. Then the backup: the id asked for, or the set's newest backup as `jobs.selection` decides it (a
+damaged newest one is an error unless --fallback). A backup of another set is never chosen by `--latest`.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
+import errno
 from pathlib import Path
 import re
+import sys
+import tempfile
 
 import structlog
 
-from jobs.backups import Backup, BackupSet, find, list_backups, newest_verified, sets_in
+from jobs import selection
+from jobs.backups import Backup, BackupSet, find, list_backups, sets_in
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
-from jobs.errors import NotFound
+from jobs.errors import IntegrityError, NotFound, StorageError
+from jobs.selection import Purpose
 from jobs.volume import require_usable
 from worker.actions.context import Context, UsageError
 from worker.lock import shared
@@ -68,17 +74,25 @@ class Wanted:
     ident: str | None
     backup_set: BackupSet | None  # for an id: its set when the id names its kind, else None (look in every set)
 
-    def pick(self, destination: Destination, where: str, ctx: Context) -> Backup:
-        """Return the backup meant, from the destination's files. Raise NotFound if it is not there."""
+    def pick(self, destination: Destination, where: str, ctx: Context, fallback: bool = False,
+             prove: Callable[[Backup], object] | None = None) -> Backup:
+        """Return the backup meant, from the destination's files: the id asked for, or the newest of the set
+        (`jobs.selection.latest`: with `fallback`, the newest one that `prove` accepts). Raise NotFound if it is
+        not there, IntegrityError naming it when it is known damaged (and, for the latest, no fallback)."""
         backups, problems = list_backups(destination, self.backup_set, ctx.cancel)
         for problem in problems:
             log.warning("selection.skipped_file", location=destination.location, problem=problem)
         if self.ident:
-            return find(backups, self.ident)
-        newest = newest_verified(backups)
-        if newest is None:
-            raise NotFound(f"there are no verified backups of the set {self.backup_set} in {where}; run `python -m worker backup` first")
-        return newest
+            backup = find(backups, self.ident)
+            if backup.damage:
+                raise IntegrityError(f"{backup.damage}; that backup is damaged, choose another one (`python -m worker list`)")
+            return backup
+        of = f"the set {self.backup_set} in {where}"
+        backup, _, notes = selection.latest(backups, Purpose.RESTORE, datetime.now(timezone.utc), prove, fallback, of)
+        for note in notes:
+            log.warning("selection.fallback", note=note)
+            print(f"warning: {note}; taking an older backup (--fallback)", file=sys.stderr, flush=True)
+        return backup
 
 
 def wanted(ctx: Context, destination: Destination, where: str, ident: str | None, source_name: str | None) -> Wanted:
@@ -111,6 +125,17 @@ def workdir(ctx: Context) -> Path:
     return ctx.config.backup_dir
 
 
+def scratch_dir(ctx: Context) -> Path:
+    """Return where a verify or restore unpacks a backup: the backup directory, or, when that volume cannot be
+    written (a read-only mount of the backups), the system's temporary directory."""
+    try:
+        return workdir(ctx)
+    except StorageError as error:
+        fallback = Path(tempfile.gettempdir())
+        log.info("selection.scratch_elsewhere", scratch=str(fallback), reason=str(error))
+        return fallback
+
+
 def fetch(ctx: Context, destination: Destination, backup: Backup, scratch: Path) -> Path:
     """Return a local path to the backup's artifact: the file itself when local, else a download into scratch."""
     if isinstance(destination, LocalDestination):
@@ -123,12 +148,13 @@ def fetch(ctx: Context, destination: Destination, backup: Backup, scratch: Path)
 @contextmanager
 def reading(ctx: Context, remote: bool) -> Iterator[None]:
     """Hold the backups against retention while a verify or restore reads one: the `retention` lock, shared
-    with other readers, which retention needs exclusively before it deletes (see worker.lock). Reading from the
-    bucket where the backup directory cannot be used, there is no retention of this volume to hold off."""
+    with other readers, which retention needs exclusively before it deletes (see worker.lock). Where the backup
+    directory cannot be written (a read-only volume), nothing here can delete either: read without the lock."""
     with ExitStack() as stack:
         try:
             stack.enter_context(shared(ctx.config.backup_dir))
-        except OSError:
-            if not remote:
+        except OSError as error:
+            if not remote and error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
+            log.info("selection.unlocked_read", backup_dir=str(ctx.config.backup_dir), reason=error.strerror or str(error))
         yield

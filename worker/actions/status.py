@@ -1,11 +1,12 @@
 """`status`: last outcome of every job, the newest verified backup and its age, next scheduled runs."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 import json
 from typing import Any
 
 from jobs.artifacts import utc_iso
-from jobs.backups import list_backups, newest_verified, sets_in
+from jobs import selection
+from jobs.backups import list_backups, sets_in
 from jobs.durations import format_duration
 from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
 from worker.actions.output import human_age, say
@@ -28,8 +29,9 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     scope = ctx.scope(sets_in(ctx.local, ctx.cancel))
     backups = [backup for backup_set in (scope if scope is not None else [None])
                for backup in list_backups(ctx.local, backup_set, ctx.cancel)[0]]
-    newest = newest_verified(backups)
-    age = (now - newest.created_at) if newest else None
+    newest = selection.newest(backups, selection.Purpose.FRESHNESS, now)
+    age = max(now - newest.created_at, timedelta(0)) if newest else None
+    future = [backup.id for backup in selection.future(backups, now)]
     fresh = age is not None and age <= ctx.config.freshness_limit
     per_set = {}
     if scope is not None:
@@ -55,6 +57,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         "newest_backup_created_at": newest.manifest["created_at"] if newest else None,
         "newest_backup_age_s": int(age.total_seconds()) if age is not None else None,
         "backups": len(backups),
+        "future_backups": future,  # dated in the future (the clock was wrong): never newest, never fresh
         "backup_sets": [str(backup_set) for backup_set in scope] if scope is not None else None,
         "sets": per_set,
         "jobs": jobs,
@@ -90,6 +93,9 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
             say(f"last {job}: {row['outcome']} ({row['started_at']}){detail}")
         for job, when in report["next_runs"].items():
             say(f"next {job}: {when}")
+        for ident in report["future_backups"]:
+            say(f"WARNING: {ident} is dated more than 5 minutes in the future (the clock was wrong when it was "
+                "written); it is not counted as the newest or fresh backup")
         for line in status_lines(report) + purge_status_lines(report):
             say(line)
     return EXIT_OK if report["healthy"] else EXIT_FAILED

@@ -8,21 +8,21 @@ from jobs import restore as restoring
 from jobs.artifacts import temp_prefix
 from worker.actions.context import Context
 from worker.actions.output import report_failure, say
-from worker.actions.selection import fetch, reading, wanted, where, workdir
+from worker.actions.selection import fetch, reading, scratch_dir, wanted, where
 from worker.runs import run_job
 
 
 def cmd_verify(ctx: Context, ident: str | None, remote: bool, source_name: str | None = None) -> int:
     destination, location = where(ctx, remote)
-    scratch_dir = workdir(ctx)
+    scratch = scratch_dir(ctx)
     request = wanted(ctx, destination, location, ident, source_name)
 
     def work() -> dict[str, Any]:
         with reading(ctx, remote):
             backup = request.pick(destination, location, ctx)
-            with tempfile.TemporaryDirectory(prefix=temp_prefix() + "verify-", dir=scratch_dir) as scratch:
-                artifact = fetch(ctx, destination, backup, Path(scratch))
-                checks = restoring.check_artifact(artifact, backup, Path(scratch), ctx.cancel)
+            with tempfile.TemporaryDirectory(prefix=temp_prefix() + "verify-", dir=scratch) as temporary:
+                artifact = fetch(ctx, destination, backup, Path(temporary))
+                checks = restoring.check_artifact(artifact, backup, Path(temporary), ctx.cancel)
         return {"backup": backup.id, "location": destination.location, "checks": checks}
 
     outcome = run_job("verify", ctx.catalog, work)

@@ -1,0 +1,130 @@
+"""Which backups count, and which one is "the newest": the one answer every caller asks.
+
+Restore and verify (`--latest`), freshness (`status`, `/healthz`, `/metrics`), the catch-up at start and
+retention's `BACKUP_KEEP_MIN` slots all choose through this module, so that they cannot disagree.
+
+- A backup is judged on what can be told without reading its artifact: a valid manifest that records a passed
+  check, an artifact of the size the manifest records, and a date that is not in the future. The newest such
+  backup is "the newest". Nothing here hashes.
+- Dated in the future means its artifact name's stamp or its manifest's `created_at` lies more than
+  FUTURE_TOLERANCE ahead of now: a backup written while the clock was wrong. It is never the newest, never
+  fresh, never fills a retention slot, and `flags` reports it.
+- Proving a backup (its SHA-256) is the caller's work; `latest` runs that proof on the newest and, when it fails,
+  raises an error naming it, unless `fallback` asks for the newest intact older one. Nothing falls back silently.
+"""
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import TypeVar
+
+from jobs.artifacts import ARTIFACT_NAME, STAMP
+from jobs.backups import Backup
+from jobs.errors import IntegrityError, NotFound
+
+FUTURE_TOLERANCE = timedelta(minutes=5)
+PRE_RESTORE = "pre-restore"  # the manifest `reason` of a safety backup taken before a restore
+
+T = TypeVar("T")
+
+
+class Purpose(Enum):
+    """What a choice of backups is for; each purpose counts the same sound backups."""
+
+    RESTORE = "restore"
+    VERIFY = "verify"
+    FRESHNESS = "freshness"
+    CATCH_UP = "catch-up"
+    RETENTION = "retention"
+
+
+def stamp_of(backup: Backup) -> datetime:
+    """Return the UTC time in the backup's artifact name."""
+    return datetime.strptime(ARTIFACT_NAME.match(backup.artifact)["stamp"], STAMP).replace(tzinfo=timezone.utc)
+
+
+def is_future(backup: Backup, now: datetime) -> bool:
+    """Return whether the backup's stamp or `created_at` lies more than FUTURE_TOLERANCE after `now`."""
+    return max(backup.created_at, stamp_of(backup)) > now + FUTURE_TOLERANCE
+
+
+def problem(backup: Backup, now: datetime, damaged: Sequence[str] = ()) -> str | None:
+    """Return why the backup does not count as a sound backup now (one clause), or None when it does.
+    `damaged` holds the ids whose SHA-256 was found not to match."""
+    if not backup.verified:
+        return "its manifest records no passed check"
+    if backup.damage:
+        return f"it is damaged: {backup.damage}"
+    if backup.id in damaged:
+        return "it is damaged: its SHA-256 does not match its manifest"
+    if is_future(backup, now):
+        return f"it is dated in the future ({backup.manifest.get('created_at', stamp_of(backup).isoformat())}); the clock was wrong when it was written"
+    return None
+
+
+def sound(backups: Sequence[Backup], purpose: Purpose, now: datetime, damaged: Sequence[str] = ()) -> list[Backup]:
+    """Given the backups of one set, return those that count for `purpose`, newest first. Nothing is read."""
+    del purpose  # every purpose counts the same backups today; the parameter names the caller's question
+    counted = [backup for backup in backups if problem(backup, now, damaged) is None]
+    return sorted(counted, key=lambda backup: (backup.created_at, backup.id), reverse=True)
+
+
+def newest(backups: Sequence[Backup], purpose: Purpose, now: datetime) -> Backup | None:
+    """Return the newest sound backup for `purpose` (see the module docstring), or None."""
+    counted = sound(backups, purpose, now)
+    return counted[0] if counted else None
+
+
+def candidates(backups: Sequence[Backup], now: datetime) -> list[Backup]:
+    """Return, newest first, the backups that may be "the newest" of their set before they are proven: a valid
+    manifest with a passed check, not dated in the future, whatever their artifact (damage is found by the proof)."""
+    found = [backup for backup in backups if backup.verified and not is_future(backup, now)]
+    return sorted(found, key=lambda backup: (backup.created_at, backup.id), reverse=True)
+
+
+def future(backups: Sequence[Backup], now: datetime) -> list[Backup]:
+    """Return the backups dated in the future, newest first (to report them)."""
+    return [backup for backup in backups if is_future(backup, now)]
+
+
+def flags(backup: Backup, now: datetime) -> list[str]:
+    """Return what a listing says about a backup besides its facts: `future`, `damaged`, `pre-restore`."""
+    found = []
+    if is_future(backup, now):
+        found.append("future")
+    if backup.damage:
+        found.append("damaged")
+    if backup.manifest.get("reason") == PRE_RESTORE:
+        found.append("pre-restore")
+    return found
+
+
+def latest(backups: Sequence[Backup], purpose: Purpose, now: datetime, prove: Callable[[Backup], T] | None,
+           fallback: bool, where: str) -> tuple[Backup, T | None, list[str]]:
+    """Given the backups of one set at `where`, return the newest (the first of `candidates`), what `prove` returned
+    for it, and notes on what was passed over.
+
+    The newest is damaged when its artifact is missing or of the wrong size, or when `prove` raises
+    IntegrityError. Then raise IntegrityError naming it and the next older one, unless `fallback`, which goes on
+    to the newest intact older backup (each passed over is a note). Raise NotFound when there is no candidate."""
+    del purpose  # restore and verify choose alike
+    order = candidates(backups, now)
+    if not order:
+        ahead = future(backups, now)
+        why = (f"; {len(ahead)} backup(s) dated in the future are not counted ({ahead[0].id}), check the clock"
+               if ahead else "")
+        raise NotFound(f"there are no verified backups in {where}{why}; run `python -m worker backup` first")
+    notes: list[str] = []
+    for position, backup in enumerate(order):
+        try:
+            if backup.damage:
+                raise IntegrityError(backup.damage)
+            return backup, (prove(backup) if prove is not None else None), notes
+        except (IntegrityError, NotFound) as error:  # NotFound: listed a moment ago, gone now
+            if not fallback:
+                older = f" ({order[position + 1].id} is the next older one)" if position + 1 < len(order) else ""
+                raise IntegrityError(f"the newest backup {backup.id} in {where} is damaged: {error}; nothing was "
+                                     f"restored or verified in its place: run with --fallback to use the newest "
+                                     f"intact older backup{older}, or name one by its id") from None
+            notes.append(f"skipped {backup.id}: {error}")
+    raise IntegrityError(f"none of the {len(order)} verified backups in {where} is intact ({'; '.join(notes)})")
