@@ -18,7 +18,7 @@ import structlog
 from jobs.artifacts import atomic_file
 from jobs.backups import Backup
 from jobs.destinations import Destination
-from jobs.errors import Cancelled, JobError
+from jobs.errors import Cancelled, JobError, NotFound
 
 log = structlog.get_logger("jobs.intact")
 
@@ -55,10 +55,10 @@ class IntactCache:
             return False
         return checked.tzinfo is not None and timedelta(0) <= self.now - checked <= CACHE_TTL
 
-    def intact(self, destination: Destination, backup: Backup, cancel: threading.Event | None = None) -> bool:
-        """Return whether `backup`'s artifact on `destination` hashes to its manifest's SHA-256 (and has its size).
-        A read that fails for another reason than damage (a network error) counts as not proven, so the backup
-        does not fill a slot this time; Cancelled is raised."""
+    def intact(self, destination: Destination, backup: Backup, cancel: threading.Event | None = None) -> bool | None:
+        """Return whether `backup`'s artifact on `destination` hashes to its manifest's SHA-256 (and has its size):
+        True or False, or None when it cannot be read now (a network error; a missing artifact is False).
+        Raise Cancelled if `cancel` is set."""
         if backup.damage:
             return False
         key = f"{destination.url()}|{backup.artifact}"
@@ -70,9 +70,12 @@ class IntactCache:
             digest = destination.sha256(backup.artifact, cancel)
         except Cancelled:
             raise
-        except JobError as error:
-            log.warning("retention.recheck_failed", location=destination.location, backup=backup.id, reason=str(error))
+        except NotFound:
             return False
+        except JobError as error:
+            log.warning("retention.recheck_failed", location=destination.location, backup=backup.id, reason=str(error),
+                        detail="nothing is deleted this time; the next retention run checks again")
+            return None
         ok = digest == backup.sha256
         if not ok:
             log.error("retention.damaged_backup", location=destination.location, backup=backup.id,

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 import zstandard
 
-from jobs import artifacts, offsite, publish, retention, selection
+from jobs import artifacts, identity, offsite, publish, retention, selection
 from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
@@ -136,7 +136,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             "id": artifacts.backup_id(artifact),
             "artifact": artifact,
             "created_at": artifacts.utc_iso(created_at),
-            "source": source.describe(),
+            "source": {**source.describe(), **identity.of(source)},  # who made it: see jobs.identity
             "format": {"kind": source.kind, "compression": "zstd", "level": settings.compression_level, "frame_checksum": True},
             "size": compressed.size,
             "sha256": compressed.sha256,
@@ -254,6 +254,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
     local = LocalDestination(settings.backup_dir)
     backup_set = BackupSet(source.name(), source.kind)
     remove_stale(local)
+    require_own_set(source, settings, backup_set, cancel)
     manifest = take_backup(source, settings, cancel)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
     fields: dict[str, Any] = {
@@ -281,6 +282,25 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
         failure.fields = fields
         raise failure
     return fields
+
+
+def require_own_set(source: Source, settings: BackupSettings, backup_set: BackupSet, cancel: threading.Event) -> None:
+    """Raise SourceError (stage preflight) when the set's newest backup, on the volume or in the bucket, was made
+    by another source that this one did not take over (`jobs.identity`): two services sharing a directory or a
+    bucket under one set name would otherwise choose, count and delete each other's backups. A bucket that cannot
+    be listed now only warns: the upload of this cycle will say why."""
+    ours = identity.of(source)
+    taken = identity.adopted(settings.backup_dir, backup_set)
+    places: list[Destination] = [LocalDestination(settings.backup_dir)]
+    if settings.remote is not None:
+        places.append(settings.remote)
+    for place in places:
+        try:
+            found, _ = list_backups(place, backup_set, cancel)
+        except UploadError as error:
+            log.warning("backup.owner_unchecked", location=place.location, reason=str(error))
+            continue
+        identity.require_own(found, ours, taken, backup_set, place.url())
 
 
 def _retention(destination: Destination, policy: retention.Policy, backup_set: BackupSet, settings: BackupSettings,

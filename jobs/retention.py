@@ -2,14 +2,15 @@
 
 Rules, within each backup set: the newest `keep_min` sound backups (see `jobs.selection`: a passed check, an
 artifact that matches its manifest, not dated in the future) are kept however old, so the last good copies always
-survive; anything within `retention_days` is kept; the rest goes. Ages are counted from the anchor: the newest
-sound backup, or now if that is earlier (restic's `--keep-within`). Within a backup cycle the backup just written
-does not move the anchor (`fresh`), so a cycle run while the clock is a month ahead cannot age out a month of
-backups. With no age limit nothing goes. Sets are planned apart: one set's backups never count toward another's
-`keep_min`.
+survive; anything within `retention_days` is kept (0 turns that window off); the rest goes. Ages are counted from
+the anchor: the newest sound backup, or now if that is earlier (restic's `--keep-within`). Within a backup cycle
+the backup just written does not move the anchor (`fresh`), so a cycle run while the clock is a month ahead cannot
+age out a month of backups. With no age limit nothing goes. Sets are planned apart: one set's backups never count
+toward another's `keep_min`.
 
 Before anything is deleted, `prove_slots` re-checks the SHA-256 of the backups that fill the keep_min slots:
-a slot is only ever filled by an intact copy, and a deletion never leaves fewer than keep_min of them.
+a slot is only ever filled by an intact copy, and a deletion never leaves fewer than keep_min of them. A slot
+holder that cannot be read now (the bucket is away) defers every deletion of that plan.
 """
 
 from collections import defaultdict
@@ -26,7 +27,7 @@ from jobs.selection import Purpose
 
 @dataclass(frozen=True)
 class Policy:
-    retention_days: int | None  # None keeps every backup
+    retention_days: int | None  # None keeps every backup; 0 turns the window off (only keep_min keeps)
     keep_min: int
 
     def __post_init__(self) -> None:
@@ -72,7 +73,8 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
               result: Plan) -> None:
     """Add the decisions for the backups of one set to `result`."""
     since = anchor(backups, now, damaged, fresh)
-    cutoff = since - timedelta(days=policy.retention_days) if policy.retention_days is not None else None
+    window = policy.retention_days
+    cutoff = since - timedelta(days=window) if window else None
     slots = selection.sound(backups, Purpose.RETENTION, now, damaged)[:policy.keep_min]
     result.slots.extend(slots)
     slot_ids = {backup.id for backup in slots}
@@ -84,27 +86,27 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
             result.reasons[backup.id] = f"one of the newest {policy.keep_min} sound backups (BACKUP_KEEP_MIN)"
             continue
         unsound = selection.problem(backup, now, damaged)
-        if cutoff is None:
+        if window is None:
             result.keep.append(backup)
             result.reasons[backup.id] = "no age limit is set"
-        elif backup.created_at >= cutoff:
+        elif cutoff is not None and backup.created_at >= cutoff:
             result.keep.append(backup)
             result.reasons[backup.id] = (f"{age_days:.1f} days old{measured}, within {policy.retention_days} days"
                                          + (f"; not counted toward BACKUP_KEEP_MIN: {unsound}" if unsound else ""))
         else:
             result.delete.append(backup)
             state = f"not sound: {unsound}" if unsound else "sound"
-            result.reasons[backup.id] = (
-                f"{age_days:.1f} days old{measured}, older than {policy.retention_days} days ({state}), "
-                f"and the {len(slots)} newest sound backups are kept"
-            )
+            older = f"older than {window} days" if window else "the age window is off (0 days)"
+            result.reasons[backup.id] = (f"{age_days:.1f} days old{measured}, {older} ({state}), "
+                                         f"and the {len(slots)} newest sound backups are kept")
 
 
-def prove_slots(backups: Sequence[Backup], policy: Policy, now: datetime, intact: Callable[[Backup], bool],
+def prove_slots(backups: Sequence[Backup], policy: Policy, now: datetime, intact: Callable[[Backup], bool | None],
                 fresh: str | None = None) -> Plan:
-    """Plan, and when the plan deletes anything, re-check with `intact` (a SHA-256 check, perhaps cached) every
-    backup that fills a keep_min slot; a damaged one loses its slot and the plan is made again, until every slot
-    holder is proven. Return that plan. A plan that deletes nothing reads nothing."""
+    """Plan, and when the plan deletes anything, re-check with `intact` (a SHA-256 check, perhaps cached: True
+    intact, False damaged, None could not be read now) every backup that fills a keep_min slot; a damaged one loses
+    its slot and the plan is made again, until every slot holder is proven. Return that plan. A plan that deletes
+    nothing reads nothing; a slot holder that could not be read keeps everything this time."""
     damaged: list[str] = []
     proven: set[str] = set()
     while True:
@@ -115,10 +117,20 @@ def prove_slots(backups: Sequence[Backup], policy: Policy, now: datetime, intact
         if not unproven:
             return result
         for backup in unproven:
-            if intact(backup):
+            verdict = intact(backup)
+            if verdict is None:
+                return _deferred(result, backup)
+            if verdict:
                 proven.add(backup.id)
             else:
                 damaged.append(backup.id)
+
+
+def _deferred(result: Plan, unreadable: Backup) -> Plan:
+    """Return `result` with nothing deleted: a slot holder could not be re-checked, so no deletion may rely on it."""
+    why = f"kept this time: {unreadable.id}, which it relies on, could not be re-checked now"
+    reasons = {**result.reasons, **{backup.id: f"{result.reasons[backup.id]}; {why}" for backup in result.delete}}
+    return Plan(keep=[*result.keep, *result.delete], delete=[], reasons=reasons, slots=result.slots)
 
 
 def apply(destination: Destination, result: Plan, cancel: threading.Event | None = None) -> list[str]:

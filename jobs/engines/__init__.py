@@ -59,6 +59,10 @@ class Source(Protocol):
     def target(self) -> str:
         """Return where a restore writes, for people: a file path or a URL with its password masked."""
 
+    def identity(self) -> dict[str, str]:
+        """Return what tells this source from another one with the same set name (see `jobs.identity`): the
+        absolute path of a SQLite file; the host, port (and database) of a server. Never a secret."""
+
     def estimate_size(self) -> int:
         """Return the expected size in bytes of a raw snapshot. Raise SourceError if the source is unusable."""
 

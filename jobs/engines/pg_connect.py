@@ -46,6 +46,17 @@ class Connection:
         return f"{host}:{port}" if port else host
 
     @property
+    def hostname(self) -> str:
+        """The (first) host, or the socket directory, without the port."""
+        host = self.params.get("host") or self.params.get("hostaddr") or "localhost"
+        return host.split(",")[0]
+
+    @property
+    def port(self) -> str:
+        """The (first) port, 5432 by default."""
+        return (self.params.get("port") or "5432").split(",")[0]
+
+    @property
     def user(self) -> str:
         return self.params.get("user", "")
 

@@ -183,6 +183,9 @@ class PostgresSource:
     def target(self) -> str:
         return self.conn.masked
 
+    def identity(self) -> dict[str, str]:
+        return {"host": self.conn.hostname, "port": self.conn.port, "database": self.conn.dbname}
+
     def protected_files(self) -> list[Path]:
         return []
 

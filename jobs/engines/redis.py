@@ -174,6 +174,9 @@ class RedisSource:
     def target(self) -> str:
         return mask_url(self.url)
 
+    def identity(self) -> dict[str, str]:
+        return {"host": self.host, "port": str(self.port)}
+
     def protected_files(self) -> list[Path]:
         return []
 

@@ -134,6 +134,9 @@ class SqliteSource:
     def target(self) -> str:
         return str(self.path)
 
+    def identity(self) -> dict[str, str]:
+        return {"path": str(self.path)}
+
     def protected_files(self) -> list[Path]:
         return [self.path, *sidecars(self.path)]
 

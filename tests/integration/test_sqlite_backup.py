@@ -100,7 +100,7 @@ def test_stock_tools_read_what_we_write(tmp_path: Path, worker) -> None:
     assert count == ["1000", "ok"]
     assert oct(artifact.stat().st_mode & 0o777) == "0o600"
     assert oct(backups.stat().st_mode & 0o777) == "0o700"
-    assert manifest["source"] == {"kind": "sqlite", "database": "app.db"}
+    assert manifest["source"] == {"kind": "sqlite", "database": "app.db", "path": str(tmp_path / "app.db")}
     assert manifest["verified"]["check"] == "PRAGMA integrity_check"
 
 

@@ -139,7 +139,7 @@ def test_a_corrupt_newest_backup_is_refused_unless_fallback_is_asked(local_backu
     with pytest.raises(IntegrityError) as raised:
         offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=False)
     message = str(raised.value)
-    assert f"the newest backup {backups[-1].id} cannot be restored" in message
+    assert f"the newest backup {backups[-1].id} in " in message and "is damaged" in message
     assert "--fallback" in message and backups[-2].id in message
     assert list(workdir.iterdir()) == []
 
@@ -182,7 +182,7 @@ def test_when_every_backup_is_damaged_even_fallback_fails(local_backups: Local, 
         corrupt(remote, backup, tmp_path)
     workdir = tmp_path / "restore"
     workdir.mkdir()
-    with pytest.raises(IntegrityError, match="none of the 3 complete backups"):
+    with pytest.raises(IntegrityError, match="none of the 3 verified backups"):
         offsite.pick_restorable(remote, workdir, threading.Event(), None, fallback=True)
     assert list(workdir.iterdir()) == []
 

@@ -99,8 +99,9 @@ def test_a_backup_whose_artifact_does_not_match_its_manifest_never_fills_a_keep_
     [
         # nothing rotten: the three newest hold the slots, the old one goes (after proving the three)
         ([], [0, 1, 2], [30]),
-        # the three newest have bit rot (same size, wrong SHA-256): the only intact backup must survive
-        ([0, 1, 2], [30], []),
+        # the three newest have bit rot (same size, wrong SHA-256): the only intact backup must survive; with the
+        # window off (0 days) the rotten ones go like any backup that is not sound
+        ([0, 1, 2], [30], [0, 1, 2]),
         # one rotten among the newest: the next intact one takes its slot and is kept; the rotten one is past the
         # window (0 days) and goes by age like any backup that is not sound
         ([1], [0, 2, 30], [1]),
@@ -121,6 +122,13 @@ def test_retention_proves_the_slot_holders_before_deleting_and_never_leaves_fewe
     assert ids(result.delete) == sorted(backup(age).id for age in expected_deleted)
     assert all(backup(age).id not in ids(result.delete) for age in expected_slots)
     assert len(checked) == len(set(checked))  # each backup is read at most once
+
+
+def test_a_slot_holder_that_cannot_be_read_now_defers_every_deletion() -> None:
+    backups = [backup(age) for age in (0, 1, 2, 30)]
+    result = prove_slots(backups, Policy(7, 3), NOW, lambda candidate: None if candidate.id == backup(1).id else True)
+    assert result.delete == [] and ids(result.keep) == ids(backups)
+    assert "could not be re-checked" in result.reasons[backup(30).id]
 
 
 def test_a_plan_that_deletes_nothing_reads_nothing() -> None:

@@ -4,8 +4,8 @@ are ever considered; other sets in the same directory or bucket are left alone."
 from contextlib import nullcontext
 from typing import Any
 
-from jobs import pipeline
-from jobs.backups import BackupSet, sets_in
+from jobs import identity, pipeline
+from jobs.backups import BackupSet, list_backups, sets_in
 from jobs.destinations import Destination
 from jobs.intact import CACHE_NAME, IntactCache
 from jobs.volume import require_usable
@@ -35,9 +35,14 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
         sides = ctx.policies()
         fields: dict[str, Any] = {"dry_run": dry_run}
         with exclusive(ctx.config.backup_dir), (nullcontext() if dry_run else for_deletion(ctx.config.backup_dir)):
+            owners = {spec_set: ctx.source(spec_set.name) for spec_set in ctx.backup_sets()}
             for destination, side_policy in sides:
                 deleted = []
                 for backup_set in prune_sets(ctx, destination):
+                    if backup_set in owners:  # never plan on a set another source writes into (jobs.identity)
+                        found, _ = list_backups(destination, backup_set, ctx.cancel)
+                        identity.require_own(found, identity.of(owners[backup_set]),
+                                             identity.adopted(ctx.config.backup_dir, backup_set), backup_set, destination.url())
                     plan = pipeline.plan_retention(destination, side_policy, backup_set=backup_set, cancel=ctx.cancel,
                                                    cache=IntactCache(ctx.config.backup_dir / CACHE_NAME))
                     say(f"{destination.location}: keep {len(plan.keep)}, delete {len(plan.delete)} of the set {backup_set}"

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from jobs import offsite, pipeline, restore as restoring
+from jobs import identity, offsite, pipeline, restore as restoring
 from jobs.artifacts import temp_prefix
 from jobs.backups import Backup, BackupSet
 from jobs.engines import Source, postgres
@@ -133,10 +133,13 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
             if chosen.backup_set != live:
                 raise UsageError(f"{chosen.id} is a backup of the set {chosen.backup_set}, not of {live} that BACKUP_SOURCE "
                                  f"holds; restore it to a new file with --to PATH")
+            foreign = require_owner(ctx, chosen, source, explicit=ident is not None, error=UsageError)
             saved = ("A safety backup of its current state is taken first (its id is printed)" if source.kind == postgres.KIND
                      else "Its current content is saved first as a safety copy")
+            takeover = (f" The backup was made by {identity.describe(foreign)}, not by this source: restoring it makes "
+                        "this source take the set over." if foreign else "")
             confirm(f"This replaces the live database {source.target()} with the backup {describe(chosen, location)}{maybe}. "
-                    f"{saved}. Stop the app's writers before you go on; open connections will see the restored data",
+                    f"{saved}.{takeover} Stop the app's writers before you go on; open connections will see the restored data",
                     assume_yes)
 
         def work() -> dict[str, Any]:
@@ -156,11 +159,17 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                     return {"backup": backup.id, "restored_to": str(to), "checks": checks}
                 if target_url:
                     return restore_into_url(ctx, artifact, backup, target_url, shown=warning)
+                foreign = require_owner(ctx, backup, source, explicit=ident is not None, error=SourceError)
                 if source.kind == postgres.KIND:
-                    return restore_over_server(ctx, artifact, backup, source)
-                safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
-                fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks}
-                return {**fields, "safety_copy": str(safety)} if safety else fields
+                    fields = restore_over_server(ctx, artifact, backup, source)
+                else:
+                    safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
+                    fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks,
+                              **({"safety_copy": str(safety)} if safety else {})}
+                if foreign:
+                    identity.adopt(ctx.config.backup_dir, BackupSet(source.name(), source.kind), foreign)
+                    fields["taken_over_from"] = identity.describe(foreign)
+                return fields
 
         outcome = run_job("restore", ctx.catalog, work)
     if outcome.ok:
@@ -168,10 +177,31 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
             f"({', '.join(outcome.fields['checks'])} passed)")
         if "safety_copy" in outcome.fields:
             say(f"the previous database was saved as {outcome.fields['safety_copy']}")
+        if "taken_over_from" in outcome.fields:
+            say(f"this source now owns the backup set (it was {outcome.fields['taken_over_from']}'s)")
         if "safety_backup" in outcome.fields:
             say(f"the previous state of the database is in the safety backup {outcome.fields['safety_backup']} "
                 f"(restore it with `python -m worker restore {outcome.fields['safety_backup']}`)")
     return report_failure(outcome)
+
+
+def require_owner(ctx: Context, backup: Backup, source: Source, explicit: bool,
+                  error: type[Exception]) -> dict[str, str] | None:
+    """Given a backup about to be restored over the live database of `source`, return the identity of the other
+    source that made it when that is allowed (an explicit id: this source takes the set over), None when it is
+    this source's own (or records no maker). Raise `error` naming both when `--latest` would restore another
+    source's backup (jobs.identity)."""
+    theirs = identity.recorded(backup.manifest.get("source"))
+    ours = identity.of(source)
+    taken = identity.adopted(ctx.config.backup_dir, BackupSet(source.name(), source.kind))
+    if theirs is None or identity.same(theirs, ours) or any(identity.same(theirs, known) for known in taken):
+        return None
+    if explicit:
+        return theirs
+    raise error(f"the newest backup of the set, {backup.id}, was made by {identity.describe(theirs)}, not by "
+                f"{identity.describe(ours)} that this worker restores into; --latest never restores another source's "
+                f"backup over a live database: to do it on purpose, name it (`python -m worker restore {backup.id} "
+                "--yes`; this source then takes the set over), or restore it to a new file with --to PATH")
 
 
 def restore_into_url(ctx: Context, artifact: Path, backup: Backup, target_url: str, shown: str | None) -> dict[str, Any]:

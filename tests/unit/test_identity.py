@@ -1,0 +1,113 @@
+"""Whose backup is this (jobs.identity): what a manifest records, when two sources are the same, and when a
+backup set is taken by another source."""
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from jobs import identity
+from jobs.backups import Backup, BackupSet
+from jobs.engines.postgres import open_source as open_postgres
+from jobs.engines.redis import open_source as open_redis
+from jobs.engines.sqlite import open_source as open_sqlite
+from jobs.errors import SourceError
+
+NOW = datetime.now(timezone.utc)
+APP = BackupSet("app", "sqlite")
+A = {"kind": "sqlite", "path": "/app/data/app.db", "railway_service_id": "svc-a", "railway_environment_id": "env-1"}
+B = {**A, "railway_service_id": "svc-b"}
+
+
+@pytest.mark.parametrize(
+    "source, env, expected",
+    [
+        (open_sqlite("sqlite:////app/data/app.db", Path("/")), {}, {"kind": "sqlite", "path": "/app/data/app.db"}),
+        (open_sqlite("sqlite:///data/app.db", Path("/srv")), {"RAILWAY_SERVICE_ID": "s", "RAILWAY_ENVIRONMENT_ID": "e"},
+         {"kind": "sqlite", "path": "/srv/data/app.db", "railway_service_id": "s", "railway_environment_id": "e"}),
+        (open_postgres("postgresql://u:secret@db.internal:6543/shop", Path("/")), {"RAILWAY_SERVICE_ID": "s", "RAILWAY_ENVIRONMENT_ID": "e"},
+         {"kind": "pgdump", "host": "db.internal", "port": "6543", "database": "shop", "railway_environment_id": "e"}),
+        (open_postgres("postgresql:///shop?host=/run/postgresql", Path("/")), {},
+         {"kind": "pgdump", "host": "/run/postgresql", "port": "5432", "database": "shop"}),
+        (open_redis("redis://default:secret@cache:6380/0", Path("/")), {}, {"kind": "rdb", "host": "cache", "port": "6380"}),
+    ],
+)
+def test_a_source_records_who_it_is_without_secrets(source, env, expected) -> None:
+    found = identity.of(source, env)
+    assert found == expected
+    assert "secret" not in str(found)
+
+
+@pytest.mark.parametrize(
+    "case, a, b, same",
+    [
+        ("identical", A, dict(A), True),
+        ("another Railway service with the same path", A, B, False),
+        ("another environment", A, {**A, "railway_environment_id": "env-2"}, False),
+        ("another path", A, {**A, "path": "/app/data/other.db"}, False),
+        ("on Railway and off it", A, {"kind": "sqlite", "path": "/app/data/app.db"}, False),
+        ("host names without case", {"kind": "pgdump", "host": "DB.internal", "port": "5432", "database": "shop"},
+         {"kind": "pgdump", "host": "db.internal", "port": "5432", "database": "shop"}, True),
+        ("another database on the same server", {"kind": "pgdump", "host": "h", "port": "5432", "database": "a"},
+         {"kind": "pgdump", "host": "h", "port": "5432", "database": "b"}, False),
+        ("another port", {"kind": "rdb", "host": "h", "port": "6379"}, {"kind": "rdb", "host": "h", "port": "6380"}, False),
+        ("another kind", A, {**A, "kind": "pgdump"}, False),
+    ],
+)
+def test_two_identities_are_the_same_source_only_when_every_field_matches(case, a, b, same) -> None:
+    assert identity.same(a, b) is same, case
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"kind": "sqlite", "database": "app.db"}, None),  # written before identities: nobody in particular
+        ({"kind": "sqlite", "path": "/a.db", "database": "a.db"}, {"kind": "sqlite", "path": "/a.db"}),
+        ({"kind": "sqlite", "path": ["/a.db"]}, None),  # untrusted: a list is not a path
+        ({"kind": "mystery", "path": "/a.db"}, None),
+        ("not a mapping", None),
+        ({"kind": "rdb", "host": "h", "port": 6379, "railway_environment_id": True}, {"kind": "rdb", "host": "h", "port": "6379"}),
+    ],
+)
+def test_what_a_manifest_records_is_read_as_untrusted_input(record, expected) -> None:
+    assert identity.recorded(record) == expected
+
+
+def made_by(maker: dict | None, hours_old: float) -> Backup:
+    stamp = NOW.replace(microsecond=0) - timedelta(hours=hours_old)
+    artifact = f"app-{stamp:%Y%m%dT%H%M%SZ}.sqlite.zst"
+    source = {"kind": "sqlite", "database": "app.db", **(maker or {})}
+    return Backup(id=artifact.removesuffix(".zst"), artifact=artifact, created_at=stamp, size=1, sha256="0" * 64,
+                  verified=True, manifest={"source": source})
+
+
+@pytest.mark.parametrize(
+    "case, backups, adopted, refused",
+    [
+        ("an empty set is anybody's", [], [], False),
+        ("our own backups", [made_by(A, 1), made_by(A, 2)], [], False),
+        ("another service's newest backup", [made_by(B, 1), made_by(A, 2)], [], True),
+        ("taken over from that service", [made_by(B, 1)], [B], False),
+        ("ours is the newest again after a takeover", [made_by(A, 1), made_by(B, 2)], [], False),
+        ("the newest records no maker: the older maker decides", [made_by(None, 1), made_by(B, 2)], [], True),
+        ("only backups from before identities", [made_by(None, 1)], [], False),
+        ("another's backup dated in the future does not decide", [made_by(B, -48), made_by(A, 1)], [], False),
+    ],
+)
+def test_a_backup_set_belongs_to_the_source_of_its_newest_backup(case, backups, adopted, refused) -> None:
+    problem = identity.collision(backups, A, adopted, APP, "s3://bucket/prod")
+    assert (problem is not None) is refused, case
+    if refused:
+        assert "BACKUP_NAME" in problem and "S3_PREFIX" in problem and "svc-b"[:5] in problem
+        with pytest.raises(SourceError):
+            identity.require_own(backups, A, adopted, APP, "s3://bucket/prod")
+
+
+def test_a_takeover_is_remembered_in_the_backup_directory(tmp_path: Path) -> None:
+    assert identity.adopted(tmp_path, APP) == []
+    identity.adopt(tmp_path, APP, B)
+    identity.adopt(tmp_path, APP, B)
+    assert identity.adopted(tmp_path, APP) == [B]
+    assert identity.adopted(tmp_path, BackupSet("app", "pgdump")) == []
+    (tmp_path / identity.ADOPTED_NAME).write_text("{not json")
+    assert identity.adopted(tmp_path, APP) == []
