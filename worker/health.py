@@ -95,7 +95,8 @@ class Health:
             "status": "ok" if state.fresh else "stale",
             "newest_backup": deciding.describe() if deciding else None,
             "freshness_limit_s": int(self.config.freshness_limit.total_seconds()),
-            "sets": {s.name: {"status": "ok" if s.fresh else "stale", "newest_backup": s.describe()} for s in state.sets},
+            "sets": {s.name: {"status": "ok" if s.fresh else "stale", "newest_backup": s.describe(),
+                              "future_backups": list(s.future)} for s in state.sets},
             "jobs": {job: {"outcome": row.get("outcome"), "finished_at": catalog_time(row.get("finished_at")),
                            "stage": row.get("stage"), "reason": row.get("reason"), "duration_s": row.get("duration_s")}
                      for job, row in sorted(last_runs.items())},

@@ -170,3 +170,13 @@ def test_freshness_counts_only_the_configured_sets_and_every_one_must_be_fresh()
     unverified = evaluate([backup("app", timedelta(0), now, verified=False)], ["app"], limit, now)
     assert not unverified.fresh
     assert not evaluate([], [], limit, now).fresh  # before the first backup
+
+
+def test_a_backup_dated_in_the_future_keeps_no_set_fresh_and_is_reported() -> None:
+    """A backup written while the clock was a year ahead must not keep /healthz at 200 for days."""
+    now = datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
+    ahead, stale = backup("app", -timedelta(days=365), now), backup("app", timedelta(hours=30), now)
+    state = evaluate([ahead, stale], ["app"], timedelta(hours=26), now)
+    assert not state.fresh
+    assert state.deciding.newest == stale and state.deciding.future == (ahead.id,)
+    assert not evaluate([ahead], ["app"], timedelta(hours=26), now).fresh
