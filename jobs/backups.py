@@ -16,7 +16,7 @@ from typing import Any
 
 from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, parse_iso, read_manifest
 from jobs.destinations import Destination
-from jobs.errors import NotFound
+from jobs.errors import NotFound, TooLarge
 
 
 @dataclass(frozen=True, order=True)
@@ -105,8 +105,9 @@ def list_backups(destination: Destination, backup_set: BackupSet | None = None,
     """Return the destination's complete backups of `backup_set` (every set if None), newest first, and a note
     for each of that set's file pairs we skipped.
 
-    A backup counts only when both its artifact (named as we name them) and a readable manifest are present, the
-    manifest's id is the artifact's, and the artifact has the size the manifest records. Other sets' files are
+    A backup counts only when both its artifact (named as we name them) and a readable manifest (at most
+    MANIFEST_LIMIT bytes, read no further) are present, the manifest's id is the artifact's, and the artifact has
+    the size the manifest records. Other sets' files are
     not even read; files we did not write are ignored, never touched.
     """
     entries = {entry.key: entry for entry in destination.list(cancel=cancel)}
@@ -121,7 +122,7 @@ def list_backups(destination: Destination, backup_set: BackupSet | None = None,
             continue
         try:
             backup = from_manifest(key, read_manifest(destination.read(manifest_key, cancel=cancel), key))
-        except (ValueError, KeyError, TypeError, NotFound) as error:
+        except (ValueError, KeyError, TypeError, NotFound, TooLarge) as error:
             problems.append(f"{manifest_key} is not a valid manifest ({error}); the backup is not counted")
             continue
         if backup.size != entry.size:
