@@ -187,14 +187,21 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 
 
 def _catalog_problem(url: str) -> str | None:
-    """Return why CATALOG_URL can never work (not a URL, or a database or driver SQLAlchemy does not know),
-    password masked; None if it may. A known driver whose Python module is missing only warns when the catalog
-    opens (run history is not recorded), like an unreachable catalog server. Connects to nothing."""
+    """Return why CATALOG_URL can never work (not a URL, a port that is not a number from 1 to 65535, or a
+    database or driver SQLAlchemy does not know), password masked; None if it may. A known driver whose Python
+    module is missing only warns when the catalog opens (run history is not recorded), like an unreachable
+    catalog server. Connects to nothing."""
     shown = mask_url(url)
     try:
         parsed = make_url(catalog_url(url))  # postgresql:// and postgres:// open through psycopg 3
+        port = parsed.port
     except ArgumentError:
         return f"CATALOG_URL={shown!r} is not a SQLAlchemy URL, like sqlite:////app/data/catalog.db"
+    except ValueError:  # SQLAlchemy reads the port with int(): "notaport", "5432,5433", an unclosed [IPv6
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        return (f"CATALOG_URL={shown!r} has a port that is not a number from 1 to 65535; write one host and port "
+                "like postgresql://user:password@host:5432/db (several hosts go in the query: ?host=h1:5432&host=h2:5432)")
     try:
         parsed.get_dialect()
     except NoSuchModuleError:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import ROOT, make_app_db
 
 
@@ -196,6 +198,20 @@ def test_a_catalog_url_with_an_unknown_driver_is_a_config_error_with_the_passwor
     result = worker("backup", "--no-upload", env={"CATALOG_URL": "mysql+nodriver://u:pw@127.0.0.1:1/x"})
     assert result.code == 2 and "CATALOG_URL" in result.stderr and "nodriver" in result.stderr
     assert "pw@" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw9@127.0.0.1:notaport/x", "postgresql://u:pw9@h1:5432,h2:5433/x",
+                                 "postgresql+psycopg://u:pw9@127.0.0.1:99999/x", "sqlite:///{dir}/c.db?x=1&password=pw9"])
+def test_a_catalog_url_that_cannot_be_read_is_a_config_error_at_start_never_a_traceback(worker, tmp_path: Path, url: str) -> None:
+    result = worker("backup", "--no-upload", env={"CATALOG_URL": url.format(dir=tmp_path)})
+    if url.startswith("sqlite"):  # a readable URL: the password in its query is masked wherever it is shown
+        assert result.code == 0 and "pw9" not in result.stdout + result.stderr
+        shown = worker("config", env={"CATALOG_URL": url.format(dir=tmp_path)})
+        assert shown.code == 0 and "&password=***" in shown.stdout and "pw9" not in shown.stdout + shown.stderr
+        return
+    assert result.code == 2 and "CATALOG_URL" in result.stderr and "a number from 1 to 65535" in result.stderr
+    assert "pw9" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "backups").exists() or not list((tmp_path / "backups").glob("*.zst"))
 
 
 PEAK_RSS = ("import resource, sys\nfrom worker.start import main\ncode = main(sys.argv[1:])\n"

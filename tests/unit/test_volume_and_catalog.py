@@ -69,6 +69,12 @@ def test_a_backup_dir_that_is_or_lies_under_a_file_is_named_with_the_fix(tmp_pat
         ("BACKUP_MIN_FREE", "lots", "percentage of the volume"),
         ("CATALOG_URL", "mysql+nodriver://u:hunter2@h/x", "SQLAlchemy does not know"),
         ("CATALOG_URL", "not a url", "not a SQLAlchemy URL"),
+        ("CATALOG_URL", "postgresql://u:hunter2@host:notaport/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql+psycopg://u:hunter2@host:/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql://u:hunter2@h1:5432,h2:5433/db", "several hosts go in the query"),
+        ("CATALOG_URL", "postgresql://u:hunter2@host:0/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql://u:hunter2@host:70000/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql://u:hunter2@[::1/db", "not a number from 1 to 65535"),
     ],
 )
 def test_bad_set_names_space_reserves_and_catalog_urls_are_config_errors(tmp_path: Path, name: str, value: str, fragment: str) -> None:
