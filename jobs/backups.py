@@ -16,7 +16,7 @@ from typing import Any
 
 from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, parse_iso, read_manifest
 from jobs.destinations import Destination
-from jobs.errors import NotFound
+from jobs.errors import NotFound, TooLarge
 
 
 @dataclass(frozen=True, order=True)
@@ -119,12 +119,12 @@ def list_backups(destination: Destination, backup_set: BackupSet | None = None,
     """Return the destination's backups of `backup_set` (every set if None), newest first, and a note for each of
     that set's files we skipped.
 
-    A backup is a valid manifest (its id the artifact's) beside the artifact it names. A backup whose artifact is
-    missing or not the size its manifest records is returned too, with `damage` saying so: whether it may be
-    chosen, counted or deleted is decided in one place, `jobs.selection`, never by leaving it out here (a damaged
-    newest backup left out would silently make an older one "the newest"). An artifact without a manifest is an
-    interrupted backup or upload: not a backup. Other sets' files are not even read; files we did not write are
-    ignored, never touched.
+    A backup is a valid manifest (at most MANIFEST_LIMIT bytes, read no further; its id the artifact's) beside the
+    artifact it names. A backup whose artifact is missing or not the size its manifest records is returned too,
+    with `damage` saying so: whether it may be chosen, counted or deleted is decided in one place,
+    `jobs.selection`, never by leaving it out here (a damaged newest backup left out would silently make an older
+    one "the newest"). An artifact without a manifest is an interrupted backup or upload: not a backup. Other
+    sets' files are not even read; files we did not write are ignored, never touched.
     """
     entries = {entry.key: entry for entry in destination.list(cancel=cancel)}
     backups, problems = [], []
@@ -139,12 +139,12 @@ def list_backups(destination: Destination, backup_set: BackupSet | None = None,
             continue
         try:
             backup = from_manifest(artifact, read_manifest(destination.read(key, cancel=cancel), artifact))
-        except (ValueError, KeyError, TypeError, NotFound) as error:
+        except (ValueError, KeyError, TypeError, NotFound, TooLarge) as error:
             problems.append(f"{key} is not a valid manifest ({error}); the backup is not counted")
             continue
         stored = entries.get(artifact)
         backup = replace(backup, stored_size=stored.size if stored else None, present=stored is not None,
-                         tag=getattr(stored, "tag", "") if stored else "")
+                         tag=stored.tag if stored else "")
         if backup.damage:
             problems.append(f"{backup.damage}; the backup is damaged")
         backups.append(backup)

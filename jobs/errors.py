@@ -37,6 +37,10 @@ class StorageError(JobError):
     stage = "store"
 
 
+class TooLarge(StorageError):
+    """An object is larger than may be read whole (a manifest over MANIFEST_LIMIT): it is not one of ours."""
+
+
 class UploadError(JobError):
     """The off-site copy could not be made or read."""
 

@@ -7,7 +7,7 @@ Each row records the host and pid of the process that runs it. A row still `runn
 (killed, crashed, cut off at the stop deadline) is marked `interrupted` when the next job starts.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 import json
 import os
@@ -21,12 +21,11 @@ from sqlalchemy import (
     BigInteger, Column, DateTime, Float, Integer, MetaData, String, Table, Text, create_engine, func, inspect, select, text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from jobs.artifacts import FILE_MODE, ensure_dir
-from jobs.engines import url_secrets
 from jobs.engines.postgres import catalog_url
-from jobs.redact import scrub
+from jobs.redact import ambiguous_userinfo, mask_url, scrub, scrub_value, url_secrets
 
 log = structlog.get_logger("worker.catalog")
 
@@ -98,6 +97,7 @@ def run_is_orphaned(run_id: str, host: str | None, pid: int | None, started_at: 
 @dataclass
 class Catalog:
     engine: Engine | None
+    secrets: list[str] = field(default_factory=list, repr=False)  # scrubbed from every reason and detail written
 
     def start(self, run_id: str, job: str, started_at: datetime) -> None:
         with _active_lock:
@@ -107,7 +107,8 @@ class Catalog:
 
     def finish(self, run_id: str, outcome: str, duration_s: float, stage: str | None = None,
                reason: str | None = None, fields: dict[str, Any] | None = None) -> None:
-        fields = fields or {}
+        fields = scrub_value(fields or {}, self.secrets)
+        reason = scrub(reason, self.secrets) if reason is not None else None
         with _active_lock:
             _active.discard(run_id)
         self._write(
@@ -197,9 +198,37 @@ class Catalog:
 CONNECT_TIMEOUT_S = 10  # a catalog server that does not answer must not hold a backup up for long
 
 
-def open_catalog(url: str) -> Catalog:
-    """Given a SQLAlchemy URL (a plain postgresql:// or postgres:// one goes through psycopg 3), return a
-    Catalog with its table created if missing; one that cannot open only warns, its password masked."""
+def catalog_problem(url: str) -> str | None:
+    """Return why CATALOG_URL can never work (not a URL, a port that is not a number, a user or password the host
+    cannot be told from, or a database or driver SQLAlchemy does not know), password masked; None if it may. A
+    known driver whose Python module is missing only warns when the catalog opens (run history is not recorded),
+    like an unreachable catalog server. Connects to nothing."""
+    shown = mask_url(url)
+    if problem := ambiguous_userinfo(url):
+        return f"CATALOG_URL: {problem}"
+    try:
+        parsed = make_url(catalog_url(url))  # postgresql:// and postgres:// open through psycopg 3
+        port = parsed.port
+    except ArgumentError:
+        return f"CATALOG_URL={shown!r} is not a SQLAlchemy URL, like sqlite:////app/data/catalog.db"
+    except ValueError:  # SQLAlchemy reads the port with int(): "notaport", "5432,5433", an unclosed [IPv6
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        return (f"CATALOG_URL={shown!r} has a port that is not a number from 1 to 65535; write one host and port "
+                "like postgresql://user:password@host:5432/db (several hosts go in the query: ?host=h1:5432&host=h2:5432)")
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        return (f"CATALOG_URL={shown!r} names the driver {parsed.drivername!r}, which SQLAlchemy does not know; "
+                "use a URL like sqlite:////app/data/catalog.db or postgresql+psycopg://user@host/db")
+    return None
+
+
+def open_catalog(url: str, secrets: list[str] | None = None) -> Catalog:
+    """Given a SQLAlchemy URL (a plain postgresql:// or postgres:// one goes through psycopg 3) and the secrets
+    that no row may hold, return a Catalog with its table created if missing; one that cannot open only warns,
+    its password masked."""
+    secrets = list(secrets or []) + url_secrets(url)
     try:
         parsed = make_url(catalog_url(url))
         backend = parsed.get_backend_name()
@@ -214,11 +243,11 @@ def open_catalog(url: str) -> Catalog:
         engine = create_engine(parsed, connect_args=connect_args, hide_parameters=True)
         metadata.create_all(engine)
         _upgrade(engine)
-        return Catalog(engine)
+        return Catalog(engine, secrets)
     except (SQLAlchemyError, OSError, ImportError, ValueError) as error:
-        log.warning("catalog.unavailable", error=error.__class__.__name__, detail=scrub(str(error), url_secrets(url))[:200],
+        log.warning("catalog.unavailable", error=error.__class__.__name__, detail=scrub(str(error), secrets)[:200],
                     hint="run history will not be recorded; check CATALOG_URL and that its driver is installed")
-        return Catalog(None)
+        return Catalog(None, secrets)
 
 
 def _upgrade(engine: Engine) -> None:

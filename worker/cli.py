@@ -7,10 +7,11 @@ from pathlib import Path
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 
-from jobs.engines import url_secrets
 from jobs.errors import JobError
+from jobs.redact import scrub, url_secrets
 from jobs.volume import explain
 from worker import __version__, logs, preflight
 from worker.actions.backup import cmd_backup
@@ -23,7 +24,7 @@ from worker.actions.purge import require_rules_fit
 from worker.actions.restore import cmd_restore
 from worker.actions.status import cmd_status
 from worker.actions.verify import cmd_verify
-from worker.config import ConfigError, load_config
+from worker.config import Config, ConfigError, load_config
 from worker.freshness import configured_sets
 from worker.notify import watching
 
@@ -139,10 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"invalid configuration ({len(error.problems)} problem{'s' if len(error.problems) > 1 else ''}):", file=sys.stderr)
         for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {scrub(problem, error.secrets)}", file=sys.stderr)
         return EXIT_USAGE
+    secrets = config.secrets() + url_secrets(getattr(args, "target_url", None))  # restore --target-url
+    with logs.scrubbed_output(secrets):  # whatever is printed from here on: results, errors, log lines
+        return _run(config, args, secrets, umask, debug)
+
+
+def _run(config: Config, args: argparse.Namespace, secrets: list[str], umask: int, debug: bool) -> int:
     stream = sys.stdout if args.command in LOG_TO_STDOUT else sys.stderr
-    secrets = config.secrets() + url_secrets(getattr(args, "target_url", None) or "")  # restore --target-url
     logs.configure(config.log_level, config.log_format, secrets, stream)
     ctx = Context(config=config, cwd=Path.cwd())
     try:
@@ -154,13 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobError as error:
         print(str(error), file=sys.stderr)
         return EXIT_FAILED
-    except OSError as error:
-        if debug:
-            raise
-        print(explain(error, config.backup_dir), file=sys.stderr)
-        return EXIT_FAILED
     except Exception as error:
-        if debug:
-            raise
-        print(f"unexpected {type(error).__name__}: {error}; run again with LOG_LEVEL=debug for the traceback", file=sys.stderr)
+        if debug:  # the traceback, printed here so that it goes through the scrubbed stderr too
+            traceback.print_exc()
+        elif isinstance(error, OSError):
+            print(explain(error, config.backup_dir), file=sys.stderr)
+        else:
+            print(f"unexpected {type(error).__name__}: {error}; run again with LOG_LEVEL=debug for the traceback", file=sys.stderr)
         return EXIT_FAILED

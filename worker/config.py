@@ -9,23 +9,20 @@ from datetime import timedelta
 import os
 from pathlib import Path
 import re
-from typing import Mapping, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from jobs import engines
 from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.durations import format_duration, parse_duration
-from jobs.engines.postgres import catalog_url
 from jobs.purge import PurgeRule, parse_retention_rules
-from jobs.redact import mask_url
+from jobs.redact import endpoint_secrets, mask_endpoint, mask_url, url_secrets
 from jobs.volume import DEFAULT_MIN_FREE, MinFree, dir_problem, parse_min_free
+from worker.catalog import catalog_problem
 from worker.crontab import cron_trigger
-from worker.notify import endpoint_secrets, mask_endpoint
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
@@ -34,14 +31,20 @@ NOTIFY_ON = ("failure", "all")
 
 
 class ConfigError(Exception):
-    """One or more variables are invalid; `problems` holds one sentence each."""
+    """One or more variables are invalid; `problems` holds one sentence each, `secrets` what the environment holds
+    that must not be shown (for scrubbing the problems where they are printed)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], secrets: list[str] | None = None) -> None:
         self.problems = problems
+        self.secrets = secrets or []
         super().__init__("; ".join(problems))
 
 
 SOURCE_PREFIX = "BACKUP_SOURCE_"  # BACKUP_SOURCE_<NAME>: further sources, backup set `<name>` in lower case
+# The variables that hold secrets: URLs with passwords, webhook and ping URLs (their path), plain keys.
+_URL_VARIABLES = ("BACKUP_SOURCE", "DATABASE_URL", "CATALOG_URL", "S3_ENDPOINT_URL")
+_ENDPOINT_VARIABLES = ("NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL")
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 class SourceSpec(NamedTuple):
@@ -102,13 +105,9 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Return every secret value the configuration holds, so that logs can scrub them."""
-        found = list(self.aws_secrets)
-        for url in (self.source_url, self.catalog_url, *(spec.url for spec in self.sources)):
-            if url:
-                found.extend(engines.url_secrets(url))
-        for url in (self.notify_webhook_url, self.healthcheck_ping_url):
-            found.extend(endpoint_secrets(url))
-        return found
+        return secrets_of(urls=(self.source_url, self.catalog_url, self.s3.endpoint_url if self.s3 else None,
+                                *(spec.url for spec in self.sources)),
+                          endpoints=(self.notify_webhook_url, self.healthcheck_ping_url), values=self.aws_secrets)
 
     def describe(self) -> dict[str, object]:
         """Return the configuration as printable values, with every secret masked."""
@@ -145,6 +144,23 @@ class Config:
             "DISK_WARN_PERCENT": self.disk_warn_percent,
             "RETENTION_RULES": [rule.describe() for rule in self.retention_rules],
         }
+
+
+def secrets_of(urls: Iterable[str | None], endpoints: Iterable[str | None], values: Iterable[str]) -> list[str]:
+    """Given URLs (sources, catalog, S3 endpoint), webhook and ping URLs and plain secret values, return every
+    secret they hold, as jobs.redact finds them."""
+    found = [value for value in values if value]
+    for url in urls:
+        found.extend(url_secrets(url))
+    for url in endpoints:
+        found.extend(endpoint_secrets(url))
+    return list(dict.fromkeys(found))
+
+
+def _environment_secrets(env: Mapping[str, str]) -> list[str]:
+    """Return the secrets of the variables as given, for a configuration that could not be loaded."""
+    urls = [value for name, value in env.items() if name in _URL_VARIABLES or name.startswith(SOURCE_PREFIX)]
+    return secrets_of(urls, [env.get(name) for name in _ENDPOINT_VARIABLES], [env.get(name, "") for name in _SECRET_VARIABLES])
 
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -184,23 +200,6 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
         problems.append(f"{name}={value!r} is not one of {', '.join(choices)}")
         return default
     return value
-
-
-def _catalog_problem(url: str) -> str | None:
-    """Return why CATALOG_URL can never work (not a URL, or a database or driver SQLAlchemy does not know),
-    password masked; None if it may. A known driver whose Python module is missing only warns when the catalog
-    opens (run history is not recorded), like an unreachable catalog server. Connects to nothing."""
-    shown = mask_url(url)
-    try:
-        parsed = make_url(catalog_url(url))  # postgresql:// and postgres:// open through psycopg 3
-    except ArgumentError:
-        return f"CATALOG_URL={shown!r} is not a SQLAlchemy URL, like sqlite:////app/data/catalog.db"
-    try:
-        parsed.get_dialect()
-    except NoSuchModuleError:
-        return (f"CATALOG_URL={shown!r} names the driver {parsed.drivername!r}, which SQLAlchemy does not know; "
-                "use a URL like sqlite:////app/data/catalog.db or postgresql+psycopg://user@host/db")
-    return None
 
 
 def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Config:
@@ -290,7 +289,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         freshness = timedelta(hours=26)
 
     catalog_url = env.get("CATALOG_URL", "").strip() or f"sqlite:///{backup_dir / 'catalog.db'}"
-    problem = _catalog_problem(catalog_url)
+    problem = catalog_problem(catalog_url)
     if problem:
         problems.append(problem)
 
@@ -307,7 +306,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     retention_rules = _retention_rules(env, source_url, main_source, problems)
 
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, _environment_secrets(env))
     return Config(
         source_url=source_url,
         backup_dir=backup_dir,
@@ -328,7 +327,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         protected_paths=tuple(protected),
         protected_files=protected_files,
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-        aws_secrets=tuple(env[name] for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") if env.get(name)),
+        aws_secrets=tuple(env[name] for name in _SECRET_VARIABLES if env.get(name)),
         backup_trigger=triggers["BACKUP_SCHEDULE"],
         cleanup_trigger=triggers["CLEANUP_SCHEDULE"],
         sources=specs,

@@ -1,28 +1,21 @@
 """Logging: structlog, one JSON object per line; the stdlib records of libraries (APScheduler, SQLAlchemy)
-rendered the same way; tracebacks as plain text without frame locals; known secrets scrubbed from every value."""
+rendered the same way; tracebacks as plain text without frame locals; known secrets scrubbed from every value.
+And the process's own stdout and stderr, scrubbed the same way, for everything a command prints."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 import logging
 import sys
 from typing import Any, TextIO
 
 import structlog
 
-from jobs.redact import scrub
+from jobs.redact import scrub, scrub_value
 
 
 def _redactor(secrets: list[str]) -> structlog.types.Processor:
-    def redact(value: Any) -> Any:
-        if isinstance(value, str):
-            return scrub(value, secrets)
-        if isinstance(value, dict):
-            return {key: redact(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [redact(item) for item in value]
-        return value
-
     def processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-        return {key: redact(value) for key, value in event.items()}
+        return {key: scrub_value(value, secrets) for key, value in event.items()}
 
     return processor
 
@@ -62,3 +55,31 @@ def configure(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (
     root.setLevel(level.upper())
     # APScheduler says "Running job …" for every run; our own start/outcome events say more, so keep its warnings only.
     logging.getLogger("apscheduler").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+class ScrubbedStream:
+    """A text stream that writes everything through `scrub`: results, errors and log lines alike."""
+
+    def __init__(self, stream: TextIO, secrets: list[str]) -> None:
+        self.stream = stream
+        self.secrets = secrets
+
+    def write(self, text: str) -> int:
+        self.stream.write(scrub(text, self.secrets))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, …
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def scrubbed_output(secrets: list[str]) -> Iterator[None]:
+    """While inside, sys.stdout and sys.stderr mask every known secret and every URL's password in what is
+    printed; the streams are put back on exit."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = ScrubbedStream(saved[0], secrets)  # type: ignore[assignment]
+    sys.stderr = ScrubbedStream(saved[1], secrets)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved

@@ -22,7 +22,7 @@ import structlog
 import urllib3
 
 from jobs.artifacts import ARTIFACT_NAME, utc_iso
-from jobs.redact import scrub
+from jobs.redact import endpoint_secrets, mask_endpoint, scrub, scrub_value
 from worker import __version__
 from worker.freshness import disk_listener
 from worker.runs import Outcome, add_listener
@@ -46,42 +46,7 @@ TEXT_LIMIT = 1900  # Discord's `content` holds at most 2000 characters
 PING_BODY_LINES = 20
 
 
-# --- URLs: a webhook's path is its password ---------------------------------------------------------------------
-
-def mask_endpoint(url: str | None) -> str | None:
-    """Given a webhook or ping URL, return it with everything after the host replaced by `***` (None stays None)."""
-    if not url:
-        return None
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "***"
-    if not parts.scheme or not host:
-        return "***"
-    rest = (parts.path not in ("", "/")) or parts.query or parts.fragment
-    return f"{parts.scheme}://{host}{port}" + ("/***" if rest else "")
-
-
-def endpoint_secrets(url: str | None) -> list[str]:
-    """Given a webhook or ping URL, return the parts of it that logs must never show (its path, query, password)."""
-    if not url:
-        return []
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return [url]
-    found = [url]
-    if parts.path not in ("", "/"):
-        found.append(parts.path)
-    if parts.query:
-        found.append(parts.query)
-    if password:
-        found.append(password)
-    return found
-
+# --- URLs: a webhook's path is its password (jobs.redact masks it) -----------------------------------------------
 
 def ping_url(base: str, suffix: str) -> str:
     """Given a ping URL and `start`, `fail`, `log` or "", return the URL to call (healthchecks.io style)."""
@@ -284,6 +249,7 @@ class Notifier:
     ping_url: str | None
     host: str
     sets: list[str]
+    secrets: list[str] = field(default_factory=list, repr=False)  # scrubbed from every body sent
 
     def listener(self, event: str, outcome: Outcome) -> None:
         run = {"job": outcome.job, "run_id": outcome.run_id}
@@ -294,10 +260,11 @@ class Notifier:
                 # A skipped backup (another one holds the lock) is logged, not failed: the other one pings its end.
                 suffix = {"succeeded": "", "failed": "fail"}.get(outcome.outcome, "log")
                 body = ping_body(outcome, self.host) if suffix else sentence(outcome, self.host, backup_set(outcome, self.sets))
+                body = scrub(body, self.secrets)
                 self.ping.send(Message(ping_url(self.ping_url, suffix), body.encode(), "text/plain; charset=utf-8",
                                        f"ping {suffix or 'success'}", run))
         if self.webhook and self.webhook_url and event == "finished" and wants_webhook(outcome, self.notify_on):
-            document = json.dumps(payload(outcome, self.host, self.sets), default=str).encode()
+            document = json.dumps(scrub_value(payload(outcome, self.host, self.sets), self.secrets), default=str).encode()
             self.webhook.send(Message(self.webhook_url, document, "application/json", "webhook", run))
 
     def close(self, grace: float, cancel: threading.Event | None = None) -> None:
@@ -319,6 +286,7 @@ def make_notifier(config: "Config", sets: list[str]) -> Notifier | None:
         ping_url=config.healthcheck_ping_url,
         host=socket.gethostname(),
         sets=sets,
+        secrets=config.secrets(),
     )
 
 

@@ -4,7 +4,8 @@ A rule is `GLOB=AGE`. In the glob, `*`, `?` and `[...]` match within one path se
 directory is swept whole); `**` matches any number of directories, and a trailing `**` every file below. The part
 before the first wildcard is the rule's base directory, which the rule never leaves.
 
-Only regular files and symlinks (never their targets) older than AGE by modification time are removed. The base
+Only regular files and symlinks (never their targets) older than AGE by modification time are removed; the age is
+asked again at the moment of deletion, so a file the app wrote again after the scan stays. The base
 directory is opened once, from `/` down with O_NOFOLLOW on every component of its resolved path, checked by the
 guard, scanned and deleted from through that one descriptor; before deleting, its path must still lead to the same
 directory (device and inode), or the rule is refused. Below it, directories are opened with O_NOFOLLOW too: a

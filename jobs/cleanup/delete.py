@@ -24,6 +24,7 @@ class RuleResult:
     files: int = 0
     bytes: int = 0
     vanished: int = 0  # gone before we got to them: counted, not an error
+    changed: int = 0  # written again or replaced since the scan, no longer old: left in place
     failed: int = 0
     dirs_removed: int = 0
     missing: bool = False
@@ -34,7 +35,8 @@ class RuleResult:
         """Return the JSON-able fields of this rule for a log line."""
         fields: dict[str, object] = {
             "rule": self.rule, "files": self.files, "bytes": self.bytes, "failed": self.failed,
-            "vanished": self.vanished, "dirs_removed": self.dirs_removed, "missing": self.missing,
+            "vanished": self.vanished, "changed": self.changed, "dirs_removed": self.dirs_removed,
+            "missing": self.missing,
         }
         if self.errors:
             fields["errors"] = list(self.errors)
@@ -67,6 +69,10 @@ class CleanupReport:
         return sum(rule.vanished for rule in self.rules)
 
     @property
+    def changed(self) -> int:
+        return sum(rule.changed for rule in self.rules)
+
+    @property
     def dirs_removed(self) -> int:
         return sum(rule.dirs_removed for rule in self.rules)
 
@@ -74,7 +80,7 @@ class CleanupReport:
         """Return the totals and one summary per rule, JSON-able, for the job's outcome log line."""
         return {
             "dry_run": self.dry_run, "files": self.files, "bytes": self.bytes, "failed": self.failed,
-            "vanished": self.vanished, "dirs_removed": self.dirs_removed,
+            "vanished": self.vanished, "changed": self.changed, "dirs_removed": self.dirs_removed,
             "missing": [rule.rule for rule in self.rules if rule.missing],
             "rules": [rule.summary() for rule in self.rules],
         }
@@ -98,7 +104,9 @@ def preview(plan: RulePlan) -> RuleResult:
 
 def apply_plan(plan: RulePlan, *, cancel: threading.Event) -> RuleResult:
     """Given a plan, remove its candidates and return what was removed. An entry that vanished is counted as
-    such, one that cannot be removed as failed; neither stops the rest.
+    such, one that cannot be removed as failed; neither stops the rest. Each entry is asked again at the moment
+    it is deleted (lstat through the directory held open): a file that is no longer older than the rule's age,
+    whichever inode it now is, and a directory that is not the one the scan saw, stay and count as changed.
 
     Everything is removed through the base directory the plan scanned and kept open, entering subdirectories
     without following symlinks; and only if the rule's path still leads to that very directory (same device
@@ -122,6 +130,7 @@ def _apply(plan: RulePlan, cancel: threading.Event) -> RuleResult:
         result.errors.append(f"refused: {refusal}")
         return result
     chain: list[tuple[str, int]] = [("", os.dup(plan.base_fd))]  # the open directories from the base down
+    emptied: set[tuple[str, ...]] = set()  # directories this deletion removed entries from
     try:
         for candidate in plan.candidates:
             if cancel.is_set():
@@ -129,6 +138,12 @@ def _apply(plan: RulePlan, cancel: threading.Event) -> RuleResult:
                 raise Cancelled(STOPPING)
             try:
                 dir_fd = _enter(chain, candidate.directory)
+                # Asked again at the moment of deletion: the app may have written the file again (or put a new
+                # one, or made the directory anew) since the scan. Only what still goes, goes.
+                info = os.stat(candidate.name, dir_fd=dir_fd, follow_symlinks=False)
+                if not plan.still_goes(candidate, info, (*candidate.directory, candidate.name) in emptied):
+                    result.changed += 1
+                    continue
                 if candidate.is_dir:
                     os.rmdir(candidate.name, dir_fd=dir_fd)
                 else:
@@ -142,11 +157,12 @@ def _apply(plan: RulePlan, cancel: threading.Event) -> RuleResult:
                 if len(result.errors) < EXAMPLE_LIMIT:
                     result.errors.append(f"{plan.path(candidate)}: {error.strerror or error}")
             else:
+                emptied.add(candidate.directory)
                 if candidate.is_dir:
                     result.dirs_removed += 1
                 else:
                     result.files += 1
-                    result.bytes += candidate.size
+                    result.bytes += info.st_size
     finally:
         for _, fd in chain:
             os.close(fd)

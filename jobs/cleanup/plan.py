@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 import os
 from pathlib import Path
+import stat
 import threading
 
 from jobs.cleanup.matcher import Matcher, compile_glob, descend, start_states
@@ -33,6 +34,7 @@ class Candidate:
     size: int
     mtime: float
     is_dir: bool = False
+    inode: int = 0  # of a directory: the one the scan saw (deleting its entries changes its mtime, not its inode)
 
 
 @dataclass
@@ -77,6 +79,21 @@ class RulePlan:
             return f"its base directory {self.base_path} was replaced by another directory since it was checked; nothing was removed"
         return None
 
+    @property
+    def cutoff(self) -> float:
+        """Return the modification time (POSIX) before which an entry is old enough to go."""
+        return self.now - self.rule.age.total_seconds()
+
+    def still_goes(self, candidate: Candidate, info: os.stat_result, emptied_here: bool = False) -> bool:
+        """Given a candidate and what lstat says of its name at the moment of deletion, return whether it still
+        goes: a file (whichever inode it is now) still older than the cutoff; the very directory that was scanned
+        (same inode), still older than the cutoff unless `emptied_here` (this deletion removed entries from it,
+        which changed its modification time)."""
+        if candidate.is_dir:
+            return (stat.S_ISDIR(info.st_mode) and info.st_ino == candidate.inode
+                    and (emptied_here or info.st_mtime < self.cutoff))
+        return info.st_mtime < self.cutoff
+
     def path(self, candidate: Candidate) -> str:
         """Return the full path of a candidate."""
         return os.path.join(self.rule.base, *candidate.directory, candidate.name)
@@ -103,7 +120,8 @@ class _Frame:
     states: frozenset[int]
     removable: bool  # may go itself once emptied
     mtime: float
-    pending: list[tuple[str, frozenset[int], bool, float]] = field(default_factory=list)
+    inode: int = 0
+    pending: list[tuple[str, frozenset[int], bool, float, int]] = field(default_factory=list)
     emptied: bool = True  # every entry seen so far is planned to go
 
 
@@ -135,7 +153,7 @@ def plan_rule(rule: CleanupRule, *, now: datetime, cancel: threading.Event,
     a refusal. Raise Cancelled if `cancel` is set during the scan."""
     matchers = compile_glob(rule.pattern)
     plan = RulePlan(rule=rule, now=now.timestamp(), base_path=os.path.realpath(rule.base))
-    cutoff = plan.now - rule.age.total_seconds()
+    cutoff = plan.cutoff
     try:
         base_fd: int | None = open_base(plan.base_path)
     except (FileNotFoundError, NotADirectoryError):
@@ -162,7 +180,7 @@ def plan_rule(rule: CleanupRule, *, now: datetime, cancel: threading.Event,
         while stack:
             frame = stack[-1]
             if frame.pending:
-                name, states, removable, mtime = frame.pending.pop()
+                name, states, removable, mtime, inode = frame.pending.pop()
                 try:
                     fd = os.open(name, SUBDIRECTORY, dir_fd=frame.fd)
                 except FileNotFoundError:
@@ -173,7 +191,7 @@ def plan_rule(rule: CleanupRule, *, now: datetime, cancel: threading.Event,
                     frame.emptied = False
                     continue
                 child = _Frame(fd=fd, directory=(*frame.directory, name), states=states, removable=removable,
-                               mtime=mtime)
+                               mtime=mtime, inode=inode)
                 stack.append(child)
                 _scan(plan, child, matchers, cutoff, device, cancel)
                 continue
@@ -182,7 +200,8 @@ def plan_rule(rule: CleanupRule, *, now: datetime, cancel: threading.Event,
             if stack:
                 parent = stack[-1]
                 if frame.emptied and frame.removable:
-                    plan.candidates.append(Candidate(parent.directory, frame.directory[-1], 0, frame.mtime, True))
+                    plan.candidates.append(Candidate(parent.directory, frame.directory[-1], 0, frame.mtime, True,
+                                                     frame.inode))
                 else:
                     parent.emptied = False
     except BaseException:
@@ -215,7 +234,7 @@ def _scan(plan: RulePlan, frame: _Frame, matchers: tuple[Matcher, ...], cutoff: 
                         if any(matchers[state] is None for state in states):  # inside a `**`
                             info = entry.stat(follow_symlinks=False)
                             removable, mtime = info.st_mtime < cutoff and info.st_dev == device, info.st_mtime
-                        frame.pending.append((name, states, removable, mtime))
+                        frame.pending.append((name, states, removable, mtime, entry.inode()))
                     elif (match_file is not None and match_file(name)
                           and (entry.is_file(follow_symlinks=False) or entry.is_symlink())):
                         info = entry.stat(follow_symlinks=False)

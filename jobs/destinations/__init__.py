@@ -14,6 +14,9 @@ import threading
 from typing import Protocol
 
 
+MANIFEST_LIMIT = 1 << 20  # bytes: a manifest is a few KB; `read` refuses anything larger without reading it
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str
@@ -31,7 +34,9 @@ class Destination(Protocol):
         """Copy the object `key` into the new file `path`. Raise NotFound, StorageError or UploadError."""
 
     def read(self, key: str, cancel: threading.Event | None = None) -> bytes:
-        """Return a small object's bytes (a manifest). Raise NotFound if it is missing, Cancelled if `cancel` is set."""
+        """Return a small object's bytes (a manifest), at most MANIFEST_LIMIT of them. Raise TooLarge, having read
+        no more than MANIFEST_LIMIT + 1 bytes, if it is larger; NotFound if it is missing; Cancelled if `cancel`
+        is set."""
 
     def list(self, cancel: threading.Event | None = None) -> list[Entry]:
         """Return every object under this destination, in no particular order. Raise Cancelled if `cancel` is set."""
@@ -51,3 +56,8 @@ class Destination(Protocol):
 
     def url(self, key: str = "") -> str:
         """Return where `key` (or the destination itself) lives, for messages: a path or `s3://bucket/prefix/key`."""
+
+
+def too_large(where: str) -> str:
+    """Return the sentence for an object at `where` that is larger than a manifest may be."""
+    return f"{where} is larger than {MANIFEST_LIMIT // 1024} KiB, more than any manifest this worker writes; is it one of ours?"

@@ -10,8 +10,8 @@ import threading
 
 from jobs import artifacts
 from jobs.artifacts import CHUNK, TEMP_PREFIX, atomic_file, ensure_dir
-from jobs.destinations import Entry
-from jobs.errors import Cancelled, NotFound, StorageError
+from jobs.destinations import MANIFEST_LIMIT, Entry, too_large
+from jobs.errors import Cancelled, NotFound, StorageError, TooLarge
 
 
 def _check(cancel: threading.Event | None, what: str) -> None:
@@ -57,9 +57,13 @@ class LocalDestination:
     def read(self, key: str, cancel: threading.Event | None = None) -> bytes:
         _check(cancel, f"reading {key}")
         try:
-            return self.path(key).read_bytes()
+            with self.path(key).open("rb") as file:
+                data = file.read(MANIFEST_LIMIT + 1)
         except FileNotFoundError:
             raise NotFound(f"{key} is not in {self.directory}") from None
+        if len(data) > MANIFEST_LIMIT:
+            raise TooLarge(too_large(self.url(key)))
+        return data
 
     def list(self, cancel: threading.Event | None = None) -> list[Entry]:
         _check(cancel, f"listing {self.directory}")

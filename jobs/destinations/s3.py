@@ -40,16 +40,15 @@ from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from jobs.artifacts import MANIFEST_SUFFIX, create_private, sha256_file
-from jobs.destinations import Entry
+from jobs.destinations import MANIFEST_LIMIT, Entry, too_large
 from jobs.destinations.s3_errors import Failure, classify
-from jobs.errors import Cancelled, NotFound, StorageError, UploadError
+from jobs.errors import Cancelled, NotFound, StorageError, TooLarge, UploadError
 from jobs.redact import mask_url, scrub
 
 MIB = 1 << 20
 BOTO_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
-MAX_READ = 16 * MIB
 TRANSFER = TransferConfig(
     multipart_threshold=64 * MIB,
     multipart_chunksize=8 * MIB,
@@ -218,19 +217,28 @@ class S3Destination:
             raise StorageError(f"cannot write {path} while downloading {self.url(key)}: {error.strerror or error}") from None
 
     def read(self, key: str, cancel: threading.Event | None = None) -> bytes:
-        """Return a small object's bytes (a manifest). Raise NotFound if it is missing, Cancelled if `cancel` is
-        set, UploadError otherwise."""
+        """Return a small object's bytes (a manifest), at most MANIFEST_LIMIT. Raise TooLarge if it is larger
+        (having read none of it when S3 says its size, else at most MANIFEST_LIMIT + 1 bytes), NotFound if it is
+        missing, Cancelled if `cancel` is set, UploadError otherwise."""
         object_key = self.object_key(key)
 
         def fetch() -> bytes:
             response = self.client.get_object(Bucket=self.bucket, Key=object_key)
             body = response["Body"]  # botocore's StreamingBody; its `with` yields the raw stream, so close by hand
             try:
-                if int(response.get("ContentLength", 0)) > MAX_READ:
-                    raise UploadError(f"{self.url(key)} is too large to read as a manifest; is it one of ours?")
-                return body.read()
+                if int(response.get("ContentLength", 0)) > MANIFEST_LIMIT:  # said before a byte of it is read
+                    raise TooLarge(too_large(self.url(key)))
+                data = b""
+                while len(data) <= MANIFEST_LIMIT:  # until b"": botocore then checks that the body came whole
+                    chunk = body.read(MANIFEST_LIMIT + 1 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
             finally:
-                body.close()
+                body.close()  # what is left unread stays on the server: the connection is dropped
+            if len(data) > MANIFEST_LIMIT:
+                raise TooLarge(too_large(self.url(key)))
+            return data
 
         return self._retrying("read", key, fetch, cancel)
 

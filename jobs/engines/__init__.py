@@ -17,7 +17,6 @@ import importlib
 from pathlib import Path
 import threading
 from typing import Any, BinaryIO, ContextManager, Protocol
-from urllib.parse import unquote, urlsplit
 
 from jobs.errors import IntegrityError
 
@@ -158,11 +157,3 @@ def checker(kind: str, workdir: Path, cancel: threading.Event) -> AbstractContex
                              "use a worker version with that engine, or restore by hand with `zstd -d`")
     return engine.checker(workdir, cancel)
 
-
-def url_secrets(url: str) -> list[str]:
-    """Return the password in `url`, if any, in raw and decoded form, for log scrubbing."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return []
-    return [password, unquote(password)] if password else []

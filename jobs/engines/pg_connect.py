@@ -10,7 +10,6 @@ is safe to show.
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 import re
-from urllib.parse import unquote, urlsplit
 
 import psycopg
 import structlog
@@ -19,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from jobs import execute
 from jobs.engines import pg_tools
 from jobs.errors import SourceError
-from jobs.redact import ambiguous_userinfo, mask_url, scrub
+from jobs.redact import ambiguous_userinfo, mask_url, scrub, url_secrets
 
 log = structlog.get_logger("jobs.engines.pg_connect")
 
@@ -90,15 +89,6 @@ def parse_url(url: str) -> Connection:
         raise ValueError(f"{masked} has the port {params['port']!r}; a port is a number like 5432")
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
     return Connection(params, masked, str(password) if password else None)
-
-
-def url_secrets(url: str) -> list[str]:
-    """Return the password in `url`, raw and decoded, for scrubbing."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return []
-    return [password, unquote(password)] if password else []
 
 
 def connect(conn: Connection) -> psycopg.Connection:

@@ -21,7 +21,7 @@ from jobs.engines import Snapshot, rdb
 from jobs.engines.rdb import RdbCheck
 from jobs.engines.redis_wire import Closed, ServerError, Tls, Wire
 from jobs.errors import SourceError
-from jobs.redact import ambiguous_userinfo, mask_url
+from jobs.redact import ambiguous_userinfo, mask_url, split_url
 
 SCHEMES = ("redis", "rediss")
 KIND = "rdb"
@@ -289,12 +289,15 @@ def open_source(url: str, cwd: Path) -> RedisSource:
     Query parameters for rediss://: `ssl_cert_reqs=none` (accept any certificate) and `ssl_ca_certs=PATH` (trust
     this CA file); `family`, `db` and `protocol` (app client settings) are ignored. Raise ValueError if malformed.
     """
-    if problem := ambiguous_userinfo(url):  # before urlsplit, which would take part of such a password for the host
+    if problem := ambiguous_userinfo(url):  # a host that would be read from part of a password
         raise ValueError(problem)
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
+    split = split_url(url)
+    if split is None or split.scheme.lower() not in SCHEMES:
         raise ValueError(f"{mask_url(url)!r} is not a redis:// or rediss:// URL")
+    # The user and password as jobs.redact reads them (a "#" or "?" in a password stays in it); urllib reads the rest.
+    user, password = split.user(url), split.secret(url)
+    parts = urlsplit(f"{split.scheme}://{split.hosts}{split.tail}")
+    scheme = parts.scheme.lower()
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
@@ -316,8 +319,8 @@ def open_source(url: str, cwd: Path) -> RedisSource:
     elif "ssl_cert_reqs" in query or "ssl_ca_certs" in query:
         raise ValueError(f"{mask_url(url)!r} sets TLS parameters on a plain connection; use rediss://")
     return RedisSource(host=parts.hostname or "localhost", port=port, url=url,
-                       username=unquote(parts.username) if parts.username else None,
-                       password=unquote(parts.password) if parts.password else None, tls=tls)
+                       username=unquote(user) if user else None,
+                       password=unquote(password) if password else None, tls=tls)
 
 
 checker = rdb.checker

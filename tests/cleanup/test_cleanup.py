@@ -194,6 +194,7 @@ def test_an_entry_that_cannot_be_removed_is_counted_as_failed_and_the_rest_go_on
     plan = plan_rule(rule, now=datetime.now(timezone.utc), cancel=threading.Event())
     (tmp_path / "audio/1.mp3").unlink()
     make(tmp_path / "audio/1.mp3/inside", 0)  # now a directory: unlink refuses it, even as root
+    age(tmp_path / "audio/1.mp3", 48)  # as old as the file it replaced: it still goes by age, and cannot
 
     result = apply_plan(plan, cancel=threading.Event())
 
@@ -396,3 +397,78 @@ def test_the_guard_judges_the_directory_the_rule_holds_open(tmp_path: Path) -> N
     assert asked == [backups]
     assert (backups / "app-20260101T000000Z.sqlite.zst").exists()
     assert report.failed == 1 and "refused: would sweep the backup directory" in report.rules[0].errors
+
+
+def rewrite(path: Path) -> None:
+    path.write_bytes(b"new content")
+
+
+def touch(path: Path) -> None:
+    os.utime(path)
+
+
+def replace_with_new(path: Path) -> None:
+    path.unlink()
+    path.write_bytes(b"another file")
+
+
+def replace_with_old(path: Path) -> None:
+    make(path.with_name("elsewhere.tmp"), 72, b"older still").rename(path)
+
+
+def replace_with_new_link(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/etc/hostname")
+
+
+def make_older(path: Path) -> None:
+    age(path, 96)
+
+
+@pytest.mark.parametrize("change, stays", [
+    (rewrite, True),
+    (touch, True),
+    (replace_with_new, True),
+    (replace_with_new_link, True),
+    (replace_with_old, False),  # another inode, but old: the rule is about age
+    (make_older, False),
+    (lambda path: None, False),
+])
+def test_a_file_is_removed_only_if_it_is_still_old_when_it_is_deleted(tmp_path: Path, change, stays: bool) -> None:
+    target = make(tmp_path / "audio/b.mp3", 48)
+    make(tmp_path / "audio/a.mp3", 48)
+    [rule] = parse_rules("audio/*.mp3=1d", tmp_path)
+    plan = plan_rule(rule, now=datetime.now(timezone.utc), cancel=threading.Event())
+    assert len(plan.candidates) == 2
+    change(target)  # between the scan and the deletion, the app writes it again (or not)
+
+    result = apply_plan(plan, cancel=threading.Event())
+
+    assert (target.exists() or target.is_symlink()) == stays
+    assert remaining(tmp_path / "audio") == ({"b.mp3"} if stays else set())
+    assert (result.files, result.changed, result.failed) == ((1, 1, 0) if stays else (2, 0, 0))
+
+
+def make_anew(directory: Path) -> None:
+    shutil.rmtree(directory)
+    directory.mkdir()  # the app made it anew (perhaps with the same inode number): changed just now
+
+
+def empty_it(directory: Path) -> None:
+    (directory / "old.bin").unlink()  # the app emptied it itself just now: it is in use
+
+
+@pytest.mark.parametrize("change, stays", [(make_anew, True), (empty_it, True), (lambda directory: None, False)])
+def test_an_emptied_directory_goes_only_if_it_is_the_one_scanned_and_nobody_changed_it_since(
+        tmp_path: Path, change, stays: bool) -> None:
+    make(tmp_path / "tmp/session/old.bin", 48)
+    age(tmp_path / "tmp/session", 48)
+    [rule] = parse_rules("tmp/**=1d", tmp_path)
+    plan = plan_rule(rule, now=datetime.now(timezone.utc), cancel=threading.Event())
+    assert len(plan.candidates) == 2
+    change(tmp_path / "tmp/session")
+
+    result = apply_plan(plan, cancel=threading.Event())
+
+    assert (tmp_path / "tmp/session").exists() == stays
+    assert (result.dirs_removed, result.changed) == ((0, 1) if stays else (1, 0))

@@ -10,7 +10,7 @@ import sys
 import time
 
 from tests.e2e.test_cli import read_events
-from tests.conftest import make_app_db
+from tests.conftest import Result, make_app_db
 
 DAY = 86400
 
@@ -104,3 +104,19 @@ def test_system_directories_are_refused_at_start(worker) -> None:
     for rule in ("/etc/**=1d", "/usr/*=1d", "/proc/**=1h"):
         result = worker("config", env={"CLEANUP_RULES": rule})
         assert result.code == 2 and "system directory" in result.stderr
+
+
+def test_a_file_the_app_writes_again_between_the_scan_and_the_deletion_stays(tmp_path: Path, worker_env) -> None:
+    audio = tmp_path / "audio"
+    old = make_files(audio, 4, 2 * DAY)
+    rewritten = old[1]
+    env = {**worker_env, "CLEANUP_RULES": f"{audio}/*.mp3=24h", "REWRITE_PATHS": str(rewritten)}
+    helper = Path(__file__).with_name("writes_between_plan_and_delete.py")
+    done = Result(subprocess.run([sys.executable, str(helper), "cleanup"], env=env, cwd=tmp_path, text=True,
+                                 capture_output=True, timeout=60))
+    assert done.code == 0, done.stderr
+    assert rewritten.read_bytes() == b"written again by the app"
+    assert [p for p in old if p.exists()] == [rewritten]
+    assert "removed 3 files" in done.stdout and "1 changed since the scan, left in place" in done.stdout
+    outcome = done.event("job.succeeded")
+    assert outcome["files"] == 3 and outcome["changed"] == 1 and outcome["rules"][0]["changed"] == 1

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import ROOT, make_app_db
 
 
@@ -196,3 +198,45 @@ def test_a_catalog_url_with_an_unknown_driver_is_a_config_error_with_the_passwor
     result = worker("backup", "--no-upload", env={"CATALOG_URL": "mysql+nodriver://u:pw@127.0.0.1:1/x"})
     assert result.code == 2 and "CATALOG_URL" in result.stderr and "nodriver" in result.stderr
     assert "pw@" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:pw9@127.0.0.1:notaport/x", "postgresql://u:pw9@h1:5432,h2:5433/x",
+                                 "postgresql+psycopg://u:pw9@127.0.0.1:99999/x", "sqlite:///{dir}/c.db?x=1&password=pw9"])
+def test_a_catalog_url_that_cannot_be_read_is_a_config_error_at_start_never_a_traceback(worker, tmp_path: Path, url: str) -> None:
+    result = worker("backup", "--no-upload", env={"CATALOG_URL": url.format(dir=tmp_path)})
+    if url.startswith("sqlite"):  # a readable URL: the password in its query is masked wherever it is shown
+        assert result.code == 0 and "pw9" not in result.stdout + result.stderr
+        shown = worker("config", env={"CATALOG_URL": url.format(dir=tmp_path)})
+        assert shown.code == 0 and "&password=***" in shown.stdout and "pw9" not in shown.stdout + shown.stderr
+        return
+    assert result.code == 2 and "CATALOG_URL" in result.stderr and "a number from 1 to 65535" in result.stderr
+    assert "pw9" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "backups").exists() or not list((tmp_path / "backups").glob("*.zst"))
+
+
+PEAK_RSS = ("import resource, sys\nfrom worker.start import main\ncode = main(sys.argv[1:])\n"
+            "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)")
+
+
+def test_list_passes_over_a_huge_planted_manifest_at_little_cost_and_shows_the_other_backups(
+        worker, worker_env, tmp_path: Path) -> None:
+    def listing() -> tuple[subprocess.CompletedProcess[str], int]:
+        done = subprocess.run([sys.executable, "-c", PEAK_RSS, "list", "--json"], env=worker_env, cwd=tmp_path,
+                              text=True, capture_output=True, timeout=120)
+        return done, int(done.stderr.rsplit("peak_rss_kib", 1)[1])
+
+    assert worker("backup", "--no-upload").code == 0
+    _, baseline = listing()
+    backups = tmp_path / "backups"
+    (good,) = backups.glob("*.sqlite.zst")
+    planted = backups / good.name.replace(good.name[4:12], "20991231")  # the same set, dated later
+    planted.write_bytes(b"x" * 10)
+    with open(str(planted) + ".json", "wb") as huge:  # 200 MB that cost no disk
+        huge.truncate(200 * 1000 * 1000)
+
+    done, peak = listing()
+
+    assert done.returncode == 0, done.stderr
+    assert [row["id"] for row in json.loads(done.stdout)] == [good.name.removesuffix(".zst")]
+    assert planted.name + ".json is not a valid manifest" in done.stderr
+    assert peak - baseline < 32 * 1024, (baseline, peak)  # KiB: reading it whole would cost 200 MB and more

@@ -155,3 +155,27 @@ def test_close_returns_at_once_after_a_stop_signal(hanging) -> None:
     began = time.monotonic()
     sender.close(30, stop)
     assert time.monotonic() - began < 10  # STOP_DRAIN_S, not the 30 s grace
+
+
+class Collecting:
+    """A stand-in for a Sender that keeps what it is given (the delivery itself is tested above)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def send(self, message: Message) -> None:
+        self.messages.append(message)
+
+
+def test_what_is_sent_to_the_webhook_and_the_ping_holds_no_secret_of_the_configuration() -> None:
+    webhook, ping = Collecting(), Collecting()
+    notifier = notify.Notifier(webhook=webhook, webhook_url="https://hooks.example.com/x", notify_on="all",  # type: ignore[arg-type]
+                               ping=ping, ping_url="https://hc-ping.com/k", host="web-1", sets=["app"],  # type: ignore[arg-type]
+                               secrets=["pass word#1"])
+    outcome = Outcome(job="backup", run_id="abc123def456", outcome="failed", duration_s=1.0, stage="snapshot",
+                      reason="cannot reach redis://:pass word#1@cache:6379 nor redis://:zz@cache:6380",
+                      fields={"detail": ["pass word#1"]})
+    notifier.listener("finished", outcome)
+    sent = [m.body.decode() for m in webhook.messages + ping.messages]
+    assert len(sent) == 2 and all("pass word" not in body and ":zz@" not in body for body in sent)
+    assert "redis://:***@cache:6379" in sent[0] and "redis://:***@cache:6380" in sent[1]

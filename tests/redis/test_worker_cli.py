@@ -5,6 +5,9 @@ from pathlib import Path
 import subprocess
 import sys
 import time
+from urllib.parse import quote
+
+import pytest
 
 from tests.conftest import run_worker
 from tests.redis.servers import PASSWORD, command_lines, everything, fill, free_port, load_into_fresh_server, redis_server
@@ -78,3 +81,18 @@ def test_an_unreachable_server_fails_the_backup_in_one_sentence(tmp_path: Path, 
     assert f"cannot connect to the Redis server at 127.0.0.1:{port}" in line and "Traceback" not in result.stderr
     assert PASSWORD not in result.stderr + result.stdout
     assert not list((tmp_path / "backups").glob("*.rdb.zst*"))
+
+
+@pytest.mark.parametrize("encode", [False, True], ids=["as-written", "percent-encoded"])
+def test_a_password_with_a_space_hash_question_mark_colon_and_percent_authenticates_and_is_never_shown(
+        tmp_path: Path, worker_env: dict[str, str], encode: bool) -> None:
+    odd = "Pw1kQ #?:%ü Xq9zR"
+    with redis_server(tmp_path / "source", password=PASSWORD) as server:
+        fill(server)
+        server.client().config_set("requirepass", odd)
+        server.password = odd
+        env = redis_env(worker_env, server.url(f"default:{quote(odd, safe='') if encode else odd}@"))
+        results = [run_worker([command], env, cwd=tmp_path) for command in ("backup", "config", "list")]
+    assert results[0].code == 0, results[0].stderr
+    assert "redis://default:***@127.0.0.1" in results[1].stdout
+    assert not [half for half in ("Pw1kQ", "Xq9zR") for r in results if half in r.stdout + r.stderr]

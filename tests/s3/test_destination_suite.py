@@ -6,9 +6,10 @@ import threading
 
 import pytest
 
+from jobs.destinations import MANIFEST_LIMIT
 from jobs.destinations.local import LocalDestination
 from jobs.destinations.s3 import S3Destination
-from jobs.errors import Cancelled, NotFound, StorageError
+from jobs.errors import Cancelled, NotFound, StorageError, TooLarge
 
 ARTIFACT = "app-20260101T020000Z.sqlite.zst"
 MANIFEST = ARTIFACT + ".json"
@@ -43,6 +44,16 @@ def test_get_refuses_to_overwrite_an_existing_file(destination: Destination, tmp
 def test_read_returns_a_small_object(destination: Destination, tmp_path: Path) -> None:
     destination.put(write(tmp_path / "m", b'{"id": "x"}'), MANIFEST, threading.Event())
     assert destination.read(MANIFEST) == b'{"id": "x"}'
+
+
+def test_read_returns_an_object_of_exactly_the_manifest_limit_and_refuses_one_byte_more(
+        destination: Destination, tmp_path: Path) -> None:
+    data = os.urandom(MANIFEST_LIMIT)
+    destination.put(write(tmp_path / "m", data), MANIFEST, threading.Event())
+    assert destination.read(MANIFEST) == data
+    destination.put(write(tmp_path / "m", data + b"}"), MANIFEST, threading.Event())
+    with pytest.raises(TooLarge, match=MANIFEST):
+        destination.read(MANIFEST)
 
 
 def test_get_and_read_of_a_missing_key_raise_not_found_and_leave_no_file(destination: Destination, tmp_path: Path) -> None:

@@ -101,3 +101,32 @@ def test_find_accepts_the_id_the_version_1_id_and_the_file_names() -> None:
     twin = from_manifest("app-20261122T020000Z.pgdump.zst", manifest("x", "app-20261122T020000Z"))
     with pytest.raises(NotFound, match="names 2 backups"):
         find([found, twin], "app-20261122T020000Z")
+
+
+def bytes_read() -> int:
+    """Return what this process has read so far through read(2) and pread(2) (Linux /proc/self/io `rchar`)."""
+    with open("/proc/self/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+
+
+def test_a_huge_planted_manifest_is_skipped_with_a_note_after_reading_barely_more_than_the_limit(tmp_path) -> None:
+    import json
+
+    from jobs.backups import list_backups
+    from jobs.destinations import MANIFEST_LIMIT
+    from jobs.destinations.local import LocalDestination
+
+    good, planted = "app-20261122T020000Z.sqlite.zst", "app-20261123T020000Z.sqlite.zst"
+    for artifact in (good, planted):
+        (tmp_path / artifact).write_bytes(b"x" * 10)
+    (tmp_path / (good + ".json")).write_text(json.dumps({**manifest(good, good.removesuffix(".zst")), "artifact": good}))
+    with open(tmp_path / (planted + ".json"), "wb") as huge:  # 200 MB that cost no disk
+        huge.truncate(200 * 1000 * 1000)
+    before = bytes_read()
+
+    backups, notes = list_backups(LocalDestination(tmp_path))
+
+    assert bytes_read() - before < MANIFEST_LIMIT + 256 * 1024
+    assert [b.artifact for b in backups] == [good]
+    (note,) = notes
+    assert note.startswith(f"{planted}.json is not a valid manifest") and "the backup is not counted" in note

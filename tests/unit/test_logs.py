@@ -57,3 +57,21 @@ def test_apscheduler_chatter_is_hidden_unless_debug() -> None:
     logs.configure("debug", "json", stream=stream)
     logging.getLogger("apscheduler.executors.default").info('Running job "backup"')
     assert lines(stream)[0]["event"] == 'Running job "backup"'
+
+
+def test_what_a_command_prints_goes_through_scrub_and_the_streams_are_put_back() -> None:
+    import sys
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        with logs.scrubbed_output(["pass word#1"]):
+            print("restored into postgresql://u:pass word#1@db/app")
+            print("unexpected ValueError: redis://:zz@cache:6379 and pass word#1", file=sys.stderr)
+            assert sys.stdout.fileno  # the stream's other attributes are the real stream's
+        assert (sys.stdout, sys.stderr) == (out, err)
+    finally:
+        sys.stdout, sys.stderr = saved
+    assert out.getvalue() == "restored into postgresql://u:***@db/app\n"
+    assert err.getvalue() == "unexpected ValueError: redis://:***@cache:6379 and ***\n"

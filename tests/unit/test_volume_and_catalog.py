@@ -69,13 +69,22 @@ def test_a_backup_dir_that_is_or_lies_under_a_file_is_named_with_the_fix(tmp_pat
         ("BACKUP_MIN_FREE", "lots", "percentage of the volume"),
         ("CATALOG_URL", "mysql+nodriver://u:hunter2@h/x", "SQLAlchemy does not know"),
         ("CATALOG_URL", "not a url", "not a SQLAlchemy URL"),
+        ("CATALOG_URL", "postgresql://u:hunter2@host:notaport/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql+psycopg://u:hunter2@host:/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql://u:hunter2@h1:5432,h2:5433/db", "several hosts go in the query"),
+        ("CATALOG_URL", "postgresql://u:hunter2@host:0/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql://u:hunter2@host:70000/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql://u:hunter2@[::1/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql://u:hunter2 x@host:notaport/db", "not a number from 1 to 65535"),
+        ("CATALOG_URL", "postgresql://u:hun@ter2@host/db", "%40"),
+        ("CATALOG_URL", "postgresql://u:hunter2/x@host/db", "%2F"),
     ],
 )
 def test_bad_set_names_space_reserves_and_catalog_urls_are_config_errors(tmp_path: Path, name: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config({name: value}, cwd=tmp_path)
     text = "; ".join(raised.value.problems)
-    assert name in text and fragment in text and "hunter2" not in text
+    assert name in text and fragment in text and "hunter2" not in text and "ter2" not in text
 
 
 def test_config_reads_backup_name_and_min_free(tmp_path: Path) -> None:
@@ -136,3 +145,12 @@ class BrokenCatalog(Catalog):
 def test_a_failing_catalog_never_takes_a_jobs_outcome_away() -> None:
     outcome = run_job("backup", BrokenCatalog(None), lambda: {"artifact": "a"})
     assert outcome.ok and outcome.fields == {"artifact": "a"}
+
+
+def test_a_catalog_row_holds_no_secret_in_its_reason_or_details(tmp_path: Path) -> None:
+    catalog = open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}", secrets=["pass word#1"])
+    run_job("backup", catalog, lambda: (_ for _ in ()).throw(
+        ValueError("cannot reach postgresql://u:pass word#1@db/app nor redis://:zz@cache:6379")))
+    (row,) = catalog.history()
+    assert row["outcome"] == "failed" and "postgresql://u:***@db/app" in row["reason"]
+    assert "pass word" not in repr(row) and ":zz@" not in repr(row)

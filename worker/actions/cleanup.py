@@ -32,5 +32,6 @@ def cmd_cleanup(ctx: Context, dry_run: bool) -> int:
             for error in rule.get("errors", []):
                 say(f"    not removed: {error}")
         say(f"cleanup {verb} {outcome.fields['files']} files, {human_size(outcome.fields['bytes'])}"
+            + (f"; {outcome.fields['changed']} changed since the scan, left in place" if outcome.fields["changed"] else "")
             + (f"; {outcome.fields['failed']} could not be removed" if outcome.fields["failed"] else ""))
     return report_failure(outcome)

@@ -58,7 +58,7 @@ class Context:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = open_catalog(self.config.catalog_url)
+            self._catalog = open_catalog(self.config.catalog_url, self.config.secrets())
         return self._catalog
 
     @property

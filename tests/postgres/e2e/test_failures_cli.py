@@ -159,3 +159,25 @@ def test_run_logs_a_missing_pg_dump_as_an_error_at_start_and_keeps_running(app_p
     assert problem["level"] == "error" and "install the PostgreSQL" in problem["problem"]
     failed = next(event for event in events if event["event"] == "job.failed")  # the catch-up backup names the fix
     assert "install the PostgreSQL" in failed["reason"]
+
+
+@pytest.mark.parametrize("written", ["Pw1kQ#?:ü:Xq9zR", "Pw1kQ%20%23%3F%25%40%2FXq9zR"], ids=["as-written", "percent-encoded"])
+def test_a_password_with_a_hash_question_mark_colon_or_any_encoded_character_connects_and_is_never_shown(
+        password_server, tmp_path, cli, written):
+    from urllib.parse import unquote
+
+    user, dbname = unique("oddpw"), unique("oddpw")
+    secret = password_server.superuser_password
+    with admin(password_server.port, secret) as connection:
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(unquote(written))))
+        connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(user)))
+    try:
+        env = base_env(tmp_path, f"postgresql://{user}:{written}@127.0.0.1:{password_server.port}/{dbname}")
+        results = [cli(command, env=env) for command in ("backup", "config", "list", "history")]
+        assert results[0].code == 0, results[0].stderr
+        assert f"postgresql://{user}:***@127.0.0.1" in results[1].stdout
+        assert not [half for half in ("Pw1kQ", "Xq9zR") for r in results if half in r.stdout + r.stderr]
+    finally:
+        drop_database(dbname, password_server.port, secret)
+        with admin(password_server.port, secret) as connection:
+            connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))
