@@ -24,7 +24,7 @@ from jobs.artifacts import utc_iso
 from jobs.errors import Cancelled
 from jobs.purge import database
 from jobs.purge.rules import PurgeRule
-from jobs.purge.schema import Reference, RuleProblem, Target, resolve
+from jobs.purge.schema import DATE_GLOB, Reference, RuleProblem, Target, resolve
 
 log = structlog.get_logger("jobs.purge")
 
@@ -69,16 +69,17 @@ def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
     """Return the condition "this row is older than `cutoff`" for the target's column.
 
     SQLite text: `datetime(col)` reads every ISO 8601 variant (space or T, fractions, Z or +HH:MM, converted to UTC;
-    no offset means UTC) and is compared with the cutoff as `YYYY-MM-DD HH:MM:SS`. Before it, `col < D`, where D is
-    the day after cutoff + 14 h, keeps only rows that can be old whatever their offset: the same rows, but an index
-    on the column can find them. `typeof` keeps a stray number or blob out (SQLite's datetime() would read a number
-    as a Julian day). SQLite numbers are Unix seconds. PostgreSQL: timestamptz against the instant, timestamp
+    no offset means UTC) and is compared with the cutoff as `YYYY-MM-DD HH:MM:SS`. Only text that starts with a date
+    counts (DATE_GLOB): datetime() also reads a time of day alone ('12:30' is 2000-01-01 12:30) and Julian days
+    written as text, and such rows stay. Before it, `col < D`, where D is the day after cutoff + 14 h, keeps only
+    rows that can be old whatever their offset: the same rows, but an index on the column can find them. `typeof`
+    keeps a stray number or blob out (SQLite's datetime() would read a number as a Julian day). SQLite numbers are Unix seconds. PostgreSQL: timestamptz against the instant, timestamp
     (no time zone) as UTC, date: days that ended before the cutoff.
     """
     column = target.column
     if target.kind == "text":
         bound = ((cutoff + MAX_OFFSET).date() + timedelta(days=1)).isoformat()
-        return sa.and_(sa.func.typeof(column) == "text", column < bound,
+        return sa.and_(sa.func.typeof(column) == "text", column.op("GLOB")(DATE_GLOB), column < bound,
                        sa.func.datetime(column) < cutoff.strftime("%Y-%m-%d %H:%M:%S"))
     if target.kind == "unix":
         return sa.and_(sa.func.typeof(column).in_(["integer", "real"]), column < int(cutoff.timestamp()))

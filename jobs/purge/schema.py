@@ -24,6 +24,9 @@ KINDS = {
     "date": "date",
 }
 ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?")
+# What SQLite text must start with to be read as a time at all: a date. SQLite's datetime() also reads a time of
+# day alone ('12:30' is 2000-01-01 12:30), a Julian day number written as text and 'now'; none of those is a date.
+DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 _RESTRICTS = ("RESTRICT", "NO ACTION")
 _SYSTEM_SCHEMAS = ("information_schema",)
 

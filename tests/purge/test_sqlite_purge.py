@@ -168,6 +168,22 @@ def test_a_stray_value_the_sample_missed_is_never_deleted_by_a_wrong_reading(tmp
     assert set(db.execute("SELECT created_at FROM events")) == {(2460000.5,), ("2026-13-01 00:00:00",), ("yesterday",)}
 
 
+@pytest.mark.parametrize("text, old", [
+    ("2026-01-01", True), ("2026-01-01T12:30", True), ("2026-01-01 12:30:00+05:00", True), ("2026-01-01T12:30Z", True),
+    ("12:30", False), ("12:30:00", False), ("00:00", False), ("23:59:59.5", False), ("12:30Z", False),
+    ("T12:30", False), ("1234567.5", False), ("-0001-01-01", False), (" 2026-01-01", False), ("now", False),
+    ("2026-1-01", False), ("2026-01-01x", False),
+])
+def test_only_text_that_starts_with_a_date_is_read_as_a_time(tmp_path: Path, text: str, old: bool) -> None:
+    """SQLite's datetime() reads a time of day alone as a day in 2000, and a Julian day written as text; neither
+    is a date, so neither is ever old (the values sit where the start-up check's sample does not look)."""
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, EVENTS)
+    newer = [("2026-11-21 00:00:00",)] * 300
+    db.executemany("INSERT INTO events (created_at) VALUES (?)", [*newer, (text,), *newer])
+    assert count_rows(f"sqlite:///{path}", rules("events.created_at=30d")[0], NOW) == int(old)
+
+
 def test_rules_that_fit_have_no_problems_whatever_the_case_and_with_the_main_schema(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     fill_events(make_sqlite(path, EVENTS))
