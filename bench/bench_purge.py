@@ -8,7 +8,9 @@ rows in time order, the first `--old` of them older than 30 days (SQLite: ISO 86
 it, in a WAL-mode file; PostgreSQL: timestamptz, vacuumed and analyzed). Then, for each engine, on a fresh copy of
 that table each time (SQLite: a file copy; PostgreSQL: CREATE DATABASE … TEMPLATE):
 
-1. quiet: wall time of `purge()` (rule events.created_at=30d) and of the single DELETE, no other writer;
+1. quiet: wall time of `purge()` (rule events.created_at=30d; every row checked against what the backup holds:
+   SQLite the template file as the raw snapshot, PostgreSQL a snapshot exported after the copy) and of the
+   single DELETE, no other writer;
 2. under a writer: the same two while another process commits small transactions (SQLite:
    tests/integration/writer.py on the same file; PostgreSQL: this script with --pg-writer, inserting into events
    and bumping a counter row), reporting the p50 / p99 / max latency of the commits that overlap each run;
@@ -41,7 +43,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from jobs.purge import count_rows, parse_retention_rules, purge  # noqa: E402
+from jobs.engines.pg_connect import parse_url  # noqa: E402
+from jobs.engines.postgres import exported_snapshot  # noqa: E402
+from jobs.purge import Held, PgSnapshot, count_rows, parse_retention_rules, purge  # noqa: E402
 
 WRITER = ROOT / "tests" / "integration" / "writer.py"
 NOW = datetime(2026, 11, 22, 2, 0, 0, tzinfo=timezone.utc)
@@ -162,7 +166,9 @@ def sqlite_runs(template: Path, work: Path, batch_size: int, pause: float | None
         return target
 
     def ours(path: Path) -> int:
-        [result] = purge(url(path), RULE, NOW, threading.Event(), batch_size=batch_size, pause=pause)
+        # What the backup of this copy holds: the template it was copied from, as the raw snapshot would be.
+        held = Held("bench", sqlite_file=template)
+        [result] = purge(url(path), RULE, NOW, threading.Event(), held=held, batch_size=batch_size, pause=pause)
         assert result.error is None, result.error
         return result.deleted
 
@@ -223,6 +229,7 @@ def postgres_runs(admin: str, template: str, work: Path, batch_size: int,
     import psycopg
 
     made: list[str] = []
+    helds: dict[str, Held] = {}
 
     def fresh(name: str) -> str:
         database = f"{template}_{name.replace(' ', '_')}"
@@ -230,10 +237,13 @@ def postgres_runs(admin: str, template: str, work: Path, batch_size: int,
             connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             connection.execute(f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
         made.append(database)
-        return _database(admin, database)
+        url = _database(admin, database)
+        with exported_snapshot(parse_url(url)) as (_, snapshot, running):  # what a backup taken now would hold
+            helds[url] = Held("bench", pg_snapshot=PgSnapshot.parse(snapshot, running))
+        return url
 
     def ours(url: str) -> int:
-        [result] = purge(url, RULE, NOW, threading.Event(), batch_size=batch_size, pause=pause)
+        [result] = purge(url, RULE, NOW, threading.Event(), held=helds[url], batch_size=batch_size, pause=pause)
         assert result.error is None, result.error
         return result.deleted
 

@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+import os
 from pathlib import Path
+import secrets
 import shutil
 import tempfile
 import threading
@@ -24,7 +26,7 @@ from jobs import artifacts, identity, offsite, publish, retention, selection
 from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
-from jobs.engines import Source
+from jobs.engines import HOLDS, Source
 from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
 from jobs.intact import CACHE_NAME, IntactCache
 from jobs.volume import MinFree, room_problem
@@ -98,10 +100,25 @@ def _free_name(directory: Path, name: str, kind: str, now: datetime) -> tuple[st
         moment += timedelta(seconds=1)
 
 
+@contextmanager
+def kept_snapshot(directory: Path) -> Iterator[Path]:
+    """Yield a path in the backup directory (a temporary name of this process) where `run_cycle(keep_snapshot=…)`
+    keeps the raw snapshot of an engine that writes one (SQLite), for the table retention that follows the cycle
+    to compare rows with; remove it on exit, whatever happened. A run killed meanwhile leaves it to the next
+    start's removal of stale temporaries."""
+    path = directory / f"{artifacts.temp_prefix()}held-{secrets.token_hex(4)}.snapshot"
+    try:
+        yield path
+    finally:
+        artifacts.remove_temporary(path)
+
+
 def take_backup(source: Source, settings: BackupSettings, cancel: threading.Event,
-                reason: str | None = None) -> dict[str, Any]:
+                reason: str | None = None, keep_snapshot: Path | None = None) -> dict[str, Any]:
     """Write one checked, compressed backup of `source` into the backup directory; return its manifest.
     `reason` (e.g. "pre-restore" for the safety backup before a restore) goes into the manifest as `reason`.
+    With `keep_snapshot` (see kept_snapshot), the raw snapshot file of an engine that writes one is moved there
+    once it passed its check, instead of being removed.
 
     One pass: the snapshot's stream is read in chunks, each chunk goes to the engine's check and to zstd, and
     the compressed bytes are hashed on their way into a temporary file. Only when the check has passed is the
@@ -127,7 +144,8 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         with stage("snapshot"):
             workdir = Path(tempfile.mkdtemp(prefix=artifacts.temp_prefix() + "snapshot-", dir=directory))
         try:
-            compressed, passed, details = _snapshot_and_compress(source, workdir, temp_artifact, settings, cancel)
+            compressed, passed, details = _snapshot_and_compress(source, workdir, temp_artifact, settings, cancel,
+                                                                 keep_snapshot)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         manifest = {
@@ -162,15 +180,20 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
 
 
 def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, settings: BackupSettings,
-                           cancel: threading.Event) -> tuple[artifacts.Compressed, str, dict[str, Any]]:
+                           cancel: threading.Event,
+                           keep_snapshot: Path | None = None) -> tuple[artifacts.Compressed, str, dict[str, Any]]:
     """Stream a snapshot of `source` through its check and zstd into `temp_artifact`; return the compressed
-    file's facts, what the check passed and the engine's extra manifest fields."""
+    file's facts, what the check passed and the engine's extra manifest fields. With `keep_snapshot`, move the
+    raw snapshot file (if the engine wrote one) there once it passed."""
     with stage("snapshot"), source.snapshot(workdir, cancel) as snap:
         try:
             with stage("compress"), artifacts.create_private(temp_artifact) as out:
                 compressed = artifacts.compress_stream(snap.stream, out, settings.compression_level, cancel,
                                                        size=snap.size, feed=snap.check.feed)
             passed = snap.check.finish()
+            if keep_snapshot is not None and snap.raw_path is not None:
+                with stage("snapshot"):
+                    os.replace(snap.raw_path, keep_snapshot)  # the same volume: a rename, no copy
             return compressed, passed, dict(snap.details)
         except IntegrityError as error:
             raise IntegrityError(
@@ -243,8 +266,11 @@ def remove_stale(local: LocalDestination) -> None:
         log.info("backup.stale_temporaries_removed", files=removed)
 
 
-def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event) -> dict[str, Any]:
-    """A whole backup cycle: the backup, the off-site copies if configured, then retention. Return log fields.
+def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
+              keep_snapshot: Path | None = None) -> dict[str, Any]:
+    """A whole backup cycle: the backup, the off-site copies if configured, then retention. Return log fields,
+    with what the backup holds (`holds`, PostgreSQL's snapshot), and the raw snapshot at `keep_snapshot` (SQLite,
+    see kept_snapshot), for the table retention that may follow.
 
     Everything after the backup looks at the source's backup set only. Local retention runs even when the upload
     failed: the volume must not fill up while the bucket is away. It follows the usual rules (the newest
@@ -255,7 +281,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
     backup_set = BackupSet(source.name(), source.kind)
     remove_stale(local)
     require_own_set(source, settings, backup_set, cancel)
-    manifest = take_backup(source, settings, cancel)
+    manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
     fields: dict[str, Any] = {
         "backup": manifest["id"],
@@ -263,6 +289,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
         "size": manifest["size"],
         "raw_size": manifest["raw_size"],
         "verified": manifest["verified"]["check"],
+        **({HOLDS: manifest[HOLDS]} if HOLDS in manifest else {}),
     }
     failure: UploadError | None = None
     offsite_copies: set[str] | None = None

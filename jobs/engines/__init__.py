@@ -16,9 +16,12 @@ import functools
 import importlib
 from pathlib import Path
 import threading
-from typing import Any, BinaryIO, ContextManager, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, ContextManager, Protocol
 
 from jobs.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from jobs.engines.pg_connect import Connection
 
 
 class Check(Protocol):
@@ -36,12 +39,19 @@ class Check(Protocol):
         """Release everything (kill a child, join a thread); idempotent; always called, also after errors."""
 
 
+HOLDS = "holds"  # Snapshot.details (and manifest) field: what the snapshot holds, as table retention checks rows
+# against it: {"pg_snapshot": "xmin:xmax:xip,…"} for PostgreSQL (see jobs.purge.held)
+
+
 @dataclass
 class Snapshot:
     stream: BinaryIO  # the raw bytes; the pipeline reads it in chunks until b""
     check: Check  # fed every chunk read from `stream`
     size: int | None = None  # raw size when known up front (written as zstd content size), else None
     details: dict[str, Any] = field(default_factory=dict)  # extra manifest fields; read AFTER check.finish()
+    # The raw bytes as a file on the backup volume, when the engine writes one (SQLite's copy): once
+    # check.finish() returned, the pipeline may move it away (the engine removes it on exit if still there).
+    raw_path: Path | None = None
 
 
 class Source(Protocol):
@@ -79,6 +89,10 @@ class Source(Protocol):
 
     def protected_files(self) -> list[Path]:
         """Return the files of this database that cleanup rules must never match ([] for a server)."""
+
+    def sql_database(self) -> "Path | Connection | None":
+        """Return what table retention opens to reach this very database: the SQLite file, the PostgreSQL
+        connection settings (jobs.engines.pg_connect.Connection), or None for a database without tables."""
 
     def restore(self, raw: Path, cancel: threading.Event,
                 notify: Callable[[str], None] | None = None) -> Path | None:

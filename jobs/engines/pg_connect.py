@@ -100,6 +100,12 @@ def connect(conn: Connection) -> psycopg.Connection:
         raise SourceError(connection_problem(str(error), conn)) from None
 
 
+def snapshot_function(server_version: int) -> str:
+    """Given `server_version_num`, return the SQL function that shows the current snapshot as
+    `xmin:xmax:xip,…` with 64-bit ids: pg_current_snapshot() from PostgreSQL 13, txid_current_snapshot() before."""
+    return "pg_current_snapshot()" if server_version >= 130000 else "txid_current_snapshot()"
+
+
 def server_version(conn: Connection) -> tuple[str, pg_tools.Major]:
     """Return the server's version ("15.20") and major ((15,)). Raise SourceError if it cannot be reached."""
     with connect(conn) as connection:

@@ -8,7 +8,10 @@ in full to reach the next: a truncated or damaged archive makes it fail ("could 
 "could not find block ID"), and only an archive it read to the end passes. pg_dump's exit status is checked
 at the end of the stream: a dump that failed half-way is never published.
 
-pg_dump is chosen to match the server (see pg_tools); the password travels in the children's environment only.
+pg_dump reads a snapshot the worker exported first (`--snapshot`), from a REPEATABLE READ transaction held open
+until pg_dump ends; that snapshot (`xmin:xmax:xip`) and the transactions running right after it go into the
+manifest's `holds`, so table retention can tell which rows the dump holds (jobs.purge.held). pg_dump is chosen
+to match the server (see pg_tools); the password travels in the children's environment only.
 """
 
 from collections.abc import Callable, Iterator, Mapping
@@ -22,14 +25,18 @@ import threading
 from typing import Any, ClassVar, NoReturn
 import uuid
 
+import psycopg
 import structlog
 
 from jobs import execute
-from jobs.engines import Snapshot, pg_connect, pg_tools
+from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools
 from jobs.engines.pg_connect import Connection
 from jobs.errors import Cancelled, IntegrityError, SourceError
+from jobs.redact import scrub
 
 SCHEMES = ("postgresql", "postgres")
+PG_SNAPSHOT = "pg_snapshot"  # in the manifest's `holds`: the dump's snapshot, xmin:xmax:xip (see jobs.purge.held)
+PG_RUNNING = "pg_running"  # in `holds`: the xids (32-bit) that held a transaction lock right after that snapshot
 KIND = "pgdump"
 CHECK = "pg_restore read every block"
 LOCK_WAIT = "5min"  # pg_dump gives up if a table stays locked this long (a migration), rather than hang the night
@@ -189,6 +196,9 @@ class PostgresSource:
     def protected_files(self) -> list[Path]:
         return []
 
+    def sql_database(self) -> Connection:
+        return self.conn
+
     def estimate_size(self) -> int:
         return pg_connect.database_size(self.conn)
 
@@ -211,24 +221,63 @@ class PostgresSource:
         if cancel.is_set():
             raise Cancelled("the worker is stopping; the dump was not started")
         tools = self.tools()
-        args = [str(tools.pg_dump), "--format=custom", "--compress=0", "--no-password",
-                f"--lock-wait-timeout={LOCK_WAIT}", f"--dbname={self.conn.conninfo()}"]
-        log.info("pg_dump.start", database=self.conn.dbname, host=self.conn.host, pg_dump=tools.version,
-                 server=self._versions["server"], path=str(tools.pg_dump))
         with ExitStack() as children:
+            exported, current, running = children.enter_context(exported_snapshot(self.conn))  # until pg_dump ends
+            args = [str(tools.pg_dump), "--format=custom", "--compress=0", "--no-password",
+                    f"--lock-wait-timeout={LOCK_WAIT}", *([f"--snapshot={exported}"] if exported else []),
+                    f"--dbname={self.conn.conninfo()}"]
+            log.info("pg_dump.start", database=self.conn.dbname, host=self.conn.host, pg_dump=tools.version,
+                     server=self._versions["server"], path=str(tools.pg_dump), snapshot=current)
             try:
                 check = children.enter_context(_restore_check(tools.pg_restore, cancel))
                 dump = children.enter_context(execute.reading(args, env=self.conn.env(), secrets=self.conn.secrets(), cancel=cancel))
             except OSError as error:
                 raise SourceError(f"cannot start {error.filename or 'pg_dump'}: {error.strerror or error}; check "
                                   "PG_BIN_DIR and the PostgreSQL client installation") from None
-            yield Snapshot(DumpStream(dump, cancel, self.conn.dbname), check)
+            holds = {PG_SNAPSHOT: current, PG_RUNNING: running}
+            yield Snapshot(DumpStream(dump, cancel, self.conn.dbname), check, details={HOLDS: holds})
 
     def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> None:
         """Restore the proven archive `raw` into this database, replacing the objects it holds; return None
         (the safety backup is an ordinary backup the caller takes first). Warnings go to `notify` before
         anything changes. Raise SourceError or Cancelled, and then the database is unchanged."""
         _restore(raw, self.conn, cancel, notify)
+
+
+@contextmanager
+def exported_snapshot(conn: Connection) -> Iterator[tuple[str | None, str, list[int]]]:
+    """Open a REPEATABLE READ, READ ONLY transaction and yield the id of its exported snapshot, for
+    `pg_dump --snapshot` (None when the server cannot export one: pg_dump then takes its own, later snapshot),
+    that snapshot as `xmin:xmax:xip,…`, and the 32-bit ids that held a transaction lock right after it was taken
+    (running transactions and their subtransactions): together, the bound of what the dump holds (see
+    jobs.purge.held). The transaction stays open until exit (the export can be imported only while it is). Raise
+    SourceError if the server cannot be reached."""
+    session = pg_connect.connect(conn)
+    try:
+        session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        current = f"{pg_connect.snapshot_function(session.info.server_version)}::text"
+        # The transaction's snapshot is taken as the statement starts; pg_locks is read live while it runs, so
+        # right after the snapshot (and before anything that ran then could be missed for long).
+        locks = ("ARRAY(SELECT DISTINCT transactionid::text::bigint FROM pg_locks "
+                 "WHERE locktype = 'transactionid')")
+        try:
+            exported, snapshot, running = session.execute(
+                f"SELECT pg_export_snapshot(), {current}, {locks}").fetchone()
+        except psycopg.Error as error:  # e.g. a standby before PostgreSQL 10
+            log.warning("pg_dump.snapshot_not_exported", reason=scrub(str(error).strip(), conn.secrets())[:200],
+                        detail="pg_dump takes its own snapshot after this one; table retention uses this one")
+            session.execute("ROLLBACK")
+            session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            exported = None
+            snapshot, running = session.execute(f"SELECT {current}, {locks}").fetchone()
+    except psycopg.Error as error:
+        session.close()
+        reason = scrub(str(error).strip(), conn.secrets())
+        raise SourceError(f"cannot take a snapshot of {conn.dbname} on {conn.host}: {reason}") from None
+    try:
+        yield exported, str(snapshot), sorted(int(xid) for xid in running)
+    finally:
+        session.close()
 
 
 def open_source(url: str, cwd: Path) -> PostgresSource:

@@ -180,6 +180,9 @@ class RedisSource:
     def protected_files(self) -> list[Path]:
         return []
 
+    def sql_database(self) -> None:
+        return None
+
     @contextmanager
     def session(self, cancel: threading.Event) -> Iterator[Wire]:
         """Yield an authenticated connection, closed on exit. Raise SourceError (unreachable, credentials, a

@@ -140,6 +140,9 @@ class SqliteSource:
     def protected_files(self) -> list[Path]:
         return [self.path, *sidecars(self.path)]
 
+    def sql_database(self) -> Path:
+        return self.path
+
     def estimate_size(self) -> int:
         self._require_file()
         wal = self.path.with_name(self.path.name + "-wal")
@@ -157,7 +160,7 @@ class SqliteSource:
         check = _ThreadCheck(out, cancel)
         try:
             with out.open("rb") as stream:
-                yield Snapshot(stream=stream, check=check, size=out.stat().st_size)
+                yield Snapshot(stream=stream, check=check, size=out.stat().st_size, raw_path=out)
         finally:
             check.close()
             out.unlink(missing_ok=True)

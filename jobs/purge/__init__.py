@@ -1,21 +1,25 @@
-"""Table retention (RETENTION_RULES): delete rows older than an age from the source database, in small batches.
+"""Table retention (RETENTION_RULES): delete rows older than an age from the source database, in small batches,
+and only rows the verified backup just made holds.
 
 The gating contract: the pipeline calls `purge` for a source ONLY right after a backup cycle of that source fully
 succeeded, that is its snapshot passed the engine's check and was published and, when S3 is configured, the
-backup was uploaded (`should_purge` decides this from the cycle's fields). Every row deleted is then in a
-verified backup, off-site when there is a bucket. Anything that failed before: nothing is deleted, and the
-outcome says why. `purge` itself deletes in batches that never hold a write lock for long and stops between
-batches when `cancel` is set.
+backup was uploaded (`should_purge` decides this from the cycle's fields). `purge` then deletes only rows that
+backup holds (`Held`, see jobs.purge.held: rows written or changed after its snapshot stay, whatever their
+time, and so does a parent whose cascade would take such rows along), so every row deleted is in a verified
+backup, off-site when there is a bucket. Anything that failed before: nothing is deleted, and the outcome says
+why. `purge` itself deletes in batches that never hold a write lock for long and stops between batches when
+`cancel` is set.
 
 Entry points:
 - `parse_retention_rules(text)` reads RETENTION_RULES (ValueError naming every bad pair: a config problem).
 - `check_rules(source, rules)` at start: one problem per rule that does not fit the database (missing table or
-  column, unsupported type, no key); any problem is exit 2, nothing deleted.
-- `dry_run(source, rules, now)` / `count_rows(source, rule, now)` for `prune --dry-run`.
-- `purge(source, rules, now, cancel)` after a fully successful cycle; `purge_fields(results)` for the outcome
-  event and the catalog.
-`source` is a database URL (`sqlite:///…`, `postgresql://…`, `postgres://…`) or a SQLAlchemy Engine (only its URL
-is used: the retention connections need their own settings).
+  column, unsupported type); any problem is exit 2, nothing deleted.
+- `dry_run(source, rules, now)` / `count_rows(source, rule, now)` for `prune --dry-run`: old rows now, an upper
+  bound of what a purge deletes (it has no backup to hold them against).
+- `held_from_cycle(fields, kept)`, then `purge(source, rules, now, cancel, held=…)` after a fully successful
+  cycle; `purge_fields(results)` for the outcome event and the catalog.
+`source` is the engine Source the backup read (jobs.engines.open_source), or a URL that function opens: the
+database is never found by a second reading of the URL.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,16 +34,17 @@ import sqlalchemy as sa
 from jobs.artifacts import backup_id
 from jobs.errors import SourceError
 from jobs.purge import database
-from jobs.purge.database import EngineLike
+from jobs.purge.database import SourceLike
 from jobs.purge.delete import BATCH_SIZE, RuleResult, count_old, cutoff_for, run_rule, stop
+from jobs.purge.held import Held, PgSnapshot, held_from_cycle
 from jobs.purge.rules import PurgeRule, parse_retention_rules
 from jobs.purge.schema import check, resolve
 
-__all__ = ["PurgeRule", "RuleResult", "check_rules", "count_rows", "dry_run", "parse_retention_rules", "purge",
-           "purge_fields", "should_purge"]
+__all__ = ["Held", "PgSnapshot", "PurgeRule", "RuleResult", "check_rules", "count_rows", "dry_run",
+           "held_from_cycle", "parse_retention_rules", "purge", "purge_fields", "should_purge"]
 
 
-def check_rules(source: EngineLike, rules: Sequence[PurgeRule], cwd: Path | None = None) -> list[str]:
+def check_rules(source: SourceLike, rules: Sequence[PurgeRule], cwd: Path | None = None) -> list[str]:
     """Given the source database and the rules, return one problem per rule that does not fit it (each a sentence
     that starts with the rule, e.g. `events.created_at=30d: the database has no table events; …`); [] when all
     fit. Raise SourceError if the database cannot be reached, ValueError if it is not SQLite or PostgreSQL."""
@@ -50,9 +55,10 @@ def check_rules(source: EngineLike, rules: Sequence[PurgeRule], cwd: Path | None
         return check(connection, list(rules))
 
 
-def count_rows(source: EngineLike, rule: PurgeRule, now: datetime, cwd: Path | None = None) -> int:
-    """Given a rule and an aware `now`, return how many rows it would delete now. Raise ValueError if the rule does not
-    fit the database (see check_rules), SourceError if the database cannot be reached."""
+def count_rows(source: SourceLike, rule: PurgeRule, now: datetime, cwd: Path | None = None) -> int:
+    """Given a rule and an aware `now`, return how many rows are older than it now (an upper bound of what a purge
+    deletes). Raise ValueError if the rule does not fit the database (see check_rules), SourceError if the
+    database cannot be reached."""
     with _database_errors("counting old rows"), database.engine_for(source, cwd) as engine, \
             engine.connect() as connection:
         target = resolve(connection, rule)
@@ -60,32 +66,36 @@ def count_rows(source: EngineLike, rule: PurgeRule, now: datetime, cwd: Path | N
         return count_old(connection, target, cutoff_for(rule, now))
 
 
-def dry_run(source: EngineLike, rules: Sequence[PurgeRule], now: datetime, cwd: Path | None = None) -> list[RuleResult]:
-    """For `prune --dry-run`: return per rule `would_delete` (and `error` when it could not run: a problem with the
+def dry_run(source: SourceLike, rules: Sequence[PurgeRule], now: datetime,
+            cwd: Path | None = None) -> list[RuleResult]:
+    """For `prune --dry-run`: return per rule `would_delete`, the rows older than its age now (an upper bound: a
+    purge deletes only those the backup it follows holds), and `error` when it could not run (a problem with the
     rule, or rows referenced by a RESTRICT / NO ACTION foreign key). Nothing is deleted."""
     never = threading.Event()
-    with database.engine_for(source, cwd) as engine:
-        return [run_rule(engine, rule, now, never, dry_run=True)[0] for rule in rules]
+    with _database_errors("counting old rows"), database.engine_for(source, cwd) as engine:
+        return [run_rule(engine, rule, now, never, held=None, dry_run=True)[0] for rule in rules]
 
 
-def purge(source: EngineLike, rules: Sequence[PurgeRule], now: datetime, cancel: threading.Event, *,
+def purge(source: SourceLike, rules: Sequence[PurgeRule], now: datetime, cancel: threading.Event, *, held: Held,
           batch_size: int = BATCH_SIZE, pause: float | None = None, cwd: Path | None = None) -> list[RuleResult]:
-    """Delete, rule by rule, the rows older than `now - age`, in batches of `batch_size` keys, each its own short
-    transaction; return one RuleResult per rule. A rule that fails (see RuleResult.error) does not stop the others.
-    `pause` is the sleep between batches (default: SQLite as long as the last batch held the lock, PostgreSQL none).
+    """Delete, rule by rule, the rows older than `now - age` that the backup `held` describes holds (with every
+    row their delete takes along), in batches of `batch_size` keys, each its own short transaction; return one
+    RuleResult per rule (`kept`: old rows that backup does not hold). A rule that fails (see RuleResult.error)
+    does not stop the others. `pause` is the sleep between batches (default: SQLite as long as the last batch
+    held the lock, PostgreSQL none).
 
     Call only after a fully successful backup cycle of this source (see the module docstring and should_purge).
     Raise Cancelled (its `fields["purge"]` holds every rule's result so far) when `cancel` stopped it between
-    batches.
+    batches, SourceError if the database cannot be reached.
     """
     results: list[RuleResult] = []
     if not rules:
         return results
-    with database.engine_for(source, cwd) as engine:
+    with _database_errors("table retention"), database.engine_for(source, cwd, held.sqlite_file) as engine:
         for rule in rules:
             if cancel.is_set():
                 raise stop(results, rules, now)
-            result, finished = run_rule(engine, rule, now, cancel, dry_run=False, batch_size=batch_size, pause=pause)
+            result, finished = run_rule(engine, rule, now, cancel, held=held, batch_size=batch_size, pause=pause)
             results.append(result)
             if not finished:
                 raise stop(results, rules, now)

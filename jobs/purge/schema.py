@@ -1,6 +1,8 @@
-"""What a retention rule points at in the real database: the table, its batch key, how its times are stored,
-and the foreign keys that reference it. Everything comes from reflection; statements are SQLAlchemy Core on
-lightweight, untyped table clauses (values pass to the driver as they are, no type conversion in between).
+"""What a retention rule points at in the real database: the table, its batch key (rowid, or any primary key;
+none for a PostgreSQL table without one), how its times are stored, the foreign keys that reference it, and what
+a delete of its rows takes along through them (cascades_of, for jobs.purge.held). Everything comes from
+reflection; statements are SQLAlchemy Core on lightweight, untyped table clauses (values pass to the driver as
+they are, no type conversion in between).
 """
 
 from dataclasses import dataclass
@@ -24,7 +26,12 @@ KINDS = {
     "date": "date",
 }
 ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?")
+# What SQLite text must start with to be read as a time at all: a date. SQLite's datetime() also reads a time of
+# day alone ('12:30' is 2000-01-01 12:30), a Julian day number written as text and 'now'; none of those is a date.
+DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 _RESTRICTS = ("RESTRICT", "NO ACTION")
+MAX_DEPTH = 5  # levels of rows below a deleted row checked for being in the backup; a deeper row keeps it
+MAX_CASCADES = 64  # foreign keys followed in all for one rule
 _SYSTEM_SCHEMAS = ("information_schema",)
 
 
@@ -57,15 +64,30 @@ class Target:
     """A rule resolved against the database."""
 
     rule: PurgeRule
-    table: sa.TableClause  # every column, untyped
+    table: sa.TableClause  # every column, untyped (and SQLite's rowid, PostgreSQL's xmin and ctid)
     column: sa.ColumnClause  # the time column
-    key: tuple[sa.ColumnClause, ...]  # rowid, or the primary key columns
+    key: tuple[sa.ColumnClause, ...]  # rowid, or the primary key columns; () for a PostgreSQL table without one
     kind: str  # one of KINDS
     references: tuple[Reference, ...]
+    columns: tuple[str, ...] = ()  # the table's own columns, in order
+    integer_key: bool = False  # one integer key column (SQLite's rowid): batches may be key ranges
 
     @property
     def cascades(self) -> list[str]:
         return [reference.describe() for reference in self.references if not reference.restricts]
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """Rows a delete in the parent table removes (ON DELETE CASCADE) or changes (SET NULL, SET DEFAULT) in
+    another table, through one foreign key."""
+
+    reference: Reference  # the foreign key, in the referencing table
+    table: sa.TableClause  # the referencing table, as Target.table
+    key: tuple[str, ...]  # SQLite: how its rows are found in the snapshot (rowid or primary key)
+    columns: tuple[str, ...]  # its own columns
+    below: "tuple[Cascade, ...] | None"  # what a removal there removes or changes in turn (() for a change);
+    # None: the depth limit cut the walk here, so a parent that has rows here is kept
 
 
 def resolve(connection: Connection, rule: PurgeRule) -> Target:
@@ -80,8 +102,10 @@ def resolve(connection: Connection, rule: PurgeRule) -> Target:
     if column_name is None:
         raise RuleProblem(f"{rule.describe()}: table {table_name} has no column {rule.column}; "
                           f"its columns are {', '.join(names)}")
-    table = sa.table(table_name, *(sa.column(name) for name in names), schema=schema)
-    key = _key(inspector, rule, table, names, sqlite)
+    table, key, integer_key = _table_and_key(inspector, schema, table_name, columns, sqlite)
+    if sqlite and not key:
+        raise RuleProblem(f"{rule.describe()}: table {table_name} has columns named rowid, _rowid_ and oid and no "
+                          "primary key, so its rows cannot be told apart; add a primary key")
     declared = next(column["type"] for column in columns if column["name"] == column_name)
     column = table.c[column_name]
     if sqlite:
@@ -90,7 +114,38 @@ def resolve(connection: Connection, rule: PurgeRule) -> Target:
         kind = _postgres_kind(rule, declared)
     references = _sqlite_references if sqlite else _postgres_references
     return Target(rule=rule, table=table, column=column, key=key, kind=kind,
-                  references=tuple(references(connection, inspector, schema, table_name)))
+                  references=tuple(references(connection, inspector, schema, table_name)),
+                  columns=tuple(names), integer_key=integer_key)
+
+
+def cascades_of(connection: Connection, target: Target) -> tuple[Cascade, ...]:
+    """Return the foreign keys through which deleting the target's rows removes or changes rows elsewhere, each
+    with what follows from it: MAX_DEPTH levels of ON DELETE CASCADE below the target, MAX_CASCADES keys in all.
+    Where the walk stops, the Cascade has `below=None`: rows there keep their parents (a cycle of keys, such as
+    replies to replies, ends at the depth limit too)."""
+    inspector = sa.inspect(connection)
+    sqlite = connection.dialect.name == "sqlite"
+    find = _sqlite_references if sqlite else _postgres_references
+    budget = [MAX_CASCADES]
+
+    def walk(references: tuple[Reference, ...], depth: int) -> tuple[Cascade, ...]:
+        found = []
+        for reference in references:
+            if reference.restricts:
+                continue  # nothing follows: the delete is refused (see delete.blocked_by)
+            budget[0] -= 1
+            columns = inspector.get_columns(reference.table, schema=reference.schema)
+            table, key, _ = _table_and_key(inspector, reference.schema, reference.table, columns, sqlite)
+            below: tuple[Cascade, ...] | None = ()
+            if depth > MAX_DEPTH or budget[0] < 0:
+                below = None  # the walk stops here: a parent that has rows here is kept
+            elif reference.on_delete == "CASCADE":
+                below = walk(tuple(find(connection, inspector, reference.schema, reference.table)), depth + 1)
+            found.append(Cascade(reference=reference, table=table, key=tuple(part.name for part in key),
+                                 columns=tuple(column["name"] for column in columns), below=below))
+        return tuple(found)
+
+    return walk(target.references, 1)
 
 
 def check(connection: Connection, rules: list[PurgeRule]) -> list[str]:
@@ -137,19 +192,25 @@ def _table(inspector: sa.Inspector, rule: PurgeRule, schema: str | None) -> str:
                       "RETENTION_RULES (SCHEMA.TABLE.COLUMN names a table in another schema)")
 
 
-def _key(inspector: sa.Inspector, rule: PurgeRule, table: sa.TableClause, names: list[str],
-         sqlite: bool) -> tuple[sa.ColumnClause, ...]:
-    """Return the columns batches are chosen and deleted by: SQLite's rowid, else the primary key."""
-    if sqlite and inspector.get_table_options(table.name, schema=table.schema).get("sqlite_with_rowid", True):
-        taken = {name.lower() for name in names}
-        alias = next((alias for alias in ROWID_ALIASES if alias not in taken), None)
-        if alias is not None:
-            return (sa.column(alias),)
-    primary = inspector.get_pk_constraint(table.name, schema=table.schema).get("constrained_columns") or []
-    if not primary:
-        raise RuleProblem(f"{rule.describe()}: table {table.name} has no primary key, which retention needs to "
-                          "delete in small batches; add one")
-    return tuple(table.c[name] for name in primary)
+def _table_and_key(inspector: sa.Inspector, schema: str | None, name: str, columns: list[dict[str, Any]],
+                   sqlite: bool) -> tuple[sa.TableClause, tuple[sa.ColumnClause, ...], bool]:
+    """Return the table (every column, untyped, plus the system columns retention uses), the columns batches are
+    chosen and deleted by (SQLite's rowid, else the primary key; none for a PostgreSQL table without one, whose
+    batches go by ctid) and whether that key is one integer column."""
+    names = [column["name"] for column in columns]
+    system: list[str] = []
+    if sqlite and inspector.get_table_options(name, schema=schema).get("sqlite_with_rowid", True):
+        taken = {column.lower() for column in names}
+        system = [alias for alias in ROWID_ALIASES if alias not in taken][:1]
+    elif not sqlite:
+        system = ["xmin", "ctid"]  # no user column may have these names in PostgreSQL
+    table = sa.table(name, *(sa.column(column) for column in (*names, *system)), schema=schema)
+    if sqlite and system:
+        return table, (table.c[system[0]],), True
+    primary = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    types = {column["name"]: column["type"] for column in columns}
+    integer = len(primary) == 1 and isinstance(types.get(primary[0]), sa.Integer)
+    return table, tuple(table.c[column] for column in primary), integer
 
 
 # --- how the column stores time ---------------------------------------------------------------------------------

@@ -7,8 +7,15 @@ from pathlib import Path
 import sqlite3
 import uuid
 
+import threading
+
 import psycopg
 import pytest
+
+from jobs.engines import open_source
+from jobs.engines.pg_connect import parse_url
+from jobs.engines.postgres import exported_snapshot
+from jobs.purge import Held, PgSnapshot
 
 NOW = datetime(2026, 11, 22, 2, 0, 0, tzinfo=timezone.utc)
 PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
@@ -91,3 +98,16 @@ def pg_execute(url: str, sql: str, params: object = None) -> list[tuple]:
     with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as connection:
         cursor = connection.execute(sql, params) if params is not None else connection.execute(sql)
         return cursor.fetchall() if cursor.description else []
+
+
+def hold(url: str, cwd: Path | None = None) -> Held:
+    """What a backup taken now of the database at `url` would hold, taken the way the engines take it: SQLite, a
+    consistent copy of the file beside it (the engine's copy_to); PostgreSQL, an exported snapshot and the
+    transactions running right after it."""
+    if url.startswith("sqlite"):
+        path = open_source(url, cwd or Path.cwd()).path
+        copy = path.with_name(f"{path.name}.held-{uuid.uuid4().hex[:8]}")
+        open_source(url, cwd or Path.cwd()).copy_to(copy, threading.Event())
+        return Held(backup="test", sqlite_file=copy)
+    with exported_snapshot(parse_url(url)) as (_, snapshot, running):
+        return Held(backup="test", pg_snapshot=PgSnapshot.parse(snapshot, running))

@@ -117,6 +117,8 @@ def test_prune_dry_run_shows_the_rows_each_rule_would_delete_and_deletes_nothing
     assert result.code == 0, result.stderr
     assert f"table {RULE}: would delete {app['old']} rows" in result.stdout
     assert "table sessions.start_time=7d: would delete 53 rows" in result.stdout
+    assert result.stdout.count("(an upper bound: a purge deletes only the rows the backup it follows holds; "
+                               "dry run: nothing deleted)") == 2
     assert count(app["path"]) == app["total"] and count(app["path"], "sessions") == 60
     rules = {rule["rule"]: rule["would_delete"] for rule in result.event("job.succeeded")["purge_would_delete"]}
     assert rules == {RULE: app["old"], "sessions.start_time=7d": 53}

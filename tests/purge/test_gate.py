@@ -14,7 +14,7 @@ from jobs import pipeline, retention
 from jobs.destinations.s3 import Retry, S3Destination
 from jobs.engines.sqlite import SqliteSource
 from jobs.errors import UploadError
-from jobs.purge import parse_retention_rules, purge, purge_fields, should_purge
+from jobs.purge import held_from_cycle, parse_retention_rules, purge, purge_fields, should_purge
 from tests.purge.conftest import NOW, iso_variants, make_sqlite, parse_moment, spanning_moments
 
 RULES = parse_retention_rules("events.created_at=30d")
@@ -32,13 +32,17 @@ def test_after_a_checked_backup_old_rows_are_purged_and_that_backup_still_holds_
     path = tmp_path / "app.db"
     total = app_with_events(path)
     backups = tmp_path / "backups"
-    fields = pipeline.run_cycle(SqliteSource(path), pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)),
-                                threading.Event())
-
-    allowed, reason = should_purge(fields, remote=False)
-    assert allowed, reason
-    results = purge(f"sqlite:///{path}", RULES, NOW, threading.Event())
-    fields.update(purge_fields(results))
+    source = SqliteSource(path)
+    with pipeline.kept_snapshot(backups) as kept:
+        fields = pipeline.run_cycle(source, pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)),
+                                    threading.Event(), keep_snapshot=kept)
+        allowed, reason = should_purge(fields, remote=False)
+        assert allowed, reason
+        assert kept.is_file()  # the raw snapshot the backup was made from, until the purge is done
+        results = purge(source, RULES, NOW, threading.Event(), held=held_from_cycle(fields, kept))
+        fields.update(purge_fields(results))
+    assert not kept.exists() and sorted(path.name for path in backups.iterdir()) == [
+        fields["artifact"], fields["artifact"] + ".json"]
 
     assert 0 < fields["purged_rows"] < total and fields["purge"][0]["rule"] == "events.created_at=30d"
     restored = tmp_path / "restored.db"

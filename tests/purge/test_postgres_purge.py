@@ -10,7 +10,7 @@ import pytest
 
 from jobs.errors import Cancelled
 from jobs.purge import check_rules, count_rows, dry_run, parse_retention_rules, purge
-from tests.purge.conftest import NOW, ZONES, pg_execute, spanning_moments
+from tests.purge.conftest import NOW, ZONES, hold, pg_execute, spanning_moments
 
 CUTOFF = NOW - timedelta(days=30)
 EVENTS = """
@@ -56,7 +56,7 @@ def test_purge_deletes_old_rows_by_timestamptz_timestamp_and_date_and_the_dry_ru
     [planned] = dry_run(pg_url, rule, NOW)
     assert planned.would_delete == len(moments) - len(kept) and len(remaining(pg_url)) == len(moments)
     assert count_rows(pg_url, rule[0], NOW) == planned.would_delete
-    [result] = purge(pg_url, rule, NOW, threading.Event(), batch_size=100)
+    [result] = purge(pg_url, rule, NOW, threading.Event(), batch_size=100, held=hold(pg_url))
 
     assert result.error is None and result.deleted == planned.would_delete and result.batches > 1
     assert remaining(pg_url) == kept
@@ -69,7 +69,6 @@ def test_purge_deletes_old_rows_by_timestamptz_timestamp_and_date_and_the_dry_ru
         ("", "events.created=30d", "table events has no column created; its columns are id, created_at, happened"),
         ("", "events.body=30d", "column body is of type TEXT; retention needs timestamp, timestamp with time zone or date"),
         ("", "events.n=30d", "column n is of type INTEGER"),
-        ("CREATE TABLE logs (line text, at timestamptz);", "logs.at=30d", "table logs has no primary key"),
         ("CREATE VIEW recent AS SELECT * FROM events;", "recent.created_at=30d", "recent is a view"),
         ("", "archive.events.created_at=30d", "the database has no schema archive"),
     ],
@@ -79,7 +78,7 @@ def test_a_rule_that_does_not_fit_the_database_is_a_problem_naming_it_and_delete
     moments = fill(pg_url, extra)
     problems = check_rules(pg_url, parse_retention_rules(rule))
     assert len(problems) == 1 and problems[0].startswith(f"{rule}: ") and fragment in problems[0], problems
-    [result] = purge(pg_url, parse_retention_rules(rule), NOW, threading.Event())
+    [result] = purge(pg_url, parse_retention_rules(rule), NOW, threading.Event(), held=hold(pg_url))
     assert result.deleted == 0 and fragment in result.error and len(remaining(pg_url)) == len(moments)
 
 
@@ -94,7 +93,7 @@ def test_schema_qualified_and_mixed_case_names_and_the_postgres_scheme_work(pg_u
     url = pg_url.replace("postgresql://", "postgres://")
     rules = parse_retention_rules("audit.logs.at=30d;usersessions.startedat=30d;public.UserSessions.StartedAt=1d")
     assert check_rules(url, rules) == []
-    results = purge(url, rules[:2], NOW, threading.Event())
+    results = purge(url, rules[:2], NOW, threading.Event(), held=hold(url))
     assert [(r.deleted, r.error) for r in results] == [(1, None), (1, None)]
     assert pg_execute(pg_url, 'SELECT count(*) FROM audit.logs UNION ALL SELECT count(*) FROM "UserSessions"') == [(1,), (1,)]
 
@@ -109,7 +108,8 @@ def test_old_rows_referenced_from_another_schema_fail_the_rule_with_nothing_dele
     """)
     pg_execute(pg_url, "INSERT INTO billing.invoices (event_id) VALUES (2000), (1)")  # 2000 is old, 1 is new
 
-    [result] = purge(pg_url, parse_retention_rules("events.created_at=30d"), NOW, threading.Event())
+    [result] = purge(pg_url, parse_retention_rules("events.created_at=30d"), NOW, threading.Event(),
+                     held=hold(pg_url))
 
     assert result.deleted == 0 and len(remaining(pg_url)) == len(moments)
     assert result.error.startswith(f"1 rows of invoices still reference rows this rule would delete "
@@ -123,7 +123,8 @@ def test_cascading_keys_are_followed_and_reported(pg_url: str) -> None:
     """)
     pg_execute(pg_url, "INSERT INTO notes (event_id) VALUES (2000), (1); INSERT INTO tags (event_id) VALUES (2000)")
 
-    [result] = purge(pg_url, parse_retention_rules("events.created_at=30d"), NOW, threading.Event())
+    [result] = purge(pg_url, parse_retention_rules("events.created_at=30d"), NOW, threading.Event(),
+                     held=hold(pg_url))
 
     assert result.error is None and result.deleted > 0
     assert sorted(result.cascades) == ["notes.event_id ON DELETE CASCADE", "tags.event_id ON DELETE SET NULL"]
@@ -146,7 +147,8 @@ def test_cancel_stops_between_batches_and_reports_what_was_deleted(pg_url: str) 
     thread.start()
     try:
         with pytest.raises(Cancelled) as stopped:
-            purge(pg_url, parse_retention_rules("events.created_at=30d"), NOW, cancel, batch_size=20, pause=0.3)
+            purge(pg_url, parse_retention_rules("events.created_at=30d"), NOW, cancel, batch_size=20, pause=0.3,
+                  held=hold(pg_url))
     finally:
         cancel.set()
         thread.join()
@@ -162,7 +164,8 @@ def test_a_row_the_app_keeps_locked_ends_the_rule_after_the_lock_timeout_keeping
     old = [row[0] for row in pg_execute(pg_url, "SELECT id FROM events WHERE created_at < %s ORDER BY id", (CUTOFF,))]
     with psycopg.connect(pg_url) as app:
         app.execute("SELECT * FROM events WHERE id = %s FOR UPDATE", (old[250],))  # in the third batch of 100
-        [result] = purge(pg_url, parse_retention_rules("events.created_at=30d"), NOW, threading.Event(), batch_size=100)
+        [result] = purge(pg_url, parse_retention_rules("events.created_at=30d"), NOW, threading.Event(), batch_size=100,
+                         held=hold(pg_url))
         app.rollback()
 
     assert result.deleted == 200 and result.batches == 2

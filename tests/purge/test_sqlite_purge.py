@@ -8,14 +8,14 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 
+from jobs.engines import open_source
 from jobs.errors import Cancelled, SourceError
 from jobs.purge import check_rules, count_rows, dry_run, parse_retention_rules, purge
 from jobs.purge.database import engine_for
 from jobs.purge.delete import RuleResult, cutoff_for, next_batch, old_rows, purge_target
 from jobs.purge.schema import resolve
-from tests.purge.conftest import NOW, iso_variants, make_sqlite, parse_moment, spanning_moments
+from tests.purge.conftest import NOW, hold, iso_variants, make_sqlite, parse_moment, spanning_moments
 
 CUTOFF = NOW - timedelta(days=30)
 EVENTS = "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL, body TEXT);"
@@ -54,7 +54,8 @@ def test_purge_deletes_rows_older_than_the_rule_in_every_iso_spelling_and_keeps_
     newer = {key for key, text in stored.items() if parse_moment(text) >= CUTOFF}
     assert 0 < len(newer) < len(stored)
 
-    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event(), batch_size=50)
+    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event(), batch_size=50,
+                     held=hold(f"sqlite:///{path}"))
 
     assert ids(path) == newer
     assert result.error is None and result.deleted == len(stored) - len(newer)
@@ -84,7 +85,7 @@ def test_rows_a_second_either_side_of_the_cutoff_fall_on_the_right_side_whatever
     db = make_sqlite(path, EVENTS + "CREATE INDEX events_created_at ON events (created_at);")
     db.executemany("INSERT INTO events (created_at) VALUES (?)", [(text,) for text in edge])
 
-    purge(f"sqlite:///{path}", rules("events.created_at=30d"), now, threading.Event())
+    purge(f"sqlite:///{path}", rules("events.created_at=30d"), now, threading.Event(), held=hold(f"sqlite:///{path}"))
 
     left = {row[0] for row in db.execute("SELECT created_at FROM events")}
     assert left == {text for text, side in edge.items() if side == "new"}
@@ -98,7 +99,8 @@ def test_purge_reads_unix_seconds_in_integer_real_and_untyped_columns(tmp_path: 
     db.executemany("INSERT INTO samples (at) VALUES (?)", [(convert(moment.timestamp()),) for moment in moments])
     newer = {key for key, at in db.execute("SELECT id, at FROM samples") if at >= CUTOFF.timestamp()}
 
-    [result] = purge(f"sqlite:///{path}", rules("samples.at=30d"), NOW, threading.Event(), batch_size=100)
+    [result] = purge(f"sqlite:///{path}", rules("samples.at=30d"), NOW, threading.Event(), batch_size=100,
+                     held=hold(f"sqlite:///{path}"))
 
     assert ids(path, "samples") == newer and result.deleted == len(moments) - len(newer) and result.error is None
 
@@ -116,7 +118,7 @@ def test_a_dry_run_deletes_nothing_and_counts_exactly_what_the_purge_then_delete
         ("events.created_at=30d", old, 0, None), ("audit.at=7d", 0, 0, None)]
     assert count_rows(url, rules("events.created_at=30d")[0], NOW) == old
     assert dump(path) == before and ids(path) == set(stored)
-    [done] = purge(url, rules("events.created_at=30d"), NOW, threading.Event())
+    [done] = purge(url, rules("events.created_at=30d"), NOW, threading.Event(), held=hold(url))
     assert done.deleted == old
 
 
@@ -149,7 +151,7 @@ def test_a_rule_that_does_not_fit_the_database_is_a_problem_naming_it_and_delete
     problems = check_rules(f"sqlite:///{path}", rules(rule))
 
     assert len(problems) == 1 and problems[0].startswith(f"{rule}: ") and fragment in problems[0], problems
-    [result] = purge(f"sqlite:///{path}", rules(rule), NOW, threading.Event())
+    [result] = purge(f"sqlite:///{path}", rules(rule), NOW, threading.Event(), held=hold(f"sqlite:///{path}"))
     assert result.deleted == 0 and fragment in result.error
     assert dump(path) == before
 
@@ -161,18 +163,36 @@ def test_a_stray_value_the_sample_missed_is_never_deleted_by_a_wrong_reading(tmp
     db.executemany("INSERT INTO events (created_at) VALUES (?)", [(text,) for text in texts])
     assert check_rules(f"sqlite:///{path}", rules("events.created_at=30d")) == []  # the sample saw only good times
 
-    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event())
+    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event(),
+                     held=hold(f"sqlite:///{path}"))
 
     # SQLite's datetime() reads the number as a Julian day (year 2023); it is not text, so it is not a time here
     assert result.deleted == 1000
     assert set(db.execute("SELECT created_at FROM events")) == {(2460000.5,), ("2026-13-01 00:00:00",), ("yesterday",)}
 
 
+@pytest.mark.parametrize("text, old", [
+    ("2026-01-01", True), ("2026-01-01T12:30", True), ("2026-01-01 12:30:00+05:00", True), ("2026-01-01T12:30Z", True),
+    ("12:30", False), ("12:30:00", False), ("00:00", False), ("23:59:59.5", False), ("12:30Z", False),
+    ("T12:30", False), ("1234567.5", False), ("-0001-01-01", False), (" 2026-01-01", False), ("now", False),
+    ("2026-1-01", False), ("2026-01-01x", False),
+])
+def test_only_text_that_starts_with_a_date_is_read_as_a_time(tmp_path: Path, text: str, old: bool) -> None:
+    """SQLite's datetime() reads a time of day alone as a day in 2000, and a Julian day written as text; neither
+    is a date, so neither is ever old (the values sit where the start-up check's sample does not look)."""
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, EVENTS)
+    newer = [("2026-11-21 00:00:00",)] * 300
+    db.executemany("INSERT INTO events (created_at) VALUES (?)", [*newer, (text,), *newer])
+    assert count_rows(f"sqlite:///{path}", rules("events.created_at=30d")[0], NOW) == int(old)
+
+
 def test_rules_that_fit_have_no_problems_whatever_the_case_and_with_the_main_schema(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     fill_events(make_sqlite(path, EVENTS))
     assert check_rules(f"sqlite:///{path}", rules("Events.Created_At=30d;main.events.created_at=1d")) == []
-    [result] = purge(f"sqlite:///{path}", rules("EVENTS.CREATED_AT=30d"), NOW, threading.Event())
+    [result] = purge(f"sqlite:///{path}", rules("EVENTS.CREATED_AT=30d"), NOW, threading.Event(),
+                     held=hold(f"sqlite:///{path}"))
     assert result.deleted > 0 and result.error is None
 
 
@@ -182,12 +202,12 @@ def test_a_missing_database_file_is_a_source_error_and_is_not_created(tmp_path: 
     assert not (tmp_path / "gone.db").exists()
 
 
-def test_a_relative_url_is_read_from_cwd_and_an_engine_lends_its_url(tmp_path: Path) -> None:
+def test_a_relative_url_is_read_from_cwd_and_the_backups_own_source_is_what_the_purge_opens(tmp_path: Path) -> None:
     fill_events(make_sqlite(tmp_path / "app.db", EVENTS))
     assert count_rows("sqlite:///app.db", rules("events.created_at=30d")[0], NOW, cwd=tmp_path) > 0
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
-    [result] = purge(engine, rules("events.created_at=30d"), NOW, threading.Event())
-    assert result.deleted > 0
+    source = open_source("sqlite:///app.db", tmp_path)  # as the backup opens BACKUP_SOURCE
+    [result] = purge(source, rules("events.created_at=30d"), NOW, threading.Event(), held=hold(f"sqlite:///{source.path}"))
+    assert result.deleted > 0 and result.error is None
 
 
 @pytest.mark.parametrize("every, shape", [(1, "BETWEEN"), (2, "BETWEEN"), (20, "IN")])
@@ -204,7 +224,8 @@ def test_batches_are_key_ranges_when_old_rows_are_dense_and_key_lists_when_they_
         batch = next_batch(connection, target, old_rows(target, cutoff_for(rule, NOW)), None, 50)
     assert shape in str(batch.chosen) and batch.size == 50
 
-    [result] = purge(f"sqlite:///{path}", [rule], NOW, threading.Event(), batch_size=50)
+    [result] = purge(f"sqlite:///{path}", [rule], NOW, threading.Event(), batch_size=50,
+                     held=hold(f"sqlite:///{path}"))
 
     assert ids(path) == newer and result.deleted == 3000 - len(newer) and result.batches == -(-result.deleted // 50)
 
@@ -217,7 +238,8 @@ def test_a_without_rowid_table_is_purged_by_its_composite_primary_key(tmp_path: 
                    [(f"s{index % 3}-{index}", iso_variants(moment, index)) for index, moment in enumerate(moments)])
     newer = {row for row in db.execute("SELECT sensor, at FROM readings") if parse_moment(row[1]) >= CUTOFF}
 
-    [result] = purge(f"sqlite:///{path}", rules("readings.at=30d"), NOW, threading.Event(), batch_size=40)
+    [result] = purge(f"sqlite:///{path}", rules("readings.at=30d"), NOW, threading.Event(), batch_size=40,
+                     held=hold(f"sqlite:///{path}"))
 
     assert set(db.execute("SELECT sensor, at FROM readings")) == newer and result.batches > 1 and result.error is None
 
@@ -226,7 +248,8 @@ def test_a_column_named_rowid_does_not_hide_the_real_rowid(tmp_path: Path) -> No
     path = tmp_path / "app.db"
     db = make_sqlite(path, "CREATE TABLE odd (rowid TEXT, created_at TEXT);")
     db.executemany("INSERT INTO odd VALUES ('same', ?)", [("2026-01-01 00:00:00",), ("2026-11-21 00:00:00",)])
-    [result] = purge(f"sqlite:///{path}", rules("odd.created_at=30d"), NOW, threading.Event())
+    [result] = purge(f"sqlite:///{path}", rules("odd.created_at=30d"), NOW, threading.Event(),
+                     held=hold(f"sqlite:///{path}"))
     assert result.deleted == 1 and [row[0] for row in db.execute("SELECT created_at FROM odd")] == ["2026-11-21 00:00:00"]
 
 
@@ -250,7 +273,7 @@ def test_old_rows_still_referenced_fail_their_rule_with_nothing_deleted_and_othe
     events = ids(path)
 
     for_events, for_metrics = purge(f"sqlite:///{path}", rules("events.created_at=30d;metrics.at=30d"), NOW,
-                                    threading.Event())
+                                    threading.Event(), held=hold(f"sqlite:///{path}"))
 
     assert for_events.deleted == 0 and ids(path) == events
     assert for_events.error == (f"2 rows of notes still reference rows this rule would delete (notes.event_id ON "
@@ -265,7 +288,8 @@ def test_a_restrict_key_that_only_points_at_newer_rows_does_not_stop_the_rule(tm
     path = tmp_path / "app.db"
     db = notes_db(path, "RESTRICT")
     db.execute("INSERT INTO notes (event_id) VALUES (1), (2)")
-    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event())
+    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event(),
+                     held=hold(f"sqlite:///{path}"))
     assert result.deleted > 0 and result.error is None and result.cascades == []
 
 
@@ -275,7 +299,8 @@ def test_cascading_keys_are_followed_and_reported(tmp_path: Path, action: str, l
     db = notes_db(path, action)
     db.execute("INSERT INTO notes (event_id) VALUES (2000), (2001), (1)")
 
-    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event())
+    [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, threading.Event(),
+                     held=hold(f"sqlite:///{path}"))
 
     assert result.error is None and result.deleted > 0
     assert result.cascades == [f"notes.event_id ON DELETE {action}"]
@@ -289,12 +314,13 @@ def test_a_reference_that_appears_during_the_purge_rolls_back_its_whole_batch_an
     cutoff = cutoff_for(rule, NOW)
     old = [row[0] for row in db.execute("SELECT id FROM events ORDER BY id") if parse_moment(
         db.execute("SELECT created_at FROM events WHERE id = ?", row).fetchone()[0]) < cutoff]
-    with engine_for(f"sqlite:///{path}") as engine, engine.connect() as connection:
+    held = hold(f"sqlite:///{path}")
+    with engine_for(f"sqlite:///{path}", held_file=held.sqlite_file) as engine, engine.connect() as connection:
         target = resolve(connection, rule)
         connection.commit()
         db.execute("INSERT INTO notes (event_id) VALUES (?)", (old[25],))  # in the third batch of ten
         result = RuleResult(rule=rule.describe())
-        assert purge_target(connection, target, cutoff, threading.Event(), result, batch_size=10) is True
+        assert purge_target(connection, target, cutoff, threading.Event(), result, held=held, batch_size=10) is True
 
     assert result.deleted == 20 and result.batches == 2
     assert "refused by a foreign key (FOREIGN KEY constraint failed)" in result.error
@@ -322,7 +348,7 @@ def test_cancel_stops_between_batches_and_reports_what_was_deleted(tmp_path: Pat
     try:
         with pytest.raises(Cancelled) as stopped:
             purge(f"sqlite:///{path}", rules("events.created_at=30d;metrics.at=30d"), NOW, cancel,
-                  batch_size=20, pause=0.3)
+                  batch_size=20, pause=0.3, held=hold(f"sqlite:///{path}"))
     finally:
         cancel.set()
         thread.join()
@@ -344,7 +370,7 @@ def test_a_purge_asked_to_stop_before_it_starts_deletes_nothing(tmp_path: Path) 
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, cancel)
+        purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, cancel, held=hold(f"sqlite:///{path}"))
     assert ids(path) == before
 
 
@@ -360,7 +386,8 @@ def test_whenever_cancel_comes_the_reported_count_is_exactly_what_left_the_table
     timer = threading.Timer(delay, cancel.set)
     timer.start()
     try:
-        [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, cancel, batch_size=500)
+        [result] = purge(f"sqlite:///{path}", rules("events.created_at=30d"), NOW, cancel, batch_size=500,
+                         held=hold(f"sqlite:///{path}"))
         fields = [result.as_dict()]
     except Cancelled as stopped:
         fields = stopped.fields["purge"]

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from jobs.purge import parse_retention_rules, purge
-from tests.purge.conftest import NOW
+from tests.purge.conftest import NOW, hold
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITER = ROOT / "tests" / "integration" / "writer.py"
@@ -50,7 +50,8 @@ def test_a_writer_process_keeps_committing_while_a_million_rows_are_purged(tmp_p
             time.sleep(0.05)
         time.sleep(0.5)
         began = time.time()
-        [result] = purge(f"sqlite:///{path}", parse_retention_rules("events.created_at=30d"), NOW, threading.Event())
+        [result] = purge(f"sqlite:///{path}", parse_retention_rules("events.created_at=30d"), NOW, threading.Event(),
+                         held=hold(f"sqlite:///{path}"))
         ended = time.time()
         time.sleep(0.5)
     finally:

@@ -5,6 +5,7 @@ its own backup set. One failing source does not stop the others; the cycle fails
 outcome event says which (`sources`, `failed_sources`).
 """
 
+from contextlib import nullcontext
 import sys
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from jobs.errors import Cancelled, JobError
 from jobs.volume import explain, require_usable
 from worker.actions.context import EXIT_FAILED, Context
 from worker.actions.output import print_json, report_failure, say
-from worker.actions.purge import purge_after_backup
+from worker.actions.purge import purge_after_backup, rules_for
 from worker.lock import exclusive
 from worker.runs import Outcome, run_job
 from worker.text import human_size
@@ -33,9 +34,12 @@ def backup_one(ctx: Context, source: Source, settings: pipeline.BackupSettings) 
     row: dict[str, Any] = {"outcome": None, "stage": None, "reason": None}
     with structlog.contextvars.bound_contextvars(source=source.name()):
         try:
-            cycle = pipeline.run_cycle(source, settings, ctx.cancel)
-            if source.name() == ctx.config.sources[0].name:  # RETENTION_RULES apply to the main source
-                cycle = purge_after_backup(ctx, ctx.config.source_url, cycle)  # only after its full success
+            rules = rules_for(ctx, source)  # RETENTION_RULES apply to the main source
+            # SQLite: the raw snapshot stays on the volume until the purge ends, which compares rows with it
+            with pipeline.kept_snapshot(ctx.config.backup_dir) if rules else nullcontext() as kept:
+                cycle = pipeline.run_cycle(source, settings, ctx.cancel, keep_snapshot=kept)
+                if rules:
+                    cycle = purge_after_backup(ctx, source, rules, cycle, kept)  # only after its full success
             row.update(cycle)
         except Cancelled:
             raise

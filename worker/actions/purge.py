@@ -4,19 +4,23 @@ backup cycle, `prune --dry-run`'s row counts and `status`'s last purge.
 The purge is its own job `purge` (start and outcome events, a catalog row, notified like any job), run inside the
 backup run that allowed it, under the same backup lock; its per-rule counts are also copied into the backup's
 outcome fields. A rule that fails makes the `purge` run fail (logged at error level, notified) but never the
-backup: that backup is good, and it holds every row. The rules apply to the main source (BACKUP_SOURCE).
+backup: that backup is good, and it holds every row. The rules apply to the main source (BACKUP_SOURCE), opened
+once, as the backup opens it; the purge deletes only rows that cycle's backup holds (its SQLite snapshot is kept
+on the volume for that until the purge ends, see backup.backup_one).
 """
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 import json
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from jobs.artifacts import utc_iso
+from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
-from jobs.purge import PurgeRule, check_rules, dry_run, purge, purge_fields, should_purge
+from jobs.purge import PurgeRule, check_rules, dry_run, held_from_cycle, purge, purge_fields, should_purge
 from worker.actions.context import Context, UsageError
 from worker.actions.output import say
 from worker.catalog import Catalog
@@ -29,23 +33,22 @@ log = structlog.get_logger("worker.purge")
 PURGE_FIELDS = ("purge", "purged_rows", "purge_failed")
 
 
-def rules_for(ctx: Context, source_url: str | None) -> tuple[PurgeRule, ...]:
-    """Return the rules that apply to the source `source_url`: RETENTION_RULES for the main source, none for
-    others (rules for further sources are not supported yet)."""
-    if not source_url or source_url != ctx.config.source_url:
-        return ()
-    return ctx.config.retention_rules
+def rules_for(ctx: Context, source: Source) -> tuple[PurgeRule, ...]:
+    """Return the rules that apply to `source`: RETENTION_RULES for the main source (BACKUP_SOURCE, the first
+    configured), none for others (rules for further sources are not supported yet)."""
+    main = ctx.config.sources[0].name if ctx.config.sources else None
+    return ctx.config.retention_rules if source.name() == main else ()
 
 
 def rule_problems(ctx: Context) -> list[str]:
     """Return one problem per rule that does not fit the main source's database (no such table or column, a type
-    we cannot read as a time, no key). A database that cannot be reached now only warns: the app may not have
-    created it yet, and every purge checks each rule again."""
-    rules = rules_for(ctx, ctx.config.source_url)
-    if not rules:
+    we cannot read as a time). A database that cannot be reached now only warns: the app may not have created it
+    yet, and every purge checks each rule again."""
+    if not ctx.config.retention_rules or not ctx.config.sources:
         return []
+    source = ctx.source()  # the main source, opened as the backup opens it
     try:
-        problems = check_rules(ctx.config.source_url, rules, ctx.cwd)
+        problems = check_rules(source, rules_for(ctx, source))
     except SourceError as error:
         log.warning("purge.check_deferred", reason=str(error), detail="the rules are checked again before every purge")
         return []
@@ -62,19 +65,18 @@ def require_rules_fit(ctx: Context) -> None:
         raise UsageError(f"invalid configuration ({len(problems)} problem{plural}):\n  " + "\n  ".join(problems))
 
 
-def purge_after_backup(ctx: Context, source_url: str | None, fields: dict[str, Any]) -> dict[str, Any]:
-    """Given the fields of a backup cycle of `source_url` that returned (it fully succeeded), delete the rows the
-    rules make old, as the job `purge`, if `should_purge` allows it (with S3 configured, only once this cycle
-    uploaded the backup, also under `backup --no-upload`). Return the cycle's fields with the purge's."""
-    rules = rules_for(ctx, source_url)
-    if not rules:
-        return fields
+def purge_after_backup(ctx: Context, source: Source, rules: Sequence[PurgeRule], fields: dict[str, Any],
+                       kept: Path | None) -> dict[str, Any]:
+    """Given the fields of a backup cycle of `source` that returned (it fully succeeded) and where that cycle kept
+    its raw snapshot, delete the rows the rules make old that this backup holds, as the job `purge`, if
+    `should_purge` allows it (with S3 configured, only once this cycle uploaded the backup, also under
+    `backup --no-upload`). Return the cycle's fields with the purge's."""
     allowed, why = should_purge(fields, remote=ctx.config.s3 is not None)
     if not allowed:
         log.warning("purge.skipped", reason=why)
         return {**fields, "purge_skipped": why}
     log.info("purge.allowed", reason=why)
-    outcome = run_job("purge", ctx.catalog, lambda: _purge_job(ctx, source_url or "", rules, fields))
+    outcome = run_job("purge", ctx.catalog, lambda: _purge_job(ctx, source, rules, fields, kept))
     merged = {**fields, **{key: outcome.fields[key] for key in PURGE_FIELDS if key in outcome.fields},
               "purge_run_id": outcome.run_id}
     if not outcome.ok:
@@ -82,15 +84,22 @@ def purge_after_backup(ctx: Context, source_url: str | None, fields: dict[str, A
     return merged
 
 
-def _purge_job(ctx: Context, source_url: str, rules: Sequence[PurgeRule], cycle: Mapping[str, Any]) -> dict[str, Any]:
+def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Mapping[str, Any],
+               kept: Path | None) -> dict[str, Any]:
     """The `purge` run: delete, report per rule; raise JobError (stage purge) if a rule failed, Cancelled (with the
     counts so far) if the worker is stopping."""
     held_by = {"backup": cycle.get("backup")}  # the backup that holds every row deleted here
     try:
-        results = purge(source_url, rules, datetime.now(timezone.utc), ctx.cancel, cwd=ctx.cwd)
+        held = held_from_cycle(cycle, kept)
+    except ValueError as error:
+        raise JobError(f"{error}; nothing was deleted", stage="purge", fields=held_by) from None
+    try:
+        results = purge(source, rules, datetime.now(timezone.utc), ctx.cancel, held=held)
     except Cancelled as error:
         error.fields = {**held_by, **summary(error.fields.get("purge", []))}
         raise
+    except SourceError as error:
+        raise JobError(f"{error}; nothing more was deleted", stage="purge", fields=held_by) from None
     fields = {**held_by, **purge_fields(results)}
     failed = [result for result in results if result.error]
     if failed:
@@ -108,19 +117,20 @@ def summary(rules: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def dry_run_report(ctx: Context) -> dict[str, Any]:
-    """For `prune --dry-run`: print the rows each rule would delete now (or why it cannot run) and return them as
-    fields of the prune run. Nothing is deleted."""
-    rules = rules_for(ctx, ctx.config.source_url)
-    if not rules:
+    """For `prune --dry-run`: print the rows each rule would delete now at most (or why it cannot run) and return
+    them as fields of the prune run. Nothing is deleted. The counts are an upper bound: a purge deletes only the
+    old rows the backup it follows holds."""
+    if not ctx.config.retention_rules or not ctx.config.sources:
         return {}
-    results = dry_run(ctx.config.source_url or "", rules, datetime.now(timezone.utc), ctx.cwd)
+    source = ctx.source()
+    results = dry_run(source, rules_for(ctx, source), datetime.now(timezone.utc))
     for result in results:
         if result.error:
             say(f"table {result.rule}: cannot run: {result.error}")
         else:
             cascades = f", cascading to {', '.join(result.cascades)}" if result.cascades else ""
             say(f"table {result.rule}: would delete {result.would_delete} rows older than {result.cutoff}{cascades} "
-                "(dry run: nothing deleted)")
+                "(an upper bound: a purge deletes only the rows the backup it follows holds; dry run: nothing deleted)")
     return {"purge_would_delete": [result.as_dict() for result in results]}
 
 

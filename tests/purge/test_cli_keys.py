@@ -1,0 +1,167 @@
+"""Table retention as a user runs it, whatever the table's key (uuid, text, composite, none), on exactly the
+database the backup read (one parse of BACKUP_SOURCE), and never on text that is only a time of day."""
+
+from datetime import datetime, timedelta, timezone
+import json
+from pathlib import Path
+import sqlite3
+import uuid
+
+import psycopg
+import pytest
+
+from tests.conftest import run_worker
+from tests.purge.conftest import PG_HOST, PG_PORT, PG_USER, make_sqlite, pg_execute
+
+OLD, NEW = 1500, 1000  # more old rows than one batch (1000)
+
+PG_TABLES = {
+    "uuid": "CREATE TABLE sessions (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), started_at timestamptz NOT NULL)",
+    "text": "CREATE TABLE sessions (id text PRIMARY KEY DEFAULT md5(random()::text), started_at timestamptz NOT NULL)",
+    "composite": "CREATE TABLE sessions (region text DEFAULT 'eu', id bigint GENERATED ALWAYS AS IDENTITY, "
+                 "started_at timestamptz NOT NULL, PRIMARY KEY (region, id))",
+    "none": "CREATE TABLE sessions (started_at timestamptz NOT NULL, body text)",
+}
+SQLITE_TABLES = {
+    "uuid blob, without rowid": "CREATE TABLE sessions (id BLOB PRIMARY KEY DEFAULT (randomblob(16)), "
+                                "started_at TEXT NOT NULL) WITHOUT ROWID",
+    "text, without rowid": "CREATE TABLE sessions (id TEXT PRIMARY KEY DEFAULT (hex(randomblob(8))), "
+                           "started_at TEXT NOT NULL) WITHOUT ROWID",
+    "none (rowid)": "CREATE TABLE sessions (started_at TEXT NOT NULL, body TEXT)",
+}
+
+
+def times() -> list[str]:
+    now = datetime.now(timezone.utc)
+    return [(now - timedelta(days=60) + timedelta(minutes=index)).strftime("%Y-%m-%d %H:%M:%S") for index in range(OLD)] + \
+        [(now - timedelta(days=10) + timedelta(minutes=index)).strftime("%Y-%m-%d %H:%M:%S") for index in range(NEW)]
+
+
+def backup(env: dict[str, str], cwd: Path) -> dict:
+    result = run_worker(["backup", "--json"], env, cwd=cwd, timeout=300)
+    assert result.code == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("key", list(PG_TABLES))
+def test_a_postgres_rule_works_whatever_the_tables_key_and_the_outcome_says_so(
+        key: str, pg_url: str, worker_env: dict[str, str], tmp_path: Path) -> None:
+    pg_execute(pg_url, PG_TABLES[key])
+    with psycopg.connect(pg_url) as connection:
+        connection.cursor().executemany("INSERT INTO sessions (started_at) VALUES (%s)",
+                                        [(moment + "+00",) for moment in times()])
+    env = {**worker_env, "BACKUP_SOURCE": pg_url, "RETENTION_RULES": "sessions.started_at=30d"}
+
+    outcome = backup(env, tmp_path)
+
+    assert outcome["purge_failed"] == [] and "purge_error" not in outcome, outcome
+    assert [(rule["deleted"], rule["error"]) for rule in outcome["purge"]] == [(OLD, None)]
+    assert outcome["purge"][0]["batches"] == 2
+    assert pg_execute(pg_url, "SELECT count(*) FROM sessions") == [(NEW,)]
+
+
+@pytest.mark.parametrize("key", list(SQLITE_TABLES))
+def test_a_sqlite_rule_works_whatever_the_tables_key_and_the_outcome_says_so(
+        key: str, worker_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, SQLITE_TABLES[key])
+    db.executemany("INSERT INTO sessions (started_at) VALUES (?)", [(moment,) for moment in times()])
+    db.close()
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{path}", "RETENTION_RULES": "sessions.started_at=30d"}
+
+    outcome = backup(env, tmp_path)
+
+    assert outcome["purge_failed"] == [] and "purge_error" not in outcome, outcome
+    assert [(rule["deleted"], rule["error"]) for rule in outcome["purge"]] == [(OLD, None)]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM sessions").fetchone() == (NEW,)
+
+
+# --- one parse of BACKUP_SOURCE -----------------------------------------------------------------------------------
+
+def events(path: Path) -> int:
+    db = make_sqlite(path, "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL);")
+    db.executemany("INSERT INTO events (created_at) VALUES (?)", [(moment,) for moment in times()])
+    db.close()
+    return OLD + NEW
+
+
+def count(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+def test_a_sqlite_url_with_a_percent_sign_purges_the_file_the_backup_read_and_no_other(
+        worker_env: dict[str, str], tmp_path: Path) -> None:
+    named = tmp_path / "a%20b.db"  # what BACKUP_SOURCE names, read as the backup reads it
+    other = tmp_path / "a b.db"  # what a second parser that decodes %20 would open
+    events(named), events(other)
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{tmp_path}/a%20b.db", "RETENTION_RULES": "events.created_at=30d"}
+
+    outcome = backup(env, tmp_path)
+
+    assert outcome["purged_rows"] == OLD and outcome["purge_failed"] == []
+    assert count(named) == NEW and count(other) == OLD + NEW
+
+
+@pytest.fixture
+def twin_databases() -> tuple[str, str]:
+    """Two databases, `X+p` and `X p`: libpq reads `?dbname=X+p` as the first, SQLAlchemy as the second."""
+    base = f"bw_purge_{uuid.uuid4().hex[:8]}"
+    names = (f"{base}+p", f"{base} p")
+    admin = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        for name in names:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield names
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            for name in names:
+                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_postgres_url_that_sqlalchemy_and_libpq_read_differently_purges_the_database_the_backup_read(
+        twin_databases: tuple[str, str], worker_env: dict[str, str], tmp_path: Path) -> None:
+    backed_up, other = twin_databases
+    for name in twin_databases:
+        url = psycopg.conninfo.make_conninfo(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=name)
+        pg_execute(url, "CREATE TABLE events (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL)")
+        with psycopg.connect(url) as connection:
+            connection.cursor().executemany("INSERT INTO events (created_at) VALUES (%s)",
+                                            [(moment + "+00",) for moment in times()])
+    source = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres?dbname={backed_up}"
+    env = {**worker_env, "BACKUP_SOURCE": source, "RETENTION_RULES": "events.created_at=30d"}
+
+    outcome = backup(env, tmp_path)
+
+    def left(name: str) -> int:
+        url = psycopg.conninfo.make_conninfo(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=name)
+        return pg_execute(url, "SELECT count(*) FROM events")[0][0]
+
+    assert outcome["purged_rows"] == OLD and outcome["purge_failed"] == []
+    assert (left(backed_up), left(other)) == (NEW, OLD + NEW)
+
+
+# --- a time of day is not a date ------------------------------------------------------------------------------------
+
+def test_text_that_is_only_a_time_of_day_is_not_a_date_and_is_never_deleted(
+        worker_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    clock = ["12:30", "12:30:00", "00:00", "23:59:59.5", "12:30Z", "T12:30"]
+    db = make_sqlite(path, "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL);")
+    moments = times()
+    # in the middle of the table, where the start-up check's sample (both ends) does not look
+    middle = moments[: OLD // 2] + clock + moments[OLD // 2:]
+    db.executemany("INSERT INTO events (created_at) VALUES (?)", [(moment,) for moment in middle])
+    db.close()
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{path}", "RETENTION_RULES": "events.created_at=30d"}
+
+    dry = run_worker(["prune", "--dry-run"], env, cwd=tmp_path)
+    assert dry.code == 0 and f"would delete {OLD} rows" in dry.stdout, dry.stdout + dry.stderr
+    outcome = backup(env, tmp_path)
+
+    assert outcome["purged_rows"] == OLD
+    with sqlite3.connect(path) as db:
+        left = [row[0] for row in db.execute("SELECT created_at FROM events WHERE created_at NOT GLOB '2*-*' ORDER BY id")]
+    assert left == clock
