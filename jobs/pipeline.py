@@ -6,7 +6,7 @@ manifest are renamed into place only after the check passed (`jobs.publish`); an
 temporary files only, and those are removed here or on the next start.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -124,7 +124,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
     try:
         log.info("backup.snapshot", artifact=artifact, estimate_bytes=estimate)
         with stage("snapshot"):
-            workdir = Path(tempfile.mkdtemp(prefix=artifacts.temp_prefix() + "snapshot-", dir=directory))
+            workdir = Path(tempfile.mkdtemp(prefix=artifacts.snapshot_dir_prefix(source.name()), dir=directory))
         try:
             compressed, passed, details = _snapshot_and_compress(source, workdir, temp_artifact, settings, cancel)
         finally:
@@ -215,14 +215,16 @@ def carry_out(destination: Destination, result: retention.Plan, offsite_copies: 
     return result
 
 
-def remove_stale(local: LocalDestination) -> None:
-    """Settle what killed runs left behind in the backup directory, and log it. Call under the backup lock.
+def remove_stale(local: LocalDestination, sets: Collection[str] | None = None) -> None:
+    """Settle what killed runs of the backup sets `sets` (every set when None) left behind in the backup
+    directory, and log it; temporaries that belong to no set are removed once their writer is gone. Call under
+    the lock of each of `sets`: another set's running backup is never touched.
 
     Artifacts without a manifest are re-proved or removed first (their leftover manifests are temporaries)."""
-    for orphan in publish.recover_orphans(local.directory):
+    for orphan in publish.recover_orphans(local.directory, sets):
         level = log.warning if orphan["action"] == "kept" else log.info
         level("backup.orphan_artifact", **orphan)
-    removed = local.remove_stale_temporaries()
+    removed = local.remove_stale_temporaries(sets)
     if removed:
         log.info("backup.stale_temporaries_removed", files=removed)
 
@@ -237,7 +239,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event)
     """
     local = LocalDestination(settings.backup_dir)
     backup_set = BackupSet(source.name(), source.kind)
-    remove_stale(local)
+    remove_stale(local, {source.name()})  # the caller holds this set's lock, and only this one
     manifest = take_backup(source, settings, cancel)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
     fields: dict[str, Any] = {
