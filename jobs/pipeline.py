@@ -26,7 +26,7 @@ from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
 from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
-from jobs.volume import MinFree, room_problem
+from jobs.volume import MinFree, room_problem, write_problem
 
 log = structlog.get_logger("jobs.pipeline")
 
@@ -47,13 +47,13 @@ class BackupSettings:
 
 
 @contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Turn an OSError inside the block into a StorageError at stage `name`, with a readable reason."""
+def stage(name: str, writing: Path | None = None) -> Iterator[None]:
+    """Turn an OSError inside the block into a StorageError at stage `name`: one sentence naming the file (the
+    error's own, else `writing`, the file the block writes), and for a full volume the volume and its free space."""
     try:
         yield
     except OSError as error:
-        where = f" {error.filename}" if error.filename else ""
-        raise StorageError(f"{name} failed on{where}: {error.strerror or error}; check free space and permissions on the volume", stage=name) from None
+        raise StorageError(write_problem(name, error, writing), stage=name) from None
 
 
 def required_space(estimate: int, previous: list[Backup], on_disk: bool = True) -> int:
@@ -126,7 +126,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         with stage("snapshot"):
             workdir = Path(tempfile.mkdtemp(prefix=artifacts.snapshot_dir_prefix(source.name()), dir=directory))
         try:
-            compressed, passed, details = _snapshot_and_compress(source, workdir, temp_artifact, settings, cancel)
+            compressed, passed, details = _snapshot_and_compress(source, workdir, temp_artifact, final, settings, cancel)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         manifest = {
@@ -160,13 +160,14 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         temp_manifest.unlink(missing_ok=True)
 
 
-def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, settings: BackupSettings,
+def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, final: Path, settings: BackupSettings,
                            cancel: threading.Event) -> tuple[artifacts.Compressed, str, dict[str, Any]]:
-    """Stream a snapshot of `source` through its check and zstd into `temp_artifact`; return the compressed
-    file's facts, what the check passed and the engine's extra manifest fields."""
+    """Stream a snapshot of `source` through its check and zstd into `temp_artifact` (the artifact `final`
+    under its temporary name); return the compressed file's facts, what the check passed and the engine's extra
+    manifest fields."""
     with stage("snapshot"), source.snapshot(workdir, cancel) as snap:
         try:
-            with stage("compress"), artifacts.create_private(temp_artifact) as out:
+            with stage("compress", writing=final), artifacts.create_private(temp_artifact) as out:
                 compressed = artifacts.compress_stream(snap.stream, out, settings.compression_level, cancel,
                                                        size=snap.size, feed=snap.check.feed)
             passed = snap.check.finish()

@@ -23,6 +23,7 @@ from jobs.artifacts import STAMP, create_private
 from jobs.engines import Snapshot
 from jobs.engines import _sqlite as lib
 from jobs.errors import Cancelled, IntegrityError, SourceError
+from jobs.volume import free_space
 
 SCHEMES = ("sqlite",)
 KIND = "sqlite"
@@ -195,7 +196,9 @@ class SqliteSource:
         except sqlite3.DatabaseError as error:
             text = lib.reason(error)
             if "disk is full" in text or "disk I/O" in text:
-                raise SourceError(f"cannot write the snapshot of {self.path} to {out.parent}: {text}; free space on the volume", stage="snapshot") from None
+                room = free_space(out.parent.parent)
+                raise SourceError(f"cannot write the snapshot of {self.path} to {out}: {text}; "
+                                  f"{room + '; ' if room else ''}free space on the volume", stage="snapshot") from None
             raise SourceError(f"cannot read the SQLite database {self.path}: {text}; it may be damaged or not a SQLite file (run `sqlite3 {self.path} 'PRAGMA integrity_check'`)") from None
 
     def restore_space(self, raw_size: int) -> dict[Path, int]:
