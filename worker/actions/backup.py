@@ -37,20 +37,19 @@ def backup_one(ctx: Context, source: Source, settings: pipeline.BackupSettings) 
     Raise only Cancelled: any other failure is this source's alone."""
     started = time.monotonic()
     row: dict[str, Any] = {"outcome": None, "stage": None, "reason": None}
-    skipped = False
+    locked = skipped = False
     with structlog.contextvars.bound_contextvars(source=source.name()):
         try:
             with for_set(ctx.config.backup_dir, source.name()):
+                locked = True
                 cycle = pipeline.run_cycle(source, settings, ctx.cancel)
                 if source.name() == ctx.config.sources[0].name:  # RETENTION_RULES apply to the main source
                     cycle = purge_after_backup(ctx, ctx.config.source_url, cycle)  # only after its full success
             row.update(cycle)
         except Cancelled:
             raise
-        except BusyError as error:  # the set's lock: another run is backing this set up right now
-            row.update(stage=error.stage, reason=str(error))
-            skipped = True
-        except JobError as error:
+        except JobError as error:  # BusyError before the lock was ours: another run is backing this set up now
+            skipped = isinstance(error, BusyError) and not locked
             row.update({**error.fields, "stage": error.stage, "reason": str(error)})
         except OSError as error:  # a filesystem problem we did not foresee: still one sentence with the path
             row.update(stage="store", reason=explain(error))
