@@ -143,3 +143,25 @@ def test_a_sets_sweep_leaves_every_other_sets_files_even_when_they_look_stale(tm
     assert left == {"b_temp", "b_manifest", "b_dir", "b_published", "mine"}
     pipeline.remove_stale(LocalDestination(tmp_path), {"b"})  # b's own sweep (as its restarted worker)
     assert {key for key, name in names.items() if (tmp_path / name).exists()} == {"mine"}
+
+
+# --- what a busy lock makes of a set's row in the cycle ---------------------------------------------------------
+
+def test_a_busy_set_is_skipped_but_a_busy_error_inside_its_own_cycle_is_a_failure(tmp_path: Path, app_db: Path, monkeypatch) -> None:
+    from worker.actions import backup
+    from worker.actions.context import Context
+    from worker.config import load_config
+
+    ctx = Context(config=load_config({"BACKUP_SOURCE": f"sqlite:///{app_db}", "BACKUP_DIR": str(tmp_path / "b")}, cwd=tmp_path),
+                  cwd=tmp_path)
+    (source,) = ctx.sources()
+    with for_set(ctx.config.backup_dir, "app", "backup"):
+        row = backup.backup_one(ctx, source, ctx.settings(upload=False))
+    assert row["outcome"] == "skipped" and row["stage"] == "lock" and f"(pid {os.getpid()}, backup)" in row["reason"]
+
+    def busy_inside(*_args: object) -> dict:
+        raise BusyError("a lock taken inside the cycle was busy")
+
+    monkeypatch.setattr(backup.pipeline, "run_cycle", busy_inside)
+    row = backup.backup_one(ctx, source, ctx.settings(upload=False))
+    assert row["outcome"] == "failed" and row["reason"] == "a lock taken inside the cycle was busy"
