@@ -118,6 +118,27 @@ def temporary_of(name: str) -> str | None:
     return name[match.end():] if match else None
 
 
+SNAPSHOT_DIR = "snapshot."  # a backup's scratch directory: `.tmp-<pid>-<token>-snapshot.<set>.<random>`
+
+
+def snapshot_dir_prefix(set_name: str) -> str:
+    """Return the name prefix of the scratch directory a backup of the set `set_name` snapshots into."""
+    return f"{temp_prefix()}{SNAPSHOT_DIR}{set_name}."
+
+
+def set_of_temporary(name: str) -> str | None:
+    """Return the backup set a temporary name belongs to (an artifact's, a manifest's or a snapshot's scratch
+    directory of that set), or None if it is not a temporary or not one set's (a probe, a restore's scratch)."""
+    final = temporary_of(name)
+    if final is None:
+        return None
+    if final.startswith(SNAPSHOT_DIR):
+        owner, dot, _ = final[len(SNAPSHOT_DIR):].rpartition(".")
+        return owner if dot and owner else None
+    match = ARTIFACT_NAME.match(final.removesuffix(MANIFEST_SUFFIX))
+    return match["name"] if match else None
+
+
 def is_stale_temporary(name: str) -> bool:
     """Return whether `name` is one of our temporary names whose writer is gone."""
     match = _TEMP_NAME.match(name)

@@ -7,17 +7,28 @@ SIGTERM, then SIGKILL after a grace period, and waited for. Its stderr is read b
 
 Secrets reach a child only through its environment or a 0600 file (`secret_file`); `spawn` refuses an argument
 list that contains a known secret, so a slip shows up as an error in the tests rather than in /proc/*/cmdline.
+
+Every child dies with the worker. It runs in its own session (a terminal's Ctrl-C or hang-up reaches the worker,
+which stops its children in order, not the children behind its back), and on Linux it is started with
+PR_SET_PDEATHSIG = SIGKILL (`die_with_parent`): if the worker dies without stopping it (kill -9, the OOM
+killer, a crash), the kernel kills the child, so a pg_restore never goes on alone to commit. The kernel ties
+the signal to the THREAD that started the child, not the process: a child must not outlive the thread that
+spawned it, which `spawn`'s `with` block guarantees (the child is stopped before the block ends); never hand a
+Child to another thread. Jobs run on the scheduler's pool threads, which live as long as the worker.
 """
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+import ctypes
 from dataclasses import dataclass, field
+import functools
 import os
 from pathlib import Path
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import IO
@@ -30,6 +41,40 @@ LINE_LIMIT = 1000  # characters kept of one stderr line
 GRACE_S = 1.0  # between SIGTERM and SIGKILL
 PIPE_SIZE = 1 << 20  # bigger pipes, fewer wake-ups when streaming (Linux's default ceiling for unprivileged users)
 _POLL_S = 0.05
+PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> "ctypes._CFuncPtr | None":
+    """Return libc's prctl on Linux (looked up once, in the parent: a forked child must only call it), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def die_with_parent(signum: int = signal.SIGKILL, umask: int | None = None) -> Callable[[], None]:
+    """Return the function a child runs between fork and exec (Popen's `preexec_fn`): on Linux it asks the kernel
+    to send the child `signum` when the thread that started it ends (with the worker, kill -9 included), and
+    exits at once if the worker died before that took effect; it also sets `umask` if given. Elsewhere (macOS)
+    there is no such call and a child can outlive a SIGKILLed worker."""
+    prctl = _prctl()
+    parent = os.getpid()
+
+    def prepare() -> None:  # in the child after fork: no locks, no logging, no imports
+        if umask is not None:
+            os.umask(umask)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+            if os.getppid() != parent:  # the worker died before prctl took effect: nobody would tell us
+                os._exit(128 + signum)
+
+    return prepare
 
 
 class Tail:
@@ -180,13 +225,14 @@ def spawn(args: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: i
     """Start `args` (a list, never a shell) and yield the Child; when the block ends, stop and wait for it.
 
     `secrets` are scrubbed from its stderr tail and must not appear in `args` (ValueError). When `cancel` is
-    set, the child is stopped at once (a reader of its stdout then sees end of file). Raise OSError if the
-    program cannot be started.
+    set, the child is stopped at once (a reader of its stdout then sees end of file). The child runs in its own
+    session and dies with the worker (see the module's docstring). Raise OSError if the program cannot be
+    started.
     """
     args = [str(arg) for arg in args]
     _refuse_secrets_in(args, secrets)
     process = subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=dict(env) if env is not None else None,
-                               cwd=cwd, start_new_session=True, pipesize=PIPE_SIZE)
+                               cwd=cwd, start_new_session=True, pipesize=PIPE_SIZE, preexec_fn=die_with_parent())
     assert process.stderr is not None
     child = Child(args, process, Tail(process.stderr, secrets))
     watcher = None

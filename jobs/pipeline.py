@@ -6,7 +6,7 @@ manifest are renamed into place only after the check passed (`jobs.publish`); an
 temporary files only, and those are removed here or on the next start.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -29,7 +29,7 @@ from jobs.destinations.local import LocalDestination
 from jobs.engines import HOLDS, Source
 from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
 from jobs.intact import CACHE_NAME, IntactCache
-from jobs.volume import MinFree, room_problem
+from jobs.volume import MinFree, room_problem, write_problem
 
 log = structlog.get_logger("jobs.pipeline")
 
@@ -50,13 +50,13 @@ class BackupSettings:
 
 
 @contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Turn an OSError inside the block into a StorageError at stage `name`, with a readable reason."""
+def stage(name: str, writing: Path | None = None) -> Iterator[None]:
+    """Turn an OSError inside the block into a StorageError at stage `name`: one sentence naming the file (the
+    error's own, else `writing`, the file the block writes), and for a full volume the volume and its free space."""
     try:
         yield
     except OSError as error:
-        where = f" {error.filename}" if error.filename else ""
-        raise StorageError(f"{name} failed on{where}: {error.strerror or error}; check free space and permissions on the volume", stage=name) from None
+        raise StorageError(write_problem(name, error, writing), stage=name) from None
 
 
 def required_space(estimate: int, previous: list[Backup], on_disk: bool = True) -> int:
@@ -142,9 +142,9 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
     try:
         log.info("backup.snapshot", artifact=artifact, estimate_bytes=estimate)
         with stage("snapshot"):
-            workdir = Path(tempfile.mkdtemp(prefix=artifacts.temp_prefix() + "snapshot-", dir=directory))
+            workdir = Path(tempfile.mkdtemp(prefix=artifacts.snapshot_dir_prefix(source.name()), dir=directory))
         try:
-            compressed, passed, details = _snapshot_and_compress(source, workdir, temp_artifact, settings, cancel,
+            compressed, passed, details = _snapshot_and_compress(source, workdir, temp_artifact, final, settings, cancel,
                                                                  keep_snapshot)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -179,15 +179,16 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         temp_manifest.unlink(missing_ok=True)
 
 
-def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, settings: BackupSettings,
+def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, final: Path, settings: BackupSettings,
                            cancel: threading.Event,
                            keep_snapshot: Path | None = None) -> tuple[artifacts.Compressed, str, dict[str, Any]]:
-    """Stream a snapshot of `source` through its check and zstd into `temp_artifact`; return the compressed
-    file's facts, what the check passed and the engine's extra manifest fields. With `keep_snapshot`, move the
-    raw snapshot file (if the engine wrote one) there once it passed."""
+    """Stream a snapshot of `source` through its check and zstd into `temp_artifact` (the artifact `final`
+    under its temporary name); return the compressed file's facts, what the check passed and the engine's extra
+    manifest fields. With `keep_snapshot`, move the raw snapshot file (if the engine wrote one) there once it
+    passed."""
     with stage("snapshot"), source.snapshot(workdir, cancel) as snap:
         try:
-            with stage("compress"), artifacts.create_private(temp_artifact) as out:
+            with stage("compress", writing=final), artifacts.create_private(temp_artifact) as out:
                 compressed = artifacts.compress_stream(snap.stream, out, settings.compression_level, cancel,
                                                        size=snap.size, feed=snap.check.feed)
             passed = snap.check.finish()
@@ -254,14 +255,16 @@ def carry_out(destination: Destination, result: retention.Plan, offsite_copies: 
     return result
 
 
-def remove_stale(local: LocalDestination) -> None:
-    """Settle what killed runs left behind in the backup directory, and log it. Call under the backup lock.
+def remove_stale(local: LocalDestination, sets: Collection[str] | None = None) -> None:
+    """Settle what killed runs of the backup sets `sets` (every set when None) left behind in the backup
+    directory, and log it; temporaries that belong to no set are removed once their writer is gone. Call under
+    the lock of each of `sets`: another set's running backup is never touched.
 
     Artifacts without a manifest are re-proved or removed first (their leftover manifests are temporaries)."""
-    for orphan in publish.recover_orphans(local.directory):
+    for orphan in publish.recover_orphans(local.directory, sets):
         level = log.warning if orphan["action"] == "kept" else log.info
         level("backup.orphan_artifact", **orphan)
-    removed = local.remove_stale_temporaries()
+    removed = local.remove_stale_temporaries(sets)
     if removed:
         log.info("backup.stale_temporaries_removed", files=removed)
 
@@ -279,7 +282,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     """
     local = LocalDestination(settings.backup_dir)
     backup_set = BackupSet(source.name(), source.kind)
-    remove_stale(local)
+    remove_stale(local, {source.name()})  # the caller holds this set's lock, and only this one
     require_own_set(source, settings, backup_set, cancel)
     manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])

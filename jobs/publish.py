@@ -7,6 +7,7 @@ orphan is re-proved against the temporary manifest the killed run left (same art
 that manifest is renamed into place; without one it is removed: it is not a backup and holds a full copy's disk.
 """
 
+from collections.abc import Collection
 import json
 import os
 from pathlib import Path
@@ -43,9 +44,10 @@ def publish_backup(temp_artifact: Path, temp_manifest: Path, artifact: Path) -> 
         raise
 
 
-def recover_orphans(directory: Path) -> list[dict[str, str]]:
+def recover_orphans(directory: Path, sets: Collection[str] | None = None) -> list[dict[str, str]]:
     """Re-prove or remove the artifacts in `directory` that have no manifest; return what was done to each
-    (`artifact`, `action`: restored, removed or kept, and `reason`). Call under the backup lock.
+    (`artifact`, `action`: restored, removed or kept, and `reason`). Call under the lock of each set in `sets`
+    (every set when None): the artifacts of other sets are theirs to settle.
 
     An orphan is restored when a temporary manifest left by a dead run describes it (same name, size and
     SHA-256); else it is removed if this user wrote it (our uid, mode 0600), and kept (with a reason) if not."""
@@ -59,7 +61,10 @@ def recover_orphans(directory: Path) -> list[dict[str, str]]:
             leftovers.setdefault(match["artifact"], []).append(name)
     done = []
     for name in sorted(names):
-        if not ARTIFACT_NAME.match(name) or name + MANIFEST_SUFFIX in names:
+        found = ARTIFACT_NAME.match(name)
+        if not found or name + MANIFEST_SUFFIX in names:
+            continue
+        if sets is not None and found["name"] not in sets:
             continue
         path = directory / name
         try:

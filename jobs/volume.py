@@ -10,6 +10,7 @@ import errno
 import os
 from pathlib import Path
 import re
+import shutil
 
 from jobs.artifacts import create_private, ensure_dir, temp_prefix
 from jobs.errors import StorageError
@@ -105,6 +106,34 @@ def explain(error: OSError, path: Path | None = None, doing: str | None = None) 
     }
     fix = fixes.get(error.errno or 0, "check the path and its permissions, or point BACKUP_DIR elsewhere")
     return f"cannot {doing or 'use'} {where}: {reason}; {fix}"
+
+
+def free_space(directory: Path) -> str:
+    """Return `the volume holding DIR has N MiB free of M MiB`, or `` if the volume cannot be asked."""
+    try:
+        usage = shutil.disk_usage(directory)
+    except OSError:
+        return ""
+    return f"the volume holding {directory} has {usage.free // MIB} MiB free of {usage.total // MIB} MiB"
+
+
+def write_problem(doing: str, error: OSError, writing: Path | None = None) -> str:
+    """Given what failed (`compress`), the error and the file being written (used when the error names none, as
+    a file object's write does not), return one sentence naming the file, and for a full volume the volume and
+    its free space; for a file size limit, the limit."""
+    target = Path(error.filename) if error.filename else writing
+    where = f" writing {target}" if target is not None else " on the backup volume"
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        room = free_space(target.parent) if target is not None else ""
+        what = "the disk quota is used up; free space or raise the quota" if error.errno == errno.EDQUOT else \
+            "free space or grow the volume"
+        fix = f"{room}; {what}" if room else what
+    elif error.errno == errno.EFBIG:
+        fix = "the file reached this process's file size limit (ulimit -f); raise the limit"
+    else:
+        fix = "check free space and permissions on the volume"
+    return f"{doing} failed{where}: {reason}; {fix}"
 
 
 def require_usable(directory: Path) -> None:

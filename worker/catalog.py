@@ -1,12 +1,15 @@
 """The catalog: run history in any SQLAlchemy database (a SQLite file in BACKUP_DIR by default).
 
 The backup files are the truth; the catalog is history and can be lost. So a catalog that fails only warns:
-it never fails a backup.
+it never fails a backup, and never holds one up: a catalog that another process keeps locked is waited for
+`BUSY_S` seconds at most per access (SQLite's busy timeout; on PostgreSQL a lock_timeout and a statement_timeout),
+then this write is skipped with a warning.
 
 Each row records the host and pid of the process that runs it. A row still `running` whose process is gone
 (killed, crashed, cut off at the stop deadline) is marked `interrupted` when the next job starts.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 import json
@@ -196,6 +199,23 @@ class Catalog:
 
 
 CONNECT_TIMEOUT_S = 10  # a catalog server that does not answer must not hold a backup up for long
+BUSY_S = 2  # the longest one catalog access waits for another process's lock
+STATEMENT_S = 10  # the longest one catalog statement may run on PostgreSQL (they are all small)
+
+
+def _connect_args(backend: str, query: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the driver's connection arguments that bound every wait: SQLite's busy timeout; PostgreSQL's
+    connect timeout, lock_timeout and statement_timeout (unless CATALOG_URL sets its own)."""
+    if backend == "sqlite":
+        return {"timeout": BUSY_S}
+    if backend != "postgresql":
+        return {}
+    found: dict[str, Any] = {}
+    if "connect_timeout" not in query:
+        found["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "options" not in query:
+        found["options"] = f"-c lock_timeout={BUSY_S * 1000} -c statement_timeout={STATEMENT_S * 1000}"
+    return found
 
 
 def catalog_problem(url: str) -> str | None:
@@ -237,16 +257,16 @@ def open_catalog(url: str, secrets: list[str] | None = None) -> Catalog:
             ensure_dir(path.parent)
             if not path.exists():
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
-        connect_args: dict[str, Any] = {"timeout": 30} if backend == "sqlite" else {}
-        if backend == "postgresql" and "connect_timeout" not in parsed.query:
-            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-        engine = create_engine(parsed, connect_args=connect_args, hide_parameters=True)
+        engine = create_engine(parsed, connect_args=_connect_args(backend, parsed.query), hide_parameters=True)
         metadata.create_all(engine)
         _upgrade(engine)
         return Catalog(engine, secrets)
     except (SQLAlchemyError, OSError, ImportError, ValueError) as error:
-        log.warning("catalog.unavailable", error=error.__class__.__name__, detail=scrub(str(error), secrets)[:200],
-                    hint="run history will not be recorded; check CATALOG_URL and that its driver is installed")
+        detail = scrub(str(error), secrets)
+        hint = ("another process holds the catalog locked; this run is not recorded in the history, the backups go on"
+                if "locked" in detail or "lock timeout" in detail else
+                "run history will not be recorded; check CATALOG_URL and that its driver is installed")
+        log.warning("catalog.unavailable", error=error.__class__.__name__, detail=detail[:200], hint=hint)
         return Catalog(None, secrets)
 
 

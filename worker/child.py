@@ -13,10 +13,11 @@ Decisions (the README's "Running the app: `run --exec`" section says the same fo
   (uvicorn or gunicorn workers) when it ignores SIGTERM past the grace.
   The price, in a terminal only: the app is not in the terminal's foreground group, so an app that reads the
   terminal (an interactive debugger) is stopped by SIGTTIN, and Ctrl-Z suspends the worker but not the app.
-- Linux: the app is started with PR_SET_PDEATHSIG = SIGTERM, so if the worker dies without a chance to stop it
-  (SIGKILL, the OOM killer, a crash in native code), the kernel sends the app SIGTERM. Elsewhere (macOS) there is
-  no such call and an app can outlive a SIGKILLed worker. The kernel ties the signal to the *thread* that
-  started the child: start it from the main thread, which lives as long as the process.
+- Linux: the app is started with PR_SET_PDEATHSIG = SIGTERM (`jobs.execute.die_with_parent`, the same mechanism
+  that binds every job's child to the worker, with SIGKILL there), so if the worker dies without a chance to
+  stop it (SIGKILL, the OOM killer, a crash in native code), the kernel sends the app SIGTERM. Elsewhere (macOS)
+  there is no such call and an app can outlive a SIGKILLed worker. The kernel ties the signal to the *thread*
+  that started the child: start it from the main thread, which lives as long as the process.
 - When the worker is PID 1 (a container with no init), processes the app orphans are re-parented to it; the
   worker reaps the ones from the app's process group so they do not pile up as zombies. It never reaps other
   children: those belong to jobs (pg_dump and the like), whose exit status must reach the code that waits
@@ -24,7 +25,6 @@ Decisions (the README's "Running the app: `run --exec`" section says the same fo
 """
 
 from collections.abc import Sequence
-import ctypes
 from dataclasses import dataclass
 import os
 from pathlib import Path
@@ -32,9 +32,8 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 
-PR_SET_PDEATHSIG = 1
+from jobs.execute import die_with_parent
 _VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -62,19 +61,6 @@ def unexpanded_variables(argv: Sequence[str]) -> list[str]:
 def exit_code(returncode: int) -> int:
     """Return the exit status a shell would report for a child's returncode: a signal N becomes 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
-
-
-def _pdeathsig() -> "ctypes._CFuncPtr | None":
-    """Return libc's prctl on Linux, looked up before any fork (the child must only call it), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
 
 
 @dataclass
@@ -112,20 +98,10 @@ class App:
 def start(argv: Sequence[str], umask: int | None = None) -> App:
     """Start `argv` as the app: own process group, inherited stdio and environment, the given umask, and (Linux)
     SIGTERM when the worker dies. Raise StartError with one sentence if it cannot be started."""
-    prctl = _pdeathsig()
-    worker = os.getpid()
-
-    def prepare() -> None:  # runs in the child between fork and exec: no locks, no logging, no allocation-heavy work
-        if umask is not None:
-            os.umask(umask)
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            if os.getppid() != worker:  # the worker died before prctl took effect: nobody would tell us
-                os._exit(128 + signal.SIGTERM)
-
     program = argv[0]
     try:
-        process = subprocess.Popen(list(argv), process_group=0, preexec_fn=prepare, close_fds=True)
+        process = subprocess.Popen(list(argv), process_group=0, preexec_fn=die_with_parent(signal.SIGTERM, umask),
+                                   close_fds=True)
     except FileNotFoundError:
         hint = "check the path" if "/" in program else "install it or give its full path (is it on PATH?)"
         raise StartError(f"cannot start the --exec command: {program!r} was not found; {hint}") from None

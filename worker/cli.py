@@ -78,16 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What stops a one-shot command cleanly: SIGTERM, Ctrl-C, and a hang-up (SIGHUP: the terminal or the `railway ssh`
+# session it runs in went away). Its children (pg_restore…) are stopped in order and nothing half-done commits.
+ONE_SHOT_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def _stop_on_signals(cancel: threading.Event) -> None:
-    """Let SIGTERM/SIGINT ask a one-shot job to stop cleanly; a second signal exits at once."""
+    """Let SIGTERM, SIGINT or SIGHUP ask a one-shot job to stop cleanly; a second signal exits at once."""
 
     def handler(number: int, _frame: object) -> None:
         if cancel.is_set():
             sys.exit(128 + number)
         cancel.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for number in ONE_SHOT_STOP_SIGNALS:
+        signal.signal(number, handler)
 
 
 def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -> int:

@@ -1,10 +1,15 @@
-"""One backup at a time: an exclusive, non-blocking flock on a file in the backup directory.
+"""Locks in the backup directory: flocks on small files, which the kernel drops when the process dies, so a crash
+never leaves a stale lock behind.
 
-The kernel drops the lock when the process dies, so a crash never leaves a stale lock behind.
+- One backup of a set at a time: `for_set` holds the set's own lock (`.backup-<set>.lock`) for a backup cycle,
+  a prune, a pre-restore safety backup or the start-up sweep of that set's leftovers. Sets that share the backup
+  directory never wait for each other; the same set is exclusive, and the second run is skipped with a reason
+  naming the holder (pid and what it is doing).
+- Retention and readers: the `retention` lock (`shared` / `for_deletion`), for the whole directory.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 import fcntl
 import os
 import time
@@ -13,10 +18,19 @@ from pathlib import Path
 from jobs.artifacts import FILE_MODE, ensure_dir
 from jobs.errors import BusyError
 
+_HOLDER_BYTES = 256
+
+
+def set_lock_name(set_name: str) -> str:
+    """Given a backup set's name, return the name of its lock: `backup-<set>` (the file `.backup-<set>.lock`)."""
+    return f"backup-{set_name}"
+
 
 @contextmanager
-def exclusive(directory: Path, name: str = "backup") -> Iterator[None]:
-    """Hold the `name` lock in `directory` for the block. Raise BusyError naming the holder if it is taken."""
+def exclusive(directory: Path, name: str, doing: str, busy: str | None = None) -> Iterator[None]:
+    """Hold the `name` lock in `directory` for the block, recording this pid and `doing` as its holder. Raise
+    BusyError if it is taken: `busy` (default `another {name} is running`) and the holder, like `(pid 12,
+    backup)`."""
     ensure_dir(directory)
     path = directory / f".{name}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -24,10 +38,9 @@ def exclusive(directory: Path, name: str = "backup") -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise BusyError(f"another {name} is running (pid {holder}); wait for it to finish") from None
+            raise BusyError(f"{busy or f'another {name} is running'} ({_holder(fd)}); wait for it to finish") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {doing}".encode()[:_HOLDER_BYTES], 0)
         try:
             yield
         finally:
@@ -35,6 +48,48 @@ def exclusive(directory: Path, name: str = "backup") -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """Return who holds the lock open at `fd`, as written by `exclusive`: `pid 12, backup`."""
+    text = os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace").strip()
+    pid, _, doing = text.partition(" ")
+    if not pid.isdigit():
+        return "holder unknown"
+    return f"pid {pid}, {doing}" if doing else f"pid {pid}"
+
+
+@contextmanager
+def for_set(directory: Path, set_name: str, doing: str = "backup") -> Iterator[None]:
+    """Hold the lock of the backup set `set_name` for the block. Raise BusyError naming the set and the holder
+    if another run of that set holds it; other sets' runs never hold it."""
+    with exclusive(directory, set_lock_name(set_name), doing, busy=f"another backup is running for the set {set_name}"):
+        yield
+
+
+@contextmanager
+def for_sets(directory: Path, set_names: Iterable[str], doing: str) -> Iterator[None]:
+    """Hold the locks of every set in `set_names` for the block, or none: raise BusyError for the first that
+    another run holds."""
+    with ExitStack() as held:
+        for name in dict.fromkeys(set_names):
+            held.enter_context(for_set(directory, name, doing))
+        yield
+
+
+@contextmanager
+def free_sets(directory: Path, set_names: Iterable[str], doing: str) -> Iterator[list[str]]:
+    """Hold the locks of the sets in `set_names` that no other run holds, and yield their names (busy ones are
+    passed over: their own run looks after them)."""
+    with ExitStack() as held:
+        taken = []
+        for name in dict.fromkeys(set_names):
+            try:
+                held.enter_context(for_set(directory, name, doing))
+            except BusyError:
+                continue
+            taken.append(name)
+        yield taken
 
 
 # Retention and readers: verify and restore hold the `retention` lock shared while they read a backup; retention

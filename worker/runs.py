@@ -52,8 +52,8 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
         try:
             outcome.fields = work() or {}
             outcome.outcome = "succeeded"
-        except BusyError as error:
-            outcome.outcome, outcome.reason = "skipped", str(error)
+        except BusyError as error:  # what the other sets of a cycle did stays (`sources`)
+            outcome.outcome, outcome.reason, outcome.fields = "skipped", str(error), dict(error.fields)
         except JobError as error:  # Cancelled too: what it did before it stopped stays (a purge's counts so far)
             outcome.stage, outcome.reason, outcome.fields = error.stage, str(error), dict(error.fields)
         except OSError as error:  # a filesystem problem we did not foresee: still one sentence with the path

@@ -19,13 +19,12 @@ import structlog
 
 from jobs import selection
 from jobs.backups import list_backups
-from jobs.errors import BusyError
 from jobs.pipeline import remove_stale
 from worker import __version__, child, health
 from worker.commands import Context, UsageError, backup_job, cleanup_job
 from worker.crontab import period
 from worker.freshness import configured_sets
-from worker.lock import exclusive
+from worker.lock import free_sets
 
 log = structlog.get_logger("worker.service")
 
@@ -105,11 +104,8 @@ class _Signals:
 
 def _start_scheduler(ctx: Context) -> BackgroundScheduler:
     """Remove stale temporaries, schedule the jobs (and a catch-up backup when one is due), start, log it."""
-    try:
-        with exclusive(ctx.config.backup_dir):
-            remove_stale(ctx.local)
-    except BusyError:
-        pass  # a manual backup is running; its own cycle cleans up
+    with free_sets(ctx.config.backup_dir, [found.name for found in ctx.backup_sets()], "start-up cleanup") as sets:
+        remove_stale(ctx.local, sets)  # a set whose backup runs now (a manual one) is left to that run's cycle
 
     scheduler = BackgroundScheduler(
         timezone=ctx.config.timezone,

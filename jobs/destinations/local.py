@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from pathlib import Path
 import shutil
@@ -96,18 +96,25 @@ class LocalDestination:
                          cancel: threading.Event | None = None) -> list[str]:
         return []  # a local file is renamed into place whole; temporaries are swept by remove_stale_temporaries
 
-    def remove_stale_temporaries(self) -> list[str]:
-        """Delete temporary files and directories left by runs that died; return their names.
+    def remove_stale_temporaries(self, sets: Collection[str] | None = None) -> list[str]:
+        """Delete temporary files and directories left by runs that died; return their names. With `sets` (the
+        backup sets whose lock the caller holds), a temporary that belongs to another set is left to that set's
+        own run.
 
         Temporary names carry the writer's pid and a per-process token (`.tmp-<pid>-<token>-…`); those of a live
         process are left alone, so a backup starting never removes the scratch files of a verify or restore
         running beside it, while a restarted worker that got its predecessor's pid still clears its leftovers.
+        The pid means nothing to a worker in another container sharing the volume (each may be pid 1): there the
+        set's lock is what keeps one set's cycle away from another set's running backup.
         """
         removed: list[str] = []
         if not self.directory.is_dir():
             return removed
         for child in self.directory.iterdir():
             if not artifacts.is_stale_temporary(child.name) or child.is_symlink():
+                continue
+            owner = artifacts.set_of_temporary(child.name)
+            if sets is not None and owner is not None and owner not in sets:
                 continue
             artifacts.remove_temporary(child)
             removed.append(child.name)

@@ -9,6 +9,7 @@ is safe to show.
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+import os
 import re
 
 import psycopg
@@ -24,6 +25,11 @@ log = structlog.get_logger("jobs.engines.pg_connect")
 
 CONNECT_TIMEOUT_S = 10  # libpq waits forever by default; an unreachable server should fail a backup, not hang it
 APPLICATION_NAME = "backup-worker"  # what pg_stat_activity shows for our own connections
+# PostgreSQL 14 and newer look this often (ms) whether the client of a running statement is still there, so the
+# session of a pg_dump or pg_restore that died (with the worker) ends at once instead of when it next talks to
+# it; a session waiting for a lock would otherwise keep the locks it holds until that lock comes.
+CLIENT_CHECK_MS = 1000
+CLIENT_CHECK_SINCE = 14
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,31 @@ def parse_url(url: str) -> Connection:
         raise ValueError(f"{masked} has the port {params['port']!r}; a port is a number like 5432")
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
     return Connection(params, masked, str(password) if password else None)
+
+
+def server_major(server: str) -> int:
+    """Given a server version like "15.20" or "9.6.24", return its major number (15, 9); 0 if unreadable."""
+    match = re.match(r"\d+", server.strip())
+    return int(match[0]) if match else 0
+
+
+def for_child(conn: Connection, server: str, settings: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """Given a connection, the server's version ("15.20") and session settings (like lock_timeout), return the
+    `--dbname` conninfo and the environment of a pg_dump or pg_restore child that connects to it.
+
+    The settings travel in PGOPTIONS, never on a command line: the URL's own `options` (else the worker's
+    PGOPTIONS) first, then `settings`, then, on PostgreSQL 14 and newer, client_connection_check_interval, so
+    that the server ends the child's session within a second of its death. The password is in PGPASSWORD."""
+    params = dict(conn.params)
+    own = params.pop("options", None) or os.environ.get("PGOPTIONS", "")
+    wanted = dict(settings or {})
+    if server_major(server) >= CLIENT_CHECK_SINCE:
+        wanted["client_connection_check_interval"] = str(CLIENT_CHECK_MS)
+    options = " ".join([own.strip(), *(f"-c {name}={value}" for name, value in wanted.items())]).strip()
+    env = conn.env()
+    if options:
+        env["PGOPTIONS"] = options
+    return make_conninfo(**params), env
 
 
 def connect(conn: Connection) -> psycopg.Connection:

@@ -29,7 +29,7 @@ import psycopg
 import structlog
 
 from jobs import execute
-from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools
+from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools, pg_watch
 from jobs.engines.pg_connect import Connection
 from jobs.errors import Cancelled, IntegrityError, SourceError
 from jobs.redact import scrub
@@ -40,6 +40,13 @@ PG_RUNNING = "pg_running"  # in `holds`: the xids (32-bit) that held a transacti
 KIND = "pgdump"
 CHECK = "pg_restore read every block"
 LOCK_WAIT = "5min"  # pg_dump gives up if a table stays locked this long (a migration), rather than hang the night
+# A restore gives up (and rolls back) when a lock it needs stays held this long: an app's open transaction must
+# make it fail quickly, not keep it waiting while it holds locks on the tables it already dropped, which block the
+# app in turn. pg_restore resets lock_timeout (and statement_timeout) to 0 at the start of every restore, so the
+# bound is kept from outside (`pg_watch`). No statement timeout: pg_restore's statements include the data COPY
+# and index builds, whose length grows with the data.
+RESTORE_LOCK_WAIT_S = 20
+IDLE_IN_TRANSACTION = "SELECT pid, state, query FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
 CATALOG_DRIVER = "postgresql+psycopg"
 
 log = structlog.get_logger("jobs.engines.postgres")
@@ -221,16 +228,17 @@ class PostgresSource:
         if cancel.is_set():
             raise Cancelled("the worker is stopping; the dump was not started")
         tools = self.tools()
+        conninfo, env = pg_connect.for_child(self.conn, self._versions["server"])
         with ExitStack() as children:
             exported, current, running = children.enter_context(exported_snapshot(self.conn))  # until pg_dump ends
             args = [str(tools.pg_dump), "--format=custom", "--compress=0", "--no-password",
                     f"--lock-wait-timeout={LOCK_WAIT}", *([f"--snapshot={exported}"] if exported else []),
-                    f"--dbname={self.conn.conninfo()}"]
+                    f"--dbname={conninfo}"]
             log.info("pg_dump.start", database=self.conn.dbname, host=self.conn.host, pg_dump=tools.version,
                      server=self._versions["server"], path=str(tools.pg_dump), snapshot=current)
             try:
                 check = children.enter_context(_restore_check(tools.pg_restore, cancel))
-                dump = children.enter_context(execute.reading(args, env=self.conn.env(), secrets=self.conn.secrets(), cancel=cancel))
+                dump = children.enter_context(execute.reading(args, env=env, secrets=self.conn.secrets(), cancel=cancel))
             except OSError as error:
                 raise SourceError(f"cannot start {error.filename or 'pg_dump'}: {error.strerror or error}; check "
                                   "PG_BIN_DIR and the PostgreSQL client installation") from None
@@ -350,19 +358,37 @@ def _restore(raw: Path, conn: Connection, cancel: threading.Event, notify: Calla
             notify(note)
     session = f"{pg_connect.APPLICATION_NAME}-restore-{uuid.uuid4().hex[:12]}"  # to find its server session
     restoring = replace(conn, params={**conn.params, "application_name": session})
+    conninfo, env = pg_connect.for_child(restoring, target_text)
     args = [str(tools.pg_restore), "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error",
-            "--single-transaction", "--no-password", f"--dbname={restoring.conninfo()}", str(raw)]
-    log.info("pg_restore.start", database=conn.dbname, host=conn.host, pg_restore=tools.version, server=target_text)
+            "--single-transaction", "--no-password", f"--dbname={conninfo}", str(raw)]
+    log.info("pg_restore.start", database=conn.dbname, host=conn.host, pg_restore=tools.version, server=target_text,
+             lock_wait_limit_s=RESTORE_LOCK_WAIT_S)
     try:
-        completed = execute.run(args, env=conn.env(), secrets=conn.secrets(), timeout=None, cancel=cancel)
+        with pg_watch.watching(conn, session, RESTORE_LOCK_WAIT_S) as watch:
+            completed = execute.run(args, env=env, secrets=conn.secrets(), timeout=None, cancel=cancel)
     except execute.Timeout:
         pg_connect.end_sessions(conn, session)  # else it may hold its locks until its current statement ends
         raise Cancelled(f"the worker is stopping; the restore into {conn.dbname} was stopped before it committed, "
                         "so the database is unchanged") from None
     if completed.code != 0:
-        raise SourceError(f"pg_restore into {conn.dbname} on {conn.host} failed and its transaction was rolled back, so "
-                          f"the database is unchanged: {completed.failure}", stage="restore")
+        raise SourceError(restore_failure(conn.dbname, conn.host, completed.failure, watch.holders), stage="restore")
     return notes
+
+
+def restore_failure(database: str, host: str, failure: str, holders: str | None = None) -> str:
+    """Given pg_restore's failure text and, when the lock watch stopped it, the sessions that held the lock it
+    waited for, return one sentence: the transaction was rolled back, so the database is unchanged, and for a
+    lock wait, which statement waited, who held the lock and what to do."""
+    if holders is None and "lock timeout" not in failure:
+        return (f"pg_restore into {database} on {host} failed and its transaction was rolled back, so the database is "
+                f"unchanged: {failure}")
+    command = re.search(r"Command was: (.+?)(?: \| |$)", failure)
+    doing = f" for {command[1].strip().rstrip(';')}" if command else ""
+    held = f" ({holders})" if holders else ""
+    return (f"pg_restore into {database} on {host} waited over {RESTORE_LOCK_WAIT_S} s for a lock{doing} held by another "
+            f"session{held}, so it was stopped and rolled back and the database is unchanged; an app's open transaction "
+            f"usually holds it: find the session with {IDLE_IN_TRANSACTION}, stop the app's writers (or end that "
+            "session) and try again")
 
 
 # --- wiring helpers for the worker --------------------------------------------------------------------------------

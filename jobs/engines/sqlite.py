@@ -23,6 +23,7 @@ from jobs.artifacts import STAMP, create_private
 from jobs.engines import Snapshot
 from jobs.engines import _sqlite as lib
 from jobs.errors import Cancelled, IntegrityError, SourceError
+from jobs.volume import free_space
 
 SCHEMES = ("sqlite",)
 KIND = "sqlite"
@@ -201,14 +202,18 @@ class SqliteSource:
         except sqlite3.DatabaseError as error:
             text = lib.reason(error)
             if "disk is full" in text or "disk I/O" in text:
-                raise SourceError(f"cannot write the snapshot of {self.path} to {out.parent}: {text}; free space on the volume", stage="snapshot") from None
+                room = free_space(out.parent.parent)
+                raise SourceError(f"cannot write the snapshot of {self.path} to {out}: {text}; "
+                                  f"{room + '; ' if room else ''}free space on the volume", stage="snapshot") from None
             raise SourceError(f"cannot read the SQLite database {self.path}: {text}; it may be damaged or not a SQLite file (run `sqlite3 {self.path} 'PRAGMA integrity_check'`)") from None
 
     def restore_space(self, raw_size: int) -> dict[Path, int]:
         """Return the bytes a restore over this database needs, by a directory on the volume they land on: the
-        safety copy beside the database, plus the restored pages written there (WAL or journal, or a new file)."""
-        live = sum(path.stat().st_size for path in (self.path, *sidecars(self.path)) if path.exists())
-        return {self.path.parent: live + raw_size}
+        safety copy beside the real database file, plus the restored pages written there (WAL or journal, or a
+        new file)."""
+        real = real_file(self.path)
+        live = sum(path.stat().st_size for path in (real, *sidecars(real)) if path.exists())
+        return {real.parent: live + raw_size}
 
     def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> Path:
         """Save the live database, then replace it with the proven raw database `raw`; return the safety copy.
@@ -225,6 +230,18 @@ class SqliteSource:
             raise SourceError(f"the SQLite database {self.path} does not exist; check BACKUP_SOURCE (relative paths start from {Path.cwd()})")
         if not self.path.is_file():
             raise SourceError(f"the SQLite database {self.path} is not a file; point BACKUP_SOURCE at the database file")
+
+
+def real_file(database: Path) -> Path:
+    """Return the file `database` names with every symlink followed (a chain of links too): the file a restore
+    writes, whose directory holds SQLite's -wal/-shm/-journal and the safety copy. Raise SourceError if the
+    links lead nowhere or in a circle."""
+    try:
+        return database.resolve(strict=True)
+    except (OSError, RuntimeError) as error:
+        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise SourceError(f"cannot follow {database} to the database file it names: {why}; point BACKUP_SOURCE at the "
+                          "database file or fix the link", stage="restore") from None
 
 
 def sidecars(database: Path) -> list[Path]:

@@ -15,6 +15,10 @@ A live file SQLite cannot open ("file is not a database", "malformed") is the ma
 (database, -wal, -shm, -journal) are copied as they are into a `<db>.pre-restore-<stamp>/` directory, then the
 stale -wal/-shm/-journal are removed (they would be replayed into the restored file) and the proven file is
 renamed into place.
+
+A database reached through a symlink (or a chain of them) is restored into the file the links lead to, resolved
+once at the start: the links stay as they are, and the safety copy, the staged file and the sidecars are those
+beside the real file (SQLite itself keeps -wal/-shm there).
 """
 
 from collections.abc import Callable
@@ -32,7 +36,7 @@ from jobs.artifacts import (
     CHUNK, DIR_MODE, create_private, fsync_path, is_stale_temporary, remove_temporary, temp_prefix, temporary_of,
 )
 from jobs.engines import _sqlite as lib
-from jobs.engines.sqlite import safety_copy_path, sidecars
+from jobs.engines.sqlite import real_file, safety_copy_path, sidecars
 from jobs.errors import Cancelled, JobError, SourceError
 
 log = structlog.get_logger("jobs.engines.sqlite")
@@ -48,8 +52,14 @@ def restore_live(database: Path, raw: Path, cancel: threading.Event, notify: Cal
     """Replace the live database with `raw`; return the safety copy (a file, or a directory for a damaged
     database). `notify` gets one sentence naming the safety copy before anything is written.
 
+    `database` may be a symlink (or a chain of them): the file it leads to is restored and the links stay.
+
     Raise SourceError or Cancelled with a message that says the live database was not changed (it never is
     when this raises before the commit), and where the safety copy is if one was made."""
+    named, database = database, real_file(database)
+    if database != named:
+        log.info("restore.real_file", database=str(named), real_file=str(database))
+        notify(f"{named} is a link to {database}: the restore writes that file and leaves the link in place")
     _sweep_stale(database)
     wait = lib.LockWait(cancel, f"the restore into {database}")
     try:

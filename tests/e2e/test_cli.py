@@ -93,9 +93,9 @@ def test_prune_dry_run_prints_the_plan_and_deletes_nothing(tmp_path: Path, worke
 
 def test_a_manual_backup_never_overlaps_a_running_one(tmp_path: Path, worker) -> None:
     sys.path.insert(0, str(ROOT))
-    from worker.lock import exclusive
+    from worker.lock import for_set
 
-    with exclusive(tmp_path / "backups"):
+    with for_set(tmp_path / "backups", "app"):
         result = worker("backup", "--no-upload")
     assert result.code == 1
     assert result.event("job.skipped")["reason"].startswith("another backup is running")

@@ -12,7 +12,7 @@ from jobs.volume import require_usable
 from worker.actions.context import Context, UsageError
 from worker.actions.output import report_failure, say
 from worker.actions.purge import dry_run_report
-from worker.lock import exclusive, for_deletion
+from worker.lock import for_deletion, for_sets
 from worker.runs import run_job
 
 
@@ -34,7 +34,9 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
     def work() -> dict[str, Any]:
         sides = ctx.policies()
         fields: dict[str, Any] = {"dry_run": dry_run}
-        with exclusive(ctx.config.backup_dir), (nullcontext() if dry_run else for_deletion(ctx.config.backup_dir)):
+        names = [found.name for found in ctx.backup_sets()] or [ctx.config.backup_name]
+        with for_sets(ctx.config.backup_dir, names, "prune"), \
+                (nullcontext() if dry_run else for_deletion(ctx.config.backup_dir)):
             owners = {spec_set: ctx.source(spec_set.name) for spec_set in ctx.backup_sets()}
             for destination, side_policy in sides:
                 deleted = []

@@ -24,7 +24,7 @@ from jobs.errors import Cancelled, JobError, SourceError
 from worker.actions.context import Context, UsageError
 from worker.actions.output import human_age, report_failure, say
 from worker.actions.selection import fetch, reading, scratch_dir, wanted, where, workdir
-from worker.lock import exclusive
+from worker.lock import for_set
 from worker.runs import run_job
 from worker.text import human_size
 
@@ -225,7 +225,7 @@ def restore_over_server(ctx: Context, artifact: Path, backup: Backup, source: So
         raise SourceError(f"{backup.id} is a backup of the set {backup.backup_set}, not of {live}", stage="restore")
     with restoring.proven_raw(artifact, backup, workdir(ctx), ctx.cancel) as (raw, checks):
         try:
-            with exclusive(ctx.config.backup_dir):
+            with for_set(ctx.config.backup_dir, source.name(), "pre-restore safety backup"):
                 safety = pipeline.take_backup(source, ctx.settings(upload=False), ctx.cancel, reason=PRE_RESTORE)
         except JobError as error:
             raise type(error)(f"the safety backup of {source.target()} before the restore failed, so nothing was "
