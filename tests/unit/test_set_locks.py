@@ -159,7 +159,7 @@ def test_a_busy_set_is_skipped_but_a_busy_error_inside_its_own_cycle_is_a_failur
         row = backup.backup_one(ctx, source, ctx.settings(upload=False))
     assert row["outcome"] == "skipped" and row["stage"] == "lock" and f"(pid {os.getpid()}, backup)" in row["reason"]
 
-    def busy_inside(*_args: object) -> dict:
+    def busy_inside(*_args: object, **_kwargs: object) -> dict:
         raise BusyError("a lock taken inside the cycle was busy")
 
     monkeypatch.setattr(backup.pipeline, "run_cycle", busy_inside)
