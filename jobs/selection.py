@@ -11,6 +11,10 @@ retention's `BACKUP_KEEP_MIN` slots all choose through this module, so that they
   fresh, never fills a retention slot, and `flags` reports it.
 - Proving a backup (its SHA-256) is the caller's work; `latest` runs that proof on the newest and, when it fails,
   raises an error naming it, unless `fallback` asks for the newest intact older one. Nothing falls back silently.
+- A backup whose manifest carries a flag in FLAGGED (`shrunk`: it is under a tenth of the set's previous backup;
+  `empty_allowed`: an empty source let through by BACKUP_ALLOW_EMPTY) counts for freshness and can be restored
+  by id, but restores of the latest pass over it (saying so) and it never fills a retention slot: the backups from
+  before stay until an operator looks.
 """
 
 from collections.abc import Callable, Sequence
@@ -23,6 +27,7 @@ from jobs.backups import Backup
 from jobs.errors import IntegrityError, NotFound
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
+FLAGGED = ("shrunk", "empty_allowed")  # manifest `flags` that keep a backup from being "the latest" to restore
 PRE_RESTORE = "pre-restore"  # the manifest `reason` of a safety backup taken before a restore
 
 T = TypeVar("T")
@@ -48,9 +53,27 @@ def is_future(backup: Backup, now: datetime) -> bool:
     return max(backup.created_at, stamp_of(backup)) > now + FUTURE_TOLERANCE
 
 
-def problem(backup: Backup, now: datetime, damaged: Sequence[str] = ()) -> str | None:
-    """Return why the backup does not count as a sound backup now (one clause), or None when it does.
-    `damaged` holds the ids whose SHA-256 was found not to match."""
+def manifest_flags(backup: Backup) -> list[str]:
+    """Return the flags the backup's manifest records (untrusted: only known strings count)."""
+    flags = backup.manifest.get("flags")
+    return [flag for flag in FLAGGED if isinstance(flags, list) and flag in flags]
+
+
+def passed_over(backup: Backup, purpose: Purpose) -> str | None:
+    """Return why a restore of the latest (or a retention slot) passes over this backup, or None."""
+    if purpose not in (Purpose.RESTORE, Purpose.RETENTION):
+        return None
+    flags = manifest_flags(backup)
+    if "empty_allowed" in flags:
+        return "its source was empty (let through by BACKUP_ALLOW_EMPTY)"
+    if "shrunk" in flags:
+        return "it shrank to under a tenth of the set's previous backup"
+    return None
+
+
+def problem(backup: Backup, now: datetime, damaged: Sequence[str] = (), purpose: Purpose = Purpose.FRESHNESS) -> str | None:
+    """Return why the backup does not count for `purpose` now (one clause), or None when it does. `damaged`
+    holds the ids whose SHA-256 was found not to match."""
     if not backup.verified:
         return "its manifest records no passed check"
     if backup.damage:
@@ -59,13 +82,12 @@ def problem(backup: Backup, now: datetime, damaged: Sequence[str] = ()) -> str |
         return "it is damaged: its SHA-256 does not match its manifest"
     if is_future(backup, now):
         return f"it is dated in the future ({backup.manifest.get('created_at', stamp_of(backup).isoformat())}); the clock was wrong when it was written"
-    return None
+    return passed_over(backup, purpose)
 
 
 def sound(backups: Sequence[Backup], purpose: Purpose, now: datetime, damaged: Sequence[str] = ()) -> list[Backup]:
     """Given the backups of one set, return those that count for `purpose`, newest first. Nothing is read."""
-    del purpose  # every purpose counts the same backups today; the parameter names the caller's question
-    counted = [backup for backup in backups if problem(backup, now, damaged) is None]
+    counted = [backup for backup in backups if problem(backup, now, damaged, purpose) is None]
     return sorted(counted, key=lambda backup: (backup.created_at, backup.id), reverse=True)
 
 
@@ -88,8 +110,9 @@ def future(backups: Sequence[Backup], now: datetime) -> list[Backup]:
 
 
 def flags(backup: Backup, now: datetime) -> list[str]:
-    """Return what a listing says about a backup besides its facts: `future`, `damaged`, `pre-restore`."""
-    found = []
+    """Return what a listing says about a backup besides its facts: `future`, `damaged`, `pre-restore`, and the
+    manifest's own flags (`shrunk`, `empty_allowed`)."""
+    found = manifest_flags(backup)
     if is_future(backup, now):
         found.append("future")
     if backup.damage:
@@ -107,14 +130,21 @@ def latest(backups: Sequence[Backup], purpose: Purpose, now: datetime, prove: Ca
     The newest is damaged when its artifact is missing or of the wrong size, or when `prove` raises
     IntegrityError. Then raise IntegrityError naming it and the next older one, unless `fallback`, which goes on
     to the newest intact older backup (each passed over is a note). Raise NotFound when there is no candidate."""
-    del purpose  # restore and verify choose alike
-    order = candidates(backups, now)
+    notes: list[str] = []
+    order = []
+    for backup in candidates(backups, now):
+        why = passed_over(backup, purpose)
+        if why is None:
+            order.append(backup)
+        elif not order:  # only what is newer than the backup chosen is worth a word
+            notes.append(f"passed over {backup.id}: {why}; restore it by its id if it is the one you want")
+    if not order and notes:  # nothing but flagged backups: those are all there is
+        order, notes = candidates(backups, now), ["every backup of the set is flagged (shrunk or empty); taking the newest"]
     if not order:
         ahead = future(backups, now)
         why = (f"; {len(ahead)} backup(s) dated in the future are not counted ({ahead[0].id}), check the clock"
                if ahead else "")
         raise NotFound(f"there are no verified backups in {where}{why}; run `python -m worker backup` first")
-    notes: list[str] = []
     for position, backup in enumerate(order):
         try:
             if backup.damage:

@@ -105,3 +105,32 @@ def test_latest_passes_over_future_backups_and_says_so_when_nothing_else_is_ther
 def test_when_every_backup_is_damaged_even_fallback_fails_naming_them() -> None:
     with pytest.raises(IntegrityError, match="none of the 2 verified backups"):
         selection.latest([backup(1, stored=1), backup(2, present=False)], Purpose.RESTORE, NOW, None, True, "here")
+
+
+def flagged(hours_old: float, flag: str) -> Backup:
+    plain = backup(hours_old)
+    return Backup(id=plain.id, artifact=plain.artifact, created_at=plain.created_at, size=plain.size, sha256=plain.sha256,
+                  verified=True, manifest={**plain.manifest, "flags": [flag]}, stored_size=plain.stored_size)
+
+
+@pytest.mark.parametrize("flag", ["shrunk", "empty_allowed"])
+def test_a_flagged_backup_counts_for_freshness_but_restores_of_the_latest_and_retention_slots_pass_over_it(flag) -> None:
+    newest, older = flagged(1, flag), backup(25)
+    assert selection.newest([newest, older], Purpose.FRESHNESS, NOW) == newest
+    assert selection.newest([newest, older], Purpose.CATCH_UP, NOW) == newest
+    assert selection.newest([newest, older], Purpose.RETENTION, NOW) == older
+    chosen, _, notes = selection.latest([newest, older], Purpose.RESTORE, NOW, None, False, "here")
+    assert chosen == older and len(notes) == 1 and newest.id in notes[0] and "by its id" in notes[0]
+    assert flag in selection.flags(newest, NOW)
+
+
+def test_only_flagged_backups_are_still_restored_rather_than_nothing() -> None:
+    only = flagged(1, "empty_allowed")
+    chosen, _, notes = selection.latest([only], Purpose.RESTORE, NOW, None, False, "here")
+    assert chosen == only and "flagged" in notes[0]
+
+
+def test_a_manifests_flags_are_untrusted_input() -> None:
+    odd = Backup(id="x", artifact="app-20261122T010000Z.sqlite.zst", created_at=NOW - timedelta(hours=2), size=10,
+                 sha256="0" * 64, verified=True, manifest={"flags": "shrunk"}, stored_size=10)
+    assert selection.manifest_flags(odd) == []

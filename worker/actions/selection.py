@@ -90,8 +90,8 @@ class Wanted:
         of = f"the set {self.backup_set} in {where}"
         backup, _, notes = selection.latest(backups, Purpose.RESTORE, datetime.now(timezone.utc), prove, fallback, of)
         for note in notes:
-            log.warning("selection.fallback", note=note)
-            print(f"warning: {note}; taking an older backup (--fallback)", file=sys.stderr, flush=True)
+            log.warning("selection.passed_over", note=note)
+            print(f"warning: {note}", file=sys.stderr, flush=True)
         return backup
 
 
