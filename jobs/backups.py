@@ -14,7 +14,7 @@ from datetime import datetime
 import threading
 from typing import Any
 
-from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, parse_iso, read_manifest
+from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, STAMP, parse_iso, read_manifest
 from jobs.destinations import Destination
 from jobs.errors import NotFound, TooLarge
 
@@ -35,9 +35,16 @@ class BackupSet:
 
 
 def set_of(artifact: str) -> BackupSet | None:
-    """Return the backup set of an artifact name, or None if it is not named as we name artifacts."""
+    """Return the backup set of an artifact name, or None if it is not named as we name artifacts: the stamp must
+    be a real UTC time (`app-20261399T999999Z.sqlite.zst` is nobody's backup, and is never read or touched)."""
     match = ARTIFACT_NAME.match(artifact)
-    return BackupSet(match["name"], match["kind"]) if match else None
+    if not match:
+        return None
+    try:
+        datetime.strptime(match["stamp"], STAMP)
+    except ValueError:
+        return None
+    return BackupSet(match["name"], match["kind"])
 
 
 def canonical_id(artifact: str) -> str:
@@ -98,7 +105,7 @@ class Backup:
 def from_manifest(artifact: str, manifest: dict[str, Any]) -> Backup:
     """Build a Backup from an artifact name and its parsed manifest. Raise ValueError if the manifest's id is not
     the artifact's (a manifest copied, edited or planted beside another artifact is not a backup)."""
-    if not ARTIFACT_NAME.match(artifact):
+    if set_of(artifact) is None:
         raise ValueError(f"{artifact!r} is not an artifact name")
     ident = canonical_id(artifact)
     if manifest["id"] not in (ident, legacy_id(artifact)):
@@ -109,9 +116,14 @@ def from_manifest(artifact: str, manifest: dict[str, Any]) -> Backup:
         created_at=parse_iso(manifest["created_at"]),
         size=int(manifest["size"]),
         sha256=str(manifest["sha256"]),
-        verified=bool(manifest.get("verified")),
+        verified=passed(manifest.get("verified")),
         manifest=manifest,
     )
+
+
+def passed(verified: Any) -> bool:
+    """Given a manifest's `verified` (untrusted), return whether it records a passed check: `{"result": "ok", …}`."""
+    return isinstance(verified, dict) and verified.get("result") == "ok"
 
 
 def list_backups(destination: Destination, backup_set: BackupSet | None = None,

@@ -79,13 +79,18 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
     result.slots.extend(slots)
     slot_ids = {backup.id for backup in slots}
     measured = "" if since == now else f" (counted from the newest sound backup, {since.isoformat()})"
+    always = always_kept(backups, now)
     for backup in sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True):
         age_days = (since - backup.created_at).total_seconds() / 86400
         if backup.id in slot_ids:
             result.keep.append(backup)
             result.reasons[backup.id] = f"one of the newest {policy.keep_min} sound backups (BACKUP_KEEP_MIN)"
             continue
-        unsound = selection.problem(backup, now, damaged)
+        if backup.id in always:
+            result.keep.append(backup)
+            result.reasons[backup.id] = always[backup.id]
+            continue
+        unsound = selection.problem(backup, now, damaged, Purpose.RETENTION)
         if window is None:
             result.keep.append(backup)
             result.reasons[backup.id] = "no age limit is set"
@@ -99,6 +104,24 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
             older = f"older than {window} days" if window else "the age window is off (0 days)"
             result.reasons[backup.id] = (f"{age_days:.1f} days old{measured}, {older} ({state}), "
                                          f"and the {len(slots)} newest sound backups are kept")
+
+
+def always_kept(backups: Sequence[Backup], now: datetime) -> dict[str, str]:
+    """Return the backups of one set that retention never deletes, whatever the policy, with why: the newest
+    backup of the set (whatever its state: the one just written, flagged or not, stays until a newer one exists),
+    the newest safety backup taken before a restore, and every backup dated in the future (the clock was wrong
+    when it was written or is wrong now: nothing is decided about it until an operator looks)."""
+    found: dict[str, str] = {}
+    for backup in selection.future(backups, now):
+        found[backup.id] = ("dated in the future: kept and never counted until the clock passes its date (check the "
+                            "clock of the machine that wrote it)")
+    present = sorted((b for b in backups if b.id not in found), key=lambda b: (b.created_at, b.id), reverse=True)
+    if present:
+        found.setdefault(present[0].id, "the newest backup of the set")
+    safety = [backup for backup in present if backup.manifest.get("reason") == selection.PRE_RESTORE]
+    if safety:
+        found.setdefault(safety[0].id, "the newest safety backup taken before a restore")
+    return found
 
 
 def prove_slots(backups: Sequence[Backup], policy: Policy, now: datetime, intact: Callable[[Backup], bool | None],

@@ -11,6 +11,8 @@ retention's `BACKUP_KEEP_MIN` slots all choose through this module, so that they
   fresh, never fills a retention slot, and `flags` reports it.
 - Proving a backup (its SHA-256) is the caller's work; `latest` runs that proof on the newest and, when it fails,
   raises an error naming it, unless `fallback` asks for the newest intact older one. Nothing falls back silently.
+- A pre-restore safety backup (manifest `reason`) holds the state a restore replaced: restores of the latest pass
+  over it (restoring the latest twice would otherwise undo the first restore) and it fills no retention slot.
 - A backup whose manifest carries a flag in FLAGGED (`shrunk`: it is under a tenth of the set's previous backup;
   `empty_allowed`: an empty source let through by BACKUP_ALLOW_EMPTY) counts for freshness and can be restored
   by id, but restores of the latest pass over it (saying so) and it never fills a retention slot: the backups from
@@ -63,6 +65,8 @@ def passed_over(backup: Backup, purpose: Purpose) -> str | None:
     """Return why a restore of the latest (or a retention slot) passes over this backup, or None."""
     if purpose not in (Purpose.RESTORE, Purpose.RETENTION):
         return None
+    if backup.manifest.get("reason") == PRE_RESTORE:
+        return "it is a safety backup taken before a restore (the state that restore replaced)"
     flags = manifest_flags(backup)
     if "empty_allowed" in flags:
         return "its source was empty (let through by BACKUP_ALLOW_EMPTY)"

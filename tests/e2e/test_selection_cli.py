@@ -194,3 +194,49 @@ def test_verify_and_restore_to_a_new_file_work_from_a_read_only_backup_volume(tm
     assert restore.returncode == 0, restore.stderr
     assert count(target) == 1000
     shutil.rmtree(directory)
+
+
+def test_a_file_whose_stamp_is_no_real_time_breaks_no_command(tmp_path: Path, app_db: Path, worker) -> None:
+    artifact = backups(worker, 1, app_db)[0]
+    directory = tmp_path / "backups"
+    bogus = "app-20261399T999999Z.sqlite.zst"
+    shutil.copy(directory / artifact, directory / bogus)
+    manifest = json.loads((directory / f"{artifact}.json").read_text())
+    manifest.update(id=bogus.removesuffix(".zst"), artifact=bogus)
+    (directory / f"{bogus}.json").write_text(json.dumps(manifest))
+    for args in (["list"], ["status"], ["verify", "--latest"], ["prune", "--dry-run"]):
+        result = worker(*args)
+        assert result.code == 0, (args, result.stderr)
+        assert "unexpected" not in result.stderr
+    assert worker("backup", "--no-upload").code == 0
+    assert (directory / bogus).exists(), "a file we did not name is never touched"
+
+
+def test_restoring_the_latest_twice_never_undoes_the_first_restore(tmp_path: Path, app_db: Path, worker) -> None:
+    """The second `restore --latest` must not pick the pre-restore safety backup of the first (PostgreSQL takes
+    one as an ordinary backup; here one is planted beside the SQLite backups, as it would be listed)."""
+    good = backups(worker, 1, app_db)[0]
+    directory = tmp_path / "backups"
+    time.sleep(1.05)
+    with sqlite3.connect(app_db) as connection:
+        connection.execute("UPDATE messages SET body = 'CORRUPTED'")
+    safety = worker("backup", "--no-upload").event("job.succeeded")["artifact"]
+    manifest = json.loads((directory / f"{safety}.json").read_text())
+    (directory / f"{safety}.json").write_text(json.dumps({**manifest, "reason": "pre-restore"}))
+    target = tmp_path / "restored.db"
+    restored = worker("restore", "--latest", "--to", str(target))
+    assert restored.code == 0, restored.stderr
+    assert restored.event("job.succeeded")["backup"] == good.removesuffix(".zst")
+    assert "safety backup" in restored.stderr
+    with sqlite3.connect(target) as connection:
+        assert connection.execute("SELECT count(*) FROM messages WHERE body = 'CORRUPTED'").fetchone()[0] == 0
+
+
+def test_prune_with_the_window_off_keeps_backups_a_fast_clock_wrote(tmp_path: Path, app_db: Path, worker) -> None:
+    directory = tmp_path / "backups"
+    now = datetime.now(timezone.utc)
+    ahead = [move_in_time(directory, artifact, now + timedelta(hours=1, seconds=index))
+             for index, artifact in enumerate(backups(worker, 3, app_db))]
+    result = worker("prune", env={"BACKUP_RETENTION_DAYS": "0", "BACKUP_KEEP_MIN": "3"})
+    assert result.code == 0, result.stderr
+    assert all((directory / artifact).exists() for artifact in ahead)

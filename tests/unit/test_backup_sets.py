@@ -26,7 +26,7 @@ def backup(name: str, kind: str, days_old: float) -> Backup:
 
 def manifest(artifact: str, ident: str) -> dict:
     return {"id": ident, "created_at": "2026-11-22T02:00:00Z", "size": 10, "sha256": "0" * 64,
-            "format": {"kind": "sqlite"}, "source": {"kind": "sqlite"}, "verified": {"check": "x"}}
+            "format": {"kind": "sqlite"}, "source": {"kind": "sqlite"}, "verified": {"check": "x", "result": "ok"}}
 
 
 def test_a_backup_belongs_to_the_set_of_its_artifact_name_and_kind() -> None:
@@ -130,3 +130,19 @@ def test_a_huge_planted_manifest_is_skipped_with_a_note_after_reading_barely_mor
     assert [b.artifact for b in backups] == [good]
     (note,) = notes
     assert note.startswith(f"{planted}.json is not a valid manifest") and "the backup is not counted" in note
+
+
+@pytest.mark.parametrize("name", ["app-20261399T999999Z.sqlite.zst", "app-20260230T000000Z.sqlite.zst",
+                                  "app-20261122T246000Z.sqlite.zst"])
+def test_a_name_whose_stamp_is_no_real_time_is_nobodys_backup(name) -> None:
+    assert set_of(name) is None
+    with pytest.raises(ValueError):
+        from_manifest(name, manifest(name, name.removesuffix(".zst")))
+
+
+@pytest.mark.parametrize("verified, counted", [({"check": "x", "result": "ok"}, True), ({"result": "failed"}, False),
+                                               (True, False), ("yes", False), ({}, False), (None, False)])
+def test_only_a_manifest_that_records_a_passed_check_counts_as_verified(verified, counted) -> None:
+    artifact = "app-20261122T020000Z.sqlite.zst"
+    data = {**manifest(artifact, "app-20261122T020000Z.sqlite"), "verified": verified}
+    assert from_manifest(artifact, data).verified is counted

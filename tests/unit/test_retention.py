@@ -100,8 +100,9 @@ def test_a_backup_whose_artifact_does_not_match_its_manifest_never_fills_a_keep_
         # nothing rotten: the three newest hold the slots, the old one goes (after proving the three)
         ([], [0, 1, 2], [30]),
         # the three newest have bit rot (same size, wrong SHA-256): the only intact backup must survive; with the
-        # window off (0 days) the rotten ones go like any backup that is not sound
-        ([0, 1, 2], [30], [0, 1, 2]),
+        # window off (0 days) the rotten ones go like any backup that is not sound, except the newest of the set,
+        # which is always kept
+        ([0, 1, 2], [30], [1, 2]),
         # one rotten among the newest: the next intact one takes its slot and is kept; the rotten one is past the
         # window (0 days) and goes by age like any backup that is not sound
         ([1], [0, 2, 30], [1]),
@@ -166,3 +167,33 @@ def test_ages_are_counted_from_the_newest_sound_backup_not_only_from_the_wall_cl
     backups = [backup(days_since_last_backup + offset) for offset in (0, 1, 2, 3, 6.5, 7.5)]
     result = plan(backups, Policy(7, 1), NOW)
     assert ids(result.delete) == [backup(days_since_last_backup + 7.5).id]
+
+
+@pytest.mark.parametrize("window", [0, 7, None])
+def test_backups_dated_in_the_future_are_never_deleted_whatever_the_window(window) -> None:
+    """A clock an hour fast wrote three backups; with the window off they must not all go (review of issue 17)."""
+    ahead = [backup(-1 / 24 - offset / 86400) for offset in (0, 1, 2)]
+    result = plan(ahead, Policy(window, 3), NOW)
+    assert result.delete == []
+    assert all("in the future" in result.reasons[b.id] for b in ahead)
+
+
+def test_the_newest_backup_of_a_set_is_kept_whatever_its_flags_or_the_window() -> None:
+    newest = Backup(id="app-20261122T025900Z", artifact="app-20261122T025900Z.sqlite.zst",
+                    created_at=NOW - timedelta(minutes=1), size=1, sha256="0" * 64, verified=True,
+                    manifest={"flags": ["empty_allowed"]})
+    result = plan([newest, backup(1), backup(2)], Policy(0, 1), NOW, fresh=newest.id)
+    assert newest.id in ids(result.keep) and result.reasons[newest.id] == "the newest backup of the set"
+
+
+def test_pre_restore_safety_backups_fill_no_slot_and_the_newest_one_is_always_kept() -> None:
+    def safety(days_old: float) -> Backup:
+        plain = backup(days_old)
+        return Backup(id=plain.id, artifact=plain.artifact, created_at=plain.created_at, size=1, sha256="0" * 64,
+                      verified=True, manifest={"reason": "pre-restore"})
+
+    newer_safety, older_safety = safety(0.5), safety(20)
+    result = plan([backup(0), newer_safety, backup(1), backup(2), older_safety, backup(30)], Policy(7, 3), NOW)
+    assert ids(result.slots) == ids([backup(0), backup(1), backup(2)])
+    assert newer_safety.id in ids(result.keep)
+    assert ids(result.delete) == ids([older_safety, backup(30)])

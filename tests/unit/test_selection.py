@@ -38,7 +38,6 @@ def backup(hours_old: float, *, verified: bool = True, stored: int | None = 10, 
         ("6 minutes ahead is in the future", [backup(-6 / 60), backup(2)], 2),
         ("only future ones: none", [backup(-48)], None),
         ("nothing at all: none", [], None),
-        ("a pre-restore safety backup counts like any other", [backup(1, reason="pre-restore"), backup(3)], 1),
     ],
 )
 @pytest.mark.parametrize("purpose", [Purpose.FRESHNESS, Purpose.CATCH_UP, Purpose.RETENTION])
@@ -134,3 +133,12 @@ def test_a_manifests_flags_are_untrusted_input() -> None:
     odd = Backup(id="x", artifact="app-20261122T010000Z.sqlite.zst", created_at=NOW - timedelta(hours=2), size=10,
                  sha256="0" * 64, verified=True, manifest={"flags": "shrunk"}, stored_size=10)
     assert selection.manifest_flags(odd) == []
+
+
+def test_a_pre_restore_safety_backup_is_fresh_but_never_the_latest_to_restore_nor_a_retention_slot() -> None:
+    """Restoring --latest twice must not undo the first restore (review of issue 17)."""
+    safety, before = backup(1, reason="pre-restore"), backup(3)
+    assert selection.newest([safety, before], Purpose.FRESHNESS, NOW) == safety
+    assert selection.newest([safety, before], Purpose.RETENTION, NOW) == before
+    chosen, _, notes = selection.latest([safety, before], Purpose.RESTORE, NOW, None, False, "here")
+    assert chosen == before and "safety backup" in notes[0]
