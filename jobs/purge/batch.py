@@ -67,10 +67,13 @@ def delete_chosen(target: Target, batch: Batch, condition: sa.ColumnElement[bool
 
 
 def delete_by_ctid(target: Target, condition: sa.ColumnElement[bool], batch_size: int) -> sa.Delete:
-    """Return one DELETE that removes up to `batch_size` rows matching `condition` from a PostgreSQL table
-    without a key: `ctid = ANY(ARRAY(SELECT ctid … LIMIT n))` (a TID scan; ctid is stable within the statement)."""
+    """Return one DELETE that removes up to about `batch_size` rows matching `condition` from a PostgreSQL table
+    without a key: `ctid = ANY(ARRAY(SELECT ctid … LIMIT n)) AND condition` (a TID scan; ctid is stable within the
+    statement). The condition is repeated outside: a ctid names a row only within one table, and a partitioned or
+    inherited table holds several, so a row of another partition with the same ctid goes only if it is itself old
+    and held (then it is one the rule deletes anyway)."""
     chosen = sa.select(target.table.c.ctid).where(condition).limit(batch_size).correlate(None).scalar_subquery()
-    return sa.delete(target.table).where(target.table.c.ctid == sa.any_(sa.func.array(chosen)))
+    return sa.delete(target.table).where(target.table.c.ctid == sa.any_(sa.func.array(chosen)), condition)
 
 
 def after(key: Sequence[sa.ColumnElement[Any]], last: tuple[Any, ...]) -> sa.ColumnElement[bool]:

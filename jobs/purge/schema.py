@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from jobs.purge import triggers
 from jobs.purge.rules import PurgeRule
 
 SAMPLE = 200  # values read from each end of the table (in key order) to tell how a SQLite column stores time
@@ -112,6 +113,7 @@ def resolve(connection: Connection, rule: PurgeRule) -> Target:
         kind = _sqlite_kind(connection, rule, table, column, key, declared)
     else:
         kind = _postgres_kind(rule, declared)
+    _refuse_side_effects(connection, rule, schema, table_name, triggers.DELETE, "deleting its rows")
     references = _sqlite_references if sqlite else _postgres_references
     return Target(rule=rule, table=table, column=column, key=key, kind=kind,
                   references=tuple(references(connection, inspector, schema, table_name)),
@@ -134,6 +136,9 @@ def cascades_of(connection: Connection, target: Target) -> tuple[Cascade, ...]:
             if reference.restricts:
                 continue  # nothing follows: the delete is refused (see delete.blocked_by)
             budget[0] -= 1
+            event = triggers.DELETE if reference.on_delete == "CASCADE" else triggers.UPDATE
+            _refuse_side_effects(connection, target.rule, reference.schema, reference.table, event,
+                                 f"{event.lower()}s there through {reference.describe()}")
             columns = inspector.get_columns(reference.table, schema=reference.schema)
             table, key, _ = _table_and_key(inspector, reference.schema, reference.table, columns, sqlite)
             below: tuple[Cascade, ...] | None = ()
@@ -148,12 +153,23 @@ def cascades_of(connection: Connection, target: Target) -> tuple[Cascade, ...]:
     return walk(target.references, 1)
 
 
+def _refuse_side_effects(connection: Connection, rule: PurgeRule, schema: str | None, table: str, event: str,
+                         how: str) -> None:
+    """Raise RuleProblem when an `event` on the table fires triggers or rules (see jobs.purge.triggers)."""
+    fired = triggers.fired_by(connection, schema, table, event)
+    if fired:
+        where = f"{schema}.{table}" if schema else table
+        raise RuleProblem(f"{rule.describe()}: {how} fires {', '.join(fired)} on {where}, which may change rows no "
+                          "backup holds; table retention refuses such tables: drop the rule, or do this cleanup in "
+                          "the app")
+
+
 def check(connection: Connection, rules: list[PurgeRule]) -> list[str]:
-    """Return one problem per rule that does not fit the database (see resolve), in rule order."""
+    """Return one problem per rule that does not fit the database (see resolve and cascades_of), in rule order."""
     problems = []
     for rule in rules:
         try:
-            resolve(connection, rule)
+            cascades_of(connection, resolve(connection, rule))
         except RuleProblem as problem:
             problems.append(str(problem))
         finally:

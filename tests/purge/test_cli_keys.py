@@ -165,3 +165,60 @@ def test_text_that_is_only_a_time_of_day_is_not_a_date_and_is_never_deleted(
     with sqlite3.connect(path) as db:
         left = [row[0] for row in db.execute("SELECT created_at FROM events WHERE created_at NOT GLOB '2*-*' ORDER BY id")]
     assert left == clock
+
+
+# --- review of issue 17: partitions and side effects ----------------------------------------------------------
+
+def test_a_partitioned_table_without_a_key_loses_only_its_old_rows(pg_url: str, worker_env: dict[str, str], tmp_path: Path) -> None:
+    """A ctid names a row within one partition only: every partition numbers its rows from (0,1)."""
+    pg_execute(pg_url, "CREATE TABLE events (created_at timestamptz NOT NULL, payload text) PARTITION BY RANGE (created_at)")
+    pg_execute(pg_url, "CREATE TABLE events_old PARTITION OF events FOR VALUES FROM ('2000-01-01') TO ('2026-01-01')")
+    pg_execute(pg_url, "CREATE TABLE events_new PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2100-01-01')")
+    pg_execute(pg_url, "INSERT INTO events SELECT timestamptz '2020-01-01' + n * interval '1 day', 'old' FROM generate_series(1, 5) n")
+    pg_execute(pg_url, "INSERT INTO events SELECT now() - n * interval '1 minute', 'new' FROM generate_series(1, 5) n")
+    env = {**worker_env, "BACKUP_SOURCE": pg_url, "RETENTION_RULES": "events.created_at=30d"}
+
+    outcome = backup(env, tmp_path)
+
+    assert [(rule["deleted"], rule["error"]) for rule in outcome["purge"]] == [(5, None)]
+    assert pg_execute(pg_url, "SELECT payload, count(*) FROM events GROUP BY payload") == [("new", 5)]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_a_rule_whose_delete_fires_a_trigger_is_refused_at_start(engine: str, pg_url: str, worker_env: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    """A delete trigger may remove rows no backup holds (an attachment written after the snapshot)."""
+    if engine == "sqlite":
+        path = tmp_path / "app.db"
+        db = make_sqlite(path, "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL)")
+        db.execute("CREATE TABLE attachments (event_id INTEGER, body TEXT)")
+        db.execute("CREATE TRIGGER drop_attachments AFTER DELETE ON events BEGIN "
+                   "DELETE FROM attachments WHERE event_id = old.id; END")
+        db.execute("INSERT INTO events (created_at) VALUES ('2020-01-01 00:00:00')")
+        db.commit()
+        db.close()
+        source = f"sqlite:///{path}"
+    else:
+        pg_execute(pg_url, "CREATE TABLE events (id serial PRIMARY KEY, created_at timestamptz NOT NULL)")
+        pg_execute(pg_url, "CREATE TABLE attachments (event_id int, body text)")
+        pg_execute(pg_url, "CREATE FUNCTION drop_attachments() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$ BEGIN DELETE FROM attachments WHERE event_id = old.id; RETURN old; END $$")
+        pg_execute(pg_url, "CREATE TRIGGER drop_attachments AFTER DELETE ON events FOR EACH ROW EXECUTE FUNCTION drop_attachments()")
+        pg_execute(pg_url, "INSERT INTO events (created_at) VALUES ('2020-01-01')")
+        source = pg_url
+    env = {**worker_env, "BACKUP_SOURCE": source, "RETENTION_RULES": "events.created_at=30d"}
+    result = run_worker(["backup"], env, cwd=tmp_path)
+    assert result.code == 2
+    assert "drop_attachments" in result.stderr and "RETENTION_RULES" in result.stderr
+
+
+def test_an_insert_trigger_whose_body_deletes_is_no_delete_trigger(worker_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL)")
+    db.execute("CREATE TABLE seen (n INTEGER)")
+    db.execute("create trigger trim_seen after insert on events begin delete from seen; end")
+    db.execute("INSERT INTO events (created_at) VALUES ('2020-01-01 00:00:00')")
+    db.commit()
+    db.close()
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{path}", "RETENTION_RULES": "events.created_at=30d"}
+    assert backup(env, tmp_path)["purged_rows"] == 1
