@@ -1,15 +1,22 @@
 """Whose backup is this: one answer for the manifest, the restore over a live database and the backup-time check
 that two sources never share a backup set.
 
-A backup records who made it in its manifest's `source`: for SQLite the database's absolute path, for PostgreSQL
-and Redis the host, port (and database), and on Railway the environment (and, for SQLite, whose volume belongs to
-one service, the service) from RAILWAY_ENVIRONMENT_ID / RAILWAY_SERVICE_ID. Two sources are the same when those
-fields are equal. A manifest written before identities were recorded has none: it belongs to nobody in
-particular and never blocks anything.
+A backup records who made it in its manifest's `source`:
+- SQLite: the database's absolute `path`; PostgreSQL: `host`, `port`, `database` and, when the server lets us read
+  it (pg_control_system()), `cluster`, the server's own system identifier, which does not change when the same
+  server is reached under another address; Redis: `host`, `port`.
+- On Railway, the environment (`railway_environment_id`) and, for SQLite, whose volume belongs to one service, the
+  service (`railway_service_id`), from RAILWAY_ENVIRONMENT_ID / RAILWAY_SERVICE_ID. Off Railway, SQLite and Redis
+  sources also carry `install`: a random id kept in the backup directory (`.install-id`), so that two machines
+  with the same path or host name never pass for one source.
+Two identities are the same source when those fields are equal; `cluster` replaces host and port when both
+sides have it, and `install` is compared only when both sides have it (manifests written before it count). A
+manifest that records no identity at all belongs to nobody in particular and never blocks anything.
 
-A source takes a set over when it restores one of the set's backups (at start, or by an explicit id with --yes):
-the identity of that backup is then "adopted" (a small file in the backup directory), so the source's next backups
-are not refused because the newest backup in the bucket still carries the former owner's identity.
+A source takes a set over when it restores one of the set's backups (at start, or by an explicit id with --yes)
+or when asked to (`backup --take-over`, for the same database moved, recreated or reached under a new address):
+the former owner's identity is then "adopted" (`.adopted-sets.json` in the backup directory), with the time. An
+adoption lapses as soon as the former owner writes into the set again: two live sources never share a set.
 """
 
 from collections.abc import Mapping, Sequence
@@ -17,6 +24,8 @@ from datetime import datetime, timezone
 import json
 import os
 from pathlib import Path
+import re
+import secrets
 from typing import Any, Protocol
 
 import structlog
@@ -32,7 +41,10 @@ log = structlog.get_logger("jobs.identity")
 CORE = {"sqlite": ("path",), "pgdump": ("host", "port", "database"), "rdb": ("host", "port")}
 RAILWAY = {"railway_service_id": "RAILWAY_SERVICE_ID", "railway_environment_id": "RAILWAY_ENVIRONMENT_ID"}
 PER_SERVICE = ("sqlite",)  # a file database lives on one service's volume: the service is part of who it is
+PER_INSTALL = ("sqlite", "rdb")  # off Railway, names alone do not tell two machines apart
+OPTIONAL = ("cluster", "install")  # compared only when both identities carry them
 ADOPTED_NAME = ".adopted-sets.json"
+INSTALL_NAME = ".install-id"
 MAX_ADOPTED_BYTES = 256 << 10
 
 
@@ -42,8 +54,9 @@ class Identified(Protocol):
     def identity(self) -> dict[str, str]: ...
 
 
-def of(source: Identified, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Given a source, return its identity as the manifest records it (kind, its core fields, Railway's ids)."""
+def of(source: Identified, backup_dir: Path | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Given a source and the backup directory (where the install id is kept; None: not looked at), return its
+    identity as the manifest records it (kind, its own fields, Railway's ids or the install id)."""
     env = os.environ if env is None else env
     found = {"kind": source.kind, **{key: str(value) for key, value in source.identity().items()}}
     for field, variable in RAILWAY.items():
@@ -51,7 +64,31 @@ def of(source: Identified, env: Mapping[str, str] | None = None) -> dict[str, st
             continue
         if env.get(variable, "").strip():
             found[field] = env[variable].strip()
+    if backup_dir is not None and source.kind in PER_INSTALL and not any(field in found for field in RAILWAY):
+        install = install_id(backup_dir)
+        if install:
+            found["install"] = install
     return found
+
+
+def install_id(backup_dir: Path) -> str | None:
+    """Return this installation's random id, kept in `backup_dir` (created at first use); None when the directory
+    can be neither read nor written (a read-only volume with no id yet)."""
+    path = backup_dir / INSTALL_NAME
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(64).decode("ascii", "replace").strip()
+        if re.fullmatch(r"[0-9a-f]{32}", text):
+            return text
+    except OSError:
+        pass
+    text = secrets.token_hex(16)
+    try:
+        with atomic_file(path) as handle:
+            handle.write(text.encode() + b"\n")
+    except OSError:
+        return None
+    return text
 
 
 def recorded(manifest_source: Any) -> dict[str, str] | None:
@@ -62,7 +99,7 @@ def recorded(manifest_source: Any) -> dict[str, str] | None:
     if kind not in CORE or not all(isinstance(manifest_source.get(key), (str, int)) for key in CORE[kind]):
         return None
     found = {"kind": str(kind)}
-    for key in (*CORE[kind], *RAILWAY):
+    for key in (*CORE[kind], *RAILWAY, *OPTIONAL):
         value = manifest_source.get(key)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             found[key] = str(value)
@@ -70,11 +107,17 @@ def recorded(manifest_source: Any) -> dict[str, str] | None:
 
 
 def same(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
-    """Return whether two identities name the same source (host names compared without case)."""
-    keys = ("kind", *CORE.get(a.get("kind", ""), ()), *RAILWAY)
-    folded = {"host"}
-    return all((a.get(key) or "").lower() == (b.get(key) or "").lower() if key in folded else a.get(key) == b.get(key)
-               for key in keys)
+    """Return whether two identities name the same source: the same kind and Railway ids; the same server
+    (`cluster`) and database when both know the server, else the same core fields (host names without case); and
+    the same install when both carry one."""
+    if a.get("kind") != b.get("kind") or any(a.get(key) != b.get(key) for key in RAILWAY):
+        return False
+    if a.get("install") and b.get("install") and a["install"] != b["install"]:
+        return False
+    if a.get("cluster") and b.get("cluster"):
+        return a["cluster"] == b["cluster"] and a.get("database") == b.get("database")
+    return all((a.get(key) or "").lower() == (b.get(key) or "").lower() if key == "host" else a.get(key) == b.get(key)
+               for key in CORE.get(a.get("kind", ""), ()))
 
 
 def describe(identity: Mapping[str, str]) -> str:
@@ -89,7 +132,9 @@ def describe(identity: Mapping[str, str]) -> str:
     railway = [f"{label} {identity[key][:8]}…" for key, label in (("railway_service_id", "service"),
                                                                    ("railway_environment_id", "environment"))
                if identity.get(key)]
-    return text + (f" on Railway ({', '.join(railway)})" if railway else "")
+    if railway:
+        return text + f" on Railway ({', '.join(railway)})"
+    return text + (f" (installation {identity['install'][:8]}…)" if identity.get("install") else "")
 
 
 def owner(backups: Sequence[Backup], now: datetime | None = None) -> tuple[Backup, dict[str, str]] | None:
@@ -102,7 +147,21 @@ def owner(backups: Sequence[Backup], now: datetime | None = None) -> tuple[Backu
     return None
 
 
-def collision(backups: Sequence[Backup], ours: Mapping[str, str], adopted: Sequence[Mapping[str, str]],
+def taken_over(theirs: Mapping[str, str], made_at: datetime, adopted: Sequence[Mapping[str, Any]]) -> bool:
+    """Return whether a backup made by `theirs` at `made_at` belongs to a source this one took over: adopted, and
+    made before the adoption (a backup its former owner writes afterwards means that owner is live again)."""
+    for taken in adopted:
+        since = taken.get("adopted_at")
+        try:
+            moment = datetime.fromisoformat(str(since))
+        except ValueError:
+            continue
+        if moment.tzinfo is not None and made_at <= moment and same(theirs, taken):
+            return True
+    return False
+
+
+def collision(backups: Sequence[Backup], ours: Mapping[str, str], adopted: Sequence[Mapping[str, Any]],
               backup_set: BackupSet, where: str) -> str | None:
     """Return why this source must not write into `backup_set` at `where` (its newest backup was made by another
     source that this one did not take over), as one sentence naming both and the fix; None when it may."""
@@ -110,16 +169,16 @@ def collision(backups: Sequence[Backup], ours: Mapping[str, str], adopted: Seque
     if found is None:
         return None
     backup, theirs = found
-    if same(theirs, ours) or any(same(theirs, taken) for taken in adopted):
+    if same(theirs, ours) or taken_over(theirs, backup.created_at, adopted):
         return None
     return (f"the backup set {backup_set} in {where} belongs to another source: its newest backup {backup.id} was made "
             f"by {describe(theirs)}, and this worker backs up {describe(ours)}; two sources must never share a set, so "
             "nothing was written: give this source a set of its own with BACKUP_NAME (or the bucket a prefix of its "
-            f"own with S3_PREFIX), or, if this is the same database moved or recreated, take the set over by restoring "
-            f"one of its backups by id with --yes (`python -m worker restore {backup.id} --yes`)")
+            "own with S3_PREFIX), or, only if this is the same database moved, recreated or reached under a new "
+            "address, take the set over once with `python -m worker backup --take-over`")
 
 
-def require_own(backups: Sequence[Backup], ours: Mapping[str, str], adopted: Sequence[Mapping[str, str]],
+def require_own(backups: Sequence[Backup], ours: Mapping[str, str], adopted: Sequence[Mapping[str, Any]],
                 backup_set: BackupSet, where: str) -> None:
     """Raise SourceError (stage preflight) if `collision` finds the set taken by another source."""
     problem = collision(backups, ours, adopted, backup_set, where)
@@ -127,18 +186,18 @@ def require_own(backups: Sequence[Backup], ours: Mapping[str, str], adopted: Seq
         raise SourceError(problem, stage="preflight")
 
 
-def adopted(backup_dir: Path, backup_set: BackupSet) -> list[dict[str, str]]:
-    """Return the identities this worker took over for `backup_set` (from the backup directory; [] if none)."""
+def adopted(backup_dir: Path, backup_set: BackupSet) -> list[dict[str, Any]]:
+    """Return the identities this worker took over for `backup_set`, each with `adopted_at` (from the backup
+    directory; [] if none)."""
     return [identity for identity in _load(backup_dir).get(_key(backup_set), []) if isinstance(identity, dict)]
 
 
-def adopt(backup_dir: Path, backup_set: BackupSet, identity: Mapping[str, str]) -> None:
-    """Record that this worker's source took `backup_set` over from the source `identity`."""
+def adopt(backup_dir: Path, backup_set: BackupSet, identity: Mapping[str, str], now: datetime | None = None) -> None:
+    """Record that this worker's source took `backup_set` over from the source `identity`, now."""
     data = _load(backup_dir)
-    known = [entry for entry in data.get(_key(backup_set), []) if isinstance(entry, dict)]
-    if any(same(entry, identity) for entry in known):
-        return
-    data[_key(backup_set)] = [*known, dict(identity)][-10:]
+    known = [entry for entry in data.get(_key(backup_set), []) if isinstance(entry, dict) and not same(entry, identity)]
+    moment = (now or datetime.now(timezone.utc)).isoformat()
+    data[_key(backup_set)] = [*known, {**identity, "adopted_at": moment}][-10:]
     with atomic_file(backup_dir / ADOPTED_NAME) as handle:
         handle.write(json.dumps(data, indent=2, sort_keys=True).encode())
     log.info("backup_set.taken_over", backup_set=str(backup_set), previous_owner=describe(identity))

@@ -154,7 +154,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             "id": artifacts.backup_id(artifact),
             "artifact": artifact,
             "created_at": artifacts.utc_iso(created_at),
-            "source": {**source.describe(), **identity.of(source)},  # who made it: see jobs.identity
+            "source": {**source.describe(), **identity.of(source, settings.backup_dir)},  # who made it: see jobs.identity
             "format": {"kind": source.kind, "compression": "zstd", "level": settings.compression_level, "frame_checksum": True},
             "size": compressed.size,
             "sha256": compressed.sha256,
@@ -308,19 +308,25 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
             failure = UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it")
             log.warning("retention.despite_upload_failure", detail="local retention runs so that the volume does not fill up")
     fields["pruned"] = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel, manifest["id"])
+    fields["time_anchor"] = artifacts.utc_iso(time_anchor(local, backup_set, manifest["id"], cancel))
     if failure is not None:
         failure.fields = fields
         raise failure
     return fields
 
 
-def require_own_set(source: Source, settings: BackupSettings, backup_set: BackupSet, cancel: threading.Event) -> None:
-    """Raise SourceError (stage preflight) when the set's newest backup, on the volume or in the bucket, was made
-    by another source that this one did not take over (`jobs.identity`): two services sharing a directory or a
-    bucket under one set name would otherwise choose, count and delete each other's backups. A bucket that cannot
-    be listed now only warns: the upload of this cycle will say why."""
-    ours = identity.of(source)
-    taken = identity.adopted(settings.backup_dir, backup_set)
+def time_anchor(local: LocalDestination, backup_set: BackupSet, fresh: str, cancel: threading.Event) -> datetime:
+    """Return what time it is for the retention that follows a cycle: the newest sound backup of the set before the
+    one this cycle wrote (`fresh`), or now if that is earlier (jobs.retention.anchor). Table retention counts ages
+    from it as backup retention does, so one cycle run while the clock is a year ahead deletes no row by age."""
+    backups, _ = list_backups(local, backup_set, cancel)
+    return retention.anchor(backups, datetime.now(timezone.utc), fresh=fresh)
+
+
+def _listed_places(settings: BackupSettings, backup_set: BackupSet,
+                   cancel: threading.Event) -> Iterator[tuple[Destination, list[Backup]]]:
+    """Yield the backup directory and the bucket (when configured) with their backups of `backup_set`. A bucket
+    that cannot be listed now is passed over with a warning: the upload of this cycle will say why."""
     places: list[Destination] = [LocalDestination(settings.backup_dir)]
     if settings.remote is not None:
         places.append(settings.remote)
@@ -330,7 +336,30 @@ def require_own_set(source: Source, settings: BackupSettings, backup_set: Backup
         except UploadError as error:
             log.warning("backup.owner_unchecked", location=place.location, reason=str(error))
             continue
+        yield place, found
+
+
+def require_own_set(source: Source, settings: BackupSettings, backup_set: BackupSet, cancel: threading.Event) -> None:
+    """Raise SourceError (stage preflight) when the set's newest backup, on the volume or in the bucket, was made
+    by another source that this one did not take over (`jobs.identity`): two services sharing a directory or a
+    bucket under one set name would otherwise choose, count and delete each other's backups."""
+    ours = identity.of(source, settings.backup_dir)
+    taken = identity.adopted(settings.backup_dir, backup_set)
+    for place, found in _listed_places(settings, backup_set, cancel):
         identity.require_own(found, ours, taken, backup_set, place.url())
+
+
+def take_over(source: Source, settings: BackupSettings, backup_set: BackupSet, cancel: threading.Event) -> list[str]:
+    """Make `source` the owner of its set (`backup --take-over`): adopt the maker of the set's newest backup on the
+    volume and in the bucket when it is another source; return who was taken over, for people."""
+    ours = identity.of(source, settings.backup_dir)
+    done = []
+    for _, found in _listed_places(settings, backup_set, cancel):
+        owner = identity.owner(found)
+        if owner is not None and not identity.same(owner[1], ours):
+            identity.adopt(settings.backup_dir, backup_set, owner[1])
+            done.append(identity.describe(owner[1]))
+    return done
 
 
 def _retention(destination: Destination, policy: retention.Policy, backup_set: BackupSet, settings: BackupSettings,

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup", help="run one backup cycle now")
     backup.add_argument("--no-upload", action="store_true", help="keep this backup local only")
     backup.add_argument("--json", action="store_true", help="print the outcome (artifact, sizes, check, uploads) as JSON")
+    backup.add_argument("--take-over", action="store_true", dest="take_over",
+                        help="make this source the owner of its backup set first (the same database moved, recreated or "
+                             "reached under a new address); never for two live databases")
     listing = commands.add_parser("list", help="list backups, newest first")
     listing.add_argument("--json", action="store_true", help="print an array of manifests")
     listing.add_argument("--remote", action="store_true", help="include the bucket's backups")
@@ -106,7 +109,7 @@ def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -
         return serve(ctx, args.exec_command, umask)
     _stop_on_signals(ctx.cancel)
     if args.command == "backup":
-        return cmd_backup(ctx, args.no_upload, args.json)
+        return cmd_backup(ctx, args.no_upload, args.json, args.take_over)
     if args.command == "list":
         return cmd_list(ctx, args.json, args.remote, args.all)
     if args.command == "verify":

@@ -144,6 +144,18 @@ def server_version(conn: Connection) -> tuple[str, pg_tools.Major]:
     return pg_tools.server_version(num)
 
 
+def cluster_id(conn: Connection) -> str | None:
+    """Return the server's system identifier (the same whatever address reaches it), or None when it cannot be
+    read now (unreachable, or pg_control_system() not granted)."""
+    try:
+        with connect(conn) as connection:
+            row = connection.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    except (SourceError, psycopg.Error) as error:
+        log.debug("postgres.cluster_unknown", reason=str(error)[:200])
+        return None
+    return str(row[0]) if row and row[0] else None
+
+
 def database_size(conn: Connection) -> int:
     """Return the size on disk of the database, in bytes. Raise SourceError if it cannot be reached."""
     with connect(conn) as connection:

@@ -187,6 +187,7 @@ class PostgresSource:
     kind: str = KIND
     snapshot_on_disk: ClassVar[bool] = False  # pg_dump's archive streams to the compressor: no raw file on the volume
     _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _facts: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)  # read once per source
 
     def name(self) -> str:
         return re.sub(r"[^A-Za-z0-9_-]+", "-", self.conn.dbname).strip("-") or "postgres"
@@ -198,7 +199,10 @@ class PostgresSource:
         return self.conn.masked
 
     def identity(self) -> dict[str, str]:
-        return {"host": self.conn.hostname, "port": self.conn.port, "database": self.conn.dbname}
+        found = {"host": self.conn.hostname, "port": self.conn.port, "database": self.conn.dbname}
+        if "cluster" not in self._facts:
+            self._facts["cluster"] = pg_connect.cluster_id(self.conn)
+        return {**found, "cluster": self._facts["cluster"]} if self._facts["cluster"] else found
 
     def protected_files(self) -> list[Path]:
         return []

@@ -5,12 +5,14 @@ from datetime import datetime, timedelta, timezone
 import json
 from pathlib import Path
 import sqlite3
+import subprocess
+import sys
 import uuid
 
 import psycopg
 import pytest
 
-from tests.conftest import run_worker
+from tests.conftest import ROOT, run_worker
 from tests.purge.conftest import PG_HOST, PG_PORT, PG_USER, make_sqlite, pg_execute
 
 OLD, NEW = 1500, 1000  # more old rows than one batch (1000)
@@ -222,3 +224,23 @@ def test_an_insert_trigger_whose_body_deletes_is_no_delete_trigger(worker_env: d
     db.close()
     env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{path}", "RETENTION_RULES": "events.created_at=30d"}
     assert backup(env, tmp_path)["purged_rows"] == 1
+
+
+def test_a_cycle_whose_clock_is_a_year_ahead_deletes_no_row_by_age(worker_env: dict[str, str], tmp_path: Path) -> None:
+    """Ages count from the newest backup before the cycle's own (as backup retention does), not from a wall clock
+    that jumped."""
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL)")
+    now = datetime.now(timezone.utc)
+    db.executemany("INSERT INTO events (created_at) VALUES (?)",
+                   [((now - timedelta(days=day, hours=12)).strftime("%Y-%m-%d %H:%M:%S"),) for day in range(60)])
+    db.commit()
+    db.close()
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{path}", "RETENTION_RULES": "events.created_at=30d"}
+    assert backup(env, tmp_path)["purged_rows"] == 30  # days 30..59: a normal night
+    ahead = subprocess.run([sys.executable, str(ROOT / "tests" / "fake_clock.py"), "backup", "--json"],
+                           env={**env, "CLOCK_OFFSET_S": str(365 * 86400)}, cwd=tmp_path, text=True, capture_output=True,
+                           timeout=300)
+    assert ahead.returncode == 0, ahead.stderr
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (30,)

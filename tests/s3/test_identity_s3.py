@@ -72,3 +72,23 @@ def test_a_recreated_service_takes_its_set_over_by_restoring_a_backup_by_id(tmp_
     again = run_worker(["backup"], new_env, cwd=new_root)
     assert again.code == 0, again.stderr
     assert again.event("job.succeeded")["uploaded"]
+
+
+def test_off_railway_two_machines_with_one_path_are_two_sources_and_take_over_is_explicit(tmp_path: Path, s3_env, s3_client, bucket) -> None:
+    """No Railway ids: each installation's own id (in its backup directory) tells two machines apart."""
+    (tmp_path / "srv").mkdir()
+    db = make_app_db(tmp_path / "srv" / "app.db", rows=20)
+    first = {**s3_env, "BACKUP_SOURCE": f"sqlite:///{db}", "BACKUP_DIR": str(tmp_path / "machine-1")}
+    second = {**first, "BACKUP_DIR": str(tmp_path / "machine-2")}
+    assert run_worker(["backup"], first, cwd=tmp_path).code == 0
+    refused = run_worker(["backup"], second, cwd=tmp_path)
+    assert refused.code == 1 and "installation" in refused.stderr
+    assert "--take-over" in refused.stderr and "restore" not in refused.stderr.split("belongs to another source")[1]
+    latest = run_worker(["restore", "--from-s3", "--latest", "--yes"], second, cwd=tmp_path)
+    assert latest.code == 2
+
+    taken = run_worker(["backup", "--take-over"], second, cwd=tmp_path)
+    assert taken.code == 0, taken.stderr
+    assert "takes the set over" in taken.stdout
+    again = run_worker(["backup"], first, cwd=tmp_path)  # the former owner is refused now: never two live sources
+    assert again.code == 1 and "belongs to another source" in again.stderr

@@ -25,15 +25,15 @@ B = {**A, "railway_service_id": "svc-b"}
         (open_sqlite("sqlite:////app/data/app.db", Path("/")), {}, {"kind": "sqlite", "path": "/app/data/app.db"}),
         (open_sqlite("sqlite:///data/app.db", Path("/srv")), {"RAILWAY_SERVICE_ID": "s", "RAILWAY_ENVIRONMENT_ID": "e"},
          {"kind": "sqlite", "path": "/srv/data/app.db", "railway_service_id": "s", "railway_environment_id": "e"}),
-        (open_postgres("postgresql://u:secret@db.internal:6543/shop", Path("/")), {"RAILWAY_SERVICE_ID": "s", "RAILWAY_ENVIRONMENT_ID": "e"},
-         {"kind": "pgdump", "host": "db.internal", "port": "6543", "database": "shop", "railway_environment_id": "e"}),
+        (open_postgres("postgresql://u:secret@127.0.0.1:1/shop", Path("/")), {"RAILWAY_SERVICE_ID": "s", "RAILWAY_ENVIRONMENT_ID": "e"},
+         {"kind": "pgdump", "host": "127.0.0.1", "port": "1", "database": "shop", "railway_environment_id": "e"}),
         (open_postgres("postgresql:///shop?host=/run/postgresql", Path("/")), {},
          {"kind": "pgdump", "host": "/run/postgresql", "port": "5432", "database": "shop"}),
         (open_redis("redis://default:secret@cache:6380/0", Path("/")), {}, {"kind": "rdb", "host": "cache", "port": "6380"}),
     ],
 )
 def test_a_source_records_who_it_is_without_secrets(source, env, expected) -> None:
-    found = identity.of(source, env)
+    found = identity.of(source, None, env)
     assert found == expected
     assert "secret" not in str(found)
 
@@ -52,6 +52,16 @@ def test_a_source_records_who_it_is_without_secrets(source, env, expected) -> No
          {"kind": "pgdump", "host": "h", "port": "5432", "database": "b"}, False),
         ("another port", {"kind": "rdb", "host": "h", "port": "6379"}, {"kind": "rdb", "host": "h", "port": "6380"}, False),
         ("another kind", A, {**A, "kind": "pgdump"}, False),
+        ("one server reached under two addresses", {"kind": "pgdump", "host": "127.0.0.1", "port": "5432", "database": "shop", "cluster": "7715"},
+         {"kind": "pgdump", "host": "localhost", "port": "6432", "database": "shop", "cluster": "7715"}, True),
+        ("two servers under one address", {"kind": "pgdump", "host": "db", "port": "5432", "database": "shop", "cluster": "1"},
+         {"kind": "pgdump", "host": "db", "port": "5432", "database": "shop", "cluster": "2"}, False),
+        ("a server whose id one side could not read: by address", {"kind": "pgdump", "host": "db", "port": "5432", "database": "shop", "cluster": "1"},
+         {"kind": "pgdump", "host": "db", "port": "5432", "database": "shop"}, True),
+        ("two machines with one path off Railway", {"kind": "sqlite", "path": "/app/data/app.db", "install": "a" * 32},
+         {"kind": "sqlite", "path": "/app/data/app.db", "install": "b" * 32}, False),
+        ("a manifest from before install ids", {"kind": "sqlite", "path": "/app/data/app.db", "install": "a" * 32},
+         {"kind": "sqlite", "path": "/app/data/app.db"}, True),
     ],
 )
 def test_two_identities_are_the_same_source_only_when_every_field_matches(case, a, b, same) -> None:
@@ -87,7 +97,9 @@ def made_by(maker: dict | None, hours_old: float) -> Backup:
         ("an empty set is anybody's", [], [], False),
         ("our own backups", [made_by(A, 1), made_by(A, 2)], [], False),
         ("another service's newest backup", [made_by(B, 1), made_by(A, 2)], [], True),
-        ("taken over from that service", [made_by(B, 1)], [B], False),
+        ("taken over from that service", [made_by(B, 1)], [{**B, "adopted_at": NOW.isoformat()}], False),
+        ("the former owner wrote again after the takeover", [made_by(B, 1)],
+         [{**B, "adopted_at": (NOW - timedelta(hours=2)).isoformat()}], True),
         ("ours is the newest again after a takeover", [made_by(A, 1), made_by(B, 2)], [], False),
         ("the newest records no maker: the older maker decides", [made_by(None, 1), made_by(B, 2)], [], True),
         ("only backups from before identities", [made_by(None, 1)], [], False),
@@ -107,7 +119,29 @@ def test_a_takeover_is_remembered_in_the_backup_directory(tmp_path: Path) -> Non
     assert identity.adopted(tmp_path, APP) == []
     identity.adopt(tmp_path, APP, B)
     identity.adopt(tmp_path, APP, B)
-    assert identity.adopted(tmp_path, APP) == [B]
+    (taken,) = identity.adopted(tmp_path, APP)
+    assert identity.same(taken, B) and datetime.fromisoformat(taken["adopted_at"]) <= datetime.now(timezone.utc)
     assert identity.adopted(tmp_path, BackupSet("app", "pgdump")) == []
     (tmp_path / identity.ADOPTED_NAME).write_text("{not json")
     assert identity.adopted(tmp_path, APP) == []
+
+
+def test_off_railway_a_file_database_carries_the_id_of_its_installation(tmp_path: Path) -> None:
+    source = open_sqlite("sqlite:////app/data/app.db", Path("/"))
+    first = identity.of(source, tmp_path, {})
+    assert len(first["install"]) == 32 and identity.of(source, tmp_path, {}) == first
+    (tmp_path / "elsewhere").mkdir()
+    other = identity.of(source, tmp_path / "elsewhere", {})
+    assert not identity.same(first, other)
+    on_railway = identity.of(source, tmp_path, {"RAILWAY_SERVICE_ID": "s"})
+    assert "install" not in on_railway
+
+
+def test_a_postgres_source_knows_its_server_by_its_system_identifier() -> None:
+    from tests.purge.conftest import PG_HOST, PG_PORT, PG_USER
+
+    pg_url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
+    via_ip = identity.of(open_postgres(pg_url, Path("/")), None, {})
+    via_name = identity.of(open_postgres(pg_url.replace("127.0.0.1", "localhost"), Path("/")), None, {})
+    assert via_ip["cluster"] and via_ip["cluster"] == via_name["cluster"]
+    assert identity.same(via_ip, via_name)

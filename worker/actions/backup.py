@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from jobs import pipeline
+from jobs.backups import BackupSet
 from jobs.engines import Source
 from jobs.errors import BusyError, Cancelled, JobError
 from jobs.volume import explain, require_usable
@@ -118,8 +119,21 @@ def backup_job(ctx: Context, upload: bool = True, only: list[str] | None = None)
     return run_job("backup", ctx.catalog, work)
 
 
-def cmd_backup(ctx: Context, no_upload: bool, as_json: bool = False) -> int:
+def take_over(ctx: Context) -> None:
+    """`backup --take-over`: make each configured source the owner of its set (see jobs.identity), saying whose it
+    was, before the cycle runs."""
+    settings = ctx.settings()
+    for source in ctx.sources():
+        backup_set = BackupSet(source.name(), source.kind)
+        with for_set(ctx.config.backup_dir, source.name(), "take-over"):
+            for former in pipeline.take_over(source, settings, backup_set, ctx.cancel):
+                say(f"{backup_set}: this source takes the set over from {former}")
+
+
+def cmd_backup(ctx: Context, no_upload: bool, as_json: bool = False, take: bool = False) -> int:
     ctx.sources()  # no source configured is a usage error, before any run starts
+    if take:
+        take_over(ctx)
     outcome = backup_job(ctx, upload=not no_upload)
     if as_json:
         print_json(outcome)

@@ -43,7 +43,7 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
                 for backup_set in prune_sets(ctx, destination):
                     if backup_set in owners:  # never plan on a set another source writes into (jobs.identity)
                         found, _ = list_backups(destination, backup_set, ctx.cancel)
-                        identity.require_own(found, identity.of(owners[backup_set]),
+                        identity.require_own(found, identity.of(owners[backup_set], ctx.config.backup_dir),
                                              identity.adopted(ctx.config.backup_dir, backup_set), backup_set, destination.url())
                     plan = pipeline.plan_retention(destination, side_policy, backup_set=backup_set, cancel=ctx.cancel,
                                                    cache=IntactCache(ctx.config.backup_dir / CACHE_NAME))

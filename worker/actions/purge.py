@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from jobs.artifacts import utc_iso
+from jobs.artifacts import parse_iso, utc_iso
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from jobs.purge import PurgeRule, check_rules, dry_run, held_from_cycle, purge, purge_fields, should_purge
@@ -84,6 +84,16 @@ def purge_after_backup(ctx: Context, source: Source, rules: Sequence[PurgeRule],
     return merged
 
 
+def purge_time(cycle: Mapping[str, Any]) -> datetime:
+    """Return the time a purge after this cycle counts ages from: the cycle's `time_anchor` (see
+    jobs.pipeline.time_anchor), never later than now."""
+    now = datetime.now(timezone.utc)
+    try:
+        return min(now, parse_iso(str(cycle["time_anchor"])))
+    except (KeyError, ValueError):
+        return now
+
+
 def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Mapping[str, Any],
                kept: Path | None) -> dict[str, Any]:
     """The `purge` run: delete, report per rule; raise JobError (stage purge) if a rule failed, Cancelled (with the
@@ -94,7 +104,7 @@ def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: 
     except ValueError as error:
         raise JobError(f"{error}; nothing was deleted", stage="purge", fields=held_by) from None
     try:
-        results = purge(source, rules, datetime.now(timezone.utc), ctx.cancel, held=held)
+        results = purge(source, rules, purge_time(cycle), ctx.cancel, held=held)
     except Cancelled as error:
         error.fields = {**held_by, **summary(error.fields.get("purge", []))}
         raise

@@ -192,9 +192,9 @@ def require_owner(ctx: Context, backup: Backup, source: Source, explicit: bool,
     this source's own (or records no maker). Raise `error` naming both when `--latest` would restore another
     source's backup (jobs.identity)."""
     theirs = identity.recorded(backup.manifest.get("source"))
-    ours = identity.of(source)
+    ours = identity.of(source, ctx.config.backup_dir)
     taken = identity.adopted(ctx.config.backup_dir, BackupSet(source.name(), source.kind))
-    if theirs is None or identity.same(theirs, ours) or any(identity.same(theirs, known) for known in taken):
+    if theirs is None or identity.same(theirs, ours) or identity.taken_over(theirs, backup.created_at, taken):
         return None
     if explicit:
         return theirs

@@ -1,6 +1,7 @@
 """Backup, list, verify and restore of PostgreSQL through the command line, compared table by table."""
 
 import json
+from pathlib import Path
 
 from tests.postgres.conftest import admin, digests, url_for
 from tests.postgres.e2e.conftest import base_env, manifests, plain_lines, s3_settings
@@ -156,3 +157,17 @@ def test_a_target_url_whose_password_hides_the_host_is_refused_without_showing_i
         result = cli("restore", "--latest", "--target-url", url, "--yes", env=env)
         assert result.code == 2 and "--target-url" in result.stderr and "percent-encoded" in result.stderr
         assert "Zq" not in result.stdout + result.stderr and "xv" not in result.stdout + result.stderr
+
+
+def test_the_same_server_under_another_address_is_the_same_source(app_pg: str, cli, tmp_path: Path) -> None:
+    """The server's system identifier, not the URL's host, says which database made a backup: switching from
+    127.0.0.1 to localhost (on Railway, from the public to the private address) changes nothing."""
+    from tests.postgres.conftest import url_for
+
+    via_ip = url_for(app_pg)
+    first = cli("backup", env=base_env(tmp_path, via_ip))
+    assert first.code == 0, first.stderr
+    second = cli("backup", env=base_env(tmp_path, via_ip.replace("127.0.0.1", "localhost")))
+    assert second.code == 0, second.stderr
+    manifest = json.loads((tmp_path / "backups" / f"{second.event('job.succeeded')['artifact']}.json").read_text())
+    assert manifest["source"]["cluster"] and manifest["source"]["host"] == "localhost"
