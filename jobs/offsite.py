@@ -46,21 +46,32 @@ def upload_backup(local: LocalDestination, remote: Destination, backup: Backup, 
 
 def missing_remote(local_backups: list[Backup], remote_backups: list[Backup]) -> list[Backup]:
     """Given the local and the remote backups, return the local ones the remote lacks whole (by artifact name; a
-    remote copy of the wrong size is replaced), oldest first. A local backup that is damaged is never sent."""
-    present = {backup.artifact for backup in remote_backups if not backup.damage}
-    missing = [backup for backup in local_backups if backup.artifact not in present and not backup.damage]
+    remote copy of the wrong size is replaced), oldest first. A local backup that is damaged is never sent, nor
+    one whose name the remote holds for another backup (another SHA-256: a clock that went back wrote the same
+    name twice); that one is logged, never overwritten."""
+    remote = {backup.artifact: backup for backup in remote_backups if not backup.damage}
+    missing = []
+    for backup in local_backups:
+        there = remote.get(backup.artifact)
+        if there is not None and there.sha256 != backup.sha256:
+            log.error("offsite.name_taken", backup=backup.id, detail="the bucket holds another backup under this name "
+                      "(a clock that went back wrote it twice); this one is not uploaded, restore it from the volume")
+        elif there is None and not backup.damage:
+            missing.append(backup)
     return sorted(missing, key=lambda backup: (backup.created_at, backup.id))
 
 
 def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
          policy: Policy | None = None, now: datetime | None = None, backup_set: BackupSet | None = None,
-         present: set[str] | None = None, stale_upload_age: timedelta = STALE_UPLOAD_AGE) -> list[str]:
+         present: set[str] | None = None, stale_upload_age: timedelta = STALE_UPLOAD_AGE,
+         fresh: str | None = None) -> list[str]:
     """Upload every local backup of `backup_set` (every set if None) that `remote` lacks, oldest first; return
     the ids uploaded.
 
     First abort the set's unfinished multipart uploads older than `stale_upload_age` (failing that only warns).
-    With the remote's retention `policy`, backups it would delete at once are not uploaded (a bucket kept shorter
-    than the volume would otherwise receive and lose the same old backups every cycle). When given, `present`
+    With the remote's retention `policy`, backups its plan (jobs.retention.plan, with `fresh` the backup this cycle
+    wrote) would delete at once are not uploaded (a bucket kept shorter than the volume would otherwise receive and
+    lose the same old backups every cycle). When given, `present`
     receives the artifact names known to be whole on the remote (listed there, or uploaded now), also when this
     raises. Raise UploadError, StorageError or Cancelled at the first failure; what was uploaded before stays,
     and the next call carries on from there.
@@ -77,10 +88,12 @@ def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
                          "that aborts incomplete multipart uploads")
     local_backups, _ = list_backups(local, backup_set, cancel)
     remote_backups, _ = list_backups(remote, backup_set, cancel)
-    present.update(backup.artifact for backup in remote_backups if not backup.damage)
+    local_sha = {backup.artifact: backup.sha256 for backup in local_backups}
+    present.update(backup.artifact for backup in remote_backups
+                   if not backup.damage and local_sha.get(backup.artifact, backup.sha256) == backup.sha256)
     missing = missing_remote(local_backups, remote_backups)
     if policy is not None and missing:
-        doomed = {b.id for b in plan(remote_backups + missing, policy, now or datetime.now(timezone.utc)).delete}
+        doomed = {b.id for b in plan(remote_backups + missing, policy, now or datetime.now(timezone.utc), fresh=fresh).delete}
         missing = [backup for backup in missing if backup.id not in doomed]
     uploaded = []
     for backup in missing:

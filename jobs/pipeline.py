@@ -300,7 +300,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
         offsite_copies = set()
         try:
             fields["uploaded"] = offsite.sync(local, settings.remote, cancel, settings.remote_policy,
-                                              backup_set=backup_set, present=offsite_copies)
+                                              backup_set=backup_set, present=offsite_copies, fresh=manifest["id"])
             if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
                 fields["pruned_remote"] = _retention(settings.remote, settings.remote_policy, backup_set, settings, None,
                                                      cancel, manifest["id"])

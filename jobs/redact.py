@@ -61,6 +61,9 @@ class UrlParts:
         return url[self.password[0]:self.password[1]] if self.password else None
 
 
+LONE_USER_IS_PASSWORD = ("redis", "rediss")
+
+
 def split_url(url: str) -> UrlParts | None:
     """Given a URL (`scheme://…`), return where its user info, password, hosts and tail are. Return None if it
     does not start with a scheme and `://`."""
@@ -86,6 +89,9 @@ def split_url(url: str) -> UrlParts | None:
         return UrlParts(match.group()[:-3], None, None, rest[:tail_at], rest[tail_at:], (), True)
     colon = rest.find(":", 0, at)
     password = (start + colon + 1, start + at) if colon >= 0 and colon + 1 < at else None
+    if colon < 0 < at and match.group()[:-3].lower() in LONE_USER_IS_PASSWORD:
+        password = (start, start + at)  # redis://TOKEN@host: many Redis clients read a lone user part as the password
+        readings.append(rest[:at])
     after = rest[at + 1:]
     tail_at = next((i for i, c in enumerate(after) if c in "/?#"), len(after))
     userinfo = rest[:at]

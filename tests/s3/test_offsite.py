@@ -1,5 +1,7 @@
 """Off-site logic over real backups: upload what the bucket lacks, in order, and restore only what checks out."""
 
+import hashlib
+import json
 from pathlib import Path
 import threading
 from typing import Any
@@ -27,6 +29,14 @@ def replace_remote(remote: Remote, key: str, data: bytes, tmp_path: Path) -> Non
     staging.write_bytes(data)
     remote.put(staging, key, threading.Event())
     staging.unlink()
+
+
+def remote_bytes(remote: Remote, key: str, tmp_path: Path) -> bytes:
+    copy = tmp_path / "remote-copy"
+    remote.get(key, copy, threading.Event())
+    data = copy.read_bytes()
+    copy.unlink()
+    return data
 
 
 def corrupt(remote: Remote, backup: Backup, tmp_path: Path) -> None:
@@ -201,3 +211,23 @@ def test_a_wanted_id_is_restored_or_not_found(local_backups: Local, remote: Remo
 def test_an_empty_remote_has_nothing_to_restore(remote: Remote, tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no complete backup"):
         offsite.pick_restorable(remote, tmp_path, threading.Event(), None, fallback=True)
+
+
+def test_a_name_the_bucket_holds_for_another_backup_is_never_overwritten_nor_counted_as_off_site(
+        local_backups: Local, remote: Remote, tmp_path: Path) -> None:
+    """A clock that went back can write the same artifact name twice: the bucket's backup of that name stays."""
+    local, backups = local_backups
+    offsite.sync(local, remote, threading.Event())
+    theirs = remote_bytes(remote, backups[-1].artifact, tmp_path)
+    # the local backup of that name is now another one: new bytes, its manifest says so
+    artifact = local.path(backups[-1].artifact)
+    manifest = json.loads(local.path(backups[-1].manifest_key).read_text())
+    data = bytearray(artifact.read_bytes())
+    data[-1] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    manifest["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    local.path(backups[-1].manifest_key).write_text(json.dumps(manifest))
+    present: set[str] = set()
+    assert offsite.sync(local, remote, threading.Event(), present=present) == []
+    assert backups[-1].artifact not in present
+    assert remote_bytes(remote, backups[-1].artifact, tmp_path) == theirs

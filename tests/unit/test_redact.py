@@ -66,6 +66,9 @@ URLS = [  # url, masked, secrets (as written, percent-decoded, form-decoded; and
     ("redis://default:@cache", "redis://default:@cache", set()),
     ("postgresql://u:pw-6@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db", {"pw-6"}),
     ("redis://[::1]:6379", "redis://[::1]:6379", set()),
+    # Many Redis clients (Lettuce, Jedis' URI form) read a lone user part as the password: it is masked as one.
+    ("redis://T0KEN-abc@cache:6379", "redis://***@cache:6379", {"T0KEN-abc"}),
+    ("rediss://T0KEN@cache", "rediss://***@cache", {"T0KEN"}),
     ("postgresql://u:pw-list@h1:5432,h2:5433/db?target_session_attrs=read-write",
      "postgresql://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write", {"pw-list"}),
     ("postgresql:///db?host=/run/postgresql&password=x", "postgresql:///db?host=/run/postgresql&password=***", {"x"}),
