@@ -26,7 +26,7 @@ def one_backup(db: Path, backups: Path) -> tuple[Path, Path]:
 
 
 def names(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if not p.name.startswith(".backup.lock"))
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith((".backup", ".install-id")))
 
 
 def test_an_orphan_with_its_complete_temporary_manifest_is_proved_and_published(tmp_path: Path, app_db: Path) -> None:

@@ -100,6 +100,8 @@ def test_stock_tools_read_what_we_write(tmp_path: Path, worker) -> None:
     assert count == ["1000", "ok"]
     assert oct(artifact.stat().st_mode & 0o777) == "0o600"
     assert oct(backups.stat().st_mode & 0o777) == "0o700"
+    install = manifest["source"].pop("install")  # off Railway: this installation's id (jobs.identity)
+    assert len(install) == 32 and (tmp_path / "backups" / ".install-id").read_text().strip() == install
     assert manifest["source"] == {"kind": "sqlite", "database": "app.db", "path": str(tmp_path / "app.db")}
     assert manifest["verified"]["check"] == "PRAGMA integrity_check"
 

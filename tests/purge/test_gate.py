@@ -41,7 +41,7 @@ def test_after_a_checked_backup_old_rows_are_purged_and_that_backup_still_holds_
         assert kept.is_file()  # the raw snapshot the backup was made from, until the purge is done
         results = purge(source, RULES, NOW, threading.Event(), held=held_from_cycle(fields, kept))
         fields.update(purge_fields(results))
-    assert not kept.exists() and sorted(path.name for path in backups.iterdir()) == [
+    assert not kept.exists() and sorted(path.name for path in backups.iterdir() if path.name != ".install-id") == [
         fields["artifact"], fields["artifact"] + ".json"]
 
     assert 0 < fields["purged_rows"] < total and fields["purge"][0]["rule"] == "events.created_at=30d"
