@@ -1,20 +1,18 @@
 """RESTORE_ON_START=if-missing with PostgreSQL (and beside SQLite), as a user runs it: `python -m worker run`
 against the suite's real server, after the database was dropped and created again empty."""
 
-import os
 from pathlib import Path
 import sqlite3
-import subprocess
 import sys
 import time
 
 from psycopg import sql
 import pytest
 
-from tests.conftest import ROOT, make_app_db
+from tests.conftest import make_app_db
 from tests.e2e.started import Started
 from tests.postgres.conftest import admin, digests, free_port, url_for
-from tests.postgres.e2e.conftest import base_env, manifests, plain_lines
+from tests.postgres.e2e.conftest import base_env, manifests
 
 RESTORE = {"RESTORE_ON_START": "if-missing"}
 
@@ -147,3 +145,14 @@ def test_a_server_that_does_not_answer_is_retried_then_run_exits_1_with_one_sent
     assert "3 s" in sentence and f"127.0.0.1:{port}" in sentence
     assert len([e for e in worker.events if e.get("event") == "restore.on_start_waiting"]) >= 1
     assert "worker.started" not in worker.names()
+
+
+def test_sigterm_while_waiting_for_the_server_stops_at_once_and_starts_nothing(tmp_path, started) -> None:
+    env = {**base_env(tmp_path, f"postgresql://postgres@127.0.0.1:{free_port()}/app"), **RESTORE}
+    worker = start(started, env, tmp_path, "--exec", f"{sys.executable} -c 'open(\"started\", \"w\")'")
+    worker.wait_for("restore.on_start_waiting")
+    began = time.monotonic()
+    assert worker.stop() == 0
+    assert time.monotonic() - began < 5
+    assert "worker.started" not in worker.names() and "app.started" not in worker.names()
+    assert not (tmp_path / "started").exists()
