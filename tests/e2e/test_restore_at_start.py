@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from tests.conftest import make_app_db, run_worker
+from tests.conftest import run_worker
 from tests.e2e.started import Started
+from tests.notify.conftest import receiver  # noqa: F401
 from tests.s3.conftest import (ACCESS_KEY, REGION, SECRET, aws_env, boto_session, bucket, client_for,  # noqa: F401
                                free_port, moto_endpoint, s3_client)
 
@@ -111,7 +112,7 @@ def test_volume_lost_the_bucket_s_newest_backup_is_restored_before_the_app_start
     assert worker.stop() == 0
 
     listed = run_worker(["list", "--remote", "--json"], env, cwd=tmp_path)
-    in_bucket = [row for row in json.loads(listed.stdout) if "s3" in row["location"]]
+    in_bucket = [row for row in json.loads(listed.stdout) if row["location"] in ("s3", "both")]
     assert in_bucket[0]["id"] == catch_up["artifact"].removesuffix(".zst") != newest  # the catch-up is the newest
     copy = tmp_path / "newest-in-bucket.db"
     fetched = run_worker(["restore", in_bucket[0]["id"], "--from-s3", "--to", str(copy), "--yes"], env, cwd=tmp_path)
@@ -161,6 +162,7 @@ def test_sqlite_leftovers_beside_a_missing_database_are_named_never_deleted_and_
                    tmp_path)
     assert worker.finish(60) == 1
     (sentence,) = plain(worker.stderr)
+    print(sentence)
     assert str(wal) in sentence and "app" in sentence
     assert wal.read_bytes() == b"the only copy of the last commits" and not db.exists()
     assert not app_records(tmp_path) and "app.started" not in worker.names()
@@ -204,6 +206,7 @@ def test_the_only_backup_damaged_in_the_bucket_exits_1_with_one_sentence_and_the
     worker = start(started, ["run", "--exec", app_command(tmp_path, db)], {**env, "RESTORE_ON_START": "if-missing"}, tmp_path)
     assert worker.finish(90) == 1
     (sentence,) = plain(worker.stderr)
+    print(sentence)
     assert only in sentence and "app" in sentence
     assert not app_records(tmp_path) and "app.started" not in worker.names()
     assert not db.exists()
@@ -219,6 +222,7 @@ def test_an_unreachable_bucket_exits_1_with_one_sentence_and_the_app_never_start
     worker = start(started, ["run", "--exec", app_command(tmp_path, db)], env, tmp_path)
     assert worker.finish(120) == 1
     (sentence,) = plain(worker.stderr)
+    print(sentence)
     assert "bucket" in sentence or "S3" in sentence, sentence
     assert not app_records(tmp_path) and "app.started" not in worker.names()
 
@@ -263,3 +267,26 @@ def test_restore_on_start_never_is_the_default_and_a_bad_value_is_exit_2_naming_
     assert shown.code == 0 and "RESTORE_ON_START" in shown.stdout and "never" in shown.stdout
     bad = worker("config", env={"RESTORE_ON_START": "always"})
     assert bad.code == 2 and "RESTORE_ON_START" in bad.stderr
+
+
+def test_a_restore_at_start_is_notified_and_pinged_and_a_redis_set_is_skipped_with_a_log_line(
+        tmp_path: Path, worker_env, receiver, started) -> None:
+    db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
+    newest = backup(worker_env, tmp_path)
+    lose(db)
+    env = {**worker_env, "RESTORE_ON_START": "if-missing", "NOTIFY_WEBHOOK_URL": f"{receiver.url}/hook",
+           "NOTIFY_ON": "all", "HEALTHCHECK_PING_URL": f"{receiver.url}/ping", "BACKUP_SOURCE_CACHE": "redis://127.0.0.1:6379/0"}
+
+    worker = start(started, ["run"], env, tmp_path)
+    worker.wait_for("restore.on_start", backup=newest)
+    skipped = worker.wait_for("restore.on_start_skipped", set="cache")
+    assert "README" in skipped["reason"]
+    worker.wait_for("worker.started")
+    hooks = [r for r in receiver.wait_for(2) if r.path == "/hook"]
+    assert hooks[0].json()["job"] == "restore" and hooks[0].json()["backup_set"] == "app"
+    assert hooks[0].json()["text"].startswith("restore at start of app succeeded") and newest in hooks[0].json()["text"]
+    assert "/ping/log" in receiver.paths() and "/ping/start" not in receiver.paths()[:receiver.paths().index("/ping/log")]
+    assert worker.stop() == 0
+    history = run_worker(["history", "--json", "--job", "restore"], env, cwd=tmp_path)
+    (run,) = json.loads(history.stdout)
+    assert run["outcome"] == "succeeded"
