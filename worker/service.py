@@ -76,8 +76,9 @@ def needs_catch_up(ctx: Context, now: datetime) -> tuple[bool, str]:
 
 
 class _Signals:
-    """What the signal handlers saw. Handlers only record; the main loop acts (forwarding included), so that
-    nothing touches the app's Popen from inside a handler."""
+    """What the signal handlers saw. Handlers only record (and, at the first stop signal, set the jobs' cancel
+    event, as one-shot commands do); the main loop acts (forwarding included), so that nothing touches the app's
+    Popen from inside a handler."""
 
     def __init__(self, forward: bool, cancel: threading.Event | None = None) -> None:
         self.forward = forward
