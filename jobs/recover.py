@@ -19,7 +19,7 @@ its set, before the catch-up backup and the app can touch it.
 """
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,20 +180,22 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
 
 def _prove(copy: Copy, workdir: Path, unpack_in: Path, cancel: threading.Event, held: ExitStack) -> _Proven:
     """Read one copy of a backup (download it from the bucket into `workdir`), prove it and unpack its raw
-    content in `unpack_in`; keep the files in `held` when it passes. Raise IntegrityError or NotFound if it fails."""
-    with ExitStack() as attempt:
-        if isinstance(copy.destination, LocalDestination):
+    content in `unpack_in`, which `held` keeps until the restore is done (a download goes once it is unpacked).
+    Raise IntegrityError or NotFound if it fails."""
+    local = isinstance(copy.destination, LocalDestination)
+    with nullcontext(None) if local else _download_dir(workdir) as scratch:
+        if scratch is None:
             artifact = copy.destination.path(copy.backup.artifact)
         else:
-            scratch = attempt.enter_context(_download_dir(workdir))
             artifact = offsite.fetch_verified(copy.destination, copy.backup, scratch, cancel)
-        raw, checks = attempt.enter_context(restoring.proven_raw(artifact, copy.backup, unpack_in, cancel))
-        held.push(attempt.pop_all())
-        return _Proven(copy, raw, checks)
+        raw, checks = held.enter_context(restoring.proven_raw(artifact, copy.backup, unpack_in, cancel))
+    return _Proven(copy, raw, checks)
 
 
 @contextmanager
 def _download_dir(workdir: Path) -> Iterator[Path]:
+    """Yield a private scratch directory in `workdir` for a download, named as our temporaries are (a killed
+    run's is removed by the next one); remove it afterwards."""
     with tempfile.TemporaryDirectory(prefix=temp_prefix() + "restore-", dir=workdir) as scratch:
         yield Path(scratch)
 
