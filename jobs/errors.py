@@ -19,6 +19,11 @@ class SourceError(JobError):
     stage = "snapshot"
 
 
+class Unreachable(SourceError):
+    """The database server does not answer (yet): the connection was refused or timed out, its host name does not
+    resolve, or it is starting up. Worth asking again at start, when a database service may come up after us."""
+
+
 class IntegrityError(JobError):
     """A snapshot or an artifact failed its check: checksum, decompression or the engine's own check."""
 

@@ -15,6 +15,7 @@ import hashlib
 import os
 from pathlib import Path
 import shutil
+import stat
 import tempfile
 import threading
 from typing import BinaryIO
@@ -178,9 +179,19 @@ def leftovers(target: Path) -> list[Path]:
             if path.exists() or path.is_symlink()]
 
 
-def new_file_problem(target: Path) -> str | None:
-    """Return why `target` cannot be a restore's new file, or None."""
-    if target.exists() or target.is_symlink():
+def is_empty_file(path: Path) -> bool:
+    """Return whether `path` is a regular file (not a link) of 0 bytes."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0
+
+
+def new_file_problem(target: Path, empty_ok: bool = False) -> str | None:
+    """Return why `target` cannot be a restore's new file, or None. With `empty_ok`, a regular file of 0 bytes
+    there may be replaced (what SQLite leaves when an app opened a missing database)."""
+    if (target.exists() or target.is_symlink()) and not (empty_ok and is_empty_file(target)):
         return f"{target} already exists; restore to a new path, or delete it first"
     if not target.parent.is_dir():
         return f"the directory {target.parent} does not exist; create it or choose another --to path"
@@ -201,19 +212,30 @@ def restore_to_file(artifact: Path, backup: Backup, target: Path, cancel: thread
     if problem:
         raise StorageError(problem, stage="restore")
     with proven_raw(artifact, backup, target.parent, cancel) as (raw, checks):
-        problem = new_file_problem(target)  # again: files may have appeared while we unpacked
-        if problem:
-            raise StorageError(problem, stage="restore")
-        try:
-            _link_new(raw, target)
-        except OSError as error:
-            raise StorageError(f"cannot write {target}: {error.strerror or error}", stage="restore") from None
+        place_new_file(raw, target)
     return checks
 
 
-def _link_new(raw: Path, target: Path) -> None:
-    """Give the fsynced file `raw` the new name `target`, failing if `target` exists."""
+def place_new_file(raw: Path, target: Path, empty_ok: bool = False) -> None:
+    """Give the proven raw file `raw` (on the volume of `target`) the name `target`, which must still be free (with
+    `empty_ok`, or a 0-byte file). Raise StorageError if it is not, or the file cannot be written."""
+    problem = new_file_problem(target, empty_ok)  # again: files may have appeared while we unpacked
+    if problem:
+        raise StorageError(problem, stage="restore")
+    try:
+        _link_new(raw, target, replace_empty=empty_ok)
+    except OSError as error:
+        raise StorageError(f"cannot write {target}: {error.strerror or error}", stage="restore") from None
+
+
+def _link_new(raw: Path, target: Path, replace_empty: bool = False) -> None:
+    """Give the fsynced file `raw` the new name `target`, failing if `target` exists (unless `replace_empty` and it
+    is a 0-byte file, which is replaced)."""
     artifacts.fsync_path(raw)
+    if replace_empty and is_empty_file(target):
+        os.replace(raw, target)
+        artifacts.fsync_path(target.parent)
+        return
     try:
         os.link(raw, target)
     except OSError as error:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from jobs.errors import JobError
 from jobs.redact import scrub, url_secrets
 from jobs.volume import explain
-from worker import __version__, logs, preflight
+from worker import __version__, logs
 from worker.actions.backup import cmd_backup
 from worker.actions.cleanup import cmd_cleanup
 from worker.actions.config import cmd_config
@@ -99,14 +99,13 @@ def _stop_on_signals(cancel: threading.Event) -> None:
 
 
 def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -> int:
-    if args.command in ("run", "backup", "prune", "config"):
-        require_rules_fit(ctx)  # RETENTION_RULES against the database: a missing table or column is exit 2
     if args.command == "run":
         from worker.service import serve
 
         ctx.source()
-        preflight.log_problems(ctx.config)  # e.g. no fitting pg_dump: logged as an error, the worker keeps running
-        return serve(ctx, args.exec_command, umask)
+        return serve(ctx, args.exec_command, umask)  # restore at start first, then the checks that read the database
+    if args.command in ("backup", "prune", "config"):
+        require_rules_fit(ctx)  # RETENTION_RULES against the database: a missing table or column is exit 2
     _stop_on_signals(ctx.cancel)
     if args.command == "backup":
         return cmd_backup(ctx, args.no_upload, args.json, args.take_over)

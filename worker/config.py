@@ -28,6 +28,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 SET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # the `<name>` of artifact names
 NOTIFY_ON = ("failure", "all")
+RESTORE_ON_START = ("never", "if-missing")
 
 
 class ConfigError(Exception):
@@ -98,6 +99,7 @@ class Config:
     sources: tuple[SourceSpec, ...] = field(default=(), repr=False)
     source_variables: dict[str, str] = field(default_factory=dict, compare=False)
     retention_rules: tuple[PurgeRule, ...] = ()  # RETENTION_RULES (issue 12): rows deleted after a good backup
+    restore_on_start: str = "never"  # RESTORE_ON_START: `if-missing` restores lost databases before `run` starts
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -143,6 +145,7 @@ class Config:
             "HEALTH_PORT": self.health_port,
             "DISK_WARN_PERCENT": self.disk_warn_percent,
             "RETENTION_RULES": [rule.describe() for rule in self.retention_rules],
+            "RESTORE_ON_START": self.restore_on_start,
         }
 
 
@@ -304,6 +307,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         except ValueError:
             pass
     retention_rules = _retention_rules(env, source_url, main_source, problems)
+    restore_on_start = _choice(env, "RESTORE_ON_START", "never", RESTORE_ON_START, problems)
 
     if problems:
         raise ConfigError(problems, _environment_secrets(env))
@@ -334,6 +338,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         source_variables=variables,
         **monitoring,
         retention_rules=retention_rules,
+        restore_on_start=restore_on_start,
     )
 
 

@@ -74,8 +74,12 @@ def backup_set(outcome: Outcome, sets: list[str]) -> str | None:
 def sentence(outcome: Outcome, host: str, set_name: str | None) -> str:
     """Return one sentence a person reads in a chat: what ran, where, how it ended and why."""
     what = f"{outcome.job} of {set_name}" if set_name and outcome.job == "backup" else outcome.job
+    if on_start(outcome):
+        what = f"restore at start of {set_name}" if set_name else "restore at start"
     if outcome.outcome == "succeeded":
         text = f"{what} succeeded on {host} in {outcome.duration_s:.1f} s"
+        if on_start(outcome):
+            text += f": {outcome.fields.get('backup')} from {outcome.fields.get('location')} into {outcome.fields.get('restored_to')}"
         artifact = outcome.fields.get("artifact")
         if artifact:
             text += (f": {artifact}, {human_size(outcome.fields.get('size'))}"
@@ -83,6 +87,11 @@ def sentence(outcome: Outcome, host: str, set_name: str | None) -> str:
         return text[:TEXT_LIMIT]
     where = f" at stage {outcome.stage}" if outcome.stage else ""
     return f"{what} {outcome.outcome} on {host}{where}: {outcome.reason or 'no reason recorded'}"[:TEXT_LIMIT]
+
+
+def on_start(outcome: Outcome) -> bool:
+    """Return whether a run is a restore at start (RESTORE_ON_START), which the pings report too."""
+    return outcome.job == "restore" and outcome.fields.get("on_start") is True
 
 
 def payload(outcome: Outcome, host: str, sets: list[str], now: datetime | None = None) -> dict[str, Any]:
@@ -102,7 +111,7 @@ def payload(outcome: Outcome, host: str, sets: list[str], now: datetime | None =
         "worker_version": __version__,
         "backup_set": set_name,
     }
-    for key in ("artifact", "size", "raw_size", "verified", "uploaded", "sets"):
+    for key in ("artifact", "size", "raw_size", "verified", "uploaded", "sets", "on_start", "backup", "location"):
         if key in outcome.fields:
             body[key] = outcome.fields[key]
     body["text"] = text
@@ -117,11 +126,12 @@ def wants_webhook(outcome: Outcome, notify_on: str) -> bool:
     return outcome.outcome == "failed" or (outcome.outcome == "skipped" and outcome.job == "backup")
 
 
-def ping_body(outcome: Outcome, host: str) -> str:
-    """Return the body of a `/fail` or `/log` ping: a heading line and the last lines of the reason."""
+def ping_body(outcome: Outcome, host: str, what: str | None = None) -> str:
+    """Return the body of a `/fail` or `/log` ping: a heading line (`what` ran, default the job) and the last lines
+    of the reason."""
     lines = (outcome.reason or "").splitlines()[-PING_BODY_LINES:]
     where = f" at stage {outcome.stage}" if outcome.stage else ""
-    return "\n".join([f"{outcome.job} {outcome.outcome} on {host}{where}", *lines])[:10000]
+    return "\n".join([f"{what or outcome.job} {outcome.outcome} on {host}{where}", *lines])[:10000]
 
 
 # --- Delivery -------------------------------------------------------------------------------------------------
@@ -263,6 +273,15 @@ class Notifier:
                 body = scrub(body, self.secrets)
                 self.ping.send(Message(ping_url(self.ping_url, suffix), body.encode(), "text/plain; charset=utf-8",
                                        f"ping {suffix or 'success'}", run))
+        if self.ping and self.ping_url and on_start(outcome) and event == "finished":
+            # A restore at start is no backup (no `start`, which would time one), but the check hears of it: a
+            # failure stops the worker before any backup, a success is logged (`/log` changes no state).
+            suffix = "log" if outcome.ok else "fail"
+            set_name = backup_set(outcome, self.sets)
+            body = scrub(sentence(outcome, self.host, set_name) if outcome.ok
+                         else ping_body(outcome, self.host, f"restore at start of {set_name}"), self.secrets)
+            self.ping.send(Message(ping_url(self.ping_url, suffix), body.encode(), "text/plain; charset=utf-8",
+                                   f"ping {suffix}", run))
         if self.webhook and self.webhook_url and event == "finished" and wants_webhook(outcome, self.notify_on):
             document = json.dumps(scrub_value(payload(outcome, self.host, self.sets), self.secrets), default=str).encode()
             self.webhook.send(Message(self.webhook_url, document, "application/json", "webhook", run))

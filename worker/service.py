@@ -4,6 +4,11 @@ within 10 s (running jobs are told to stop and leave only temporary files, which
 With `--exec COMMAND` the worker also starts the app as its child (see `worker/child.py` for the process-group
 and orphan decisions): stop signals go to the app, the app's exit stops the jobs, and the worker exits with the
 app's exit status. Our own failures (a failed backup, a scheduler that cannot start) never stop the app.
+
+With RESTORE_ON_START=if-missing, lost databases are restored before anything else (worker/actions/recover.py):
+before the RETENTION_RULES check and the pg_dump preflight, the schedule with its catch-up backup, and the app.
+A restore at start that fails ends `run` with exit 1 and one sentence, the app never started; a stop signal
+during it stops it and `run` exits 0.
 """
 
 from collections import deque
@@ -20,7 +25,10 @@ import structlog
 from jobs import selection
 from jobs.backups import list_backups
 from jobs.pipeline import remove_stale
-from worker import __version__, child, health
+from jobs.errors import Cancelled
+from worker import __version__, child, health, preflight
+from worker.actions.purge import require_rules_fit
+from worker.actions.recover import restore_at_start
 from worker.commands import Context, UsageError, backup_job, cleanup_job
 from worker.crontab import period
 from worker.freshness import configured_sets
@@ -68,11 +76,13 @@ def needs_catch_up(ctx: Context, now: datetime) -> tuple[bool, str]:
 
 
 class _Signals:
-    """What the signal handlers saw. Handlers only record; the main loop acts (forwarding included), so that
-    nothing touches the app's Popen from inside a handler."""
+    """What the signal handlers saw. Handlers only record (and, at the first stop signal, set the jobs' cancel
+    event, as one-shot commands do); the main loop acts (forwarding included), so that nothing touches the app's
+    Popen from inside a handler."""
 
-    def __init__(self, forward: bool) -> None:
+    def __init__(self, forward: bool, cancel: threading.Event | None = None) -> None:
         self.forward = forward
+        self.cancel = cancel  # set at the first stop signal: a restore at start (on the main thread) stops at once
         self.stop: int | None = None  # the first stop signal
         self.at: float | None = None  # when it came (monotonic)
         self.pending: deque[int] = deque()  # signals still to pass on to the app
@@ -86,6 +96,8 @@ class _Signals:
         if number in STOP_SIGNALS:
             if self.stop is None:
                 self.stop, self.at = number, time.monotonic()
+                if self.cancel is not None:
+                    self.cancel.set()
             elif not self.forward:
                 log.warning("worker.forced_exit", signal=signal.Signals(number).name)
                 os._exit(1)
@@ -153,13 +165,25 @@ def _start_app(command: str, umask: int | None) -> child.App:
 
 def serve(ctx: Context, command: str | None = None, umask: int | None = None) -> int:
     """Run the scheduler until SIGTERM or SIGINT; return 0 on a clean stop. With `command` (--exec), start it as
-    the app first, and return its exit status once it has exited and the jobs have stopped."""
-    signals = _Signals(forward=command is not None)
+    the app first, and return its exit status once it has exited and the jobs have stopped.
+
+    First of all, with RESTORE_ON_START=if-missing, lost databases are restored (worker.actions.recover); when
+    one cannot be, JobError ends `run` (exit 1) before the checks, the schedule or the app start. Then the checks
+    that read the database: RETENTION_RULES against its tables (UsageError, exit 2) and the pg_dump preflight."""
+    signals = _Signals(forward=command is not None, cancel=ctx.cancel)
     signals.install()
+    try:
+        restore_at_start(ctx)
+    except Cancelled:
+        if signals.stop is None:
+            raise
+    if signals.stop is not None:
+        log.info("worker.stopped", signal=signal.Signals(signals.stop).name, detail="told to stop before anything started")
+        return 0
+    require_rules_fit(ctx)  # after the restore: the tables it names exist now
+    preflight.log_problems(ctx.config)  # e.g. no fitting pg_dump: logged as an error, the worker keeps running
     app = None
     if command is not None:
-        if signals.stop is not None:
-            return 0  # told to stop before the app was started
         app = _start_app(command, umask)
     monitor = health.start(ctx.config, ctx.catalog, configured_sets(ctx.config, ctx.cwd))  # None without HEALTH_PORT
     try:

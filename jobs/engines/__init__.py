@@ -94,6 +94,12 @@ class Source(Protocol):
         """Return what table retention opens to reach this very database: the SQLite file, the PostgreSQL
         connection settings (jobs.engines.pg_connect.Connection), or None for a database without tables."""
 
+    def missing(self) -> str | None:
+        """Return why this database counts as lost, for a restore at start (RESTORE_ON_START=if-missing): a
+        SQLite file that does not exist or holds 0 bytes, a PostgreSQL database without user tables; None when
+        it holds data, and always for an engine whose data is loaded by hand (Redis). Raise SourceError if that
+        cannot be told, Unreachable (a SourceError) when the server does not answer (yet)."""
+
     def restore(self, raw: Path, cancel: threading.Event,
                 notify: Callable[[str], None] | None = None) -> Path | None:
         """Replace the live data with the proven raw snapshot `raw`; return the safety copy made first, if any.

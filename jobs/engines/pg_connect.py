@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobs import execute
 from jobs.engines import pg_tools
-from jobs.errors import SourceError
+from jobs.errors import SourceError, Unreachable
 from jobs.redact import ambiguous_userinfo, mask_url, scrub, url_secrets
 
 log = structlog.get_logger("jobs.engines.pg_connect")
@@ -123,12 +123,27 @@ def for_child(conn: Connection, server: str, settings: Mapping[str, str] | None 
 
 
 def connect(conn: Connection) -> psycopg.Connection:
-    """Open an autocommit connection. Raise SourceError saying why it failed and what to do."""
+    """Open an autocommit connection. Raise SourceError saying why it failed and what to do: Unreachable when
+    the server does not answer (yet), see `unanswered`."""
     try:
         return psycopg.connect(conn.conninfo(), password=conn.password, autocommit=True,
                                fallback_application_name=APPLICATION_NAME)
     except psycopg.Error as error:
-        raise SourceError(connection_problem(str(error), conn)) from None
+        problem = connection_problem(str(error), conn)
+        raise (Unreachable if unanswered(str(error)) else SourceError)(problem) from None
+
+
+# What libpq says when nobody answers yet, as opposed to a server that answered and refused us (password, role,
+# database): worth asking again while a database service starts beside the worker.
+_UNANSWERED = re.compile(r"Connection refused|timeout expired|timed out|could not translate host name|failed to resolve "
+                         r"host|Name or service not known|Temporary failure in name resolution|No route to host|"
+                         r"Network is unreachable|the database system is (?:starting up|shutting down|in recovery mode)|"
+                         r"server closed the connection unexpectedly", re.IGNORECASE)
+
+
+def unanswered(message: str) -> bool:
+    """Given a libpq/psycopg connection error, return whether the server did not answer (yet), rather than refuse."""
+    return _UNANSWERED.search(message) is not None
 
 
 def snapshot_function(server_version: int) -> str:

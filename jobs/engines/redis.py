@@ -180,6 +180,10 @@ class RedisSource:
     def protected_files(self) -> list[Path]:
         return []
 
+    def missing(self) -> str | None:
+        """Return None: a Redis server's keys are never restored at start; its RDB is loaded by hand (README)."""
+        return None
+
     def sql_database(self) -> None:
         return None
 

@@ -144,6 +144,17 @@ class SqliteSource:
     def sql_database(self) -> Path:
         return self.path
 
+    def missing(self) -> str | None:
+        """Return why the database counts as lost (its real file, links followed, does not exist or holds 0
+        bytes: what SQLite leaves when an app opened the missing path), or None."""
+        real = live_file(self.path)
+        via = f" (a link to {real})" if real != self.path else ""
+        if not real.exists():
+            return f"the SQLite database {self.path}{via} does not exist"
+        if real.is_file() and real.stat().st_size == 0:
+            return f"the SQLite database {self.path}{via} is an empty file (0 bytes, as SQLite leaves a missing file it was asked to open)"
+        return None
+
     def estimate_size(self) -> int:
         self._require_file()
         wal = self.path.with_name(self.path.name + "-wal")
@@ -242,6 +253,12 @@ def real_file(database: Path) -> Path:
         why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise SourceError(f"cannot follow {database} to the database file it names: {why}; point BACKUP_SOURCE at the "
                           "database file or fix the link", stage="restore") from None
+
+
+def live_file(database: Path) -> Path:
+    """Return the file `database` names with every symlink followed as far as the links lead, whether or not that
+    file exists: where a restore into a missing database writes (the links stay)."""
+    return Path(os.path.realpath(database))
 
 
 def sidecars(database: Path) -> list[Path]:

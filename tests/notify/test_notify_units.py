@@ -179,3 +179,37 @@ def test_what_is_sent_to_the_webhook_and_the_ping_holds_no_secret_of_the_configu
     sent = [m.body.decode() for m in webhook.messages + ping.messages]
     assert len(sent) == 2 and all("pass word" not in body and ":zz@" not in body for body in sent)
     assert "redis://:***@cache:6379" in sent[0] and "redis://:***@cache:6380" in sent[1]
+
+
+def restored_at_start(outcome: str = "succeeded") -> Outcome:
+    fields = {"on_start": True, "set": "app"}
+    if outcome == "succeeded":
+        fields.update(backup="app-20261122T020000Z.sqlite", location="s3", restored_to="/app/data/app.db")
+        return Outcome("restore", "r2", outcome, 3.25, fields=fields)
+    return Outcome("restore", "r2", outcome, 3.25, stage="verify", fields=fields,
+                   reason="none of the 1 verified backups in the bucket is intact (skipped app-20261122T020000Z.sqlite: …)")
+
+
+def test_a_restore_at_start_says_which_backup_came_from_where_into_what() -> None:
+    body = payload(restored_at_start(), "web-1", ["app"])
+    assert body["text"] == ("restore at start of app succeeded on web-1 in 3.2 s: app-20261122T020000Z.sqlite from s3 "
+                            "into /app/data/app.db")
+    assert body["backup_set"] == "app" and body["on_start"] is True and body["location"] == "s3"
+    failed_body = payload(restored_at_start("failed"), "web-1", ["app", "cache"])
+    assert failed_body["text"].startswith("restore at start of app failed on web-1 at stage verify: none of the 1")
+
+
+@pytest.mark.parametrize("outcome, pinged", [("succeeded", "/log"), ("failed", "/fail")])
+def test_a_restore_at_start_is_pinged_without_a_start_and_a_manual_restore_is_not(outcome: str, pinged: str) -> None:
+    ping = Collecting()
+    notifier = notify.Notifier(webhook=None, webhook_url=None, notify_on="failure", ping=ping,  # type: ignore[arg-type]
+                               ping_url="https://hc-ping.com/k", host="web-1", sets=["app"])
+    run = restored_at_start(outcome)
+    notifier.listener("started", Outcome("restore", "r2", "running", 0.0))
+    notifier.listener("finished", run)
+    manual = Outcome("restore", "r3", outcome, 1.0, fields={"backup": "app-20261122T020000Z.sqlite"})
+    notifier.listener("started", manual)
+    notifier.listener("finished", manual)
+    (message,) = ping.messages
+    assert message.url == f"https://hc-ping.com/k{pinged}"
+    assert "restore at start of app" in message.body.decode()

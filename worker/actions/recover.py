@@ -1,0 +1,139 @@
+"""Restore at start in the worker (RESTORE_ON_START=if-missing): `run` calls `restore_at_start` before the checks
+that read the database (RETENTION_RULES), before the schedule (and its catch-up backup) and before `--exec`
+starts the app.
+
+Each configured set is handled on its own (the work is `jobs.recover`): a database that holds data is left
+alone; a lost one with no backup anywhere (a first deploy) starts as it is; a lost one with backups is restored
+as a `restore` job run (start and outcome events, a catalog row, notifications and pings), under the set's lock,
+and its success logs `restore.on_start` with the backup, where it came from and, when another source made it,
+both identities: the source then takes the set over (`jobs.identity.adopt`). Redis sets are skipped (their RDB is
+loaded by hand). When any set could not be restored, `restore_at_start` raises one JobError naming each, so that
+`run` exits 1 before anything starts: never an app on an empty database; the service's restart policy tries
+again, and the log says why.
+"""
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NoReturn
+
+import structlog
+
+from jobs import identity, recover
+from jobs.backups import BackupSet
+from jobs.engines import Source, redis
+from jobs.errors import Cancelled, JobError
+from worker.actions.context import Context
+from worker.actions.selection import reading, workdir
+from worker.lock import for_set
+from worker.runs import Outcome, run_job
+
+log = structlog.get_logger("worker.actions.recover")
+
+IF_MISSING = "if-missing"
+REDIS_BY_HAND = ("a Redis server is not restored at start; write its RDB with `restore --to PATH` and load it as the "
+                 "README's Redis section says")
+WAIT_LOG_EVERY_S = 10.0  # while a server does not answer, a log line at the first try and then this often
+
+
+def restore_at_start(ctx: Context) -> None:
+    """Given the context of `run`, restore every configured set whose database is lost (RESTORE_ON_START=if-missing;
+    nothing with `never`). Raise JobError naming every set that could not be restored (exit 1), Cancelled when
+    the worker is told to stop meanwhile."""
+    if ctx.config.restore_on_start != IF_MISSING:
+        return
+    failed: list[tuple[str, Outcome]] = []
+    for source in ctx.sources():
+        outcome = _restore_one(ctx, source)
+        if ctx.cancel.is_set():
+            raise Cancelled("the worker is stopping; restore at start was interrupted, so nothing else was started")
+        if outcome is not None and not outcome.ok:
+            failed.append((source.name(), outcome))
+    if not failed:
+        return
+    if len(failed) == 1:
+        ((name, outcome),) = failed
+        what, why = f"restore at start of the set {name}", _clause(outcome.reason)
+    else:
+        what = f"restore at start of {len(failed)} sets"
+        why = "; ".join(f"{name}: {_clause(outcome.reason)}" for name, outcome in failed)
+    raise JobError(f"{what} failed, so neither the backups nor the app were started: {why} (to start without "
+                   "restoring, set RESTORE_ON_START=never)", stage=failed[0][1].stage)
+
+
+def _clause(reason: str | None) -> str:
+    return (reason or "no reason recorded").rstrip(" .")
+
+
+def _restore_one(ctx: Context, source: Source) -> Outcome | None:
+    """Restore one set if its database is lost; return the restore run's outcome, or None when no restore was
+    needed (it holds data, Redis) or possible (no backup anywhere: a first deploy). A check or a listing that
+    fails is recorded (and notified) as the restore run's failure."""
+    name = source.name()
+    if source.kind == redis.KIND:
+        log.info("restore.on_start_skipped", set=name, reason=REDIS_BY_HAND)
+        return None
+    try:
+        why = recover.wait_missing(source, ctx.cancel, on_wait=_waiting(name))
+    except Cancelled:
+        raise
+    except JobError as error:  # the server never answered, or refused us: whether it is lost cannot be told
+        return run_job("restore", ctx.catalog, partial(_fail, name, error))
+    if why is None:
+        log.info("restore.on_start_not_needed", set=name, reason="the database holds data")
+        return None
+    try:
+        with for_set(ctx.config.backup_dir, name, "restore at start"), reading(ctx, remote=False):
+            found = recover.gather(ctx.local, ctx.remote(), BackupSet(name, source.kind), ctx.cancel)
+            if not found.backups and not found.problems:
+                log.warning("restore.on_start_no_backup", set=name, reason=why,
+                            detail="no backup of the set is on the volume or in the bucket (a first deploy?), so it "
+                                   "starts as it is; if backups should be there, check S3_BUCKET, S3_PREFIX and BACKUP_NAME")
+                return None
+            return run_job("restore", ctx.catalog, partial(_work, ctx, source, why, found))
+    except Cancelled:
+        raise
+    except JobError as error:  # the set's lock is taken (a manual run), or the bucket cannot be listed
+        return run_job("restore", ctx.catalog, partial(_fail, name, error))
+
+
+def _fail(name: str, error: JobError) -> NoReturn:
+    """The `restore` run of a set whose restore could not even begin: raise its error, marked as at start."""
+    error.fields = {**error.fields, "on_start": True, "set": name}
+    raise error
+
+
+def _work(ctx: Context, source: Source, why: str, found: recover.Found) -> dict[str, Any]:
+    """The `restore` run of one set at start: restore, take the set over when another source made the backup,
+    return the fields of `restore.on_start`. Raise the JobError that stops the start, with `on_start` and `set`."""
+    name = source.name()
+    try:
+        restored = recover.restore_missing(source, found, workdir(ctx), ctx.cancel)
+    except JobError as error:
+        _fail(name, error)
+    for note in restored.notes:
+        log.warning("restore.on_start_passed_over", set=name, note=note)
+    backup = restored.backup
+    fields: dict[str, Any] = {"on_start": True, "set": name, "backup": backup.id, "location": restored.location,
+                              "created_at": backup.manifest.get("created_at"), "restored_to": restored.target,
+                              "reason": why, "checks": restored.checks}
+    theirs = identity.recorded(backup.manifest.get("source"))
+    ours = identity.of(source)
+    if theirs is not None and not identity.same(theirs, ours):
+        fields.update(backup_made_by=identity.describe(theirs), restored_into=identity.describe(ours))
+        identity.adopt(ctx.config.backup_dir, BackupSet(name, source.kind), theirs)  # its next backups are its own
+    log.info("restore.on_start", **fields)
+    return fields
+
+
+def _waiting(name: str) -> Callable[[Exception, float], None]:
+    """Return the `on_wait` of `recover.wait_missing`: a warning at the first try and then every WAIT_LOG_EVERY_S."""
+    logged: list[float] = []
+
+    def tell(error: Exception, waited: float) -> None:
+        if not logged or waited - logged[-1] >= WAIT_LOG_EVERY_S:
+            logged.append(waited)
+            log.warning("restore.on_start_waiting", set=name, reason=str(error), waited_s=round(waited, 1),
+                        limit_s=recover.SERVER_WAIT_S,
+                        detail="the database server does not answer yet; it is asked again every second")
+
+    return tell
