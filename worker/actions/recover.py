@@ -117,7 +117,7 @@ def _work(ctx: Context, source: Source, why: str, found: recover.Found) -> dict[
                               "created_at": backup.manifest.get("created_at"), "restored_to": restored.target,
                               "reason": why, "checks": restored.checks}
     theirs = identity.recorded(backup.manifest.get("source"))
-    ours = identity.of(source)
+    ours = identity.of(source, ctx.config.backup_dir)
     if theirs is not None and not identity.same(theirs, ours):
         fields.update(backup_made_by=identity.describe(theirs), restored_into=identity.describe(ours))
         identity.adopt(ctx.config.backup_dir, BackupSet(name, source.kind), theirs)  # its next backups are its own
