@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from jobs import identity, offsite, pipeline, restore as restoring
+from jobs import engines, identity, offsite, pipeline, restore as restoring
 from jobs.artifacts import temp_prefix
 from jobs.backups import Backup, BackupSet
 from jobs.engines import Source, postgres
@@ -69,12 +69,11 @@ def _stderr(line: str) -> None:
 
 def target_problem(url: str) -> str | None:
     """Return why `url` cannot be a `--target-url` (not a PostgreSQL URL, or one libpq rejects), or None."""
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme not in postgres.SCHEMES:
+    if engines.scheme_of(url) not in postgres.SCHEMES:
         return ("--target-url takes the PostgreSQL database to restore into, like postgresql://USER@HOST:5432/DBNAME "
                 "(pgdump backups only; restore other kinds to a file with --to PATH)")
     try:
-        parse_url(url)
+        parse_url(engines.source_url(url))
     except ValueError as error:
         return f"--target-url: {error}"
     return None
@@ -94,6 +93,7 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
         problem = target_problem(target_url)
         if problem:
             raise UsageError(problem)
+        target_url = engines.source_url(target_url)  # the app's SQLAlchemy URL names the same database
     destination, location = where(ctx, from_s3)
     if to is not None:
         to = to.resolve()
