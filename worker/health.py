@@ -62,7 +62,8 @@ class Health:
         with self._counts_lock:
             key = (outcome.job, outcome.outcome)
             self.counts[key] = self.counts.get(key, 0) + 1
-            self.durations[outcome.job] = outcome.duration_s
+            if outcome.duration_s is not None:  # an interrupted run's end is not known
+                self.durations[outcome.job] = outcome.duration_s
             self._generation += 1
 
     def seed(self) -> None:
