@@ -162,7 +162,8 @@ def serve(ctx: Context, command: str | None = None, umask: int | None = None) ->
         if signals.stop is not None:
             return 0  # told to stop before the app was started
         app = _start_app(command, umask)
-    monitor = health.start(ctx.config, ctx.catalog, configured_sets(ctx.config, ctx.cwd))  # None without HEALTH_PORT
+    monitor = health.start(ctx.config, ctx.catalog, configured_sets(ctx.config, ctx.cwd),  # None without HEALTH_PORT
+                           backup_sets=ctx.backup_sets())
     settle_interrupted(ctx.catalog)  # runs a killed worker left `running`: marked and notified now, not at the next job
     try:
         scheduler: BackgroundScheduler | None = _start_scheduler(ctx)
