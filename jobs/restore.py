@@ -21,6 +21,7 @@ import threading
 from typing import BinaryIO
 
 from jobs import artifacts, engines
+from jobs.engines import sqlite, sqlite_copies
 from jobs.backups import Backup
 from jobs.engines import Source
 from jobs.errors import Cancelled, IntegrityError, SourceError, SpaceError, StorageError
@@ -252,11 +253,47 @@ def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, 
     """Restore the backup over the live data of `source`; return the safety copy the engine made first, if any.
 
     `notify` gets a sentence naming the safety copy before anything changes. Space is checked up front on every
-    volume involved (the unpacked backup in `workdir`, and what the engine writes beside the database)."""
+    volume involved (the unpacked backup in `workdir`, and what the engine writes beside the database, the new
+    safety copy included). Older safety copies are never counted as room: they go only after the restore
+    succeeded (see tidy_safety_copies); when space is short, the error says how much they take."""
     if backup.kind != source.kind:
         raise SourceError(f"{backup.id} is a backup of kind {backup.kind} and cannot be restored into a {source.kind} source", stage="restore")
     needs = getattr(source, "restore_space", None)  # optional: engines that write beside the database say how much
     extra = list(needs(raw_needs(backup)).items()) if needs is not None else []
-    with proven_raw(artifact, backup, workdir, cancel, extra) as (raw, checks):
-        safety = source.restore(raw, cancel, notify=notify) if notify is not None else source.restore(raw, cancel)
+    try:
+        with proven_raw(artifact, backup, workdir, cancel, extra) as (raw, checks):
+            safety = source.restore(raw, cancel, notify=notify) if notify is not None else source.restore(raw, cancel)
+    except SpaceError as error:
+        copies = _safety_copies_of(source)
+        if not copies:
+            raise
+        taken = sum(sqlite_copies.size_of(copy) for copy in copies)
+        raise SpaceError(f"{error}; {len(copies)} earlier safety copies beside the database take {taken >> 20} MiB "
+                         f"(the oldest: {copies[-1].path}): a restore removes those beyond the newest BACKUP_KEEP_MIN "
+                         "only once it has succeeded, so delete the ones you no longer need first") from None
     return safety, checks
+
+
+def _safety_copies_of(source: Source) -> list[sqlite_copies.SafetyCopy]:
+    """Return the safety copies earlier restores left beside a SQLite source's database, newest first; [] for
+    other engines (their safety backups are ordinary backups, kept by retention)."""
+    if source.kind != sqlite.KIND:
+        return []
+    database = source.sql_database()
+    try:
+        return sqlite_copies.safety_copies(sqlite.real_file(database)) if isinstance(database, Path) else []
+    except SourceError:
+        return []
+
+
+def tidy_safety_copies(source: Source, safety: Path | None, keep: int) -> tuple[list[Path], list[Path]]:
+    """After a restore over the live database of `source` succeeded and left the safety copy `safety`, remove the
+    safety copies earlier restores left beside it beyond the newest `keep` (BACKUP_KEEP_MIN), never `safety`;
+    return (removed, kept). Only SQLite leaves such copies; only the worker's own are ever touched
+    (jobs.engines.sqlite_copies)."""
+    if safety is None or source.kind != sqlite.KIND:
+        return [], []
+    database = source.sql_database()
+    if not isinstance(database, Path):
+        return [], []
+    return sqlite_copies.remove_older(sqlite.real_file(database), keep, safety)

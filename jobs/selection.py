@@ -45,9 +45,19 @@ class Purpose(Enum):
     RETENTION = "retention"
 
 
+ENCRYPTED_SUFFIX = ".age"  # an artifact encrypted with age: `<name>-<stamp>.<kind>.zst.age`
+
+
 def stamp_of(backup: Backup) -> datetime:
-    """Return the UTC time in the backup's artifact name."""
-    return datetime.strptime(ARTIFACT_NAME.match(backup.artifact)["stamp"], STAMP).replace(tzinfo=timezone.utc)
+    """Return the UTC time in the backup's artifact name (an encrypted one's too)."""
+    match = ARTIFACT_NAME.match(backup.artifact.removesuffix(ENCRYPTED_SUFFIX))
+    return datetime.strptime(match["stamp"], STAMP).replace(tzinfo=timezone.utc)
+
+
+def is_encrypted(backup: Backup) -> bool:
+    """Return whether the backup's artifact is encrypted: its name ends with `.age`, or its manifest records an
+    `encryption`."""
+    return backup.artifact.endswith(ENCRYPTED_SUFFIX) or bool(backup.manifest.get("encryption"))
 
 
 def is_future(backup: Backup, now: datetime) -> bool:
@@ -114,9 +124,11 @@ def future(backups: Sequence[Backup], now: datetime) -> list[Backup]:
 
 
 def flags(backup: Backup, now: datetime) -> list[str]:
-    """Return what a listing says about a backup besides its facts: `future`, `damaged`, `pre-restore`, and the
-    manifest's own flags (`shrunk`, `empty_allowed`)."""
+    """Return what a listing says about a backup besides its facts: `future`, `damaged`, `pre-restore`,
+    `encrypted`, and the manifest's own flags (`shrunk`, `empty_allowed`)."""
     found = manifest_flags(backup)
+    if is_encrypted(backup):
+        found.append("encrypted")
     if is_future(backup, now):
         found.append("future")
     if backup.damage:

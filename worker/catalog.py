@@ -6,7 +6,8 @@ it never fails a backup, and never holds one up: a catalog that another process 
 then this write is skipped with a warning.
 
 Each row records the host and pid of the process that runs it. A row still `running` whose process is gone
-(killed, crashed, cut off at the stop deadline) is marked `interrupted` when the next job starts.
+(killed, crashed, cut off at the stop deadline) is marked `interrupted` when `run` starts again, or when the
+next job starts (worker.runs.settle_interrupted, which also notifies it).
 """
 
 from collections.abc import Mapping
@@ -128,25 +129,32 @@ class Catalog:
             )
         )
 
-    def mark_interrupted(self) -> list[str]:
-        """Mark every `running` row whose process is gone as `interrupted`; return their run ids."""
+    def mark_interrupted(self) -> list[dict[str, Any]]:
+        """Mark every `running` row whose process is gone as `interrupted`; return those this call changed (each
+        with `run_id`, `job`, `started_at`, `reason`). A row another process marked first is not returned, so each
+        interrupted run is reported by exactly one process, once."""
         if self.engine is None:
             return []
-        query = select(runs.c.run_id, runs.c.host, runs.c.pid, runs.c.started_at).where(runs.c.outcome == "running")
+        query = select(runs.c.run_id, runs.c.job, runs.c.host, runs.c.pid, runs.c.started_at).where(runs.c.outcome == "running")
         try:
             with self.engine.connect() as connection:
                 rows = list(connection.execute(query))
         except SQLAlchemyError as error:
             log.warning("catalog.unreadable", error=str(error.__class__.__name__))
             return []
-        orphans = [row for row in rows if run_is_orphaned(row.run_id, row.host, row.pid, row.started_at)]
-        for row in orphans:
+        marked = []
+        for row in rows:
+            if not run_is_orphaned(row.run_id, row.host, row.pid, row.started_at):
+                continue
             who = f"pid {row.pid} on {row.host}" if row.pid is not None else "an earlier worker"
-            self._write(runs.update().where((runs.c.run_id == row.run_id) & (runs.c.outcome == "running")).values(
-                outcome="interrupted", finished_at=datetime.now(timezone.utc), stage="interrupted",
-                reason=f"the process ({who}) ended before the run finished: killed, crashed or stopped past its deadline"))
-            log.warning("catalog.run_interrupted", interrupted_run=row.run_id, started_at=_aware(row.started_at).isoformat())
-        return [row.run_id for row in orphans]
+            reason = f"the process ({who}) ended before the run finished: killed, crashed or stopped past its deadline"
+            changed = self._write(runs.update().where((runs.c.run_id == row.run_id) & (runs.c.outcome == "running")).values(
+                outcome="interrupted", finished_at=datetime.now(timezone.utc), stage="interrupted", reason=reason))
+            if changed:
+                log.warning("catalog.run_interrupted", interrupted_run=row.run_id, interrupted_job=row.job,
+                            started_at=_aware(row.started_at).isoformat())
+                marked.append({"run_id": row.run_id, "job": row.job, "started_at": _aware(row.started_at), "reason": reason})
+        return marked
 
     def last_runs(self) -> dict[str, dict[str, Any]]:
         """Return the newest finished run of every job, by job name (empty if the catalog cannot be read)."""
@@ -188,14 +196,16 @@ class Catalog:
             log.warning("catalog.unreadable", error=str(error.__class__.__name__))
             return []
 
-    def _write(self, statement: Any) -> None:
+    def _write(self, statement: Any) -> int:
+        """Run one write; return the rows it changed (0 when the catalog is away or the write failed: it warns)."""
         if self.engine is None:
-            return
+            return 0
         try:
             with self.engine.begin() as connection:
-                connection.execute(statement)
+                return connection.execute(statement).rowcount or 0
         except SQLAlchemyError as error:
             log.warning("catalog.write_failed", error=error.__class__.__name__, detail=str(getattr(error, "orig", None) or error)[:200])
+            return 0
 
 
 CONNECT_TIMEOUT_S = 10  # a catalog server that does not answer must not hold a backup up for long

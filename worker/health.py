@@ -2,7 +2,14 @@
 
 What they show is computed from the backup directory (manifests, read without the backup lock) and the catalog,
 and cached for a few seconds: a slow scrape never waits for a backup, a backup never waits for a scrape, and
-this process's own backup outcomes refresh the cache at once. Run counters count this process's runs since it
+this process's own backup outcomes refresh the cache at once.
+
+With S3_BUCKET set, freshness is judged on the newest sound backup in the bucket (worker.freshness). The bucket
+is listed from a thread of its own (OffsiteCache), at most every REFRESH_S and again after each backup of this
+process, so a scrape never waits on S3 (only the very first, at most WAIT_S, for the first listing). A listing
+that fails leaves the last good one in use for GRACE_S (a blip of the network is not an outage); after that, or
+before any listing succeeded, the off-site age is unknown: /healthz answers 503 with status `offsite_unknown`
+and `offsite_error`, and the off-site gauge is absent. Run counters count this process's runs since it
 started (a Prometheus counter resets with its process; `rate()` and `increase()` expect that); the last duration
 of each job starts from the catalog, so it is there before the first run.
 """
@@ -21,20 +28,77 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 import structlog
 
-from jobs.backups import Backup, list_backups
+from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations.local import LocalDestination
 from worker.catalog import Catalog
-from worker.freshness import catalog_time, disk_usage, disk_warning, evaluate
+from worker.freshness import (Offsite, catalog_time, disk_usage, disk_warning, evaluate, list_offsite,
+                              offsite_destination)
 from worker.runs import Outcome, add_listener
 
 if TYPE_CHECKING:
     from worker.config import Config
+    from worker.freshness import Freshness
 
 log = structlog.get_logger("worker.health")
 
 CACHE_S = 3.0
 POLL_S = 0.2  # how often the server thread looks for a stop request
 OUTCOMES = ("succeeded", "failed", "skipped")
+REFRESH_S = 60.0  # the bucket is listed at most this often (each listing is a billed request, and slow)
+WAIT_S = 2.0  # the longest a scrape waits, only for the first listing since start
+GRACE_S = 900.0  # how long the last good listing stands in for a bucket that cannot be listed now
+
+
+class OffsiteCache:
+    """The bucket as /healthz and /metrics see it: listed in a background thread, never while a scrape waits
+    (but the first, WAIT_S at most); see the module docstring."""
+
+    def __init__(self, lister: Callable[[], Offsite], refresh_s: float = REFRESH_S, wait_s: float = WAIT_S,
+                 grace_s: float = GRACE_S) -> None:
+        self._lister = lister
+        self._refresh_s, self._wait_s, self._grace_s = refresh_s, wait_s, grace_s
+        self._lock = threading.Lock()
+        self._last: Offsite | None = None  # the last listing, good or not
+        self._good: Offsite | None = None  # the last listing that succeeded
+        self._began = float("-inf")  # when the last listing started (time.monotonic())
+        self._thread: threading.Thread | None = None
+        self._first = threading.Event()  # a listing has finished
+        self._waited = False  # a scrape already waited for the first listing: no other one waits
+
+    def invalidate(self) -> None:
+        """The bucket changed (this process backed up): list it again at the next look."""
+        with self._lock:
+            self._began = float("-inf")
+
+    def get(self) -> Offsite:
+        """Return the bucket as last listed (see the module docstring), starting a listing in the background when
+        the last one is older than the refresh interval."""
+        with self._lock:
+            busy = self._thread is not None and self._thread.is_alive()
+            if not busy and time.monotonic() - self._began >= self._refresh_s:
+                self._began = time.monotonic()
+                self._thread = threading.Thread(target=self._list, name="health-offsite", daemon=True)
+                self._thread.start()
+            wait, self._waited = not self._waited, True
+        if wait:
+            self._first.wait(self._wait_s)
+        with self._lock:
+            last, good = self._last, self._good
+        if last is None:
+            return Offsite(None, f"the bucket has not answered its first listing within {self._wait_s:.0f} s of the scrape")
+        if last.backups is None and good is not None and time.monotonic() - (good.listed_at or 0) <= self._grace_s:
+            return good
+        return last
+
+    def _list(self) -> None:
+        found = self._lister()
+        if found.backups is None:
+            log.warning("health.offsite_unlisted", error=found.error)
+        with self._lock:
+            self._last = found
+            if found.backups is not None:
+                self._good = found
+        self._first.set()
 
 
 @dataclass(eq=False)  # hashable: the registry keys collectors by identity
@@ -45,6 +109,7 @@ class Health:
     catalog: Catalog
     sets: list[str]
     jobs: list[str] = field(default_factory=lambda: ["backup"])
+    offsite: OffsiteCache | None = None  # with S3_BUCKET: the bucket, listed in the background
     _lock: threading.Lock = field(default_factory=threading.Lock)  # guards the cache
     _counts_lock: threading.Lock = field(default_factory=threading.Lock)  # guards counts and durations
     _cached_at: float = float("-inf")
@@ -62,8 +127,11 @@ class Health:
         with self._counts_lock:
             key = (outcome.job, outcome.outcome)
             self.counts[key] = self.counts.get(key, 0) + 1
-            self.durations[outcome.job] = outcome.duration_s
+            if outcome.duration_s is not None:  # an interrupted run's end is not known
+                self.durations[outcome.job] = outcome.duration_s
             self._generation += 1
+        if self.offsite is not None and outcome.job == "backup":
+            self.offsite.invalidate()
 
     def seed(self) -> None:
         """Start each job's last duration from the catalog, and show its run counters at 0."""
@@ -85,18 +153,35 @@ class Health:
                 self._cached_at, self._seen = time.monotonic(), generation
             return self._backups, self._last_runs
 
+    def freshness(self, now: datetime | None = None) -> "Freshness":
+        """Return what worker.freshness says of the configured sets now (off-site too, with a bucket)."""
+        backups, _ = self._refresh()
+        offsite = self.offsite.get() if self.offsite is not None else None
+        return evaluate(backups, self.sets, self.config.freshness_limit, now, offsite)
+
     def healthz(self, now: datetime | None = None) -> tuple[int, dict[str, Any]]:
-        """Return the HTTP status (200 fresh, 503 stale or no backup) and the JSON document of SPEC's Health."""
-        backups, last_runs = self._refresh()
-        state = evaluate(backups, self.sets, self.config.freshness_limit, now)
+        """Return the HTTP status (200 fresh, 503 stale, no backup, or off-site age unknown) and the JSON document
+        of SPEC's Health."""
+        state = self.freshness(now)
+        _, last_runs = self._refresh()
         deciding = state.deciding
         usage = disk_usage(self.config.backup_dir)
+
+        def ages(s: Any) -> dict[str, Any]:
+            return {"newest_backup_age_s": int(s.age_s) if s.age_s is not None else None,
+                    "newest_offsite_backup_age_s": int(s.offsite_age_s) if s.offsite_age_s is not None else None}
+
         document = {
-            "status": "ok" if state.fresh else "stale",
+            "status": "ok" if state.fresh else deciding.state if deciding else "stale",
             "newest_backup": deciding.describe() if deciding else None,
+            "newest_offsite_backup": deciding.describe_offsite() if deciding else None,
+            **(ages(deciding) if deciding else {"newest_backup_age_s": None, "newest_offsite_backup_age_s": None}),
+            "offsite": self.offsite is not None,  # S3_BUCKET is set: health is judged on the off-site copy
+            "offsite_error": deciding.offsite_error if deciding else None,
             "freshness_limit_s": int(self.config.freshness_limit.total_seconds()),
-            "sets": {s.name: {"status": "ok" if s.fresh else "stale", "newest_backup": s.describe(),
-                              "future_backups": list(s.future)} for s in state.sets},
+            "sets": {s.name: {"status": s.state, "newest_backup": s.describe(), "newest_offsite_backup": s.describe_offsite(),
+                              **ages(s), "offsite_error": s.offsite_error, "future_backups": list(s.future)}
+                     for s in state.sets},
             "jobs": {job: {"outcome": row.get("outcome"), "finished_at": catalog_time(row.get("finished_at")),
                            "stage": row.get("stage"), "reason": row.get("reason"), "duration_s": row.get("duration_s")}
                      for job, row in sorted(last_runs.items())},
@@ -108,20 +193,27 @@ class Health:
 
     def collect(self) -> Iterator[Metric]:
         """Yield the metric families (prometheus_client's Collector protocol)."""
-        backups, _ = self._refresh()
-        state = evaluate(backups, self.sets, self.config.freshness_limit, datetime.now(timezone.utc))
+        state = self.freshness(datetime.now(timezone.utc))
         age = GaugeMetricFamily("backup_worker_newest_backup_age_seconds",
                                 "Age of the newest verified backup of each backup set", labels=["set"])
+        offsite_age = GaugeMetricFamily("backup_worker_newest_offsite_backup_age_seconds",
+                                        "Age of the newest verified backup of each backup set that is in the bucket",
+                                        labels=["set"])
         size = GaugeMetricFamily("backup_worker_newest_backup_size_bytes",
                                  "Size of the newest verified backup's artifact, per backup set", labels=["set"])
         fresh = GaugeMetricFamily("backup_worker_backup_fresh",
-                                  "1 when the set's newest verified backup is within FRESHNESS_LIMIT, else 0", labels=["set"])
+                                  "1 when the set's newest verified backup (in the bucket, with S3_BUCKET) is within "
+                                  "FRESHNESS_LIMIT, else 0", labels=["set"])
         for s in state.sets:
             fresh.add_metric([s.name], 1.0 if s.fresh else 0.0)
             if s.newest is not None:
                 age.add_metric([s.name], float(s.age_s or 0.0))
                 size.add_metric([s.name], float(s.newest.size))
+            if s.offsite_newest is not None:
+                offsite_age.add_metric([s.name], float(s.offsite_age_s or 0.0))
         yield from (age, size, fresh)
+        if self.offsite is not None:
+            yield offsite_age
         yield GaugeMetricFamily("backup_worker_freshness_limit_seconds", "FRESHNESS_LIMIT in seconds",
                                 value=self.config.freshness_limit.total_seconds())
         runs = CounterMetricFamily("backup_worker_job_runs", "Job runs of this process by outcome", labels=["job", "outcome"])
@@ -189,13 +281,17 @@ class HealthServer:
         self.server.server_close()
 
 
-def start(config: "Config", catalog: Catalog, sets: list[str], host: str = "0.0.0.0") -> HealthServer | None:
+def start(config: "Config", catalog: Catalog, sets: list[str], host: str = "0.0.0.0",
+          backup_sets: list[BackupSet] | None = None) -> HealthServer | None:
     """Serve /healthz and /metrics on HEALTH_PORT from a thread; return the server, or None when HEALTH_PORT is
-    unset or the port cannot be bound (that only logs an error: backups matter more than their dashboard)."""
+    unset or the port cannot be bound (that only logs an error: backups matter more than their dashboard).
+    `backup_sets` (name and kind) are the sets whose manifests in the bucket are read (None: every set)."""
     if config.health_port is None:
         return None
     jobs = ["backup", "cleanup"] if config.cleanup_rules else ["backup"]
-    health = Health(config=config, catalog=catalog, sets=sets, jobs=jobs)
+    bucket = offsite_destination(config)
+    offsite = OffsiteCache(lambda: list_offsite(bucket, backup_sets or None)) if bucket is not None else None
+    health = Health(config=config, catalog=catalog, sets=sets, jobs=jobs, offsite=offsite)
     health.seed()
     try:
         server = _Server((host, config.health_port), _Handler)

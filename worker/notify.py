@@ -119,11 +119,15 @@ def payload(outcome: Outcome, host: str, sets: list[str], now: datetime | None =
     return body
 
 
+FAILURES = ("failed", "interrupted")  # an interrupted run (its process died) is told as a failure
+
+
 def wants_webhook(outcome: Outcome, notify_on: str) -> bool:
-    """Return whether an outcome is notified: every one with `all`; else failures and skipped backups."""
+    """Return whether an outcome is notified: every one with `all`; else failures (interrupted runs too) and
+    skipped backups."""
     if notify_on == "all":
         return True
-    return outcome.outcome == "failed" or (outcome.outcome == "skipped" and outcome.job == "backup")
+    return outcome.outcome in FAILURES or (outcome.outcome == "skipped" and outcome.job == "backup")
 
 
 def ping_body(outcome: Outcome, host: str, what: str | None = None) -> str:
@@ -268,7 +272,7 @@ class Notifier:
                 self.ping.send(Message(ping_url(self.ping_url, "start"), b"", "text/plain", "ping start", run))
             else:
                 # A skipped backup (another one holds the lock) is logged, not failed: the other one pings its end.
-                suffix = {"succeeded": "", "failed": "fail"}.get(outcome.outcome, "log")
+                suffix = "" if outcome.outcome == "succeeded" else "fail" if outcome.outcome in FAILURES else "log"
                 body = ping_body(outcome, self.host) if suffix else sentence(outcome, self.host, backup_set(outcome, self.sets))
                 body = scrub(body, self.secrets)
                 self.ping.send(Message(ping_url(self.ping_url, suffix), body.encode(), "text/plain; charset=utf-8",

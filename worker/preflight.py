@@ -7,10 +7,12 @@ backup chooses its pg_dump again, so installing the missing client (a new /usr/l
 picked up by the next backup without a restart, and until then each backup fails naming the client to install.
 """
 
+from pathlib import Path
 import sys
 
 import structlog
 
+from jobs import engines
 from jobs.engines import postgres
 from worker.config import Config
 
@@ -30,11 +32,16 @@ def _source_urls(config: Config) -> list[str]:
 def problems(config: Config) -> list[str]:
     """Given the configuration, return one sentence per source whose backups cannot run as things stand (no
     fitting pg_dump, naming the major to install; or a server that cannot be reached to tell its version).
-    Passwords never appear: the engine's messages show URLs masked."""
+    Each source is opened by `jobs.engines.open_source`, as the backup opens it (a SQLAlchemy URL's driver is
+    ignored there). Passwords never appear: the engine's messages show URLs masked."""
     found = []
     for url in _source_urls(config):
-        if url.partition("://")[0].lower() in postgres.SCHEMES:
-            problem = postgres.describe_tools(url)
+        try:
+            source = engines.open_source(url, Path.cwd())
+        except ValueError:
+            continue  # the configuration already reported it
+        if isinstance(source, postgres.PostgresSource):
+            problem = postgres.describe_tools(source)
             if problem:
                 found.append(problem)
     return found

@@ -28,8 +28,8 @@ _listeners: list[Listener] = []
 class Outcome:
     job: str
     run_id: str
-    outcome: str  # succeeded, failed or skipped
-    duration_s: float
+    outcome: str  # succeeded, failed or skipped; `interrupted` for a run a dead process left (settle_interrupted)
+    duration_s: float | None  # None for an interrupted run: when it stopped is not known
     stage: str | None = None
     reason: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
@@ -45,7 +45,7 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(job=job, run_id=run_id):
         log.info("job.started")
-        _record(catalog.mark_interrupted)
+        _record(settle_interrupted, catalog)
         _record(catalog.start, run_id, job, datetime.now(timezone.utc))
         _tell("started", Outcome(job=job, run_id=run_id, outcome="running", duration_s=0.0))
         outcome = Outcome(job=job, run_id=run_id, outcome="failed", duration_s=0.0)
@@ -75,6 +75,20 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
         _record(catalog.finish, run_id, outcome.outcome, outcome.duration_s, outcome.stage, outcome.reason, outcome.fields)
         _tell("finished", outcome)
     return outcome
+
+
+def settle_interrupted(catalog: Catalog) -> list[Outcome]:
+    """Mark the runs a dead process left `running` as `interrupted` (see Catalog.mark_interrupted) and tell the
+    listeners of each as a finished run, so it is notified and pinged as a failure; return them. Called when `run`
+    starts and before every job. A row is marked by one process only, so each is told once, never again."""
+    settled = []
+    for row in catalog.mark_interrupted():
+        outcome = Outcome(job=row["job"], run_id=row["run_id"], outcome="interrupted", duration_s=None,
+                          stage="interrupted", reason=row["reason"],
+                          fields={"started_at": row["started_at"].isoformat()})
+        _tell("finished", outcome)
+        settled.append(outcome)
+    return settled
 
 
 def _record(write: Callable[..., Any], *args: Any) -> None:

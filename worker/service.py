@@ -33,6 +33,7 @@ from worker.commands import Context, UsageError, backup_job, cleanup_job
 from worker.crontab import period
 from worker.freshness import configured_sets
 from worker.lock import free_sets
+from worker.runs import settle_interrupted
 
 log = structlog.get_logger("worker.service")
 
@@ -185,7 +186,9 @@ def serve(ctx: Context, command: str | None = None, umask: int | None = None) ->
     app = None
     if command is not None:
         app = _start_app(command, umask)
-    monitor = health.start(ctx.config, ctx.catalog, configured_sets(ctx.config, ctx.cwd))  # None without HEALTH_PORT
+    monitor = health.start(ctx.config, ctx.catalog, configured_sets(ctx.config, ctx.cwd),  # None without HEALTH_PORT
+                           backup_sets=ctx.backup_sets())
+    settle_interrupted(ctx.catalog)  # runs a killed worker left `running`: marked and notified now, not at the next job
     try:
         scheduler: BackgroundScheduler | None = _start_scheduler(ctx)
     except Exception as error:

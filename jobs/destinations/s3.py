@@ -118,8 +118,10 @@ class S3Destination:
     location = "s3"
 
     def __init__(self, bucket: str, prefix: str, endpoint_url: str | None, region: str, client: Any = None,
-                 *, retry: Retry = Retry(), transfer: TransferConfig = TRANSFER) -> None:
+                 *, retry: Retry = Retry(), transfer: TransferConfig = TRANSFER,
+                 client_options: dict[str, Any] | None = None) -> None:
         self.bucket = bucket
+        self.client_options = dict(client_options or {})  # make_client's max_attempts and timeouts
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.region = region
@@ -132,7 +134,7 @@ class S3Destination:
         """The boto3 client, built on first use so that a bad setting fails the upload stage, not the backup."""
         if self._client is None:
             try:
-                self._client = make_client(self.endpoint_url, self.region)
+                self._client = make_client(self.endpoint_url, self.region, **self.client_options)
             except (ValueError, boto_errors.BotoCoreError) as error:
                 raise UploadError(
                     f"cannot set up the S3 client for s3://{self.bucket}: {scrub(str(error), [])}; "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import functools
 import importlib
 from pathlib import Path
+import re
 import threading
 from typing import TYPE_CHECKING, Any, BinaryIO, ContextManager, Protocol
 
@@ -151,9 +152,34 @@ def _by_kind() -> dict[str, Engine]:
     return {engine.KIND: engine for engine in engines()}
 
 
+# SQLAlchemy spells a URL `dialect+driver://` (postgresql+asyncpg://, sqlite+aiosqlite://): apps hold their
+# DATABASE_URL in that form. The driver is the app's business; the database is the same.
+_SQLALCHEMY_SCHEME = re.compile(r"^(?P<dialect>[A-Za-z][A-Za-z0-9]*)\+[A-Za-z0-9_]+://")
+
+
+def source_url(url: str) -> str:
+    """Given a BACKUP_SOURCE URL, return it with the driver part of a SQLAlchemy URL taken off
+    (`postgresql+psycopg://…` is `postgresql://…`, `sqlite+aiosqlite:///…` is `sqlite:///…`); any other URL as it
+    is. The one place that reads a driver: every reader of the source URL gets the engine's Source (open_source),
+    which was opened from this."""
+    match = _SQLALCHEMY_SCHEME.match(url)
+    if match is None or match["dialect"].lower() not in _by_scheme():
+        return url
+    return f"{match['dialect']}://{url[match.end():]}"
+
+
+def scheme_of(url: str) -> str:
+    """Return the lower-case scheme of a source URL once its driver part is off (`postgresql` for
+    `postgresql+asyncpg://…`), or "" when it has none."""
+    url = source_url(url)
+    return url.partition("://")[0].lower() if "://" in url else ""
+
+
 def open_source(url: str, cwd: Path) -> Source:
-    """Given a BACKUP_SOURCE URL, return its Source. Raise ValueError naming what is wrong with the URL."""
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    """Given a BACKUP_SOURCE URL (a SQLAlchemy `dialect+driver://` one too: the driver is ignored), return its
+    Source. Raise ValueError naming what is wrong with the URL."""
+    url = source_url(url)
+    scheme = scheme_of(url)
     by_scheme = _by_scheme()
     if scheme in by_scheme:
         return by_scheme[scheme].open_source(url, cwd)
@@ -161,7 +187,8 @@ def open_source(url: str, cwd: Path) -> Source:
         raise ValueError(f"{scheme}:// sources are not supported by this version yet; use sqlite:///path/to/app.db")
     known = " or ".join(f"{s}://" for s in sorted(by_scheme))
     raise ValueError(
-        f"the URL must start with {known} (like sqlite:///data/app.db or sqlite:////app/data/app.db)"
+        f"the URL must start with {known} (like sqlite:///data/app.db or sqlite:////app/data/app.db; a SQLAlchemy "
+        "URL such as postgresql+psycopg:// is read without its driver)"
         + (f", not {scheme}://" if scheme else "")
     )
 

@@ -412,20 +412,27 @@ def restore_failure(database: str, host: str, failure: str, holders: str | None 
 
 # --- wiring helpers for the worker --------------------------------------------------------------------------------
 
-def describe_tools(url: str) -> str | None:
-    """Given a PostgreSQL BACKUP_SOURCE, return the problem that would stop its backups (no fitting pg_dump, or
-    the server cannot be reached to tell its version), as one sentence; None when a fitting pg_dump is there."""
+def describe_tools(source: "PostgresSource | str") -> str | None:
+    """Given a PostgreSQL source (or its URL), return the problem that would stop its backups (no fitting pg_dump,
+    or the server cannot be reached to tell its version), as one sentence; None when a fitting pg_dump is there."""
     try:
-        PostgresSource(pg_connect.parse_url(url)).tools()
+        (source if isinstance(source, PostgresSource) else PostgresSource(pg_connect.parse_url(source))).tools()
     except (ValueError, SourceError) as error:
         return str(error)
     return None
 
 
 def catalog_url(url: str) -> str:
-    """Return a CATALOG_URL with postgresql:// or postgres:// rewritten to SQLAlchemy's psycopg 3 driver;
-    other URLs (sqlite://, an explicit +driver) unchanged."""
-    scheme, sep, rest = url.partition("://")
+    """Return a CATALOG_URL for SQLAlchemy with the drivers this worker has: a PostgreSQL URL (postgresql://,
+    postgres://, or a SQLAlchemy one with any driver, such as postgresql+asyncpg:// copied from the app) goes
+    through psycopg 3, a SQLite one (sqlite+aiosqlite:// too) through sqlite3; other URLs unchanged. The driver
+    is read off by `jobs.engines.scheme_of`, as for BACKUP_SOURCE."""
+    from jobs.engines import scheme_of, source_url  # the package imports this module lazily
+
+    plain = source_url(url)
+    scheme, sep, rest = plain.partition("://")
     if sep and scheme.lower() in SCHEMES:
         return f"{CATALOG_DRIVER}://{rest}"
+    if sep and scheme_of(plain) == "sqlite":
+        return f"sqlite://{rest}"
     return url

@@ -14,7 +14,8 @@ next transaction; the file is never torn. A stop before the commit rolls the res
 A live file SQLite cannot open ("file is not a database", "malformed") is the main reason to restore: its files
 (database, -wal, -shm, -journal) are copied as they are into a `<db>.pre-restore-<stamp>/` directory, then the
 stale -wal/-shm/-journal are removed (they would be replayed into the restored file) and the proven file is
-renamed into place.
+renamed into place with the live file's mode, owner and group. A worker that is not root cannot give a new file
+another user's ownership: then the proven bytes are written into the live file itself, which keeps its owner.
 
 A database reached through a symlink (or a chain of them) is restored into the file the links lead to, resolved
 once at the start: the links stay as they are, and the safety copy, the staged file and the sidecars are those
@@ -206,36 +207,60 @@ def _copy_file(source: Path, target: Path, cancel: threading.Event) -> None:
         os.fsync(writer.fileno())
 
 
+def keeps_owner(live: os.stat_result) -> bool:
+    """Return whether a new file this process creates can be given the owner and group of the file whose status
+    is `live`: it runs as root, or that owner is its own user and that group one of its groups."""
+    if os.geteuid() == 0:
+        return True
+    return live.st_uid == os.geteuid() and live.st_gid in {os.getegid(), *os.getgroups()}
+
+
 def _restore_damaged(database: Path, raw: Path, cancel: threading.Event, notify: Callable[[str], None], why: str) -> Path:
-    """Copy the damaged database's files aside as they are, then rename the proven file into its place."""
+    """Copy the damaged database's files aside as they are, then put the proven file in its place: renamed into
+    place, with the live file's mode, owner and group; or, when this process cannot give a new file that owner
+    and group (it is not root), written into the live file itself, which keeps them."""
     files = [path for path in (database, *sidecars(database)) if path.exists()]
     safety = safety_copy_path(database)
     notify(f"the live database {database} cannot be opened ({why}); its files are copied as they are to {safety}/ before the restore")
     log.warning("restore.damaged_live_database", database=str(database), reason=why, safety_copy=str(safety))
     staging = database.with_name(temp_prefix() + database.name)
     temp_dir = safety.with_name(temp_prefix() + safety.name)
+    writing = in_place = False  # writing: the live file is being written, from then on it has changed
     try:
+        live = database.stat()
         temp_dir.mkdir(mode=DIR_MODE)
         for path in files:
             _copy_file(path, temp_dir / path.name, cancel)
         fsync_path(temp_dir)
         os.rename(temp_dir, safety)
         fsync_path(database.parent)
-        _stage(raw, staging, database, cancel)
+        in_place = not keeps_owner(live)
+        if in_place:
+            notify(f"the worker cannot give a new file the owner of {database} (uid {live.st_uid}, gid {live.st_gid}), "
+                   "so the backup is written into the file itself")
+            log.info("restore.in_place", database=str(database), uid=live.st_uid, gid=live.st_gid)
+        else:
+            _stage(raw, staging, live, cancel)
         if cancel.is_set():
             raise Cancelled("the worker is stopping")
         # From here on nothing stops: the stale -wal and -journal would be replayed into the restored file.
+        writing = True
         for sidecar in sidecars(database):
             sidecar.unlink(missing_ok=True)
-        os.replace(staging, database)
+        if in_place:
+            _write_into(raw, database)
+        else:
+            os.replace(staging, database)
         fsync_path(database.parent)
     except Cancelled:
         kept = f"; the copies of its files are kept in {safety}" if safety.exists() else ""
         raise Cancelled(f"the worker is stopping; {_UNCHANGED}{kept}", stage="restore") from None
     except OSError as error:
         kept = f"; the copies of its files are kept in {safety}" if safety.exists() else ""
+        state = ("it is partly written now: run the restore again" if writing and in_place
+                 else "its stale -wal/-journal are gone: run the restore again" if writing else _UNCHANGED)
         raise SourceError(f"cannot restore over the damaged database {database}: {error.strerror or error}; "
-                          f"{_UNCHANGED}{kept}", stage="restore") from None
+                          f"{state}{kept}", stage="restore") from None
     finally:
         staging.unlink(missing_ok=True)
         if temp_dir.exists():
@@ -243,14 +268,24 @@ def _restore_damaged(database: Path, raw: Path, cancel: threading.Event, notify:
     return safety
 
 
-def _stage(raw: Path, staging: Path, database: Path, cancel: threading.Event) -> None:
-    """Put the proven file beside the database under a temporary name, with the live file's permissions."""
+def _stage(raw: Path, staging: Path, live: os.stat_result, cancel: threading.Event) -> None:
+    """Put the proven file beside the database under a temporary name, with the live file's permissions, owner
+    and group (see keeps_owner)."""
     try:
         os.link(raw, staging)  # same volume: no second copy of the data
     except OSError:
         _copy_file(raw, staging, cancel)
-    live = database.stat()
-    os.chmod(staging, live.st_mode & 0o777)
-    if os.geteuid() == 0:
-        os.chown(staging, live.st_uid, live.st_gid)
+    os.chmod(staging, live.st_mode & 0o7777)
+    os.chown(staging, live.st_uid if os.geteuid() == 0 else -1, live.st_gid)
+    os.chmod(staging, live.st_mode & 0o7777)  # a chown by a user other than root clears set-id bits
     fsync_path(staging)
+
+
+def _write_into(raw: Path, database: Path) -> None:
+    """Write the proven file's bytes over the file `database` from its start and cut it to that length, keeping
+    its inode (and with it mode, owner, group, ACLs). Not stopped midway: a half-written file helps nobody."""
+    with raw.open("rb") as reader, open(database, "r+b") as writer:
+        shutil.copyfileobj(reader, writer, CHUNK)
+        writer.truncate()
+        writer.flush()
+        os.fsync(writer.fileno())

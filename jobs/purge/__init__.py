@@ -12,8 +12,10 @@ why. `purge` itself deletes in batches that never hold a write lock for long and
 
 Entry points:
 - `parse_retention_rules(text)` reads RETENTION_RULES (ValueError naming every bad pair: a config problem).
-- `check_rules(source, rules)` at start: one problem per rule that does not fit the database (missing table or
-  column, unsupported type); any problem is exit 2, nothing deleted.
+- `inspect_rules(source, rules)` at start and before every purge: one problem per rule that does not fit the
+  database (missing table or column, unsupported type; any problem is exit 2 at start, nothing deleted), or, in a
+  database with no user tables at all (new, before its migrations or a restore), why the purge waits instead.
+  `check_rules` gives the problems alone.
 - `dry_run(source, rules, now)` / `count_rows(source, rule, now)` for `prune --dry-run`: old rows now, an upper
   bound of what a purge deletes (it has no backup to hold them against).
 - `held_from_cycle(fields, kept)`, then `purge(source, rules, now, cancel, held=…)` after a fully successful
@@ -24,6 +26,7 @@ database is never found by a second reading of the URL.
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 import threading
@@ -38,21 +41,49 @@ from jobs.purge.database import SourceLike
 from jobs.purge.delete import BATCH_SIZE, RuleResult, count_old, cutoff_for, run_rule, stop
 from jobs.purge.held import Held, PgSnapshot, held_from_cycle
 from jobs.purge.rules import PurgeRule, parse_retention_rules
-from jobs.purge.schema import check, resolve
+from jobs.purge.schema import check, has_user_tables, resolve
 
-__all__ = ["Held", "PgSnapshot", "PurgeRule", "RuleResult", "check_rules", "count_rows", "dry_run",
-           "held_from_cycle", "parse_retention_rules", "purge", "purge_fields", "should_purge"]
+__all__ = ["Held", "PgSnapshot", "PurgeRule", "RuleResult", "RulesCheck", "check_rules", "count_rows", "dry_run",
+           "held_from_cycle", "inspect_rules", "parse_retention_rules", "purge", "purge_fields", "should_purge"]
+
+
+@dataclass(frozen=True)
+class RulesCheck:
+    """How the rules fit the database: `problems` (one sentence per rule that does not fit; a configuration
+    error), or `waiting`: why table retention waits (the database has no user tables at all yet)."""
+
+    problems: list[str] = field(default_factory=list)
+    waiting: str | None = None
+
+
+def waiting_sentence(rules: Sequence[PurgeRule]) -> str:
+    """Return why the purge waits on a database with no user tables, naming the tables the rules need."""
+    tables = sorted({rule.table for rule in rules})
+    named = f"table{'s' if len(tables) > 1 else ''} {', '.join(tables)} exist{'' if len(tables) > 1 else 's'}"
+    return (f"the database has no tables yet (a new database before its migrations or a restore), so table retention "
+            f"waits until {named}; RETENTION_RULES are checked again before every purge")
+
+
+def inspect_rules(source: SourceLike, rules: Sequence[PurgeRule], cwd: Path | None = None) -> RulesCheck:
+    """Given the source database and the rules, return how they fit it (see RulesCheck): in a database with no
+    user tables at all (SQLite: none but sqlite_%; PostgreSQL: none outside the system schemas) the purge waits;
+    in any other, each rule that names a missing table or column, or an unsupported type, is a problem. Raise
+    SourceError if the database cannot be reached, ValueError if it is not SQLite or PostgreSQL."""
+    if not rules:
+        return RulesCheck()
+    with _database_errors("checking RETENTION_RULES"), database.engine_for(source, cwd) as engine, \
+            engine.connect() as connection:
+        if not has_user_tables(connection):
+            return RulesCheck(waiting=waiting_sentence(rules))
+        return RulesCheck(problems=check(connection, list(rules)))
 
 
 def check_rules(source: SourceLike, rules: Sequence[PurgeRule], cwd: Path | None = None) -> list[str]:
     """Given the source database and the rules, return one problem per rule that does not fit it (each a sentence
     that starts with the rule, e.g. `events.created_at=30d: the database has no table events; …`); [] when all
-    fit. Raise SourceError if the database cannot be reached, ValueError if it is not SQLite or PostgreSQL."""
-    if not rules:
-        return []
-    with _database_errors("checking RETENTION_RULES"), database.engine_for(source, cwd) as engine, \
-            engine.connect() as connection:
-        return check(connection, list(rules))
+    fit, and in a database with no user tables at all, where the purge waits (see inspect_rules). Raise
+    SourceError if the database cannot be reached, ValueError if it is not SQLite or PostgreSQL."""
+    return inspect_rules(source, rules, cwd).problems
 
 
 def count_rows(source: SourceLike, rule: PurgeRule, now: datetime, cwd: Path | None = None) -> int:

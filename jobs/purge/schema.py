@@ -178,6 +178,23 @@ def check(connection: Connection, rules: list[PurgeRule]) -> list[str]:
     return problems
 
 
+def has_user_tables(connection: Connection) -> bool:
+    """Return whether the database holds any table of its own: in SQLite a table not named `sqlite_%`, in
+    PostgreSQL a table (or partitioned table) in a schema other than pg_catalog, information_schema, pg_toast
+    and the temporary ones. A database without one is new: its migrations (or a restore) have not run yet."""
+    if connection.dialect.name == "sqlite":
+        found = connection.execute(sa.text(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE :internal ESCAPE '!' LIMIT 1"),
+            {"internal": "sqlite!_%"})
+    else:
+        found = connection.execute(sa.text(
+            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE :toast ESCAPE '!' AND n.nspname NOT LIKE :temp ESCAPE '!' LIMIT 1"),
+            {"toast": "pg!_toast%", "temp": "pg!_temp!_%"})
+    return found.first() is not None
+
+
 # --- names ------------------------------------------------------------------------------------------------------
 
 def _pick(names: list[str], wanted: str) -> str | None:

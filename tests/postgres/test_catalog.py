@@ -8,10 +8,10 @@ from worker.catalog import open_catalog
 from tests.postgres.conftest import admin, url_for
 
 
-def test_postgresql_catalog_urls_use_psycopg_3_and_others_are_left_alone():
+def test_postgresql_catalog_urls_use_psycopg_3_whatever_driver_they_name_and_others_are_left_alone():
     assert catalog_url("postgresql://u:p@h:5432/db?sslmode=require") == "postgresql+psycopg://u:p@h:5432/db?sslmode=require"
     assert catalog_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
-    assert catalog_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert catalog_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg://u@h/db"  # the driver the worker has
     assert catalog_url("sqlite:////data/catalog.db") == "sqlite:////data/catalog.db"
 
 

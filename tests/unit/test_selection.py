@@ -142,3 +142,18 @@ def test_a_pre_restore_safety_backup_is_fresh_but_never_the_latest_to_restore_no
     assert selection.newest([safety, before], Purpose.RETENTION, NOW) == before
     chosen, _, notes = selection.latest([safety, before], Purpose.RESTORE, NOW, None, False, "here")
     assert chosen == before and "safety backup" in notes[0]
+
+@pytest.mark.parametrize(("artifact_suffix", "manifest", "encrypted"), [
+    (".zst", {}, False),
+    (".zst", {"encryption": {"recipients": 2}}, True),
+    (".zst.age", {}, True),
+    (".zst.age", {"encryption": {"recipients": 1}}, True),
+    (".zst", {"encryption": None}, False),
+])
+def test_an_encrypted_backup_is_flagged_by_its_name_or_its_manifest(artifact_suffix, manifest, encrypted) -> None:
+    stamp = NOW - timedelta(hours=1)
+    artifact = f"app-{stamp:%Y%m%dT%H%M%SZ}.sqlite{artifact_suffix}"
+    found = Backup(id=f"app-{stamp:%Y%m%dT%H%M%SZ}.sqlite", artifact=artifact, created_at=stamp, size=10,
+                   sha256="0" * 64, verified=True, manifest={"created_at": stamp.isoformat(), **manifest}, stored_size=10)
+    assert ("encrypted" in selection.flags(found, NOW)) is encrypted
+    assert selection.newest([found], Purpose.FRESHNESS, NOW) is found  # an encrypted backup counts like any other

@@ -20,7 +20,7 @@ import structlog
 from jobs.artifacts import parse_iso, utc_iso
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
-from jobs.purge import PurgeRule, check_rules, dry_run, held_from_cycle, purge, purge_fields, should_purge
+from jobs.purge import PurgeRule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge
 from worker.actions.context import Context, UsageError
 from worker.actions.output import say
 from worker.catalog import Catalog
@@ -42,19 +42,31 @@ def rules_for(ctx: Context, source: Source) -> tuple[PurgeRule, ...]:
 
 def rule_problems(ctx: Context) -> list[str]:
     """Return one problem per rule that does not fit the main source's database (no such table or column, a type
-    we cannot read as a time). A database that cannot be reached now only warns: the app may not have created it
-    yet, and every purge checks each rule again."""
+    we cannot read as a time). A database that cannot be reached now, or that has no user tables at all yet (new,
+    before its migrations or a restore), only warns: the worker must run so that alerts and one-off commands
+    work, and every purge checks each rule again."""
     if not ctx.config.retention_rules or not ctx.config.sources:
         return []
     source = ctx.source()  # the main source, opened as the backup opens it
     try:
-        problems = check_rules(source, rules_for(ctx, source))
+        check = inspect_rules(source, rules_for(ctx, source))
     except SourceError as error:
         log.warning("purge.check_deferred", reason=str(error), detail="the rules are checked again before every purge")
         return []
     except ValueError as error:
         return [f"RETENTION_RULES: {error}"]
-    return [f"RETENTION_RULES: {problem}" for problem in problems]
+    if check.waiting:
+        log.warning("purge.waiting", reason=check.waiting)
+    return [f"RETENTION_RULES: {problem}" for problem in check.problems]
+
+
+def waiting(source: Source, rules: Sequence[PurgeRule]) -> str | None:
+    """Return why the purge after this backup waits (the database has no user tables yet), else None. A database
+    that cannot be checked now is left to the purge, which fails loudly if it still cannot reach it."""
+    try:
+        return inspect_rules(source, rules).waiting
+    except (SourceError, ValueError):
+        return None
 
 
 def require_rules_fit(ctx: Context) -> None:
@@ -70,8 +82,12 @@ def purge_after_backup(ctx: Context, source: Source, rules: Sequence[PurgeRule],
     """Given the fields of a backup cycle of `source` that returned (it fully succeeded) and where that cycle kept
     its raw snapshot, delete the rows the rules make old that this backup holds, as the job `purge`, if
     `should_purge` allows it (with S3 configured, only once this cycle uploaded the backup, also under
-    `backup --no-upload`). Return the cycle's fields with the purge's."""
+    `backup --no-upload`) and the database has user tables (a new one without any: `purge_skipped` says the
+    purge waits). Return the cycle's fields with the purge's."""
     allowed, why = should_purge(fields, remote=ctx.config.s3 is not None)
+    if allowed and (pending := waiting(source, rules)):
+        allowed, why = False, pending
+        log.warning("purge.waiting", reason=why)
     if not allowed:
         log.warning("purge.skipped", reason=why)
         return {**fields, "purge_skipped": why}
@@ -133,6 +149,10 @@ def dry_run_report(ctx: Context) -> dict[str, Any]:
     if not ctx.config.retention_rules or not ctx.config.sources:
         return {}
     source = ctx.source()
+    pending = waiting(source, rules_for(ctx, source))
+    if pending:
+        say(f"table retention waits: {pending}")
+        return {"purge_waiting": pending}
     results = dry_run(source, rules_for(ctx, source), datetime.now(timezone.utc))
     for result in results:
         if result.error:

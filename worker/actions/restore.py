@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from jobs import identity, offsite, pipeline, restore as restoring
+from jobs import engines, identity, offsite, pipeline, restore as restoring
 from jobs.artifacts import temp_prefix
 from jobs.backups import Backup, BackupSet
 from jobs.engines import Source, postgres
@@ -69,12 +69,11 @@ def _stderr(line: str) -> None:
 
 def target_problem(url: str) -> str | None:
     """Return why `url` cannot be a `--target-url` (not a PostgreSQL URL, or one libpq rejects), or None."""
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme not in postgres.SCHEMES:
+    if engines.scheme_of(url) not in postgres.SCHEMES:
         return ("--target-url takes the PostgreSQL database to restore into, like postgresql://USER@HOST:5432/DBNAME "
                 "(pgdump backups only; restore other kinds to a file with --to PATH)")
     try:
-        parse_url(url)
+        parse_url(engines.source_url(url))
     except ValueError as error:
         return f"--target-url: {error}"
     return None
@@ -94,6 +93,7 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
         problem = target_problem(target_url)
         if problem:
             raise UsageError(problem)
+        target_url = engines.source_url(target_url)  # the app's SQLAlchemy URL names the same database
     destination, location = where(ctx, from_s3)
     if to is not None:
         to = to.resolve()
@@ -164,8 +164,11 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                     fields = restore_over_server(ctx, artifact, backup, source)
                 else:
                     safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
+                    removed, kept = restoring.tidy_safety_copies(source, safety, ctx.config.keep_min)
                     fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks,
-                              **({"safety_copy": str(safety)} if safety else {})}
+                              **({"safety_copy": str(safety)} if safety else {}),
+                              **({"safety_copies_removed": [str(path) for path in removed],
+                                  "safety_copies_kept": [str(path) for path in kept]} if removed else {})}
                 if foreign:
                     identity.adopt(ctx.config.backup_dir, BackupSet(source.name(), source.kind), foreign)
                     fields["taken_over_from"] = identity.describe(foreign)
@@ -177,6 +180,10 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
             f"({', '.join(outcome.fields['checks'])} passed)")
         if "safety_copy" in outcome.fields:
             say(f"the previous database was saved as {outcome.fields['safety_copy']}")
+        for removed in outcome.fields.get("safety_copies_removed", []):
+            kept = ", ".join(outcome.fields["safety_copies_kept"]) or "none"
+            say(f"removed the older safety copy {removed} (BACKUP_KEEP_MIN={ctx.config.keep_min}: kept {kept}, "
+                "and the one just made)")
         if "taken_over_from" in outcome.fields:
             say(f"this source now owns the backup set (it was {outcome.fields['taken_over_from']}'s)")
         if "safety_backup" in outcome.fields:
