@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 import py_compile
-import shlex
 import subprocess
 import sys
 import tomllib
@@ -66,22 +65,6 @@ def test_the_readmes_dockerfile_form_expands_port_in_a_shell_inside_exec(tmp_pat
     assert done.stdout.split() == ["app:app", "--host", "0.0.0.0", "--port", "8123"]
 
 
-def test_the_readmes_restore_before_start_command_restores_a_missing_database_then_runs_the_app(tmp_path: Path) -> None:
-    start = tomllib.loads(readme_line("startCommand = 'test -f"))["startCommand"]
-    calls = tmp_path / "calls.jsonl"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "backup-worker"
-    fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json, sys; open(sys.argv[1], \"a\").write(json.dumps(sys.argv[2:]) + chr(10))' {calls} \"$@\"\n")
-    fake.chmod(0o755)
-    subprocess.run(["bash", "-c", start], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PORT": "8123"}, check=True)
-    restore, run = [json.loads(line) for line in calls.read_text().splitlines()]
-    args = build_parser().parse_args(restore)
-    assert (args.command, args.from_s3, str(args.to)) == ("restore", True, "/app/data/rose.db")
-    assert exec_argv(run) == [*UVICORN, "--port", "8123"]
-    assert " exec backup-worker run" in start
-
-
 def test_the_example_variables_are_a_valid_configuration() -> None:
     env = {"RAILWAY_VOLUME_MOUNT_PATH": "/app/data"}
     for line in (EXAMPLES / "sqlite-app" / "variables.env").read_text().splitlines():
@@ -91,6 +74,7 @@ def test_the_example_variables_are_a_valid_configuration() -> None:
     config = load_config(env, cwd=Path("/app"))
     assert config.backup_dir == Path("/app/data/backups")
     assert [rule.describe() for rule in config.cleanup_rules] == ["/tmp/rose_audio/*.mp3=1d"]
+    assert config.restore_on_start == "if-missing"  # a lost volume is restored before the app starts
 
 
 def test_the_requirements_line_is_a_pip_requirement_once_the_owner_is_filled_in() -> None:
