@@ -182,3 +182,46 @@ def page_count(path: Path) -> int:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     return path.stat().st_size // page_size if page_size else 0
+
+
+def user_tables(connection: sqlite3.Connection) -> list[str]:
+    """Return the tables that hold the app's rows, by name: every ordinary table but SQLite's own (`sqlite_%`).
+    A virtual table (FTS, R*Tree) is left out: its rows live in its shadow tables, which are ordinary tables and
+    counted, and counting it would need its module loaded."""
+    rows = connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                              "ORDER BY name").fetchall()
+    return [name for name, sql in rows if not (sql or "").lstrip().upper().startswith("CREATE VIRTUAL")]
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def count_rows(path: Path, stop: Callable[[], bool]) -> dict[str, object]:
+    """Return the exact rows of each user table of the database file `path` (see `user_tables`), as the manifest
+    records them: {"unit": "rows", "total": N, "tables": {name: n}}. Raise Cancelled if `stop()` became true,
+    sqlite3.Error if the file cannot be read."""
+    connection = connect(path, "ro")
+    try:
+        with interrupt_when(stop, connection):
+            try:
+                tables = {name: connection.execute(f"SELECT count(*) FROM {_quoted(name)}").fetchone()[0]
+                          for name in user_tables(connection)}
+            except sqlite3.OperationalError:
+                if stop():
+                    raise Cancelled("the worker is stopping; the row count was interrupted") from None
+                raise
+    finally:
+        connection.close()
+    return {"unit": "rows", "total": sum(tables.values()), "tables": tables}
+
+
+def has_rows(path: Path) -> bool:
+    """Return whether any user table of the live database `path` (opened read-only) has a row. Raise
+    sqlite3.Error if it cannot be read."""
+    connection = connect(path, "ro", timeout=STEP_BUSY_S * 10)
+    try:
+        return any(connection.execute(f"SELECT 1 FROM {_quoted(name)} LIMIT 1").fetchone() is not None
+                   for name in user_tables(connection))
+    finally:
+        connection.close()
