@@ -98,6 +98,7 @@ class Config:
     sources: tuple[SourceSpec, ...] = field(default=(), repr=False)
     source_variables: dict[str, str] = field(default_factory=dict, compare=False)
     retention_rules: tuple[PurgeRule, ...] = ()  # RETENTION_RULES (issue 12): rows deleted after a good backup
+    allow_empty: bool = False  # BACKUP_ALLOW_EMPTY (issue 18): an empty source may follow backups that hold data
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -143,6 +144,7 @@ class Config:
             "HEALTH_PORT": self.health_port,
             "DISK_WARN_PERCENT": self.disk_warn_percent,
             "RETENTION_RULES": [rule.describe() for rule in self.retention_rules],
+            "BACKUP_ALLOW_EMPTY": self.allow_empty,
         }
 
 
@@ -192,6 +194,13 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int, p
         problems.append(f"{name}={value} is out of range; set it to a number from {low} to {high}")
         return default
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in ("", "true", "false"):
+        problems.append(f"{name}={raw!r} is not true or false; set it to true or false (false when unset)")
+    return raw == "true"
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], problems: list[str]) -> str:
@@ -304,6 +313,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         except ValueError:
             pass
     retention_rules = _retention_rules(env, source_url, main_source, problems)
+    allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
 
     if problems:
         raise ConfigError(problems, _environment_secrets(env))
@@ -334,6 +344,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         source_variables=variables,
         **monitoring,
         retention_rules=retention_rules,
+        allow_empty=allow_empty,
     )
 
 

@@ -62,7 +62,9 @@ def cmd_list(ctx: Context, as_json: bool, remote: bool, everything: bool = False
         verified = row["verified"].get("check", "yes") if isinstance(row.get("verified"), dict) else "no"
         raw = row.get("raw_size")
         notes = {"pre-restore": "pre-restore safety backup", "future": "DATED IN THE FUTURE: not counted",
-                 "damaged": "DAMAGED: " + (backup.damage or "")}
+                 "damaged": "DAMAGED: " + (backup.damage or ""),
+                 "shrunk": "SHRUNK to under a tenth of the previous backup: restore --latest passes over it",
+                 "empty_allowed": "EMPTY source, let through by BACKUP_ALLOW_EMPTY: restore --latest passes over it"}
         flagged = [notes[flag] for flag in selection.flags(backup, now)]
         if flagged:
             location += f" ({'; '.join(flagged)})"
