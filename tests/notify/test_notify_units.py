@@ -179,3 +179,22 @@ def test_what_is_sent_to_the_webhook_and_the_ping_holds_no_secret_of_the_configu
     sent = [m.body.decode() for m in webhook.messages + ping.messages]
     assert len(sent) == 2 and all("pass word" not in body and ":zz@" not in body for body in sent)
     assert "redis://:***@cache:6379" in sent[0] and "redis://:***@cache:6380" in sent[1]
+
+
+def warned() -> Outcome:
+    return Outcome("backup", "r2", "succeeded", 2.0, fields={
+        "artifact": "app-20261122T020000Z.sqlite.zst", "size": 100, "raw_size": 4096, "flags": ["shrunk"],
+        "warnings": ["the backup app-20261122T020000Z.sqlite is 4096 bytes raw, under a tenth of the set's previous backup"]})
+
+
+@pytest.mark.parametrize("notify_on", ["failure", "all"])
+def test_a_backup_that_succeeded_with_a_warning_is_notified_whatever_notify_on(notify_on: str) -> None:
+    assert wants_webhook(warned(), notify_on) is True
+
+
+def test_a_warning_is_said_first_in_the_sentence_and_carried_in_the_payload() -> None:
+    body = payload(warned(), "h", ["app"])
+    assert body["outcome"] == "succeeded"
+    assert body["text"].startswith("WARNING: backup of app succeeded on h")
+    assert "under a tenth of the set's previous backup" in body["text"]
+    assert body["warnings"] == warned().fields["warnings"] and body["flags"] == ["shrunk"]
