@@ -154,7 +154,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             shutil.rmtree(workdir, ignore_errors=True)
         flags, warnings = list(flags), []
         before = guard.previous([*previous, *elsewhere], datetime.now(timezone.utc))
-        if guard.shrank(compressed.raw_size, before):
+        if guard.EMPTY_ALLOWED not in flags and guard.shrank(compressed.raw_size, before):  # one warning is enough
             assert before is not None
             flags.append(guard.SHRUNK)
             warnings.append(f"the backup {artifacts.backup_id(artifact)} is {compressed.raw_size} bytes raw, under a tenth of "
