@@ -5,7 +5,9 @@ read, measured on the backup itself. Nothing is seeked and at most a few KiB are
 
 The format, as PostgreSQL's pg_backup_archiver.c (WriteHead, WriteToc, WriteInt, WriteStr) and
 pg_backup_custom.c (_StartData, _WriteData, _EndData, the large-object block) write it, for the archive versions
-1.12 to 1.16 (pg_dump 9.6 to 17):
+1.12 to 1.16 (pg_dump 9.6 to 17; 18 writes 1.16 too). Checked against real archives of pg_dump 15 (1.14), 16.2 (1.15)
+and 18.6 (1.16) written to a pipe, as the worker reads them (pg_dump 16 writing to a seekable stdout appends a second
+table of contents after the data, which reads here as bytes after the end: no counts, the backup unaffected):
 
 - An integer is a sign byte (1 for negative) then `intSize` bytes, least significant first; a string is an
   integer length (-1 for NULL) then that many bytes.
