@@ -290,6 +290,10 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     with what the backup holds (`holds`, PostgreSQL's snapshot), and the raw snapshot at `keep_snapshot` (SQLite,
     see kept_snapshot), for the table retention that may follow.
 
+    Before the snapshot, the set's backups on the volume and in the bucket are listed once: the set must be this
+    source's (`require_own_set`), and an empty source must not follow backups that hold data (`jobs.guard`); both
+    fail at stage preflight with nothing written. The backup's flags and warnings (`jobs.guard`) join the fields.
+
     Everything after the backup looks at the source's backup set only. Local retention runs even when the upload
     failed: the volume must not fill up while the bucket is away. It follows the usual rules (the newest
     `keep_min` verified backups always stay), deleting a backup the bucket lacks is logged as a warning, and
