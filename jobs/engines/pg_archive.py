@@ -44,6 +44,8 @@ SMALL = 64  # a chunk this short is never split: its bytes wait for the next fee
 TERMINATOR = b"\\.\n\n\n"  # what pg_dump writes after a table's rows
 NEWLINE = b"\n"
 _SIMPLE = re.compile(r"[a-z_][a-z0-9_$]*\Z")
+# How many bytes of a 4-byte length under 65536 are a newline (the low two; the high two are 0).
+_LENGTH_NEWLINES = bytes(((length & 0xFF) == 10) + ((length >> 8) == 10) for length in range(65536))
 
 Request = int | None  # > 0: that many bytes; < 0: skip that many; None: walk the data block just opened
 
@@ -143,19 +145,23 @@ class ArchiveRows:
     # --- the data blocks of tables: the hot path ----------------------------------------------------------------
 
     def _walk(self, data: bytes, position: int, end: int) -> int:
-        """Count the newlines of the chunks of the table's block from `position`; return where the walk stopped.
-        At the block's end, hand the next request back to the parser."""
+        """Count the rows of the table's block from `position`; return where the walk stopped. At the block's end,
+        hand the rows to the parser.
+
+        Rows are the newlines of the chunks' bytes: all the newlines of the bytes walked (one C pass), less those
+        that are bytes of a chunk's length (the lengths are read anyway to find the next chunk) and those of the
+        terminator chunk. That counts every chunking exactly, a chunk per row (what pg_dump writes) or not."""
+        entry = position
         rows, left, size, unpack = self._rows, self._left, self._size, self._unpack
-        find, count = data.find, data.count
+        lengths = _LENGTH_NEWLINES if size == 5 else None
+        skipped = 0  # newlines walked that are not rows
         if left:  # the rest of a chunk begun in the previous feed
             take = min(left, end - position)
-            rows += count(NEWLINE, position, position + take)
             position += take
             left -= take
         while not left:
             if end - position < size:
                 self._carry = data[position:]
-                position = end
                 break
             sign, length = unpack(data, position)
             if sign:
@@ -163,27 +169,25 @@ class ArchiveRows:
             if not length:  # a zero length ends the block
                 position += size
                 self._rows, self._left = 0, 0
-                self._advance(rows)  # the parser records them against the block's table
+                self._advance(rows + data.count(NEWLINE, entry, position) - skipped)
                 return position
-            start = position + size
-            stop = start + length
-            if stop <= end:
-                if find(NEWLINE, start, stop) == stop - 1:
-                    rows += 1  # one newline, at the end: the usual chunk (pg_dump writes each row as one chunk)
-                else:
-                    found = count(NEWLINE, start, stop)
-                    rows += found - (3 if found >= 3 and data.startswith(TERMINATOR, stop - 5, stop) else 0)
-                position = stop
-            elif length <= SMALL:
+            stop = position + size + length
+            if stop > end and length <= SMALL:  # a short chunk is only read whole
                 self._carry = data[position:]
-                position = end
                 break
+            if lengths is not None and length < 65536:
+                skipped += lengths[length]
             else:
-                rows += count(NEWLINE, start, end)
+                skipped += data.count(NEWLINE, position + 1, position + size)
+            if stop <= end:
+                if length == 5 and data.startswith(TERMINATOR, stop - 5):
+                    skipped += 3
+                position = stop
+            else:
                 left = stop - end
                 position = end
-        self._rows, self._left = rows, left
-        return position
+        self._rows, self._left = rows + data.count(NEWLINE, entry, position) - skipped, left
+        return end if self._carry else position
 
     # --- everything else: header, table of contents, block headers, large objects --------------------------------
 

@@ -36,6 +36,8 @@ CREATE TABLE measures (at date NOT NULL, value int) PARTITION BY RANGE (at);
 CREATE TABLE measures_2025 PARTITION OF measures FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
 CREATE TABLE measures_2026 PARTITION OF measures FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
 INSERT INTO measures SELECT date '2025-06-01' + g, g FROM generate_series(1, 400) g;
+CREATE TABLE lengths (id int, pad text);
+INSERT INTO lengths SELECT g, repeat('y', g) FROM generate_series(0, 3000) g;
 CREATE TABLE big_rows (id int, blob text);
 INSERT INTO big_rows SELECT g, repeat(md5(g::text), 3000) FROM generate_series(1, 30) g;
 CREATE MATERIALIZED VIEW summary AS SELECT count(*) AS n FROM plain;
@@ -96,6 +98,7 @@ def test_counts_from_the_archive_equal_select_count_of_every_table_whatever_the_
     assert expected["public.empty_one"] == 0 and expected["public.no_columns"] == 3  # empty lines are rows too
     assert expected["public.measures_2025"] + expected["public.measures_2026"] == 400  # the partitions hold the rows
     assert "public.measures" not in result["tables"] and "public.summary" not in result["tables"]
+    assert expected["public.lengths"] == 3001  # rows of every length up to 3 KB: some lengths hold a newline byte
 
 
 def test_an_archive_of_a_database_without_tables_counts_nothing(make_db: Callable[..., str], tmp_path: Path) -> None:
