@@ -6,7 +6,7 @@ manifest are renamed into place only after the check passed (`jobs.publish`); an
 temporary files only, and those are removed here or on the next start.
 """
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import zstandard
 
-from jobs import artifacts, identity, offsite, publish, retention, selection
+from jobs import artifacts, guard, identity, offsite, publish, retention, selection
 from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
@@ -45,6 +45,7 @@ class BackupSettings:
     remote_policy: retention.Policy | None = None
     worker_version: str = "0"
     min_free: MinFree | None = None  # BACKUP_MIN_FREE: what a backup must leave free on the backup volume
+    allow_empty: bool = False  # BACKUP_ALLOW_EMPTY: an empty source may follow backups that hold data (jobs.guard)
     # Held while retention deletes; raises BusyError while a verify or restore reads the backups (see worker.lock).
     deletion_lock: Callable[[], AbstractContextManager[Any]] | None = None
 
@@ -114,11 +115,14 @@ def kept_snapshot(directory: Path) -> Iterator[Path]:
 
 
 def take_backup(source: Source, settings: BackupSettings, cancel: threading.Event,
-                reason: str | None = None, keep_snapshot: Path | None = None) -> dict[str, Any]:
+                reason: str | None = None, keep_snapshot: Path | None = None, flags: Sequence[str] = (),
+                elsewhere: Sequence[Backup] = ()) -> dict[str, Any]:
     """Write one checked, compressed backup of `source` into the backup directory; return its manifest.
     `reason` (e.g. "pre-restore" for the safety backup before a restore) goes into the manifest as `reason`.
     With `keep_snapshot` (see kept_snapshot), the raw snapshot file of an engine that writes one is moved there
-    once it passed its check, instead of being removed.
+    once it passed its check, instead of being removed. `flags` (jobs.guard) go into the manifest's `flags`, and
+    `shrunk` joins them when the backup is under a tenth of the set's previous one, here or `elsewhere` (the
+    bucket's backups of the set); the manifest's `warnings` then say so for people (not written to the file).
 
     One pass: the snapshot's stream is read in chunks, each chunk goes to the engine's check and to zstd, and
     the compressed bytes are hashed on their way into a temporary file. Only when the check has passed is the
@@ -148,6 +152,16 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
                                                                  keep_snapshot)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        flags, warnings = list(flags), []
+        before = guard.previous([*previous, *elsewhere], datetime.now(timezone.utc))
+        if guard.EMPTY_ALLOWED not in flags and guard.shrank(compressed.raw_size, before):  # one warning is enough
+            assert before is not None
+            flags.append(guard.SHRUNK)
+            warnings.append(f"the backup {artifacts.backup_id(artifact)} is {compressed.raw_size} bytes raw, under a tenth of "
+                            f"the set's previous backup {before.id} ({before.manifest['raw_size']} bytes); it is kept, flagged "
+                            "shrunk: `restore --latest` passes over it and the backups from before stay until you delete them")
+            log.warning("backup.shrunk", artifact=artifact, raw_size=compressed.raw_size, previous=before.id,
+                        previous_raw_size=before.manifest["raw_size"], detail=warnings[-1])
         manifest = {
             **{key: value for key, value in details.items() if key != "versions"},
             "version": artifacts.MANIFEST_VERSION,
@@ -169,11 +183,12 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             },
             "duration_s": round(time.monotonic() - started, 3),
             **({"reason": reason} if reason else {}),
+            **({"flags": flags} if flags else {}),
         }
         with stage("publish"):
             publish.write_temp_manifest(temp_manifest, manifest)
             publish.publish_backup(temp_artifact, temp_manifest, final)
-        return manifest
+        return {**manifest, **({"warnings": warnings} if warnings else {})}
     finally:
         temp_artifact.unlink(missing_ok=True)
         temp_manifest.unlink(missing_ok=True)
@@ -275,6 +290,10 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     with what the backup holds (`holds`, PostgreSQL's snapshot), and the raw snapshot at `keep_snapshot` (SQLite,
     see kept_snapshot), for the table retention that may follow.
 
+    Before the snapshot, the set's backups on the volume and in the bucket are listed once: the set must be this
+    source's (`require_own_set`), and an empty source must not follow backups that hold data (`jobs.guard`); both
+    fail at stage preflight with nothing written. The backup's flags and warnings (`jobs.guard`) join the fields.
+
     Everything after the backup looks at the source's backup set only. Local retention runs even when the upload
     failed: the volume must not fill up while the bucket is away. It follows the usual rules (the newest
     `keep_min` verified backups always stay), deleting a backup the bucket lacks is logged as a warning, and
@@ -283,9 +302,13 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     local = LocalDestination(settings.backup_dir)
     backup_set = BackupSet(source.name(), source.kind)
     remove_stale(local, {source.name()})  # the caller holds this set's lock, and only this one
-    require_own_set(source, settings, backup_set, cancel)
-    manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot)
+    here, there = set_backups(settings, backup_set, cancel)
+    require_own_set(source, settings, backup_set, here, there)
+    what = identity.describe(identity.of(source))
+    flags, warning = guard.require_data(source, what, here, there, settings.allow_empty, datetime.now(timezone.utc))
+    manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot, flags=flags, elsewhere=there)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
+    warnings = [*([warning] if warning else []), *manifest.get("warnings", [])]
     fields: dict[str, Any] = {
         "backup": manifest["id"],
         "artifact": manifest["artifact"],
@@ -293,6 +316,8 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
         "raw_size": manifest["raw_size"],
         "verified": manifest["verified"]["check"],
         **({HOLDS: manifest[HOLDS]} if HOLDS in manifest else {}),
+        **({"flags": manifest["flags"]} if manifest.get("flags") else {}),
+        **({"warnings": warnings} if warnings else {}),
     }
     failure: UploadError | None = None
     offsite_copies: set[str] | None = None
@@ -323,30 +348,30 @@ def time_anchor(local: LocalDestination, backup_set: BackupSet, fresh: str, canc
     return retention.anchor(backups, datetime.now(timezone.utc), fresh=fresh)
 
 
-def _listed_places(settings: BackupSettings, backup_set: BackupSet,
-                   cancel: threading.Event) -> Iterator[tuple[Destination, list[Backup]]]:
-    """Yield the backup directory and the bucket (when configured) with their backups of `backup_set`. A bucket
-    that cannot be listed now is passed over with a warning: the upload of this cycle will say why."""
-    places: list[Destination] = [LocalDestination(settings.backup_dir)]
+def set_backups(settings: BackupSettings, backup_set: BackupSet,
+                cancel: threading.Event) -> tuple[list[Backup], list[Backup]]:
+    """Return the set's backups on the volume and in the bucket ([] without one). A bucket that cannot be listed
+    now only warns: the upload of this cycle will say why."""
+    here, _ = list_backups(LocalDestination(settings.backup_dir), backup_set, cancel)
+    there: list[Backup] = []
     if settings.remote is not None:
-        places.append(settings.remote)
-    for place in places:
         try:
-            found, _ = list_backups(place, backup_set, cancel)
+            there, _ = list_backups(settings.remote, backup_set, cancel)
         except UploadError as error:
-            log.warning("backup.owner_unchecked", location=place.location, reason=str(error))
-            continue
-        yield place, found
+            log.warning("backup.owner_unchecked", location=settings.remote.location, reason=str(error))
+    return here, there
 
 
-def require_own_set(source: Source, settings: BackupSettings, backup_set: BackupSet, cancel: threading.Event) -> None:
-    """Raise SourceError (stage preflight) when the set's newest backup, on the volume or in the bucket, was made
-    by another source that this one did not take over (`jobs.identity`): two services sharing a directory or a
-    bucket under one set name would otherwise choose, count and delete each other's backups."""
+def require_own_set(source: Source, settings: BackupSettings, backup_set: BackupSet, here: Sequence[Backup],
+                    there: Sequence[Backup]) -> None:
+    """Raise SourceError (stage preflight) when the set's newest backup, on the volume (`here`) or in the bucket
+    (`there`), was made by another source that this one did not take over (`jobs.identity`): two services sharing
+    a directory or a bucket under one set name would otherwise choose, count and delete each other's backups."""
     ours = identity.of(source, settings.backup_dir)
     taken = identity.adopted(settings.backup_dir, backup_set)
-    for place, found in _listed_places(settings, backup_set, cancel):
-        identity.require_own(found, ours, taken, backup_set, place.url())
+    identity.require_own(here, ours, taken, backup_set, LocalDestination(settings.backup_dir).url())
+    if settings.remote is not None:
+        identity.require_own(there, ours, taken, backup_set, settings.remote.url())
 
 
 def take_over(source: Source, settings: BackupSettings, backup_set: BackupSet, cancel: threading.Event) -> list[str]:
@@ -354,7 +379,7 @@ def take_over(source: Source, settings: BackupSettings, backup_set: BackupSet, c
     volume and in the bucket when it is another source; return who was taken over, for people."""
     ours = identity.of(source, settings.backup_dir)
     done = []
-    for _, found in _listed_places(settings, backup_set, cancel):
+    for found in set_backups(settings, backup_set, cancel):
         owner = identity.owner(found)
         if owner is not None and not identity.same(owner[1], ours):
             identity.adopt(settings.backup_dir, backup_set, owner[1])

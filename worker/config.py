@@ -100,6 +100,7 @@ class Config:
     source_variables: dict[str, str] = field(default_factory=dict, compare=False)
     retention_rules: tuple[PurgeRule, ...] = ()  # RETENTION_RULES (issue 12): rows deleted after a good backup
     restore_on_start: str = "never"  # RESTORE_ON_START: `if-missing` restores lost databases before `run` starts
+    allow_empty: bool = False  # BACKUP_ALLOW_EMPTY (issue 18): an empty source may follow backups that hold data
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -146,6 +147,7 @@ class Config:
             "DISK_WARN_PERCENT": self.disk_warn_percent,
             "RETENTION_RULES": [rule.describe() for rule in self.retention_rules],
             "RESTORE_ON_START": self.restore_on_start,
+            "BACKUP_ALLOW_EMPTY": self.allow_empty,
         }
 
 
@@ -195,6 +197,13 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int, p
         problems.append(f"{name}={value} is out of range; set it to a number from {low} to {high}")
         return default
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in ("", "true", "false"):
+        problems.append(f"{name}={raw!r} is not true or false; set it to true or false (false when unset)")
+    return raw == "true"
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], problems: list[str]) -> str:
@@ -308,6 +317,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
             pass
     retention_rules = _retention_rules(env, source_url, main_source, problems)
     restore_on_start = _choice(env, "RESTORE_ON_START", "never", RESTORE_ON_START, problems)
+    allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
 
     if problems:
         raise ConfigError(problems, _environment_secrets(env))
@@ -339,6 +349,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         **monitoring,
         retention_rules=retention_rules,
         restore_on_start=restore_on_start,
+        allow_empty=allow_empty,
     )
 
 

@@ -84,6 +84,9 @@ def sentence(outcome: Outcome, host: str, set_name: str | None) -> str:
         if artifact:
             text += (f": {artifact}, {human_size(outcome.fields.get('size'))}"
                      f" ({human_size(outcome.fields.get('raw_size'))} raw)")
+        warned = warnings(outcome)
+        if warned:
+            text = f"WARNING: {text}, but {'; '.join(warned)}"
         return text[:TEXT_LIMIT]
     where = f" at stage {outcome.stage}" if outcome.stage else ""
     return f"{what} {outcome.outcome} on {host}{where}: {outcome.reason or 'no reason recorded'}"[:TEXT_LIMIT]
@@ -111,7 +114,8 @@ def payload(outcome: Outcome, host: str, sets: list[str], now: datetime | None =
         "worker_version": __version__,
         "backup_set": set_name,
     }
-    for key in ("artifact", "size", "raw_size", "verified", "uploaded", "sets", "on_start", "backup", "location"):
+    for key in ("artifact", "size", "raw_size", "verified", "uploaded", "sets", "on_start", "backup", "location",
+                "flags", "warnings"):
         if key in outcome.fields:
             body[key] = outcome.fields[key]
     body["text"] = text
@@ -122,12 +126,20 @@ def payload(outcome: Outcome, host: str, sets: list[str], now: datetime | None =
 FAILURES = ("failed", "interrupted")  # an interrupted run (its process died) is told as a failure
 
 
+def warnings(outcome: Outcome) -> list[str]:
+    """Return what a run that did its work warns about (a backup that shrank, an empty source let through by
+    BACKUP_ALLOW_EMPTY): one sentence each."""
+    found = outcome.fields.get("warnings")
+    return [str(item) for item in found] if isinstance(found, list) else []
+
+
 def wants_webhook(outcome: Outcome, notify_on: str) -> bool:
-    """Return whether an outcome is notified: every one with `all`; else failures (interrupted runs too) and
-    skipped backups."""
+    """Return whether an outcome is notified: every one with `all`; else failures (interrupted runs too), skipped
+    backups and runs that warn (a warning asks someone to look, as a failure does)."""
     if notify_on == "all":
         return True
-    return outcome.outcome in FAILURES or (outcome.outcome == "skipped" and outcome.job == "backup")
+    return (outcome.outcome in FAILURES or (outcome.outcome == "skipped" and outcome.job == "backup")
+            or bool(warnings(outcome)))
 
 
 def ping_body(outcome: Outcome, host: str, what: str | None = None) -> str:

@@ -42,6 +42,11 @@ class Check(Protocol):
 
 HOLDS = "holds"  # Snapshot.details (and manifest) field: what the snapshot holds, as table retention checks rows
 # against it: {"pg_snapshot": "xmin:xmax:xip,…"} for PostgreSQL (see jobs.purge.held)
+# Snapshot.details (and manifest) field: the exact rows the snapshot holds, counted on the snapshot itself,
+# {"unit": "rows", "total": N, "tables": {"users": 12, …}} (SQLite: the table's name; PostgreSQL: `schema.table`,
+# see jobs.engines.pg_archive.table_key). Absent when the engine cannot count exactly (Redis; an archive it
+# cannot read): never estimated. Restore drills compare a restored copy with it; the empty-source guard reads it.
+COUNTS = "counts"
 
 
 @dataclass
@@ -90,6 +95,11 @@ class Source(Protocol):
 
     def protected_files(self) -> list[Path]:
         """Return the files of this database that cleanup rules must never match ([] for a server)."""
+
+    def has_rows(self) -> bool:
+        """Return whether the live source holds any data now: a row in a user table (SQLite: any table but
+        SQLite's own; PostgreSQL: a table outside the system schemas and extensions), a key in any database
+        (Redis). Asked before a backup (see jobs.guard). Raise SourceError if the source cannot be read."""
 
     def sql_database(self) -> "Path | Connection | None":
         """Return what table retention opens to reach this very database: the SQLite file, the PostgreSQL

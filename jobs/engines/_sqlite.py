@@ -182,3 +182,64 @@ def page_count(path: Path) -> int:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     return path.stat().st_size // page_size if page_size else 0
+
+
+def user_tables(connection: sqlite3.Connection) -> list[str]:
+    """Return the tables that hold the app's rows, by name: ordinary and virtual tables (an FTS index counts its
+    documents), not SQLite's own (`sqlite_%`) nor a virtual table's shadow tables (where it keeps its rows)."""
+    try:
+        found = connection.execute("SELECT name, type FROM pragma_table_list WHERE schema = 'main'").fetchall()
+    except sqlite3.OperationalError:  # SQLite before 3.37 cannot tell shadow tables: they count as tables there
+        found = [(name, "virtual" if (sql or "").lstrip().upper().startswith("CREATE VIRTUAL") else "table")
+                 for name, sql in connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")]
+    return sorted(name for name, kind in found if kind in ("table", "virtual") and not name.startswith("sqlite_"))
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _rows(connection: sqlite3.Connection, table: str, any_row: bool = False) -> int | None:
+    """Return the rows of `table` (with `any_row`, 1 if it has one, else 0), or None for a virtual table whose
+    module this SQLite lacks (it cannot be read here at all)."""
+    query = f"SELECT EXISTS (SELECT 1 FROM {_quoted(table)})" if any_row else f"SELECT count(*) FROM {_quoted(table)}"
+    try:
+        return connection.execute(query).fetchone()[0]
+    except sqlite3.OperationalError as error:
+        if "no such module" in str(error):
+            return None
+        raise
+
+
+def count_rows(path: Path, stop: Callable[[], bool]) -> dict[str, object]:
+    """Return the exact rows of each user table of the database file `path` (see `user_tables`), as the manifest
+    records them: {"unit": "rows", "total": N, "tables": {name: n}}; a virtual table whose module is missing is
+    left out. Raise Cancelled if `stop()` became true, sqlite3.Error if the file cannot be read."""
+    connection = connect(path, "ro")
+    tables: dict[str, int] = {}
+    try:
+        with interrupt_when(stop, connection):
+            for name in user_tables(connection):
+                try:
+                    if stop():
+                        raise sqlite3.OperationalError("interrupted")
+                    found = _rows(connection, name)
+                except sqlite3.OperationalError:
+                    if stop():
+                        raise Cancelled("the worker is stopping; the row count was interrupted") from None
+                    raise
+                if found is not None:
+                    tables[name] = found
+    finally:
+        connection.close()
+    return {"unit": "rows", "total": sum(tables.values()), "tables": tables}
+
+
+def has_rows(path: Path) -> bool:
+    """Return whether any user table (see `user_tables`) of the live database `path`, opened read-only, has a row.
+    Raise sqlite3.Error if it cannot be read."""
+    connection = connect(path, "ro", timeout=STEP_BUSY_S * 10)
+    try:
+        return any(_rows(connection, name, any_row=True) for name in user_tables(connection))
+    finally:
+        connection.close()

@@ -31,6 +31,7 @@ import structlog
 from jobs import execute
 from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools, pg_watch
 from jobs.engines.pg_connect import Connection
+from jobs.engines.pg_rows import CountingCheck, has_rows
 from jobs.errors import Cancelled, IntegrityError, SourceError
 from jobs.redact import scrub
 
@@ -218,6 +219,9 @@ class PostgresSource:
     def sql_database(self) -> Connection:
         return self.conn
 
+    def has_rows(self) -> bool:
+        return has_rows(self.conn)
+
     def estimate_size(self) -> int:
         return pg_connect.database_size(self.conn)
 
@@ -261,8 +265,9 @@ class PostgresSource:
             except OSError as error:
                 raise SourceError(f"cannot start {error.filename or 'pg_dump'}: {error.strerror or error}; check "
                                   "PG_BIN_DIR and the PostgreSQL client installation") from None
-            holds = {PG_SNAPSHOT: current, PG_RUNNING: running}
-            yield Snapshot(DumpStream(dump, cancel, self.conn.dbname), check, details={HOLDS: holds})
+            details: dict[str, Any] = {HOLDS: {PG_SNAPSHOT: current, PG_RUNNING: running}}  # + counts, see pg_rows
+            counting = CountingCheck(check, details, self.conn.dbname)
+            yield Snapshot(DumpStream(dump, cancel, self.conn.dbname), counting, details=details)
 
     def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> None:
         """Restore the proven archive `raw` into this database, replacing the objects it holds; return None

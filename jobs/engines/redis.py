@@ -187,6 +187,20 @@ class RedisSource:
     def sql_database(self) -> None:
         return None
 
+    def has_rows(self) -> bool:
+        """Return whether any database of the server holds a key (INFO keyspace, else DBSIZE of database 0); a
+        user who may run neither is answered True (nothing tells us the server is empty)."""
+        with self.session(threading.Event()) as wire:
+            for command in (("INFO", "keyspace"), ("DBSIZE",)):
+                try:
+                    reply = wire.command(*command)
+                except ServerError:
+                    continue
+                if isinstance(reply, bytes):
+                    return sum(keyspace(parse_info(reply.decode(errors="replace"))).values()) > 0
+                return not isinstance(reply, int) or reply > 0
+        return True
+
     @contextmanager
     def session(self, cancel: threading.Event) -> Iterator[Wire]:
         """Yield an authenticated connection, closed on exit. Raise SourceError (unreachable, credentials, a

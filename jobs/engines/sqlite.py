@@ -17,10 +17,10 @@ from pathlib import Path
 import re
 import sqlite3
 import threading
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from jobs.artifacts import STAMP, create_private
-from jobs.engines import Snapshot
+from jobs.engines import COUNTS, Snapshot
 from jobs.engines import _sqlite as lib
 from jobs.errors import Cancelled, IntegrityError, SourceError
 from jobs.volume import free_space
@@ -32,14 +32,16 @@ SIDECARS = ("-wal", "-shm", "-journal")
 
 
 class _ThreadCheck:
-    """The snapshot's proof: `PRAGMA integrity_check` on the snapshot file, in a thread, while it streams."""
+    """The snapshot's proof: `PRAGMA integrity_check` on the snapshot file, in a thread, while it streams; then the
+    exact rows of each user table of that file, into `details` (the manifest's `counts`)."""
 
-    def __init__(self, path: Path, cancel: threading.Event) -> None:
+    def __init__(self, path: Path, cancel: threading.Event, details: dict[str, Any] | None = None) -> None:
         self.cancel = cancel
         self.closed = threading.Event()
         self.error: BaseException | None = None
         self.result: str | None = None
         self.header_seen = False
+        self.details = details if details is not None else {}
         self.thread = threading.Thread(target=self._run, args=(path,), name="sqlite-check", daemon=True)
         self.thread.start()
 
@@ -48,7 +50,11 @@ class _ThreadCheck:
 
     def _run(self, path: Path) -> None:
         try:
-            self.result = lib.integrity_check(path, self._stopping)
+            result = lib.integrity_check(path, self._stopping)
+            self.details[COUNTS] = lib.count_rows(path, self._stopping)  # the snapshot's own rows, exactly
+            self.result = result
+        except sqlite3.Error as error:  # the check passed, so this is unexpected: say so, as a failed check
+            self.error = IntegrityError(f"the rows of the snapshot could not be counted: {lib.reason(error)}")
         except BaseException as error:  # handed to finish() in the pipeline's thread
             self.error = error
 
@@ -155,6 +161,14 @@ class SqliteSource:
             return f"the SQLite database {self.path}{via} is an empty file (0 bytes, as SQLite leaves a missing file it was asked to open)"
         return None
 
+    def has_rows(self) -> bool:
+        self._require_file()
+        try:
+            return lib.has_rows(self.path)
+        except sqlite3.Error as error:
+            raise SourceError(f"cannot read the SQLite database {self.path}: {lib.reason(error)}; it may be damaged, locked "
+                              "by a long write, or not a SQLite file", stage="preflight") from None
+
     def estimate_size(self) -> int:
         self._require_file()
         wal = self.path.with_name(self.path.name + "-wal")
@@ -169,10 +183,11 @@ class SqliteSource:
         check (`PRAGMA integrity_check`) runs on the copy in a thread while the pipeline reads it."""
         out = workdir / "snapshot.sqlite"
         self.copy_to(out, cancel)
-        check = _ThreadCheck(out, cancel)
+        details: dict[str, Any] = {}
+        check = _ThreadCheck(out, cancel, details)
         try:
             with out.open("rb") as stream:
-                yield Snapshot(stream=stream, check=check, size=out.stat().st_size, raw_path=out)
+                yield Snapshot(stream=stream, check=check, size=out.stat().st_size, raw_path=out, details=details)
         finally:
             check.close()
             out.unlink(missing_ok=True)

@@ -213,3 +213,22 @@ def test_a_restore_at_start_is_pinged_without_a_start_and_a_manual_restore_is_no
     (message,) = ping.messages
     assert message.url == f"https://hc-ping.com/k{pinged}"
     assert "restore at start of app" in message.body.decode()
+
+
+def warned() -> Outcome:
+    return Outcome("backup", "r2", "succeeded", 2.0, fields={
+        "artifact": "app-20261122T020000Z.sqlite.zst", "size": 100, "raw_size": 4096, "flags": ["shrunk"],
+        "warnings": ["the backup app-20261122T020000Z.sqlite is 4096 bytes raw, under a tenth of the set's previous backup"]})
+
+
+@pytest.mark.parametrize("notify_on", ["failure", "all"])
+def test_a_backup_that_succeeded_with_a_warning_is_notified_whatever_notify_on(notify_on: str) -> None:
+    assert wants_webhook(warned(), notify_on) is True
+
+
+def test_a_warning_is_said_first_in_the_sentence_and_carried_in_the_payload() -> None:
+    body = payload(warned(), "h", ["app"])
+    assert body["outcome"] == "succeeded"
+    assert body["text"].startswith("WARNING: backup of app succeeded on h")
+    assert "under a tenth of the set's previous backup" in body["text"]
+    assert body["warnings"] == warned().fields["warnings"] and body["flags"] == ["shrunk"]

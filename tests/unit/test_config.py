@@ -99,3 +99,18 @@ def test_cleanup_rules_that_would_sweep_the_backup_directory_or_the_database_are
     with pytest.raises(ConfigError, match="CLEANUP_RULES"):
         load(tmp_path, CLEANUP_RULES="/**=1d")
     assert len(load(tmp_path, CLEANUP_RULES="/tmp/audio/*.mp3=24h;/tmp/app/tmp/**=6h").cleanup_rules) == 2
+
+
+@pytest.mark.parametrize("value, allowed", [("", False), ("false", False), ("true", True), ("TRUE", True), (" False ", False)])
+def test_backup_allow_empty_is_true_or_false_and_off_by_default(tmp_path: Path, value: str, allowed: bool) -> None:
+    config = load(tmp_path, BACKUP_ALLOW_EMPTY=value)
+    assert config.allow_empty is allowed
+    assert config.describe()["BACKUP_ALLOW_EMPTY"] is allowed
+    assert load(tmp_path).allow_empty is False
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "on", "maybe"])
+def test_backup_allow_empty_refuses_anything_but_true_or_false_naming_the_variable(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, BACKUP_ALLOW_EMPTY=value)
+    assert any("BACKUP_ALLOW_EMPTY" in problem and "true or false" in problem for problem in raised.value.problems)

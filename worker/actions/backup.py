@@ -92,6 +92,10 @@ def run_sources(ctx: Context, sources: list[Source], settings: pipeline.BackupSe
     if len(rows) == 1:  # one source: its fields at the top, as before there were several
         (row,) = rows.values()
         fields = {**{k: v for k, v in row.items() if k not in ("outcome", "stage", "reason", "duration_s")}, **fields}
+    else:
+        warned = [f"{name}: {warning}" for name, row in rows.items() for warning in row.get("warnings", [])]
+        if warned:
+            fields["warnings"] = warned
     if not failed and not skipped:
         return fields
     if not failed:
@@ -156,5 +160,7 @@ def cmd_backup(ctx: Context, no_upload: bool, as_json: bool = False, take: bool 
 def _say_done(ctx: Context, fields: dict[str, Any], prefix: str = "") -> None:
     say(f"{prefix}backup {fields['artifact']} written to {ctx.config.backup_dir} "
         f"({human_size(fields['raw_size'])} -> {human_size(fields['size'])}, {fields['verified']} passed)")
+    for warning in fields.get("warnings", []):
+        print(f"{prefix}warning: {warning}", file=sys.stderr, flush=True)
     if fields.get("uploaded"):
         say(f"{prefix}uploaded {', '.join(fields['uploaded'])} to {ctx.remote().url()}")

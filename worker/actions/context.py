@@ -157,5 +157,6 @@ class Context:
             remote_policy=remote_policy,
             worker_version=__version__,
             min_free=self.config.min_free,
+            allow_empty=self.config.allow_empty,
             deletion_lock=lambda: for_deletion(self.config.backup_dir),
         )

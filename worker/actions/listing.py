@@ -63,8 +63,8 @@ def cmd_list(ctx: Context, as_json: bool, remote: bool, everything: bool = False
         raw = row.get("raw_size")
         notes = {"pre-restore": "pre-restore safety backup", "future": "DATED IN THE FUTURE: not counted",
                  "damaged": "DAMAGED: " + (backup.damage or ""), "encrypted": "encrypted",
-                 "shrunk": "SHRUNK: restores of the latest pass over it",
-                 "empty_allowed": "EMPTY source (BACKUP_ALLOW_EMPTY): restores of the latest pass over it"}
+                 "shrunk": "SHRUNK to under a tenth of the previous backup: restore --latest passes over it",
+                 "empty_allowed": "EMPTY source, let through by BACKUP_ALLOW_EMPTY: restore --latest passes over it"}
         flagged = [notes[flag] for flag in selection.flags(backup, now)]
         if flagged:
             location += f" ({'; '.join(flagged)})"

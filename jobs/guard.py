@@ -1,0 +1,147 @@
+"""An empty database never becomes the newest backup of a set that holds data, and a backup that shrank is marked.
+
+When a worker starts beside a freshly created (empty) database, the backup of that empty database must not become
+the copy `restore --latest` brings back, nor fill the retention slots that keep the real ones. Two checks keep
+that promise; the manifest's `flags` carry their verdicts to `jobs.selection`, which passes over a flagged backup
+when it restores "the latest" and never lets one fill a retention slot, while it still counts for freshness.
+
+- Before the snapshot (`require_data`): when the live source holds no rows (`Source.has_rows`) while the set's
+  newest backup that a restore of the latest would take (`jobs.selection`, Purpose.RESTORE: flagged backups are
+  passed over) holds data, the backup fails at stage preflight, naming that backup and the command that restores
+  it, unless BACKUP_ALLOW_EMPTY=true; then it is taken and flagged `empty_allowed`. A first backup, or one after
+  backups that hold nothing, is not refused: there is nothing to protect.
+- After the snapshot (`shrank`): a backup whose raw size is under a tenth of the set's previous backup (the newest
+  by date, whatever its flags, not dated in the future) is taken and flagged `shrunk`. Compared with the previous
+  backup whatever its flags, a deliberate shrink is flagged once, not every night.
+
+"Holds data": the manifest's row counts (`counts.total`, measured on the snapshot) or, for Redis, its key counts
+(`rdb.keys`, from INFO keyspace just before the snapshot) are above zero. A manifest written before counts were
+recorded holds data when its raw size is over what an empty database of its engine produces (EMPTY_RAW); when
+unsure, it holds data: refusing an empty backup is the safe side, and BACKUP_ALLOW_EMPTY the way out.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from jobs import selection
+from jobs.backups import Backup
+from jobs.engines import COUNTS, Source
+from jobs.errors import SourceError
+from jobs.selection import Purpose
+
+log = structlog.get_logger("jobs.guard")
+
+EMPTY_ALLOWED, SHRUNK = "empty_allowed", "shrunk"  # manifest flags, see jobs.selection.FLAGGED
+SHRINK_FACTOR = 10
+# The largest raw snapshot of a database with no tables at all: SQLite one 4 KiB page (or an empty file), an
+# archive of pg_dump 15 of an empty database 888 bytes. Redis manifests always record their keys.
+EMPTY_RAW = {"sqlite": 4096, "pgdump": 1024}
+
+
+@dataclass(frozen=True)
+class Found:
+    """A backup of the set and where it is: on the volume (`local`), or only in the bucket."""
+
+    backup: Backup
+    local: bool
+
+
+def held(manifest: dict[str, Any]) -> int | None:
+    """Return the rows (or Redis keys) a manifest records its backup holds, or None when it records none."""
+    counts = manifest.get(COUNTS)
+    if isinstance(counts, dict) and isinstance(counts.get("total"), int) and not isinstance(counts["total"], bool):
+        return counts["total"]
+    keys = manifest.get("rdb", {}).get("keys") if isinstance(manifest.get("rdb"), dict) else None
+    if isinstance(keys, dict) and all(isinstance(value, int) for value in keys.values()):
+        return sum(keys.values())
+    return None
+
+
+def holds_data(backup: Backup) -> bool:
+    """Return whether a backup holds data (see the module docstring); unsure means yes."""
+    rows = held(backup.manifest)
+    if rows is not None:
+        return rows > 0
+    raw = backup.manifest.get("raw_size")
+    return not isinstance(raw, int) or raw > EMPTY_RAW.get(backup.kind, 0)
+
+
+def newest(local: Sequence[Backup], remote: Sequence[Backup], now: datetime) -> Found | None:
+    """Return the set's newest backup that a restore of the latest would take, from the volume and the bucket
+    (the volume's copy when both have it), or None."""
+    on_volume = {backup.id for backup in local}
+    merged = {**{backup.id: backup for backup in remote}, **{backup.id: backup for backup in local}}
+    chosen = selection.newest(list(merged.values()), Purpose.RESTORE, now)
+    return Found(chosen, chosen.id in on_volume) if chosen is not None else None
+
+
+def restore_command(found: Found) -> str:
+    """Return the command that restores `found` over the live database (Redis: to a file, loaded by hand)."""
+    bucket = "" if found.local else " --from-s3"
+    if found.backup.kind == "rdb":
+        return (f"`python -m worker restore {found.backup.id}{bucket} --to /tmp/restore/dump.rdb` and load it as the "
+                "README's Redis section says")
+    return f"`python -m worker restore {found.backup.id}{bucket} --yes`"
+
+
+def _unit(found: Found) -> str:
+    return "keys" if found.backup.kind == "rdb" else "rows"
+
+
+def _holds(found: Found) -> str:
+    rows = held(found.backup.manifest)
+    return f"holds {rows} {_unit(found)}" if rows is not None else "holds data (it records no row counts; its size says so)"
+
+
+def refusal(what: str, found: Found) -> str:
+    """Return the one sentence a refused empty backup fails with."""
+    where = "" if found.local else " in the bucket"
+    return (f"{what} holds no {_unit(found)} while the set's newest backup {found.backup.id}{where} {_holds(found)}, so no backup was "
+            f"written, lest an empty copy become the one restored: to bring the data back run {restore_command(found)}; "
+            "if the database is meant to be empty, set BACKUP_ALLOW_EMPTY=true")
+
+
+def require_data(source: Source, what: str, local: Sequence[Backup], remote: Sequence[Backup], allow_empty: bool,
+                 now: datetime) -> tuple[list[str], str | None]:
+    """Given the live source (`what` names it for people) and the set's backups on the volume and in the bucket,
+    return the flags the coming backup gets and a warning for people: ([], None) when it holds rows or nothing
+    needs protecting, ([EMPTY_ALLOWED], warning) when BACKUP_ALLOW_EMPTY lets an empty source through.
+
+    Raise SourceError (stage preflight) when the source is empty, the newest backup holds data and empty backups
+    are not allowed. A source that cannot be asked now is not refused: the snapshot will say what is wrong."""
+    found = newest(local, remote, now)
+    if found is None or not holds_data(found.backup):
+        return [], None
+    try:
+        if source.has_rows():
+            return [], None
+    except SourceError as error:
+        log.warning("backup.rows_unknown", reason=str(error), detail="the source could not be asked whether it holds "
+                    "rows; the backup goes on and its snapshot says what is wrong")
+        return [], None
+    if not allow_empty:
+        raise SourceError(refusal(what, found), stage="preflight")
+    warning = (f"{what} holds no {_unit(found)} while the set's newest backup {found.backup.id} {_holds(found)}; "
+               "BACKUP_ALLOW_EMPTY=true let this backup through, flagged empty_allowed: `restore --latest` passes over it "
+               "and the backups from before stay until you delete them")
+    log.warning("backup.empty_allowed", newest=found.backup.id, detail=warning)
+    return [EMPTY_ALLOWED], warning
+
+
+def previous(backups: Sequence[Backup], now: datetime) -> Backup | None:
+    """Return the set's previous backup for the shrink check: the newest verified one by date, whatever its flags,
+    not dated in the future."""
+    found = selection.candidates(backups, now)
+    return found[0] if found else None
+
+
+def shrank(raw_size: int, before: Backup | None) -> bool:
+    """Return whether a backup of `raw_size` raw bytes shrank to under a tenth of `before`'s raw size."""
+    if before is None:
+        return False
+    prior = before.manifest.get("raw_size")
+    return isinstance(prior, int) and raw_size * SHRINK_FACTOR < prior
