@@ -120,8 +120,9 @@ def same(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
                for key in CORE.get(a.get("kind", ""), ()))
 
 
-def describe(identity: Mapping[str, str]) -> str:
-    """Return an identity for people: `sqlite /app/data/app.db on Railway service 6f1c…, environment 0a9b…`."""
+def describe(identity: Mapping[str, str], where: bool = True) -> str:
+    """Return an identity for people: `the SQLite database /app/data/app.db on Railway (service 6f1c…, environment
+    0a9b…)`; without `where`, only the database (no Railway ids or installation)."""
     kind = identity.get("kind", "?")
     if kind == "sqlite":
         text = f"the SQLite database {identity.get('path')}"
@@ -129,6 +130,8 @@ def describe(identity: Mapping[str, str]) -> str:
         text = f"the PostgreSQL database {identity.get('database')} at {identity.get('host')}:{identity.get('port')}"
     else:
         text = f"the Redis server at {identity.get('host')}:{identity.get('port')}"
+    if not where:
+        return text
     railway = [f"{label} {identity[key][:8]}…" for key, label in (("railway_service_id", "service"),
                                                                    ("railway_environment_id", "environment"))
                if identity.get(key)]

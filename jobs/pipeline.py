@@ -290,8 +290,8 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     with what the backup holds (`holds`, PostgreSQL's snapshot), and the raw snapshot at `keep_snapshot` (SQLite,
     see kept_snapshot), for the table retention that may follow.
 
-    Before the snapshot, the set's backups on the volume and in the bucket are listed once: the set must be this
-    source's (`require_own_set`), and an empty source must not follow backups that hold data (`jobs.guard`); both
+    Before the snapshot, the set's backups on the volume and in the bucket are listed once: an empty source must
+    not follow backups that hold data (`jobs.guard`), and the set must be this source's (`require_own_set`); both
     fail at stage preflight with nothing written. The backup's flags and warnings (`jobs.guard`) join the fields.
 
     Everything after the backup looks at the source's backup set only. Local retention runs even when the upload
@@ -303,9 +303,11 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     backup_set = BackupSet(source.name(), source.kind)
     remove_stale(local, {source.name()})  # the caller holds this set's lock, and only this one
     here, there = set_backups(settings, backup_set, cancel)
-    require_own_set(source, settings, backup_set, here, there)
-    what = identity.describe(identity.of(source))
+    # An empty source first: its refusal says how to bring the data back, the one thing to do then (a new volume
+    # off Railway is also a new installation, which the owner check would refuse with less useful words).
+    what = identity.describe(identity.of(source, None), where=False)
     flags, warning = guard.require_data(source, what, here, there, settings.allow_empty, datetime.now(timezone.utc))
+    require_own_set(source, settings, backup_set, here, there)
     manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot, flags=flags, elsewhere=there)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
     warnings = [*([warning] if warning else []), *manifest.get("warnings", [])]

@@ -12,17 +12,25 @@ from jobs.engines.pg_connect import Connection
 
 log = structlog.get_logger("jobs.engines.pg_rows")
 
-# The tables whose rows are the app's: ordinary tables (a partitioned table's rows are its partitions') outside the
-# system schemas, and not members of an extension (pg_dump dumps an extension's tables with the extension).
+# The app's tables, the one definition every part of the worker uses (is a database new or lost, does it hold rows,
+# which tables may table retention wait for): ordinary and partitioned tables outside the system schemas, and not
+# members of an extension (PostGIS's spatial_ref_sys comes with CREATE EXTENSION, not with the app's data; pg_dump
+# dumps an extension's tables with the extension). A partitioned table's rows are its partitions'.
 USER_TABLES = """
-SELECT format('%I.%I', n.nspname, c.relname)
+SELECT format('%I.%I', n.nspname, c.relname), c.relkind = 'p'
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                   AND d.deptype = 'e')
 ORDER BY 1
 """
+
+
+def user_tables(session: Any, rows_only: bool = False) -> list[str]:
+    """Given an open psycopg connection, return the app's tables (see USER_TABLES) as `schema.table`, quoted where
+    needed; with `rows_only`, without the partitioned parents (their rows are their partitions')."""
+    return [name for name, partitioned in session.execute(USER_TABLES).fetchall() if not (rows_only and partitioned)]
 
 
 class CountingCheck:
@@ -58,7 +66,7 @@ def has_rows(conn: Connection) -> bool:
     """Return whether any user table (see USER_TABLES) of the database has a row; a table this user may not read
     counts as holding rows (pg_dump will say what is wrong). Raise SourceError if the server cannot be reached."""
     with pg_connect.connect(conn) as session:
-        for (table,) in session.execute(USER_TABLES).fetchall():
+        for table in user_tables(session, rows_only=True):
             try:
                 if session.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
                     return True

@@ -31,6 +31,7 @@ import structlog
 from jobs import execute
 from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools, pg_watch
 from jobs.engines.pg_connect import Connection
+from jobs.engines import pg_rows
 from jobs.engines.pg_rows import CountingCheck, has_rows
 from jobs.errors import Cancelled, IntegrityError, SourceError
 from jobs.redact import scrub
@@ -49,14 +50,6 @@ LOCK_WAIT = "5min"  # pg_dump gives up if a table stays locked this long (a migr
 RESTORE_LOCK_WAIT_S = 20
 IDLE_IN_TRANSACTION = "SELECT pid, state, query FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
 CATALOG_DRIVER = "postgresql+psycopg"
-# The tables an app made: every ordinary or partitioned table outside the system schemas, except those an
-# extension owns (PostGIS's spatial_ref_sys comes with CREATE EXTENSION, not with the app's data).
-USER_TABLES = """
-SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-"""
 
 log = structlog.get_logger("jobs.engines.postgres")
 
@@ -229,8 +222,8 @@ class PostgresSource:
         """Return why the database counts as lost (it has no user tables: none in any schema but the system's,
         an extension's own tables not counted), or None. Raise SourceError, Unreachable when nobody answers."""
         with pg_connect.connect(self.conn) as session:
-            (count,) = session.execute(USER_TABLES).fetchone()
-        return None if count else f"the PostgreSQL database {self.conn.dbname} on {self.conn.host} has no user tables"
+            found = pg_rows.user_tables(session)
+        return None if found else f"the PostgreSQL database {self.conn.dbname} on {self.conn.host} has no user tables"
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from jobs.engines import _sqlite as sqlite_lib, pg_rows
 from jobs.purge import triggers
 from jobs.purge.rules import PurgeRule
 
@@ -179,20 +180,13 @@ def check(connection: Connection, rules: list[PurgeRule]) -> list[str]:
 
 
 def has_user_tables(connection: Connection) -> bool:
-    """Return whether the database holds any table of its own: in SQLite a table not named `sqlite_%`, in
-    PostgreSQL a table (or partitioned table) in a schema other than pg_catalog, information_schema, pg_toast
-    and the temporary ones. A database without one is new: its migrations (or a restore) have not run yet."""
+    """Return whether the database holds any table of the app's own, by the engine's one definition
+    (jobs.engines._sqlite.user_tables, jobs.engines.pg_rows.user_tables). A database without one is new: its
+    migrations (or a restore) have not run yet."""
+    raw = connection.connection.driver_connection
     if connection.dialect.name == "sqlite":
-        found = connection.execute(sa.text(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE :internal ESCAPE '!' LIMIT 1"),
-            {"internal": "sqlite!_%"})
-    else:
-        found = connection.execute(sa.text(
-            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-            "AND n.nspname NOT LIKE :toast ESCAPE '!' AND n.nspname NOT LIKE :temp ESCAPE '!' LIMIT 1"),
-            {"toast": "pg!_toast%", "temp": "pg!_temp!_%"})
-    return found.first() is not None
+        return bool(sqlite_lib.user_tables(raw))
+    return bool(pg_rows.user_tables(raw))
 
 
 # --- names ------------------------------------------------------------------------------------------------------
