@@ -91,12 +91,15 @@ def check_space(directory: Path, estimate: int, previous: list[Backup], min_free
                          "free space or grow the volume" + (", or lower BACKUP_MIN_FREE" if "BACKUP_MIN_FREE" in problem else ""))
 
 
-def _free_name(directory: Path, name: str, kind: str, now: datetime) -> tuple[str, datetime]:
-    """Return an artifact name for `now` that no file in `directory` has yet, and its timestamp."""
+def _free_name(directory: Path, name: str, kind: str, now: datetime, taken: Collection[str] = ()) -> tuple[str, datetime]:
+    """Return an artifact name for `now` that no file in `directory` has yet and that is not in `taken` (the
+    bucket's names: a volume lost a second after its last backup, or a clock that went back, must not give a new
+    backup the name of one already off-site), and its timestamp."""
     moment = now.replace(microsecond=0)
     while True:
         artifact = artifacts.artifact_name(name, kind, moment)
-        if not (directory / artifact).exists() and not (directory / (artifact + artifacts.MANIFEST_SUFFIX)).exists():
+        if (artifact not in taken and not (directory / artifact).exists()
+                and not (directory / (artifact + artifacts.MANIFEST_SUFFIX)).exists()):
             return artifact, moment
         moment += timedelta(seconds=1)
 
@@ -139,7 +142,8 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         check_space(directory, estimate, previous, settings.min_free, snapshot_on_disk(source))
 
     started = time.monotonic()
-    artifact, created_at = _free_name(directory, source.name(), source.kind, datetime.now(timezone.utc))
+    artifact, created_at = _free_name(directory, source.name(), source.kind, datetime.now(timezone.utc),
+                                      {backup.artifact for backup in elsewhere})
     final = directory / artifact
     temp_artifact = artifacts.temp_path(final)
     temp_manifest = artifacts.temp_path(directory / (artifact + artifacts.MANIFEST_SUFFIX))

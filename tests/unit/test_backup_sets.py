@@ -146,3 +146,14 @@ def test_only_a_manifest_that_records_a_passed_check_counts_as_verified(verified
     artifact = "app-20261122T020000Z.sqlite.zst"
     data = {**manifest(artifact, "app-20261122T020000Z.sqlite"), "verified": verified}
     assert from_manifest(artifact, data).verified is counted
+
+
+def test_a_new_backup_never_takes_a_name_the_bucket_already_holds(tmp_path) -> None:
+    """A volume lost a second after its last backup (or a clock that went back) must not give the next backup the
+    name of one already off-site: the upload would then refuse it as a name taken by another backup."""
+    from jobs.pipeline import _free_name
+
+    now = datetime(2026, 11, 22, 2, 0, 0, 400_000, tzinfo=timezone.utc)
+    bucket = {"app-20261122T020000Z.sqlite.zst", "app-20261122T020001Z.sqlite.zst"}
+    assert _free_name(tmp_path, "app", "sqlite", now, bucket) == ("app-20261122T020002Z.sqlite.zst", now.replace(second=2, microsecond=0))
+    assert _free_name(tmp_path, "app", "sqlite", now)[0] == "app-20261122T020000Z.sqlite.zst"
