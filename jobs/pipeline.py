@@ -62,7 +62,7 @@ def stage(name: str, writing: Path | None = None) -> Iterator[None]:
 
 def required_space(estimate: int, previous: list[Backup], on_disk: bool = True) -> int:
     """Return the bytes a backup needs: the raw snapshot (when the engine writes one to the volume, see
-    `snapshot_on_disk`) plus the artifact, judged by the last compression ratio."""
+    `Source.snapshot_on_disk`) plus the artifact, judged by the last compression ratio."""
     ratio = 1.0
     for backup in previous:
         raw = backup.manifest.get("raw_size")
@@ -70,12 +70,6 @@ def required_space(estimate: int, previous: list[Backup], on_disk: bool = True) 
             ratio = min(1.0, backup.size / raw * 1.5)
             break
     return (estimate if on_disk else 0) + int(estimate * ratio) + HEADROOM
-
-
-def snapshot_on_disk(source: Source) -> bool:
-    """Return whether the source's snapshot lands on the backup volume as a raw file before it is compressed
-    (SQLite's copy) or only passes through as a stream (pg_dump, Redis): `Source.snapshot_on_disk`, True if absent."""
-    return bool(getattr(source, "snapshot_on_disk", True))
 
 
 def check_space(directory: Path, estimate: int, previous: list[Backup], min_free: MinFree | None = None,
@@ -139,7 +133,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
         artifacts.ensure_dir(directory)
         previous, _ = list_backups(local, BackupSet(source.name(), source.kind), cancel)
         estimate = source.estimate_size()
-        check_space(directory, estimate, previous, settings.min_free, snapshot_on_disk(source))
+        check_space(directory, estimate, previous, settings.min_free, source.snapshot_on_disk)
 
     started = time.monotonic()
     artifact, created_at = _free_name(directory, source.name(), source.kind, datetime.now(timezone.utc),

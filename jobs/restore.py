@@ -72,7 +72,7 @@ def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Ev
         with engines.checker(backup.kind, workdir, cancel) as check:
             raw_out = None
             try:
-                if keep_raw and getattr(check, "path", None) is None:  # the check keeps no file: keep one beside it
+                if keep_raw and check.path is None:  # the check keeps no file: keep one beside it
                     raw_out = artifacts.create_private(workdir / RAW_NAME)
                 raw_size = artifacts.decompress_stream(handle, _tee(check.feed, raw_out), cancel, backup.artifact)
                 expected = backup.manifest.get("raw_size")
@@ -89,7 +89,7 @@ def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Ev
                 if raw_out is not None:
                     raw_out.close()
                 check.close()
-            raw = getattr(check, "path", None) or (workdir / RAW_NAME if raw_out is not None else None)
+            raw = check.path or (workdir / RAW_NAME if raw_out is not None else None)
             yield (raw if keep_raw else None), ["size", "sha256", "zstd frame checksum", passed]
 
 
@@ -258,8 +258,7 @@ def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, 
     succeeded (see tidy_safety_copies); when space is short, the error says how much they take."""
     if backup.kind != source.kind:
         raise SourceError(f"{backup.id} is a backup of kind {backup.kind} and cannot be restored into a {source.kind} source", stage="restore")
-    needs = getattr(source, "restore_space", None)  # optional: engines that write beside the database say how much
-    extra = list(needs(raw_needs(backup)).items()) if needs is not None else []
+    extra = list(source.restore_space(raw_needs(backup)).items())
     try:
         with proven_raw(artifact, backup, workdir, cancel, extra) as (raw, checks):
             safety = source.restore(raw, cancel, notify=notify) if notify is not None else source.restore(raw, cancel)

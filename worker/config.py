@@ -9,7 +9,7 @@ from datetime import timedelta
 import os
 from pathlib import Path
 import re
-from typing import Iterable, Mapping, NamedTuple
+from typing import Iterable, Mapping
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -48,11 +48,18 @@ _ENDPOINT_VARIABLES = ("NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-class SourceSpec(NamedTuple):
-    """One configured source: its backup set's name and its URL (a secret: never print it unmasked)."""
+@dataclass(frozen=True)
+class ConfiguredSet:
+    """One configured source, opened once when the configuration is read (no connection made) and reused by every
+    action: its backup set's name, the variable that names it, its URL (a secret: never print it unmasked), the
+    engine's Source (named by the set) and whether it is the main source (BACKUP_SOURCE or DATABASE_URL: the one
+    RETENTION_RULES apply to)."""
 
     name: str
-    url: str
+    variable: str
+    url: str = field(repr=False)
+    source: engines.Source = field(repr=False, compare=False)
+    main: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,9 @@ class Config:
     healthcheck_ping_url: str | None = field(default=None, repr=False)
     health_port: int | None = None
     disk_warn_percent: int = 80
-    # Every source, the main one (BACKUP_SOURCE or DATABASE_URL) first, then BACKUP_SOURCE_<NAME> by name;
-    # `source_url` stays the main one's URL. `source_variables` maps each set name to its variable.
-    sources: tuple[SourceSpec, ...] = field(default=(), repr=False)
-    source_variables: dict[str, str] = field(default_factory=dict, compare=False)
+    # Every source, the main one (BACKUP_SOURCE or DATABASE_URL) first, then BACKUP_SOURCE_<NAME> by name, each
+    # opened once; `source_url` stays the main one's URL.
+    sources: tuple[ConfiguredSet, ...] = field(default=(), repr=False)
     retention_rules: tuple[PurgeRule, ...] = ()  # RETENTION_RULES (issue 12): rows deleted after a good backup
     restore_on_start: str = "never"  # RESTORE_ON_START: `if-missing` restores lost databases before `run` starts
     allow_empty: bool = False  # BACKUP_ALLOW_EMPTY (issue 18): an empty source may follow backups that hold data
@@ -116,8 +122,7 @@ class Config:
         """Return the configuration as printable values, with every secret masked."""
         return {
             "BACKUP_SOURCE": mask_url(self.source_url) if self.source_url else None,
-            **{variable: mask_url(spec.url) for spec in self.sources
-               if (variable := self.source_variables.get(spec.name, "")).startswith(SOURCE_PREFIX)},
+            **{spec.variable: mask_url(spec.url) for spec in self.sources if not spec.main},
             "BACKUP_NAME": self.backup_name,
             "BACKUP_SETS": [spec.name for spec in self.sources],
             "BACKUP_DIR": str(self.backup_dir),
@@ -232,7 +237,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     backup_name = env.get("BACKUP_NAME", "").strip() or None
     if backup_name is not None and not SET_NAME.match(backup_name):
         problems.append(f"BACKUP_NAME={backup_name!r} is not a backup set name; use letters, digits, _ and - only (at most 100)")
-    source_url, specs, variables, opened = _sources(env, cwd, backup_name, problems)
+    source_url, configured = _sources(env, cwd, backup_name, problems)
     try:
         min_free = parse_min_free(env.get("BACKUP_MIN_FREE", "").strip() or DEFAULT_MIN_FREE)
     except ValueError as error:
@@ -288,7 +293,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     except ValueError as error:
         problems.append(f"CLEANUP_RULES: {error}")
     protected = [backup_dir, cwd, Path.home()]
-    protected_files = tuple(path for source in opened for path in source.protected_files())
+    protected_files = tuple(path for each in configured for path in each.source.protected_files())
     for rule in rules:
         reason = dangerous_rule_reason(rule, protected, protected_files)
         if reason:
@@ -309,12 +314,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     log_format = _choice(env, "LOG_FORMAT", "json", LOG_FORMATS, problems)
 
     monitoring = _monitoring(env, problems)
-    main_source = None  # the source RETENTION_RULES applies to (its URL problems are already gathered above)
-    if source_url:
-        try:
-            main_source = engines.open_source(source_url, cwd)
-        except ValueError:
-            pass
+    main_source = next((each.source for each in configured if each.main), None)  # the one RETENTION_RULES applies to
     retention_rules = _retention_rules(env, source_url, main_source, problems)
     restore_on_start = _choice(env, "RESTORE_ON_START", "never", RESTORE_ON_START, problems)
     allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
@@ -344,8 +344,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         aws_secrets=tuple(env[name] for name in _SECRET_VARIABLES if env.get(name)),
         backup_trigger=triggers["BACKUP_SCHEDULE"],
         cleanup_trigger=triggers["CLEANUP_SCHEDULE"],
-        sources=specs,
-        source_variables=variables,
+        sources=configured,
         **monitoring,
         retention_rules=retention_rules,
         restore_on_start=restore_on_start,
@@ -354,10 +353,9 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
 
 
 def _sources(env: Mapping[str, str], cwd: Path, backup_name: str | None,
-             problems: list[str]) -> tuple[str | None, tuple[SourceSpec, ...], dict[str, str], list[engines.Source]]:
-    """Given the environment, return the main source's URL, every source as (set name, URL), each set name's
-    variable and the sources opened (no connection made). Invalid URLs, names and set names used twice are
-    added to `problems`, each naming its variable(s)."""
+             problems: list[str]) -> tuple[str | None, tuple[ConfiguredSet, ...]]:
+    """Given the environment, return the main source's URL and every source opened (no connection made), the main
+    one first. Invalid URLs, names and set names used twice are added to `problems`, each naming its variable(s)."""
     main = (env.get("BACKUP_SOURCE") or env.get("DATABASE_URL") or "").strip() or None
     wanted: list[tuple[str, str | None, str]] = []  # (variable, set name or None for the source's own, url)
     if main:
@@ -372,24 +370,21 @@ def _sources(env: Mapping[str, str], cwd: Path, backup_name: str | None,
                             "like ${{Redis.REDIS_URL}} must name an existing service and variable) or remove it")
         else:
             wanted.append((variable, name, url))
-    specs: list[SourceSpec] = []
-    variables: dict[str, str] = {}
-    opened: list[engines.Source] = []
+    configured: dict[str, ConfiguredSet] = {}
     for variable, name, url in wanted:
         try:
-            source = engines.open_source(url, cwd)
+            source = engines.open_source(url, cwd, name)
         except ValueError as error:
             problems.append(f"{variable}: {error}")
             continue
-        name = name or source.name()
-        if name in variables:
-            problems.append(f"{variables[name]} and {variable} both name the backup set {name!r}; every source needs "
-                            "its own set: rename one BACKUP_SOURCE_<NAME> variable, or set BACKUP_NAME for BACKUP_SOURCE")
+        if source.name() in configured:
+            problems.append(f"{configured[source.name()].variable} and {variable} both name the backup set "
+                            f"{source.name()!r}; every source needs its own set: rename one BACKUP_SOURCE_<NAME> "
+                            "variable, or set BACKUP_NAME for BACKUP_SOURCE")
             continue
-        variables[name] = variable
-        specs.append(SourceSpec(name, url))
-        opened.append(source)
-    return main, tuple(specs), variables, opened
+        configured[source.name()] = ConfiguredSet(source.name(), variable, url, source,
+                                                  main=not variable.startswith(SOURCE_PREFIX))
+    return main, tuple(configured.values())
 
 
 def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object]:
@@ -427,7 +422,7 @@ def _retention_rules(env: Mapping[str, str], source_url: str | None, source: eng
     if rules and not source_url:
         problems.append("RETENTION_RULES is set but BACKUP_SOURCE is not; set BACKUP_SOURCE (or DATABASE_URL) to "
                         "the SQLite or PostgreSQL database whose rows it deletes")
-    elif rules and source is not None and source.kind not in ("sqlite", "pgdump"):
+    elif rules and source is not None and source.sql_database() is None:
         problems.append(f"RETENTION_RULES: table retention works on SQLite and PostgreSQL sources, not on "
                         f"{mask_url(source_url or '')}; unset RETENTION_RULES")
     return rules

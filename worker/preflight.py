@@ -7,44 +7,20 @@ backup chooses its pg_dump again, so installing the missing client (a new /usr/l
 picked up by the next backup without a restart, and until then each backup fails naming the client to install.
 """
 
-from pathlib import Path
 import sys
 
 import structlog
 
-from jobs import engines
-from jobs.engines import postgres
 from worker.config import Config
 
 log = structlog.get_logger("worker.preflight")
 
 
-def _source_urls(config: Config) -> list[str]:
-    """Return every configured source URL once: the main one, then BACKUP_SOURCE_<NAME> ones (if configured)."""
-    urls = [config.source_url] if config.source_url else []
-    for spec in getattr(config, "sources", ()):
-        url = getattr(spec, "url", None)
-        if url and url not in urls:
-            urls.append(url)
-    return urls
-
-
 def problems(config: Config) -> list[str]:
     """Given the configuration, return one sentence per source whose backups cannot run as things stand (no
-    fitting pg_dump, naming the major to install; or a server that cannot be reached to tell its version).
-    Each source is opened by `jobs.engines.open_source`, as the backup opens it (a SQLAlchemy URL's driver is
-    ignored there). Passwords never appear: the engine's messages show URLs masked."""
-    found = []
-    for url in _source_urls(config):
-        try:
-            source = engines.open_source(url, Path.cwd())
-        except ValueError:
-            continue  # the configuration already reported it
-        if isinstance(source, postgres.PostgresSource):
-            problem = postgres.describe_tools(source)
-            if problem:
-                found.append(problem)
-    return found
+    fitting pg_dump, naming the major to install; or a server that cannot be reached to tell its version): each
+    configured source's own `problem()`. Passwords never appear: the engines' messages show URLs masked."""
+    return [problem for each in config.sources if (problem := each.source.problem())]
 
 
 def warn(config: Config) -> None:

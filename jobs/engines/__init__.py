@@ -6,10 +6,19 @@ the pipeline through one shape, so hashing, compression and the engine's proof h
 chunk to the snapshot's `Check` and to the compressor. Re-proving an existing artifact needs no source: the
 engine module's `checker(workdir, cancel)` gives the same proof for the decompressed chunks.
 
-Each engine module exports `SCHEMES`, `KIND`, `open_source(url, cwd)` and `checker(workdir, cancel)`.
+Each engine module exports `SCHEMES`, `KIND`, `URL_TARGET`, `open_source(url, cwd, name)` and
+`checker(workdir, cancel)`; its Source and Check declare every member of the protocols below, optional features
+included (a feature an engine lacks is declared with its "none" value, never left for callers to probe).
+`conformance(module)` says what a module lacks; `engines()` refuses to offer a module that lacks anything, and
+tests/engines/ runs one suite over every engine.
+
+Restoring takes one route whatever the target: the proven raw snapshot goes to a Source's `restore`. The live
+database is the configured Source; `--target-url` is a Source opened from that URL (`open_target`, for engines
+with `URL_TARGET`); a new file (`--to`) is the raw snapshot itself, engine-independent (jobs.restore); an engine
+that does not restore over a live database says why up front (`Source.restore_refusal`).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 import functools
@@ -17,7 +26,8 @@ import importlib
 from pathlib import Path
 import re
 import threading
-from typing import TYPE_CHECKING, Any, BinaryIO, ContextManager, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, BinaryIO, ContextManager, Protocol, runtime_checkable
 
 from jobs.errors import IntegrityError
 
@@ -25,8 +35,13 @@ if TYPE_CHECKING:
     from jobs.engines.pg_connect import Connection
 
 
+@runtime_checkable
 class Check(Protocol):
     """The engine's proof of a raw stream, fed the same chunks that go to the compressor, in order."""
+
+    # The proven raw file the check itself writes while it is fed (SQLite's check of an artifact), for a restore
+    # to use once finish() returned; None for a check that keeps no copy (a restore then writes one beside it).
+    path: Path | None
 
     def feed(self, chunk: bytes) -> None:
         """Take the next chunk. May block (back-pressure) but never forever; may raise IntegrityError early."""
@@ -60,13 +75,22 @@ class Snapshot:
     raw_path: Path | None = None
 
 
+@runtime_checkable
 class Source(Protocol):
     """A database to back up and restore into. Implementations live one per module in this package."""
 
     kind: str  # artifact kind: "sqlite", "pgdump" or "rdb"
+    # Whether the raw snapshot lands on the backup volume as a file before it is compressed (SQLite's copy), so
+    # the space check counts it; False when it only streams through (pg_dump's archive, Redis's SYNC payload).
+    snapshot_on_disk: bool
+    # How a restore over the live data keeps what it replaces: False when the engine saves it itself (SQLite's
+    # safety copy, returned by restore()); True when the caller first takes an ordinary backup of the set
+    # (manifest reason "pre-restore"), as for PostgreSQL.
+    safety_backup: bool
 
     def name(self) -> str:
-        """Return the default backup-set name: the SQLite file stem, the PostgreSQL database name, `redis`."""
+        """Return the backup-set name: the one given to open_source (BACKUP_NAME, BACKUP_SOURCE_<NAME>), else the
+        source's own: the SQLite file stem, the PostgreSQL database name, `redis`."""
 
     def describe(self) -> dict[str, str]:
         """Return the source for manifests and logs: {"kind": ..., "database": ...}, no secrets."""
@@ -111,6 +135,25 @@ class Source(Protocol):
         it holds data, and always for an engine whose data is loaded by hand (Redis). Raise SourceError if that
         cannot be told, Unreachable (a SourceError) when the server does not answer (yet)."""
 
+    def problem(self) -> str | None:
+        """Return what would stop this source's backups as things stand, one sentence without secrets (PostgreSQL:
+        no fitting pg_dump, or a server that cannot be reached to tell its version), else None. Asked at start
+        (worker.preflight); a backup finds the same problem again itself."""
+
+    def restore_refusal(self) -> str | None:
+        """Return why the worker does not restore over this live source, as a sentence saying what to do
+        instead (Redis: write the file with --to and load it by hand); None when it does. Asked before anything
+        is fetched; restore() raises SourceError with the same sentence."""
+
+    def restore_warning(self, versions: Mapping[str, Any]) -> str | None:
+        """Given the `versions` a backup's manifest records, return what to warn a person of before restoring it
+        into this database (PostgreSQL: the backup comes from a newer major than the server runs), or None. May
+        reach the server; raise SourceError if it cannot be reached."""
+
+    def restore_space(self, raw_size: int) -> dict[Path, int]:
+        """Return the bytes a restore over the live data writes beside it, by directory (SQLite: the safety copy
+        and the restored file next to the database), given the raw snapshot's size; {} for a server."""
+
     def restore(self, raw: Path, cancel: threading.Event,
                 notify: Callable[[str], None] | None = None) -> Path | None:
         """Replace the live data with the proven raw snapshot `raw`; return the safety copy made first, if any.
@@ -124,33 +167,53 @@ Checker = Callable[[Path, threading.Event], AbstractContextManager[Check]]
 
 
 class Engine(Protocol):
-    """What each engine module exports: its URL schemes, its artifact kind, an opener and the raw check."""
+    """What each engine module exports: its URL schemes, its artifact kind, whether `restore --target-url` may
+    name one of its databases, an opener and the raw check."""
 
     SCHEMES: tuple[str, ...]
     KIND: str
+    URL_TARGET: bool
 
-    def open_source(self, url: str, cwd: Path) -> Source: ...
+    def open_source(self, url: str, cwd: Path, name: str | None = None) -> Source: ...
 
     def checker(self, workdir: Path, cancel: threading.Event) -> AbstractContextManager[Check]: ...
 
 
-# Engine modules in this package, in the order they are offered. A module that is not there (yet) is skipped,
-# so each engine lands as one new file.
+# Engine modules in this package, in the order they are offered.
 _MODULES = ("sqlite", "postgres", "redis")
-_PLANNED = {"postgresql": "postgres", "postgres": "postgres", "redis": "redis", "rediss": "redis"}
+_MODULE_MEMBERS = {"SCHEMES": tuple, "KIND": str, "URL_TARGET": bool}
+
+
+def _members(protocol: type) -> list[str]:
+    """Return the public members a Protocol declares: its annotated attributes and its methods."""
+    return sorted({*protocol.__annotations__, *(name for name in vars(protocol) if not name.startswith("_"))})
+
+
+def conformance(module: ModuleType, source_class: type, check_classes: tuple[type, ...]) -> list[str]:
+    """Return what the engine `module`, its Source class and its Check classes lack of the Engine, Source and
+    Check protocols (every optional feature included), one line each; [] when they conform."""
+    problems = [f"{module.__name__}.{name} is missing or not a {kind.__name__}"
+                for name, kind in _MODULE_MEMBERS.items() if not isinstance(getattr(module, name, None), kind)]
+    problems += [f"{module.__name__}.{name}() is missing" for name in ("open_source", "checker")
+                 if not callable(getattr(module, name, None))]
+    for cls, protocol in ((source_class, Source), *((check, Check) for check in check_classes)):
+        declared = {*getattr(cls, "__dataclass_fields__", {}), *dir(cls), *getattr(cls, "__annotations__", {})}
+        problems += [f"{cls.__qualname__} does not declare {protocol.__name__}.{name}"
+                     for name in _members(protocol) if name not in declared]
+    return problems
 
 
 @functools.cache
 def engines() -> tuple[Engine, ...]:
-    """Return the engine modules this installation has."""
+    """Return the engine modules, each checked against the protocols (its `CONFORMANCE` names its Source and
+    Check classes). Raise TypeError naming what a module lacks: a bug, caught by the first test that opens one."""
     found = []
     for name in _MODULES:
-        module_name = f"{__name__}.{name}"
-        try:
-            found.append(importlib.import_module(module_name))
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
+        module = importlib.import_module(f"{__name__}.{name}")
+        problems = conformance(module, *module.CONFORMANCE)
+        if problems:
+            raise TypeError("; ".join(problems))
+        found.append(module)
     return tuple(found)
 
 
@@ -185,22 +248,37 @@ def scheme_of(url: str) -> str:
     return url.partition("://")[0].lower() if "://" in url else ""
 
 
-def open_source(url: str, cwd: Path) -> Source:
+def open_source(url: str, cwd: Path, name: str | None = None) -> Source:
     """Given a BACKUP_SOURCE URL (a SQLAlchemy `dialect+driver://` one too: the driver is ignored), return its
-    Source. Raise ValueError naming what is wrong with the URL."""
+    Source, nothing connected yet, whose backup set is `name` (else the source's own name). Raise ValueError
+    naming what is wrong with the URL."""
     url = source_url(url)
     scheme = scheme_of(url)
     by_scheme = _by_scheme()
     if scheme in by_scheme:
-        return by_scheme[scheme].open_source(url, cwd)
-    if scheme in _PLANNED:
-        raise ValueError(f"{scheme}:// sources are not supported by this version yet; use sqlite:///path/to/app.db")
+        return by_scheme[scheme].open_source(url, cwd, name)
     known = " or ".join(f"{s}://" for s in sorted(by_scheme))
     raise ValueError(
         f"the URL must start with {known} (like sqlite:///data/app.db or sqlite:////app/data/app.db; a SQLAlchemy "
         "URL such as postgresql+psycopg:// is read without its driver)"
         + (f", not {scheme}://" if scheme else "")
     )
+
+
+TARGET_URL_ONLY = ("--target-url takes the PostgreSQL database to restore into, like "
+                   "postgresql://USER@HOST:5432/DBNAME (pgdump backups only; restore other kinds to a file with --to PATH)")
+
+
+def open_target(url: str, cwd: Path) -> Source:
+    """Given a `restore --target-url` URL, return the Source a restore writes into: a database of an engine with
+    URL_TARGET (PostgreSQL). Raise ValueError naming what is wrong: another engine, or a malformed URL."""
+    engine = _by_scheme().get(scheme_of(url))
+    if engine is None or not engine.URL_TARGET:
+        raise ValueError(TARGET_URL_ONLY)
+    try:
+        return engine.open_source(source_url(url), cwd)
+    except ValueError as error:
+        raise ValueError(f"--target-url: {error}") from None
 
 
 def checker(kind: str, workdir: Path, cancel: threading.Event) -> AbstractContextManager[Check]:

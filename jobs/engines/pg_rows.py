@@ -1,6 +1,7 @@
 """The rows of a PostgreSQL database: counted exactly in the archive pg_dump streams (`CountingCheck`, through
 jobs.engines.pg_archive), and asked of the live database before a backup (`has_rows`)."""
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -37,6 +38,8 @@ class CountingCheck:
     """pg_restore's proof of the archive (`inner`) and, in the same pass, its exact rows per table, which finish()
     puts into `details` as the manifest's `counts`. An archive the counter cannot read only loses the counts
     (logged as a warning): the backup stands on pg_restore's proof."""
+
+    path: Path | None = None  # keeps no copy of the archive
 
     def __init__(self, inner: Check, details: dict[str, Any], database: str) -> None:
         self._inner = inner

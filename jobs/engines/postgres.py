@@ -37,6 +37,7 @@ from jobs.errors import Cancelled, IntegrityError, SourceError
 from jobs.redact import scrub
 
 SCHEMES = ("postgresql", "postgres")
+URL_TARGET = True  # `restore --target-url` may name any PostgreSQL database
 PG_SNAPSHOT = "pg_snapshot"  # in the manifest's `holds`: the dump's snapshot, xmin:xmax:xip (see jobs.purge.held)
 PG_RUNNING = "pg_running"  # in `holds`: the xids (32-bit) that held a transaction lock right after that snapshot
 KIND = "pgdump"
@@ -63,6 +64,8 @@ def bin_dir() -> str | None:
 
 class RestoreCheck:
     """Feeds a raw archive to `pg_restore --file=/dev/null` through a pipe; finish() waits for its verdict."""
+
+    path: Path | None = None  # keeps no copy of the archive
 
     def __init__(self, child: execute.Child, cancel: threading.Event) -> None:
         self._child = child
@@ -187,12 +190,14 @@ class PostgresSource:
 
     conn: Connection
     kind: str = KIND
+    set_name: str | None = field(default=None, kw_only=True)  # BACKUP_NAME or BACKUP_SOURCE_<NAME>, else dbname
     snapshot_on_disk: ClassVar[bool] = False  # pg_dump's archive streams to the compressor: no raw file on the volume
+    safety_backup: ClassVar[bool] = True  # a restore over the database is preceded by a pre-restore backup
     _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     _facts: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)  # read once per source
 
     def name(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_-]+", "-", self.conn.dbname).strip("-") or "postgres"
+        return self.set_name or re.sub(r"[^A-Za-z0-9_-]+", "-", self.conn.dbname).strip("-") or "postgres"
 
     def describe(self) -> dict[str, str]:
         return {"kind": KIND, "database": self.conn.dbname, "host": self.conn.host}
@@ -262,10 +267,32 @@ class PostgresSource:
             counting = CountingCheck(check, details, self.conn.dbname)
             yield Snapshot(DumpStream(dump, cancel, self.conn.dbname), counting, details=details)
 
+    def problem(self) -> str | None:
+        try:
+            self.tools()
+        except SourceError as error:
+            return str(error)
+        return None
+
+    def restore_warning(self, versions: Mapping[str, Any]) -> str | None:
+        """Warn when the backup comes from a newer PostgreSQL major than this server runs. Raise SourceError if
+        the server cannot be reached."""
+        target_text, _ = pg_connect.server_version(self.conn)
+        server = versions.get("server")
+        return version_warning(server if isinstance(server, str) else None, target_text)
+
+    def restore_refusal(self) -> str | None:
+        return None
+
+    def restore_space(self, raw_size: int) -> dict[Path, int]:
+        return {}  # pg_restore writes into the server, not beside a file of ours
+
     def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> None:
-        """Restore the proven archive `raw` into this database, replacing the objects it holds; return None
-        (the safety backup is an ordinary backup the caller takes first). Warnings go to `notify` before
-        anything changes. Raise SourceError or Cancelled, and then the database is unchanged."""
+        """Restore the proven archive `raw` into this database in one transaction, replacing the objects the
+        archive holds (objects it does not hold are left alone); return None (the safety backup is an ordinary
+        backup the caller takes first, see `safety_backup`). Warnings (a backup from a newer major) are logged
+        and go to `notify` before anything changes. Raise SourceError (unreachable, refused, the restore failed)
+        or Cancelled, and then the database is unchanged (the transaction was rolled back)."""
         _restore(raw, self.conn, cancel, notify)
 
 
@@ -305,9 +332,9 @@ def exported_snapshot(conn: Connection) -> Iterator[tuple[str | None, str, list[
         session.close()
 
 
-def open_source(url: str, cwd: Path) -> PostgresSource:
+def open_source(url: str, cwd: Path, name: str | None = None) -> PostgresSource:
     """Given a postgresql:// or postgres:// URL, return the source; nothing is connected yet. Raise ValueError."""
-    return PostgresSource(pg_connect.parse_url(url))
+    return PostgresSource(pg_connect.parse_url(url), set_name=name)
 
 
 # --- restore ------------------------------------------------------------------------------------------------------
@@ -343,22 +370,6 @@ def version_warning(backup_server: str | None, target_server: str) -> str | None
     return (f"the backup comes from PostgreSQL {backup[0]} and the target runs {target[0]}, an older major: objects "
             f"or settings new in {pg_tools.major_text(backup[1])} may fail to restore (the restore is one "
             "transaction, so a failure changes nothing)")
-
-
-def restore_warning(backup_versions: Mapping[str, Any], target_url: str) -> str | None:
-    """Given a manifest's `versions` and the restore target, return the warning to show before asking for
-    confirmation, or None. Raise SourceError if the target cannot be reached, ValueError if the URL is bad."""
-    target_text, _ = pg_connect.server_version(pg_connect.parse_url(target_url))
-    server = backup_versions.get("server")
-    return version_warning(server if isinstance(server, str) else None, target_text)
-
-
-def restore_into(raw: Path, target_url: str, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> list[str]:
-    """Restore the proven archive `raw` into the existing database at `target_url`, replacing the objects the
-    archive holds, in one transaction; return the notes for the user (a version warning), which also go to
-    `notify` before anything changes. Raise SourceError (unreachable, refused, the restore failed), ValueError
-    (bad URL) or Cancelled; when it raises, the database is unchanged (the transaction was rolled back)."""
-    return _restore(raw, pg_connect.parse_url(target_url), cancel, notify)
 
 
 def _restore(raw: Path, conn: Connection, cancel: threading.Event, notify: Callable[[str], None] | None) -> list[str]:
@@ -410,16 +421,6 @@ def restore_failure(database: str, host: str, failure: str, holders: str | None 
 
 # --- wiring helpers for the worker --------------------------------------------------------------------------------
 
-def describe_tools(source: "PostgresSource | str") -> str | None:
-    """Given a PostgreSQL source (or its URL), return the problem that would stop its backups (no fitting pg_dump,
-    or the server cannot be reached to tell its version), as one sentence; None when a fitting pg_dump is there."""
-    try:
-        (source if isinstance(source, PostgresSource) else PostgresSource(pg_connect.parse_url(source))).tools()
-    except (ValueError, SourceError) as error:
-        return str(error)
-    return None
-
-
 def catalog_url(url: str) -> str:
     """Return a CATALOG_URL for SQLAlchemy with the drivers this worker has: a PostgreSQL URL (postgresql://,
     postgres://, or a SQLAlchemy one with any driver, such as postgresql+asyncpg:// copied from the app) goes
@@ -434,3 +435,6 @@ def catalog_url(url: str) -> str:
     if sep and scheme_of(plain) == "sqlite":
         return f"sqlite://{rest}"
     return url
+
+
+CONFORMANCE = (PostgresSource, (RestoreCheck, CountingCheck))  # checked against the protocols by jobs.engines.engines()

@@ -8,7 +8,7 @@ rediss://). `rdb-only` tells Redis 7+ we want the file and no command stream, so
 the connection is closed right after the payload. The password goes only into the AUTH command on the socket.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 import io
@@ -25,6 +25,12 @@ from jobs.redact import ambiguous_userinfo, mask_url, split_url
 
 SCHEMES = ("redis", "rediss")
 KIND = "rdb"
+URL_TARGET = False
+# Why a Redis backup is not restored over the live server: said before anything is fetched (Source.restore_refusal).
+REFUSAL = ("a Redis backup is not loaded into a running server by the worker; write the RDB file with "
+           "`restore --to PATH` (e.g. --to /tmp/restore/dump.rdb) and load it as the docs' Redis section says: "
+           "stop the server, put the file in place as its dump.rdb and start it, or let the server copy it from "
+           "a temporary redis-server as a replica (on Railway)")
 DEFAULT_PORT = 6379
 SYNC_IDLE_S = 60.0  # silence tolerated while the server prepares (it sends a newline every second) or streams
 MARK_SIZE = 40
@@ -159,6 +165,9 @@ class RedisSource:
     password: str | None = field(default=None, repr=False)
     tls: Tls | None = None
     kind: str = KIND
+    set_name: str | None = field(default=None, kw_only=True)  # BACKUP_NAME or BACKUP_SOURCE_<NAME>, else `redis`
+    snapshot_on_disk: bool = field(default=False, init=False, repr=False)  # the SYNC payload streams through
+    safety_backup: bool = field(default=False, init=False, repr=False)  # never restored over: nothing to keep
     _versions: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -166,7 +175,7 @@ class RedisSource:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def name(self) -> str:
-        return "redis"
+        return self.set_name or "redis"
 
     def describe(self) -> dict[str, str]:
         return {"kind": KIND, "database": "redis", "host": self.where}
@@ -297,14 +306,24 @@ class RedisSource:
             raise SourceError(f"the Redis server at {self.where} closed the connection before sending the snapshot; "
                               "its log says why (often: the fork for the snapshot failed for lack of memory)") from None
 
+    def problem(self) -> str | None:
+        return None  # the backup itself says what is wrong with the server
+
+    def restore_warning(self, versions: Mapping[str, Any]) -> str | None:
+        return None
+
+    def restore_refusal(self) -> str | None:
+        return REFUSAL
+
+    def restore_space(self, raw_size: int) -> dict[Path, int]:
+        return {}
+
     def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> Path | None:
-        """Refuse: loading a dataset into a live server is the operator's step (README, Redis). Nothing changes."""
-        raise SourceError("a Redis backup is not loaded into a live server by this worker; write the RDB file with "
-                          "`restore --to PATH` and load it as the README's Redis section explains (stop the server, replace its dump.rdb, start it)",
-                          stage="restore")
+        """Refuse: loading a dataset into a live server is the operator's step (docs/redis.md). Nothing changes."""
+        raise SourceError(REFUSAL, stage="restore")
 
 
-def open_source(url: str, cwd: Path) -> RedisSource:
+def open_source(url: str, cwd: Path, name: str | None = None) -> RedisSource:
     """Given redis://[user:password@]host[:port][/db] or rediss://… (TLS), return the source.
 
     Query parameters for rediss://: `ssl_cert_reqs=none` (accept any certificate) and `ssl_ca_certs=PATH` (trust
@@ -341,12 +360,9 @@ def open_source(url: str, cwd: Path) -> RedisSource:
         raise ValueError(f"{mask_url(url)!r} sets TLS parameters on a plain connection; use rediss://")
     return RedisSource(host=parts.hostname or "localhost", port=port, url=url,
                        username=unquote(user) if user else None,
-                       password=unquote(password) if password else None, tls=tls)
+                       password=unquote(password) if password else None, tls=tls, set_name=name)
 
 
 checker = rdb.checker
 
-
-def verify(raw: Path, cancel: threading.Event) -> str:
-    """Check the RDB file at `raw` (header, EOF opcode, CRC64); return what passed. Raise IntegrityError or Cancelled."""
-    return rdb.verify_file(raw, cancel)
+CONFORMANCE = (RedisSource, (RdbCheck,))  # checked against the protocols by jobs.engines.engines()

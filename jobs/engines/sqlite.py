@@ -8,9 +8,9 @@ written. The snapshot file is then streamed to the compressor while `PRAGMA inte
 thread: the file is read once for both.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import os
 from pathlib import Path
@@ -27,13 +27,15 @@ from jobs.volume import free_space
 
 SCHEMES = ("sqlite",)
 KIND = "sqlite"
-CHECK = lib.CHECK
+URL_TARGET = False  # a SQLite backup is restored to a file (--to) or over the configured database, not to a URL
 SIDECARS = ("-wal", "-shm", "-journal")
 
 
 class _ThreadCheck:
     """The snapshot's proof: `PRAGMA integrity_check` on the snapshot file, in a thread, while it streams; then the
     exact rows of each user table of that file, into `details` (the manifest's `counts`)."""
+
+    path: Path | None = None  # the snapshot file is the Snapshot's raw_path, not the check's
 
     def __init__(self, path: Path, cancel: threading.Event, details: dict[str, Any] | None = None) -> None:
         self.cancel = cancel
@@ -86,6 +88,8 @@ class _FileCheck:
     """The proof of an existing artifact: the raw chunks go to a file in the workdir, and `PRAGMA
     integrity_check` runs on it at the end. `path` is that file, for restore to use once finish() returned."""
 
+    path: Path
+
     def __init__(self, path: Path, cancel: threading.Event) -> None:
         self.path = path
         self.cancel = cancel
@@ -130,8 +134,13 @@ class SqliteSource:
 
     path: Path
     kind: str = KIND
+    set_name: str | None = field(default=None, kw_only=True)  # BACKUP_NAME or BACKUP_SOURCE_<NAME>, else the stem
+    snapshot_on_disk: bool = field(default=True, init=False, repr=False)  # the backup API's copy is a file
+    safety_backup: bool = field(default=False, init=False, repr=False)  # restore() saves a safety copy itself
 
     def name(self) -> str:
+        if self.set_name:
+            return self.set_name
         stem = re.sub(r"[^A-Za-z0-9_-]+", "-", self.path.stem).strip("-")
         return stem or "sqlite"
 
@@ -233,6 +242,15 @@ class SqliteSource:
                                   f"{room + '; ' if room else ''}free space on the volume", stage="snapshot") from None
             raise SourceError(f"cannot read the SQLite database {self.path}: {text}; it may be damaged or not a SQLite file (run `sqlite3 {self.path} 'PRAGMA integrity_check'`)") from None
 
+    def problem(self) -> str | None:
+        return None  # the backup itself says what is wrong with a file
+
+    def restore_warning(self, versions: Mapping[str, Any]) -> str | None:
+        return None
+
+    def restore_refusal(self) -> str | None:
+        return None
+
     def restore_space(self, raw_size: int) -> dict[Path, int]:
         """Return the bytes a restore over this database needs, by a directory on the volume they land on: the
         safety copy beside the real database file, plus the restored pages written there (WAL or journal, or a
@@ -292,7 +310,7 @@ def safety_copy_path(database: Path, now: datetime | None = None, suffix: str = 
     return candidate
 
 
-def open_source(url: str, cwd: Path) -> SqliteSource:
+def open_source(url: str, cwd: Path, name: str | None = None) -> SqliteSource:
     """Given `sqlite:///relative.db` or `sqlite:////absolute.db`, return the source. Raise ValueError if malformed."""
     rest = url.split("://", 1)[1]
     if not rest.startswith("/"):
@@ -301,5 +319,8 @@ def open_source(url: str, cwd: Path) -> SqliteSource:
     if not path_text or path_text in (":memory:",) or path_text.endswith("/"):
         raise ValueError(f"{url!r} names no database file; write sqlite:///relative/path.db or sqlite:////absolute/path.db")
     path = Path(path_text)
-    return SqliteSource(path=path if path.is_absolute() else cwd / path)
+    return SqliteSource(path=path if path.is_absolute() else cwd / path, set_name=name)
 
+
+
+CONFORMANCE = (SqliteSource, (_ThreadCheck, _FileCheck))  # checked against the protocols by jobs.engines.engines()

@@ -60,7 +60,8 @@ def test_restore_into_a_fresh_database_through_the_engine(app_pg, make_db, tmp_p
     raw = tmp_path / "app.pgdump"
     backup_to_file(postgres.open_source(url_for(app_pg), tmp_path), raw, tmp_path)
     target = make_db("target")
-    notes = postgres.restore_into(raw, url_for(target), threading.Event())
+    notes: list[str] = []
+    assert postgres.open_source(url_for(target), tmp_path).restore(raw, threading.Event(), notify=notes.append) is None
     assert notes == []
     assert digests(target) == digests(app_pg)
 
@@ -95,7 +96,7 @@ def test_a_restore_that_fails_changes_nothing_in_the_target(app_pg, make_db, tmp
         connection.execute("CREATE VIEW local_report AS SELECT count(*) AS n FROM users")
     before = digests(target)
     with pytest.raises(SourceError) as caught:
-        postgres.restore_into(raw, url_for(target), threading.Event())
+        postgres.open_source(url_for(target), tmp_path).restore(raw, threading.Event())
     message = str(caught.value)
     assert "rolled back, so the database is unchanged" in message and "local_report" in message
     assert digests(target) == before
@@ -105,15 +106,15 @@ def test_restore_into_a_missing_database_names_it(app_pg, tmp_path):
     raw = tmp_path / "app.pgdump"
     backup_to_file(postgres.open_source(url_for(app_pg), tmp_path), raw, tmp_path)
     with pytest.raises(SourceError, match="createdb bw_missing_target"):
-        postgres.restore_into(raw, url_for("bw_missing_target"), threading.Event())
+        postgres.open_source(url_for("bw_missing_target"), tmp_path).restore(raw, threading.Event())
 
 
 def test_a_backup_from_a_newer_major_warns_before_restoring():
     current = server_version_text()
     newer = f"{int(current.split('.')[0]) + 1}.2"
-    warning = postgres.restore_warning({"server": newer}, url_for("postgres"))
+    warning = postgres.open_source(url_for("postgres"), Path.cwd()).restore_warning({"server": newer})
     assert warning and f"PostgreSQL {newer}" in warning and f"runs {current}" in warning
-    assert postgres.restore_warning({"server": current}, url_for("postgres")) is None
+    assert postgres.open_source(url_for("postgres"), Path.cwd()).restore_warning({"server": current}) is None
     assert postgres.version_warning("9.6.24", "15.20") is None
 
 
@@ -158,7 +159,7 @@ def test_the_password_never_reaches_a_command_line_output_or_file(password_serve
         for path in tmp_path.rglob("*"):
             if path.is_file():
                 assert needle not in path.read_bytes(), path
-        postgres.restore_into(raw, url, threading.Event())  # the restore gets the password the same way
+        postgres.open_source(url, tmp_path).restore(raw, threading.Event())  # the restore gets the password the same way
         out, err = capfd.readouterr()
         assert "pg_dump.start" in out + err and role_password not in out + err
     finally:
@@ -227,14 +228,14 @@ def test_pg_bin_dir_with_only_an_old_client_fails_naming_the_fix(app_pg, tmp_pat
     with pytest.raises(SourceError) as caught:
         backup_to_file(source, tmp_path / "out", tmp_path)
     assert f"apt-get install postgresql-client-{major}" in str(caught.value)
-    problem = postgres.describe_tools(url_for(app_pg))
+    problem = postgres.open_source(url_for(app_pg), Path.cwd()).problem()
     assert problem == str(caught.value)
     monkeypatch.delenv("PG_BIN_DIR")
-    assert postgres.describe_tools(url_for(app_pg)) is None
+    assert postgres.open_source(url_for(app_pg), Path.cwd()).problem() is None
 
 
-def test_describe_tools_reports_an_unreachable_server():
-    problem = postgres.describe_tools("postgresql://u:pw-x@127.0.0.1:1/db")
+def test_the_problem_of_a_source_reports_an_unreachable_server():
+    problem = postgres.open_source("postgresql://u:pw-x@127.0.0.1:1/db", Path.cwd()).problem()
     assert problem and "connection refused" in problem and "pw-x" not in problem
 
 
@@ -437,7 +438,7 @@ def test_a_restore_stopped_by_cancel_leaves_the_target_unchanged_and_no_session_
         holder.execute("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE")
         threading.Timer(1.0, cancel.set).start()
         with pytest.raises(Cancelled, match="stopped before it committed, so the database is unchanged"):
-            postgres.restore_into(raw, url_for(target), cancel)
+            postgres.open_source(url_for(target), tmp_path).restore(raw, cancel)
         left = restore_sessions(target)
         holder.execute("ROLLBACK")
     assert left == 0  # its server session was ended, not left waiting on the lock with the others it took

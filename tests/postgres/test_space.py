@@ -18,5 +18,5 @@ def test_a_stream_engine_needs_room_for_the_artifact_only_and_a_file_engine_for_
 
 
 def test_postgresql_sources_stream_and_sqlite_sources_write_a_raw_snapshot(tmp_path: Path):
-    assert pipeline.snapshot_on_disk(postgres.open_source(url_for("postgres"), tmp_path)) is False
-    assert pipeline.snapshot_on_disk(SqliteSource(tmp_path / "app.db")) is True
+    assert postgres.open_source(url_for("postgres"), tmp_path).snapshot_on_disk is False
+    assert SqliteSource(tmp_path / "app.db").snapshot_on_disk is True

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import ConfigError, SourceSpec, load_config
+from worker.config import ConfigError, load_config
 from worker.freshness import configured_sets
 
 
@@ -15,8 +15,10 @@ def load(tmp_path: Path, **env: str):
 def test_each_backup_source_variable_is_a_set_named_by_its_suffix_in_lower_case_after_the_main_one(tmp_path: Path) -> None:
     config = load(tmp_path, BACKUP_SOURCE="sqlite:///app.db", BACKUP_SOURCE_CACHE="redis://:pw@cache:6379",
                   BACKUP_SOURCE_AUDIT_LOG="sqlite:///audit.db")
-    assert config.sources == (SourceSpec("app", "sqlite:///app.db"), SourceSpec("audit_log", "sqlite:///audit.db"),
-                              SourceSpec("cache", "redis://:pw@cache:6379"))
+    assert [(each.name, each.url) for each in config.sources] == [
+        ("app", "sqlite:///app.db"), ("audit_log", "sqlite:///audit.db"), ("cache", "redis://:pw@cache:6379")]
+    assert [each.main for each in config.sources] == [True, False, False]
+    assert [each.source.name() for each in config.sources] == ["app", "audit_log", "cache"]
     assert config.source_url == "sqlite:///app.db"  # the main one, as before there were several
     assert configured_sets(config, tmp_path) == ["app", "audit_log", "cache"]
 
@@ -28,7 +30,8 @@ def test_backup_name_names_the_main_source_only(tmp_path: Path) -> None:
 
 def test_named_sources_alone_need_no_main_source(tmp_path: Path) -> None:
     config = load(tmp_path, BACKUP_SOURCE_CACHE="redis://cache")
-    assert config.source_url is None and config.sources == (SourceSpec("cache", "redis://cache"),)
+    assert config.source_url is None and [(each.name, each.url, each.main) for each in config.sources] == [
+        ("cache", "redis://cache", False)]
 
 
 def test_two_sources_naming_the_same_set_is_a_config_error_naming_both_variables(tmp_path: Path) -> None:
@@ -86,3 +89,27 @@ def test_an_unencoded_slash_in_a_password_is_a_config_error_that_shows_none_of_i
     (problem,) = caught.value.problems
     assert "BACKUP_SOURCE" in problem and "%2F" in problem
     assert "Zq" not in problem and "xv" not in problem
+
+
+def test_a_backup_cycle_opens_each_source_once_when_the_configuration_is_read(tmp_path: Path, monkeypatch) -> None:
+    import sqlite3
+
+    from jobs import engines
+    from worker.actions.backup import backup_job
+    from worker.actions.context import Context
+
+    for name in ("app", "audit"):
+        with sqlite3.connect(tmp_path / f"{name}.db") as connection:
+            connection.execute("CREATE TABLE t (x)")
+            connection.execute("INSERT INTO t VALUES (1)")
+    opened: list[str] = []
+    real = engines.open_source
+    monkeypatch.setattr(engines, "open_source", lambda url, cwd, name=None: opened.append(url) or real(url, cwd, name))
+    config = load(tmp_path, BACKUP_SOURCE="sqlite:///app.db", BACKUP_SOURCE_AUDIT="sqlite:///audit.db",
+                  BACKUP_DIR=str(tmp_path / "backups"), RETENTION_RULES="")
+    ctx = Context(config, tmp_path)
+    outcome = backup_job(ctx, upload=False)
+    assert outcome.ok, outcome.reason
+    assert sorted(outcome.fields["sources"]) == ["app", "audit"]
+    assert opened == ["sqlite:///app.db", "sqlite:///audit.db"]  # by load_config, and by nothing after it
+    assert all(used is each.source for used, each in zip(ctx.sources(), config.sources, strict=True))

@@ -5,9 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import re
 import threading
-from typing import Any
 
-from jobs import engines, pipeline, retention
+from jobs import pipeline, retention
 from jobs.backups import BackupSet
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
@@ -21,30 +20,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 NO_SOURCE = ("BACKUP_SOURCE is not set; set it (or DATABASE_URL, or BACKUP_SOURCE_<NAME>) to the database to back up, "
              "like sqlite:////app/data/app.db")
-# Why `restore` without --to refuses a Redis backup: said before anything is fetched or checked.
-REDIS_RESTORE = ("a Redis backup is not loaded into a running server by the worker; write the RDB file with "
-                 "`restore --to PATH` (e.g. --to /tmp/restore/dump.rdb) and load it as the README's Redis section says: "
-                 "stop the server, put the file in place as its dump.rdb and start it, or let the server copy it from "
-                 "a temporary redis-server as a replica (on Railway)")
 _SET_OF_ID = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-\d{8}T\d{6}Z")
 
 
 class UsageError(Exception):
     """The command line asks for something that cannot be done as asked (exit 2)."""
-
-
-class NamedSource:
-    """A source whose backup set is named by BACKUP_NAME instead of by the source itself."""
-
-    def __init__(self, inner: Source, name: str) -> None:
-        self._inner = inner
-        self._name = name
-
-    def name(self) -> str:
-        return self._name
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(self._inner, attribute)
 
 
 @dataclass
@@ -66,16 +46,11 @@ class Context:
         return LocalDestination(self.config.backup_dir)
 
     def sources(self, only: list[str] | None = None) -> list[Source]:
-        """Return every configured source (the main one first), each named by its backup set; with `only`, just
-        those sets. Raise UsageError when no source is configured."""
+        """Return every configured source (the main one first), each named by its backup set, as the
+        configuration opened it; with `only`, just those sets. Raise UsageError when no source is configured."""
         if not self.config.sources:
             raise UsageError(NO_SOURCE)
-        found = []
-        for spec in self.config.sources:
-            if only is None or spec.name in only:
-                source = engines.open_source(spec.url, self.cwd)
-                found.append(source if source.name() == spec.name else NamedSource(source, spec.name))
-        return found
+        return [each.source for each in self.config.sources if only is None or each.name in only]
 
     def source(self, name: str | None = None) -> Source:
         """Return the configured source of the set `name`, or without a name the main one (the first).
@@ -107,8 +82,9 @@ class Context:
                 raise UsageError(f"{name!r} is not a configured source (configured: {self.set_names()}); restore a backup "
                                  "of another set to a new file with --to PATH")
             source = chosen[0]
-        if source.kind == "rdb":
-            raise UsageError(REDIS_RESTORE)
+        refusal = source.restore_refusal()
+        if refusal:
+            raise UsageError(refusal)
         return source
 
     def backup_sets(self) -> list[BackupSet]:

@@ -18,8 +18,7 @@ import structlog
 from jobs import engines, identity, offsite, pipeline, restore as restoring
 from jobs.artifacts import temp_prefix
 from jobs.backups import Backup, BackupSet
-from jobs.engines import Source, postgres
-from jobs.engines.pg_connect import parse_url
+from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from worker.actions.context import Context, UsageError
 from worker.actions.output import human_age, report_failure, say
@@ -67,33 +66,23 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def target_problem(url: str) -> str | None:
-    """Return why `url` cannot be a `--target-url` (not a PostgreSQL URL, or one libpq rejects), or None."""
-    if engines.scheme_of(url) not in postgres.SCHEMES:
-        return ("--target-url takes the PostgreSQL database to restore into, like postgresql://USER@HOST:5432/DBNAME "
-                "(pgdump backups only; restore other kinds to a file with --to PATH)")
-    try:
-        parse_url(engines.source_url(url))
-    except ValueError as error:
-        return f"--target-url: {error}"
-    return None
-
-
-def kind_problem(backup_kind: str | None, ident: str) -> str | None:
-    """Return the usage error for restoring a backup of `backup_kind` with --target-url, or None for pgdump."""
-    if backup_kind is None or backup_kind == postgres.KIND:
+def kind_problem(backup_kind: str | None, ident: str, target: Source) -> str | None:
+    """Return the usage error for restoring a backup of `backup_kind` into the --target-url `target`, or None
+    when the kinds match (or the kind is not known yet)."""
+    if backup_kind is None or backup_kind == target.kind:
         return None
-    return (f"{ident} is a backup of kind {backup_kind}, and --target-url restores pgdump (PostgreSQL) backups only; "
-            "write it to a new file with --to PATH instead")
+    return (f"{ident} is a backup of kind {backup_kind}, and --target-url restores {target.kind} backups only "
+            f"({target.describe()['kind']} databases); write it to a new file with --to PATH instead")
 
 
 def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None, target_url: str | None,
                 assume_yes: bool, fallback: bool = False, source_name: str | None = None) -> int:
+    target: Source | None = None  # --target-url: a database that is not a configured source
     if target_url:
-        problem = target_problem(target_url)
-        if problem:
-            raise UsageError(problem)
-        target_url = engines.source_url(target_url)  # the app's SQLAlchemy URL names the same database
+        try:
+            target = engines.open_target(target_url, ctx.cwd)  # the app's SQLAlchemy URL names the same database
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     destination, location = where(ctx, from_s3)
     if to is not None:
         to = to.resolve()
@@ -101,10 +90,10 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
         if problem:
             raise UsageError(problem)
     # refuses Redis before anything is fetched
-    source = None if to or target_url else ctx.restore_source(source_name, ident)
+    source = None if to or target else ctx.restore_source(source_name, ident)
     request = wanted(ctx, destination, location, ident, source_name)
-    if target_url and ident and request.backup_set is not None:
-        problem = kind_problem(request.backup_set.kind, ident)
+    if target is not None and ident and request.backup_set is not None:
+        problem = kind_problem(request.backup_set.kind, ident, target)
         if problem:
             raise UsageError(problem)
     unpack_in = to.parent if to else scratch_dir(ctx)
@@ -113,20 +102,20 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
 
     with reading(ctx, from_s3):
         chosen: Backup | None = None
-        if not from_s3 or source is not None or target_url:
+        if not from_s3 or source is not None or target is not None:
             # The newest backup, judged without hashing; with --fallback on the volume, the newest that proves intact.
             prove = (lambda backup: restoring.prove_file(destination.path(backup.artifact), backup, ctx.cancel)) \
                 if fallback and not from_s3 else None
             chosen = request.pick(destination, location, ctx, fallback, prove)
-        if target_url:
-            problem = kind_problem(chosen.kind, chosen.id)
+        if target is not None:
+            problem = kind_problem(chosen.kind, chosen.id, target)
             if problem:
                 raise UsageError(problem)
-            warning = postgres.restore_warning(chosen.manifest.get("versions") or {}, target_url)  # reaches the target
+            warning = target.restore_warning(chosen.manifest.get("versions") or {})  # reaches the target
             if warning:
                 _stderr(f"warning: {warning}")
             confirm(f"This restores the backup {describe(chosen, location)}{maybe} into the database "
-                    f"{parse_url(target_url).masked}, replacing the tables and other objects the backup holds "
+                    f"{target.target()}, replacing the tables and other objects the backup holds "
                     "(objects it does not hold are left alone; one transaction: a failure changes nothing)", assume_yes)
         elif source is not None:
             live = BackupSet(source.name(), source.kind)
@@ -134,7 +123,7 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                 raise UsageError(f"{chosen.id} is a backup of the set {chosen.backup_set}, not of {live} that BACKUP_SOURCE "
                                  f"holds; restore it to a new file with --to PATH")
             foreign = require_owner(ctx, chosen, source, explicit=ident is not None, error=UsageError)
-            saved = ("A safety backup of its current state is taken first (its id is printed)" if source.kind == postgres.KIND
+            saved = ("A safety backup of its current state is taken first (its id is printed)" if source.safety_backup
                      else "Its current content is saved first as a safety copy")
             takeover = (f" The backup was made by {identity.describe(foreign)}, not by this source: restoring it makes "
                         "this source take the set over." if foreign else "")
@@ -154,25 +143,12 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                     backup = chosen
                     artifact = fetch(ctx, destination, backup, Path(scratch))
                 log.info("restore.selected", backup=backup.id, location=destination.location, created_at=backup.manifest["created_at"])
-                if to is not None:
+                if to is not None:  # a new file: the raw snapshot itself, whatever the engine
                     checks = restoring.restore_to_file(artifact, backup, to, ctx.cancel)
                     return {"backup": backup.id, "restored_to": str(to), "checks": checks}
-                if target_url:
-                    return restore_into_url(ctx, artifact, backup, target_url, shown=warning)
-                foreign = require_owner(ctx, backup, source, explicit=ident is not None, error=SourceError)
-                if source.kind == postgres.KIND:
-                    fields = restore_over_server(ctx, artifact, backup, source)
-                else:
-                    safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
-                    removed, kept = restoring.tidy_safety_copies(source, safety, ctx.config.keep_min)
-                    fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks,
-                              **({"safety_copy": str(safety)} if safety else {}),
-                              **({"safety_copies_removed": [str(path) for path in removed],
-                                  "safety_copies_kept": [str(path) for path in kept]} if removed else {})}
-                if foreign:
-                    identity.adopt(ctx.config.backup_dir, BackupSet(source.name(), source.kind), foreign)
-                    fields["taken_over_from"] = identity.describe(foreign)
-                return fields
+                if source is not None:
+                    return restore_over_source(ctx, artifact, backup, source, explicit=ident is not None)
+                return restore_into_target(ctx, artifact, backup, target, shown=warning)
 
         outcome = run_job("restore", ctx.catalog, work)
     if outcome.ok:
@@ -211,25 +187,50 @@ def require_owner(ctx: Context, backup: Backup, source: Source, explicit: bool,
                 "--yes`; this source then takes the set over), or restore it to a new file with --to PATH")
 
 
-def restore_into_url(ctx: Context, artifact: Path, backup: Backup, target_url: str, shown: str | None) -> dict[str, Any]:
-    """Prove the artifact (checksum first, then pg_restore reading every block), then pg_restore it into the
-    database at `target_url` in one transaction; return the run's fields. Warnings not shown yet go to stderr."""
-    problem = kind_problem(backup.kind, backup.id)
+def _warn(shown: str | None = None):
+    """Return a `notify` for a restore that prints each note as a warning, except `shown` (already printed)."""
+    return lambda note: None if note == shown else _stderr(f"warning: {note}")
+
+
+def restore_into_target(ctx: Context, artifact: Path, backup: Backup, target: Source, shown: str | None) -> dict[str, Any]:
+    """`--target-url`: prove the artifact (checksum first, then the engine's check reading every block), then
+    restore it into `target`, a database that is not a configured source (no safety backup: it is the user's
+    choice of target); return the run's fields. Warnings not shown yet go to stderr."""
+    problem = kind_problem(backup.kind, backup.id, target)
     if problem:
         raise SourceError(problem, stage="restore")
-    masked = parse_url(target_url).masked
-    with restoring.proven_raw(artifact, backup, scratch_dir(ctx), ctx.cancel) as (raw, checks):
-        postgres.restore_into(raw, target_url, ctx.cancel, notify=lambda note: None if note == shown else _stderr(f"warning: {note}"))
-    return {"backup": backup.id, "restored_to": masked, "checks": checks}
+    _, checks = restoring.restore_over(artifact, backup, target, scratch_dir(ctx), ctx.cancel, notify=_warn(shown))
+    return {"backup": backup.id, "restored_to": target.target(), "checks": checks}
 
 
-def restore_over_server(ctx: Context, artifact: Path, backup: Backup, source: Source) -> dict[str, Any]:
-    """Prove the artifact, take a safety backup of the live database (an ordinary backup of the set, manifest
-    `"reason": "pre-restore"`, its id printed before anything changes), then restore into it in one
-    transaction; return the run's fields. A failure names the safety backup and says nothing changed."""
+def restore_over_source(ctx: Context, artifact: Path, backup: Backup, source: Source, explicit: bool) -> dict[str, Any]:
+    """Restore the backup over the live database of the configured `source`, keeping what it replaces the way the
+    engine declares (`Source.safety_backup`): a safety backup of the set taken first, or the engine's own safety
+    copy (the older ones beyond BACKUP_KEEP_MIN removed once it succeeded). Another source's backup, named
+    explicitly, makes this source take the set over. Return the run's fields."""
     live = BackupSet(source.name(), source.kind)
     if backup.backup_set != live:
         raise SourceError(f"{backup.id} is a backup of the set {backup.backup_set}, not of {live}", stage="restore")
+    foreign = require_owner(ctx, backup, source, explicit=explicit, error=SourceError)
+    if source.safety_backup:
+        fields = _restore_after_safety_backup(ctx, artifact, backup, source)
+    else:
+        safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
+        removed, kept = restoring.tidy_safety_copies(source, safety, ctx.config.keep_min)
+        fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks,
+                  **({"safety_copy": str(safety)} if safety else {}),
+                  **({"safety_copies_removed": [str(path) for path in removed],
+                      "safety_copies_kept": [str(path) for path in kept]} if removed else {})}
+    if foreign:
+        identity.adopt(ctx.config.backup_dir, live, foreign)
+        fields["taken_over_from"] = identity.describe(foreign)
+    return fields
+
+
+def _restore_after_safety_backup(ctx: Context, artifact: Path, backup: Backup, source: Source) -> dict[str, Any]:
+    """Prove the artifact, take a safety backup of the live database (an ordinary backup of the set, manifest
+    `"reason": "pre-restore"`, its id printed before anything changes), then restore into it (in one transaction
+    for PostgreSQL); return the run's fields. A failure names the safety backup and says nothing changed."""
     with restoring.proven_raw(artifact, backup, workdir(ctx), ctx.cancel) as (raw, checks):
         try:
             with for_set(ctx.config.backup_dir, source.name(), "pre-restore safety backup"):
@@ -240,7 +241,7 @@ def restore_over_server(ctx: Context, artifact: Path, backup: Backup, source: So
         log.info("restore.safety_backup", safety_backup=safety["id"], artifact=safety["artifact"])
         _stderr(f"safety backup {safety['id']} holds the current state of {source.target()}; restoring {backup.id} now")
         try:
-            source.restore(raw, ctx.cancel, notify=lambda note: _stderr(f"warning: {note}"))
+            source.restore(raw, ctx.cancel, notify=_warn())
         except (SourceError, Cancelled) as error:
             raise type(error)(f"{str(error).rstrip(';. ')}; the safety backup {safety['id']} holds the state from before the restore",
                               stage=error.stage) from None
