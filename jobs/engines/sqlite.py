@@ -97,6 +97,8 @@ class _FileCheck:
         self.header_seen = False
 
     def feed(self, chunk: bytes) -> None:
+        if self.cancel.is_set():  # as every engine's check: a stop request ends the check at the next chunk
+            raise Cancelled("the worker is stopping; the integrity check was interrupted")
         if not self.header_seen and chunk:
             self.header_seen = True
             if not chunk.startswith(lib.HEADER):
