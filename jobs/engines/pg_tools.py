@@ -58,6 +58,11 @@ def major_text(major: Major) -> str:
     return ".".join(map(str, major))
 
 
+def bin_dir() -> str | None:
+    """Return PG_BIN_DIR, the operator's choice of client directory, if set."""
+    return os.environ.get("PG_BIN_DIR") or None
+
+
 def candidate_dirs(bin_dir: str | None = None) -> list[Path]:
     """Return the directories to look for pg_dump in, in order of preference, without duplicates."""
     if bin_dir:

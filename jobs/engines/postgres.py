@@ -16,22 +16,22 @@ to match the server (see pg_tools); the password travels in the children's envir
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 import io
-import os
 from pathlib import Path
 import re
 import threading
 from typing import Any, ClassVar, NoReturn
-import uuid
 
 import psycopg
 import structlog
 
 from jobs import execute
-from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools, pg_watch
+from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools
 from jobs.engines.pg_connect import Connection
 from jobs.engines import pg_rows
+from jobs.engines.pg_restore import restore_database, version_warning
+from jobs.engines.pg_tools import bin_dir
 from jobs.engines.pg_rows import CountingCheck, has_rows
 from jobs.errors import Cancelled, IntegrityError, SourceError
 from jobs.redact import scrub
@@ -43,21 +43,9 @@ PG_RUNNING = "pg_running"  # in `holds`: the xids (32-bit) that held a transacti
 KIND = "pgdump"
 CHECK = "pg_restore read every block"
 LOCK_WAIT = "5min"  # pg_dump gives up if a table stays locked this long (a migration), rather than hang the night
-# A restore gives up (and rolls back) when a lock it needs stays held this long: an app's open transaction must
-# make it fail quickly, not keep it waiting while it holds locks on the tables it already dropped, which block the
-# app in turn. pg_restore resets lock_timeout (and statement_timeout) to 0 at the start of every restore, so the
-# bound is kept from outside (`pg_watch`). No statement timeout: pg_restore's statements include the data COPY
-# and index builds, whose length grows with the data.
-RESTORE_LOCK_WAIT_S = 20
-IDLE_IN_TRANSACTION = "SELECT pid, state, query FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
 CATALOG_DRIVER = "postgresql+psycopg"
 
 log = structlog.get_logger("jobs.engines.postgres")
-
-
-def bin_dir() -> str | None:
-    """Return PG_BIN_DIR, the operator's choice of client directory, if set."""
-    return os.environ.get("PG_BIN_DIR") or None
 
 
 # --- the check: pg_restore reading the stream -------------------------------------------------------------------
@@ -293,7 +281,7 @@ class PostgresSource:
         backup the caller takes first, see `safety_backup`). Warnings (a backup from a newer major) are logged
         and go to `notify` before anything changes. Raise SourceError (unreachable, refused, the restore failed)
         or Cancelled, and then the database is unchanged (the transaction was rolled back)."""
-        _restore(raw, self.conn, cancel, notify)
+        restore_database(raw, self.conn, cancel, notify)
 
 
 @contextmanager
@@ -335,88 +323,6 @@ def exported_snapshot(conn: Connection) -> Iterator[tuple[str | None, str, list[
 def open_source(url: str, cwd: Path, name: str | None = None) -> PostgresSource:
     """Given a postgresql:// or postgres:// URL, return the source; nothing is connected yet. Raise ValueError."""
     return PostgresSource(pg_connect.parse_url(url), set_name=name)
-
-
-# --- restore ------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ArchiveHeader:
-    server: str | None  # "Dumped from database version"
-    pg_dump: str | None  # "Dumped by pg_dump version"
-
-
-def archive_header(pg_restore: Path, raw: Path, cancel: threading.Event) -> ArchiveHeader:
-    """Return the versions recorded in a custom archive's header (`pg_restore --list`). Raise IntegrityError."""
-    try:
-        completed = execute.run([str(pg_restore), "--list", str(raw)], cancel=cancel, timeout=300)
-    except execute.Timeout:
-        raise Cancelled("the worker is stopping; reading the archive header was interrupted") from None
-    if completed.code != 0:
-        raise IntegrityError(f"pg_restore cannot read the archive {raw.name}: {completed.failure}")
-
-    def field_of(label: str) -> str | None:
-        match = re.search(rf"^;\s*{label}:\s*(\S+)", completed.stdout, re.MULTILINE)
-        return match[1] if match else None
-
-    return ArchiveHeader(field_of("Dumped from database version"), field_of("Dumped by pg_dump version"))
-
-
-def version_warning(backup_server: str | None, target_server: str) -> str | None:
-    """Return a warning when a backup comes from a newer PostgreSQL major than the target runs, else None."""
-    backup = pg_tools.parse_version(f"(PostgreSQL) {backup_server}") if backup_server else None
-    target = pg_tools.parse_version(f"(PostgreSQL) {target_server}")
-    if backup is None or target is None or backup[1] <= target[1]:
-        return None
-    return (f"the backup comes from PostgreSQL {backup[0]} and the target runs {target[0]}, an older major: objects "
-            f"or settings new in {pg_tools.major_text(backup[1])} may fail to restore (the restore is one "
-            "transaction, so a failure changes nothing)")
-
-
-def _restore(raw: Path, conn: Connection, cancel: threading.Event, notify: Callable[[str], None] | None) -> list[str]:
-    target_text, target_major = pg_connect.server_version(conn)
-    available = pg_tools.installed(bin_dir())
-    header = archive_header(pg_tools.newest(bin_dir()).pg_restore, raw, cancel)
-    dumped_by = pg_tools.parse_version(f"(PostgreSQL) {header.pg_dump}") if header.pg_dump else None
-    needed = max(target_major, dumped_by[1]) if dumped_by else target_major
-    tools = pg_tools.choose(needed, available) or pg_tools.newest(bin_dir())
-    notes = [note for note in [version_warning(header.server, target_text)] if note]
-    for note in notes:
-        log.warning("restore.note", note=note)
-        if notify is not None:
-            notify(note)
-    session = f"{pg_connect.APPLICATION_NAME}-restore-{uuid.uuid4().hex[:12]}"  # to find its server session
-    restoring = replace(conn, params={**conn.params, "application_name": session})
-    conninfo, env = pg_connect.for_child(restoring, target_text)
-    args = [str(tools.pg_restore), "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error",
-            "--single-transaction", "--no-password", f"--dbname={conninfo}", str(raw)]
-    log.info("pg_restore.start", database=conn.dbname, host=conn.host, pg_restore=tools.version, server=target_text,
-             lock_wait_limit_s=RESTORE_LOCK_WAIT_S)
-    try:
-        with pg_watch.watching(conn, session, RESTORE_LOCK_WAIT_S) as watch:
-            completed = execute.run(args, env=env, secrets=conn.secrets(), timeout=None, cancel=cancel)
-    except execute.Timeout:
-        pg_connect.end_sessions(conn, session)  # else it may hold its locks until its current statement ends
-        raise Cancelled(f"the worker is stopping; the restore into {conn.dbname} was stopped before it committed, "
-                        "so the database is unchanged") from None
-    if completed.code != 0:
-        raise SourceError(restore_failure(conn.dbname, conn.host, completed.failure, watch.holders), stage="restore")
-    return notes
-
-
-def restore_failure(database: str, host: str, failure: str, holders: str | None = None) -> str:
-    """Given pg_restore's failure text and, when the lock watch stopped it, the sessions that held the lock it
-    waited for, return one sentence: the transaction was rolled back, so the database is unchanged, and for a
-    lock wait, which statement waited, who held the lock and what to do."""
-    if holders is None and "lock timeout" not in failure:
-        return (f"pg_restore into {database} on {host} failed and its transaction was rolled back, so the database is "
-                f"unchanged: {failure}")
-    command = re.search(r"Command was: (.+?)(?: \| |$)", failure)
-    doing = f" for {command[1].strip().rstrip(';')}" if command else ""
-    held = f" ({holders})" if holders else ""
-    return (f"pg_restore into {database} on {host} waited over {RESTORE_LOCK_WAIT_S} s for a lock{doing} held by another "
-            f"session{held}, so it was stopped and rolled back and the database is unchanged; an app's open transaction "
-            f"usually holds it: find the session with {IDLE_IN_TRANSACTION}, stop the app's writers (or end that "
-            "session) and try again")
 
 
 # --- wiring helpers for the worker --------------------------------------------------------------------------------

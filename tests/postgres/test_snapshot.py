@@ -12,7 +12,7 @@ from psycopg import sql
 import pytest
 
 from jobs import execute
-from jobs.engines import postgres
+from jobs.engines import pg_restore, postgres
 from jobs.errors import Cancelled, IntegrityError, SourceError
 
 from tests.postgres.conftest import (ADMIN, HOST, PORT, admin, backup_to_file, check_file, digests, drop_database,
@@ -115,7 +115,7 @@ def test_a_backup_from_a_newer_major_warns_before_restoring():
     warning = postgres.open_source(url_for("postgres"), Path.cwd()).restore_warning({"server": newer})
     assert warning and f"PostgreSQL {newer}" in warning and f"runs {current}" in warning
     assert postgres.open_source(url_for("postgres"), Path.cwd()).restore_warning({"server": current}) is None
-    assert postgres.version_warning("9.6.24", "15.20") is None
+    assert pg_restore.version_warning("9.6.24", "15.20") is None
 
 
 def our_pg_children() -> list[int]:
@@ -448,8 +448,8 @@ def test_a_restore_stopped_by_cancel_leaves_the_target_unchanged_and_no_session_
 def test_a_version_warning_reaches_notify_before_the_restore(app_pg, make_db, tmp_path, monkeypatch):
     raw = tmp_path / "app.pgdump"
     backup_to_file(postgres.open_source(url_for(app_pg), tmp_path), raw, tmp_path)
-    newer = postgres.ArchiveHeader(server="99.1", pg_dump=None)
-    monkeypatch.setattr(postgres, "archive_header", lambda *_: newer)
+    newer = pg_restore.ArchiveHeader(server="99.1", pg_dump=None)
+    monkeypatch.setattr(pg_restore, "archive_header", lambda *_: newer)
     heard: list[str] = []
     notes = postgres.open_source(url_for(make_db("notified")), tmp_path).restore(raw, threading.Event(), notify=heard.append)
     assert notes is None and len(heard) == 1 and "PostgreSQL 99.1" in heard[0]

@@ -1,10 +1,10 @@
 """What a pg_dump or pg_restore child gets (pg_connect.for_child) and the sentence a failed restore becomes
-(postgres.restore_failure), with tables of cases."""
+(pg_restore.restore_failure), with tables of cases."""
 
 import pytest
 
 from jobs.engines import pg_connect
-from jobs.engines.postgres import IDLE_IN_TRANSACTION, restore_failure
+from jobs.engines.pg_restore import IDLE_IN_TRANSACTION, restore_failure
 
 CHECK = "-c client_connection_check_interval=1000"
 

@@ -1,0 +1,114 @@
+"""Restoring a pg_dump archive into a PostgreSQL database: pg_restore in one transaction, `--clean --if-exists`,
+with the pg_restore that fits both the server and the archive's pg_dump, a warning for a backup from a newer
+major, and a bound on lock waits kept from outside (`pg_watch`), so that a failed or stopped restore changes
+nothing. Reached through `PostgresSource.restore`, for the configured database and for `--target-url` alike."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+import re
+import threading
+import uuid
+
+import structlog
+
+from jobs import execute
+from jobs.engines import pg_connect, pg_tools, pg_watch
+from jobs.engines.pg_connect import Connection
+from jobs.engines.pg_tools import bin_dir
+from jobs.errors import Cancelled, IntegrityError, SourceError
+
+log = structlog.get_logger("jobs.engines.postgres")
+
+# A restore gives up (and rolls back) when a lock it needs stays held this long: an app's open transaction must
+# make it fail quickly, not keep it waiting while it holds locks on the tables it already dropped, which block the
+# app in turn. pg_restore resets lock_timeout (and statement_timeout) to 0 at the start of every restore, so the
+# bound is kept from outside (`pg_watch`). No statement timeout: pg_restore's statements include the data COPY
+# and index builds, whose length grows with the data.
+RESTORE_LOCK_WAIT_S = 20
+IDLE_IN_TRANSACTION = "SELECT pid, state, query FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+
+
+@dataclass(frozen=True)
+class ArchiveHeader:
+    server: str | None  # "Dumped from database version"
+    pg_dump: str | None  # "Dumped by pg_dump version"
+
+
+def archive_header(pg_restore: Path, raw: Path, cancel: threading.Event) -> ArchiveHeader:
+    """Return the versions recorded in a custom archive's header (`pg_restore --list`). Raise IntegrityError."""
+    try:
+        completed = execute.run([str(pg_restore), "--list", str(raw)], cancel=cancel, timeout=300)
+    except execute.Timeout:
+        raise Cancelled("the worker is stopping; reading the archive header was interrupted") from None
+    if completed.code != 0:
+        raise IntegrityError(f"pg_restore cannot read the archive {raw.name}: {completed.failure}")
+
+    def field_of(label: str) -> str | None:
+        match = re.search(rf"^;\s*{label}:\s*(\S+)", completed.stdout, re.MULTILINE)
+        return match[1] if match else None
+
+    return ArchiveHeader(field_of("Dumped from database version"), field_of("Dumped by pg_dump version"))
+
+
+def version_warning(backup_server: str | None, target_server: str) -> str | None:
+    """Return a warning when a backup comes from a newer PostgreSQL major than the target runs, else None."""
+    backup = pg_tools.parse_version(f"(PostgreSQL) {backup_server}") if backup_server else None
+    target = pg_tools.parse_version(f"(PostgreSQL) {target_server}")
+    if backup is None or target is None or backup[1] <= target[1]:
+        return None
+    return (f"the backup comes from PostgreSQL {backup[0]} and the target runs {target[0]}, an older major: objects "
+            f"or settings new in {pg_tools.major_text(backup[1])} may fail to restore (the restore is one "
+            "transaction, so a failure changes nothing)")
+
+
+def restore_database(raw: Path, conn: Connection, cancel: threading.Event,
+                     notify: Callable[[str], None] | None) -> list[str]:
+    """Restore the proven archive `raw` into the database `conn`, replacing the objects it holds, in one
+    transaction; return the notes for the user (a version warning), which also go to `notify` before anything
+    changes. Raise SourceError (unreachable, refused, the restore failed) or Cancelled; when it raises, the
+    database is unchanged (the transaction was rolled back)."""
+    target_text, target_major = pg_connect.server_version(conn)
+    available = pg_tools.installed(bin_dir())
+    header = archive_header(pg_tools.newest(bin_dir()).pg_restore, raw, cancel)
+    dumped_by = pg_tools.parse_version(f"(PostgreSQL) {header.pg_dump}") if header.pg_dump else None
+    needed = max(target_major, dumped_by[1]) if dumped_by else target_major
+    tools = pg_tools.choose(needed, available) or pg_tools.newest(bin_dir())
+    notes = [note for note in [version_warning(header.server, target_text)] if note]
+    for note in notes:
+        log.warning("restore.note", note=note)
+        if notify is not None:
+            notify(note)
+    session = f"{pg_connect.APPLICATION_NAME}-restore-{uuid.uuid4().hex[:12]}"  # to find its server session
+    restoring = replace(conn, params={**conn.params, "application_name": session})
+    conninfo, env = pg_connect.for_child(restoring, target_text)
+    args = [str(tools.pg_restore), "--clean", "--if-exists", "--no-owner", "--no-acl", "--exit-on-error",
+            "--single-transaction", "--no-password", f"--dbname={conninfo}", str(raw)]
+    log.info("pg_restore.start", database=conn.dbname, host=conn.host, pg_restore=tools.version, server=target_text,
+             lock_wait_limit_s=RESTORE_LOCK_WAIT_S)
+    try:
+        with pg_watch.watching(conn, session, RESTORE_LOCK_WAIT_S) as watch:
+            completed = execute.run(args, env=env, secrets=conn.secrets(), timeout=None, cancel=cancel)
+    except execute.Timeout:
+        pg_connect.end_sessions(conn, session)  # else it may hold its locks until its current statement ends
+        raise Cancelled(f"the worker is stopping; the restore into {conn.dbname} was stopped before it committed, "
+                        "so the database is unchanged") from None
+    if completed.code != 0:
+        raise SourceError(restore_failure(conn.dbname, conn.host, completed.failure, watch.holders), stage="restore")
+    return notes
+
+
+def restore_failure(database: str, host: str, failure: str, holders: str | None = None) -> str:
+    """Given pg_restore's failure text and, when the lock watch stopped it, the sessions that held the lock it
+    waited for, return one sentence: the transaction was rolled back, so the database is unchanged, and for a
+    lock wait, which statement waited, who held the lock and what to do."""
+    if holders is None and "lock timeout" not in failure:
+        return (f"pg_restore into {database} on {host} failed and its transaction was rolled back, so the database is "
+                f"unchanged: {failure}")
+    command = re.search(r"Command was: (.+?)(?: \| |$)", failure)
+    doing = f" for {command[1].strip().rstrip(';')}" if command else ""
+    held = f" ({holders})" if holders else ""
+    return (f"pg_restore into {database} on {host} waited over {RESTORE_LOCK_WAIT_S} s for a lock{doing} held by another "
+            f"session{held}, so it was stopped and rolled back and the database is unchanged; an app's open transaction "
+            f"usually holds it: find the session with {IDLE_IN_TRANSACTION}, stop the app's writers (or end that "
+            "session) and try again")
