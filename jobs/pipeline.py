@@ -24,6 +24,7 @@ import zstandard
 
 from jobs import artifacts, guard, identity, offsite, publish, retention, selection
 from jobs.backups import Backup, BackupSet, list_backups
+from jobs.cycle import Cycle, CycleUploadFailed
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import HOLDS, Source
@@ -283,10 +284,10 @@ def remove_stale(local: LocalDestination, sets: Collection[str] | None = None) -
 
 
 def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
-              keep_snapshot: Path | None = None) -> dict[str, Any]:
-    """A whole backup cycle: the backup, the off-site copies if configured, then retention. Return log fields,
-    with what the backup holds (`holds`, PostgreSQL's snapshot), and the raw snapshot at `keep_snapshot` (SQLite,
-    see kept_snapshot), for the table retention that may follow.
+              keep_snapshot: Path | None = None) -> Cycle:
+    """A whole backup cycle: the backup, the off-site copies if configured, then retention. Return what it did
+    (jobs.cycle.Cycle), with what the backup holds (`holds`, PostgreSQL's snapshot), and the raw snapshot at
+    `keep_snapshot` (SQLite, see kept_snapshot), for the table retention that may follow.
 
     Before the snapshot, the set's backups on the volume and in the bucket are listed once: an empty source must
     not follow backups that hold data (`jobs.guard`), and the set must be this source's (`require_own_set`); both
@@ -308,36 +309,28 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     require_own_set(source, settings, backup_set, here, there)
     manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot, flags=flags, elsewhere=there)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
-    warnings = [*([warning] if warning else []), *manifest.get("warnings", [])]
-    fields: dict[str, Any] = {
-        "backup": manifest["id"],
-        "artifact": manifest["artifact"],
-        "size": manifest["size"],
-        "raw_size": manifest["raw_size"],
-        "verified": manifest["verified"]["check"],
-        **({HOLDS: manifest[HOLDS]} if HOLDS in manifest else {}),
-        **({"flags": manifest["flags"]} if manifest.get("flags") else {}),
-        **({"warnings": warnings} if warnings else {}),
-    }
-    failure: UploadError | None = None
+    cycle = Cycle(backup=manifest["id"], artifact=manifest["artifact"], size=manifest["size"],
+                  raw_size=manifest["raw_size"], verified=manifest["verified"]["check"], holds=manifest.get(HOLDS),
+                  flags=list(manifest.get("flags") or []),
+                  warnings=[*([warning] if warning else []), *manifest.get("warnings", [])])
+    failure: str | None = None
     offsite_copies: set[str] | None = None
     if settings.remote is not None:
         offsite_copies = set()
         try:
-            fields["uploaded"] = offsite.sync(local, settings.remote, cancel, settings.remote_policy,
-                                              backup_set=backup_set, present=offsite_copies, fresh=manifest["id"])
+            cycle.uploaded = offsite.sync(local, settings.remote, cancel, settings.remote_policy,
+                                          backup_set=backup_set, present=offsite_copies, fresh=cycle.backup)
             if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
-                fields["pruned_remote"] = _retention(settings.remote, settings.remote_policy, backup_set, settings, None,
-                                                     cancel, manifest["id"])
+                cycle.pruned_remote = _retention(settings.remote, settings.remote_policy, backup_set, settings, None,
+                                                 cancel, cycle.backup)
         except UploadError as error:
-            failure = UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it")
+            failure = f"{error}; the local backup {cycle.backup} is kept and the next cycle uploads it"
             log.warning("retention.despite_upload_failure", detail="local retention runs so that the volume does not fill up")
-    fields["pruned"] = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel, manifest["id"])
-    fields["time_anchor"] = artifacts.utc_iso(time_anchor(local, backup_set, manifest["id"], cancel))
+    cycle.pruned = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel, cycle.backup)
+    cycle.time_anchor = time_anchor(local, backup_set, cycle.backup, cancel)
     if failure is not None:
-        failure.fields = fields
-        raise failure
-    return fields
+        raise CycleUploadFailed(failure, cycle)
+    return cycle
 
 
 def time_anchor(local: LocalDestination, backup_set: BackupSet, fresh: str, cancel: threading.Event) -> datetime:

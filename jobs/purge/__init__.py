@@ -24,7 +24,7 @@ Entry points:
 database is never found by a second reading of the URL.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,7 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobs.artifacts import backup_id
+from jobs.cycle import Cycle
 from jobs.errors import SourceError
 from jobs.purge import database
 from jobs.purge.database import SourceLike
@@ -140,20 +140,18 @@ def purge_fields(results: Sequence[RuleResult]) -> dict[str, Any]:
             "purge_failed": [result.rule for result in results if result.error]}
 
 
-def should_purge(cycle_fields: Mapping[str, Any], *, remote: bool) -> tuple[bool, str]:
-    """Given the fields `pipeline.run_cycle` returned for a source and whether S3 is configured, return whether table
-    retention may run now and why (or why not). It may only when this cycle wrote a backup that passed its check
-    and, with a bucket, uploaded that very backup."""
-    artifact = cycle_fields.get("artifact")
-    if not artifact:
+def should_purge(cycle: Cycle | None, *, remote: bool) -> tuple[bool, str]:
+    """Given the backup cycle `pipeline.run_cycle` returned for a source (None: it wrote no backup) and whether S3
+    is configured, return whether table retention may run now and why (or why not). It may only when this cycle
+    wrote a backup that passed its check and, with a bucket, uploaded that very backup."""
+    if cycle is None or not cycle.artifact:
         return False, "this cycle wrote no backup, so rows are not deleted"
-    if not cycle_fields.get("verified"):
-        return False, f"the backup {artifact} has no passed check, so rows are not deleted"
-    backup = cycle_fields.get("backup") or backup_id(str(artifact))  # the manifest's id, as offsite.sync names it
-    if remote and backup not in (cycle_fields.get("uploaded") or []):
-        return False, f"the backup {artifact} was not uploaded to S3 in this cycle, so rows are not deleted"
+    if not cycle.verified:
+        return False, f"the backup {cycle.artifact} has no passed check, so rows are not deleted"
+    if remote and cycle.backup not in (cycle.uploaded or []):
+        return False, f"the backup {cycle.artifact} was not uploaded to S3 in this cycle, so rows are not deleted"
     where = " and uploaded" if remote else ""
-    return True, f"the backup {artifact} passed its check ({cycle_fields['verified']}){where}"
+    return True, f"the backup {cycle.artifact} passed its check ({cycle.verified}){where}"
 
 
 @contextmanager

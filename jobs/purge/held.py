@@ -30,7 +30,6 @@ schema.MAX_DEPTH levels) or change (SET NULL, SET DEFAULT: that row would lose i
 have it) is held too; where the depth limit cuts the walk, a row that has any such rows below is kept.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from jobs.cycle import Cycle
 from jobs.engines import HOLDS, pg_connect
 from jobs.engines.postgres import PG_RUNNING, PG_SNAPSHOT
 from jobs.purge.schema import Cascade, Target
@@ -110,13 +110,13 @@ class Held:
     sqlite_file: Path | None = None  # SQLite: the raw snapshot the backup was made from, still on the volume
 
 
-def held_from_cycle(cycle: Mapping[str, Any], kept_snapshot: Path | None) -> Held:
-    """Given the fields of the backup cycle a purge follows and where that cycle kept its raw snapshot (SQLite),
-    return what that backup holds. Raise ValueError if the recorded snapshot cannot be read."""
-    holds = cycle.get(HOLDS) or {}
+def held_from_cycle(cycle: Cycle, kept_snapshot: Path | None) -> Held:
+    """Given the backup cycle a purge follows and where that cycle kept its raw snapshot (SQLite), return what
+    that backup holds. Raise ValueError if the recorded snapshot cannot be read."""
+    holds = cycle.holds or {}
     recorded = holds.get(PG_SNAPSHOT)
     kept = kept_snapshot if kept_snapshot is not None and kept_snapshot.is_file() else None
-    return Held(backup=str(cycle.get("backup") or cycle.get("artifact") or "?"),
+    return Held(backup=cycle.backup or cycle.artifact,
                 pg_snapshot=PgSnapshot.parse(recorded, holds.get(PG_RUNNING, ())) if recorded else None,
                 sqlite_file=kept)
 

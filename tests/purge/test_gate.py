@@ -34,13 +34,13 @@ def test_after_a_checked_backup_old_rows_are_purged_and_that_backup_still_holds_
     backups = tmp_path / "backups"
     source = SqliteSource(path)
     with pipeline.kept_snapshot(backups) as kept:
-        fields = pipeline.run_cycle(source, pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)),
-                                    threading.Event(), keep_snapshot=kept)
-        allowed, reason = should_purge(fields, remote=False)
+        cycle = pipeline.run_cycle(source, pipeline.BackupSettings(backups, 3, retention.Policy(7, 3)),
+                                   threading.Event(), keep_snapshot=kept)
+        allowed, reason = should_purge(cycle, remote=False)
         assert allowed, reason
         assert kept.is_file()  # the raw snapshot the backup was made from, until the purge is done
-        results = purge(source, RULES, NOW, threading.Event(), held=held_from_cycle(fields, kept))
-        fields.update(purge_fields(results))
+        results = purge(source, RULES, NOW, threading.Event(), held=held_from_cycle(cycle, kept))
+        fields = {**cycle.fields(), **purge_fields(results)}
     assert not kept.exists() and sorted(path.name for path in backups.iterdir() if path.name != ".install-id") == [
         fields["artifact"], fields["artifact"] + ".json"]
 
@@ -71,7 +71,7 @@ def test_a_cycle_whose_upload_failed_does_not_open_the_gate(tmp_path: Path, monk
     with pytest.raises(UploadError) as failed:
         pipeline.run_cycle(SqliteSource(path), settings, threading.Event())
 
-    allowed, reason = should_purge(failed.value.fields, remote=True)
+    allowed, reason = should_purge(failed.value.cycle, remote=True)
     assert not allowed and "was not uploaded to S3" in reason
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == total

@@ -4,6 +4,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from jobs.artifacts import backup_id
+from jobs.cycle import Cycle
 from jobs.purge import PurgeRule, parse_retention_rules, purge_fields, should_purge
 from jobs.purge.delete import RuleResult, cutoff_for
 from jobs.purge.schema import ISO_8601, affinity
@@ -71,24 +73,28 @@ def test_the_cutoff_is_now_minus_the_age_in_whole_utc_seconds_and_needs_an_aware
         cutoff_for(rule, datetime(2026, 11, 22))
 
 
+def _cycle(artifact: str = "app-20261122T020000Z.sqlite.zst", verified: str = "PRAGMA integrity_check",
+           uploaded: list[str] | None = None) -> Cycle:
+    return Cycle(backup=backup_id(artifact), artifact=artifact, size=1, raw_size=1, verified=verified, uploaded=uploaded)
+
+
 @pytest.mark.parametrize(
-    "fields, remote, allowed, fragment",
+    "cycle, remote, allowed, fragment",
     [
-        ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": "PRAGMA integrity_check"}, False, True,
+        (_cycle(), False, True,
          "the backup app-20261122T020000Z.sqlite.zst passed its check (PRAGMA integrity_check)"),
-        ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": "PRAGMA integrity_check",
-          "uploaded": ["app-20261121T020000Z.sqlite", "app-20261122T020000Z.sqlite"]}, True, True, "passed its check (PRAGMA integrity_check) and uploaded"),
-        ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": "PRAGMA integrity_check",
-          "uploaded": ["app-20261121T020000Z.sqlite", "app-20261122T020000Z"]}, True, False, "was not uploaded to S3 in this cycle"),
-        ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": "PRAGMA integrity_check"}, True, False,
-         "was not uploaded to S3"),
-        ({"artifact": "app-20261122T020000Z.sqlite.zst", "verified": None}, False, False, "has no passed check"),
-        ({}, False, False, "this cycle wrote no backup"),
+        (_cycle(uploaded=["app-20261121T020000Z.sqlite", "app-20261122T020000Z.sqlite"]), True, True,
+         "passed its check (PRAGMA integrity_check) and uploaded"),
+        (_cycle(uploaded=["app-20261121T020000Z.sqlite", "app-20261122T020000Z"]), True, False,
+         "was not uploaded to S3 in this cycle"),
+        (_cycle(), True, False, "was not uploaded to S3"),
+        (_cycle(verified=""), False, False, "has no passed check"),
+        (None, False, False, "this cycle wrote no backup"),
     ],
 )
 def test_should_purge_only_after_a_checked_and_if_configured_uploaded_backup(
-        fields: dict, remote: bool, allowed: bool, fragment: str) -> None:
-    decision, reason = should_purge(fields, remote=remote)
+        cycle: Cycle | None, remote: bool, allowed: bool, fragment: str) -> None:
+    decision, reason = should_purge(cycle, remote=remote)
     assert decision is allowed and fragment in reason
 
 

@@ -48,9 +48,9 @@ def backup_one(ctx: Context, source: Source, settings: pipeline.BackupSettings) 
                 # SQLite: the raw snapshot stays on the volume until the purge ends, which compares rows with it
                 with pipeline.kept_snapshot(ctx.config.backup_dir) if rules else nullcontext() as kept:
                     cycle = pipeline.run_cycle(source, settings, ctx.cancel, keep_snapshot=kept)
+                    row.update(cycle.fields())  # the log event's and the catalog row's form, built here at the edge
                     if rules:
-                        cycle = purge_after_backup(ctx, source, rules, cycle, kept)  # only after its full success
-            row.update(cycle)
+                        row.update(purge_after_backup(ctx, source, rules, cycle, kept))  # only after its full success
         except Cancelled:
             raise
         except JobError as error:  # BusyError before the lock was ours: another run is backing this set up now

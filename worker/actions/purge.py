@@ -17,7 +17,8 @@ from typing import Any
 
 import structlog
 
-from jobs.artifacts import parse_iso, utc_iso
+from jobs.artifacts import utc_iso
+from jobs.cycle import Cycle
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from jobs.purge import PurgeRule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge
@@ -77,44 +78,41 @@ def require_rules_fit(ctx: Context) -> None:
         raise UsageError(f"invalid configuration ({len(problems)} problem{plural}):\n  " + "\n  ".join(problems))
 
 
-def purge_after_backup(ctx: Context, source: Source, rules: Sequence[PurgeRule], fields: dict[str, Any],
+def purge_after_backup(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Cycle,
                        kept: Path | None) -> dict[str, Any]:
-    """Given the fields of a backup cycle of `source` that returned (it fully succeeded) and where that cycle kept
-    its raw snapshot, delete the rows the rules make old that this backup holds, as the job `purge`, if
-    `should_purge` allows it (with S3 configured, only once this cycle uploaded the backup, also under
-    `backup --no-upload`) and the database has user tables (a new one without any: `purge_skipped` says the
-    purge waits). Return the cycle's fields with the purge's."""
-    allowed, why = should_purge(fields, remote=ctx.config.s3 is not None)
+    """Given a backup cycle of `source` that returned (it fully succeeded) and where that cycle kept its raw
+    snapshot, delete the rows the rules make old that this backup holds, as the job `purge`, if `should_purge`
+    allows it (with S3 configured, only once this cycle uploaded the backup, also under `backup --no-upload`)
+    and the database has user tables (a new one without any: `purge_skipped` says the purge waits). Return the
+    purge's fields, to join the cycle's."""
+    allowed, why = should_purge(cycle, remote=ctx.config.s3 is not None)
     if allowed and (pending := waiting(source, rules)):
         allowed, why = False, pending
         log.warning("purge.waiting", reason=why)
     if not allowed:
         log.warning("purge.skipped", reason=why)
-        return {**fields, "purge_skipped": why}
+        return {"purge_skipped": why}
     log.info("purge.allowed", reason=why)
-    outcome = run_job("purge", ctx.catalog, lambda: _purge_job(ctx, source, rules, fields, kept))
-    merged = {**fields, **{key: outcome.fields[key] for key in PURGE_FIELDS if key in outcome.fields},
+    outcome = run_job("purge", ctx.catalog, lambda: _purge_job(ctx, source, rules, cycle, kept))
+    merged = {**{key: outcome.fields[key] for key in PURGE_FIELDS if key in outcome.fields},
               "purge_run_id": outcome.run_id}
     if not outcome.ok:
         merged["purge_error"] = outcome.reason
     return merged
 
 
-def purge_time(cycle: Mapping[str, Any]) -> datetime:
+def purge_time(cycle: Cycle) -> datetime:
     """Return the time a purge after this cycle counts ages from: the cycle's `time_anchor` (see
     jobs.pipeline.time_anchor), never later than now."""
     now = datetime.now(timezone.utc)
-    try:
-        return min(now, parse_iso(str(cycle["time_anchor"])))
-    except (KeyError, ValueError):
-        return now
+    return now if cycle.time_anchor is None else min(now, cycle.time_anchor)
 
 
-def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Mapping[str, Any],
+def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Cycle,
                kept: Path | None) -> dict[str, Any]:
     """The `purge` run: delete, report per rule; raise JobError (stage purge) if a rule failed, Cancelled (with the
     counts so far) if the worker is stopping."""
-    held_by = {"backup": cycle.get("backup")}  # the backup that holds every row deleted here
+    held_by = {"backup": cycle.backup}  # the backup that holds every row deleted here
     try:
         held = held_from_cycle(cycle, kept)
     except ValueError as error:
@@ -131,7 +129,7 @@ def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: 
     if failed:
         reasons = "; ".join(f"{result.rule}: {result.error}" for result in failed)
         raise JobError(f"{len(failed)} of {len(results)} table retention rules failed ({reasons}); the other rules "
-                       f"deleted {fields['purged_rows']} rows; the backup {cycle.get('backup')} holds every row",
+                       f"deleted {fields['purged_rows']} rows; the backup {cycle.backup} holds every row",
                        stage="purge", fields=fields)
     return fields
 
