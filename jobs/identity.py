@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from jobs.artifacts import atomic_file
-from jobs.backups import Backup, BackupSet
+from jobs.artifacts import BackupSet, atomic_file
+from jobs.backups import Backup
 from jobs.errors import SourceError
 from jobs.selection import is_future
 

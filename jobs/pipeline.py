@@ -23,7 +23,8 @@ import structlog
 import zstandard
 
 from jobs import artifacts, guard, identity, offsite, publish, retention, selection
-from jobs.backups import Backup, BackupSet, list_backups
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import HOLDS, Source

@@ -30,8 +30,8 @@ import time
 import structlog
 
 from jobs import offsite, restore as restoring, selection
-from jobs.artifacts import temp_prefix
-from jobs.backups import Backup, BackupSet, list_backups
+from jobs.artifacts import BackupSet, temp_prefix
+from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source, sqlite

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.base import BaseTrigger
 
 from jobs import engines
+from jobs.artifacts import is_set_name
 from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.durations import format_duration, parse_duration
 from jobs.purge import PurgeRule, parse_retention_rules
@@ -26,7 +27,6 @@ from worker.crontab import cron_trigger
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
-SET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # the `<name>` of artifact names
 NOTIFY_ON = ("failure", "all")
 RESTORE_ON_START = ("never", "if-missing")
 
@@ -230,7 +230,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         problems.append(problem)
 
     backup_name = env.get("BACKUP_NAME", "").strip() or None
-    if backup_name is not None and not SET_NAME.match(backup_name):
+    if backup_name is not None and not is_set_name(backup_name):
         problems.append(f"BACKUP_NAME={backup_name!r} is not a backup set name; use letters, digits, _ and - only (at most 100)")
     source_url, specs, variables, opened = _sources(env, cwd, backup_name, problems)
     try:
@@ -364,7 +364,7 @@ def _sources(env: Mapping[str, str], cwd: Path, backup_name: str | None,
         wanted.append(("BACKUP_SOURCE" if env.get("BACKUP_SOURCE") else "DATABASE_URL", backup_name, main))
     for variable in sorted(key for key in env if key.startswith(SOURCE_PREFIX)):
         name, url = variable[len(SOURCE_PREFIX):].lower(), env[variable].strip()
-        if not SET_NAME.match(name):
+        if not is_set_name(name):
             problems.append(f"{variable}: {name!r} is not a backup set name; name the variable BACKUP_SOURCE_<NAME> "
                             "with letters, digits and _ only")
         elif not url:

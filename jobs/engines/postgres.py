@@ -29,6 +29,7 @@ import psycopg
 import structlog
 
 from jobs import execute
+from jobs.artifacts import set_name
 from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools, pg_watch
 from jobs.engines.pg_connect import Connection
 from jobs.engines import pg_rows
@@ -192,7 +193,7 @@ class PostgresSource:
     _facts: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)  # read once per source
 
     def name(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_-]+", "-", self.conn.dbname).strip("-") or "postgres"
+        return set_name(self.conn.dbname, "postgres")
 
     def describe(self) -> dict[str, str]:
         return {"kind": KIND, "database": self.conn.dbname, "host": self.conn.host}

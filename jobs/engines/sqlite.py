@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 import os
 from pathlib import Path
-import re
 import sqlite3
 import threading
 from typing import Any, BinaryIO
 
-from jobs.artifacts import STAMP, create_private
+from jobs.artifacts import STAMP, create_private, set_name
 from jobs.engines import COUNTS, Snapshot
 from jobs.engines import _sqlite as lib
 from jobs.errors import Cancelled, IntegrityError, SourceError
@@ -132,8 +131,7 @@ class SqliteSource:
     kind: str = KIND
 
     def name(self) -> str:
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", self.path.stem).strip("-")
-        return stem or "sqlite"
+        return set_name(self.path.stem, "sqlite")
 
     def describe(self) -> dict[str, str]:
         return {"kind": KIND, "database": self.path.name}

@@ -13,7 +13,8 @@ import pytest
 import structlog
 
 from jobs import offsite, pipeline, retention
-from jobs.backups import BackupSet, list_backups
+from jobs.artifacts import BackupSet
+from jobs.backups import list_backups
 from jobs.destinations.local import LocalDestination
 from jobs.engines.sqlite import SqliteSource
 from jobs.errors import Cancelled, UploadError

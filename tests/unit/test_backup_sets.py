@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.backups import Backup, BackupSet, find, from_manifest, set_of
+from jobs.artifacts import BackupSet, set_of
+from jobs.backups import Backup, find, from_manifest
 from jobs.errors import NotFound
 from jobs.retention import Policy, plan
 from worker.actions.context import UsageError

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from jobs import pipeline
-from jobs.backups import BackupSet
+from jobs.artifacts import BackupSet
 from jobs.engines import Source
 from jobs.errors import BusyError, Cancelled, JobError
 from jobs.volume import explain, require_usable
