@@ -15,9 +15,9 @@ import threading
 from typing import Any
 
 from jobs.artifacts import MANIFEST_SUFFIX, BackupSet, backup_id, legacy_id, manifest_name, set_of
-from jobs.artifacts import parse_iso, read_manifest
 from jobs.destinations import Destination
 from jobs.errors import NotFound, TooLarge
+from jobs.manifest import parse_iso, read_manifest
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 import zstandard
 
-from jobs import artifacts, guard, identity, offsite, publish, retention, selection
+from jobs import artifacts, compression, files, guard, identity, offsite, publish, retention, selection
 from jobs.artifacts import BackupSet
 from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
@@ -30,6 +30,7 @@ from jobs.destinations.local import LocalDestination
 from jobs.engines import HOLDS, Source
 from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
 from jobs.intact import CACHE_NAME, IntactCache
+from jobs.manifest import MANIFEST_VERSION, utc_iso, write_manifest
 from jobs.volume import MinFree, room_problem, write_problem
 
 log = structlog.get_logger("jobs.pipeline")
@@ -115,7 +116,7 @@ def kept_snapshot(directory: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        artifacts.remove_temporary(path)
+        files.remove_temporary(path)
 
 
 def take_backup(source: Source, settings: BackupSettings, cancel: threading.Event,
@@ -137,7 +138,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
     directory = settings.backup_dir
     local = LocalDestination(directory)
     with stage("preflight"):
-        artifacts.ensure_dir(directory)
+        files.ensure_dir(directory)
         previous, _ = list_backups(local, BackupSet(source.name(), source.kind), cancel)
         estimate = source.estimate_size()
         check_space(directory, estimate, previous, settings.min_free, snapshot_on_disk(source))
@@ -169,16 +170,16 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
                         previous_raw_size=before.manifest["raw_size"], detail=warnings[-1])
         manifest = {
             **{key: value for key, value in details.items() if key != "versions"},
-            "version": artifacts.MANIFEST_VERSION,
+            "version": MANIFEST_VERSION,
             "id": artifacts.backup_id(artifact),
             "artifact": artifact,
-            "created_at": artifacts.utc_iso(created_at),
+            "created_at": utc_iso(created_at),
             "source": {**source.describe(), **identity.of(source, settings.backup_dir)},  # who made it: see jobs.identity
             "format": {"kind": source.kind, "compression": "zstd", "level": settings.compression_level, "frame_checksum": True},
             "size": compressed.size,
             "sha256": compressed.sha256,
             "raw_size": compressed.raw_size,
-            "verified": {"check": passed, "result": "ok", "checked_at": artifacts.utc_iso(datetime.now(timezone.utc))},
+            "verified": {"check": passed, "result": "ok", "checked_at": utc_iso(datetime.now(timezone.utc))},
             "versions": {
                 "worker": settings.worker_version,
                 "zstandard": zstandard.__version__,
@@ -191,7 +192,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             **({"flags": flags} if flags else {}),
         }
         with stage("publish"):
-            publish.write_temp_manifest(temp_manifest, manifest)
+            write_manifest(temp_manifest, manifest)
             publish.publish_backup(temp_artifact, temp_manifest, final)
         return {**manifest, **({"warnings": warnings} if warnings else {})}
     finally:
@@ -201,15 +202,15 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
 
 def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, final: Path, settings: BackupSettings,
                            cancel: threading.Event,
-                           keep_snapshot: Path | None = None) -> tuple[artifacts.Compressed, str, dict[str, Any]]:
+                           keep_snapshot: Path | None = None) -> tuple[compression.Compressed, str, dict[str, Any]]:
     """Stream a snapshot of `source` through its check and zstd into `temp_artifact` (the artifact `final`
     under its temporary name); return the compressed file's facts, what the check passed and the engine's extra
     manifest fields. With `keep_snapshot`, move the raw snapshot file (if the engine wrote one) there once it
     passed."""
     with stage("snapshot"), source.snapshot(workdir, cancel) as snap:
         try:
-            with stage("compress", writing=final), artifacts.create_private(temp_artifact) as out:
-                compressed = artifacts.compress_stream(snap.stream, out, settings.compression_level, cancel,
+            with stage("compress", writing=final), files.create_private(temp_artifact) as out:
+                compressed = compression.compress_stream(snap.stream, out, settings.compression_level, cancel,
                                                        size=snap.size, feed=snap.check.feed)
             passed = snap.check.finish()
             if keep_snapshot is not None and snap.raw_path is not None:
@@ -340,7 +341,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
             failure = UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it")
             log.warning("retention.despite_upload_failure", detail="local retention runs so that the volume does not fill up")
     fields["pruned"] = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel, manifest["id"])
-    fields["time_anchor"] = artifacts.utc_iso(time_anchor(local, backup_set, manifest["id"], cancel))
+    fields["time_anchor"] = utc_iso(time_anchor(local, backup_set, manifest["id"], cancel))
     if failure is not None:
         failure.fields = fields
         raise failure

@@ -8,23 +8,13 @@ that manifest is renamed into place; without one it is removed: it is not a back
 """
 
 from collections.abc import Collection
-import json
 import os
 from pathlib import Path
-from typing import Any
 
-from jobs.artifacts import (
-    create_private, fsync_path, is_stale_temporary, manifest_name, read_manifest, set_of, sha256_file,
-    temporary_manifest_of,
-)
-
-
-def write_temp_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest` to the new file `path` (0600) and fsync it."""
-    with create_private(path) as handle:
-        handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+from jobs.artifacts import is_stale_temporary, manifest_name, set_of, temporary_manifest_of
+from jobs.compression import sha256_file
+from jobs.files import fsync_path
+from jobs.manifest import read_manifest
 
 
 def publish_backup(temp_artifact: Path, temp_manifest: Path, artifact: Path) -> None:

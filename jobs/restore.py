@@ -20,9 +20,9 @@ import tempfile
 import threading
 from typing import BinaryIO
 
-from jobs import artifacts, engines
-from jobs.engines import sqlite, sqlite_copies
+from jobs import artifacts, compression, engines, files
 from jobs.backups import Backup
+from jobs.engines import sqlite, sqlite_copies
 from jobs.engines import Source
 from jobs.errors import Cancelled, IntegrityError, SourceError, SpaceError, StorageError
 
@@ -37,7 +37,7 @@ def _check_file(handle: BinaryIO, backup: Backup, cancel: threading.Event) -> No
     if size != backup.size:
         raise IntegrityError(f"{backup.artifact} is {size} bytes but its manifest says {backup.size}; the file is damaged or incomplete")
     digest = hashlib.sha256()
-    while chunk := handle.read(artifacts.CHUNK):
+    while chunk := handle.read(compression.CHUNK):
         if cancel.is_set():
             raise Cancelled("the worker is stopping; hashing was interrupted")
         digest.update(chunk)
@@ -73,8 +73,8 @@ def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Ev
             raw_out = None
             try:
                 if keep_raw and getattr(check, "path", None) is None:  # the check keeps no file: keep one beside it
-                    raw_out = artifacts.create_private(workdir / RAW_NAME)
-                raw_size = artifacts.decompress_stream(handle, _tee(check.feed, raw_out), cancel, backup.artifact)
+                    raw_out = files.create_private(workdir / RAW_NAME)
+                raw_size = compression.decompress_stream(handle, _tee(check.feed, raw_out), cancel, backup.artifact)
                 expected = backup.manifest.get("raw_size")
                 if isinstance(expected, int) and raw_size != expected:
                     raise IntegrityError(f"{backup.artifact} decompresses to {raw_size} bytes, not the {expected} its manifest says")
@@ -111,7 +111,7 @@ def sweep_stale(directory: Path, marker: str) -> list[str]:
     removed = []
     for child in directory.iterdir():
         if marker in child.name and artifacts.is_stale_temporary(child.name) and not child.is_symlink():
-            artifacts.remove_temporary(child)
+            files.remove_temporary(child)
             removed.append(child.name)
     return removed
 
@@ -232,10 +232,10 @@ def place_new_file(raw: Path, target: Path, empty_ok: bool = False) -> None:
 def _link_new(raw: Path, target: Path, replace_empty: bool = False) -> None:
     """Give the fsynced file `raw` the new name `target`, failing if `target` exists (unless `replace_empty` and it
     is a 0-byte file, which is replaced)."""
-    artifacts.fsync_path(raw)
+    files.fsync_path(raw)
     if replace_empty and is_empty_file(target):
         os.replace(raw, target)
-        artifacts.fsync_path(target.parent)
+        files.fsync_path(target.parent)
         return
     try:
         os.link(raw, target)
@@ -245,7 +245,7 @@ def _link_new(raw: Path, target: Path, replace_empty: bool = False) -> None:
         if target.exists() or target.is_symlink():
             raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
         os.rename(raw, target)
-    artifacts.fsync_path(target.parent)
+    files.fsync_path(target.parent)
 
 
 def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event,

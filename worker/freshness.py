@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from jobs import artifacts, selection
-from jobs.artifacts import BackupSet, utc_iso
+from jobs.artifacts import BackupSet
 from jobs.backups import Backup, list_backups
 from jobs.errors import JobError
+from jobs.manifest import utc_iso
 from jobs.selection import Purpose
 from worker.catalog import Catalog
 from worker.runs import Outcome

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 import urllib3
 
-from jobs.artifacts import set_of, utc_iso
+from jobs.artifacts import set_of
+from jobs.manifest import utc_iso
 from jobs.redact import endpoint_secrets, mask_endpoint, scrub, scrub_value
 from worker import __version__
 from worker.freshness import disk_listener

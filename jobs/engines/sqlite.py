@@ -18,10 +18,11 @@ import sqlite3
 import threading
 from typing import Any, BinaryIO
 
-from jobs.artifacts import STAMP, create_private, set_name
+from jobs.artifacts import STAMP, set_name
 from jobs.engines import COUNTS, Snapshot
 from jobs.engines import _sqlite as lib
 from jobs.errors import Cancelled, IntegrityError, SourceError
+from jobs.files import create_private
 from jobs.volume import free_space
 
 SCHEMES = ("sqlite",)

@@ -33,12 +33,12 @@ import time
 
 import structlog
 
-from jobs.artifacts import (
-    CHUNK, DIR_MODE, create_private, fsync_path, is_stale_temporary, remove_temporary, temp_prefix, temporary_of,
-)
+from jobs.artifacts import is_stale_temporary, temp_prefix, temporary_of
+from jobs.compression import CHUNK
 from jobs.engines import _sqlite as lib
 from jobs.engines.sqlite import real_file, safety_copy_path, sidecars
 from jobs.errors import Cancelled, JobError, SourceError
+from jobs.files import DIR_MODE, create_private, fsync_path, remove_temporary
 
 log = structlog.get_logger("jobs.engines.sqlite")
 

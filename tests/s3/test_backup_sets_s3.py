@@ -38,7 +38,7 @@ def age_in_bucket(s3_client: Any, bucket: str, artifact: str, days: int) -> None
     """Rewrite the created_at of a backup's manifest in the bucket to `days` ago."""
     from datetime import datetime, timezone
 
-    from jobs.artifacts import utc_iso
+    from jobs.manifest import utc_iso
 
     manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=artifact + ".json")["Body"].read())
     manifest["created_at"] = utc_iso(datetime.now(timezone.utc) - timedelta(days=days))
