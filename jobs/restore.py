@@ -23,12 +23,12 @@ from typing import BinaryIO
 from jobs import artifacts, compression, engines, files
 from jobs.backups import Backup
 from jobs.engines import sqlite, sqlite_copies
+from jobs.engines._sqlite_files import real_file, sidecars
 from jobs.engines import Source
 from jobs.errors import Cancelled, IntegrityError, SourceError, SpaceError, StorageError
 
 HEADROOM = 16 << 20
 RAW_NAME = "raw"  # the raw file written beside a check that keeps no file of its own
-_LEFTOVERS = ("-wal", "-shm", "-journal")
 
 
 def _check_file(handle: BinaryIO, backup: Backup, cancel: threading.Event) -> None:
@@ -176,8 +176,7 @@ def require_space(needs: list[tuple[Path, int]], purpose: str) -> None:
 
 def leftovers(target: Path) -> list[Path]:
     """Return the SQLite files beside `target` (`-wal`, `-shm`, `-journal`) that would be read with it."""
-    return [path for path in (target.with_name(target.name + suffix) for suffix in _LEFTOVERS)
-            if path.exists() or path.is_symlink()]
+    return [path for path in sidecars(target) if path.exists() or path.is_symlink()]
 
 
 def is_empty_file(path: Path) -> bool:
@@ -281,7 +280,7 @@ def _safety_copies_of(source: Source) -> list[sqlite_copies.SafetyCopy]:
         return []
     database = source.sql_database()
     try:
-        return sqlite_copies.safety_copies(sqlite.real_file(database)) if isinstance(database, Path) else []
+        return sqlite_copies.safety_copies(real_file(database)) if isinstance(database, Path) else []
     except SourceError:
         return []
 
@@ -296,4 +295,4 @@ def tidy_safety_copies(source: Source, safety: Path | None, keep: int) -> tuple[
     database = source.sql_database()
     if not isinstance(database, Path):
         return [], []
-    return sqlite_copies.remove_older(sqlite.real_file(database), keep, safety)
+    return sqlite_copies.remove_older(real_file(database), keep, safety)

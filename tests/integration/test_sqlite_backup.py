@@ -428,7 +428,7 @@ def test_a_manifest_that_cannot_be_written_takes_its_artifact_with_it(tmp_path: 
 
 
 def test_two_restores_in_the_same_second_keep_both_safety_copies(tmp_path: Path, app_db: Path, worker) -> None:
-    from jobs.engines.sqlite import safety_copy_path
+    from jobs.engines._sqlite_files import safety_copy_path
 
     moment = datetime.now(timezone.utc)
     first = safety_copy_path(app_db, moment)
