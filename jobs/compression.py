@@ -4,7 +4,6 @@ our code. Compressing and decompressing stream in chunks, hash what they write a
 from collections.abc import Callable
 from dataclasses import dataclass
 import hashlib
-import os
 from pathlib import Path
 import threading
 from typing import BinaryIO
@@ -76,12 +75,6 @@ def compress_stream(stream: BinaryIO, out: BinaryIO, level: int, cancel: threadi
     zst.close()  # ends the frame (checksum); `closefd=False` leaves `out` open
     out.flush()
     return Compressed(size=writer.size, sha256=writer.digest.hexdigest(), raw_size=raw_size)
-
-
-def compress(raw: Path, out: BinaryIO, level: int, cancel: threading.Event) -> Compressed:
-    """Stream the file `raw` through zstd (one frame, content size and checksum) into `out`, hashing the output."""
-    with raw.open("rb") as source:
-        return compress_stream(source, out, level, cancel, size=os.fstat(source.fileno()).st_size)
 
 
 def sha256_file(path: Path, cancel: threading.Event | None = None) -> str:

@@ -137,7 +137,6 @@ class Engine(Protocol):
 # Engine modules in this package, in the order they are offered. A module that is not there (yet) is skipped,
 # so each engine lands as one new file.
 _MODULES = ("sqlite", "postgres", "redis")
-_PLANNED = {"postgresql": "postgres", "postgres": "postgres", "redis": "redis", "rediss": "redis"}
 
 
 @functools.cache
@@ -193,8 +192,6 @@ def open_source(url: str, cwd: Path) -> Source:
     by_scheme = _by_scheme()
     if scheme in by_scheme:
         return by_scheme[scheme].open_source(url, cwd)
-    if scheme in _PLANNED:
-        raise ValueError(f"{scheme}:// sources are not supported by this version yet; use sqlite:///path/to/app.db")
     known = " or ".join(f"{s}://" for s in sorted(by_scheme))
     raise ValueError(
         f"the URL must start with {known} (like sqlite:///data/app.db or sqlite:////app/data/app.db; a SQLAlchemy "

@@ -139,12 +139,3 @@ def checker(workdir: Path, cancel: threading.Event) -> Iterator[RdbCheck]:
         yield check
     finally:
         check.close()
-
-
-def verify_file(raw: Path, cancel: threading.Event, chunk_size: int = 1 << 20) -> str:
-    """Check the RDB file at `raw`; return what passed. Raise IntegrityError or Cancelled."""
-    check = RdbCheck(cancel)
-    with raw.open("rb") as stream:
-        while chunk := stream.read(chunk_size):
-            check.feed(chunk)
-    return check.finish()

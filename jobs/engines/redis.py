@@ -345,8 +345,3 @@ def open_source(url: str, cwd: Path) -> RedisSource:
 
 
 checker = rdb.checker
-
-
-def verify(raw: Path, cancel: threading.Event) -> str:
-    """Check the RDB file at `raw` (header, EOF opcode, CRC64); return what passed. Raise IntegrityError or Cancelled."""
-    return rdb.verify_file(raw, cancel)

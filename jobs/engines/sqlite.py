@@ -28,7 +28,6 @@ from jobs.volume import free_space
 
 SCHEMES = ("sqlite",)
 KIND = "sqlite"
-CHECK = lib.CHECK
 
 
 class _ThreadCheck:
