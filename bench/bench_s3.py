@@ -3,7 +3,7 @@
 Measures, on the same artifact and in the same run:
   (a) upload: `S3Destination.put` (hash, upload, head_object confirmation) vs boto3 `upload_file`;
   (b) restore from the bucket: our `pick_restorable` (list, download, size + SHA-256 check) followed by
-      `artifacts.decompress`, vs boto3 `download_file` followed by a `zstd -d` subprocess.
+      `compression.decompress`, vs boto3 `download_file` followed by a `zstd -d` subprocess.
 Every measurement runs in a fresh child process, which reports its wall time (imports and client creation
 excluded) and its peak RSS (VmHWM of that process; the baseline's `zstd` child is not included: getrusage
 cannot separate it from the forking parent's pages).
@@ -90,7 +90,7 @@ def vm_hwm_mib() -> float:
 def child(mode: str, endpoint: str, artifact: Path, key: str, backup_id: str, workdir: Path) -> dict:
     """Run one measurement in this (fresh) process; return wall time and peak RSS."""
     import boto3
-    from jobs import artifacts, offsite
+    from jobs import compression, files, offsite
     from jobs.destinations.s3 import S3Destination
 
     cancel = threading.Event()
@@ -110,8 +110,8 @@ def child(mode: str, endpoint: str, artifact: Path, key: str, backup_id: str, wo
         out = workdir / "ours.raw"
         started = time.perf_counter()
         _, verified, _ = offsite.pick_restorable(destination, workdir, cancel, backup_id, fallback=False)
-        with artifacts.create_private(out) as handle:
-            result["raw_bytes"] = artifacts.decompress(verified, handle, cancel)
+        with files.create_private(out) as handle:
+            result["raw_bytes"] = compression.decompress(verified, handle, cancel)
         result["wall_s"] = time.perf_counter() - started
         verified.unlink()
         out.unlink()

@@ -14,50 +14,10 @@ from datetime import datetime
 import threading
 from typing import Any
 
-from jobs.artifacts import ARTIFACT_NAME, MANIFEST_SUFFIX, STAMP, parse_iso, read_manifest
+from jobs.artifacts import MANIFEST_SUFFIX, BackupSet, backup_id, legacy_id, manifest_name, set_of
 from jobs.destinations import Destination
 from jobs.errors import NotFound, TooLarge
-
-
-@dataclass(frozen=True, order=True)
-class BackupSet:
-    """The backups of one source: the `<name>` and `<kind>` of their artifact names."""
-
-    name: str
-    kind: str
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.kind})"
-
-    def owns(self, artifact: str) -> bool:
-        """Return whether `artifact` is an artifact name of this set."""
-        return set_of(artifact) == self
-
-
-def set_of(artifact: str) -> BackupSet | None:
-    """Return the backup set of an artifact name, or None if it is not named as we name artifacts: the stamp must
-    be a real UTC time (`app-20261399T999999Z.sqlite.zst` is nobody's backup, and is never read or touched)."""
-    match = ARTIFACT_NAME.match(artifact)
-    if not match:
-        return None
-    try:
-        datetime.strptime(match["stamp"], STAMP)
-    except ValueError:
-        return None
-    return BackupSet(match["name"], match["kind"])
-
-
-def canonical_id(artifact: str) -> str:
-    """Return the id of the backup whose artifact is `artifact`: its name minus `.zst`."""
-    return artifact.removesuffix(".zst")
-
-
-def legacy_id(artifact: str) -> str:
-    """Return the id version 1 wrote for `artifact`: its name minus `.<kind>.zst`."""
-    match = ARTIFACT_NAME.match(artifact)
-    if not match:
-        raise ValueError(f"{artifact!r} is not an artifact name")
-    return f"{match['name']}-{match['stamp']}"
+from jobs.manifest import parse_iso, read_manifest
 
 
 @dataclass(frozen=True)
@@ -86,11 +46,11 @@ class Backup:
 
     @property
     def manifest_key(self) -> str:
-        return self.artifact + MANIFEST_SUFFIX
+        return manifest_name(self.artifact)
 
     @property
     def kind(self) -> str:
-        return ARTIFACT_NAME.match(self.artifact)["kind"]
+        return self.backup_set.kind
 
     @property
     def backup_set(self) -> BackupSet:
@@ -107,7 +67,7 @@ def from_manifest(artifact: str, manifest: dict[str, Any]) -> Backup:
     the artifact's (a manifest copied, edited or planted beside another artifact is not a backup)."""
     if set_of(artifact) is None:
         raise ValueError(f"{artifact!r} is not an artifact name")
-    ident = canonical_id(artifact)
+    ident = backup_id(artifact)
     if manifest["id"] not in (ident, legacy_id(artifact)):
         raise ValueError(f"its id {str(manifest['id'])[:80]!r} is not {ident!r}, its artifact's name")
     return Backup(
@@ -146,7 +106,7 @@ def list_backups(destination: Destination, backup_set: BackupSet | None = None,
         if owner is None or (backup_set is not None and owner != backup_set):
             continue
         if key == artifact:  # an artifact: counted through its manifest, if it has one
-            if artifact + MANIFEST_SUFFIX not in entries:
+            if manifest_name(artifact) not in entries:
                 problems.append(f"{key} has no manifest (an interrupted backup or upload); it is not counted")
             continue
         try:
@@ -168,7 +128,7 @@ def sets_in(destination: Destination, cancel: threading.Event | None = None) -> 
     """Return, sorted, the backup sets that have at least one artifact with a manifest beside it on `destination`
     (judged by file names only: nothing is read)."""
     keys = {entry.key for entry in destination.list(cancel=cancel)}
-    return sorted({owner for key in keys if (owner := set_of(key)) and key + MANIFEST_SUFFIX in keys})
+    return sorted({owner for key in keys if (owner := set_of(key)) and manifest_name(key) in keys})
 
 
 def find(backups: list[Backup], wanted: str) -> Backup:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jobs.artifacts import utc_iso
+from jobs.manifest import utc_iso
 from jobs.engines import HOLDS
 from jobs.errors import UploadError
 

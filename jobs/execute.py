@@ -25,16 +25,14 @@ from dataclasses import dataclass, field
 import functools
 import os
 from pathlib import Path
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from typing import IO
-from urllib.parse import quote
 
-from jobs.redact import scrub
+from jobs.redact import scrub, secret_in_args
 
 STDERR_LINES = 20
 LINE_LIMIT = 1000  # characters kept of one stderr line
@@ -206,16 +204,9 @@ def secret_file(directory: Path, name: str, content: str) -> Path:
 
 
 def _refuse_secrets_in(args: Sequence[str], secrets: Sequence[str]) -> None:
-    """Raise ValueError if a secret is in `args` the way a slip puts it there: as an argument of its own, after
-    `password=` (a conninfo), or as a URL's password. (A password that happens to equal the user name, as in
-    postgres:postgres, is not taken for a slip.)"""
-    for secret in secrets:
-        if not secret:
-            continue
-        forms = "|".join(re.escape(form) for form in {secret, quote(secret, safe="")})
-        slip = re.compile(rf"(?:^(?:{forms})$|(?:pass(?:word|wd)?|pwd)\s*=\s*['\"]?(?:{forms})|:(?:{forms})@)", re.IGNORECASE)
-        if any(slip.search(arg) for arg in args):
-            raise ValueError(f"refusing to start {Path(args[0]).name}: a secret is in its arguments, where every process can read it")
+    """Raise ValueError if a secret is in `args` the way a slip puts it there (`jobs.redact.secret_in_args`)."""
+    if secret_in_args(args, secrets):
+        raise ValueError(f"refusing to start {Path(args[0]).name}: a secret is in its arguments, where every process can read it")
 
 
 @contextmanager

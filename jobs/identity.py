@@ -30,9 +30,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from jobs.artifacts import atomic_file
-from jobs.backups import Backup, BackupSet
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup
 from jobs.errors import SourceError
+from jobs.files import atomic_file
 from jobs.selection import is_future
 
 log = structlog.get_logger("jobs.identity")

@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 
-from jobs.artifacts import atomic_file
 from jobs.backups import Backup
 from jobs.destinations import Destination
 from jobs.errors import Cancelled, JobError, NotFound
+from jobs.files import atomic_file
 
 log = structlog.get_logger("jobs.intact")
 

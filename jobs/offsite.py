@@ -13,8 +13,9 @@ import threading
 import structlog
 
 from jobs import selection
-from jobs.artifacts import sha256_file, temp_path
-from jobs.backups import Backup, BackupSet, find, list_backups, set_of
+from jobs.artifacts import BackupSet, set_of, temp_path
+from jobs.backups import Backup, find, list_backups
+from jobs.compression import sha256_file
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.errors import Cancelled, IntegrityError, NotFound, UploadError

@@ -22,14 +22,16 @@ from typing import Any
 import structlog
 import zstandard
 
-from jobs import artifacts, guard, identity, offsite, publish, retention, selection
-from jobs.backups import Backup, BackupSet, list_backups
+from jobs import artifacts, compression, files, guard, identity, offsite, ownership, publish, retention, selection
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup, list_backups
 from jobs.cycle import Cycle, CycleUploadFailed
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import HOLDS, Source
 from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
 from jobs.intact import CACHE_NAME, IntactCache
+from jobs.manifest import MANIFEST_VERSION, utc_iso, write_manifest
 from jobs.volume import MinFree, room_problem, write_problem
 
 log = structlog.get_logger("jobs.pipeline")
@@ -109,7 +111,7 @@ def kept_snapshot(directory: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        artifacts.remove_temporary(path)
+        files.remove_temporary(path)
 
 
 def take_backup(source: Source, settings: BackupSettings, cancel: threading.Event,
@@ -131,7 +133,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
     directory = settings.backup_dir
     local = LocalDestination(directory)
     with stage("preflight"):
-        artifacts.ensure_dir(directory)
+        files.ensure_dir(directory)
         previous, _ = list_backups(local, BackupSet(source.name(), source.kind), cancel)
         estimate = source.estimate_size()
         check_space(directory, estimate, previous, settings.min_free, source.snapshot_on_disk)
@@ -163,16 +165,16 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
                         previous_raw_size=before.manifest["raw_size"], detail=warnings[-1])
         manifest = {
             **{key: value for key, value in details.items() if key != "versions"},
-            "version": artifacts.MANIFEST_VERSION,
+            "version": MANIFEST_VERSION,
             "id": artifacts.backup_id(artifact),
             "artifact": artifact,
-            "created_at": artifacts.utc_iso(created_at),
+            "created_at": utc_iso(created_at),
             "source": {**source.describe(), **identity.of(source, settings.backup_dir)},  # who made it: see jobs.identity
             "format": {"kind": source.kind, "compression": "zstd", "level": settings.compression_level, "frame_checksum": True},
             "size": compressed.size,
             "sha256": compressed.sha256,
             "raw_size": compressed.raw_size,
-            "verified": {"check": passed, "result": "ok", "checked_at": artifacts.utc_iso(datetime.now(timezone.utc))},
+            "verified": {"check": passed, "result": "ok", "checked_at": utc_iso(datetime.now(timezone.utc))},
             "versions": {
                 "worker": settings.worker_version,
                 "zstandard": zstandard.__version__,
@@ -185,7 +187,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             **({"flags": flags} if flags else {}),
         }
         with stage("publish"):
-            publish.write_temp_manifest(temp_manifest, manifest)
+            write_manifest(temp_manifest, manifest)
             publish.publish_backup(temp_artifact, temp_manifest, final)
         return {**manifest, **({"warnings": warnings} if warnings else {})}
     finally:
@@ -195,15 +197,15 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
 
 def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, final: Path, settings: BackupSettings,
                            cancel: threading.Event,
-                           keep_snapshot: Path | None = None) -> tuple[artifacts.Compressed, str, dict[str, Any]]:
+                           keep_snapshot: Path | None = None) -> tuple[compression.Compressed, str, dict[str, Any]]:
     """Stream a snapshot of `source` through its check and zstd into `temp_artifact` (the artifact `final`
     under its temporary name); return the compressed file's facts, what the check passed and the engine's extra
     manifest fields. With `keep_snapshot`, move the raw snapshot file (if the engine wrote one) there once it
     passed."""
     with stage("snapshot"), source.snapshot(workdir, cancel) as snap:
         try:
-            with stage("compress", writing=final), artifacts.create_private(temp_artifact) as out:
-                compressed = artifacts.compress_stream(snap.stream, out, settings.compression_level, cancel,
+            with stage("compress", writing=final), files.create_private(temp_artifact) as out:
+                compressed = compression.compress_stream(snap.stream, out, settings.compression_level, cancel,
                                                        size=snap.size, feed=snap.check.feed)
             passed = snap.check.finish()
             if keep_snapshot is not None and snap.raw_path is not None:
@@ -290,7 +292,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     `keep_snapshot` (SQLite, see kept_snapshot), for the table retention that may follow.
 
     Before the snapshot, the set's backups on the volume and in the bucket are listed once: an empty source must
-    not follow backups that hold data (`jobs.guard`), and the set must be this source's (`require_own_set`); both
+    not follow backups that hold data (`jobs.guard`), and the set must be this source's (`ownership.require_own_set`); both
     fail at stage preflight with nothing written. The backup's flags and warnings (`jobs.guard`) join the fields.
 
     Everything after the backup looks at the source's backup set only. Local retention runs even when the upload
@@ -301,12 +303,12 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     local = LocalDestination(settings.backup_dir)
     backup_set = BackupSet(source.name(), source.kind)
     remove_stale(local, {source.name()})  # the caller holds this set's lock, and only this one
-    here, there = set_backups(settings, backup_set, cancel)
+    here, there = ownership.set_backups(settings, backup_set, cancel)
     # An empty source first: its refusal says how to bring the data back, the one thing to do then (a new volume
     # off Railway is also a new installation, which the owner check would refuse with less useful words).
     what = identity.describe(identity.of(source, None), where=False)
     flags, warning = guard.require_data(source, what, here, there, settings.allow_empty, datetime.now(timezone.utc))
-    require_own_set(source, settings, backup_set, here, there)
+    ownership.require_own_set(source, settings, backup_set, here, there)
     manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot, flags=flags, elsewhere=there)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])
     cycle = Cycle(backup=manifest["id"], artifact=manifest["artifact"], size=manifest["size"],
@@ -339,45 +341,6 @@ def time_anchor(local: LocalDestination, backup_set: BackupSet, fresh: str, canc
     from it as backup retention does, so one cycle run while the clock is a year ahead deletes no row by age."""
     backups, _ = list_backups(local, backup_set, cancel)
     return retention.anchor(backups, datetime.now(timezone.utc), fresh=fresh)
-
-
-def set_backups(settings: BackupSettings, backup_set: BackupSet,
-                cancel: threading.Event) -> tuple[list[Backup], list[Backup]]:
-    """Return the set's backups on the volume and in the bucket ([] without one). A bucket that cannot be listed
-    now only warns: the upload of this cycle will say why."""
-    here, _ = list_backups(LocalDestination(settings.backup_dir), backup_set, cancel)
-    there: list[Backup] = []
-    if settings.remote is not None:
-        try:
-            there, _ = list_backups(settings.remote, backup_set, cancel)
-        except UploadError as error:
-            log.warning("backup.owner_unchecked", location=settings.remote.location, reason=str(error))
-    return here, there
-
-
-def require_own_set(source: Source, settings: BackupSettings, backup_set: BackupSet, here: Sequence[Backup],
-                    there: Sequence[Backup]) -> None:
-    """Raise SourceError (stage preflight) when the set's newest backup, on the volume (`here`) or in the bucket
-    (`there`), was made by another source that this one did not take over (`jobs.identity`): two services sharing
-    a directory or a bucket under one set name would otherwise choose, count and delete each other's backups."""
-    ours = identity.of(source, settings.backup_dir)
-    taken = identity.adopted(settings.backup_dir, backup_set)
-    identity.require_own(here, ours, taken, backup_set, LocalDestination(settings.backup_dir).url())
-    if settings.remote is not None:
-        identity.require_own(there, ours, taken, backup_set, settings.remote.url())
-
-
-def take_over(source: Source, settings: BackupSettings, backup_set: BackupSet, cancel: threading.Event) -> list[str]:
-    """Make `source` the owner of its set (`backup --take-over`): adopt the maker of the set's newest backup on the
-    volume and in the bucket when it is another source; return who was taken over, for people."""
-    ours = identity.of(source, settings.backup_dir)
-    done = []
-    for found in set_backups(settings, backup_set, cancel):
-        owner = identity.owner(found)
-        if owner is not None and not identity.same(owner[1], ours):
-            identity.adopt(settings.backup_dir, backup_set, owner[1])
-            done.append(identity.describe(owner[1]))
-    return done
 
 
 def _retention(destination: Destination, policy: retention.Policy, backup_set: BackupSet, settings: BackupSettings,

@@ -8,25 +8,13 @@ that manifest is renamed into place; without one it is removed: it is not a back
 """
 
 from collections.abc import Collection
-import json
 import os
 from pathlib import Path
-import re
-from typing import Any
 
-from jobs.artifacts import (
-    ARTIFACT_NAME, MANIFEST_SUFFIX, create_private, fsync_path, is_stale_temporary, read_manifest, sha256_file,
-)
-
-_TEMP_MANIFEST = re.compile(r"^\.tmp-\d+-(?:[0-9a-f]{8}-)?(?P<artifact>.+\.zst)\.json$")
-
-
-def write_temp_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest` to the new file `path` (0600) and fsync it."""
-    with create_private(path) as handle:
-        handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+from jobs.artifacts import is_stale_temporary, manifest_name, set_of, temporary_manifest_of
+from jobs.compression import sha256_file
+from jobs.files import fsync_path
+from jobs.manifest import read_manifest
 
 
 def publish_backup(temp_artifact: Path, temp_manifest: Path, artifact: Path) -> None:
@@ -37,7 +25,7 @@ def publish_backup(temp_artifact: Path, temp_manifest: Path, artifact: Path) -> 
     os.rename(temp_artifact, artifact)
     fsync_path(artifact.parent)
     try:
-        os.rename(temp_manifest, artifact.with_name(artifact.name + MANIFEST_SUFFIX))
+        os.rename(temp_manifest, artifact.with_name(manifest_name(artifact.name)))
         fsync_path(artifact.parent)
     except BaseException:
         artifact.unlink(missing_ok=True)
@@ -56,15 +44,15 @@ def recover_orphans(directory: Path, sets: Collection[str] | None = None) -> lis
     names = {child.name for child in directory.iterdir()}
     leftovers: dict[str, list[str]] = {}
     for name in names:
-        match = _TEMP_MANIFEST.match(name)
-        if match and is_stale_temporary(name):
-            leftovers.setdefault(match["artifact"], []).append(name)
+        artifact = temporary_manifest_of(name)
+        if artifact and is_stale_temporary(name):
+            leftovers.setdefault(artifact, []).append(name)
     done = []
     for name in sorted(names):
-        found = ARTIFACT_NAME.match(name)
-        if not found or name + MANIFEST_SUFFIX in names:
+        found = set_of(name)
+        if not found or manifest_name(name) in names:
             continue
-        if sets is not None and found["name"] not in sets:
+        if sets is not None and found.name not in sets:
             continue
         path = directory / name
         try:
@@ -75,7 +63,7 @@ def recover_orphans(directory: Path, sets: Collection[str] | None = None) -> lis
             continue
         proof = _matching_manifest(path, info.st_size, leftovers.get(name, []))
         if proof is not None:
-            os.rename(directory / proof, directory / (name + MANIFEST_SUFFIX))
+            os.rename(directory / proof, directory / manifest_name(name))
             fsync_path(directory)
             done.append({"artifact": name, "action": "restored",
                          "reason": f"its complete manifest was left as {proof} by a run killed while publishing"})

@@ -30,11 +30,12 @@ import time
 import structlog
 
 from jobs import offsite, restore as restoring, selection
-from jobs.artifacts import temp_prefix
-from jobs.backups import Backup, BackupSet, list_backups
+from jobs.artifacts import BackupSet, temp_prefix
+from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source, sqlite
+from jobs.engines._sqlite_files import live_file
 from jobs.errors import Cancelled, IntegrityError, NotFound, SourceError, Unreachable
 from jobs.selection import Purpose
 
@@ -142,7 +143,7 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
         raise NotFound(f"there is no backup of the set {backup_set} to restore, only files of it that are not backups "
                        f"({'; '.join(found.problems[:3])})")
     database = source.sql_database()  # the SQLite file, or a server's connection settings
-    target = sqlite.live_file(database) if source.kind == sqlite.KIND and isinstance(database, Path) else None
+    target = live_file(database) if source.kind == sqlite.KIND and isinstance(database, Path) else None
     if target is not None:
         _require_room_for(target)
     unpack_in = target.parent if target is not None else workdir

@@ -16,11 +16,11 @@ The secrets of a URL are found by parsing it, never by matching a pattern agains
 A webhook or ping URL (an endpoint) carries its token in its path: for those, everything after the host is secret.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 import re
 from typing import Any
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import quote, unquote, unquote_plus
 
 MASK = "***"
 # A known secret shorter than this is not replaced in free text: replacing every "a" or "42" in a message would
@@ -219,3 +219,35 @@ def scrub_value(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, (list, tuple)):
         return [scrub_value(item, secrets) for item in value]
     return value
+
+
+def secrets_of(urls: Iterable[str | None], endpoints: Iterable[str | None], values: Iterable[str]) -> list[str]:
+    """Given URLs (sources, catalog, S3 endpoint), webhook and ping URLs and plain secret values, return every
+    secret they hold, once each."""
+    found = [value for value in values if value]
+    for url in urls:
+        found.extend(url_secrets(url))
+    for url in endpoints:
+        found.extend(endpoint_secrets(url))
+    return list(dict.fromkeys(found))
+
+
+def mask_key(value: str | None) -> str | None:
+    """Return an access key id for people: its first four characters when it is long enough to spare them."""
+    if not value:
+        return None
+    return value[:4] + MASK if len(value) > 8 else MASK
+
+
+def secret_in_args(args: Sequence[str], secrets: Sequence[str]) -> bool:
+    """Return whether a secret is in a command line the way a slip puts it there: as an argument of its own,
+    after `password=` (a conninfo), or as a URL's password. (A password that happens to equal the user name, as
+    in postgres:postgres, is not taken for a slip.)"""
+    for secret in secrets:
+        if not secret:
+            continue
+        forms = "|".join(re.escape(form) for form in {secret, quote(secret, safe="")})
+        slip = re.compile(rf"(?:^(?:{forms})$|(?:pass(?:word|wd)?|pwd)\s*=\s*['\"]?(?:{forms})|:(?:{forms})@)", re.IGNORECASE)
+        if any(slip.search(arg) for arg in args):
+            return True
+    return False

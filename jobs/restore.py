@@ -20,15 +20,15 @@ import tempfile
 import threading
 from typing import BinaryIO
 
-from jobs import artifacts, engines
-from jobs.engines import sqlite, sqlite_copies
+from jobs import artifacts, compression, engines, files
 from jobs.backups import Backup
+from jobs.engines import sqlite, sqlite_copies
+from jobs.engines._sqlite_files import real_file, sidecars
 from jobs.engines import Source
 from jobs.errors import Cancelled, IntegrityError, SourceError, SpaceError, StorageError
 
 HEADROOM = 16 << 20
 RAW_NAME = "raw"  # the raw file written beside a check that keeps no file of its own
-_LEFTOVERS = ("-wal", "-shm", "-journal")
 
 
 def _check_file(handle: BinaryIO, backup: Backup, cancel: threading.Event) -> None:
@@ -37,7 +37,7 @@ def _check_file(handle: BinaryIO, backup: Backup, cancel: threading.Event) -> No
     if size != backup.size:
         raise IntegrityError(f"{backup.artifact} is {size} bytes but its manifest says {backup.size}; the file is damaged or incomplete")
     digest = hashlib.sha256()
-    while chunk := handle.read(artifacts.CHUNK):
+    while chunk := handle.read(compression.CHUNK):
         if cancel.is_set():
             raise Cancelled("the worker is stopping; hashing was interrupted")
         digest.update(chunk)
@@ -73,8 +73,8 @@ def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Ev
             raw_out = None
             try:
                 if keep_raw and check.path is None:  # the check keeps no file: keep one beside it
-                    raw_out = artifacts.create_private(workdir / RAW_NAME)
-                raw_size = artifacts.decompress_stream(handle, _tee(check.feed, raw_out), cancel, backup.artifact)
+                    raw_out = files.create_private(workdir / RAW_NAME)
+                raw_size = compression.decompress_stream(handle, _tee(check.feed, raw_out), cancel, backup.artifact)
                 expected = backup.manifest.get("raw_size")
                 if isinstance(expected, int) and raw_size != expected:
                     raise IntegrityError(f"{backup.artifact} decompresses to {raw_size} bytes, not the {expected} its manifest says")
@@ -111,7 +111,7 @@ def sweep_stale(directory: Path, marker: str) -> list[str]:
     removed = []
     for child in directory.iterdir():
         if marker in child.name and artifacts.is_stale_temporary(child.name) and not child.is_symlink():
-            artifacts.remove_temporary(child)
+            files.remove_temporary(child)
             removed.append(child.name)
     return removed
 
@@ -176,8 +176,7 @@ def require_space(needs: list[tuple[Path, int]], purpose: str) -> None:
 
 def leftovers(target: Path) -> list[Path]:
     """Return the SQLite files beside `target` (`-wal`, `-shm`, `-journal`) that would be read with it."""
-    return [path for path in (target.with_name(target.name + suffix) for suffix in _LEFTOVERS)
-            if path.exists() or path.is_symlink()]
+    return [path for path in sidecars(target) if path.exists() or path.is_symlink()]
 
 
 def is_empty_file(path: Path) -> bool:
@@ -232,10 +231,10 @@ def place_new_file(raw: Path, target: Path, empty_ok: bool = False) -> None:
 def _link_new(raw: Path, target: Path, replace_empty: bool = False) -> None:
     """Give the fsynced file `raw` the new name `target`, failing if `target` exists (unless `replace_empty` and it
     is a 0-byte file, which is replaced)."""
-    artifacts.fsync_path(raw)
+    files.fsync_path(raw)
     if replace_empty and is_empty_file(target):
         os.replace(raw, target)
-        artifacts.fsync_path(target.parent)
+        files.fsync_path(target.parent)
         return
     try:
         os.link(raw, target)
@@ -245,7 +244,7 @@ def _link_new(raw: Path, target: Path, replace_empty: bool = False) -> None:
         if target.exists() or target.is_symlink():
             raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
         os.rename(raw, target)
-    artifacts.fsync_path(target.parent)
+    files.fsync_path(target.parent)
 
 
 def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event,
@@ -280,7 +279,7 @@ def _safety_copies_of(source: Source) -> list[sqlite_copies.SafetyCopy]:
         return []
     database = source.sql_database()
     try:
-        return sqlite_copies.safety_copies(sqlite.real_file(database)) if isinstance(database, Path) else []
+        return sqlite_copies.safety_copies(real_file(database)) if isinstance(database, Path) else []
     except SourceError:
         return []
 
@@ -295,4 +294,4 @@ def tidy_safety_copies(source: Source, safety: Path | None, keep: int) -> tuple[
     database = source.sql_database()
     if not isinstance(database, Path):
         return [], []
-    return sqlite_copies.remove_older(sqlite.real_file(database), keep, safety)
+    return sqlite_copies.remove_older(real_file(database), keep, safety)

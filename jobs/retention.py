@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 import threading
 
 from jobs import selection
-from jobs.backups import Backup, BackupSet, delete_backup
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup, delete_backup
 from jobs.destinations import Destination
 from jobs.selection import Purpose
 

@@ -20,11 +20,11 @@ retention's `BACKUP_KEEP_MIN` slots all choose through this module, so that they
 """
 
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import TypeVar
 
-from jobs.artifacts import ARTIFACT_NAME, STAMP
+from jobs.artifacts import parse
 from jobs.backups import Backup
 from jobs.errors import IntegrityError, NotFound
 
@@ -50,8 +50,7 @@ ENCRYPTED_SUFFIX = ".age"  # an artifact encrypted with age: `<name>-<stamp>.<ki
 
 def stamp_of(backup: Backup) -> datetime:
     """Return the UTC time in the backup's artifact name (an encrypted one's too)."""
-    match = ARTIFACT_NAME.match(backup.artifact.removesuffix(ENCRYPTED_SUFFIX))
-    return datetime.strptime(match["stamp"], STAMP).replace(tzinfo=timezone.utc)
+    return parse(backup.artifact.removesuffix(ENCRYPTED_SUFFIX)).created_at
 
 
 def is_encrypted(backup: Backup) -> bool:

@@ -12,8 +12,9 @@ from pathlib import Path
 import re
 import shutil
 
-from jobs.artifacts import create_private, ensure_dir, temp_prefix
+from jobs.artifacts import temp_prefix
 from jobs.errors import StorageError
+from jobs.files import create_private, ensure_dir
 
 MIB = 1 << 20
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,

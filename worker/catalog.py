@@ -27,8 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from jobs.artifacts import FILE_MODE, ensure_dir
 from jobs.engines.postgres import catalog_url
+from jobs.files import FILE_MODE, ensure_dir
 from jobs.redact import ambiguous_userinfo, mask_url, scrub, scrub_value, url_secrets
 
 log = structlog.get_logger("worker.catalog")

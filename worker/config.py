@@ -9,24 +9,24 @@ from datetime import timedelta
 import os
 from pathlib import Path
 import re
-from typing import Iterable, Mapping
+from typing import Mapping
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
 
 from jobs import engines
+from jobs.artifacts import is_set_name
 from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.durations import format_duration, parse_duration
 from jobs.purge import PurgeRule, parse_retention_rules
-from jobs.redact import endpoint_secrets, mask_endpoint, mask_url, url_secrets
+from jobs.redact import MASK, mask_endpoint, mask_key, mask_url, secrets_of
 from jobs.volume import DEFAULT_MIN_FREE, MinFree, dir_problem, parse_min_free
 from worker.catalog import catalog_problem
 from worker.crontab import cron_trigger
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
-SET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # the `<name>` of artifact names
 NOTIFY_ON = ("failure", "all")
 RESTORE_ON_START = ("never", "if-missing")
 
@@ -137,8 +137,8 @@ class Config:
             "S3_ENDPOINT_URL": mask_url(self.s3.endpoint_url) if self.s3 and self.s3.endpoint_url else None,
             "S3_REGION": self.s3.region if self.s3 else None,
             "S3_RETENTION_DAYS": self.s3.retention_days if self.s3 else None,
-            "AWS_ACCESS_KEY_ID": _mask_key(self.aws_access_key_id),
-            "AWS_SECRET_ACCESS_KEY": "***" if self.aws_secrets else None,
+            "AWS_ACCESS_KEY_ID": mask_key(self.aws_access_key_id),
+            "AWS_SECRET_ACCESS_KEY": MASK if self.aws_secrets else None,
             "CLEANUP_RULES": [rule.describe() for rule in self.cleanup_rules],
             "CLEANUP_SCHEDULE": self.cleanup_schedule,
             "FRESHNESS_LIMIT": format_duration(self.freshness_limit),
@@ -156,17 +156,6 @@ class Config:
         }
 
 
-def secrets_of(urls: Iterable[str | None], endpoints: Iterable[str | None], values: Iterable[str]) -> list[str]:
-    """Given URLs (sources, catalog, S3 endpoint), webhook and ping URLs and plain secret values, return every
-    secret they hold, as jobs.redact finds them."""
-    found = [value for value in values if value]
-    for url in urls:
-        found.extend(url_secrets(url))
-    for url in endpoints:
-        found.extend(endpoint_secrets(url))
-    return list(dict.fromkeys(found))
-
-
 def _environment_secrets(env: Mapping[str, str]) -> list[str]:
     """Return the secrets of the variables as given, for a configuration that could not be loaded."""
     urls = [value for name, value in env.items() if name in _URL_VARIABLES or name.startswith(SOURCE_PREFIX)]
@@ -181,12 +170,6 @@ def _hostname(url: str) -> str | None:
         return urlsplit(url).hostname
     except ValueError:
         return None
-
-
-def _mask_key(value: str | None) -> str | None:
-    if not value:
-        return None
-    return value[:4] + "***" if len(value) > 8 else "***"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]) -> int:
@@ -235,7 +218,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         problems.append(problem)
 
     backup_name = env.get("BACKUP_NAME", "").strip() or None
-    if backup_name is not None and not SET_NAME.match(backup_name):
+    if backup_name is not None and not is_set_name(backup_name):
         problems.append(f"BACKUP_NAME={backup_name!r} is not a backup set name; use letters, digits, _ and - only (at most 100)")
     source_url, configured = _sources(env, cwd, backup_name, problems)
     try:
@@ -362,7 +345,7 @@ def _sources(env: Mapping[str, str], cwd: Path, backup_name: str | None,
         wanted.append(("BACKUP_SOURCE" if env.get("BACKUP_SOURCE") else "DATABASE_URL", backup_name, main))
     for variable in sorted(key for key in env if key.startswith(SOURCE_PREFIX)):
         name, url = variable[len(SOURCE_PREFIX):].lower(), env[variable].strip()
-        if not SET_NAME.match(name):
+        if not is_set_name(name):
             problems.append(f"{variable}: {name!r} is not a backup set name; name the variable BACKUP_SOURCE_<NAME> "
                             "with letters, digits and _ only")
         elif not url:

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from jobs.artifacts import ARTIFACT_NAME, utc_iso
-from jobs import selection
-from jobs.backups import Backup, BackupSet, list_backups
+from jobs import artifacts, selection
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup, list_backups
 from jobs.errors import JobError
+from jobs.manifest import utc_iso
 from jobs.selection import Purpose
 from worker.catalog import Catalog
 from worker.runs import Outcome
@@ -37,8 +38,8 @@ def configured_sets(config: "Config", cwd: Path) -> list[str]:
 
 def set_of(backup: Backup) -> str:
     """Return the backup set a backup belongs to: the `<name>` of its artifact name."""
-    match = ARTIFACT_NAME.match(backup.artifact)
-    return match["name"] if match else ""
+    owner = artifacts.set_of(backup.artifact)
+    return owner.name if owner else ""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 import structlog
 
-from jobs.backups import Backup, BackupSet, list_backups
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
 from worker.catalog import Catalog
 from worker.freshness import (Offsite, catalog_time, disk_usage, disk_warning, evaluate, list_offsite,

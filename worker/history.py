@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 import json
 from typing import Any
 
-from jobs.artifacts import utc_iso
 from jobs.durations import parse_duration
+from jobs.manifest import utc_iso
 from worker.catalog import Catalog
 from worker.freshness import catalog_time
 from worker.text import human_size

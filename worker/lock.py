@@ -15,8 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from jobs.artifacts import FILE_MODE, ensure_dir
 from jobs.errors import BusyError
+from jobs.files import FILE_MODE, ensure_dir
 
 _HOLDER_BYTES = 256
 

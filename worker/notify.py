@@ -21,7 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 import urllib3
 
-from jobs.artifacts import ARTIFACT_NAME, utc_iso
+from jobs.artifacts import set_of
+from jobs.manifest import utc_iso
 from jobs.redact import endpoint_secrets, mask_endpoint, scrub, scrub_value
 from worker import __version__
 from worker.freshness import disk_listener
@@ -63,9 +64,9 @@ def backup_set(outcome: Outcome, sets: list[str]) -> str | None:
     if isinstance(named, str):
         return named
     artifact = outcome.fields.get("artifact")
-    match = ARTIFACT_NAME.match(artifact) if isinstance(artifact, str) else None
-    if match:
-        return match["name"]
+    owner = set_of(artifact) if isinstance(artifact, str) else None
+    if owner:
+        return owner.name
     if outcome.job == "backup" and len(sets) == 1:
         return sets[0]
     return None

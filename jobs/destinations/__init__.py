@@ -13,8 +13,7 @@ from pathlib import Path
 import threading
 from typing import Protocol
 
-
-MANIFEST_LIMIT = 1 << 20  # bytes: a manifest is a few KB; `read` refuses anything larger without reading it
+from jobs.manifest import MANIFEST_LIMIT
 
 
 @dataclass(frozen=True)

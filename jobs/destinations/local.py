@@ -9,9 +9,12 @@ import shutil
 import threading
 
 from jobs import artifacts
-from jobs.artifacts import CHUNK, TEMP_PREFIX, atomic_file, ensure_dir
-from jobs.destinations import MANIFEST_LIMIT, Entry, too_large
+from jobs.artifacts import TEMP_PREFIX
+from jobs.compression import CHUNK, sha256_file
+from jobs.destinations import Entry, too_large
 from jobs.errors import Cancelled, NotFound, StorageError, TooLarge
+from jobs.files import atomic_file, ensure_dir, remove_temporary
+from jobs.manifest import MANIFEST_LIMIT
 
 
 def _check(cancel: threading.Event | None, what: str) -> None:
@@ -86,7 +89,7 @@ class LocalDestination:
 
     def sha256(self, key: str, cancel: threading.Event | None = None) -> str:
         try:
-            return artifacts.sha256_file(self.path(key), cancel)
+            return sha256_file(self.path(key), cancel)
         except FileNotFoundError:
             raise NotFound(f"{key} is not in {self.directory}") from None
         except OSError as error:
@@ -116,6 +119,6 @@ class LocalDestination:
             owner = artifacts.set_of_temporary(child.name)
             if sets is not None and owner is not None and owner not in sets:
                 continue
-            artifacts.remove_temporary(child)
+            remove_temporary(child)
             removed.append(child.name)
         return removed

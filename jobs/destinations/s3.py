@@ -39,10 +39,13 @@ from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from jobs.artifacts import MANIFEST_SUFFIX, create_private, sha256_file
-from jobs.destinations import MANIFEST_LIMIT, Entry, too_large
+from jobs.artifacts import MANIFEST_SUFFIX
+from jobs.compression import sha256_file
+from jobs.destinations import Entry, too_large
 from jobs.destinations.s3_errors import Failure, classify
 from jobs.errors import Cancelled, NotFound, StorageError, TooLarge, UploadError
+from jobs.files import create_private
+from jobs.manifest import MANIFEST_LIMIT
 from jobs.redact import mask_url, scrub
 
 MIB = 1 << 20

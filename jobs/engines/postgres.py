@@ -19,7 +19,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 import io
 from pathlib import Path
-import re
 import threading
 from typing import Any, ClassVar, NoReturn
 
@@ -27,6 +26,7 @@ import psycopg
 import structlog
 
 from jobs import execute
+from jobs.artifacts import set_name
 from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools
 from jobs.engines.pg_connect import Connection
 from jobs.engines import pg_rows
@@ -185,7 +185,7 @@ class PostgresSource:
     _facts: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)  # read once per source
 
     def name(self) -> str:
-        return self.set_name or re.sub(r"[^A-Za-z0-9_-]+", "-", self.conn.dbname).strip("-") or "postgres"
+        return self.set_name or set_name(self.conn.dbname, "postgres")
 
     def describe(self) -> dict[str, str]:
         return {"kind": KIND, "database": self.conn.dbname, "host": self.conn.host}

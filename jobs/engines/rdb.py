@@ -139,4 +139,3 @@ def checker(workdir: Path, cancel: threading.Event) -> Iterator[RdbCheck]:
         yield check
     finally:
         check.close()
-

@@ -11,24 +11,24 @@ thread: the file is read once for both.
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 import os
 from pathlib import Path
-import re
 import sqlite3
 import threading
 from typing import Any, BinaryIO
 
-from jobs.artifacts import STAMP, create_private
+from jobs.artifacts import set_name
 from jobs.engines import COUNTS, Snapshot
 from jobs.engines import _sqlite as lib
+from jobs.engines._sqlite_files import live_file, real_file, sidecars, wal
+from jobs.engines.sqlite_restore import restore_live
 from jobs.errors import Cancelled, IntegrityError, SourceError
+from jobs.files import create_private
 from jobs.volume import free_space
 
 SCHEMES = ("sqlite",)
 KIND = "sqlite"
 URL_TARGET = False  # a SQLite backup is restored to a file (--to) or over the configured database, not to a URL
-SIDECARS = ("-wal", "-shm", "-journal")
 
 
 class _ThreadCheck:
@@ -141,10 +141,7 @@ class SqliteSource:
     safety_backup: bool = field(default=False, init=False, repr=False)  # restore() saves a safety copy itself
 
     def name(self) -> str:
-        if self.set_name:
-            return self.set_name
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", self.path.stem).strip("-")
-        return stem or "sqlite"
+        return self.set_name or set_name(self.path.stem, "sqlite")
 
     def describe(self) -> dict[str, str]:
         return {"kind": KIND, "database": self.path.name}
@@ -182,8 +179,8 @@ class SqliteSource:
 
     def estimate_size(self) -> int:
         self._require_file()
-        wal = self.path.with_name(self.path.name + "-wal")
-        return self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        log = wal(self.path)
+        return self.path.stat().st_size + (log.stat().st_size if log.exists() else 0)
 
     def versions(self) -> dict[str, str]:
         return {"sqlite": sqlite3.sqlite_version}
@@ -266,8 +263,6 @@ class SqliteSource:
 
         See `jobs.engines.sqlite_restore`. Raise SourceError, SpaceError or Cancelled; a message says whether
         anything changed."""
-        from jobs.engines.sqlite_restore import restore_live
-
         self._require_file()
         return restore_live(self.path, raw, cancel, notify or (lambda _: None))
 
@@ -276,40 +271,6 @@ class SqliteSource:
             raise SourceError(f"the SQLite database {self.path} does not exist; check BACKUP_SOURCE (relative paths start from {Path.cwd()})")
         if not self.path.is_file():
             raise SourceError(f"the SQLite database {self.path} is not a file; point BACKUP_SOURCE at the database file")
-
-
-def real_file(database: Path) -> Path:
-    """Return the file `database` names with every symlink followed (a chain of links too): the file a restore
-    writes, whose directory holds SQLite's -wal/-shm/-journal and the safety copy. Raise SourceError if the
-    links lead nowhere or in a circle."""
-    try:
-        return database.resolve(strict=True)
-    except (OSError, RuntimeError) as error:
-        why = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise SourceError(f"cannot follow {database} to the database file it names: {why}; point BACKUP_SOURCE at the "
-                          "database file or fix the link", stage="restore") from None
-
-
-def live_file(database: Path) -> Path:
-    """Return the file `database` names with every symlink followed as far as the links lead, whether or not that
-    file exists: where a restore into a missing database writes (the links stay)."""
-    return Path(os.path.realpath(database))
-
-
-def sidecars(database: Path) -> list[Path]:
-    """Return the files SQLite keeps beside `database`: `-wal`, `-shm` and `-journal`."""
-    return [database.with_name(database.name + suffix) for suffix in SIDECARS]
-
-
-def safety_copy_path(database: Path, now: datetime | None = None, suffix: str = "") -> Path:
-    """Return a new path beside `database` where its live content is saved before a restore overwrites it."""
-    stamp = (now or datetime.now(timezone.utc)).strftime(STAMP)
-    candidate = database.with_name(f"{database.name}.pre-restore-{stamp}{suffix}")
-    number = 1
-    while candidate.exists() or candidate.is_symlink():
-        number += 1
-        candidate = database.with_name(f"{database.name}.pre-restore-{stamp}-{number}{suffix}")
-    return candidate
 
 
 def open_source(url: str, cwd: Path, name: str | None = None) -> SqliteSource:

@@ -17,18 +17,15 @@ space check before a restore never counts on room these removals would make.
 from dataclasses import dataclass
 import os
 from pathlib import Path
-import re
 import shutil
 import stat
 
 import structlog
 
-from jobs.engines.sqlite import SIDECARS
+from jobs.engines._sqlite_files import SIDECARS, parse_safety_copy_name
 
 log = structlog.get_logger("jobs.engines.sqlite")
 
-MARKER = ".pre-restore-"
-_STAMP = re.compile(r"^(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<number>[1-9]\d{0,5}))?$")
 
 
 @dataclass(frozen=True)
@@ -45,12 +42,8 @@ class SafetyCopy:
 def parse(path: Path, database_name: str) -> SafetyCopy | None:
     """Given a path and the name of the database file, return the SafetyCopy its name says it is, or None when
     it is not named as a safety copy of that database. Judged by the name alone."""
-    if not path.name.startswith(database_name + MARKER):
-        return None
-    match = _STAMP.match(path.name[len(database_name + MARKER):])
-    if match is None:
-        return None
-    return SafetyCopy(path, match["stamp"], int(match["number"] or 1))
+    parts = parse_safety_copy_name(path.name, database_name)
+    return SafetyCopy(path, *parts) if parts else None
 
 
 def _ours(path: Path, database_name: str) -> bool:

@@ -33,12 +33,12 @@ import time
 
 import structlog
 
-from jobs.artifacts import (
-    CHUNK, DIR_MODE, create_private, fsync_path, is_stale_temporary, remove_temporary, temp_prefix, temporary_of,
-)
+from jobs.artifacts import is_stale_temporary, temp_prefix, temporary_of
+from jobs.compression import CHUNK
 from jobs.engines import _sqlite as lib
-from jobs.engines.sqlite import real_file, safety_copy_path, sidecars
+from jobs.engines._sqlite_files import is_safety_copy_name, real_file, safety_copy_path, sidecars
 from jobs.errors import Cancelled, JobError, SourceError
+from jobs.files import DIR_MODE, create_private, fsync_path, remove_temporary
 
 log = structlog.get_logger("jobs.engines.sqlite")
 
@@ -118,7 +118,7 @@ def _sweep_stale(database: Path) -> None:
     the staged file (`.tmp-<pid>-<token>-app.db…`, their writer gone). Nothing else there is touched."""
     for child in database.parent.iterdir():
         final = temporary_of(child.name) or ""
-        if (final == database.name or final.startswith(database.name + ".pre-restore-")) and is_stale_temporary(child.name):
+        if (final == database.name or is_safety_copy_name(final, database.name)) and is_stale_temporary(child.name):
             remove_temporary(child)
             log.info("restore.stale_temporary_removed", path=str(child))
 

@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 import structlog
 
-from jobs.artifacts import utc_iso
 from jobs.errors import Cancelled
+from jobs.manifest import utc_iso
 from jobs.purge import database
 from jobs.purge.batch import batch_limit, delete_by_ctid, delete_chosen, next_batch
 from jobs.purge.held import Held, current_problem, held_condition

@@ -160,7 +160,7 @@ def test_a_cycle_whose_clock_is_a_month_ahead_deletes_no_backup_by_age(tmp_path:
     # What the cycle of a worker whose clock is 30 days ahead does: write a backup stamped then, then retention.
     sys.path.insert(0, str(ROOT))
     from jobs import pipeline, retention
-    from jobs.backups import BackupSet
+    from jobs.artifacts import BackupSet
     from jobs.destinations.local import LocalDestination
 
     local = LocalDestination(directory)

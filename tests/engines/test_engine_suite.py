@@ -21,7 +21,7 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Check, Source
 from jobs.errors import Cancelled, IntegrityError, SourceError
-from tests.postgres.conftest import digests, make_db, url_for  # noqa: F401 (make_db: a fixture)
+from tests.postgres.conftest import digests, url_for
 from tests.redis.servers import everything, fill, load_into_fresh_server, redis_server
 
 KINDS = ("sqlite", "pgdump", "rdb")
@@ -56,13 +56,13 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
             source = module.open_source(f"sqlite:///{database}", tmp_path)
             yield Case(module, source, lambda: _sqlite_rows(database), _sqlite_rows, None)
         elif request.param == "pgdump":
-            make_db = request.getfixturevalue("make_db")
-            app = make_db("suite", populated=True, events=2000)
+            create_db = request.getfixturevalue("make_db")
+            app = create_db("suite", populated=True, events=2000)
             module = engines.postgres
             fresh: list[str] = []
 
             def make_target() -> Source:
-                fresh.append(make_db("suite_target"))
+                fresh.append(create_db("suite_target"))
                 return module.open_source(url_for(fresh[-1]), tmp_path)
 
             yield Case(module, module.open_source(url_for(app), tmp_path), lambda: digests(app),

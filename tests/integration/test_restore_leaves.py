@@ -163,7 +163,7 @@ def test_which_safety_copies_go(names: list[str], keep: int, just_made: str | No
 
 
 def test_short_space_names_the_older_safety_copies_and_a_failed_restore_removes_none(tmp_path: Path, monkeypatch) -> None:
-    from jobs import artifacts, restore as restoring
+    from jobs import files, restore as restoring
     from jobs.engines.sqlite import SqliteSource
     from jobs.errors import SpaceError
     from tests.integration.test_sqlite_restore import backup_of
@@ -178,7 +178,7 @@ def test_short_space_names_the_older_safety_copies_and_a_failed_restore_removes_
         old.append(path)
     raw = backup.manifest["raw_size"]
     free = raw + (16 << 20) + raw // 2  # room to unpack, not for the new safety copy and the restored pages
-    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": free})())
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _: type("Usage", (), {"free": free})())
     with pytest.raises(SpaceError, match=r"2 earlier safety copies beside the database take \d+ MiB \(the oldest: "
                                          rf"{old[0]}\).*only once it has succeeded"):
         restoring.restore_over(artifact, backup, SqliteSource(database), tmp_path / "backups", threading.Event())

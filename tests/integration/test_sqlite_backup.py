@@ -192,9 +192,9 @@ def test_full_disk_fails_cleanly_and_leaves_no_partial_files(tmp_path: Path, wor
 
 def test_free_space_is_checked_before_anything_is_written(tmp_path: Path, app_db: Path, monkeypatch) -> None:
     backups = tmp_path / "backups"
-    from jobs import artifacts
+    from jobs import files
 
-    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1024, "total": 1 << 40})())
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1024, "total": 1 << 40})())
     settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3))
     with pytest.raises(SpaceError, match="MiB free but this backup needs about"):
         pipeline.take_backup(SqliteSource(app_db), settings, threading.Event())
@@ -322,9 +322,9 @@ def test_restore_refuses_up_front_when_the_target_volume_is_too_small(tmp_path: 
     assert worker("backup", "--no-upload").code == 0
     local = LocalDestination(tmp_path / "backups")
     (backup,), _ = list_backups(local)
-    from jobs import artifacts
+    from jobs import files
 
-    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 4096})())
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 4096})())
     target = tmp_path / "out.db"
     with pytest.raises(SpaceError, match="MiB free but"):
         restoring.restore_to_file(local.path(backup.artifact), backup, target, threading.Event())
@@ -417,7 +417,7 @@ def test_a_manifest_that_cannot_be_written_takes_its_artifact_with_it(tmp_path: 
         raise OSError(28, "No space left on device")
 
     if failing == "write":
-        monkeypatch.setattr(publish, "write_temp_manifest", no_space)
+        monkeypatch.setattr(pipeline, "write_manifest", no_space)
     else:
         real_rename = os.rename
         monkeypatch.setattr(publish.os, "rename", lambda a, b: no_space() if str(b).endswith(".json") else real_rename(a, b))
@@ -428,7 +428,7 @@ def test_a_manifest_that_cannot_be_written_takes_its_artifact_with_it(tmp_path: 
 
 
 def test_two_restores_in_the_same_second_keep_both_safety_copies(tmp_path: Path, app_db: Path, worker) -> None:
-    from jobs.engines.sqlite import safety_copy_path
+    from jobs.engines._sqlite_files import safety_copy_path
 
     moment = datetime.now(timezone.utc)
     first = safety_copy_path(app_db, moment)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from jobs import artifacts, pipeline, restore as restoring, retention
+from jobs import files, pipeline, restore as restoring, retention
 from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
 from jobs.engines.sqlite import SqliteSource
@@ -253,7 +253,7 @@ def test_restore_over_the_live_database_counts_the_safety_copy_on_its_volume(tmp
     raw = backup.manifest["raw_size"]
     # enough to unpack the backup, not enough to also hold the safety copy and the restored pages beside it
     free = raw + (16 << 20) + raw // 2
-    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": free})())
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _: type("Usage", (), {"free": free})())
     with pytest.raises(SpaceError, match=f"{tmp_path}.* needs about"):
         restoring.restore_over(artifact, backup, SqliteSource(db), tmp_path / "backups", threading.Event())
     assert pre_restore_files(tmp_path) == []
@@ -263,7 +263,7 @@ def test_restore_over_the_live_database_counts_the_safety_copy_on_its_volume(tmp
 def test_space_on_one_volume_is_the_sum_of_everything_landing_there(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    monkeypatch.setattr(artifacts.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 150 << 20})())
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 150 << 20})())
     restoring.require_space([(tmp_path / "a", 100 << 20)], "one thing")
     with pytest.raises(SpaceError, match="needs about 200 MiB"):
         restoring.require_space([(tmp_path / "a", 100 << 20), (tmp_path / "b", 100 << 20)], "two things")

@@ -13,7 +13,8 @@ import pytest
 import structlog
 
 from jobs import offsite, pipeline, retention
-from jobs.backups import BackupSet, list_backups
+from jobs.artifacts import BackupSet
+from jobs.backups import list_backups
 from jobs.destinations.local import LocalDestination
 from jobs.engines.sqlite import SqliteSource
 from jobs.errors import Cancelled, UploadError
@@ -37,7 +38,7 @@ def age_in_bucket(s3_client: Any, bucket: str, artifact: str, days: int) -> None
     """Rewrite the created_at of a backup's manifest in the bucket to `days` ago."""
     from datetime import datetime, timezone
 
-    from jobs.artifacts import utc_iso
+    from jobs.manifest import utc_iso
 
     manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=artifact + ".json")["Body"].read())
     manifest["created_at"] = utc_iso(datetime.now(timezone.utc) - timedelta(days=days))

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from jobs.destinations import MANIFEST_LIMIT
 from jobs.destinations.local import LocalDestination
 from jobs.destinations.s3 import S3Destination
 from jobs.errors import Cancelled, NotFound, StorageError, TooLarge
+from jobs.manifest import MANIFEST_LIMIT
 
 ARTIFACT = "app-20260101T020000Z.sqlite.zst"
 MANIFEST = ARTIFACT + ".json"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from jobs import offsite
-from jobs.artifacts import sha256_file
 from jobs.backups import Backup, list_backups
+from jobs.compression import sha256_file
 from jobs.destinations.local import LocalDestination
 from jobs.destinations.s3 import S3Destination
 from jobs.errors import Cancelled, IntegrityError, NotFound

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from jobs import offsite, recover
-from jobs.backups import BackupSet, list_backups
+from jobs.artifacts import BackupSet
+from jobs.backups import list_backups
 from jobs.engines.sqlite import SqliteSource
 from jobs.errors import IntegrityError
 from tests.s3.conftest import make_app_db, take_backups

@@ -7,9 +7,10 @@ import threading
 from typing import Any
 
 from jobs import offsite
-from jobs.artifacts import MANIFEST_SUFFIX, utc_iso
+from jobs.artifacts import MANIFEST_SUFFIX
 from jobs.backups import list_backups
 from jobs.destinations.local import LocalDestination
+from jobs.manifest import utc_iso
 from jobs.pipeline import apply_retention
 from jobs.retention import Policy
 

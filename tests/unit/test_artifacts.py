@@ -2,8 +2,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.artifacts import ARTIFACT_NAME, artifact_name, backup_id, parse_iso, remove_temporary, utc_iso
+from jobs.artifacts import ARTIFACT_NAME, artifact_name, backup_id
 from jobs.durations import format_duration, parse_duration
+from jobs.files import remove_temporary
+from jobs.manifest import parse_iso, utc_iso
 
 
 def test_artifact_name_uses_the_utc_timestamp_and_kind() -> None:
@@ -60,7 +62,7 @@ def test_durations_format_in_the_largest_exact_unit() -> None:
     ],
 )
 def test_a_malformed_manifest_is_refused_with_a_reason(manifest: bytes, problem: str) -> None:
-    from jobs.artifacts import read_manifest
+    from jobs.manifest import read_manifest
 
     with pytest.raises(ValueError, match=problem):
         read_manifest(manifest, "a-20261122T020000Z.sqlite.zst")
@@ -72,7 +74,7 @@ def test_one_pass_compression_keeps_the_error_that_stopped_it() -> None:
 
     import pytest
 
-    from jobs import artifacts
+    from jobs import compression
     from jobs.errors import IntegrityError, SourceError
 
     def refuse(_chunk: bytes) -> None:
@@ -80,11 +82,11 @@ def test_one_pass_compression_keeps_the_error_that_stopped_it() -> None:
 
     data = b"x" * (3 << 20)
     with pytest.raises(IntegrityError, match="the check said no"):
-        artifacts.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data), feed=refuse)
+        compression.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data), feed=refuse)
     with pytest.raises(SourceError, match="ended after"):
-        artifacts.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data) + 1)
+        compression.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data) + 1)
     with pytest.raises(SourceError, match="grew"):
-        artifacts.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data) - 1)
+        compression.compress_stream(io.BytesIO(data), io.BytesIO(), 3, threading.Event(), size=len(data) - 1)
 
 
 def test_one_pass_compression_writes_one_standard_frame_with_its_size_and_checksum() -> None:
@@ -93,13 +95,13 @@ def test_one_pass_compression_writes_one_standard_frame_with_its_size_and_checks
 
     import zstandard
 
-    from jobs import artifacts
+    from jobs import compression
 
     data = bytes(range(256)) * 20000
     for size in (len(data), None):
         out = io.BytesIO()
         seen = []
-        result = artifacts.compress_stream(io.BytesIO(data), out, 3, threading.Event(), size=size, feed=seen.append)
+        result = compression.compress_stream(io.BytesIO(data), out, 3, threading.Event(), size=size, feed=seen.append)
         frame = out.getvalue()
         params = zstandard.get_frame_parameters(frame)
         assert params.has_checksum and params.content_size == (len(data) if size else zstandard.CONTENTSIZE_UNKNOWN)

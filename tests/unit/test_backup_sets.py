@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.backups import Backup, BackupSet, find, from_manifest, set_of
+from jobs.artifacts import BackupSet, set_of
+from jobs.backups import Backup, find, from_manifest
 from jobs.errors import NotFound
 from jobs.retention import Policy, plan
 from worker.actions.context import UsageError
@@ -113,7 +114,7 @@ def test_a_huge_planted_manifest_is_skipped_with_a_note_after_reading_barely_mor
     import json
 
     from jobs.backups import list_backups
-    from jobs.destinations import MANIFEST_LIMIT
+    from jobs.manifest import MANIFEST_LIMIT
     from jobs.destinations.local import LocalDestination
 
     good, planted = "app-20261122T020000Z.sqlite.zst", "app-20261123T020000Z.sqlite.zst"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from jobs import identity
-from jobs.backups import Backup, BackupSet
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup
 from jobs.engines.postgres import open_source as open_postgres
 from jobs.engines.redis import open_source as open_redis
 from jobs.engines.sqlite import open_source as open_sqlite

@@ -1,11 +1,11 @@
-"""Which file a restore over a SQLite database writes (jobs.engines.sqlite.real_file): every link followed, once."""
+"""Which file a restore over a SQLite database writes (jobs.engines._sqlite_files.real_file): every link followed, once."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from jobs.engines.sqlite import real_file
+from jobs.engines._sqlite_files import real_file
 from jobs.errors import SourceError
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
-from jobs import pipeline
-from jobs.backups import BackupSet
+from jobs import ownership, pipeline
+from jobs.artifacts import BackupSet
 from jobs.engines import Source
 from jobs.errors import BusyError, Cancelled, JobError
 from jobs.volume import explain, require_usable
@@ -130,7 +130,7 @@ def take_over(ctx: Context) -> None:
     for source in ctx.sources():
         backup_set = BackupSet(source.name(), source.kind)
         with for_set(ctx.config.backup_dir, source.name(), "take-over"):
-            for former in pipeline.take_over(source, settings, backup_set, ctx.cancel):
+            for former in ownership.take_over(source, settings, backup_set, ctx.cancel):
                 say(f"{backup_set}: this source takes the set over from {former}")
 
 

@@ -3,11 +3,10 @@ configured backup sets."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
-import re
 import threading
 
 from jobs import pipeline, retention
-from jobs.backups import BackupSet
+from jobs.artifacts import BackupSet, parse_id
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
@@ -20,7 +19,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 NO_SOURCE = ("BACKUP_SOURCE is not set; set it (or DATABASE_URL, or BACKUP_SOURCE_<NAME>) to the database to back up, "
              "like sqlite:////app/data/app.db")
-_SET_OF_ID = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-\d{8}T\d{6}Z")
+
+
+def not_an_id(ident: str) -> str:
+    """Return the sentence for a backup id that is not named as backups are."""
+    return f"{ident!r} is not a backup id like app-20261122T020000Z.sqlite; run `python -m worker list` to see them"
 
 
 class UsageError(Exception):
@@ -70,8 +73,10 @@ class Context:
         """Return the live source a restore without --to writes into: the set of --source, else of the backup id,
         else the only configured source. Raise UsageError, before anything is fetched, when that is ambiguous, not
         configured, or a Redis server (its backups are written with --to and loaded by hand)."""
-        parts = _SET_OF_ID.match(ident) if ident else None
-        name = source_name or (parts["name"] if parts else None)
+        parts = parse_id(ident) if ident else None
+        if ident and parts is None:
+            raise UsageError(not_an_id(ident))
+        name = source_name or (parts[0] if parts else None)
         if name is None:
             if len(self.config.sources) > 1:
                 raise UsageError(f"several sources are configured ({self.set_names()}); pass --source NAME to choose the one to restore")

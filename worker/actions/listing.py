@@ -7,7 +7,8 @@ import json
 import structlog
 
 from jobs import selection
-from jobs.backups import Backup, BackupSet, list_backups, sets_in
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup, list_backups, sets_in
 from jobs.destinations import Destination
 from worker.actions.context import EXIT_OK, Context, UsageError
 from worker.actions.output import human_age, say

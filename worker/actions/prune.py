@@ -5,7 +5,8 @@ from contextlib import nullcontext
 from typing import Any
 
 from jobs import identity, pipeline
-from jobs.backups import BackupSet, list_backups, sets_in
+from jobs.artifacts import BackupSet
+from jobs.backups import list_backups, sets_in
 from jobs.destinations import Destination
 from jobs.intact import CACHE_NAME, IntactCache
 from jobs.volume import require_usable

@@ -17,10 +17,10 @@ from typing import Any
 
 import structlog
 
-from jobs.artifacts import utc_iso
 from jobs.cycle import Cycle
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
+from jobs.manifest import utc_iso
 from jobs.purge import PurgeRule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge
 from worker.actions.context import Context, UsageError
 from worker.actions.output import say

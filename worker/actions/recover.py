@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import structlog
 
 from jobs import identity, recover
-from jobs.backups import BackupSet
+from jobs.artifacts import BackupSet
 from jobs.engines import Source, redis
 from jobs.errors import Cancelled, JobError
 from worker.actions.context import Context

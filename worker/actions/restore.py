@@ -16,8 +16,8 @@ from typing import Any
 import structlog
 
 from jobs import engines, identity, offsite, pipeline, restore as restoring
-from jobs.artifacts import temp_prefix
-from jobs.backups import Backup, BackupSet
+from jobs.artifacts import BackupSet, temp_prefix
+from jobs.backups import Backup
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from worker.actions.context import Context, UsageError

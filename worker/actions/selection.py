@@ -12,26 +12,23 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 import errno
 from pathlib import Path
-import re
 import sys
 import tempfile
 
 import structlog
 
 from jobs import selection
-from jobs.backups import Backup, BackupSet, find, list_backups, sets_in
+from jobs.artifacts import BackupSet, parse_id
+from jobs.backups import Backup, find, list_backups, sets_in
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.errors import IntegrityError, NotFound, StorageError
 from jobs.selection import Purpose
 from jobs.volume import require_usable
-from worker.actions.context import Context, UsageError
+from worker.actions.context import Context, UsageError, not_an_id
 from worker.lock import shared
 
 log = structlog.get_logger("worker.actions.selection")
-
-_ID = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)(?:\.(?P<kind>[a-z]+))?(?:\.zst)?(?:\.json)?$")
-
 
 def _names(sets: list[BackupSet]) -> str:
     return ", ".join(str(backup_set) for backup_set in sets) or "none"
@@ -98,12 +95,13 @@ class Wanted:
 def wanted(ctx: Context, destination: Destination, where: str, ident: str | None, source_name: str | None) -> Wanted:
     """Resolve the command line into a Wanted. Raise UsageError (exit 2) for an ambiguous or contradictory request."""
     if ident:
-        parts = _ID.match(ident)
+        parts = parse_id(ident)
         if parts is None:
-            raise UsageError(f"{ident!r} is not a backup id like app-20261122T020000Z.sqlite; run `python -m worker list` to see them")
-        if source_name and parts["name"] != source_name:
-            raise UsageError(f"{ident} belongs to the set {parts['name']!r}, not {source_name!r}; drop --source or give an id of that set")
-        return Wanted(ident, BackupSet(parts["name"], parts["kind"]) if parts["kind"] else None)
+            raise UsageError(not_an_id(ident))
+        name, kind = parts
+        if source_name and name != source_name:
+            raise UsageError(f"{ident} belongs to the set {name!r}, not {source_name!r}; drop --source or give an id of that set")
+        return Wanted(ident, BackupSet(name, kind) if kind else None)
     found = sets_in(destination, ctx.cancel)
     return Wanted(None, choose_set(ctx.backup_sets(), found, source_name, ctx.config.backup_name, where))
 

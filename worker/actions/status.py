@@ -5,9 +5,9 @@ from datetime import datetime, timezone
 import json
 from typing import Any
 
-from jobs.artifacts import utc_iso
 from jobs.backups import list_backups, sets_in
 from jobs.durations import format_duration
+from jobs.manifest import utc_iso
 from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
 from worker.actions.output import human_age, say
 from worker.actions.purge import last_purge, status_lines as purge_status_lines

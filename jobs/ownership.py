@@ -1,0 +1,59 @@
+"""Who a backup set belongs to, as a backup cycle asks before it writes: the set's backups on the volume and in
+the bucket, the refusal to write into a set another source made (`jobs.identity`), and `backup --take-over`."""
+
+from collections.abc import Sequence
+import threading
+from typing import TYPE_CHECKING
+
+import structlog
+
+from jobs import identity
+from jobs.artifacts import BackupSet
+from jobs.backups import Backup, list_backups
+from jobs.destinations.local import LocalDestination
+from jobs.engines import Source
+from jobs.errors import UploadError
+
+if TYPE_CHECKING:
+    from jobs.pipeline import BackupSettings
+
+log = structlog.get_logger("jobs.pipeline")
+
+
+def set_backups(settings: "BackupSettings", backup_set: BackupSet,
+                cancel: threading.Event) -> tuple[list[Backup], list[Backup]]:
+    """Return the set's backups on the volume and in the bucket ([] without one). A bucket that cannot be listed
+    now only warns: the upload of this cycle will say why."""
+    here, _ = list_backups(LocalDestination(settings.backup_dir), backup_set, cancel)
+    there: list[Backup] = []
+    if settings.remote is not None:
+        try:
+            there, _ = list_backups(settings.remote, backup_set, cancel)
+        except UploadError as error:
+            log.warning("backup.owner_unchecked", location=settings.remote.location, reason=str(error))
+    return here, there
+
+
+def require_own_set(source: Source, settings: "BackupSettings", backup_set: BackupSet, here: Sequence[Backup],
+                    there: Sequence[Backup]) -> None:
+    """Raise SourceError (stage preflight) when the set's newest backup, on the volume (`here`) or in the bucket
+    (`there`), was made by another source that this one did not take over (`jobs.identity`): two services sharing
+    a directory or a bucket under one set name would otherwise choose, count and delete each other's backups."""
+    ours = identity.of(source, settings.backup_dir)
+    taken = identity.adopted(settings.backup_dir, backup_set)
+    identity.require_own(here, ours, taken, backup_set, LocalDestination(settings.backup_dir).url())
+    if settings.remote is not None:
+        identity.require_own(there, ours, taken, backup_set, settings.remote.url())
+
+
+def take_over(source: Source, settings: "BackupSettings", backup_set: BackupSet, cancel: threading.Event) -> list[str]:
+    """Make `source` the owner of its set (`backup --take-over`): adopt the maker of the set's newest backup on the
+    volume and in the bucket when it is another source; return who was taken over, for people."""
+    ours = identity.of(source, settings.backup_dir)
+    done = []
+    for found in set_backups(settings, backup_set, cancel):
+        owner = identity.owner(found)
+        if owner is not None and not identity.same(owner[1], ours):
+            identity.adopt(settings.backup_dir, backup_set, owner[1])
+            done.append(identity.describe(owner[1]))
+    return done
