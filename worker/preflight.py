@@ -22,10 +22,9 @@ log = structlog.get_logger("worker.preflight")
 def _source_urls(config: Config) -> list[str]:
     """Return every configured source URL once: the main one, then BACKUP_SOURCE_<NAME> ones (if configured)."""
     urls = [config.source_url] if config.source_url else []
-    for spec in getattr(config, "sources", ()):
-        url = getattr(spec, "url", None)
-        if url and url not in urls:
-            urls.append(url)
+    for spec in config.sources:
+        if spec.url not in urls:
+            urls.append(spec.url)
     return urls
 
 

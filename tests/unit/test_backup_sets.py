@@ -8,8 +8,8 @@ import pytest
 from jobs.backups import Backup, BackupSet, find, from_manifest, set_of
 from jobs.errors import NotFound
 from jobs.retention import Policy, plan
-from worker.actions.context import UsageError
-from worker.actions.selection import choose_set
+from worker.context import UsageError
+from worker.selection import choose_set
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)
 APP = BackupSet("app", "sqlite")
