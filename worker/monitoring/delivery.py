@@ -16,7 +16,7 @@ import urllib3
 from jobs.redact import endpoint_secrets, mask_endpoint, scrub
 from worker import __version__
 
-log = structlog.get_logger("worker.notify")
+log = structlog.get_logger("worker.notify")  # the logger name its events have always had
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 3.0

@@ -14,7 +14,7 @@ from worker.runs import Outcome
 if TYPE_CHECKING:
     from worker.config import Config
 
-log = structlog.get_logger("worker.freshness")
+log = structlog.get_logger("worker.freshness")  # the logger name its events have always had
 
 
 @dataclass(frozen=True)

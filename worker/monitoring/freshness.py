@@ -8,7 +8,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-
 from jobs.artifacts import ARTIFACT_NAME
 from jobs import selection
 from jobs.backups import Backup, BackupSet, list_backups
@@ -18,6 +17,7 @@ from jobs.selection import Purpose
 if TYPE_CHECKING:
     from jobs.destinations import Destination
     from worker.config import Config
+
 
 def configured_sets(config: "Config", cwd: Path) -> list[str]:
     """Return the names of the configured backup sets, the main source's first; BACKUP_NAME alone when no source
