@@ -3,7 +3,6 @@ the bucket, the refusal to write into a set another source made (`jobs.identity`
 
 from collections.abc import Sequence
 import threading
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -13,14 +12,13 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
 from jobs.errors import UploadError
+from jobs.settings import BackupSettings
 
-if TYPE_CHECKING:
-    from jobs.pipeline import BackupSettings
 
 log = structlog.get_logger("jobs.pipeline")
 
 
-def set_backups(settings: "BackupSettings", backup_set: BackupSet,
+def set_backups(settings: BackupSettings, backup_set: BackupSet,
                 cancel: threading.Event) -> tuple[list[Backup], list[Backup]]:
     """Return the set's backups on the volume and in the bucket ([] without one). A bucket that cannot be listed
     now only warns: the upload of this cycle will say why."""
@@ -34,7 +32,7 @@ def set_backups(settings: "BackupSettings", backup_set: BackupSet,
     return here, there
 
 
-def require_own_set(source: Source, settings: "BackupSettings", backup_set: BackupSet, here: Sequence[Backup],
+def require_own_set(source: Source, settings: BackupSettings, backup_set: BackupSet, here: Sequence[Backup],
                     there: Sequence[Backup]) -> None:
     """Raise SourceError (stage preflight) when the set's newest backup, on the volume (`here`) or in the bucket
     (`there`), was made by another source that this one did not take over (`jobs.identity`): two services sharing
@@ -46,7 +44,7 @@ def require_own_set(source: Source, settings: "BackupSettings", backup_set: Back
         identity.require_own(there, ours, taken, backup_set, settings.remote.url())
 
 
-def take_over(source: Source, settings: "BackupSettings", backup_set: BackupSet, cancel: threading.Event) -> list[str]:
+def take_over(source: Source, settings: BackupSettings, backup_set: BackupSet, cancel: threading.Event) -> list[str]:
     """Make `source` the owner of its set (`backup --take-over`): adopt the maker of the set's newest backup on the
     volume and in the bucket when it is another source; return who was taken over, for people."""
     ours = identity.of(source, settings.backup_dir)

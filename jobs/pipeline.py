@@ -6,9 +6,8 @@ manifest are renamed into place only after the check passed (`jobs.publish`); an
 temporary files only, and those are removed here or on the next start.
 """
 
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 import os
 from pathlib import Path
@@ -31,26 +30,13 @@ from jobs.destinations.local import LocalDestination
 from jobs.engines import HOLDS, Source
 from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
 from jobs.intact import CACHE_NAME, IntactCache
+from jobs.settings import BackupSettings
 from jobs.manifest import MANIFEST_VERSION, utc_iso, write_manifest
 from jobs.volume import MinFree, room_problem, write_problem
 
 log = structlog.get_logger("jobs.pipeline")
 
 HEADROOM = 16 << 20
-
-
-@dataclass(frozen=True)
-class BackupSettings:
-    backup_dir: Path
-    compression_level: int
-    policy: retention.Policy
-    remote: Destination | None = None
-    remote_policy: retention.Policy | None = None
-    worker_version: str = "0"
-    min_free: MinFree | None = None  # BACKUP_MIN_FREE: what a backup must leave free on the backup volume
-    allow_empty: bool = False  # BACKUP_ALLOW_EMPTY: an empty source may follow backups that hold data (jobs.guard)
-    # Held while retention deletes; raises BusyError while a verify or restore reads the backups (see worker.lock).
-    deletion_lock: Callable[[], AbstractContextManager[Any]] | None = None
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from jobs.manifest import utc_iso
 from jobs.engines.postgres import catalog_url
 from jobs.files import FILE_MODE, ensure_dir
 from jobs.redact import ambiguous_userinfo, mask_url, scrub, scrub_value, url_secrets
@@ -62,6 +63,11 @@ _PROCESS_STARTED = datetime.now(timezone.utc)
 def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes, which we always wrote in UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def catalog_time(moment: datetime | None) -> str | None:
+    """Return a catalog time as ISO 8601 UTC (None stays None), for what `status`, `history` and /healthz show."""
+    return None if moment is None else utc_iso(_aware(moment))
 
 
 def _process_started(pid: int) -> datetime | None:

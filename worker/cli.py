@@ -17,16 +17,18 @@ from worker import __version__, logs
 from worker.actions.backup import cmd_backup
 from worker.actions.cleanup import cmd_cleanup
 from worker.actions.config import cmd_config
-from worker.actions.context import EXIT_FAILED, EXIT_USAGE, Context, UsageError
+from worker.actions.history import cmd_history
 from worker.actions.listing import cmd_list
 from worker.actions.prune import cmd_prune
-from worker.actions.purge import require_rules_fit
 from worker.actions.restore import cmd_restore
+from worker.actions.run import cmd_run
 from worker.actions.status import cmd_status
 from worker.actions.verify import cmd_verify
 from worker.config import Config, ConfigError, load_config
-from worker.freshness import configured_sets
-from worker.notify import watching
+from worker.context import EXIT_FAILED, EXIT_USAGE, Context, UsageError
+from worker.monitoring.dispatch import watching
+from worker.monitoring.freshness import configured_sets
+from worker.purge import require_rules_fit
 
 # `run` logs to stdout (the service's log stream). One-shot commands log to stderr and print their result on
 # stdout (sentences, or JSON with --json), so that `python -m worker backup --json | jq` works.
@@ -100,10 +102,7 @@ def _stop_on_signals(cancel: threading.Event) -> None:
 
 def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -> int:
     if args.command == "run":
-        from worker.service import serve
-
-        ctx.source()
-        return serve(ctx, args.exec_command, umask)  # restore at start first, then the checks that read the database
+        return cmd_run(ctx, args.exec_command, umask)
     if args.command in ("backup", "prune", "config"):
         require_rules_fit(ctx)  # RETENTION_RULES against the database: a missing table or column is exit 2
     _stop_on_signals(ctx.cancel)
@@ -128,13 +127,7 @@ def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -
     if args.command == "status":
         return cmd_status(ctx, args.json)
     if args.command == "history":
-        from worker import history
-
-        try:
-            since = history.parse_since(args.since)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        return history.show(ctx.catalog, args.json, since, args.job)
+        return cmd_history(ctx, args.json, args.since, args.job)
     return cmd_config(ctx)
 
 

@@ -395,7 +395,7 @@ def _retention_rules(env: Mapping[str, str], source_url: str | None, source: eng
                      problems: list[str]) -> tuple[PurgeRule, ...]:
     """Given the environment and the main source, return RETENTION_RULES (issue 12), adding a problem for bad
     pairs, for rules without a source, and for a source that has no tables (Redis). Whether each rule fits the
-    database is checked when a command starts (worker/actions/purge.py): that needs a connection."""
+    database is checked when a command starts (worker/purge.py): that needs a connection."""
     text = env.get("RETENTION_RULES", "")
     try:
         rules = tuple(parse_retention_rules(text))

@@ -4,7 +4,7 @@ What they show is computed from the backup directory (manifests, read without th
 and cached for a few seconds: a slow scrape never waits for a backup, a backup never waits for a scrape, and
 this process's own backup outcomes refresh the cache at once.
 
-With S3_BUCKET set, freshness is judged on the newest sound backup in the bucket (worker.freshness). The bucket
+With S3_BUCKET set, freshness is judged on the newest sound backup in the bucket (worker.monitoring). The bucket
 is listed from a thread of its own (OffsiteCache), at most every REFRESH_S and again after each backup of this
 process, so a scrape never waits on S3 (only the very first, at most WAIT_S, for the first listing). A listing
 that fails leaves the last good one in use for GRACE_S (a blip of the network is not an outage); after that, or
@@ -31,14 +31,13 @@ import structlog
 from jobs.artifacts import BackupSet
 from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
-from worker.catalog import Catalog
-from worker.freshness import (Offsite, catalog_time, disk_usage, disk_warning, evaluate, list_offsite,
-                              offsite_destination)
+from worker.catalog import Catalog, catalog_time
+from worker.monitoring.freshness import Offsite, SetFreshness, list_offsite, offsite_destination
+from worker.monitoring.status import Status, measure
 from worker.runs import Outcome, add_listener
 
 if TYPE_CHECKING:
     from worker.config import Config
-    from worker.freshness import Freshness
 
 log = structlog.get_logger("worker.health")
 
@@ -154,47 +153,43 @@ class Health:
                 self._cached_at, self._seen = time.monotonic(), generation
             return self._backups, self._last_runs
 
-    def freshness(self, now: datetime | None = None) -> "Freshness":
-        """Return what worker.freshness says of the configured sets now (off-site too, with a bucket)."""
-        backups, _ = self._refresh()
+    def status(self, now: datetime | None = None) -> Status:
+        """Return the status model of the configured sets now (worker.monitoring.status; off-site too, with a bucket)."""
+        backups, last_runs = self._refresh()
         offsite = self.offsite.get() if self.offsite is not None else None
-        return evaluate(backups, self.sets, self.config.freshness_limit, now, offsite)
+        return measure(self.config, backups, self.sets, last_runs, offsite, now)
 
     def healthz(self, now: datetime | None = None) -> tuple[int, dict[str, Any]]:
         """Return the HTTP status (200 fresh, 503 stale, no backup, or off-site age unknown) and the JSON document
         of SPEC's Health."""
-        state = self.freshness(now)
-        _, last_runs = self._refresh()
+        state = self.status(now)
         deciding = state.deciding
-        usage = disk_usage(self.config.backup_dir)
 
-        def ages(s: Any) -> dict[str, Any]:
+        def ages(s: SetFreshness) -> dict[str, Any]:
             return {"newest_backup_age_s": int(s.age_s) if s.age_s is not None else None,
                     "newest_offsite_backup_age_s": int(s.offsite_age_s) if s.offsite_age_s is not None else None}
 
         document = {
-            "status": "ok" if state.fresh else deciding.state if deciding else "stale",
+            "status": state.state,
             "newest_backup": deciding.describe() if deciding else None,
             "newest_offsite_backup": deciding.describe_offsite() if deciding else None,
             **(ages(deciding) if deciding else {"newest_backup_age_s": None, "newest_offsite_backup_age_s": None}),
-            "offsite": self.offsite is not None,  # S3_BUCKET is set: health is judged on the off-site copy
+            "offsite": state.offsite,  # S3_BUCKET is set: health is judged on the off-site copy
             "offsite_error": deciding.offsite_error if deciding else None,
-            "freshness_limit_s": int(self.config.freshness_limit.total_seconds()),
+            "freshness_limit_s": int(state.limit.total_seconds()),
             "sets": {s.name: {"status": s.state, "newest_backup": s.describe(), "newest_offsite_backup": s.describe_offsite(),
                               **ages(s), "offsite_error": s.offsite_error, "future_backups": list(s.future)}
                      for s in state.sets},
             "jobs": {job: {"outcome": row.get("outcome"), "finished_at": catalog_time(row.get("finished_at")),
                            "stage": row.get("stage"), "reason": row.get("reason"), "duration_s": row.get("duration_s")}
-                     for job, row in sorted(last_runs.items())},
-            "disk": {"path": usage["path"], "used_percent": usage["used_percent"],
-                     "warn_percent": self.config.disk_warn_percent,
-                     "warning": disk_warning(usage, self.config.disk_warn_percent)},
+                     for job, row in sorted(state.last_runs.items())},
+            "disk": state.disk.describe(),
         }
-        return (200 if state.fresh else 503), document
+        return (200 if state.healthy else 503), document
 
     def collect(self) -> Iterator[Metric]:
         """Yield the metric families (prometheus_client's Collector protocol)."""
-        state = self.freshness(datetime.now(timezone.utc))
+        state = self.status(datetime.now(timezone.utc))
         age = GaugeMetricFamily("backup_worker_newest_backup_age_seconds",
                                 "Age of the newest verified backup of each backup set", labels=["set"])
         offsite_age = GaugeMetricFamily("backup_worker_newest_offsite_backup_age_seconds",
@@ -213,10 +208,10 @@ class Health:
             if s.offsite_newest is not None:
                 offsite_age.add_metric([s.name], float(s.offsite_age_s or 0.0))
         yield from (age, size, fresh)
-        if self.offsite is not None:
+        if state.offsite:
             yield offsite_age
         yield GaugeMetricFamily("backup_worker_freshness_limit_seconds", "FRESHNESS_LIMIT in seconds",
-                                value=self.config.freshness_limit.total_seconds())
+                                value=state.limit.total_seconds())
         runs = CounterMetricFamily("backup_worker_job_runs", "Job runs of this process by outcome", labels=["job", "outcome"])
         duration = GaugeMetricFamily("backup_worker_job_last_duration_seconds", "Duration of each job's last run",
                                      labels=["job"])
@@ -226,10 +221,9 @@ class Health:
             for job, seconds in sorted(self.durations.items()):
                 duration.add_metric([job], seconds)
         yield from (runs, duration)
-        used = disk_usage(self.config.backup_dir)["used_percent"]
-        if used is not None:
+        if state.disk.used_percent is not None:
             yield GaugeMetricFamily("backup_worker_disk_used_ratio", "Used share of the backup volume (0-1)",
-                                    value=used / 100)
+                                    value=state.disk.used_percent / 100)
 
 
 class _Server(ThreadingHTTPServer):

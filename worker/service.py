@@ -1,11 +1,12 @@
-"""`run`: the long-running worker. APScheduler fires the backup and cleanup jobs; SIGTERM or SIGINT stops it
-within 10 s (running jobs are told to stop and leave only temporary files, which the next start removes).
+"""The long-running worker behind the `run` verb (worker/actions/run.py). APScheduler fires the backup and
+cleanup jobs; SIGTERM or SIGINT stops it within 10 s (running jobs are told to stop and leave only temporary
+files, which the next start removes).
 
 With `--exec COMMAND` the worker also starts the app as its child (see `worker/child.py` for the process-group
 and orphan decisions): stop signals go to the app, the app's exit stops the jobs, and the worker exits with the
 app's exit status. Our own failures (a failed backup, a scheduler that cannot start) never stop the app.
 
-With RESTORE_ON_START=if-missing, lost databases are restored before anything else (worker/actions/recover.py):
+With RESTORE_ON_START=if-missing, lost databases are restored before anything else (worker/recover.py):
 before the RETENTION_RULES check and the pg_dump preflight, the schedule with its catch-up backup, and the app.
 A restore at start that fails ends `run` with exit 1 and one sentence, the app never started; a stop signal
 during it stops it and `run` exits 0.
@@ -27,11 +28,13 @@ from jobs.backups import list_backups
 from jobs.pipeline import remove_stale
 from jobs.errors import Cancelled
 from worker import __version__, child, health, preflight
-from worker.actions.purge import require_rules_fit
-from worker.actions.recover import restore_at_start
-from worker.commands import Context, UsageError, backup_job, cleanup_job
+from worker.actions.backup import backup_job
+from worker.actions.cleanup import cleanup_job
+from worker.context import Context, UsageError
 from worker.crontab import period
-from worker.freshness import configured_sets
+from worker.monitoring.freshness import configured_sets
+from worker.purge import require_rules_fit
+from worker.recover import restore_at_start
 from worker.lock import free_sets
 from worker.runs import settle_interrupted
 
@@ -168,7 +171,7 @@ def serve(ctx: Context, command: str | None = None, umask: int | None = None) ->
     """Run the scheduler until SIGTERM or SIGINT; return 0 on a clean stop. With `command` (--exec), start it as
     the app first, and return its exit status once it has exited and the jobs have stopped.
 
-    First of all, with RESTORE_ON_START=if-missing, lost databases are restored (worker.actions.recover); when
+    First of all, with RESTORE_ON_START=if-missing, lost databases are restored (worker.recover); when
     one cannot be, JobError ends `run` (exit 1) before the checks, the schedule or the app start. Then the checks
     that read the database: RETENTION_RULES against its tables (UsageError, exit 2) and the pg_dump preflight."""
     signals = _Signals(forward=command is not None, cancel=ctx.cancel)

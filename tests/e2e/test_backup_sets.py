@@ -127,7 +127,7 @@ def test_catch_up_looks_at_the_configured_set_only(tmp_path: Path, worker, worke
     sys.path.insert(0, str(ROOT))
     from datetime import datetime, timezone
 
-    from worker.actions.context import Context
+    from worker.context import Context
     from worker.config import load_config
     from worker.service import needs_catch_up
 

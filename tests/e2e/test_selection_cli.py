@@ -142,7 +142,7 @@ def test_a_backup_dated_a_year_ahead_is_never_the_newest_nor_fresh(tmp_path: Pat
     assert restored.event("job.succeeded")["backup"] == real.removesuffix(".zst")
 
     sys.path.insert(0, str(ROOT))
-    from worker.actions.context import Context
+    from worker.context import Context
     from worker.config import load_config
     from worker.service import needs_catch_up
 

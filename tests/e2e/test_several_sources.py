@@ -97,7 +97,7 @@ def test_two_sources_naming_one_set_is_a_config_error_naming_both(tmp_path: Path
 
 
 def test_catch_up_at_start_backs_up_only_the_sets_without_a_fresh_backup(tmp_path: Path, worker_env: dict[str, str]) -> None:
-    from worker.actions.context import Context
+    from worker.context import Context
     from worker.config import load_config
     from worker.service import needs_catch_up, stale_sets
 

@@ -19,7 +19,7 @@ from jobs.backups import Backup
 from tests.conftest import make_app_db
 from tests.e2e.test_cli import read_events
 from tests.notify.conftest import free_port
-from worker.freshness import evaluate
+from worker.monitoring.freshness import evaluate
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from worker.history import KEYS
+from worker.actions.history import KEYS
 
 
 def fail_backup(worker, tmp_path: Path):

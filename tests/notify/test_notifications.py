@@ -12,7 +12,7 @@ import time
 from jobs.errors import JobError
 from worker.catalog import Catalog
 from worker.config import load_config
-from worker.notify import watching
+from worker.monitoring.dispatch import watching
 from worker.runs import run_job
 from tests.e2e.test_cli import read_events
 

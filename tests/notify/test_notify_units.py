@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from worker import notify
+from jobs.redact import endpoint_secrets, mask_endpoint
 from worker.config import ConfigError, load_config
-from worker.notify import Message, Sender, deliver, endpoint_secrets, mask_endpoint, payload, ping_url, wants_webhook
+from worker.monitoring import delivery
+from worker.monitoring.delivery import Message, Sender, deliver
+from worker.monitoring.dispatch import Notifier
+from worker.monitoring.notifications import payload, wants_webhook
+from worker.monitoring.pings import ping_url
 from worker.runs import Outcome
 
 SLACK = "https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX"
@@ -127,7 +131,7 @@ def test_delivery_gives_up_on_a_client_error_at_once(receiver) -> None:
 
 def test_delivery_to_a_refusing_receiver_ends_with_a_problem_in_words(refusing_url: str) -> None:
     problem, attempts = deliver(urllib3.PoolManager(), message(refusing_url), time.monotonic() + 10)
-    assert problem.startswith("cannot connect") and attempts == notify.ATTEMPTS
+    assert problem.startswith("cannot connect") and attempts == delivery.ATTEMPTS
     assert "/hook" not in problem
 
 
@@ -141,7 +145,7 @@ def test_delivery_to_a_hanging_receiver_ends_by_its_deadline(hanging) -> None:
 def test_a_sender_never_blocks_and_close_gives_up_after_its_grace(hanging) -> None:
     sender = Sender("webhook", hanging.url + "/hook")
     began = time.monotonic()
-    for _ in range(notify.QUEUE_SIZE + 5):  # more than the queue holds: the extra ones are dropped, not waited for
+    for _ in range(delivery.QUEUE_SIZE + 5):  # more than the queue holds: the extra ones are dropped, not waited for
         sender.send(message(hanging.url))
     assert sender.close(0.5) is False
     assert time.monotonic() - began < 10
@@ -169,7 +173,7 @@ class Collecting:
 
 def test_what_is_sent_to_the_webhook_and_the_ping_holds_no_secret_of_the_configuration() -> None:
     webhook, ping = Collecting(), Collecting()
-    notifier = notify.Notifier(webhook=webhook, webhook_url="https://hooks.example.com/x", notify_on="all",  # type: ignore[arg-type]
+    notifier = Notifier(webhook=webhook, webhook_url="https://hooks.example.com/x", notify_on="all",  # type: ignore[arg-type]
                                ping=ping, ping_url="https://hc-ping.com/k", host="web-1", sets=["app"],  # type: ignore[arg-type]
                                secrets=["pass word#1"])
     outcome = Outcome(job="backup", run_id="abc123def456", outcome="failed", duration_s=1.0, stage="snapshot",
@@ -202,7 +206,7 @@ def test_a_restore_at_start_says_which_backup_came_from_where_into_what() -> Non
 @pytest.mark.parametrize("outcome, pinged", [("succeeded", "/log"), ("failed", "/fail")])
 def test_a_restore_at_start_is_pinged_without_a_start_and_a_manual_restore_is_not(outcome: str, pinged: str) -> None:
     ping = Collecting()
-    notifier = notify.Notifier(webhook=None, webhook_url=None, notify_on="failure", ping=ping,  # type: ignore[arg-type]
+    notifier = Notifier(webhook=None, webhook_url=None, notify_on="failure", ping=ping,  # type: ignore[arg-type]
                                ping_url="https://hc-ping.com/k", host="web-1", sets=["app"])
     run = restored_at_start(outcome)
     notifier.listener("started", Outcome("restore", "r2", "running", 0.0))

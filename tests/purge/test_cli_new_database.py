@@ -16,7 +16,7 @@ from tests.e2e.test_cli import read_events
 from tests.purge.conftest import pg_execute
 from tests.purge.test_cli_purge import RULE, count, events_db
 from worker.actions.backup import backup_job
-from worker.actions.context import Context
+from worker.context import Context
 from worker.config import load_config
 
 

@@ -9,8 +9,8 @@ from jobs.artifacts import BackupSet, set_of
 from jobs.backups import Backup, find, from_manifest
 from jobs.errors import NotFound
 from jobs.retention import Policy, plan
-from worker.actions.context import UsageError
-from worker.actions.selection import choose_set
+from worker.context import UsageError
+from worker.selection import choose_set
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)
 APP = BackupSet("app", "sqlite")

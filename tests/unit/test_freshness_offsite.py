@@ -1,4 +1,4 @@
-"""Freshness with a bucket (worker.freshness.evaluate): the newest sound backup in the bucket decides; and the
+"""Freshness with a bucket (worker.monitoring.freshness.evaluate): the newest sound backup in the bucket decides; and the
 bucket as /healthz sees it (worker.health.OffsiteCache): listed in the background, never holding a scrape up."""
 
 from datetime import datetime, timedelta, timezone
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from jobs.backups import Backup
-from worker.freshness import Offsite, evaluate
+from worker.monitoring.freshness import Offsite, evaluate
 from worker.health import OffsiteCache
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)

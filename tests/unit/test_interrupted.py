@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from worker.catalog import open_catalog, runs
-from worker.notify import Notifier, wants_webhook
+from worker.monitoring.dispatch import Notifier
+from worker.monitoring.notifications import wants_webhook
 from worker.runs import Outcome, add_listener, settle_interrupted
 
 

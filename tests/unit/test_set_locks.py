@@ -149,7 +149,7 @@ def test_a_sets_sweep_leaves_every_other_sets_files_even_when_they_look_stale(tm
 
 def test_a_busy_set_is_skipped_but_a_busy_error_inside_its_own_cycle_is_a_failure(tmp_path: Path, app_db: Path, monkeypatch) -> None:
     from worker.actions import backup
-    from worker.actions.context import Context
+    from worker.context import Context
     from worker.config import load_config
 
     ctx = Context(config=load_config({"BACKUP_SOURCE": f"sqlite:///{app_db}", "BACKUP_DIR": str(tmp_path / "b")}, cwd=tmp_path),

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from worker.config import ConfigError, load_config
-from worker.freshness import configured_sets
+from worker.monitoring.freshness import configured_sets
 
 
 def load(tmp_path: Path, **env: str):

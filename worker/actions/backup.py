@@ -22,9 +22,9 @@ from jobs.artifacts import BackupSet
 from jobs.engines import Source
 from jobs.errors import BusyError, Cancelled, JobError
 from jobs.volume import explain, require_usable
-from worker.actions.context import EXIT_FAILED, Context
-from worker.actions.output import print_json, report_failure, say
-from worker.actions.purge import purge_after_backup, rules_for
+from worker.context import EXIT_FAILED, Context
+from worker.output import print_json, report_failure, say
+from worker.purge import purge_after_backup, rules_for
 from worker.lock import for_set
 from worker.runs import Outcome, run_job
 from worker.text import human_size

@@ -3,8 +3,8 @@
 from typing import Any
 
 from jobs.cleanup import run_cleanup
-from worker.actions.context import Context
-from worker.actions.output import report_failure, say
+from worker.context import Context
+from worker.output import report_failure, say
 from worker.runs import Outcome, run_job
 from worker.text import human_size
 

@@ -1,7 +1,7 @@
 """`config`: the validated configuration, secrets masked."""
 
-from worker.actions.context import EXIT_OK, Context
-from worker.actions.output import say
+from worker.context import EXIT_OK, Context
+from worker.output import say
 from worker import preflight
 
 

@@ -10,8 +10,8 @@ from jobs import selection
 from jobs.artifacts import BackupSet
 from jobs.backups import Backup, list_backups, sets_in
 from jobs.destinations import Destination
-from worker.actions.context import EXIT_OK, Context, UsageError
-from worker.actions.output import human_age, say
+from worker.context import EXIT_OK, Context, UsageError
+from worker.output import human_age, say
 from worker.text import human_size
 
 log = structlog.get_logger("worker.actions.listing")

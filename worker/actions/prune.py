@@ -10,9 +10,9 @@ from jobs.backups import list_backups, sets_in
 from jobs.destinations import Destination
 from jobs.intact import CACHE_NAME, IntactCache
 from jobs.volume import require_usable
-from worker.actions.context import Context, UsageError
-from worker.actions.output import report_failure, say
-from worker.actions.purge import dry_run_report
+from worker.context import Context, UsageError
+from worker.output import report_failure, say
+from worker.purge import dry_run_report
 from worker.lock import for_deletion, for_sets
 from worker.runs import run_job
 

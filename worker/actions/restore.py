@@ -20,9 +20,9 @@ from jobs.artifacts import BackupSet, temp_prefix
 from jobs.backups import Backup
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
-from worker.actions.context import Context, UsageError
-from worker.actions.output import human_age, report_failure, say
-from worker.actions.selection import fetch, reading, scratch_dir, wanted, where, workdir
+from worker.context import Context, UsageError
+from worker.output import human_age, report_failure, say
+from worker.selection import fetch, reading, scratch_dir, wanted, where, workdir
 from worker.lock import for_set
 from worker.runs import run_job
 from worker.text import human_size

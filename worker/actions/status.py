@@ -7,18 +7,14 @@ from typing import Any
 
 from jobs.backups import list_backups, sets_in
 from jobs.durations import format_duration
-from jobs.manifest import utc_iso
-from worker.actions.context import EXIT_FAILED, EXIT_OK, Context
-from worker.actions.output import human_age, say
-from worker.actions.purge import last_purge, status_lines as purge_status_lines
+from worker.catalog import catalog_time
+from worker.context import EXIT_FAILED, EXIT_OK, Context
+from worker.output import human_age, say
+from worker.purge import last_purge, status_lines as purge_status_lines
 from worker.crontab import next_fire_times
 from worker import preflight
-from worker.freshness import SetFreshness, evaluate, list_offsite, offsite_destination, status_extras, status_lines
-
-
-def _utc(moment: datetime) -> str:
-    """Return a catalog time as ISO 8601 UTC; SQLite hands back naive datetimes, which we always wrote in UTC."""
-    return utc_iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+from worker.monitoring.freshness import SetFreshness, list_offsite, offsite_destination
+from worker.monitoring.status import Status, last_failure, measure
 
 
 def _set_row(state: SetFreshness) -> dict[str, Any]:
@@ -38,7 +34,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     """Return the status document: last outcome per job, the newest verified backup of the configured sets and
     its age (also per set, in `sets`), and with S3_BUCKET the newest one in the bucket and its age; next runs.
     Healthy when every configured set has a verified backup within FRESHNESS_LIMIT, in the bucket when one is
-    configured (worker.freshness decides). Other sets in the backup directory or the bucket are not counted."""
+    configured (worker.monitoring.status decides). Other sets in the backup directory or the bucket are not counted."""
     now = now or datetime.now(timezone.utc)
     scope = ctx.scope(sets_in(ctx.local, ctx.cancel))
     backups = [backup for backup_set in (scope if scope is not None else [None])
@@ -46,12 +42,18 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     bucket = offsite_destination(ctx.config)
     offsite = list_offsite(bucket, scope, ctx.cancel) if bucket is not None else None
     names = [backup_set.name for backup_set in scope] if scope is not None else []
-    state = evaluate(backups, names, ctx.config.freshness_limit, now, offsite)
+    state = measure(ctx.config, backups, names, ctx.catalog.last_runs(), offsite, now)
+    return render(ctx, state, now, [str(backup_set) for backup_set in scope] if scope is not None else None)
+
+
+def render(ctx: Context, state: Status, now: datetime, backup_sets: list[str] | None) -> dict[str, Any]:
+    """Return the status document of a status model, with what only `status` shows: next runs, the last purge
+    and the last failure."""
     per_set = {s.name: _set_row(s) for s in state.sets}
     deciding = _set_row(state.deciding) if state.deciding else _set_row(SetFreshness("", None, None, False))
     jobs = {}
-    for job, row in ctx.catalog.last_runs().items():
-        jobs[job] = {key: (_utc(value) if isinstance(value, datetime) else value)
+    for job, row in state.last_runs.items():
+        jobs[job] = {key: (catalog_time(value) if isinstance(value, datetime) else value)
                      for key, value in row.items() if key in ("run_id", "started_at", "outcome", "stage", "reason", "artifact", "duration_s")}
     local_now = now.astimezone(ctx.config.timezone)
     triggers = {"backup": ctx.config.backup_trigger}
@@ -59,21 +61,22 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         triggers["cleanup"] = ctx.config.cleanup_trigger
     next_runs = {job: next((t.isoformat() for t in next_fire_times(trigger, local_now, 1)), None)
                  for job, trigger in triggers.items()}
-    limit = format_duration(ctx.config.freshness_limit)
+    limit = format_duration(state.limit)
     return {
-        "healthy": state.fresh,
+        "healthy": state.healthy,
         "freshness_limit": limit,
         **{key: value for key, value in deciding.items() if key not in ("healthy", "status")},
-        "offsite": offsite is not None,  # S3_BUCKET is set: health is judged on the newest off-site copy
-        "stale_reasons": {s.name: s.why_stale(limit) for s in state.sets if not s.fresh},
-        "backups": len(backups),
-        "future_backups": [ident for s in state.sets for ident in s.future],  # never newest, never fresh
-        "backup_sets": [str(backup_set) for backup_set in scope] if scope is not None else None,
+        "offsite": state.offsite,  # S3_BUCKET is set: health is judged on the newest off-site copy
+        "stale_reasons": state.stale_reasons(limit),
+        "backups": state.backups,
+        "future_backups": state.future,  # never newest, never fresh
+        "backup_sets": backup_sets,
         "sets": per_set,
         "jobs": jobs,
         "next_runs": next_runs,
         "last_purge": last_purge(ctx.catalog),  # RETENTION_RULES: rows deleted per rule by the last purge
-        **status_extras(ctx.config, ctx.catalog),  # last_failure, disk (worker/freshness.py)
+        "last_failure": last_failure(ctx.catalog),
+        "disk": state.disk.describe(),
     }
 
 
@@ -124,6 +127,20 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
         for ident in report["future_backups"]:
             say(f"WARNING: {ident} is dated more than 5 minutes in the future (the clock was wrong when it was "
                 "written); it is not counted as the newest or fresh backup")
-        for line in status_lines(report) + purge_status_lines(report):
+        for line in _failure_and_disk_lines(report) + purge_status_lines(report):
             say(line)
     return EXIT_OK if report["healthy"] else EXIT_FAILED
+
+
+def _failure_and_disk_lines(report: dict[str, Any]) -> list[str]:
+    """Return the lines `status` prints for `last_failure` and `disk`."""
+    lines = []
+    failure = report.get("last_failure")
+    if failure:
+        where = f" at {failure['stage']}" if failure.get("stage") else ""
+        lines.append(f"last failure: {failure['job']} ({failure['started_at']}){where}: {failure['reason']}")
+    disk = report.get("disk") or {}
+    if disk.get("used_percent") is not None:
+        state = f" WARNING: {disk['warning']}" if disk.get("warning") else ""
+        lines.append(f"disk: {disk['path']} {disk['used_percent']:.0f}% used (warn above {disk['warn_percent']}%){state}")
+    return lines

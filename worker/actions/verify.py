@@ -6,9 +6,9 @@ from typing import Any
 
 from jobs import restore as restoring
 from jobs.artifacts import temp_prefix
-from worker.actions.context import Context
-from worker.actions.output import report_failure, say
-from worker.actions.selection import fetch, reading, scratch_dir, wanted, where
+from worker.context import Context
+from worker.output import report_failure, say
+from worker.selection import fetch, reading, scratch_dir, wanted, where
 from worker.runs import run_job
 
 

@@ -1,31 +1,22 @@
-"""How fresh the backups are, how full their volume is, and the last failure: what `status`, `/healthz`,
-`/metrics` and the log share, computed from the backup directory (the truth) and the catalog (history)."""
+"""Freshness: how old the newest sound backup of each configured set is, on the volume and, with S3_BUCKET, in
+the bucket (which then decides), judged against FRESHNESS_LIMIT. The status model (`status.py`) is built on it."""
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-import shutil
 import threading
 import time
 from typing import TYPE_CHECKING, Any
-
-import structlog
 
 from jobs import artifacts, selection
 from jobs.artifacts import BackupSet
 from jobs.backups import Backup, list_backups
 from jobs.errors import JobError
-from jobs.manifest import utc_iso
 from jobs.selection import Purpose
-from worker.catalog import Catalog
-from worker.runs import Outcome
 
 if TYPE_CHECKING:
     from jobs.destinations import Destination
     from worker.config import Config
-
-log = structlog.get_logger("worker.freshness")
 
 
 def configured_sets(config: "Config", cwd: Path) -> list[str]:
@@ -186,88 +177,3 @@ def list_offsite(destination: "Destination", backup_sets: "list[BackupSet] | Non
     except Exception as error:  # a bucket that cannot be listed must not break status or a scrape
         return Offsite(None, f"the bucket cannot be listed: {type(error).__name__}", None)
     return Offsite(found, None, time.monotonic())
-
-
-# --- disk -----------------------------------------------------------------------------------------------------
-
-def disk_usage(path: Path) -> dict[str, Any]:
-    """Return the use of the volume holding `path` (or its nearest existing parent): `path`, `used_percent`
-    (as `df` counts it: used / (used + available)), `total_bytes` and `free_bytes`; None values if unreadable."""
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    try:
-        usage = shutil.disk_usage(probe)
-    except OSError:
-        return {"path": str(path), "used_percent": None, "total_bytes": None, "free_bytes": None}
-    usable = usage.used + usage.free
-    percent = round(usage.used / usable * 100, 1) if usable else 0.0
-    return {"path": str(path), "used_percent": percent, "total_bytes": usage.total, "free_bytes": usage.free}
-
-
-def disk_warning(usage: dict[str, Any], warn_percent: int) -> str | None:
-    """Return a sentence when the volume is fuller than `warn_percent`, else None."""
-    used = usage.get("used_percent")
-    if used is None or used <= warn_percent:
-        return None
-    return (f"the backup volume {usage['path']} is {used:.0f}% full (DISK_WARN_PERCENT={warn_percent}); "
-            "free space or grow the volume before backups start failing")
-
-
-def disk_listener(config: "Config") -> Callable[[str, Outcome], None]:
-    """Return a run listener that logs a warning after each backup when the backup volume is too full."""
-
-    def listener(event: str, outcome: Outcome) -> None:
-        if event != "finished" or outcome.job != "backup":
-            return
-        usage = disk_usage(config.backup_dir)
-        warning = disk_warning(usage, config.disk_warn_percent)
-        if warning:
-            log.warning("disk.nearly_full", path=usage["path"], used_percent=usage["used_percent"],
-                        warn_percent=config.disk_warn_percent, detail=warning)
-
-    return listener
-
-
-# --- status ---------------------------------------------------------------------------------------------------
-
-def catalog_time(moment: datetime | None) -> str | None:
-    """Return a catalog time as ISO 8601 UTC; SQLite hands back naive datetimes, which we always wrote in UTC."""
-    if moment is None:
-        return None
-    return utc_iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
-
-
-def last_failure(catalog: Catalog) -> dict[str, Any] | None:
-    """Return the newest failed run of any job from the catalog, or None."""
-    rows = catalog.history(outcome="failed", limit=1)
-    if not rows:
-        return None
-    row = rows[0]
-    return {"job": row["job"], "run_id": row["run_id"], "started_at": catalog_time(row["started_at"]),
-            "finished_at": catalog_time(row["finished_at"]), "stage": row["stage"], "reason": row["reason"]}
-
-
-def status_extras(config: "Config", catalog: Catalog) -> dict[str, Any]:
-    """Return what `status` adds for issue 11: `last_failure` and `disk` (with `warn_percent` and `warning`)."""
-    usage = disk_usage(config.backup_dir)
-    warning = disk_warning(usage, config.disk_warn_percent)
-    return {
-        "last_failure": last_failure(catalog),
-        "disk": {"path": usage["path"], "used_percent": usage["used_percent"],
-                 "warn_percent": config.disk_warn_percent, "warning": warning},
-    }
-
-
-def status_lines(report: dict[str, Any]) -> list[str]:
-    """Return the lines `status` prints for `last_failure` and `disk`."""
-    lines = []
-    failure = report.get("last_failure")
-    if failure:
-        where = f" at {failure['stage']}" if failure.get("stage") else ""
-        lines.append(f"last failure: {failure['job']} ({failure['started_at']}){where}: {failure['reason']}")
-    disk = report.get("disk") or {}
-    if disk.get("used_percent") is not None:
-        state = f" WARNING: {disk['warning']}" if disk.get("warning") else ""
-        lines.append(f"disk: {disk['path']} {disk['used_percent']:.0f}% used (warn above {disk['warn_percent']}%){state}")
-    return lines

@@ -7,12 +7,20 @@ from typing import Any
 
 from jobs.durations import parse_duration
 from jobs.manifest import utc_iso
-from worker.catalog import Catalog
-from worker.freshness import catalog_time
+from worker.catalog import Catalog, catalog_time
+from worker.context import EXIT_OK, Context, UsageError
 from worker.text import human_size
 
 KEYS = ("job", "run_id", "started_at", "finished_at", "outcome", "stage", "reason", "duration_s", "size",
         "raw_size", "artifact")
+
+
+def cmd_history(ctx: Context, as_json: bool, since: str | None, job: str | None) -> int:
+    try:
+        moment = parse_since(since)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return show(ctx.catalog, as_json, moment, job)
 
 
 def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
@@ -52,15 +60,15 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
 
 def show(catalog: Catalog, as_json: bool, since: datetime | None = None, job: str | None = None,
          say: Callable[[str], None] = print) -> int:
-    """Print the history (a JSON array with `as_json`, else a table); return exit code 0."""
+    """Print the history (a JSON array with `as_json`, else a table); return EXIT_OK."""
     rows = runs(catalog, since, job)
     if as_json:
         say(json.dumps(rows, indent=2))
-        return 0
+        return EXIT_OK
     if catalog.engine is None:
         say("no run history: the catalog cannot be opened (see the warning above; check CATALOG_URL)")
     elif not rows:
         say("no recorded runs" + (f" of {job}" if job else "") + (f" since {utc_iso(since)}" if since else ""))
     for line in render(rows):
         say(line)
-    return 0
+    return EXIT_OK

@@ -22,8 +22,8 @@ from jobs import identity, recover
 from jobs.artifacts import BackupSet
 from jobs.engines import Source, redis
 from jobs.errors import Cancelled, JobError
-from worker.actions.context import Context
-from worker.actions.selection import reading, workdir
+from worker.context import Context
+from worker.selection import reading, workdir
 from worker.lock import for_set
 from worker.runs import Outcome, run_job
 

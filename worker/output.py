@@ -3,7 +3,7 @@
 import json
 import sys
 
-from worker.actions.context import EXIT_FAILED, EXIT_OK
+from worker.context import EXIT_FAILED, EXIT_OK
 from worker.runs import Outcome
 
 

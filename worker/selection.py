@@ -25,7 +25,7 @@ from jobs.destinations.local import LocalDestination
 from jobs.errors import IntegrityError, NotFound, StorageError
 from jobs.selection import Purpose
 from jobs.volume import require_usable
-from worker.actions.context import Context, UsageError, not_an_id
+from worker.context import Context, UsageError, not_an_id
 from worker.lock import shared
 
 log = structlog.get_logger("worker.actions.selection")

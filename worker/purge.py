@@ -22,8 +22,8 @@ from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from jobs.manifest import utc_iso
 from jobs.purge import PurgeRule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge
-from worker.actions.context import Context, UsageError
-from worker.actions.output import say
+from worker.context import Context, UsageError
+from worker.output import say
 from worker.catalog import Catalog
 from worker.runs import run_job
 
