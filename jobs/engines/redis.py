@@ -28,7 +28,7 @@ KIND = "rdb"
 URL_TARGET = False
 # Why a Redis backup is not restored over the live server: said before anything is fetched (Source.restore_refusal).
 REFUSAL = ("a Redis backup is not loaded into a running server by the worker; write the RDB file with "
-           "`restore --to PATH` (e.g. --to /tmp/restore/dump.rdb) and load it as the docs' Redis section says: "
+           "`restore --to PATH` (e.g. --to /tmp/restore/dump.rdb) and load it as docs/redis.md (linked from the README) says: "
            "stop the server, put the file in place as its dump.rdb and start it, or let the server copy it from "
            "a temporary redis-server as a replica (on Railway)")
 DEFAULT_PORT = 6379

@@ -96,7 +96,7 @@ def test_a_backup_cycle_opens_each_source_once_when_the_configuration_is_read(tm
 
     from jobs import engines
     from worker.actions.backup import backup_job
-    from worker.actions.context import Context
+    from worker.context import Context
 
     for name in ("app", "audit"):
         with sqlite3.connect(tmp_path / f"{name}.db") as connection:
