@@ -16,7 +16,8 @@ REFERENCE = ROOT / "docs" / "reference.md"
 # A whole string literal that looks like an environment variable (a name with an underscore), and any upper-case
 # name read through `env.get("X")`, `env["X"]` (not assigned to), `os.environ.get("X")` or `os.getenv("X")`.
 _LITERAL = re.compile(r"""["']([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+_?)["']""")
-_READ = re.compile(r"""(?:environ|env)(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["'](?!\]\s*=[^=])|getenv\(\s*["']([A-Z][A-Z0-9_]*)["']""")
+_READ = re.compile(r"""(?:environ|env)(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["'](?!\]\s*=[^=])"""
+                   r"""|getenv\(\s*["']([A-Z][A-Z0-9_]*)["']""")
 # Upper-case literals in the code that are not variables the worker reads (each with why).
 NOT_VARIABLES = {
     "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",  # worker/commands.py re-exports the exit codes by name
@@ -37,7 +38,8 @@ def names_in_the_code() -> dict[str, list[str]]:
         names = {match for match in _LITERAL.findall(text)}
         names |= {read or got for read, got in _READ.findall(text)}
         for name in names - NOT_VARIABLES:
-            name = name + "<NAME>" if name.endswith("_") else name  # BACKUP_SOURCE_ is the prefix of BACKUP_SOURCE_<NAME>
+            # BACKUP_SOURCE_ is the prefix of BACKUP_SOURCE_<NAME>
+            name = name + "<NAME>" if name.endswith("_") else name
             found.setdefault(name, []).append(str(path.relative_to(ROOT)))
     return found
 
