@@ -2,10 +2,10 @@
 #
 # test_servers decides, before pytest starts, which servers the suite talks to:
 #   - a server that answers at the configured place (TEST_PG_HOST/TEST_PG_PORT/TEST_PG_USER, default
-#     127.0.0.1:5432 as postgres with no password; TEST_REDIS_HOST/TEST_REDIS_PORT, default 127.0.0.1:6379)
-#     is used as it is;
-#   - when none answers at the default place (the variables unset), a private throwaway server is started on a
-#     free loopback port under a temporary directory and the variables are exported for pytest;
+#     127.0.0.1:5432, letting user postgres in without a password; TEST_REDIS_HOST/TEST_REDIS_PORT, default
+#     127.0.0.1:6379, answering PING) is used as it is;
+#   - when none does at the default place (the host and port variables unset), a private throwaway server is
+#     started on a free loopback port under a temporary directory and the variables are exported for pytest;
 #   - when the variables point somewhere and nothing answers there, the run stops (exit 3) and says so.
 # stop_private_servers stops what test_servers started and removes its directories; ./dev runs it on exit.
 
@@ -31,7 +31,7 @@ now_ms() {
 }
 
 seconds_since() {
-  # "1.3 s" since the now_ms value $1.
+  # "1.30 s" since the now_ms value $1.
   local ms=$(( $(now_ms) - $1 ))
   printf '%d.%02d s' $((ms / 1000)) $((ms % 1000 / 10))
 }
