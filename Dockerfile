@@ -1,6 +1,6 @@
-# The worker as its own service, for PostgreSQL and Redis sources (README: "Layout 2").
+# The worker as its own service, for PostgreSQL and Redis sources (docs/deploy-database-service.md).
 # Railway builds this file whenever it finds it at the root of the repository a service deploys from.
-# SQLite apps do not use it: they install the worker into the app itself (README: "Layout 1").
+# SQLite apps do not use it: they install the worker into the app itself (docs/deploy-sqlite-app.md).
 #
 # Why a Dockerfile and not Railpack's apt packages: RAILPACK_DEPLOY_APT_PACKAGES installs from the runtime
 # image's Debian release (bookworm: PostgreSQL 15 client only), and pg_dump refuses a server of a newer major.

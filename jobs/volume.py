@@ -36,9 +36,6 @@ class MinFree:
         return int(total * self.percent / 100) if self.percent is not None else self.size
 
 
-DEFAULT_MIN_FREE = "10%"
-
-
 def parse_min_free(text: str) -> MinFree:
     """Given `10%`, `2GB`, `500MB`, `1GiB` or `0`, return the MinFree. Raise ValueError saying what is accepted."""
     cleaned = text.strip()

@@ -13,10 +13,11 @@ import sys
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = {
-    "PostgreSQL": (os.environ.get("TEST_PG_HOST", "127.0.0.1"), int(os.environ.get("TEST_PG_PORT", "5432"))),
-    "Redis": (os.environ.get("TEST_REDIS_HOST", "127.0.0.1"), int(os.environ.get("TEST_REDIS_PORT", "6379"))),
-}
+# Where the suite's servers are: TEST_PG_HOST/TEST_PG_PORT/TEST_PG_USER and TEST_REDIS_HOST/TEST_REDIS_PORT
+# (./dev test exports them when it starts private servers; tests/servers.sh).
+PG_ADDRESS = (os.environ.get("TEST_PG_HOST", "127.0.0.1"), int(os.environ.get("TEST_PG_PORT", "5432")))
+REDIS_ADDRESS = (os.environ.get("TEST_REDIS_HOST", "127.0.0.1"), int(os.environ.get("TEST_REDIS_PORT", "6379")))
+SERVICES = {"PostgreSQL": PG_ADDRESS, "Redis": REDIS_ADDRESS}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -27,7 +28,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         except OSError as error:
             down.append(f"{name} at {host}:{port} ({error.strerror or error})")
     if down:
-        pytest.exit("test servers unreachable: " + "; ".join(down) + " — start them (see README, Tests)", returncode=3)
+        pytest.exit("test servers unreachable: " + "; ".join(down) + " — `./dev test` starts private ones when none answers "
+                    "at the default place (see README, Tests)", returncode=3)
 
 
 def make_app_db(path: Path, rows: int = 1000, wal: bool = True) -> Path:

@@ -21,7 +21,8 @@ from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.durations import format_duration, parse_duration
 from jobs.purge import PurgeRule, parse_retention_rules
 from jobs.redact import MASK, mask_endpoint, mask_key, mask_url, secrets_of
-from jobs.volume import DEFAULT_MIN_FREE, MinFree, dir_problem, parse_min_free
+from jobs.volume import MinFree, dir_problem, parse_min_free
+from worker.variables import default as default_of
 from worker.catalog import catalog_problem
 from worker.crontab import cron_trigger
 
@@ -97,16 +98,18 @@ class Config:
     cleanup_trigger: BaseTrigger = field(compare=False, repr=False)
     # Knowing what happened (issue 11): webhook and ping URLs carry tokens, so they are secrets.
     notify_webhook_url: str | None = field(default=None, repr=False)
-    notify_on: str = "failure"
+    notify_on: str = default_of("NOTIFY_ON")
     healthcheck_ping_url: str | None = field(default=None, repr=False)
     health_port: int | None = None
-    disk_warn_percent: int = 80
+    disk_warn_percent: int = default_of("DISK_WARN_PERCENT")
     # Every source, the main one (BACKUP_SOURCE or DATABASE_URL) first, then BACKUP_SOURCE_<NAME> by name, each
     # opened once; `source_url` stays the main one's URL.
     sources: tuple[ConfiguredSet, ...] = field(default=(), repr=False)
     retention_rules: tuple[PurgeRule, ...] = ()  # RETENTION_RULES (issue 12): rows deleted after a good backup
-    restore_on_start: str = "never"  # RESTORE_ON_START: `if-missing` restores lost databases before `run` starts
-    allow_empty: bool = False  # BACKUP_ALLOW_EMPTY (issue 18): an empty source may follow backups that hold data
+    # RESTORE_ON_START: `if-missing` restores lost databases before `run` starts
+    restore_on_start: str = default_of("RESTORE_ON_START")
+    # BACKUP_ALLOW_EMPTY (issue 18): an empty source may follow backups that hold data
+    allow_empty: bool = default_of("BACKUP_ALLOW_EMPTY")
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -222,10 +225,10 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         problems.append(f"BACKUP_NAME={backup_name!r} is not a backup set name; use letters, digits, _ and - only (at most 100)")
     source_url, configured = _sources(env, cwd, backup_name, problems)
     try:
-        min_free = parse_min_free(env.get("BACKUP_MIN_FREE", "").strip() or DEFAULT_MIN_FREE)
+        min_free = parse_min_free(env.get("BACKUP_MIN_FREE", "").strip() or default_of("BACKUP_MIN_FREE"))
     except ValueError as error:
         problems.append(f"BACKUP_MIN_FREE: {error}")
-        min_free = parse_min_free(DEFAULT_MIN_FREE)
+        min_free = parse_min_free(default_of("BACKUP_MIN_FREE"))
 
     tz_name = (env.get("BACKUP_TIMEZONE") or env.get("TZ") or "UTC").strip().lstrip(":")
     try:
@@ -234,8 +237,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         problems.append(f"BACKUP_TIMEZONE={tz_name!r} is not a known time zone; use a name like UTC or Europe/Berlin")
         timezone = ZoneInfo("UTC")
 
-    schedule = env.get("BACKUP_SCHEDULE", "").strip() or "0 2 * * *"
-    cleanup_schedule = env.get("CLEANUP_SCHEDULE", "").strip() or "0 * * * *"
+    schedule = env.get("BACKUP_SCHEDULE", "").strip() or default_of("BACKUP_SCHEDULE")
+    cleanup_schedule = env.get("CLEANUP_SCHEDULE", "").strip() or default_of("CLEANUP_SCHEDULE")
     triggers: dict[str, BaseTrigger] = {}
     for name, expression in (("BACKUP_SCHEDULE", schedule), ("CLEANUP_SCHEDULE", cleanup_schedule)):
         try:
@@ -244,11 +247,11 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
             problems.append(f"{name}: {error}")
             triggers[name] = cron_trigger("0 2 * * *", timezone)
 
-    retention_days = _int(env, "BACKUP_RETENTION_DAYS", 7, 0, 36500, problems)
-    keep_min = _int(env, "BACKUP_KEEP_MIN", 3, 1, 10000, problems)
+    retention_days = _int(env, "BACKUP_RETENTION_DAYS", default_of("BACKUP_RETENTION_DAYS"), 0, 36500, problems)
+    keep_min = _int(env, "BACKUP_KEEP_MIN", default_of("BACKUP_KEEP_MIN"), 1, 10000, problems)
     # 20-22 are zstd's "ultra" levels: windows up to 128 MiB, hundreds of MiB of memory, and jobs too long to stop
     # within the 10 s SIGTERM promise; 19 is the highest level we accept.
-    level = _int(env, "BACKUP_COMPRESSION_LEVEL", 3, 1, 19, problems)
+    level = _int(env, "BACKUP_COMPRESSION_LEVEL", default_of("BACKUP_COMPRESSION_LEVEL"), 1, 19, problems)
 
     s3 = None
     bucket = env.get("S3_BUCKET", "").strip()
@@ -257,7 +260,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         endpoint = env.get("S3_ENDPOINT_URL", "").strip() or None
         if endpoint and (not endpoint.startswith(("http://", "https://")) or not _hostname(endpoint)):
             problems.append(f"S3_ENDPOINT_URL={mask_url(endpoint)!r} must be a URL like https://host[:port]")
-        region = env.get("S3_REGION", "").strip() or "us-east-1"
+        region = env.get("S3_REGION", "").strip() or default_of("S3_REGION")
         if not _REGION.match(region):
             problems.append(f"S3_REGION={region!r} is not a region name; use one like us-east-1, eu-central-003 or auto")
         s3 = S3Settings(
@@ -283,7 +286,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
             problems.append(f"CLEANUP_RULES: {rule.describe()} {reason}")
 
     try:
-        freshness = parse_duration(env.get("FRESHNESS_LIMIT", "").strip() or "26h")
+        freshness = parse_duration(env.get("FRESHNESS_LIMIT", "").strip() or default_of("FRESHNESS_LIMIT"))
     except ValueError as error:
         problems.append(f"FRESHNESS_LIMIT: {error}")
         freshness = timedelta(hours=26)
@@ -293,13 +296,13 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     if problem:
         problems.append(problem)
 
-    log_level = _choice(env, "LOG_LEVEL", "info", LOG_LEVELS, problems)
-    log_format = _choice(env, "LOG_FORMAT", "json", LOG_FORMATS, problems)
+    log_level = _choice(env, "LOG_LEVEL", default_of("LOG_LEVEL"), LOG_LEVELS, problems)
+    log_format = _choice(env, "LOG_FORMAT", default_of("LOG_FORMAT"), LOG_FORMATS, problems)
 
     monitoring = _monitoring(env, problems)
     main_source = next((each.source for each in configured if each.main), None)  # the one RETENTION_RULES applies to
     retention_rules = _retention_rules(env, source_url, main_source, problems)
-    restore_on_start = _choice(env, "RESTORE_ON_START", "never", RESTORE_ON_START, problems)
+    restore_on_start = _choice(env, "RESTORE_ON_START", default_of("RESTORE_ON_START"), RESTORE_ON_START, problems)
     allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
 
     if problems:
@@ -384,10 +387,10 @@ def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object
         port = _int(env, "HEALTH_PORT", 0, 1, 65535, problems) or None
     return {
         "notify_webhook_url": urls["NOTIFY_WEBHOOK_URL"],
-        "notify_on": _choice(env, "NOTIFY_ON", "failure", NOTIFY_ON, problems),
+        "notify_on": _choice(env, "NOTIFY_ON", default_of("NOTIFY_ON"), NOTIFY_ON, problems),
         "healthcheck_ping_url": urls["HEALTHCHECK_PING_URL"],
         "health_port": port,
-        "disk_warn_percent": _int(env, "DISK_WARN_PERCENT", 80, 1, 100, problems),
+        "disk_warn_percent": _int(env, "DISK_WARN_PERCENT", default_of("DISK_WARN_PERCENT"), 1, 100, problems),
     }
 
 

@@ -1,4 +1,4 @@
-"""Rose, a voice companion: a sketch of the app in the README's worked example (layout 1).
+"""Rose, a voice companion: a sketch of the app in docs/deploy-sqlite-app.md's worked example (layout 1).
 
 Conversations live in SQLite on the volume (/app/data/rose.db, WAL mode so that backups never block a write);
 synthesized speech goes to /tmp/rose_audio, which the worker's CLEANUP_RULES empties of day-old files. Railway

@@ -1,4 +1,4 @@
-"""The deployment files in examples/ say what the README says: their start commands reach the worker as meant."""
+"""The deployment files in examples/ say what the docs say: their start commands reach the worker as meant."""
 
 import json
 from pathlib import Path
@@ -46,8 +46,10 @@ def test_the_sqlite_app_start_command_starts_uvicorn_on_railways_port(tmp_path: 
 
 
 def readme_line(prefix: str) -> str:
-    found = [line.strip() for line in (ROOT / "README.md").read_text().splitlines() if line.strip().startswith(prefix)]
-    assert len(found) == 1, f"README has {len(found)} lines starting with {prefix!r}"
+    """Return the one line of the layout 1 how-to (docs/deploy-sqlite-app.md) that starts with `prefix`."""
+    doc = ROOT / "docs" / "deploy-sqlite-app.md"
+    found = [line.strip() for line in doc.read_text().splitlines() if line.strip().startswith(prefix)]
+    assert len(found) == 1, f"{doc.name} has {len(found)} lines starting with {prefix!r}"
     return found[0]
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_worker
+from tests.conftest import REDIS_ADDRESS, run_worker
 from tests.e2e.started import Started
 from tests.notify.conftest import receiver  # noqa: F401
 from tests.s3.conftest import (ACCESS_KEY, REGION, SECRET, aws_env, boto_session, bucket, client_for,  # noqa: F401
@@ -275,7 +275,7 @@ def test_a_restore_at_start_is_notified_and_pinged_and_a_redis_set_is_skipped_wi
     newest = backup(worker_env, tmp_path)
     lose(db)
     env = {**worker_env, "RESTORE_ON_START": "if-missing", "NOTIFY_WEBHOOK_URL": f"{receiver.url}/hook",
-           "NOTIFY_ON": "all", "HEALTHCHECK_PING_URL": f"{receiver.url}/ping", "BACKUP_SOURCE_CACHE": "redis://127.0.0.1:6379/0"}
+           "NOTIFY_ON": "all", "HEALTHCHECK_PING_URL": f"{receiver.url}/ping", "BACKUP_SOURCE_CACHE": "redis://%s:%d/0" % REDIS_ADDRESS}
 
     worker = start(started, ["run"], env, tmp_path)
     worker.wait_for("restore.on_start", backup=newest)

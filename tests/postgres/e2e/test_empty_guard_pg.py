@@ -8,7 +8,7 @@ from typing import Any
 
 from psycopg import sql
 
-from tests.postgres.conftest import admin, url_for
+from tests.postgres.conftest import HOST, PORT, admin, url_for
 from tests.postgres.e2e.conftest import base_env, manifests, s3_settings
 from tests.postgres.test_archive_counts import live_counts
 
@@ -33,7 +33,7 @@ def test_an_emptied_database_is_refused_at_preflight_and_nothing_is_written_or_u
     assert refused.code == 1
     failed = refused.event("job.failed")
     assert failed["stage"] == "preflight"
-    assert failed["reason"].startswith(f"the PostgreSQL database {app_pg} at 127.0.0.1:5432 holds no rows while the set's "
+    assert failed["reason"].startswith(f"the PostgreSQL database {app_pg} at {HOST}:{PORT} holds no rows while the set's "
                                        f"newest backup {written['id']} holds {written['counts']['total']} rows")
     assert f"`python -m worker restore {written['id']} --yes`" in failed["reason"]
     assert len(manifests(tmp_path / "backups")) == 1 and keys(s3_client, bucket) == uploaded
