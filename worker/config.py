@@ -25,6 +25,7 @@ from jobs.volume import MinFree, dir_problem, parse_min_free
 from worker.variables import default as default_of
 from worker.catalog import catalog_problem
 from worker.crontab import cron_trigger
+from worker.sources import SOURCE_PREFIX, ConfiguredSet, configured_sources
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
@@ -42,25 +43,10 @@ class ConfigError(Exception):
         super().__init__("; ".join(problems))
 
 
-SOURCE_PREFIX = "BACKUP_SOURCE_"  # BACKUP_SOURCE_<NAME>: further sources, backup set `<name>` in lower case
 # The variables that hold secrets: URLs with passwords, webhook and ping URLs (their path), plain keys.
 _URL_VARIABLES = ("BACKUP_SOURCE", "DATABASE_URL", "CATALOG_URL", "S3_ENDPOINT_URL")
 _ENDPOINT_VARIABLES = ("NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-
-@dataclass(frozen=True)
-class ConfiguredSet:
-    """One configured source, opened once when the configuration is read (no connection made) and reused by every
-    action: its backup set's name, the variable that names it, its URL (a secret: never print it unmasked), the
-    engine's Source (named by the set) and whether it is the main source (BACKUP_SOURCE or DATABASE_URL: the one
-    RETENTION_RULES apply to)."""
-
-    name: str
-    variable: str
-    url: str = field(repr=False)
-    source: engines.Source = field(repr=False, compare=False)
-    main: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,7 +209,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     backup_name = env.get("BACKUP_NAME", "").strip() or None
     if backup_name is not None and not is_set_name(backup_name):
         problems.append(f"BACKUP_NAME={backup_name!r} is not a backup set name; use letters, digits, _ and - only (at most 100)")
-    source_url, configured = _sources(env, cwd, backup_name, problems)
+    source_url, configured = configured_sources(env, cwd, backup_name, problems)
     try:
         min_free = parse_min_free(env.get("BACKUP_MIN_FREE", "").strip() or default_of("BACKUP_MIN_FREE"))
     except ValueError as error:
@@ -336,41 +322,6 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         restore_on_start=restore_on_start,
         allow_empty=allow_empty,
     )
-
-
-def _sources(env: Mapping[str, str], cwd: Path, backup_name: str | None,
-             problems: list[str]) -> tuple[str | None, tuple[ConfiguredSet, ...]]:
-    """Given the environment, return the main source's URL and every source opened (no connection made), the main
-    one first. Invalid URLs, names and set names used twice are added to `problems`, each naming its variable(s)."""
-    main = (env.get("BACKUP_SOURCE") or env.get("DATABASE_URL") or "").strip() or None
-    wanted: list[tuple[str, str | None, str]] = []  # (variable, set name or None for the source's own, url)
-    if main:
-        wanted.append(("BACKUP_SOURCE" if env.get("BACKUP_SOURCE") else "DATABASE_URL", backup_name, main))
-    for variable in sorted(key for key in env if key.startswith(SOURCE_PREFIX)):
-        name, url = variable[len(SOURCE_PREFIX):].lower(), env[variable].strip()
-        if not is_set_name(name):
-            problems.append(f"{variable}: {name!r} is not a backup set name; name the variable BACKUP_SOURCE_<NAME> "
-                            "with letters, digits and _ only")
-        elif not url:
-            problems.append(f"{variable} is empty; set it to the URL of the database to back up (a Railway reference "
-                            "like ${{Redis.REDIS_URL}} must name an existing service and variable) or remove it")
-        else:
-            wanted.append((variable, name, url))
-    configured: dict[str, ConfiguredSet] = {}
-    for variable, name, url in wanted:
-        try:
-            source = engines.open_source(url, cwd, name)
-        except ValueError as error:
-            problems.append(f"{variable}: {error}")
-            continue
-        if source.name() in configured:
-            problems.append(f"{configured[source.name()].variable} and {variable} both name the backup set "
-                            f"{source.name()!r}; every source needs its own set: rename one BACKUP_SOURCE_<NAME> "
-                            "variable, or set BACKUP_NAME for BACKUP_SOURCE")
-            continue
-        configured[source.name()] = ConfiguredSet(source.name(), variable, url, source,
-                                                  main=not variable.startswith(SOURCE_PREFIX))
-    return main, tuple(configured.values())
 
 
 def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object]:
