@@ -27,7 +27,7 @@ from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import HOLDS, Source
-from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
+from jobs.errors import BusyError, IntegrityError, RemoteError, SpaceError, StorageError, UploadError
 from jobs.intact import CACHE_NAME, IntactCache
 from jobs.volume import MinFree, room_problem, write_problem
 
@@ -335,7 +335,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
             if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
                 fields["pruned_remote"] = _retention(settings.remote, settings.remote_policy, backup_set, settings, None,
                                                      cancel, manifest["id"])
-        except UploadError as error:
+        except RemoteError as error:  # listing the bucket too: the cycle's off-site copy failed, stage upload
             failure = UploadError(f"{error}; the local backup {manifest['id']} is kept and the next cycle uploads it")
             log.warning("retention.despite_upload_failure", detail="local retention runs so that the volume does not fill up")
     fields["pruned"] = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel, manifest["id"])
@@ -363,7 +363,7 @@ def set_backups(settings: BackupSettings, backup_set: BackupSet,
     if settings.remote is not None:
         try:
             there, _ = list_backups(settings.remote, backup_set, cancel)
-        except UploadError as error:
+        except RemoteError as error:
             log.warning("backup.owner_unchecked", location=settings.remote.location, reason=str(error))
     return here, there
 
