@@ -1,4 +1,4 @@
-"""Off-site copies as a user drives them: `python -m worker …` against moto's S3 server over real HTTP."""
+"""Off-site copies as a user drives them: `python -m worker …` against moto's S3 server and SeaweedFS over real HTTP."""
 
 import json
 from pathlib import Path
@@ -10,10 +10,12 @@ import pytest
 from tests.conftest import run_worker
 from .conftest import ACCESS_KEY, REGION, SECRET, free_port
 
+pytestmark = pytest.mark.s3_servers  # every test that uses a bucket runs on moto and on SeaweedFS
+
 
 @pytest.fixture
-def s3_env(worker_env: dict[str, str], moto_endpoint: str, bucket: str) -> dict[str, str]:
-    return {**worker_env, "S3_BUCKET": bucket, "S3_PREFIX": "prod/app", "S3_ENDPOINT_URL": moto_endpoint, "S3_REGION": REGION,
+def s3_env(worker_env: dict[str, str], s3_endpoint: str, bucket: str) -> dict[str, str]:
+    return {**worker_env, "S3_BUCKET": bucket, "S3_PREFIX": "prod/app", "S3_ENDPOINT_URL": s3_endpoint, "S3_REGION": REGION,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
             "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
 
