@@ -249,9 +249,10 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy
 class FlakyProxy:
     """An HTTP proxy in front of the S3 server that misbehaves on purpose.
 
-    The next `fail` requests (with a method in `fail_methods`, or any) are answered `fail_status` with the S3
-    error `fail_code`; the next `cut` GET responses with a body are sent half and the connection closed.
-    `requests` lists every request seen.
+    The next `fail` requests (with a method in `fail_methods`, or any; with a path, before its query, that ends
+    with `fail_suffix`, or any) are answered `fail_status` with the S3 error `fail_code`; the next `cut` GET
+    responses with a body are sent half and the connection closed. `requests` lists every request seen,
+    `headers` their headers (names in lower case).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -260,6 +261,8 @@ class FlakyProxy:
         self.fail_methods: set[str] = set()
         self.fail_status = 503
         self.fail_code = "SlowDown"
+        self.fail_suffix = ""
+        self.headers: list[dict[str, str]] = []
         self.cut = 0
         self.requests: list[str] = []
         self.lock = threading.Lock()
@@ -276,7 +279,9 @@ class FlakyProxy:
                 body = self.rfile.read(length) if length else b""
                 with proxy.lock:
                     proxy.requests.append(f"{self.command} {self.path}")
-                    fail = proxy.fail > 0 and (not proxy.fail_methods or self.command in proxy.fail_methods)
+                    proxy.headers.append({name.lower(): value for name, value in self.headers.items()})
+                    fail = (proxy.fail > 0 and (not proxy.fail_methods or self.command in proxy.fail_methods)
+                            and self.path.split("?", 1)[0].endswith(proxy.fail_suffix))
                     if fail:
                         proxy.fail -= 1
                 if fail:

@@ -263,3 +263,13 @@ def test_checksum_headers_are_kept_for_aws_and_sent_only_when_required_to_other_
     assert (aws.request_checksum_calculation, aws.response_checksum_validation) == ("when_supported", "when_supported")
     assert (other.request_checksum_calculation, other.response_checksum_validation) == ("when_required", "when_required")
     assert other.s3["addressing_style"] == "path"
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])
+def test_an_endpoint_that_botocore_reads_itself_gets_the_s3_compatible_client_too(monkeypatch: pytest.MonkeyPatch,
+                                                                                  variable: str) -> None:
+    monkeypatch.setenv(variable, "https://rgw.example.com:7480")
+    config = make_client(None, "us-east-1").meta
+    assert config.endpoint_url == "https://rgw.example.com:7480"
+    assert (config.config.request_checksum_calculation, config.config.response_checksum_validation) == ("when_required", "when_required")
+    assert config.config.s3["addressing_style"] == "path"
