@@ -17,8 +17,10 @@ import boto3
 import pytest
 
 from tests.conftest import run_worker
-from tests.s3.conftest import ACCESS_KEY, SECRET, moto_endpoint, seaweedfs_endpoint  # noqa: F401  (fixtures: S3 servers)
+from tests.s3.conftest import ACCESS_KEY, SECRET, moto_endpoint, seaweedfs_endpoint
 from tests.purge.conftest import make_sqlite
+
+S3_SERVERS = {"moto": moto_endpoint, "seaweedfs": seaweedfs_endpoint}  # session fixtures, imported to be found here
 
 RULE = "events.created_at=30d"
 HOURS = 60 * 24  # one row per hour over 60 days, half past: 720 rows are older than 30 days, 720 newer
@@ -160,7 +162,7 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("server", ["moto", "seaweedfs"])
+@pytest.mark.parametrize("server", S3_SERVERS)
 def test_with_a_bucket_rows_are_deleted_once_the_backup_that_holds_them_is_uploaded(app: dict, server: str,
                                                                                     request: pytest.FixtureRequest) -> None:
     endpoint = request.getfixturevalue(f"{server}_endpoint")  # a real server checks the key and secret's signatures
