@@ -42,12 +42,16 @@ def weed_binary() -> Path | None:
     return Path(found) if found else None
 
 
+try:
+    _LIBC: Any = ctypes.CDLL(None)  # loaded here: after fork, in a process with threads, only a call is safe
+except OSError:
+    _LIBC = None
+
+
 def _die_with_parent() -> None:
-    """In the child: be killed when the test run dies, so that no server outlives a killed pytest."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    """In the child: be killed when the test run dies, so that no server outlives a killed pytest (Linux)."""
+    if _LIBC is not None and hasattr(_LIBC, "prctl"):
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class SeaweedServer:
