@@ -46,10 +46,34 @@ class TooLarge(StorageError):
     """An object is larger than may be read whole (a manifest over MANIFEST_LIMIT): it is not one of ours."""
 
 
-class UploadError(JobError):
-    """The off-site copy could not be made or read."""
+class RemoteError(JobError):
+    """The bucket (the off-site copy) failed us; the subclass, and so `stage`, says at what."""
+
+    stage = "remote"
+
+    def __init__(self, message: str, *, kind: str = "", cause: str = "", stage: str | None = None,
+                 fields: dict[str, object] | None = None) -> None:
+        super().__init__(message, stage=stage, fields=fields)
+        self.kind = kind  # what failed, as jobs.destinations.s3_errors.Failure.kind: "denied", "network", ...
+        self.cause = cause  # the S3 error code and HTTP status, or the network failure; never a secret
+
+
+class UploadError(RemoteError):
+    """The off-site copy could not be made, confirmed or deleted."""
 
     stage = "upload"
+
+
+class DownloadError(RemoteError):
+    """An object in the bucket could not be read or downloaded."""
+
+    stage = "download"
+
+
+class ListError(RemoteError):
+    """The bucket (its objects or its unfinished uploads) could not be listed."""
+
+    stage = "list"
 
 
 class BusyError(JobError):

@@ -18,7 +18,7 @@ from jobs.backups import Backup, find, list_backups
 from jobs.compression import sha256_file
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
-from jobs.errors import Cancelled, IntegrityError, NotFound, UploadError
+from jobs.errors import Cancelled, IntegrityError, NotFound, RemoteError
 from jobs.retention import Policy, plan
 from jobs.selection import Purpose
 
@@ -74,7 +74,7 @@ def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
     wrote) would delete at once are not uploaded (a bucket kept shorter than the volume would otherwise receive and
     lose the same old backups every cycle). When given, `present`
     receives the artifact names known to be whole on the remote (listed there, or uploaded now), also when this
-    raises. Raise UploadError, StorageError or Cancelled at the first failure; what was uploaded before stays,
+    raises. Raise RemoteError, StorageError or Cancelled at the first failure; what was uploaded before stays,
     and the next call carries on from there.
     """
     present = set() if present is None else present
@@ -83,10 +83,10 @@ def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
         aborted = remote.abort_incomplete(ours, stale_upload_age, cancel)
         if aborted:
             log.info("offsite.aborted_stale_uploads", keys=aborted, location=remote.location)
-    except UploadError as error:
-        log.warning("offsite.abort_stale_failed", reason=str(error),
-                    hint="grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, or add a lifecycle rule "
-                         "that aborts incomplete multipart uploads")
+    except RemoteError as error:  # the reason names the cause; permissions are the fix only when access was denied
+        hint = ({"hint": "grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, or add a lifecycle rule "
+                         "that aborts incomplete multipart uploads"} if error.kind == "denied" else {})
+        log.warning("offsite.abort_stale_failed", reason=str(error), cause=error.cause or None, **hint)
     local_backups, _ = list_backups(local, backup_set, cancel)
     remote_backups, _ = list_backups(remote, backup_set, cancel)
     local_sha = {backup.artifact: backup.sha256 for backup in local_backups}
@@ -109,7 +109,7 @@ def fetch_verified(remote: Destination, backup: Backup, workdir: Path, cancel: t
     """Given a backup on `remote`, download its artifact to a temporary file in `workdir` and return that path
     once its size and SHA-256 match the manifest (the caller moves or removes the file).
 
-    Raise IntegrityError if they do not match, NotFound, UploadError or StorageError if the download fails,
+    Raise IntegrityError if they do not match, NotFound, DownloadError or StorageError if the download fails,
     Cancelled if `cancel` is set; the temporary file is removed whenever this raises.
     """
     target = temp_path(workdir / backup.artifact)

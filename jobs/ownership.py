@@ -11,7 +11,7 @@ from jobs.artifacts import BackupSet
 from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
-from jobs.errors import UploadError
+from jobs.errors import RemoteError
 from jobs.settings import BackupSettings
 
 
@@ -27,7 +27,7 @@ def set_backups(settings: BackupSettings, backup_set: BackupSet,
     if settings.remote is not None:
         try:
             there, _ = list_backups(settings.remote, backup_set, cancel)
-        except UploadError as error:
+        except RemoteError as error:
             log.warning("backup.owner_unchecked", location=settings.remote.location, reason=str(error))
     return here, there
 

@@ -28,7 +28,7 @@ from jobs.cycle import Cycle, CycleUploadFailed
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import HOLDS, Source
-from jobs.errors import BusyError, IntegrityError, SpaceError, StorageError, UploadError
+from jobs.errors import BusyError, IntegrityError, RemoteError, SpaceError, StorageError
 from jobs.intact import CACHE_NAME, IntactCache
 from jobs.settings import BackupSettings
 from jobs.manifest import MANIFEST_VERSION, utc_iso, write_manifest
@@ -311,7 +311,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
             if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
                 cycle.pruned_remote = _retention(settings.remote, settings.remote_policy, backup_set, settings, None,
                                                  cancel, cycle.backup)
-        except UploadError as error:
+        except RemoteError as error:  # listing the bucket too: the cycle's off-site copy failed, stage upload
             failure = f"{error}; the local backup {cycle.backup} is kept and the next cycle uploads it"
             log.warning("retention.despite_upload_failure", detail="local retention runs so that the volume does not fill up")
     cycle.pruned = _retention(local, settings.policy, backup_set, settings, offsite_copies, cancel, cycle.backup)

@@ -116,7 +116,8 @@ def wait_missing(source: Source, cancel: threading.Event, on_wait: Callable[[Exc
 def gather(local: LocalDestination, remote: Destination | None, backup_set: BackupSet,
            cancel: threading.Event) -> Found:
     """Given the volume, the bucket (None without S3_BUCKET) and a set, return the set's backups in both, merged by
-    id. Raise UploadError or StorageError if a place cannot be listed: the newest backup cannot be known then."""
+    id. Raise ListError (or DownloadError for a manifest) or StorageError if a place cannot be listed: the newest
+    backup cannot be known then."""
     copies: dict[str, list[Copy]] = {}
     problems: list[str] = []
     for destination in (local, remote):
@@ -137,7 +138,7 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
     into it (see the module docstring); downloads and a server's unpacked archive go to `workdir` (the backup
     volume). Return what was restored. Raise NotFound when there is no backup to restore, IntegrityError when
     none is intact (naming each), SourceError or StorageError when the database cannot take it (leftovers beside
-    a SQLite file, tables that appeared meanwhile), UploadError when the bucket cannot be read, Cancelled."""
+    a SQLite file, tables that appeared meanwhile), DownloadError when the bucket cannot be read, Cancelled."""
     backup_set = BackupSet(source.name(), source.kind)
     if not found.backups:
         raise NotFound(f"there is no backup of the set {backup_set} to restore, only files of it that are not backups "

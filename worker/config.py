@@ -18,6 +18,7 @@ from apscheduler.triggers.base import BaseTrigger
 from jobs import engines
 from jobs.artifacts import is_set_name
 from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
+from jobs.destinations.s3_endpoint import ENDPOINT_VARIABLES, configured_endpoint, endpoint_problem
 from jobs.durations import format_duration, parse_duration
 from jobs.purge import PurgeRule, parse_retention_rules
 from jobs.redact import MASK, mask_endpoint, mask_key, mask_url, secrets_of
@@ -44,7 +45,7 @@ class ConfigError(Exception):
 
 
 # The variables that hold secrets: URLs with passwords, webhook and ping URLs (their path), plain keys.
-_URL_VARIABLES = ("BACKUP_SOURCE", "DATABASE_URL", "CATALOG_URL", "S3_ENDPOINT_URL")
+_URL_VARIABLES = ("BACKUP_SOURCE", "DATABASE_URL", "CATALOG_URL", *ENDPOINT_VARIABLES)
 _ENDPOINT_VARIABLES = ("NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -243,9 +244,10 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     bucket = env.get("S3_BUCKET", "").strip()
     s3_retention = env.get("S3_RETENTION_DAYS", "").strip()
     if bucket:
-        endpoint = env.get("S3_ENDPOINT_URL", "").strip() or None
-        if endpoint and (not endpoint.startswith(("http://", "https://")) or not _hostname(endpoint)):
-            problems.append(f"S3_ENDPOINT_URL={mask_url(endpoint)!r} must be a URL like https://host[:port]")
+        named = configured_endpoint(env)  # S3_ENDPOINT_URL, or botocore's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
+        endpoint = named[1] if named else None
+        if named and (problem := endpoint_problem(*named)):
+            problems.append(problem)
         region = env.get("S3_REGION", "").strip() or default_of("S3_REGION")
         if not _REGION.match(region):
             problems.append(f"S3_REGION={region!r} is not a region name; use one like us-east-1, eu-central-003 or auto")

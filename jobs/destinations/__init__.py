@@ -30,22 +30,25 @@ class Destination(Protocol):
         """Store the file at `path` under `key`, whole or not at all. Raise StorageError or UploadError."""
 
     def get(self, key: str, path: Path, cancel: threading.Event) -> None:
-        """Copy the object `key` into the new file `path`. Raise NotFound, StorageError or UploadError."""
+        """Copy the object `key` into the new file `path` (mode 0600). Raise NotFound, StorageError or
+        DownloadError."""
 
     def read(self, key: str, cancel: threading.Event | None = None) -> bytes:
         """Return a small object's bytes (a manifest), at most MANIFEST_LIMIT of them. Raise TooLarge, having read
         no more than MANIFEST_LIMIT + 1 bytes, if it is larger; NotFound if it is missing; Cancelled if `cancel`
-        is set."""
+        is set; DownloadError if it cannot be read."""
 
     def list(self, cancel: threading.Event | None = None) -> list[Entry]:
-        """Return every object under this destination, in no particular order. Raise Cancelled if `cancel` is set."""
+        """Return every object under this destination, in no particular order. Raise Cancelled if `cancel` is set,
+        ListError if it cannot be listed."""
 
     def delete(self, key: str, cancel: threading.Event | None = None) -> None:
-        """Remove `key`; a missing key is not an error. Raise Cancelled if `cancel` is set."""
+        """Remove `key`; a missing key is not an error. Raise Cancelled if `cancel` is set, UploadError if the
+        bucket refuses."""
 
     def sha256(self, key: str, cancel: threading.Event | None = None) -> str:
         """Return the hex SHA-256 of the object `key`, read as a stream (nothing is written). Raise NotFound if it
-        is missing, Cancelled if `cancel` is set, StorageError or UploadError if it cannot be read."""
+        is missing, Cancelled if `cancel` is set, StorageError or DownloadError if it cannot be read."""
 
     def abort_incomplete(self, match: Callable[[str], bool], older_than: timedelta,
                          cancel: threading.Event | None = None) -> list[str]:

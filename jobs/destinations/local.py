@@ -52,7 +52,7 @@ class LocalDestination:
         if not source.exists():
             raise NotFound(f"{key} is not in {self.directory}")
         try:
-            with source.open("rb") as reader, path.open("xb") as writer:
+            with source.open("rb") as reader, artifacts.create_private(path) as writer:  # 0600, as from S3
                 shutil.copyfileobj(reader, writer, CHUNK)
         except OSError as error:
             raise StorageError(f"cannot copy {key} to {path}: {error.strerror or error}") from None

@@ -3,116 +3,46 @@
 Keys are the flat backup file names, stored as `<prefix>/<key>`. An object appears whole or not at all: a
 single PUT or a completed multipart upload is atomic on S3, and a failed multipart upload is aborted.
 
-Checksums: botocore 1.36 and later add CRC32 checksum headers (and aws-chunked bodies) to every upload by
-default. On AWS we keep them: S3 verifies each part's checksum, so the bytes stored are the bytes sent. Cloudflare
-R2, Backblaze B2 and older MinIO releases reject those requests, so with a custom S3_ENDPOINT_URL the client is
-built with `request_checksum_calculation="when_required"` and `response_checksum_validation="when_required"`:
-the headers are sent only for operations that require them. Integrity does not rest on them: after an upload we compare
-the object's size (and the SHA-256 we store as `sha256` metadata) with the local file, and every restore checks
-the artifact's SHA-256 against its manifest.
+How the client is built (checksums for AWS and for S3-compatible endpoints, timeouts, transfer sizes) is
+jobs.destinations.s3_client; which endpoint the environment names, jobs.destinations.s3_endpoint.
 
-Retries happen at two levels. botocore retries a single request a few times (so one failed part of a multipart
-upload does not restart the whole transfer); around each operation we retry again with capped exponential
-backoff, for transient errors only (network, timeouts, HTTP 5xx, throttling). Errors that retrying cannot fix
-(missing bucket, denied access, bad credentials) fail at once. Every error becomes one sentence that names the
-bucket and key and what to do; it never contains credentials: endpoint URLs are masked, and botocore exceptions,
-which may echo request URLs, are never turned into strings — only their error code and HTTP status are used.
+Around each operation we retry with capped exponential backoff (`Retry`), for transient errors only (network,
+timeouts, HTTP 5xx, throttling); botocore also retries each request. Errors that retrying cannot fix (missing
+bucket, denied access, bad credentials) fail at once. Every error becomes one sentence that names the bucket and
+key and what to do (jobs.destinations.s3_errors), raised as UploadError (writes and deletes), DownloadError
+(reads) or ListError (listings), so a run's stage says which; it never contains credentials: endpoint URLs are
+masked, and botocore exceptions, which may echo request URLs, are never turned into strings — only their error
+code and HTTP status are used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 import hashlib
-import random
 import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
-import boto3
 from boto3.s3.transfer import TransferConfig
-import botocore.config
 from botocore import exceptions as boto_errors
 from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferManager
-from s3transfer.subscribers import BaseSubscriber
 
 from jobs.artifacts import MANIFEST_SUFFIX
 from jobs.compression import sha256_file
 from jobs.destinations import Entry, too_large
-from jobs.destinations.s3_errors import Failure, classify
-from jobs.errors import Cancelled, NotFound, StorageError, TooLarge, UploadError
+from jobs.destinations.s3_client import MIB, TRANSFER, Progress, Retry, make_client, stop_if
+from jobs.destinations.s3_errors import VERBS, Failure, classify, error_for
+from jobs.errors import Cancelled, JobError, RemoteError, StorageError, TooLarge, UploadError
 from jobs.files import create_private
 from jobs.manifest import MANIFEST_LIMIT
 from jobs.redact import mask_url, scrub
 
-MIB = 1 << 20
-BOTO_ATTEMPTS = 3
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 60.0
-TRANSFER = TransferConfig(
-    multipart_threshold=64 * MIB,
-    multipart_chunksize=8 * MIB,
-    max_concurrency=8,  # parts are read from the file as they are sent: memory stays flat, whatever the size
-    max_io_queue=64,
-    io_chunksize=256 * 1024,
-    use_threads=True,
-)
+__all__ = ["Retry", "S3Destination", "make_client"]  # Retry and make_client are jobs.destinations.s3_client's
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How often and how patiently we retry a transient failure: `attempts` in all, the wait doubling from
-    `first_delay` up to `max_delay` seconds, each wait shortened by up to half at random (jitter)."""
-
-    attempts: int = 5
-    first_delay: float = 0.5
-    max_delay: float = 8.0
-
-    def delay(self, attempt: int) -> float:
-        """Given the number of attempts made so far (1 after the first), return how long to wait."""
-        return min(self.max_delay, self.first_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-
-def make_client(endpoint_url: str | None, region: str, *, max_attempts: int = BOTO_ATTEMPTS,
-                connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S,
-                session: boto3.session.Session | None = None) -> Any:
-    """Given an optional S3-compatible endpoint and a region, return a boto3 S3 client.
-
-    `max_attempts` counts botocore's tries of one request, the first included. Path-style addressing for custom
-    endpoints (MinIO and friends rarely have wildcard DNS), checksums only when an operation requires them (see
-    the module docstring). Credentials come from the standard AWS chain; pass a `session` to reuse its loaded
-    models when building many clients.
-    """
-    config = botocore.config.Config(
-        # total_max_attempts counts the first try; the older `max_attempts` key counts retries only.
-        retries={"total_max_attempts": max_attempts, "mode": "standard"},
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_pool_connections=max(10, TRANSFER.max_request_concurrency * 2),
-        s3={"addressing_style": "path" if endpoint_url else "auto"},
-        # AWS itself verifies the CRC32 checksums botocore sends with every part: keep them (end-to-end integrity).
-        # S3-compatible endpoints (R2, B2, older MinIO) reject them: send them only where an operation needs them.
-        request_checksum_calculation="when_required" if endpoint_url else "when_supported",
-        response_checksum_validation="when_required" if endpoint_url else "when_supported",
-    )
-    return (session or boto3.session.Session()).client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
-
-
-class _Progress(BaseSubscriber):
-    """Stops a transfer (by raising Cancelled inside it) as soon as the worker is asked to stop."""
-
-    def __init__(self, cancel: threading.Event, what: str) -> None:
-        self.cancel = cancel
-        self.what = what
-
-    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
-        if self.cancel.is_set():
-            raise Cancelled(f"the worker is stopping; the {self.what} was interrupted")
 
 
 class S3Destination:
@@ -134,14 +64,15 @@ class S3Destination:
 
     @property
     def client(self) -> Any:
-        """The boto3 client, built on first use so that a bad setting fails the upload stage, not the backup."""
+        """The boto3 client, built on first use so that a bad setting fails the operation (its stage), not the
+        backup. Raise RemoteError if it cannot be built."""
         if self._client is None:
             try:
                 self._client = make_client(self.endpoint_url, self.region, **self.client_options)
             except (ValueError, boto_errors.BotoCoreError) as error:
-                raise UploadError(
+                raise RemoteError(
                     f"cannot set up the S3 client for s3://{self.bucket}: {scrub(str(error), [])}; "
-                    "check S3_REGION, S3_ENDPOINT_URL and AWS_PROFILE"
+                    "check S3_REGION, S3_ENDPOINT_URL and AWS_PROFILE", kind="setup", cause=type(error).__name__
                 ) from None
         return self._client
 
@@ -176,7 +107,7 @@ class S3Destination:
             if cancel.is_set():
                 raise Cancelled("the worker is stopping; the upload was not started")
             with self._transfers() as manager:
-                future = manager.upload(str(path), self.bucket, object_key, extra, [_Progress(cancel, "upload")])
+                future = manager.upload(str(path), self.bucket, object_key, extra, [Progress(cancel, "upload")])
                 future.result()
 
         self._retrying("upload", key, upload, cancel)
@@ -195,7 +126,7 @@ class S3Destination:
             )
 
     def get(self, key: str, path: Path, cancel: threading.Event) -> None:
-        """Download `key` into the new file `path` (mode 0600). Raise NotFound, UploadError, StorageError or
+        """Download `key` into the new file `path` (mode 0600). Raise NotFound, DownloadError, StorageError or
         Cancelled; on any error `path` does not exist afterwards."""
         object_key = self.object_key(key)
 
@@ -209,7 +140,7 @@ class S3Destination:
             done = False
             try:
                 with handle, self._transfers() as manager:
-                    future = manager.download(self.bucket, object_key, handle, None, [_Progress(cancel, "download")])
+                    future = manager.download(self.bucket, object_key, handle, None, [Progress(cancel, "download")])
                     future.result()
                 done = True
             finally:
@@ -224,7 +155,7 @@ class S3Destination:
     def read(self, key: str, cancel: threading.Event | None = None) -> bytes:
         """Return a small object's bytes (a manifest), at most MANIFEST_LIMIT. Raise TooLarge if it is larger
         (having read none of it when S3 says its size, else at most MANIFEST_LIMIT + 1 bytes), NotFound if it is
-        missing, Cancelled if `cancel` is set, UploadError otherwise."""
+        missing, Cancelled if `cancel` is set, DownloadError otherwise."""
         object_key = self.object_key(key)
 
         def fetch() -> bytes:
@@ -249,14 +180,14 @@ class S3Destination:
 
     def list(self, cancel: threading.Event | None = None) -> list[Entry]:
         """Return every object directly under the prefix as (key relative to the prefix, size). Raise Cancelled
-        if `cancel` is set (checked between pages), UploadError if the bucket cannot be listed."""
+        if `cancel` is set (checked between pages), ListError if the bucket cannot be listed."""
         start = f"{self.prefix}/" if self.prefix else ""
 
         def fetch() -> list[Entry]:
             entries = []
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start, Delimiter="/")
             for page in pages:
-                _stop_if(cancel, f"the listing of {self.url()}")
+                stop_if(cancel, f"the listing of {self.url()}")
                 for item in page.get("Contents", []):
                     key = item["Key"][len(start):]
                     if key and "/" not in key:
@@ -267,7 +198,7 @@ class S3Destination:
 
     def sha256(self, key: str, cancel: threading.Event | None = None) -> str:
         """Return the hex SHA-256 of the object `key`, streamed (never written to disk). Raise NotFound, Cancelled
-        (checked between chunks) or UploadError."""
+        (checked between chunks) or DownloadError."""
         object_key = self.object_key(key)
 
         def digest() -> str:
@@ -275,7 +206,7 @@ class S3Destination:
             body, hasher = response["Body"], hashlib.sha256()
             try:
                 while chunk := body.read(MIB):
-                    _stop_if(cancel, f"checking {self.url(key)}")
+                    stop_if(cancel, f"checking {self.url(key)}")
                     hasher.update(chunk)
             finally:
                 body.close()
@@ -294,7 +225,8 @@ class S3Destination:
         """Abort the multipart uploads directly under the prefix whose key `match` accepts and that started more
         than `older_than` ago (a killed upload leaves its parts billed until aborted); return their keys.
 
-        Raise UploadError if the uploads cannot be listed or aborted, Cancelled if `cancel` is set.
+        Raise ListError if the uploads cannot be listed, UploadError if one cannot be aborted, Cancelled if
+        `cancel` is set.
         """
         start = f"{self.prefix}/" if self.prefix else ""
         cutoff = datetime.now(timezone.utc) - older_than
@@ -303,7 +235,7 @@ class S3Destination:
             found = []
             pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=start)
             for page in pages:
-                _stop_if(cancel, f"the listing of unfinished uploads in {self.url()}")
+                stop_if(cancel, f"the listing of unfinished uploads in {self.url()}")
                 for upload in page.get("Uploads", []):
                     key = upload["Key"][len(start):]
                     if key and "/" not in key and match(key) and upload["Initiated"] <= cutoff:
@@ -329,12 +261,18 @@ class S3Destination:
             yield manager
 
     def _retrying(self, verb: str, key: str, call: Callable[[], T], cancel: threading.Event | None) -> T:
-        """Run `call`, retrying transient S3 failures with backoff; turn failures into NotFound or UploadError."""
+        """Run `call`, retrying transient S3 failures with backoff; turn failures into NotFound or the verb's
+        RemoteError (jobs.destinations.s3_errors.VERBS)."""
+        stop_if(cancel, f"the {verb} of {self.url(key)}")
+        try:
+            self.client
+        except RemoteError as error:  # the client cannot be built: the verb's error, so that its stage is right
+            raise VERBS[verb][1](str(error), kind=error.kind, cause=error.cause) from None
         waiter = cancel if cancel is not None else threading.Event()
         attempt = 0
         while True:
             attempt += 1
-            _stop_if(cancel, f"the {verb} of {self.url(key)}")
+            stop_if(cancel, f"the {verb} of {self.url(key)}")
             try:
                 return call()
             except (boto_errors.BotoCoreError, boto_errors.ClientError, RetriesExceededError) as error:
@@ -344,49 +282,11 @@ class S3Destination:
             if waiter.wait(self.retry.delay(attempt)):
                 raise Cancelled(f"the worker is stopping; the {verb} of {self.url(key)} was abandoned between retries")
 
-    def _error(self, verb: str, key: str, failure: Failure, attempts: int) -> Exception:
-        """Return the NotFound or UploadError a user reads for `failure`: one sentence, no secrets."""
-        where = self.url(key)
+    def _error(self, verb: str, key: str, failure: Failure, attempts: int) -> JobError:
+        """Return the NotFound or RemoteError a user reads for `failure`: one sentence, no secrets."""
         endpoint = mask_url(self.endpoint_url or self.client.meta.endpoint_url or "AWS S3")
-        tries = f" after {attempts} attempts" if attempts > 1 else ""
-        if failure.kind == "missing":
-            if verb in ("download", "read") and key:
-                if not self._bucket_exists():
-                    return UploadError(f"the bucket {self.bucket} does not exist at {endpoint}; check S3_BUCKET and S3_ENDPOINT_URL")
-                return NotFound(f"{key} is not in {self.url()}")
-            return UploadError(f"S3 answered 'not found' to the {verb} of {where} ({failure.reason}); check S3_BUCKET and S3_ENDPOINT_URL")
-        if failure.kind == "network":
-            return UploadError(
-                f"cannot reach the S3 endpoint {endpoint} to {_VERBS[verb]} {where}{tries} ({failure.reason}); "
-                f"check S3_ENDPOINT_URL and the network"
-            )
-        if failure.kind == "server":
-            return UploadError(
-                f"the S3 endpoint {endpoint} kept failing to {_VERBS[verb]} {where}{tries} ({failure.reason}); "
-                f"the service may be degraded, try again later"
-            )
-        if failure.kind == "bucket":
-            return UploadError(f"the bucket {self.bucket} does not exist at {endpoint}; create it or fix S3_BUCKET")
-        if failure.kind == "credentials":
-            return UploadError(
-                f"the S3 endpoint {endpoint} rejected our credentials for {where} ({failure.reason}); "
-                f"check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            )
-        if failure.kind == "clock":
-            return UploadError(
-                f"the S3 endpoint {endpoint} refused to {_VERBS[verb]} {where} because of the request time "
-                f"({failure.reason}): the machine's clock is off by more than 15 minutes; fix NTP (or the host's clock)"
-            )
-        if failure.kind == "no-credentials":
-            return UploadError(f"no AWS credentials were found to {_VERBS[verb]} {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-        if failure.kind == "denied":
-            return UploadError(
-                f"access to {where} was denied ({failure.reason}); grant the key s3:GetObject, s3:PutObject, "
-                f"s3:ListBucket and s3:DeleteObject on the bucket and prefix"
-            )
-        if failure.kind == "tls":
-            return UploadError(f"cannot {_VERBS[verb]} {where}: the {failure.reason} for {endpoint}; check S3_ENDPOINT_URL and the certificate")
-        return UploadError(f"S3 refused to {_VERBS[verb]} {where} ({failure.reason})")
+        return error_for(verb, key, failure, attempts, where=self.url(key), bucket=self.bucket, endpoint=endpoint,
+                         bucket_exists=self._bucket_exists, listing=self.url())
 
     def _bucket_exists(self) -> bool:
         """Return False only if the bucket is known to be missing (a HEAD answers 404 for key and bucket alike)."""
@@ -397,20 +297,3 @@ class S3Destination:
         except boto_errors.BotoCoreError:
             return True
         return True
-
-
-_VERBS = {
-    "upload": "upload",
-    "confirm": "confirm the upload of",
-    "download": "download",
-    "read": "read",
-    "list": "list",
-    "delete": "delete",
-    "list uploads": "list the unfinished uploads under",
-    "abort": "abort the unfinished upload of",
-}
-
-
-def _stop_if(cancel: threading.Event | None, what: str) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled(f"the worker is stopping; {what} was abandoned")

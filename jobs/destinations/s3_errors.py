@@ -1,11 +1,14 @@
 """What went wrong with an S3 call, told apart without turning botocore exceptions into strings (they may echo
-request URLs): whether retrying may help, and which kind of failure it is, for a message a user can act on."""
+request URLs): whether retrying may help, and which kind of failure it is; then the sentence a user acts on."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 import socket
 
 from botocore import exceptions as boto_errors
 from s3transfer.exceptions import RetriesExceededError
+
+from jobs.errors import DownloadError, JobError, ListError, NotFound, RemoteError, UploadError
 
 TRANSIENT_CODES = {
     "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded",
@@ -90,3 +93,64 @@ def classify(error: Exception) -> Failure:
     if isinstance(error, _NETWORK_ERRORS):
         return Failure(True, "network", _network_reason(error))
     return Failure(False, "other", type(error).__name__)
+
+
+# What each operation of S3Destination is called in a sentence, and the error (so the stage) its failure raises.
+VERBS = {
+    "upload": ("upload", UploadError),
+    "confirm": ("confirm the upload of", UploadError),
+    "delete": ("delete", UploadError),
+    "abort": ("abort the unfinished upload of", UploadError),
+    "download": ("download", DownloadError),
+    "read": ("read", DownloadError),
+    "list": ("list", ListError),
+    "list uploads": ("list the unfinished uploads under", ListError),
+}
+_MULTIPART = ("list uploads", "abort")
+
+
+def error_for(verb: str, key: str, failure: Failure, attempts: int, *, where: str, bucket: str, endpoint: str,
+              bucket_exists: Callable[[], bool], listing: str) -> JobError:
+    """Return the error a user reads when the `verb` of `key` (at `where`, s3://bucket/prefix/key) failed with
+    `failure` after `attempts`: NotFound for a missing object, else the verb's RemoteError (UploadError,
+    DownloadError or ListError). One sentence, no secrets: `endpoint` is already masked. `bucket_exists` is asked
+    only when a missing object might be a missing bucket; `listing` is the prefix's URL."""
+    action, error = VERBS[verb]
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    kind, cause = failure.kind, failure.reason
+
+    def fail(message: str) -> RemoteError:
+        return error(message, kind=kind, cause=cause)
+
+    if kind == "missing":
+        if verb in ("download", "read") and key:
+            if not bucket_exists():
+                return fail(f"the bucket {bucket} does not exist at {endpoint}; check S3_BUCKET and S3_ENDPOINT_URL")
+            return NotFound(f"{key} is not in {listing}")
+        return fail(f"S3 answered 'not found' to the {verb} of {where} ({cause}); check S3_BUCKET and S3_ENDPOINT_URL")
+    if kind == "network":
+        return fail(f"cannot reach the S3 endpoint {endpoint} to {action} {where}{tries} ({cause}); "
+                    f"check S3_ENDPOINT_URL and the network")
+    if kind == "server":
+        return fail(f"the S3 endpoint {endpoint} kept failing to {action} {where}{tries} ({cause}); "
+                    f"the service may be degraded, try again later")
+    if kind == "bucket":
+        return fail(f"the bucket {bucket} does not exist at {endpoint}; create it or fix S3_BUCKET")
+    if kind == "credentials":
+        return fail(f"the S3 endpoint {endpoint} rejected our credentials for {where} ({cause}); "
+                    f"check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if kind == "clock":
+        return fail(f"the S3 endpoint {endpoint} refused to {action} {where} because of the request time ({cause}): "
+                    f"the machine's clock is off by more than 15 minutes; fix NTP (or the host's clock)")
+    if kind == "no-credentials":
+        return fail(f"no AWS credentials were found to {action} {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if kind == "denied" and verb in _MULTIPART:
+        return fail(f"access to {where} was denied ({cause}) when trying to {action} it; grant the key "
+                    f"s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, or add a lifecycle rule that "
+                    f"aborts incomplete multipart uploads")
+    if kind == "denied":
+        return fail(f"access to {where} was denied ({cause}); grant the key s3:GetObject, s3:PutObject, "
+                    f"s3:ListBucket and s3:DeleteObject on the bucket and prefix")
+    if kind == "tls":
+        return fail(f"cannot {action} {where}: the {cause} for {endpoint}; check S3_ENDPOINT_URL and the certificate")
+    return fail(f"S3 refused to {action} {where} ({cause})")

@@ -27,7 +27,8 @@ from tests.e2e.started import Started
 from tests.e2e.test_restore_at_start import app_command, app_records, s3_env
 from tests.postgres.conftest import digests, make_db, url_for  # noqa: F401  (fixture)
 from tests.redis.servers import fill, redis_server
-from tests.s3.conftest import (aws_env, boto_session, bucket, client_for, moto_endpoint, s3_client)  # noqa: F401
+from tests.s3.conftest import (aws_env, boto_session, bucket, client_for, moto_endpoint, s3_client,  # noqa: F401
+                               s3_endpoint, s3_server)
 
 DOC = ROOT / "docs" / "recovery.md"
 _BLOCK = re.compile(r"<!-- recipe: (?P<name>[a-z0-9-]+) -->\s*```sh\n(?P<body>.*?)```", re.DOTALL)

@@ -19,7 +19,7 @@ from tests.conftest import REDIS_ADDRESS, run_worker
 from tests.e2e.started import Started
 from tests.notify.conftest import receiver  # noqa: F401
 from tests.s3.conftest import (ACCESS_KEY, REGION, SECRET, aws_env, boto_session, bucket, client_for,  # noqa: F401
-                               free_port, moto_endpoint, s3_client)
+                               free_port, moto_endpoint, s3_client, s3_endpoint, s3_server)
 
 APP = Path(__file__).resolve().parent / "count_app.py"
 PREFIX = "svc"

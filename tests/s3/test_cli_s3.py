@@ -1,4 +1,4 @@
-"""Off-site copies as a user drives them: `python -m worker …` against moto's S3 server over real HTTP."""
+"""Off-site copies as a user drives them: `python -m worker …` against moto's S3 server and SeaweedFS over real HTTP."""
 
 import json
 from pathlib import Path
@@ -10,10 +10,12 @@ import pytest
 from tests.conftest import run_worker
 from .conftest import ACCESS_KEY, REGION, SECRET, free_port
 
+pytestmark = pytest.mark.s3_servers  # every test that uses a bucket runs on moto and on SeaweedFS
+
 
 @pytest.fixture
-def s3_env(worker_env: dict[str, str], moto_endpoint: str, bucket: str) -> dict[str, str]:
-    return {**worker_env, "S3_BUCKET": bucket, "S3_PREFIX": "prod/app", "S3_ENDPOINT_URL": moto_endpoint, "S3_REGION": REGION,
+def s3_env(worker_env: dict[str, str], s3_endpoint: str, bucket: str) -> dict[str, str]:
+    return {**worker_env, "S3_BUCKET": bucket, "S3_PREFIX": "prod/app", "S3_ENDPOINT_URL": s3_endpoint, "S3_REGION": REGION,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
             "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
 
@@ -105,3 +107,41 @@ def test_an_s3_client_that_cannot_be_built_still_leaves_a_local_backup_and_fails
     assert result.event("job.failed")["stage"] == "upload"
     assert "no-such-profile" in result.stderr and "AWS_PROFILE" in result.stderr
     assert len(list((tmp_path / "backups").glob("*.sqlite.zst.json"))) == 1
+
+
+def test_a_failed_download_in_restore_from_s3_reports_the_download_stage(tmp_path: Path, s3_env, flaky_proxy) -> None:
+    assert run_worker(["backup"], s3_env, cwd=tmp_path).code == 0
+    flaky_proxy.fail, flaky_proxy.fail_status, flaky_proxy.fail_code = 100, 403, "AccessDenied"
+    flaky_proxy.fail_methods, flaky_proxy.fail_suffix = {"GET"}, ".sqlite.zst"  # the artifact, not the listing or manifest
+    target = tmp_path / "restored.db"
+    failed = run_worker(["restore", "--from-s3", "--latest", "--to", str(target)],
+                        {**s3_env, "S3_ENDPOINT_URL": flaky_proxy.url}, cwd=tmp_path)
+    assert failed.code == 1
+    outcome = failed.event("job.failed")
+    assert outcome["stage"] == "download"
+    assert "access to s3://" in outcome["reason"] and "AccessDenied" in outcome["reason"]
+    assert not target.exists() and SECRET not in failed.stdout + failed.stderr
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])
+def test_botocore_s_own_endpoint_variables_get_the_s3_compatible_client(tmp_path: Path, s3_env, flaky_proxy, s3_client,
+                                                                      bucket, variable: str) -> None:
+    env = {key: value for key, value in s3_env.items() if key != "S3_ENDPOINT_URL"}
+    result = run_worker(["backup"], {**env, variable: flaky_proxy.url}, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert len(keys(s3_client, bucket)) == 2
+    puts = [headers for request, headers in zip(flaky_proxy.requests, flaky_proxy.headers) if request.startswith("PUT ")]
+    assert puts and all(request.split()[1].split("?")[0].split("/")[1] == bucket for request in flaky_proxy.requests)  # path-style
+    # Checksums only where an operation requires them (over HTTPS botocore's default sends them as aws-chunked
+    # trailers, which Ceph answers with HTTP 411; over HTTP as headers, which is what this sees).
+    assert not [name for headers in puts for name in headers
+                if name.startswith(("x-amz-checksum-", "x-amz-sdk-checksum", "x-amz-trailer", "x-amz-decoded-content"))
+                or "aws-chunked" in headers.get("content-encoding", "")]
+
+
+def test_an_endpoint_with_a_bucket_in_its_path_is_a_configuration_error(tmp_path: Path, s3_env) -> None:
+    result = run_worker(["backup"], {**s3_env, "S3_ENDPOINT_URL": "http://127.0.0.1:8333/backups"}, cwd=tmp_path)
+    assert result.code == 2
+    assert "S3_ENDPOINT_URL='http://127.0.0.1:8333/backups' has the path '/backups'" in result.stderr
+    assert "put the bucket name in S3_BUCKET" in result.stderr
+    assert not (tmp_path / "backups").exists() or not list((tmp_path / "backups").glob("*.zst"))

@@ -1,7 +1,9 @@
-"""One behaviour suite for every destination: the local directory and an S3 bucket (moto over real HTTP)."""
+"""One behaviour suite for every destination: the local directory and an S3 bucket, on moto and on SeaweedFS (both
+over real HTTP; see the `destination` fixture)."""
 
 import os
 from pathlib import Path
+import stat
 import threading
 
 import pytest
@@ -29,8 +31,13 @@ def keys(destination: Destination) -> dict[str, int]:
 def test_put_then_get_returns_identical_bytes_in_a_new_private_file(destination: Destination, tmp_path: Path) -> None:
     data = os.urandom(300_000)
     destination.put(write(tmp_path / "in", data), ARTIFACT, threading.Event())
-    destination.get(ARTIFACT, tmp_path / "out", threading.Event())
+    umask = os.umask(0o022)  # a common umask, which would leave a file readable by all
+    try:
+        destination.get(ARTIFACT, tmp_path / "out", threading.Event())
+    finally:
+        os.umask(umask)
     assert (tmp_path / "out").read_bytes() == data
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o600
 
 
 def test_get_refuses_to_overwrite_an_existing_file(destination: Destination, tmp_path: Path) -> None:

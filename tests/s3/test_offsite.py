@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import pytest
+import structlog
 
 from jobs import offsite
 from jobs.backups import Backup, list_backups
@@ -231,3 +232,22 @@ def test_a_name_the_bucket_holds_for_another_backup_is_never_overwritten_nor_cou
     assert offsite.sync(local, remote, threading.Event(), present=present) == []
     assert backups[-1].artifact not in present
     assert remote_bytes(remote, backups[-1].artifact, tmp_path) == theirs
+
+
+@pytest.mark.parametrize("status, code, permissions", [(403, "AccessDenied", True), (400, "InvalidRequest", False),
+                                                       (501, "NotImplemented", False)])
+def test_a_failed_abort_of_stale_uploads_warns_with_its_cause_and_the_sync_goes_on(
+        local_backups: Local, make_s3, flaky_proxy, client_for, status: int, code: str, permissions: bool) -> None:
+    local, made = local_backups
+    remote = make_s3(prefix="app", endpoint=flaky_proxy.url, client=client_for(flaky_proxy.url, max_attempts=1))
+    # The first GET is the listing of unfinished uploads; every attempt at it fails (4 of a 5xx: FAST's attempts).
+    flaky_proxy.fail, flaky_proxy.fail_status, flaky_proxy.fail_code = 4 if status >= 500 else 1, status, code
+    flaky_proxy.fail_methods = {"GET"}
+    with structlog.testing.capture_logs() as logs:
+        uploaded = offsite.sync(local, remote, threading.Event())
+    assert uploaded == ids(made)
+    (warning,) = [entry for entry in logs if entry["event"] == "offsite.abort_stale_failed"]
+    assert warning["log_level"] == "warning" and warning["cause"] == f"{code}, HTTP {status}"
+    assert f"({code}, HTTP {status})" in warning["reason"] and "unfinished uploads" in warning["reason"]
+    assert ("hint" in warning) is permissions
+    assert ("ListBucketMultipartUploads" in str(warning)) is permissions

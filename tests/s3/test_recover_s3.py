@@ -1,6 +1,6 @@
 """Which backup a restore at start takes across the volume and the bucket (jobs.recover), against moto's S3
-server: merged by id, read from the volume when it holds the backup, from the bucket's copy of the same backup
-when the volume's is damaged, never a backup of another set."""
+server and SeaweedFS: merged by id, read from the volume when it holds the backup, from the bucket's copy of the
+same backup when the volume's is damaged, never a backup of another set."""
 
 from pathlib import Path
 import sqlite3
@@ -14,6 +14,8 @@ from jobs.backups import list_backups
 from jobs.engines.sqlite import SqliteSource
 from jobs.errors import IntegrityError
 from tests.s3.conftest import make_app_db, take_backups
+
+pytestmark = pytest.mark.s3_servers  # every test that uses a bucket runs on moto and on SeaweedFS
 
 APP = BackupSet("app", "sqlite")
 

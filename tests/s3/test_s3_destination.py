@@ -12,7 +12,7 @@ from boto3.s3.transfer import TransferConfig
 import pytest
 
 from jobs.destinations.s3 import Retry, S3Destination, make_client
-from jobs.errors import Cancelled, UploadError
+from jobs.errors import Cancelled, DownloadError, ListError, UploadError
 from .conftest import ACCESS_KEY, SECRET, FlakyProxy, free_port
 
 ARTIFACT = "app-20260101T020000Z.sqlite.zst"
@@ -90,9 +90,11 @@ def closed_endpoint() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-@pytest.mark.parametrize("operation", ["put", "get", "read", "list", "delete"])
-def test_an_outage_raises_upload_error_quickly_with_a_clear_secret_free_message(
-    make_s3: MakeS3, client_for: Callable[..., Any], tmp_path: Path, operation: str
+@pytest.mark.parametrize("operation, error, stage", [("put", UploadError, "upload"), ("get", DownloadError, "download"),
+                                                     ("read", DownloadError, "download"), ("list", ListError, "list"),
+                                                     ("delete", UploadError, "upload")])
+def test_an_outage_raises_the_operation_s_error_quickly_with_a_clear_secret_free_message(
+    make_s3: MakeS3, client_for: Callable[..., Any], tmp_path: Path, operation: str, error: type, stage: str
 ) -> None:
     endpoint = closed_endpoint()
     destination = make_s3(endpoint=endpoint, client=client_for(endpoint, max_attempts=1),
@@ -105,9 +107,10 @@ def test_an_outage_raises_upload_error_quickly_with_a_clear_secret_free_message(
         "delete": lambda: destination.delete(ARTIFACT),
     }
     started = time.monotonic()
-    with pytest.raises(UploadError) as raised:
+    with pytest.raises(error) as raised:
         calls[operation]()
     assert time.monotonic() - started < 5
+    assert raised.value.stage == stage and raised.value.cause == "connection refused"
     message = str(raised.value)
     assert f"cannot reach the S3 endpoint {endpoint}" in message
     assert "after 3 attempts (connection refused)" in message
@@ -123,7 +126,7 @@ def test_an_endpoint_url_with_credentials_is_masked_in_messages(make_s3: MakeS3,
     endpoint = f"http://user:{SECRET}@127.0.0.1:{port}"
     destination = make_s3(endpoint=endpoint, client=client_for(f"http://127.0.0.1:{port}", max_attempts=1),
                           retry=Retry(attempts=1))
-    with pytest.raises(UploadError) as raised:
+    with pytest.raises(ListError) as raised:
         destination.list()
     assert "http://user:***@127.0.0.1" in str(raised.value)
     assert_no_secrets(str(raised.value))
@@ -222,7 +225,7 @@ def test_a_persistent_503_gives_up_after_the_configured_attempts(bucket: str, fl
     destination = flaky_s3()
     flaky_proxy.fail = 1000
     before = len(flaky_proxy.requests)
-    with pytest.raises(UploadError) as raised:
+    with pytest.raises(ListError) as raised:
         destination.list()
     assert len(flaky_proxy.requests) - before == 5
     message = str(raised.value)
@@ -248,7 +251,7 @@ def test_missing_credentials_are_named_without_contacting_anyone(
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     destination = make_s3(client=make_client(moto_endpoint, "us-east-1"))
-    with pytest.raises(UploadError, match="no AWS credentials were found to list s3://.*; set AWS_ACCESS_KEY_ID"):
+    with pytest.raises(ListError, match="no AWS credentials were found to list s3://.*; set AWS_ACCESS_KEY_ID"):
         destination.list()
 
 
@@ -260,3 +263,13 @@ def test_checksum_headers_are_kept_for_aws_and_sent_only_when_required_to_other_
     assert (aws.request_checksum_calculation, aws.response_checksum_validation) == ("when_supported", "when_supported")
     assert (other.request_checksum_calculation, other.response_checksum_validation) == ("when_required", "when_required")
     assert other.s3["addressing_style"] == "path"
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])
+def test_an_endpoint_that_botocore_reads_itself_gets_the_s3_compatible_client_too(monkeypatch: pytest.MonkeyPatch,
+                                                                                  variable: str) -> None:
+    monkeypatch.setenv(variable, "https://rgw.example.com:7480")
+    config = make_client(None, "us-east-1").meta
+    assert config.endpoint_url == "https://rgw.example.com:7480"
+    assert (config.config.request_checksum_calculation, config.config.response_checksum_validation) == ("when_required", "when_required")
+    assert config.config.s3["addressing_style"] == "path"

@@ -114,3 +114,27 @@ def test_backup_allow_empty_refuses_anything_but_true_or_false_naming_the_variab
     with pytest.raises(ConfigError) as raised:
         load(tmp_path, BACKUP_ALLOW_EMPTY=value)
     assert any("BACKUP_ALLOW_EMPTY" in problem and "true or false" in problem for problem in raised.value.problems)
+
+
+def test_botocore_s_endpoint_variables_name_an_s3_compatible_endpoint_after_s3_endpoint_url(tmp_path: Path) -> None:
+    both = {"AWS_ENDPOINT_URL_S3": "http://seaweed:8333", "AWS_ENDPOINT_URL": "http://ceph:7480"}
+    assert load(tmp_path, S3_BUCKET="b", **both).s3.endpoint_url == "http://seaweed:8333"
+    assert load(tmp_path, S3_BUCKET="b", AWS_ENDPOINT_URL="http://ceph:7480").s3.endpoint_url == "http://ceph:7480"
+    assert load(tmp_path, S3_BUCKET="b", S3_ENDPOINT_URL="http://minio:9000", **both).s3.endpoint_url == "http://minio:9000"
+    ignored = load(tmp_path, S3_BUCKET="b", AWS_IGNORE_CONFIGURED_ENDPOINT_URLS="true", **both)
+    assert ignored.s3.endpoint_url is None  # as botocore itself would ignore them
+    assert load(tmp_path, S3_BUCKET="b").s3.endpoint_url is None
+    assert load(tmp_path, AWS_ENDPOINT_URL="http://ceph:7480").s3 is None  # other AWS tools may use it: not an error
+    secret = load(tmp_path, S3_BUCKET="b", AWS_ENDPOINT_URL_S3="https://k:pw9@seaweed:8333")
+    assert "pw9" in secret.secrets() and "pw9" not in str(secret.describe())
+
+
+@pytest.mark.parametrize("variable", ["S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])
+def test_an_endpoint_with_a_path_is_refused_naming_the_path_and_where_the_bucket_goes(tmp_path: Path, variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, S3_BUCKET="b", **{variable: "http://host:8333/bucket"})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{variable}='http://host:8333/bucket' has the path '/bucket'")
+    assert "put the bucket name in S3_BUCKET" in problem
+    for fine in ("http://host:8333", "http://host:8333/", "https://s3.eu-central-003.backblazeb2.com"):
+        assert load(tmp_path, S3_BUCKET="b", **{variable: fine}).s3.endpoint_url == fine

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ROOT, Result, run_worker
 from tests.s3.conftest import (ACCESS_KEY, REGION, SECRET, aws_env, boto_session, bucket, client_for,  # noqa: F401
-                               moto_endpoint, s3_client)
+                               moto_endpoint, s3_client, s3_endpoint, s3_server)
 
 _CLEARED = ("BACKUP_", "S3_", "CLEANUP_", "AWS_", "CATALOG_", "LOG_", "DATABASE_URL", "FRESHNESS_", "RAILWAY_",
             "PG_BIN_DIR", "PGPASSWORD", "RETENTION_RULES", "NOTIFY_", "HEALTH")
