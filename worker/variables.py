@@ -129,9 +129,21 @@ VARIABLES: tuple[Variable, ...] = (
              "Key prefix inside the bucket (`myapp` → `myapp/<artifact>`).",
              S3),
     Variable("S3_ENDPOINT_URL",
-             "An S3-compatible endpoint (Cloudflare R2, Backblaze B2, MinIO), `https://host[:port]`; path-style "
-             "addressing.",
+             "An S3-compatible endpoint (Cloudflare R2, Backblaze B2, MinIO, Ceph, SeaweedFS), `https://host[:port]`; "
+             "path-style addressing, checksum headers only where an operation requires them. The endpoint is the "
+             "server only: a path (`http://host:8333/bucket`) is a configuration error (exit 2); the bucket goes in "
+             "`S3_BUCKET`, a key prefix in `S3_PREFIX`.",
              S3, shown="AWS"),
+    Variable("AWS_ENDPOINT_URL_S3",
+             "botocore's own endpoint variable, read after `S3_ENDPOINT_URL` and treated the same way (an "
+             "S3-compatible endpoint, no path).",
+             S3, shown="none"),
+    Variable("AWS_ENDPOINT_URL",
+             "botocore's endpoint for every AWS service, read after `AWS_ENDPOINT_URL_S3` and treated the same way.",
+             S3, shown="none"),
+    Variable("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+             "`true`: the two `AWS_ENDPOINT_URL…` variables are ignored, as botocore ignores them.",
+             S3, shown="false"),
     Variable("S3_REGION",
              "The bucket's region (`auto` for R2).",
              S3, value="us-east-1"),
