@@ -20,14 +20,14 @@ recorded holds data when its raw size is over what an empty database of its engi
 unsure, it holds data: refusing an empty backup is the safe side, and BACKUP_ALLOW_EMPTY the way out.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from jobs import selection
+from jobs import identity, selection
 from jobs.backups import Backup
 from jobs.engines import COUNTS, Source
 from jobs.errors import SourceError
@@ -97,22 +97,30 @@ def _holds(found: Found) -> str:
     return f"holds {rows} {_unit(found)}" if rows is not None else "holds data (it records no row counts; its size says so)"
 
 
-def refusal(what: str, found: Found) -> str:
-    """Return the one sentence a refused empty backup fails with."""
+def refusal(what: str, found: Found, maker: Mapping[str, str] | None = None) -> str:
+    """Return the one sentence a refused empty backup fails with; `maker`: the other source that made the newest
+    backup, whose backup this source is never told to restore."""
     where = "" if found.local else " in the bucket"
+    if maker is not None:
+        return (f"{what} holds no {_unit(found)} while the set's newest backup {found.backup.id}{where} {_holds(found)}, "
+                f"made by another source, {identity.describe(maker)}, so no backup was written: this set is not this source's; "
+                "give this source a set of its own with BACKUP_NAME (or the bucket a prefix of its own with S3_PREFIX)")
     return (f"{what} holds no {_unit(found)} while the set's newest backup {found.backup.id}{where} {_holds(found)}, so no backup was "
             f"written, lest an empty copy become the one restored: to bring the data back run {restore_command(found)}; "
             "if the database is meant to be empty, set BACKUP_ALLOW_EMPTY=true")
 
 
 def require_data(source: Source, what: str, local: Sequence[Backup], remote: Sequence[Backup], allow_empty: bool,
-                 now: datetime) -> tuple[list[str], str | None]:
+                 now: datetime, ours: Mapping[str, str] | None = None,
+                 adopted: Sequence[Mapping[str, Any]] = ()) -> tuple[list[str], str | None]:
     """Given the live source (`what` names it for people) and the set's backups on the volume and in the bucket,
     return the flags the coming backup gets and a warning for people: ([], None) when it holds rows or nothing
     needs protecting, ([EMPTY_ALLOWED], warning) when BACKUP_ALLOW_EMPTY lets an empty source through.
 
     Raise SourceError (stage preflight) when the source is empty, the newest backup holds data and empty backups
-    are not allowed. A source that cannot be asked now is not refused: the snapshot will say what is wrong."""
+    are not allowed; when another source made that backup (`ours`, this source's identity, and `adopted`, the
+    sources it took over: `jobs.identity`), the sentence names it and never offers to restore it here. A source
+    that cannot be asked now is not refused: the snapshot will say what is wrong."""
     found = newest(local, remote, now)
     if found is None or not holds_data(found.backup):
         return [], None
@@ -123,6 +131,11 @@ def require_data(source: Source, what: str, local: Sequence[Backup], remote: Seq
         log.warning("backup.rows_unknown", reason=str(error), detail="the source could not be asked whether it holds "
                     "rows; the backup goes on and its snapshot says what is wrong")
         return [], None
+    theirs = identity.recorded(found.backup.manifest.get("source")) if ours is not None else None
+    if theirs is not None and ours is not None:  # a new installation alone (a lost volume off Railway) is no other source
+        mine = {key: value for key, value in ours.items() if key != "install"}
+        if not identity.same(theirs, mine) and not identity.taken_over(theirs, found.backup.created_at, adopted):
+            raise SourceError(refusal(what, found, theirs), stage="preflight")
     if not allow_empty:
         raise SourceError(refusal(what, found), stage="preflight")
     warning = (f"{what} holds no {_unit(found)} while the set's newest backup {found.backup.id} {_holds(found)}; "

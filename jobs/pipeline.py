@@ -310,7 +310,9 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     # An empty source first: its refusal says how to bring the data back, the one thing to do then (a new volume
     # off Railway is also a new installation, which the owner check would refuse with less useful words).
     what = identity.describe(identity.of(source, None), where=False)
-    flags, warning = guard.require_data(source, what, here, there, settings.allow_empty, datetime.now(timezone.utc))
+    flags, warning = guard.require_data(source, what, here, there, settings.allow_empty, datetime.now(timezone.utc),
+                                        identity.of(source, settings.backup_dir),
+                                        identity.adopted(settings.backup_dir, backup_set))
     require_own_set(source, settings, backup_set, here, there)
     manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot, flags=flags, elsewhere=there)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])

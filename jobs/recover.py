@@ -16,20 +16,26 @@ its set, before the catch-up backup and the app can touch it.
   are named, never deleted). PostgreSQL is restored into the empty database with the options of
   `restore --target-url` (one transaction), after checking once more that it has no user tables: it holds
   nothing, so no safety backup is taken.
+- Whose backup (`own_backups`): one made by this source (`jobs.identity`), by a source it took over, or by none
+  recorded; another source's only when that source looks gone: its newest backup in the set is older than
+  FRESHNESS_LIMIT (a service recreated after a lost project). A live neighbour's backup is never restored at
+  start: with nothing else to restore the start fails naming both sources and the deliberate way (`refusal`).
+  Off Railway a lost volume loses the installation id too: a new one does not make the backups foreign.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import tempfile
 import threading
 import time
+from typing import Any
 
 import structlog
 
-from jobs import offsite, restore as restoring, selection
+from jobs import identity, offsite, restore as restoring, selection
 from jobs.artifacts import temp_prefix
 from jobs.backups import Backup, BackupSet, list_backups
 from jobs.destinations import Destination
@@ -128,6 +134,69 @@ def gather(local: LocalDestination, remote: Destination | None, backup_set: Back
     judged = [next((copy.backup for copy in found if not copy.backup.damage), found[0].backup) for found in copies.values()]
     judged.sort(key=lambda backup: (backup.created_at, backup.id), reverse=True)
     return Found(judged, copies, problems)
+
+
+@dataclass(frozen=True)
+class Live:
+    """Another source that still backs up into the set, with its newest backup there."""
+
+    newest: Backup
+    maker: dict[str, str]
+
+
+def own_backups(found: Found, ours: Mapping[str, str], adopted: Sequence[Mapping[str, Any]], limit: timedelta,
+                now: datetime, new_install: bool = False) -> tuple[Found, list[Live]]:
+    """Given the set's backups (`gather`), this source's identity and the sources it took over, return the
+    backups a restore at start may take (see the module docstring) and the live sources whose backups it may not,
+    each once, newest first. A maker is gone when its newest backup in the set is older than `limit`.
+    `new_install`: this installation's id was made at this start (a new or lost volume off Railway), so a maker
+    that differs from this source only by its installation is this source before the volume was lost."""
+    if new_install:
+        ours = {key: value for key, value in ours.items() if key != "install"}
+    newest_of: list[Live] = []  # per foreign maker, its newest backup (found.backups is newest first)
+    kept: list[Backup] = []
+    for backup in found.backups:
+        theirs = identity.recorded(backup.manifest.get("source"))
+        if theirs is None or identity.same(theirs, ours) or identity.taken_over(theirs, backup.created_at, adopted):
+            kept.append(backup)
+            continue
+        maker = next((live for live in newest_of if identity.same(live.maker, theirs)), None)
+        if maker is None:
+            maker = Live(backup, theirs)
+            newest_of.append(maker)
+        if now - maker.newest.created_at > limit:  # that source looks gone: a service recreated after a lost project
+            kept.append(backup)
+    live = [maker for maker in newest_of if now - maker.newest.created_at <= limit]
+    ids = {backup.id for backup in kept}
+    return Found(kept, {key: copies for key, copies in found.copies.items() if key in ids}, found.problems), live
+
+
+def passed_over_live(live: Sequence[Live], chosen: Backup) -> list[str]:
+    """Return a note for each live source whose newest backup is newer than the one restored at start."""
+    return [f"passed over {maker.newest.id}: it was made by {identity.describe(maker.maker)}, another source that still "
+            "backs up into this set" for maker in live if maker.newest.created_at > chosen.created_at]
+
+
+def refusal(live: Sequence[Live], found: Found, ours: Mapping[str, str], limit: timedelta, now: datetime) -> str:
+    """Return why nothing is restored at start when the set holds only the backups of live sources, as one clause
+    naming both sources and the deliberate ways out."""
+    newest = live[0].newest
+    bucket = "" if any(isinstance(copy.destination, LocalDestination) for copy in found.copies.get(newest.id, [])) \
+        else " --from-s3"
+    return (f"the set's backups were made by another source that still backs up into it: its newest, {newest.id}, "
+            f"{_age(now - newest.created_at)} old (FRESHNESS_LIMIT is {_age(limit)}), by {identity.describe(live[0].maker)}, "
+            f"while this worker backs up {identity.describe(ours)}; a restore at start never takes a live source's "
+            "backup: to restore it deliberately, set RESTORE_ON_START=never, run "
+            f"`python -m worker restore {newest.id}{bucket} --yes` and restart the service; or give this service a set "
+            "of its own with BACKUP_NAME (or the bucket a prefix of its own with S3_PREFIX)")
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= 2 * size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 def restore_missing(source: Source, found: Found, workdir: Path, cancel: threading.Event,

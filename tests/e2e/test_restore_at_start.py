@@ -248,8 +248,9 @@ def test_a_backup_made_by_another_railway_service_is_restored_both_named_and_the
     newest = backup({**env, "RAILWAY_SERVICE_ID": "0ld5e4v1ce"}, tmp_path)
     shutil.rmtree(tmp_path / "backups")  # the project was lost; the service is created again, with a new id
     lose(db)
+    time.sleep(1.1)  # the old service looks gone: its newest backup is older than FRESHNESS_LIMIT
 
-    recreated = {**env, "RAILWAY_SERVICE_ID": "9e45e4v1ce", "RESTORE_ON_START": "if-missing"}
+    recreated = {**env, "RAILWAY_SERVICE_ID": "9e45e4v1ce", "RESTORE_ON_START": "if-missing", "FRESHNESS_LIMIT": "1s"}
     worker = start(started, ["run", "--exec", app_command(tmp_path, db)], recreated, tmp_path)
     assert wait_app(tmp_path)["rows"] == 1000
     restored = worker.wait_for("restore.on_start")
@@ -260,6 +261,26 @@ def test_a_backup_made_by_another_railway_service_is_restored_both_named_and_the
                             "the catch-up backup's outcome")
     assert caught_up["event"] == "job.succeeded", caught_up  # not refused as another source's set
     assert worker.stop() == 0
+
+
+def test_a_backup_of_another_live_source_is_never_restored_at_start_both_are_named_with_the_deliberate_path(
+        tmp_path: Path, worker_env, moto_endpoint, bucket, started) -> None:
+    db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
+    env = {**worker_env, **s3_env(moto_endpoint, bucket)}
+    theirs = backup(env, tmp_path)  # a live neighbour backs up the set `app` into the same bucket and prefix
+    other = tmp_path / "other" / "app.db"  # this service's database was never created (or is lost)
+    neighbour = {**env, "BACKUP_SOURCE": f"sqlite:///{other}", "BACKUP_NAME": "app",
+                 "BACKUP_DIR": str(tmp_path / "other-backups"), "RESTORE_ON_START": "if-missing"}
+
+    worker = start(started, ["run", "--exec", app_command(tmp_path, other)], neighbour, tmp_path)
+    assert worker.finish(90) == 1
+    (sentence,) = plain(worker.stderr)
+    print(sentence)
+    assert theirs in sentence and str(db) in sentence and str(other) in sentence
+    assert "RESTORE_ON_START=never" in sentence and f"restore {theirs} --from-s3 --yes" in sentence
+    assert "BACKUP_NAME" in sentence and SECRET not in sentence
+    assert not other.exists() and not app_records(tmp_path) and "restore.on_start" not in worker.names()
+    assert rows(db) == 1000  # the neighbour's own database is untouched
 
 
 def test_restore_on_start_never_is_the_default_and_a_bad_value_is_exit_2_naming_the_variable(worker) -> None:

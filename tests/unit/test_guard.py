@@ -86,6 +86,28 @@ def test_an_empty_source_after_a_backup_with_rows_is_refused_naming_the_backup_a
     assert "BACKUP_ALLOW_EMPTY=true" in text and "\n" not in text
 
 
+SOURCE = {"kind": "sqlite", "path": "/data/app.db"}
+
+
+@pytest.mark.parametrize("case, ours, adopted, foreign", [
+    ("another path", {"kind": "sqlite", "path": "/other/app.db"}, [], True),
+    ("another Railway service", {**SOURCE, "railway_service_id": "new"}, [], True),
+    ("a source this one took over", {"kind": "sqlite", "path": "/other/app.db"},
+     [{**SOURCE, "adopted_at": NOW.isoformat()}], False),
+    ("the same source on a new installation (a lost volume)", {**SOURCE, "install": "f" * 32}, [], False),
+])
+def test_an_empty_source_is_never_told_to_restore_another_source_s_backup(case, ours, adopted, foreign) -> None:
+    held = backup(2, **rows(1000), source={**SOURCE, "install": "a" * 32})
+    with pytest.raises(SourceError) as raised:
+        guard.require_data(Live(False), "the db", [held], [], False, NOW, ours, adopted)
+    text = str(raised.value)
+    if foreign:
+        assert "restore" not in text and "another source, the SQLite database /data/app.db" in text, case
+        assert "BACKUP_NAME" in text and "S3_PREFIX" in text and "\n" not in text, case
+    else:
+        assert f"`python -m worker restore {held.id} --yes`" in text, case
+
+
 def test_a_backup_only_in_the_bucket_is_restored_from_it() -> None:
     held = backup(2, **rows(7))
     with pytest.raises(SourceError, match=f"{held.id} in the bucket holds 7 rows.*restore {held.id} --from-s3 --yes"):

@@ -6,13 +6,16 @@ Each configured set is handled on its own (the work is `jobs.recover`): a databa
 alone; a lost one with no backup anywhere (a first deploy) starts as it is; a lost one with backups is restored
 as a `restore` job run (start and outcome events, a catalog row, notifications and pings), under the set's lock,
 and its success logs `restore.on_start` with the backup, where it came from and, when another source made it,
-both identities: the source then takes the set over (`jobs.identity.adopt`). Redis sets are skipped (their RDB is
-loaded by hand). When any set could not be restored, `restore_at_start` raises one JobError naming each, so that
+both identities: the source then takes the set over (`jobs.identity.adopt`); another source's backup only when
+that source looks gone (`jobs.recover.own_backups`: its newest backup is older than FRESHNESS_LIMIT). Redis sets
+are skipped (their RDB is loaded by hand). When any set could not be restored, `restore_at_start` raises one JobError naming each, so that
 `run` exits 1 before anything starts: never an app on an empty database; the service's restart policy tries
 again, and the log says why.
 """
 
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any, NoReturn
 
@@ -21,7 +24,7 @@ import structlog
 from jobs import identity, recover
 from jobs.backups import BackupSet
 from jobs.engines import Source, redis
-from jobs.errors import Cancelled, JobError
+from jobs.errors import Cancelled, JobError, SourceError
 from worker.actions.context import Context
 from worker.actions.selection import reading, workdir
 from worker.lock import for_set
@@ -42,8 +45,11 @@ def restore_at_start(ctx: Context) -> None:
     if ctx.config.restore_on_start != IF_MISSING:
         return
     failed: list[tuple[str, Outcome]] = []
+    # No installation id yet: the volume is new (or was lost), so the backups made here before cannot be told
+    # from those of another machine with the same path by it (jobs.recover.own_backups).
+    new_install = not (ctx.config.backup_dir / identity.INSTALL_NAME).exists()
     for source in ctx.sources():
-        outcome = _restore_one(ctx, source)
+        outcome = _restore_one(ctx, source, new_install)
         if ctx.cancel.is_set():
             raise Cancelled("the worker is stopping; restore at start was interrupted, so nothing else was started")
         if outcome is not None and not outcome.ok:
@@ -64,7 +70,7 @@ def _clause(reason: str | None) -> str:
     return (reason or "no reason recorded").rstrip(" .")
 
 
-def _restore_one(ctx: Context, source: Source) -> Outcome | None:
+def _restore_one(ctx: Context, source: Source, new_install: bool) -> Outcome | None:
     """Restore one set if its database is lost; return the restore run's outcome, or None when no restore was
     needed (it holds data, Redis) or possible (no backup anywhere: a first deploy). A check or a listing that
     fails is recorded (and notified) as the restore run's failure."""
@@ -89,7 +95,7 @@ def _restore_one(ctx: Context, source: Source) -> Outcome | None:
                             detail="no backup of the set is on the volume or in the bucket (a first deploy?), so it "
                                    "starts as it is; if backups should be there, check S3_BUCKET, S3_PREFIX and BACKUP_NAME")
                 return None
-            return run_job("restore", ctx.catalog, partial(_work, ctx, source, why, found))
+            return run_job("restore", ctx.catalog, partial(_work, ctx, source, why, found, new_install))
     except Cancelled:
         raise
     except JobError as error:  # the set's lock is taken (a manual run), or the bucket cannot be listed
@@ -102,14 +108,22 @@ def _fail(name: str, error: JobError) -> NoReturn:
     raise error
 
 
-def _work(ctx: Context, source: Source, why: str, found: recover.Found) -> dict[str, Any]:
+def _work(ctx: Context, source: Source, why: str, found: recover.Found, new_install: bool) -> dict[str, Any]:
     """The `restore` run of one set at start: restore, take the set over when another source made the backup,
     return the fields of `restore.on_start`. Raise the JobError that stops the start, with `on_start` and `set`."""
     name = source.name()
+    ours = identity.of(source, ctx.config.backup_dir)
+    backup_set = BackupSet(name, source.kind)
+    now = datetime.now(timezone.utc)
+    mine, live = recover.own_backups(found, ours, identity.adopted(ctx.config.backup_dir, backup_set),
+                                     ctx.config.freshness_limit, now, new_install)
     try:
-        restored = recover.restore_missing(source, found, workdir(ctx), ctx.cancel)
+        if live and not mine.backups:
+            raise SourceError(recover.refusal(live, found, ours, ctx.config.freshness_limit, now), stage="restore")
+        restored = recover.restore_missing(source, mine, workdir(ctx), ctx.cancel)
     except JobError as error:
         _fail(name, error)
+    restored = replace(restored, notes=[*recover.passed_over_live(live, restored.backup), *restored.notes])
     for note in restored.notes:
         log.warning("restore.on_start_passed_over", set=name, note=note)
     backup = restored.backup
@@ -117,10 +131,9 @@ def _work(ctx: Context, source: Source, why: str, found: recover.Found) -> dict[
                               "created_at": backup.manifest.get("created_at"), "restored_to": restored.target,
                               "reason": why, "checks": restored.checks}
     theirs = identity.recorded(backup.manifest.get("source"))
-    ours = identity.of(source, ctx.config.backup_dir)
     if theirs is not None and not identity.same(theirs, ours):
         fields.update(backup_made_by=identity.describe(theirs), restored_into=identity.describe(ours))
-        identity.adopt(ctx.config.backup_dir, BackupSet(name, source.kind), theirs)  # its next backups are its own
+        identity.adopt(ctx.config.backup_dir, backup_set, theirs)  # its next backups are its own
     log.info("restore.on_start", **fields)
     return fields
 
