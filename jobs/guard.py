@@ -10,8 +10,9 @@ when it restores "the latest" and never lets one fill a retention slot, while it
   passed over) holds data, the backup fails at stage preflight, naming that backup and the command that restores
   it, unless BACKUP_ALLOW_EMPTY=true; then it is taken and flagged `empty_allowed`. A first backup, or one after
   backups that hold nothing, is not refused: there is nothing to protect.
-- After the snapshot (`shrank`): a backup whose raw size is under a tenth of the set's previous backup (the newest
-  by date, whatever its flags, not dated in the future) is taken and flagged `shrunk`. Compared with the previous
+- After the snapshot (`shrank`): a backup whose raw size, or whose rows (Redis: keys) counted on the snapshot, are
+  under a tenth of the set's previous backup's (the newest by date, whatever its flags, not dated in the future)
+  is taken and flagged `shrunk`. Compared with the previous
   backup whatever its flags, a deliberate shrink is flagged once, not every night.
 
 "Holds data": the manifest's row counts (`counts.total`, measured on the snapshot) or, for Redis, its key counts
@@ -152,9 +153,18 @@ def previous(backups: Sequence[Backup], now: datetime) -> Backup | None:
     return found[0] if found else None
 
 
-def shrank(raw_size: int, before: Backup | None) -> bool:
-    """Return whether a backup of `raw_size` raw bytes shrank to under a tenth of `before`'s raw size."""
+def shrank(raw_size: int, before: Backup | None, total: int | None = None) -> str | None:
+    """Return how a backup of `raw_size` raw bytes holding `total` rows or keys (`held`; None: not counted)
+    shrank against `before`, as a clause for people, or None: its raw size under a tenth of `before`'s, or its
+    rows (keys) under a tenth of those `before` records (a database whose pages stay allocated after a mass
+    delete keeps its size)."""
     if before is None:
-        return False
+        return None
     prior = before.manifest.get("raw_size")
-    return isinstance(prior, int) and raw_size * SHRINK_FACTOR < prior
+    if isinstance(prior, int) and not isinstance(prior, bool) and raw_size * SHRINK_FACTOR < prior:
+        return f"is {raw_size} bytes raw, under a tenth of the set's previous backup {before.id} ({prior} bytes)"
+    unit = "keys" if before.kind == "rdb" else "rows"
+    counted = held(before.manifest)
+    if total is not None and counted is not None and total * SHRINK_FACTOR < counted:
+        return f"holds {total} {unit}, under a tenth of the set's previous backup {before.id} ({counted} {unit})"
+    return None

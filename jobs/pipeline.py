@@ -158,14 +158,14 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             shutil.rmtree(workdir, ignore_errors=True)
         flags, warnings = list(flags), []
         before = guard.previous([*previous, *elsewhere], datetime.now(timezone.utc))
-        if guard.EMPTY_ALLOWED not in flags and guard.shrank(compressed.raw_size, before):  # one warning is enough
+        how = guard.shrank(compressed.raw_size, before, guard.held(details))
+        if guard.EMPTY_ALLOWED not in flags and how:  # one warning is enough
             assert before is not None
             flags.append(guard.SHRUNK)
-            warnings.append(f"the backup {artifacts.backup_id(artifact)} is {compressed.raw_size} bytes raw, under a tenth of "
-                            f"the set's previous backup {before.id} ({before.manifest['raw_size']} bytes); it is kept, flagged "
-                            "shrunk: `restore --latest` passes over it and the backups from before stay until you delete them")
+            warnings.append(f"the backup {artifacts.backup_id(artifact)} {how}; it is kept, flagged shrunk: `restore "
+                            "--latest` passes over it and the backups from before stay until you delete them")
             log.warning("backup.shrunk", artifact=artifact, raw_size=compressed.raw_size, previous=before.id,
-                        previous_raw_size=before.manifest["raw_size"], detail=warnings[-1])
+                        previous_raw_size=before.manifest.get("raw_size"), detail=warnings[-1])
         manifest = {
             **{key: value for key, value in details.items() if key != "versions"},
             "version": artifacts.MANIFEST_VERSION,

@@ -196,6 +196,24 @@ def test_a_backup_under_a_tenth_of_the_previous_is_taken_flagged_warned_and_pass
     assert (tmp_path / "backups" / before["artifact"]).exists()  # the pre-shrink backup still fills a slot
 
 
+def test_rows_deleted_under_a_tenth_flag_the_backup_shrunk_though_its_size_stays(
+        tmp_path: Path, app_db: Path, env: dict[str, str], receiver: Receiver) -> None:  # noqa: F811
+    first = run_worker(["backup"], env, cwd=tmp_path)
+    assert first.code == 0, first.stderr
+    before = first.event("job.succeeded")
+    with sqlite3.connect(app_db) as connection:  # no VACUUM: the file keeps its pages
+        connection.execute("DELETE FROM messages WHERE id > 50")
+
+    small = run_worker(["backup"], env, cwd=tmp_path)
+    assert small.code == 0, small.stderr
+    done = small.event("job.succeeded")
+    assert done["raw_size"] * 10 >= before["raw_size"]  # the size alone would not tell
+    assert done["flags"] == ["shrunk"]
+    assert "holds 50 rows, under a tenth" in small.event("backup.shrunk")["detail"]
+    body = webhooks(receiver, 1)[-1]
+    assert body["text"].startswith("WARNING: ") and "holds 50 rows" in body["text"]
+
+
 def test_backup_allow_empty_must_be_true_or_false(tmp_path: Path, env: dict[str, str]) -> None:
     result: Result = run_worker(["backup"], {**env, "BACKUP_ALLOW_EMPTY": "yes"}, cwd=tmp_path)
     assert result.code == 2 and "BACKUP_ALLOW_EMPTY" in result.stderr

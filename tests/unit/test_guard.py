@@ -160,7 +160,25 @@ def test_a_source_that_cannot_be_asked_is_not_refused_here() -> None:
     ("a previous manifest without raw_size", 1, backup(1), False),
 ])
 def test_what_counts_as_shrunk(case, raw, before, shrunk) -> None:
-    assert guard.shrank(raw, before) is shrunk, case
+    assert bool(guard.shrank(raw, before)) is shrunk, case
+
+
+@pytest.mark.parametrize("case, total, before, shrunk", [
+    ("rows under a tenth, same size (pages stay allocated)", 99, backup(1, raw_size=1000, **rows(1000)), True),
+    ("rows exactly a tenth", 100, backup(1, raw_size=1000, **rows(1000)), False),
+    ("rows grew", 2000, backup(1, raw_size=1000, **rows(1000)), False),
+    ("no rows left of many", 0, backup(1, raw_size=1000, **rows(1000)), True),
+    ("no rows before either", 0, backup(1, raw_size=1000, **rows(0)), False),
+    ("the new backup is not counted", None, backup(1, raw_size=1000, **rows(1000)), False),
+    ("the previous one recorded no counts", 1, backup(1, raw_size=1000), False),
+    ("the previous one's count is not a number", 1, backup(1, raw_size=1000, counts={"total": "many"}), False),
+    ("Redis keys under a tenth", 3, backup(1, "rdb", raw_size=1000, rdb={"keys": {"db0": 40}}), True),
+])
+def test_a_backup_whose_rows_dropped_under_a_tenth_counts_as_shrunk_whatever_its_size(case, total, before, shrunk) -> None:
+    how = guard.shrank(1000, before, total)
+    assert bool(how) is shrunk, case
+    if shrunk:
+        assert f"holds {total} " in how and before.id in how, case
 
 
 def test_the_previous_backup_is_the_newest_by_date_whatever_its_flags_but_never_one_from_the_future() -> None:
