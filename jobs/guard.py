@@ -9,7 +9,8 @@ when it restores "the latest" and never lets one fill a retention slot, while it
   newest backup that a restore of the latest would take (`jobs.selection`, Purpose.RESTORE: flagged backups are
   passed over) holds data, the backup fails at stage preflight, naming that backup and the command that restores
   it, unless BACKUP_ALLOW_EMPTY=true; then it is taken and flagged `empty_allowed`. A first backup, or one after
-  backups that hold nothing, is not refused: there is nothing to protect.
+  backups that hold nothing, is not refused: there is nothing to protect. A bucket that cannot be listed may hold
+  data: an empty source is refused then too.
 - After the snapshot (`shrank`): a backup whose raw size, or whose rows (Redis: keys) counted on the snapshot, are
   under a tenth of the set's previous backup's (the newest by date, whatever its flags, not dated in the future)
   is taken and flagged `shrunk`. Compared with the previous
@@ -112,18 +113,21 @@ def refusal(what: str, found: Found, maker: Mapping[str, str] | None = None) -> 
 
 
 def require_data(source: Source, what: str, local: Sequence[Backup], remote: Sequence[Backup], allow_empty: bool,
-                 now: datetime, ours: Mapping[str, str] | None = None,
-                 adopted: Sequence[Mapping[str, Any]] = ()) -> tuple[list[str], str | None]:
+                 now: datetime, ours: Mapping[str, str] | None = None, adopted: Sequence[Mapping[str, Any]] = (),
+                 remote_unknown: str | None = None) -> tuple[list[str], str | None]:
     """Given the live source (`what` names it for people) and the set's backups on the volume and in the bucket,
     return the flags the coming backup gets and a warning for people: ([], None) when it holds rows or nothing
     needs protecting, ([EMPTY_ALLOWED], warning) when BACKUP_ALLOW_EMPTY lets an empty source through.
 
     Raise SourceError (stage preflight) when the source is empty, the newest backup holds data and empty backups
     are not allowed; when another source made that backup (`ours`, this source's identity, and `adopted`, the
-    sources it took over: `jobs.identity`), the sentence names it and never offers to restore it here. A source
-    that cannot be asked now is not refused: the snapshot will say what is wrong."""
+    sources it took over: `jobs.identity`), the sentence names it and never offers to restore it here.
+    `remote_unknown`: why the bucket could not be listed; an empty source is then refused (or, allowed, flagged)
+    as if the bucket held data: unknown is the unsafe side. A source that cannot be asked now is not refused:
+    the snapshot will say what is wrong."""
     found = newest(local, remote, now)
-    if found is None or not holds_data(found.backup):
+    protects = found is not None and holds_data(found.backup)
+    if not protects and remote_unknown is None:
         return [], None
     try:
         if source.has_rows():
@@ -132,6 +136,18 @@ def require_data(source: Source, what: str, local: Sequence[Backup], remote: Seq
         log.warning("backup.rows_unknown", reason=str(error), detail="the source could not be asked whether it holds "
                     "rows; the backup goes on and its snapshot says what is wrong")
         return [], None
+    if found is None or not protects:  # only the bucket, which could not be listed, may hold the data
+        unknown = (f"{what} holds no rows or keys and the bucket could not be listed ({str(remote_unknown).rstrip('.')}), "
+                   "so whether the set's backups there hold data is unknown")
+        if not allow_empty:
+            raise SourceError(f"{unknown}; no backup was written, lest an empty copy become the one restored: fix "
+                              "the bucket's settings (S3_BUCKET, S3_ENDPOINT_URL, credentials) or wait until it answers, "
+                              "then back up again; if the database is meant to be empty, set BACKUP_ALLOW_EMPTY=true",
+                              stage="preflight")
+        warning = (f"{unknown}; BACKUP_ALLOW_EMPTY=true let this backup through, flagged empty_allowed: "
+                   "`restore --latest` passes over it")
+        log.warning("backup.empty_allowed", detail=warning)
+        return [EMPTY_ALLOWED], warning
     theirs = identity.recorded(found.backup.manifest.get("source")) if ours is not None else None
     if theirs is not None and ours is not None:  # a new installation alone (a lost volume off Railway) is no other source
         mine = {key: value for key, value in ours.items() if key != "install"}

@@ -148,6 +148,22 @@ def test_which_backup_is_protected(case, backups, protected) -> None:
         assert guard.require_data(Live(False), "the db", backups, [], False, NOW) == ([], None), case
 
 
+@pytest.mark.parametrize("case, local, live, allow, outcome", [
+    ("nothing on the volume, an empty source", [], False, False, "refused"),
+    ("only empty backups on the volume, an empty source", [backup(2, **rows(0))], False, False, "refused"),
+    ("allowed: taken, flagged", [], False, True, ["empty_allowed"]),
+    ("a source with rows", [], True, False, []),
+])
+def test_a_bucket_that_cannot_be_listed_counts_as_holding_data(case, local, live, allow, outcome) -> None:
+    if outcome == "refused":
+        with pytest.raises(SourceError, match="the bucket could not be listed \\(cannot reach it\\)") as raised:
+            guard.require_data(Live(live), "the db", local, [], allow, NOW, remote_unknown="cannot reach it.")
+        assert raised.value.stage == "preflight" and "BACKUP_ALLOW_EMPTY=true" in str(raised.value), case
+    else:
+        flags, _ = guard.require_data(Live(live), "the db", local, [], allow, NOW, remote_unknown="cannot reach it")
+        assert flags == outcome, case
+
+
 def test_a_source_that_cannot_be_asked_is_not_refused_here() -> None:
     assert guard.require_data(Live(SourceError("unreachable")), "the db", [backup(2, **rows(3))], [], False, NOW) == ([], None)
 
