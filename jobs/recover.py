@@ -2,7 +2,8 @@
 its set, before the catch-up backup and the app can touch it.
 
 - Lost: the engine says (`Source.missing`): a SQLite file that does not exist or holds 0 bytes, a PostgreSQL
-  database without user tables. A server that does not answer is asked again for SERVER_WAIT_S (a database
+  database without user tables. Or emptied (the caller tells, `over`): tables without a row while the set's
+  newest backup records rows, what an app that creates its schema at start leaves. A server that does not answer is asked again for SERVER_WAIT_S (a database
   service may start after the worker), then `wait_missing` gives up naming the limit.
 - Which backup: the set's backups on the volume and in the bucket, merged by id (a backup in both places is
   read from the volume; its copy in the bucket is tried when the volume's proves damaged), chosen by
@@ -80,6 +81,7 @@ class Restored:
     target: str  # the file or database written, for people
     checks: list[str]
     notes: list[str]  # the backups passed over, and why
+    safety: str | None = None  # the copy of the database restored over (SQLite, `over`)
 
 
 @dataclass(frozen=True)
@@ -200,10 +202,12 @@ def _age(delta: timedelta) -> str:
 
 
 def restore_missing(source: Source, found: Found, workdir: Path, cancel: threading.Event,
-                    now: datetime | None = None) -> Restored:
+                    now: datetime | None = None, over: bool = False) -> Restored:
     """Given a source whose database is lost and its set's backups (`gather`), restore the newest intact one
     into it (see the module docstring); downloads and a server's unpacked archive go to `workdir` (the backup
-    volume). Return what was restored. Raise NotFound when there is no backup to restore, IntegrityError when
+    volume). Return what was restored. `over`: the database is there with tables but no row (an app created its
+    schema at start): it is restored over as `restore --yes` does (SQLite: its safety copy first; PostgreSQL:
+    `pg_restore --clean`, no safety backup, as there is no row to save), once it is checked again to hold none. Raise NotFound when there is no backup to restore, IntegrityError when
     none is intact (naming each), SourceError or StorageError when the database cannot take it (leftovers beside
     a SQLite file, tables that appeared meanwhile), UploadError when the bucket cannot be read, Cancelled."""
     backup_set = BackupSet(source.name(), source.kind)
@@ -211,7 +215,8 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
         raise NotFound(f"there is no backup of the set {backup_set} to restore, only files of it that are not backups "
                        f"({'; '.join(found.problems[:3])})")
     database = source.sql_database()  # the SQLite file, or a server's connection settings
-    target = sqlite.live_file(database) if source.kind == sqlite.KIND and isinstance(database, Path) else None
+    is_file = source.kind == sqlite.KIND and isinstance(database, Path)
+    target = sqlite.live_file(database) if is_file and not over else None
     if target is not None:
         _require_room_for(target)
     unpack_in = target.parent if target is not None else workdir
@@ -233,7 +238,15 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
         assert proven is not None
         if chosen.backup_set != backup_set:  # listing is by set; this only guards the promise
             raise SourceError(f"{chosen.id} is a backup of the set {chosen.backup_set}, not of {backup_set}", stage="restore")
-        if target is not None:
+        safety = None
+        if over:
+            if source.has_rows():
+                raise SourceError(f"rows appeared in {source.target()} while the backup was fetched (has the app "
+                                  "started?), so nothing was restored over them: stop whatever writes to it and start "
+                                  "the worker again", stage="restore")
+            copy = source.restore(proven.raw, cancel, notify=lambda note: log.warning("restore.note", note=note))
+            written, safety = source.target(), (str(copy) if copy is not None else None)
+        elif target is not None:
             _require_room_for(target)  # again: nothing may have appeared while the backup was fetched and proven
             restoring.place_new_file(proven.raw, target, empty_ok=True)
             written = str(target)
@@ -244,7 +257,7 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
                                   "worker again", stage="restore")
             source.restore(proven.raw, cancel, notify=lambda note: log.warning("restore.note", note=note))
             written = source.target()
-    return Restored(chosen, proven.copy.location, written, proven.checks, notes)
+    return Restored(chosen, proven.copy.location, written, proven.checks, notes, safety)
 
 
 def _prove(copy: Copy, workdir: Path, unpack_in: Path, cancel: threading.Event, held: ExitStack) -> _Proven:

@@ -150,6 +150,53 @@ def test_a_zero_byte_database_file_counts_as_missing_and_is_replaced(tmp_path: P
     assert rows(db) == 1000
 
 
+def empty_schema(db: Path) -> None:
+    """What an app that creates its schema at start leaves in a new database: its tables, no row."""
+    lose(db)
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body TEXT NOT NULL, payload BLOB)")
+
+
+def test_tables_without_a_row_are_restored_over_with_a_safety_copy_when_the_newest_backup_holds_rows(
+        tmp_path: Path, worker_env, started) -> None:
+    db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
+    newest = backup(worker_env, tmp_path)
+    empty_schema(db)  # the volume was lost and the app, started before the worker, created its tables
+
+    worker = start(started, ["run", "--exec", app_command(tmp_path, db)], {**worker_env, "RESTORE_ON_START": "if-missing"},
+                   tmp_path)
+    assert wait_app(tmp_path)["rows"] == 1000
+    restored = worker.wait_for("restore.on_start")
+    assert restored["backup"] == newest and "has tables but no row" in restored["reason"]
+    assert Path(restored["safety_copy"]).name.startswith("app.db.pre-restore-")
+    worker.wait_for("worker.started")
+    assert worker.stop() == 0
+    assert rows(db) == 1000 and rows(Path(restored["safety_copy"])) == 0
+    assert run_worker(["backup"], worker_env, cwd=tmp_path).code == 0  # the next backup holds the data again
+
+
+@pytest.mark.parametrize("case, newest_rows, live_rows, reason", [
+    ("the database holds rows", 1000, 5, "the database holds data"),
+    ("tables without rows, and the newest backup records none", 0, 0, "the set's newest backup of this source records no rows"),
+])
+def test_a_database_with_tables_is_left_alone_unless_it_is_empty_and_the_newest_backup_holds_rows(
+        tmp_path: Path, worker_env, started, case, newest_rows, live_rows, reason) -> None:
+    db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
+    empty_schema(db)
+    add_rows(db, newest_rows)
+    backup(worker_env, tmp_path)
+    with sqlite3.connect(db) as connection:
+        connection.execute("DELETE FROM messages")
+    add_rows(db, live_rows)
+
+    worker = start(started, ["run"], {**worker_env, "RESTORE_ON_START": "if-missing"}, tmp_path)
+    skipped = worker.wait_for("restore.on_start_not_needed")
+    assert reason in skipped["reason"], case
+    worker.wait_for("worker.started")
+    assert worker.stop() == 0
+    assert "restore.on_start" not in worker.names() and rows(db) == live_rows, case
+
+
 def test_sqlite_leftovers_beside_a_missing_database_are_named_never_deleted_and_the_app_never_starts(
         tmp_path: Path, worker_env, started) -> None:
     db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))

@@ -21,10 +21,11 @@ from typing import Any, NoReturn
 
 import structlog
 
-from jobs import identity, recover
+from jobs import guard, identity, recover, selection
 from jobs.backups import BackupSet
 from jobs.engines import Source, redis
 from jobs.errors import Cancelled, JobError, SourceError
+from jobs.selection import Purpose
 from worker.actions.context import Context
 from worker.actions.selection import reading, workdir
 from worker.lock import for_set
@@ -71,9 +72,10 @@ def _clause(reason: str | None) -> str:
 
 
 def _restore_one(ctx: Context, source: Source, new_install: bool) -> Outcome | None:
-    """Restore one set if its database is lost; return the restore run's outcome, or None when no restore was
-    needed (it holds data, Redis) or possible (no backup anywhere: a first deploy). A check or a listing that
-    fails is recorded (and notified) as the restore run's failure."""
+    """Restore one set if its database is lost, or holds tables without a row while the set's newest backup of
+    this source records rows (an app that created its schema at start); return the restore run's outcome, or
+    None when no restore was needed (it holds data, Redis) or possible (no backup anywhere: a first deploy). A
+    check or a listing that fails is recorded (and notified) as the restore run's failure."""
     name = source.name()
     if source.kind == redis.KIND:
         log.info("restore.on_start_skipped", set=name, reason=REDIS_BY_HAND)
@@ -84,22 +86,50 @@ def _restore_one(ctx: Context, source: Source, new_install: bool) -> Outcome | N
         raise
     except JobError as error:  # the server never answered, or refused us: whether it is lost cannot be told
         return run_job("restore", ctx.catalog, partial(_fail, name, error))
+    emptied = False
     if why is None:
-        log.info("restore.on_start_not_needed", set=name, reason="the database holds data")
-        return None
+        try:
+            holds = source.has_rows()
+        except JobError as error:  # it answered a moment ago; the catch-up backup will say what is wrong
+            log.warning("restore.on_start_not_needed", set=name, reason=f"whether it holds rows could not be told: {error}")
+            return None
+        if holds:
+            log.info("restore.on_start_not_needed", set=name, reason="the database holds data")
+            return None
+        emptied = True  # tables without a row: an app that created its schema at start, before the restore
+        why = f"{source.target()} has tables but no row in any of them"
     try:
         with for_set(ctx.config.backup_dir, name, "restore at start"), reading(ctx, remote=False):
             found = recover.gather(ctx.local, ctx.remote(), BackupSet(name, source.kind), ctx.cancel)
             if not found.backups and not found.problems:
+                if emptied:
+                    log.info("restore.on_start_not_needed", set=name, reason=f"{why}, and the set has no backup")
+                    return None
                 log.warning("restore.on_start_no_backup", set=name, reason=why,
                             detail="no backup of the set is on the volume or in the bucket (a first deploy?), so it "
                                    "starts as it is; if backups should be there, check S3_BUCKET, S3_PREFIX and BACKUP_NAME")
                 return None
-            return run_job("restore", ctx.catalog, partial(_work, ctx, source, why, found, new_install))
+            mine, live = _own(ctx, source, found, new_install)
+            if emptied:
+                newest = selection.newest(mine.backups, Purpose.RESTORE, datetime.now(timezone.utc))
+                if newest is None or not (guard.held(newest.manifest) or 0) > 0:
+                    log.info("restore.on_start_not_needed", set=name,
+                             reason=f"{why}, and the set's newest backup of this source records no rows either")
+                    return None
+            return run_job("restore", ctx.catalog, partial(_work, ctx, source, why, found, mine, live, emptied))
     except Cancelled:
         raise
     except JobError as error:  # the set's lock is taken (a manual run), or the bucket cannot be listed
         return run_job("restore", ctx.catalog, partial(_fail, name, error))
+
+
+def _own(ctx: Context, source: Source, found: recover.Found,
+         new_install: bool) -> tuple[recover.Found, list[recover.Live]]:
+    """Return the set's backups a restore at start may take and the live sources whose backups it may not."""
+    backup_set = BackupSet(source.name(), source.kind)
+    return recover.own_backups(found, identity.of(source, ctx.config.backup_dir),
+                               identity.adopted(ctx.config.backup_dir, backup_set), ctx.config.freshness_limit,
+                               datetime.now(timezone.utc), new_install)
 
 
 def _fail(name: str, error: JobError) -> NoReturn:
@@ -108,19 +138,19 @@ def _fail(name: str, error: JobError) -> NoReturn:
     raise error
 
 
-def _work(ctx: Context, source: Source, why: str, found: recover.Found, new_install: bool) -> dict[str, Any]:
-    """The `restore` run of one set at start: restore, take the set over when another source made the backup,
-    return the fields of `restore.on_start`. Raise the JobError that stops the start, with `on_start` and `set`."""
+def _work(ctx: Context, source: Source, why: str, found: recover.Found, mine: recover.Found,
+          live: list[recover.Live], emptied: bool) -> dict[str, Any]:
+    """The `restore` run of one set at start: restore (over the database when it is `emptied`: tables without
+    rows), take the set over when another source made the backup, return the fields of `restore.on_start`. Raise
+    the JobError that stops the start, with `on_start` and `set`."""
     name = source.name()
     ours = identity.of(source, ctx.config.backup_dir)
     backup_set = BackupSet(name, source.kind)
-    now = datetime.now(timezone.utc)
-    mine, live = recover.own_backups(found, ours, identity.adopted(ctx.config.backup_dir, backup_set),
-                                     ctx.config.freshness_limit, now, new_install)
     try:
         if live and not mine.backups:
-            raise SourceError(recover.refusal(live, found, ours, ctx.config.freshness_limit, now), stage="restore")
-        restored = recover.restore_missing(source, mine, workdir(ctx), ctx.cancel)
+            raise SourceError(recover.refusal(live, found, ours, ctx.config.freshness_limit, datetime.now(timezone.utc)),
+                              stage="restore")
+        restored = recover.restore_missing(source, mine, workdir(ctx), ctx.cancel, over=emptied)
     except JobError as error:
         _fail(name, error)
     restored = replace(restored, notes=[*recover.passed_over_live(live, restored.backup), *restored.notes])
@@ -129,7 +159,8 @@ def _work(ctx: Context, source: Source, why: str, found: recover.Found, new_inst
     backup = restored.backup
     fields: dict[str, Any] = {"on_start": True, "set": name, "backup": backup.id, "location": restored.location,
                               "created_at": backup.manifest.get("created_at"), "restored_to": restored.target,
-                              "reason": why, "checks": restored.checks}
+                              "reason": why, "checks": restored.checks,
+                              **({"safety_copy": restored.safety} if restored.safety else {})}
     theirs = identity.recorded(backup.manifest.get("source"))
     if theirs is not None and not identity.same(theirs, ours):
         fields.update(backup_made_by=identity.describe(theirs), restored_into=identity.describe(ours))
