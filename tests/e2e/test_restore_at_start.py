@@ -233,6 +233,7 @@ def test_the_newest_backup_damaged_the_older_intact_one_is_restored_and_the_skip
     assert restored["backup"] == older and restored["location"] == "local"
     skipped = worker.wait_for("restore.on_start_passed_over")
     assert newest in skipped["note"]
+    assert restored["passed_over"] == [skipped["note"]]  # the notification's sentence names it too
     worker.wait_for("worker.started")
     assert worker.stop() == 0
     assert rows(db) == 1000

@@ -160,7 +160,8 @@ def _work(ctx: Context, source: Source, why: str, found: recover.Found, mine: re
     fields: dict[str, Any] = {"on_start": True, "set": name, "backup": backup.id, "location": restored.location,
                               "created_at": backup.manifest.get("created_at"), "restored_to": restored.target,
                               "reason": why, "checks": restored.checks,
-                              **({"safety_copy": restored.safety} if restored.safety else {})}
+                              **({"safety_copy": restored.safety} if restored.safety else {}),
+                              **({"passed_over": restored.notes} if restored.notes else {})}
     theirs = identity.recorded(backup.manifest.get("source"))
     if theirs is not None and not identity.same(theirs, ours):
         fields.update(backup_made_by=identity.describe(theirs), restored_into=identity.describe(ours))
