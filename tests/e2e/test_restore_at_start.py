@@ -169,6 +169,7 @@ def test_tables_without_a_row_are_restored_over_with_a_safety_copy_when_the_newe
     restored = worker.wait_for("restore.on_start")
     assert restored["backup"] == newest and "has tables but no row" in restored["reason"]
     assert Path(restored["safety_copy"]).name.startswith("app.db.pre-restore-")
+    assert restored["safety_copy"] in (tmp_path / "backups" / ".safety-copies.json").read_text()  # recorded: pruned later
     worker.wait_for("worker.started")
     assert worker.stop() == 0
     assert rows(db) == 1000 and rows(Path(restored["safety_copy"])) == 0

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any, NoReturn
 
 import structlog
 
-from jobs import guard, identity, recover, selection
+from jobs import guard, identity, recover, restore as restoring, selection
 from jobs.backups import BackupSet
 from jobs.engines import Source, redis
 from jobs.errors import Cancelled, JobError, SourceError
@@ -154,6 +155,10 @@ def _work(ctx: Context, source: Source, why: str, found: recover.Found, mine: re
     except JobError as error:
         _fail(name, error)
     restored = replace(restored, notes=[*recover.passed_over_live(live, restored.backup), *restored.notes])
+    removed: list[Path] = []
+    if restored.safety:  # restored over a SQLite file: its copy is recorded, older ones beyond BACKUP_KEEP_MIN go
+        removed, _ = restoring.tidy_safety_copies(source, Path(restored.safety), ctx.config.keep_min,
+                                                  ctx.config.backup_dir)
     for note in restored.notes:
         log.warning("restore.on_start_passed_over", set=name, note=note)
     backup = restored.backup
@@ -161,6 +166,7 @@ def _work(ctx: Context, source: Source, why: str, found: recover.Found, mine: re
                               "created_at": backup.manifest.get("created_at"), "restored_to": restored.target,
                               "reason": why, "checks": restored.checks,
                               **({"safety_copy": restored.safety} if restored.safety else {}),
+                              **({"safety_copies_removed": [str(path) for path in removed]} if removed else {}),
                               **({"passed_over": restored.notes} if restored.notes else {})}
     theirs = identity.recorded(backup.manifest.get("source"))
     if theirs is not None and not identity.same(theirs, ours):

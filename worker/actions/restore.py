@@ -164,7 +164,7 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                     fields = restore_over_server(ctx, artifact, backup, source)
                 else:
                     safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
-                    removed, kept = restoring.tidy_safety_copies(source, safety, ctx.config.keep_min)
+                    removed, kept = restoring.tidy_safety_copies(source, safety, ctx.config.keep_min, ctx.config.backup_dir)
                     fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks,
                               **({"safety_copy": str(safety)} if safety else {}),
                               **({"safety_copies_removed": [str(path) for path in removed],
