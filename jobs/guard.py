@@ -9,9 +9,11 @@ when it restores "the latest" and never lets one fill a retention slot, while it
   newest backup that a restore of the latest would take (`jobs.selection`, Purpose.RESTORE: flagged backups are
   passed over) holds data, the backup fails at stage preflight, naming that backup and the command that restores
   it, unless BACKUP_ALLOW_EMPTY=true; then it is taken and flagged `empty_allowed`. A first backup, or one after
-  backups that hold nothing, is not refused: there is nothing to protect.
-- After the snapshot (`shrank`): a backup whose raw size is under a tenth of the set's previous backup (the newest
-  by date, whatever its flags, not dated in the future) is taken and flagged `shrunk`. Compared with the previous
+  backups that hold nothing, is not refused: there is nothing to protect. A bucket that cannot be listed may hold
+  data: an empty source is refused then too.
+- After the snapshot (`shrank`): a backup whose raw size, or whose rows (Redis: keys) counted on the snapshot, are
+  under a tenth of the set's previous backup's (the newest by date, whatever its flags, not dated in the future)
+  is taken and flagged `shrunk`. Compared with the previous
   backup whatever its flags, a deliberate shrink is flagged once, not every night.
 
 "Holds data": the manifest's row counts (`counts.total`, measured on the snapshot) or, for Redis, its key counts
@@ -20,14 +22,14 @@ recorded holds data when its raw size is over what an empty database of its engi
 unsure, it holds data: refusing an empty backup is the safe side, and BACKUP_ALLOW_EMPTY the way out.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from jobs import selection
+from jobs import identity, selection
 from jobs.backups import Backup
 from jobs.engines import COUNTS, Source
 from jobs.errors import SourceError
@@ -97,24 +99,35 @@ def _holds(found: Found) -> str:
     return f"holds {rows} {_unit(found)}" if rows is not None else "holds data (it records no row counts; its size says so)"
 
 
-def refusal(what: str, found: Found) -> str:
-    """Return the one sentence a refused empty backup fails with."""
+def refusal(what: str, found: Found, maker: Mapping[str, str] | None = None) -> str:
+    """Return the one sentence a refused empty backup fails with; `maker`: the other source that made the newest
+    backup, whose backup this source is never told to restore."""
     where = "" if found.local else " in the bucket"
+    if maker is not None:
+        return (f"{what} holds no {_unit(found)} while the set's newest backup {found.backup.id}{where} {_holds(found)}, "
+                f"made by another source, {identity.describe(maker)}, so no backup was written: this set is not this source's; "
+                "give this source a set of its own with BACKUP_NAME (or the bucket a prefix of its own with S3_PREFIX)")
     return (f"{what} holds no {_unit(found)} while the set's newest backup {found.backup.id}{where} {_holds(found)}, so no backup was "
             f"written, lest an empty copy become the one restored: to bring the data back run {restore_command(found)}; "
             "if the database is meant to be empty, set BACKUP_ALLOW_EMPTY=true")
 
 
 def require_data(source: Source, what: str, local: Sequence[Backup], remote: Sequence[Backup], allow_empty: bool,
-                 now: datetime) -> tuple[list[str], str | None]:
+                 now: datetime, ours: Mapping[str, str] | None = None, adopted: Sequence[Mapping[str, Any]] = (),
+                 remote_unknown: str | None = None) -> tuple[list[str], str | None]:
     """Given the live source (`what` names it for people) and the set's backups on the volume and in the bucket,
     return the flags the coming backup gets and a warning for people: ([], None) when it holds rows or nothing
     needs protecting, ([EMPTY_ALLOWED], warning) when BACKUP_ALLOW_EMPTY lets an empty source through.
 
     Raise SourceError (stage preflight) when the source is empty, the newest backup holds data and empty backups
-    are not allowed. A source that cannot be asked now is not refused: the snapshot will say what is wrong."""
+    are not allowed; when another source made that backup (`ours`, this source's identity, and `adopted`, the
+    sources it took over: `jobs.identity`), the sentence names it and never offers to restore it here.
+    `remote_unknown`: why the bucket could not be listed; an empty source is then refused (or, allowed, flagged)
+    as if the bucket held data: unknown is the unsafe side. A source that cannot be asked now is not refused:
+    the snapshot will say what is wrong."""
     found = newest(local, remote, now)
-    if found is None or not holds_data(found.backup):
+    protects = found is not None and holds_data(found.backup)
+    if not protects and remote_unknown is None:
         return [], None
     try:
         if source.has_rows():
@@ -123,6 +136,23 @@ def require_data(source: Source, what: str, local: Sequence[Backup], remote: Seq
         log.warning("backup.rows_unknown", reason=str(error), detail="the source could not be asked whether it holds "
                     "rows; the backup goes on and its snapshot says what is wrong")
         return [], None
+    if found is None or not protects:  # only the bucket, which could not be listed, may hold the data
+        unknown = (f"{what} holds no rows or keys and the bucket could not be listed ({str(remote_unknown).rstrip('.')}), "
+                   "so whether the set's backups there hold data is unknown")
+        if not allow_empty:
+            raise SourceError(f"{unknown}; no backup was written, lest an empty copy become the one restored: fix "
+                              "the bucket's settings (S3_BUCKET, S3_ENDPOINT_URL, credentials) or wait until it answers, "
+                              "then back up again; if the database is meant to be empty, set BACKUP_ALLOW_EMPTY=true",
+                              stage="preflight")
+        warning = (f"{unknown}; BACKUP_ALLOW_EMPTY=true let this backup through, flagged empty_allowed: "
+                   "`restore --latest` passes over it")
+        log.warning("backup.empty_allowed", detail=warning)
+        return [EMPTY_ALLOWED], warning
+    theirs = identity.recorded(found.backup.manifest.get("source")) if ours is not None else None
+    if theirs is not None and ours is not None:  # a new installation alone (a lost volume off Railway) is no other source
+        mine = {key: value for key, value in ours.items() if key != "install"}
+        if not identity.same(theirs, mine) and not identity.taken_over(theirs, found.backup.created_at, adopted):
+            raise SourceError(refusal(what, found, theirs), stage="preflight")
     if not allow_empty:
         raise SourceError(refusal(what, found), stage="preflight")
     warning = (f"{what} holds no {_unit(found)} while the set's newest backup {found.backup.id} {_holds(found)}; "
@@ -139,9 +169,18 @@ def previous(backups: Sequence[Backup], now: datetime) -> Backup | None:
     return found[0] if found else None
 
 
-def shrank(raw_size: int, before: Backup | None) -> bool:
-    """Return whether a backup of `raw_size` raw bytes shrank to under a tenth of `before`'s raw size."""
+def shrank(raw_size: int, before: Backup | None, total: int | None = None) -> str | None:
+    """Return how a backup of `raw_size` raw bytes holding `total` rows or keys (`held`; None: not counted)
+    shrank against `before`, as a clause for people, or None: its raw size under a tenth of `before`'s, or its
+    rows (keys) under a tenth of those `before` records (a database whose pages stay allocated after a mass
+    delete keeps its size)."""
     if before is None:
-        return False
+        return None
     prior = before.manifest.get("raw_size")
-    return isinstance(prior, int) and raw_size * SHRINK_FACTOR < prior
+    if isinstance(prior, int) and not isinstance(prior, bool) and raw_size * SHRINK_FACTOR < prior:
+        return f"is {raw_size} bytes raw, under a tenth of the set's previous backup {before.id} ({prior} bytes)"
+    unit = "keys" if before.kind == "rdb" else "rows"
+    counted = held(before.manifest)
+    if total is not None and counted is not None and total * SHRINK_FACTOR < counted:
+        return f"holds {total} {unit}, under a tenth of the set's previous backup {before.id} ({counted} {unit})"
+    return None

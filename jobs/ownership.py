@@ -19,17 +19,20 @@ log = structlog.get_logger("jobs.pipeline")
 
 
 def set_backups(settings: BackupSettings, backup_set: BackupSet,
-                cancel: threading.Event) -> tuple[list[Backup], list[Backup]]:
-    """Return the set's backups on the volume and in the bucket ([] without one). A bucket that cannot be listed
-    now only warns: the upload of this cycle will say why."""
+                cancel: threading.Event) -> tuple[list[Backup], list[Backup], str | None]:
+    """Return the set's backups on the volume and in the bucket ([] without one), and why the bucket could not be
+    listed (None when it could, or without one). That only warns here: the upload of this cycle will say why,
+    and the empty-source guard counts the bucket as holding data."""
     here, _ = list_backups(LocalDestination(settings.backup_dir), backup_set, cancel)
     there: list[Backup] = []
+    unknown = None
     if settings.remote is not None:
         try:
             there, _ = list_backups(settings.remote, backup_set, cancel)
         except RemoteError as error:
-            log.warning("backup.owner_unchecked", location=settings.remote.location, reason=str(error))
-    return here, there
+            unknown = str(error)
+            log.warning("backup.owner_unchecked", location=settings.remote.location, reason=unknown)
+    return here, there, unknown
 
 
 def require_own_set(source: Source, settings: BackupSettings, backup_set: BackupSet, here: Sequence[Backup],
@@ -49,7 +52,8 @@ def take_over(source: Source, settings: BackupSettings, backup_set: BackupSet, c
     volume and in the bucket when it is another source; return who was taken over, for people."""
     ours = identity.of(source, settings.backup_dir)
     done = []
-    for found in set_backups(settings, backup_set, cancel):
+    here, there, _ = set_backups(settings, backup_set, cancel)
+    for found in (here, there):
         owner = identity.owner(found)
         if owner is not None and not identity.same(owner[1], ours):
             identity.adopt(settings.backup_dir, backup_set, owner[1])

@@ -141,14 +141,14 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             shutil.rmtree(workdir, ignore_errors=True)
         flags, warnings = list(flags), []
         before = guard.previous([*previous, *elsewhere], datetime.now(timezone.utc))
-        if guard.EMPTY_ALLOWED not in flags and guard.shrank(compressed.raw_size, before):  # one warning is enough
+        how = guard.shrank(compressed.raw_size, before, guard.held(details))
+        if guard.EMPTY_ALLOWED not in flags and how:  # one warning is enough
             assert before is not None
             flags.append(guard.SHRUNK)
-            warnings.append(f"the backup {artifacts.backup_id(artifact)} is {compressed.raw_size} bytes raw, under a tenth of "
-                            f"the set's previous backup {before.id} ({before.manifest['raw_size']} bytes); it is kept, flagged "
-                            "shrunk: `restore --latest` passes over it and the backups from before stay until you delete them")
+            warnings.append(f"the backup {artifacts.backup_id(artifact)} {how}; it is kept, flagged shrunk: `restore "
+                            "--latest` passes over it and the backups from before stay until you delete them")
             log.warning("backup.shrunk", artifact=artifact, raw_size=compressed.raw_size, previous=before.id,
-                        previous_raw_size=before.manifest["raw_size"], detail=warnings[-1])
+                        previous_raw_size=before.manifest.get("raw_size"), detail=warnings[-1])
         manifest = {
             **{key: value for key, value in details.items() if key != "versions"},
             "version": MANIFEST_VERSION,
@@ -289,11 +289,13 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
     local = LocalDestination(settings.backup_dir)
     backup_set = BackupSet(source.name(), source.kind)
     remove_stale(local, {source.name()})  # the caller holds this set's lock, and only this one
-    here, there = ownership.set_backups(settings, backup_set, cancel)
+    here, there, unknown = ownership.set_backups(settings, backup_set, cancel)
     # An empty source first: its refusal says how to bring the data back, the one thing to do then (a new volume
     # off Railway is also a new installation, which the owner check would refuse with less useful words).
     what = identity.describe(identity.of(source, None), where=False)
-    flags, warning = guard.require_data(source, what, here, there, settings.allow_empty, datetime.now(timezone.utc))
+    flags, warning = guard.require_data(source, what, here, there, settings.allow_empty, datetime.now(timezone.utc),
+                                        identity.of(source, settings.backup_dir),
+                                        identity.adopted(settings.backup_dir, backup_set), unknown)
     ownership.require_own_set(source, settings, backup_set, here, there)
     manifest = take_backup(source, settings, cancel, keep_snapshot=keep_snapshot, flags=flags, elsewhere=there)
     log.info("backup.written", artifact=manifest["artifact"], size=manifest["size"], raw_size=manifest["raw_size"])

@@ -2,7 +2,8 @@
 its set, before the catch-up backup and the app can touch it.
 
 - Lost: the engine says (`Source.missing`): a SQLite file that does not exist or holds 0 bytes, a PostgreSQL
-  database without user tables. A server that does not answer is asked again for SERVER_WAIT_S (a database
+  database without user tables. Or emptied (the caller tells, `over`): tables without a row while the set's
+  newest backup records rows, what an app that creates its schema at start leaves. A server that does not answer is asked again for SERVER_WAIT_S (a database
   service may start after the worker), then `wait_missing` gives up naming the limit.
 - Which backup: the set's backups on the volume and in the bucket, merged by id (a backup in both places is
   read from the volume; its copy in the bucket is tried when the volume's proves damaged), chosen by
@@ -16,20 +17,26 @@ its set, before the catch-up backup and the app can touch it.
   are named, never deleted). PostgreSQL is restored into the empty database with the options of
   `restore --target-url` (one transaction), after checking once more that it has no user tables: it holds
   nothing, so no safety backup is taken.
+- Whose backup (`own_backups`): one made by this source (`jobs.identity`), by a source it took over, or by none
+  recorded; another source's only when that source looks gone: its newest backup in the set is older than
+  FRESHNESS_LIMIT (a service recreated after a lost project). A live neighbour's backup is never restored at
+  start: with nothing else to restore the start fails naming both sources and the deliberate way (`refusal`).
+  Off Railway a lost volume loses the installation id too: a new one does not make the backups foreign.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import tempfile
 import threading
 import time
+from typing import Any
 
 import structlog
 
-from jobs import offsite, restore as restoring, selection
+from jobs import identity, offsite, restore as restoring, selection
 from jobs.artifacts import BackupSet, temp_prefix
 from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
@@ -75,6 +82,7 @@ class Restored:
     target: str  # the file or database written, for people
     checks: list[str]
     notes: list[str]  # the backups passed over, and why
+    safety: str | None = None  # the copy of the database restored over (SQLite, `over`)
 
 
 @dataclass(frozen=True)
@@ -132,11 +140,76 @@ def gather(local: LocalDestination, remote: Destination | None, backup_set: Back
     return Found(judged, copies, problems)
 
 
+@dataclass(frozen=True)
+class Live:
+    """Another source that still backs up into the set, with its newest backup there."""
+
+    newest: Backup
+    maker: dict[str, str]
+
+
+def own_backups(found: Found, ours: Mapping[str, str], adopted: Sequence[Mapping[str, Any]], limit: timedelta,
+                now: datetime, new_install: bool = False) -> tuple[Found, list[Live]]:
+    """Given the set's backups (`gather`), this source's identity and the sources it took over, return the
+    backups a restore at start may take (see the module docstring) and the live sources whose backups it may not,
+    each once, newest first. A maker is gone when its newest backup in the set is older than `limit`.
+    `new_install`: this installation's id was made at this start (a new or lost volume off Railway), so a maker
+    that differs from this source only by its installation is this source before the volume was lost."""
+    if new_install:
+        ours = {key: value for key, value in ours.items() if key != "install"}
+    newest_of: list[Live] = []  # per foreign maker, its newest backup (found.backups is newest first)
+    kept: list[Backup] = []
+    for backup in found.backups:
+        theirs = identity.recorded(backup.manifest.get("source"))
+        if theirs is None or identity.same(theirs, ours) or identity.taken_over(theirs, backup.created_at, adopted):
+            kept.append(backup)
+            continue
+        maker = next((live for live in newest_of if identity.same(live.maker, theirs)), None)
+        if maker is None:
+            maker = Live(backup, theirs)
+            newest_of.append(maker)
+        if now - maker.newest.created_at > limit:  # that source looks gone: a service recreated after a lost project
+            kept.append(backup)
+    live = [maker for maker in newest_of if now - maker.newest.created_at <= limit]
+    ids = {backup.id for backup in kept}
+    return Found(kept, {key: copies for key, copies in found.copies.items() if key in ids}, found.problems), live
+
+
+def passed_over_live(live: Sequence[Live], chosen: Backup) -> list[str]:
+    """Return a note for each live source whose newest backup is newer than the one restored at start."""
+    return [f"passed over {maker.newest.id}: it was made by {identity.describe(maker.maker)}, another source that still "
+            "backs up into this set" for maker in live if maker.newest.created_at > chosen.created_at]
+
+
+def refusal(live: Sequence[Live], found: Found, ours: Mapping[str, str], limit: timedelta, now: datetime) -> str:
+    """Return why nothing is restored at start when the set holds only the backups of live sources, as one clause
+    naming both sources and the deliberate ways out."""
+    newest = live[0].newest
+    bucket = "" if any(isinstance(copy.destination, LocalDestination) for copy in found.copies.get(newest.id, [])) \
+        else " --from-s3"
+    return (f"the set's backups were made by another source that still backs up into it: its newest, {newest.id}, "
+            f"{_age(now - newest.created_at)} old (FRESHNESS_LIMIT is {_age(limit)}), by {identity.describe(live[0].maker)}, "
+            f"while this worker backs up {identity.describe(ours)}; a restore at start never takes a live source's "
+            "backup: to restore it deliberately, set RESTORE_ON_START=never, run "
+            f"`python -m worker restore {newest.id}{bucket} --yes` and restart the service; or give this service a set "
+            "of its own with BACKUP_NAME (or the bucket a prefix of its own with S3_PREFIX)")
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= 2 * size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def restore_missing(source: Source, found: Found, workdir: Path, cancel: threading.Event,
-                    now: datetime | None = None) -> Restored:
+                    now: datetime | None = None, over: bool = False) -> Restored:
     """Given a source whose database is lost and its set's backups (`gather`), restore the newest intact one
     into it (see the module docstring); downloads and a server's unpacked archive go to `workdir` (the backup
-    volume). Return what was restored. Raise NotFound when there is no backup to restore, IntegrityError when
+    volume). Return what was restored. `over`: the database is there with tables but no row (an app created its
+    schema at start): it is restored over as `restore --yes` does (SQLite: its safety copy first; PostgreSQL:
+    `pg_restore --clean`, no safety backup, as there is no row to save), once it is checked again to hold none. Raise NotFound when there is no backup to restore, IntegrityError when
     none is intact (naming each), SourceError or StorageError when the database cannot take it (leftovers beside
     a SQLite file, tables that appeared meanwhile), DownloadError when the bucket cannot be read, Cancelled."""
     backup_set = BackupSet(source.name(), source.kind)
@@ -144,7 +217,8 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
         raise NotFound(f"there is no backup of the set {backup_set} to restore, only files of it that are not backups "
                        f"({'; '.join(found.problems[:3])})")
     database = source.sql_database()  # the SQLite file, or a server's connection settings
-    target = live_file(database) if source.kind == sqlite.KIND and isinstance(database, Path) else None
+    is_file = source.kind == sqlite.KIND and isinstance(database, Path)
+    target = live_file(database) if is_file and not over else None
     if target is not None:
         _require_room_for(target)
     unpack_in = target.parent if target is not None else workdir
@@ -166,7 +240,15 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
         assert proven is not None
         if chosen.backup_set != backup_set:  # listing is by set; this only guards the promise
             raise SourceError(f"{chosen.id} is a backup of the set {chosen.backup_set}, not of {backup_set}", stage="restore")
-        if target is not None:
+        safety = None
+        if over:
+            if source.has_rows():
+                raise SourceError(f"rows appeared in {source.target()} while the backup was fetched (has the app "
+                                  "started?), so nothing was restored over them: stop whatever writes to it and start "
+                                  "the worker again", stage="restore")
+            copy = source.restore(proven.raw, cancel, notify=lambda note: log.warning("restore.note", note=note))
+            written, safety = source.target(), (str(copy) if copy is not None else None)
+        elif target is not None:
             _require_room_for(target)  # again: nothing may have appeared while the backup was fetched and proven
             restoring.place_new_file(proven.raw, target, empty_ok=True)
             written = str(target)
@@ -177,7 +259,7 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
                                   "worker again", stage="restore")
             source.restore(proven.raw, cancel, notify=lambda note: log.warning("restore.note", note=note))
             written = source.target()
-    return Restored(chosen, proven.copy.location, written, proven.checks, notes)
+    return Restored(chosen, proven.copy.location, written, proven.checks, notes, safety)
 
 
 def _prove(copy: Copy, workdir: Path, unpack_in: Path, cancel: threading.Event, held: ExitStack) -> _Proven:

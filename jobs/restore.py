@@ -284,14 +284,15 @@ def _safety_copies_of(source: Source) -> list[sqlite_copies.SafetyCopy]:
         return []
 
 
-def tidy_safety_copies(source: Source, safety: Path | None, keep: int) -> tuple[list[Path], list[Path]]:
-    """After a restore over the live database of `source` succeeded and left the safety copy `safety`, remove the
-    safety copies earlier restores left beside it beyond the newest `keep` (BACKUP_KEEP_MIN), never `safety`;
-    return (removed, kept). Only SQLite leaves such copies; only the worker's own are ever touched
-    (jobs.engines.sqlite_copies)."""
+def tidy_safety_copies(source: Source, safety: Path | None, keep: int,
+                       backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
+    """After a restore over the live database of `source` succeeded and left the safety copy `safety`, record it
+    in the ledger in `backup_dir` and remove the safety copies earlier restores recorded beside it beyond the
+    newest `keep` (BACKUP_KEEP_MIN), never `safety`; return (removed, kept). Only SQLite leaves such copies; only
+    the ones the worker recorded are ever touched (jobs.engines.sqlite_copies)."""
     if safety is None or source.kind != sqlite.KIND:
         return [], []
     database = source.sql_database()
     if not isinstance(database, Path):
         return [], []
-    return sqlite_copies.remove_older(real_file(database), keep, safety)
+    return sqlite_copies.remove_older(real_file(database), keep, safety, backup_dir)

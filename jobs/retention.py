@@ -65,8 +65,10 @@ def plan(backups: Sequence[Backup], policy: Policy, now: datetime, damaged: Sequ
 
 
 def anchor(backups: Sequence[Backup], now: datetime, damaged: Sequence[str] = (), fresh: str | None = None) -> datetime:
-    """Return the time ages are counted from: the newest sound backup (other than `fresh`), or `now` if earlier."""
-    counted = [b for b in selection.sound(backups, Purpose.RETENTION, now, damaged) if b.id != fresh]
+    """Return the time ages are counted from: the newest sound backup (other than `fresh`), or `now` if earlier.
+    Sound as freshness counts it: a flagged or pre-restore backup still proves the worker ran then, so ages move
+    on while the newest backups are flagged (they only fill no BACKUP_KEEP_MIN slot)."""
+    counted = [b for b in selection.sound(backups, Purpose.FRESHNESS, now, damaged) if b.id != fresh]
     return min(now, counted[0].created_at) if counted else now
 
 

@@ -6,22 +6,27 @@ Each configured set is handled on its own (the work is `jobs.recover`): a databa
 alone; a lost one with no backup anywhere (a first deploy) starts as it is; a lost one with backups is restored
 as a `restore` job run (start and outcome events, a catalog row, notifications and pings), under the set's lock,
 and its success logs `restore.on_start` with the backup, where it came from and, when another source made it,
-both identities: the source then takes the set over (`jobs.identity.adopt`). Redis sets are skipped (their RDB is
-loaded by hand). When any set could not be restored, `restore_at_start` raises one JobError naming each, so that
+both identities: the source then takes the set over (`jobs.identity.adopt`); another source's backup only when
+that source looks gone (`jobs.recover.own_backups`: its newest backup is older than FRESHNESS_LIMIT). Redis sets
+are skipped (their RDB is loaded by hand). When any set could not be restored, `restore_at_start` raises one JobError naming each, so that
 `run` exits 1 before anything starts: never an app on an empty database; the service's restart policy tries
 again, and the log says why.
 """
 
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any, NoReturn
 
 import structlog
 
-from jobs import identity, recover
+from jobs import guard, identity, recover, restore as restoring, selection
 from jobs.artifacts import BackupSet
 from jobs.engines import Source, redis
-from jobs.errors import Cancelled, JobError
+from jobs.errors import Cancelled, JobError, SourceError
+from jobs.selection import Purpose
 from worker.context import Context
 from worker.selection import reading, workdir
 from worker.lock import for_set
@@ -42,8 +47,11 @@ def restore_at_start(ctx: Context) -> None:
     if ctx.config.restore_on_start != IF_MISSING:
         return
     failed: list[tuple[str, Outcome]] = []
+    # No installation id yet: the volume is new (or was lost), so the backups made here before cannot be told
+    # from those of another machine with the same path by it (jobs.recover.own_backups).
+    new_install = not (ctx.config.backup_dir / identity.INSTALL_NAME).exists()
     for source in ctx.sources():
-        outcome = _restore_one(ctx, source)
+        outcome = _restore_one(ctx, source, new_install)
         if ctx.cancel.is_set():
             raise Cancelled("the worker is stopping; restore at start was interrupted, so nothing else was started")
         if outcome is not None and not outcome.ok:
@@ -64,10 +72,11 @@ def _clause(reason: str | None) -> str:
     return (reason or "no reason recorded").rstrip(" .")
 
 
-def _restore_one(ctx: Context, source: Source) -> Outcome | None:
-    """Restore one set if its database is lost; return the restore run's outcome, or None when no restore was
-    needed (it holds data, Redis) or possible (no backup anywhere: a first deploy). A check or a listing that
-    fails is recorded (and notified) as the restore run's failure."""
+def _restore_one(ctx: Context, source: Source, new_install: bool) -> Outcome | None:
+    """Restore one set if its database is lost, or holds tables without a row while the set's newest backup of
+    this source records rows (an app that created its schema at start); return the restore run's outcome, or
+    None when no restore was needed (it holds data, Redis) or possible (no backup anywhere: a first deploy). A
+    check or a listing that fails is recorded (and notified) as the restore run's failure."""
     name = source.name()
     if source.kind == redis.KIND:
         log.info("restore.on_start_skipped", set=name, reason=REDIS_BY_HAND)
@@ -78,22 +87,50 @@ def _restore_one(ctx: Context, source: Source) -> Outcome | None:
         raise
     except JobError as error:  # the server never answered, or refused us: whether it is lost cannot be told
         return run_job("restore", ctx.catalog, partial(_fail, name, error))
+    emptied = False
     if why is None:
-        log.info("restore.on_start_not_needed", set=name, reason="the database holds data")
-        return None
+        try:
+            holds = source.has_rows()
+        except JobError as error:  # it answered a moment ago; the catch-up backup will say what is wrong
+            log.warning("restore.on_start_not_needed", set=name, reason=f"whether it holds rows could not be told: {error}")
+            return None
+        if holds:
+            log.info("restore.on_start_not_needed", set=name, reason="the database holds data")
+            return None
+        emptied = True  # tables without a row: an app that created its schema at start, before the restore
+        why = f"{source.target()} has tables but no row in any of them"
     try:
         with for_set(ctx.config.backup_dir, name, "restore at start"), reading(ctx, remote=False):
             found = recover.gather(ctx.local, ctx.remote(), BackupSet(name, source.kind), ctx.cancel)
             if not found.backups and not found.problems:
+                if emptied:
+                    log.info("restore.on_start_not_needed", set=name, reason=f"{why}, and the set has no backup")
+                    return None
                 log.warning("restore.on_start_no_backup", set=name, reason=why,
                             detail="no backup of the set is on the volume or in the bucket (a first deploy?), so it "
                                    "starts as it is; if backups should be there, check S3_BUCKET, S3_PREFIX and BACKUP_NAME")
                 return None
-            return run_job("restore", ctx.catalog, partial(_work, ctx, source, why, found))
+            mine, live = _own(ctx, source, found, new_install)
+            if emptied:
+                newest = selection.newest(mine.backups, Purpose.RESTORE, datetime.now(timezone.utc))
+                if newest is None or not (guard.held(newest.manifest) or 0) > 0:
+                    log.info("restore.on_start_not_needed", set=name,
+                             reason=f"{why}, and the set's newest backup of this source records no rows either")
+                    return None
+            return run_job("restore", ctx.catalog, partial(_work, ctx, source, why, found, mine, live, emptied))
     except Cancelled:
         raise
     except JobError as error:  # the set's lock is taken (a manual run), or the bucket cannot be listed
         return run_job("restore", ctx.catalog, partial(_fail, name, error))
+
+
+def _own(ctx: Context, source: Source, found: recover.Found,
+         new_install: bool) -> tuple[recover.Found, list[recover.Live]]:
+    """Return the set's backups a restore at start may take and the live sources whose backups it may not."""
+    backup_set = BackupSet(source.name(), source.kind)
+    return recover.own_backups(found, identity.of(source, ctx.config.backup_dir),
+                               identity.adopted(ctx.config.backup_dir, backup_set), ctx.config.freshness_limit,
+                               datetime.now(timezone.utc), new_install)
 
 
 def _fail(name: str, error: JobError) -> NoReturn:
@@ -102,25 +139,39 @@ def _fail(name: str, error: JobError) -> NoReturn:
     raise error
 
 
-def _work(ctx: Context, source: Source, why: str, found: recover.Found) -> dict[str, Any]:
-    """The `restore` run of one set at start: restore, take the set over when another source made the backup,
-    return the fields of `restore.on_start`. Raise the JobError that stops the start, with `on_start` and `set`."""
+def _work(ctx: Context, source: Source, why: str, found: recover.Found, mine: recover.Found,
+          live: list[recover.Live], emptied: bool) -> dict[str, Any]:
+    """The `restore` run of one set at start: restore (over the database when it is `emptied`: tables without
+    rows), take the set over when another source made the backup, return the fields of `restore.on_start`. Raise
+    the JobError that stops the start, with `on_start` and `set`."""
     name = source.name()
+    ours = identity.of(source, ctx.config.backup_dir)
+    backup_set = BackupSet(name, source.kind)
     try:
-        restored = recover.restore_missing(source, found, workdir(ctx), ctx.cancel)
+        if live and not mine.backups:
+            raise SourceError(recover.refusal(live, found, ours, ctx.config.freshness_limit, datetime.now(timezone.utc)),
+                              stage="restore")
+        restored = recover.restore_missing(source, mine, workdir(ctx), ctx.cancel, over=emptied)
     except JobError as error:
         _fail(name, error)
+    restored = replace(restored, notes=[*recover.passed_over_live(live, restored.backup), *restored.notes])
+    removed: list[Path] = []
+    if restored.safety:  # restored over a SQLite file: its copy is recorded, older ones beyond BACKUP_KEEP_MIN go
+        removed, _ = restoring.tidy_safety_copies(source, Path(restored.safety), ctx.config.keep_min,
+                                                  ctx.config.backup_dir)
     for note in restored.notes:
         log.warning("restore.on_start_passed_over", set=name, note=note)
     backup = restored.backup
     fields: dict[str, Any] = {"on_start": True, "set": name, "backup": backup.id, "location": restored.location,
                               "created_at": backup.manifest.get("created_at"), "restored_to": restored.target,
-                              "reason": why, "checks": restored.checks}
+                              "reason": why, "checks": restored.checks,
+                              **({"safety_copy": restored.safety} if restored.safety else {}),
+                              **({"safety_copies_removed": [str(path) for path in removed]} if removed else {}),
+                              **({"passed_over": restored.notes} if restored.notes else {})}
     theirs = identity.recorded(backup.manifest.get("source"))
-    ours = identity.of(source, ctx.config.backup_dir)
     if theirs is not None and not identity.same(theirs, ours):
         fields.update(backup_made_by=identity.describe(theirs), restored_into=identity.describe(ours))
-        identity.adopt(ctx.config.backup_dir, BackupSet(name, source.kind), theirs)  # its next backups are its own
+        identity.adopt(ctx.config.backup_dir, backup_set, theirs)  # its next backups are its own
     log.info("restore.on_start", **fields)
     return fields
 

@@ -73,14 +73,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BACKUP_ALLOW_EMPTY",
              "`true` or `false`. A backup of a source with no rows (no user tables, or all empty; Redis: no keys) "
              "fails at stage `preflight` while the set's newest backup that `restore --latest` would take holds "
-             "data, naming it and the command that restores it; `true` takes it, flagged `empty_allowed`.",
+             "data, naming it and the command that restores it; `true` takes it, flagged `empty_allowed`. A bucket "
+             "that cannot be listed counts as holding data: an empty source is refused then too.",
              SOURCES, value=False),
     Variable("RESTORE_ON_START",
              "`if-missing`: at `run` start, before the `RETENTION_RULES` check, before `--exec` starts the app and "
              "before the catch-up backup, restore each SQLite set whose file is missing or empty (0 bytes, links "
-             "followed) and each PostgreSQL set whose database has no user tables from the newest intact backup of "
+             "followed) and each PostgreSQL set whose database has no user tables (and either whose database has "
+             "tables but no row in any while the set's newest backup of this source records rows: restored over it, "
+             "SQLite with its safety copy, PostgreSQL with `pg_restore --clean`) from the newest intact backup of "
              "the set across the volume and the bucket (the volume's copy first); damaged backups are passed over. "
-             "No backup anywhere: start normally. Backups but none restorable (or `-wal`/`-shm`/`-journal` beside a "
+             "Another source's backup only when that source looks gone (its newest backup is older than "
+             "`FRESHNESS_LIMIT`); a live one's: exit 1, naming both "
+             "([safety.md](safety.md#whose-backup-is-this-jobsidentitypy)). No backup anywhere: start normally. Backups but none restorable (or `-wal`/`-shm`/`-journal` beside a "
              "missing file): exit 1, the app never starts. A PostgreSQL server that does not answer is asked again "
              "for 60 s. Redis sets are skipped. See [recovery.md](recovery.md).",
              SOURCES, value="never"),

@@ -28,6 +28,7 @@ import re
 import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, BinaryIO, ContextManager, Protocol, runtime_checkable
+from urllib.parse import quote, unquote
 
 from jobs.errors import IntegrityError
 
@@ -227,18 +228,45 @@ def _by_kind() -> dict[str, Engine]:
 
 # SQLAlchemy spells a URL `dialect+driver://` (postgresql+asyncpg://, sqlite+aiosqlite://): apps hold their
 # DATABASE_URL in that form. The driver is the app's business; the database is the same.
-_SQLALCHEMY_SCHEME = re.compile(r"^(?P<dialect>[A-Za-z][A-Za-z0-9]*)\+[A-Za-z0-9_]+://")
+_SQLALCHEMY_SCHEME = re.compile(r"^(?P<dialect>[A-Za-z][A-Za-z0-9]*)\+(?P<driver>[A-Za-z0-9_]+)://")
 
 
 def source_url(url: str) -> str:
     """Given a BACKUP_SOURCE URL, return it with the driver part of a SQLAlchemy URL taken off
     (`postgresql+psycopg://…` is `postgresql://…`, `sqlite+aiosqlite:///…` is `sqlite:///…`); any other URL as it
-    is. The one place that reads a driver: every reader of the source URL gets the engine's Source (open_source),
-    which was opened from this."""
+    is. asyncpg's `ssl=` query parameter becomes libpq's `sslmode=` (`true` is `require`, `false` is `disable`, a
+    mode stays itself; an `sslmode=` already there wins). The one place that reads a driver: every reader of the
+    source URL gets the engine's Source (open_source), which was opened from this."""
     match = _SQLALCHEMY_SCHEME.match(url)
     if match is None or match["dialect"].lower() not in _by_scheme():
         return url
-    return f"{match['dialect']}://{url[match.end():]}"
+    rest = url[match.end():]
+    if match["driver"].lower() == "asyncpg":
+        rest = _asyncpg_ssl(rest)
+    return f"{match['dialect']}://{rest}"
+
+
+_SSL_WORDS = {"true": "require", "1": "require", "yes": "require", "on": "require",
+              "false": "disable", "0": "disable", "no": "disable", "off": "disable"}
+
+
+def _asyncpg_ssl(rest: str) -> str:
+    """Return the URL part after `scheme://` with asyncpg's `ssl=VALUE` written as libpq's `sslmode=`; the other
+    parameters stay as they were written."""
+    head, mark, query = rest.partition("?")
+    if not mark:
+        return rest
+    parts = query.split("&")
+    has_mode = any(part.lower().startswith("sslmode=") for part in parts)
+    kept = []
+    for part in parts:
+        if part.lower().startswith("ssl="):
+            if has_mode:
+                continue
+            value = unquote(part[4:]).strip()
+            part = "sslmode=" + quote(_SSL_WORDS.get(value.lower(), value.lower()), safe="-")
+        kept.append(part)
+    return f"{head}?{'&'.join(kept)}"
 
 
 def scheme_of(url: str) -> str:

@@ -3,7 +3,9 @@
 A `DELETE` trigger on a rule's table (or on a table its cascades reach, or an `UPDATE` trigger on one whose key
 is SET NULL / SET DEFAULT) may delete or change rows that no backup holds: an attachment written after the
 snapshot, an audit row. The purge cannot prove such rows are in the backup, so a rule whose delete would fire
-one is refused (a configuration problem at start, the rule's error at a purge), naming it.
+one is refused (a configuration problem at start, the rule's error at a purge), naming it. On PostgreSQL that
+includes the triggers and rules of the table's partitions and inheritance children, at any depth: the delete
+reaches their rows.
 """
 
 import re
@@ -28,13 +30,22 @@ def fired_by(connection: Connection, schema: str | None, table: str, event: str)
         return sorted(f"trigger {name}" for name, sql in rows
                       if sql and _SQLITE_EVENT[event].search(re.split(r"\sON\s", sql, maxsplit=1, flags=re.IGNORECASE)[0]))
     relation = f"{schema}.{table}" if schema else table
+    # The table and every partition or inheritance child below it: a delete on the table reaches their rows too.
+    # A trigger a partition got from its parent's (tgparentid, PostgreSQL 13+, read through to_jsonb so older
+    # servers answer) is named once, on the parent.
+    tree = ("WITH RECURSIVE tree(oid) AS (SELECT to_regclass(:relation)::oid UNION "
+            "SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid) ")
     triggers = connection.execute(sa.text(
-        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(:relation) AND NOT tgisinternal "
-        "AND (tgtype & :bit) <> 0"), {"relation": _quoted(relation), "bit": _PG_TYPE_BITS[event]}).scalars()
+        tree + "SELECT t.tgname, t.tgrelid = to_regclass(:relation)::oid, t.tgrelid::regclass::text FROM pg_trigger t "
+        "JOIN tree ON t.tgrelid = tree.oid WHERE NOT t.tgisinternal AND (t.tgtype & :bit) <> 0 "
+        "AND (t.tgrelid = to_regclass(:relation)::oid OR coalesce(to_jsonb(t) ->> 'tgparentid', '0') = '0')"),
+        {"relation": _quoted(relation), "bit": _PG_TYPE_BITS[event]}).all()
     rules = connection.execute(sa.text(
-        "SELECT rulename FROM pg_rewrite WHERE ev_class = to_regclass(:relation) AND ev_type = :event "
-        "AND rulename <> '_RETURN'"), {"relation": _quoted(relation), "event": _PG_RULE_EVENTS[event]}).scalars()
-    return sorted([*(f"trigger {name}" for name in triggers), *(f"rule {name}" for name in rules)])
+        tree + "SELECT r.rulename, r.ev_class = to_regclass(:relation)::oid, r.ev_class::regclass::text FROM pg_rewrite r "
+        "JOIN tree ON r.ev_class = tree.oid WHERE r.ev_type = :event AND r.rulename <> '_RETURN'"),
+        {"relation": _quoted(relation), "event": _PG_RULE_EVENTS[event]}).all()
+    return sorted([*(f"trigger {name}{'' if own else f' on {where}'}" for name, own, where in triggers),
+                   *(f"rule {name}{'' if own else f' on {where}'}" for name, own, where in rules)])
 
 
 def _quoted(relation: str) -> str:

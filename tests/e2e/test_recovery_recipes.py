@@ -177,9 +177,14 @@ def test_postgres_recreated_empty(tmp_path: Path, moto_endpoint: str, bucket: st
     services["backup-worker"] = Service(env, tmp_path)
     assert run_worker(["backup"], env, cwd=tmp_path).code == 0
     expected = digests(name)
+    schema = subprocess.run(["pg_dump", "--schema-only", "--no-owner", url_for(name)], capture_output=True, text=True,
+                            check=True).stdout
     with psycopg.connect(url_for("postgres"), autocommit=True) as admin:  # the database service lost its volume
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
+    # the app, redeployed with its database, ran its migrations first: its tables are back, without a row
+    subprocess.run(["psql", "--quiet", "--set", "ON_ERROR_STOP=1", "--dbname", url_for(name)], input=schema, text=True,
+                   capture_output=True, check=True)
 
     results = follow("postgres-recreated-empty", services, {"/data": volume})
 

@@ -150,6 +150,54 @@ def test_a_zero_byte_database_file_counts_as_missing_and_is_replaced(tmp_path: P
     assert rows(db) == 1000
 
 
+def empty_schema(db: Path) -> None:
+    """What an app that creates its schema at start leaves in a new database: its tables, no row."""
+    lose(db)
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body TEXT NOT NULL, payload BLOB)")
+
+
+def test_tables_without_a_row_are_restored_over_with_a_safety_copy_when_the_newest_backup_holds_rows(
+        tmp_path: Path, worker_env, started) -> None:
+    db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
+    newest = backup(worker_env, tmp_path)
+    empty_schema(db)  # the volume was lost and the app, started before the worker, created its tables
+
+    worker = start(started, ["run", "--exec", app_command(tmp_path, db)], {**worker_env, "RESTORE_ON_START": "if-missing"},
+                   tmp_path)
+    assert wait_app(tmp_path)["rows"] == 1000
+    restored = worker.wait_for("restore.on_start")
+    assert restored["backup"] == newest and "has tables but no row" in restored["reason"]
+    assert Path(restored["safety_copy"]).name.startswith("app.db.pre-restore-")
+    assert restored["safety_copy"] in (tmp_path / "backups" / ".safety-copies.json").read_text()  # recorded: pruned later
+    worker.wait_for("worker.started")
+    assert worker.stop() == 0
+    assert rows(db) == 1000 and rows(Path(restored["safety_copy"])) == 0
+    assert run_worker(["backup"], worker_env, cwd=tmp_path).code == 0  # the next backup holds the data again
+
+
+@pytest.mark.parametrize("case, newest_rows, live_rows, reason", [
+    ("the database holds rows", 1000, 5, "the database holds data"),
+    ("tables without rows, and the newest backup records none", 0, 0, "the set's newest backup of this source records no rows"),
+])
+def test_a_database_with_tables_is_left_alone_unless_it_is_empty_and_the_newest_backup_holds_rows(
+        tmp_path: Path, worker_env, started, case, newest_rows, live_rows, reason) -> None:
+    db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
+    empty_schema(db)
+    add_rows(db, newest_rows)
+    backup(worker_env, tmp_path)
+    with sqlite3.connect(db) as connection:
+        connection.execute("DELETE FROM messages")
+    add_rows(db, live_rows)
+
+    worker = start(started, ["run"], {**worker_env, "RESTORE_ON_START": "if-missing"}, tmp_path)
+    skipped = worker.wait_for("restore.on_start_not_needed")
+    assert reason in skipped["reason"], case
+    worker.wait_for("worker.started")
+    assert worker.stop() == 0
+    assert "restore.on_start" not in worker.names() and rows(db) == live_rows, case
+
+
 def test_sqlite_leftovers_beside_a_missing_database_are_named_never_deleted_and_the_app_never_starts(
         tmp_path: Path, worker_env, started) -> None:
     db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
@@ -186,6 +234,7 @@ def test_the_newest_backup_damaged_the_older_intact_one_is_restored_and_the_skip
     assert restored["backup"] == older and restored["location"] == "local"
     skipped = worker.wait_for("restore.on_start_passed_over")
     assert newest in skipped["note"]
+    assert restored["passed_over"] == [skipped["note"]]  # the notification's sentence names it too
     worker.wait_for("worker.started")
     assert worker.stop() == 0
     assert rows(db) == 1000
@@ -248,8 +297,9 @@ def test_a_backup_made_by_another_railway_service_is_restored_both_named_and_the
     newest = backup({**env, "RAILWAY_SERVICE_ID": "0ld5e4v1ce"}, tmp_path)
     shutil.rmtree(tmp_path / "backups")  # the project was lost; the service is created again, with a new id
     lose(db)
+    time.sleep(1.1)  # the old service looks gone: its newest backup is older than FRESHNESS_LIMIT
 
-    recreated = {**env, "RAILWAY_SERVICE_ID": "9e45e4v1ce", "RESTORE_ON_START": "if-missing"}
+    recreated = {**env, "RAILWAY_SERVICE_ID": "9e45e4v1ce", "RESTORE_ON_START": "if-missing", "FRESHNESS_LIMIT": "1s"}
     worker = start(started, ["run", "--exec", app_command(tmp_path, db)], recreated, tmp_path)
     assert wait_app(tmp_path)["rows"] == 1000
     restored = worker.wait_for("restore.on_start")
@@ -260,6 +310,26 @@ def test_a_backup_made_by_another_railway_service_is_restored_both_named_and_the
                             "the catch-up backup's outcome")
     assert caught_up["event"] == "job.succeeded", caught_up  # not refused as another source's set
     assert worker.stop() == 0
+
+
+def test_a_backup_of_another_live_source_is_never_restored_at_start_both_are_named_with_the_deliberate_path(
+        tmp_path: Path, worker_env, moto_endpoint, bucket, started) -> None:
+    db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
+    env = {**worker_env, **s3_env(moto_endpoint, bucket)}
+    theirs = backup(env, tmp_path)  # a live neighbour backs up the set `app` into the same bucket and prefix
+    other = tmp_path / "other" / "app.db"  # this service's database was never created (or is lost)
+    neighbour = {**env, "BACKUP_SOURCE": f"sqlite:///{other}", "BACKUP_NAME": "app",
+                 "BACKUP_DIR": str(tmp_path / "other-backups"), "RESTORE_ON_START": "if-missing"}
+
+    worker = start(started, ["run", "--exec", app_command(tmp_path, other)], neighbour, tmp_path)
+    assert worker.finish(90) == 1
+    (sentence,) = plain(worker.stderr)
+    print(sentence)
+    assert theirs in sentence and str(db) in sentence and str(other) in sentence
+    assert "RESTORE_ON_START=never" in sentence and f"restore {theirs} --from-s3 --yes" in sentence
+    assert "BACKUP_NAME" in sentence and SECRET not in sentence
+    assert not other.exists() and not app_records(tmp_path) and "restore.on_start" not in worker.names()
+    assert rows(db) == 1000  # the neighbour's own database is untouched
 
 
 def test_restore_on_start_never_is_the_default_and_a_bad_value_is_exit_2_naming_the_variable(worker) -> None:

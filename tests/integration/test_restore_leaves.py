@@ -4,6 +4,7 @@ the worker cannot give a new file that owner, the proven bytes written into the 
 copies this worker made beside it do not pile up (the newest BACKUP_KEEP_MIN besides the one just made stay),
 while nothing else beside the database is touched."""
 
+import json
 import os
 from pathlib import Path
 import re
@@ -144,16 +145,48 @@ def test_safety_copies_do_not_pile_up_and_nothing_else_is_touched(tmp_path: Path
     assert count(database) == 1000
 
 
+def test_only_copies_the_worker_recorded_are_removed_and_its_ledger_is_private_and_untrusted(
+        tmp_path: Path, app_db: Path, worker) -> None:
+    assert worker("backup", "--no-upload").code == 0
+    yours = tmp_path / "app.db.pre-restore-20200101T000000Z"  # named, owned and moded as ours: made by a person
+    shutil.copyfile(app_db, yours)
+    yours.chmod(0o600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    decoy = elsewhere / "app.db.pre-restore-20200101T000001Z"  # the ledger will name it: not beside the database
+    decoy.write_bytes(b"keep me")
+    decoy.chmod(0o600)
+    made = []
+    for number in range(4):
+        if number == 1:
+            ledger = tmp_path / "backups" / sqlite_copies.LEDGER_NAME
+            assert oct(ledger.stat().st_mode & 0o777) == oct(0o600)
+            data = json.loads(ledger.read_text())
+            data["copies"][:0] = [{"path": str(decoy), "database": str(app_db)}, {"path": str(yours), "database": "x.db"},
+                                  "not an entry", {"path": 7}]
+            ledger.write_text(json.dumps(data))
+        result = worker("restore", "--latest", "--yes", env={"BACKUP_KEEP_MIN": "1"})
+        assert result.code == 0, result.stderr
+        made.append(Path(re.search(r"the previous database was saved as (\S+)", result.stdout)[1]))
+    assert yours.exists() and decoy.read_bytes() == b"keep me"
+    assert not made[0].exists() and not made[1].exists() and made[2].exists() and made[3].exists()
+    ledger.write_text("{not json")  # a damaged ledger removes nothing, and the restore still works
+    result = worker("restore", "--latest", "--yes", env={"BACKUP_KEEP_MIN": "1"})
+    assert result.code == 0, result.stderr
+    assert made[2].exists() and made[3].exists() and yours.exists()
+
+
 @pytest.mark.parametrize(("names", "keep", "just_made", "removed"), [
     ([], 3, None, []),
     (["a-20260101T000000Z"], 1, "a-20260101T000000Z", []),
     (["a-20260101T000000Z", "a-20260101T000001Z"], 1, "a-20260101T000001Z", []),
     (["a-20260101T000000Z", "a-20260101T000001Z", "a-20260101T000002Z"], 1, "a-20260101T000002Z", ["a-20260101T000000Z"]),
-    # numbered copies of one second are newer than the plain one, in number order
+    # the order is the order they were made in (the ledger's), oldest first, whatever their names say
     (["a-20260101T000000Z-3", "a-20260101T000000Z", "a-20260101T000000Z-2", "a-20260101T000000Z-10"], 1,
-     "a-20260101T000000Z-10", ["a-20260101T000000Z-2", "a-20260101T000000Z"]),
-    # the one just made is never removed, even when the clock says it is the oldest
-    (["a-20990101T000000Z", "a-20980101T000000Z", "a-20260101T000000Z"], 1, "a-20260101T000000Z", ["a-20980101T000000Z"]),
+     "a-20260101T000000Z-10", ["a-20260101T000000Z", "a-20260101T000000Z-3"]),
+    # the one just made is never removed, even when the clock says it is the oldest; one made while the clock
+    # was a century ahead is older than one made after it
+    (["a-20990101T000000Z", "a-20980101T000000Z", "a-20260101T000000Z"], 1, "a-20260101T000000Z", ["a-20990101T000000Z"]),
 ])
 def test_which_safety_copies_go(names: list[str], keep: int, just_made: str | None, removed: list[str]) -> None:
     copies = [sqlite_copies.parse(Path(f"/data/app.db.pre-restore-{name[2:]}"), "app.db") for name in names]

@@ -203,6 +203,17 @@ def test_a_restore_at_start_says_which_backup_came_from_where_into_what() -> Non
     assert failed_body["text"].startswith("restore at start of app failed on web-1 at stage verify: none of the 1")
 
 
+def test_a_restore_at_start_names_the_backups_it_passed_over() -> None:
+    outcome = restored_at_start()
+    notes = ["skipped app-20261122T030000Z.sqlite: its SHA-256 does not match its manifest",
+             "passed over app-20261122T040000Z.sqlite: it shrank to under a tenth of the set's previous backup"]
+    outcome.fields["passed_over"] = notes
+    body = payload(outcome, "web-1", ["app"])
+    assert body["text"] == ("restore at start of app succeeded on web-1 in 3.2 s: app-20261122T020000Z.sqlite from s3 "
+                            f"into /app/data/app.db ({notes[0]}; {notes[1]})")
+    assert body["passed_over"] == notes
+
+
 @pytest.mark.parametrize("outcome, pinged", [("succeeded", "/log"), ("failed", "/fail")])
 def test_a_restore_at_start_is_pinged_without_a_start_and_a_manual_restore_is_not(outcome: str, pinged: str) -> None:
     ping = Collecting()

@@ -214,6 +214,33 @@ def test_a_rule_whose_delete_fires_a_trigger_is_refused_at_start(engine: str, pg
     assert "drop_attachments" in result.stderr and "RETENTION_RULES" in result.stderr
 
 
+@pytest.mark.parametrize("below", ["a partition's trigger", "an inheritance grandchild's rule"])
+def test_a_trigger_or_rule_on_a_partition_or_child_of_the_table_is_refused_at_start(
+        below: str, pg_url: str, worker_env: dict[str, str], tmp_path: Path) -> None:
+    """A delete on the table reaches its partitions' and children's rows, and fires what is set on them."""
+    pg_execute(pg_url, "CREATE TABLE attachments (event_id int, body text)")
+    if below == "a partition's trigger":
+        pg_execute(pg_url, "CREATE TABLE events (id int, created_at timestamptz NOT NULL) PARTITION BY RANGE (created_at)")
+        pg_execute(pg_url, "CREATE TABLE events_old PARTITION OF events FOR VALUES FROM ('2000-01-01') TO ('2026-01-01')")
+        pg_execute(pg_url, "CREATE FUNCTION drop_attachments() RETURNS trigger LANGUAGE plpgsql AS "
+                           "$$ BEGIN DELETE FROM attachments WHERE event_id = old.id; RETURN old; END $$")
+        pg_execute(pg_url, "CREATE TRIGGER drop_attachments AFTER DELETE ON events_old FOR EACH ROW "
+                           "EXECUTE FUNCTION drop_attachments()")
+        named = "trigger drop_attachments on events_old"
+    else:
+        pg_execute(pg_url, "CREATE TABLE events (id int, created_at timestamptz NOT NULL)")
+        pg_execute(pg_url, "CREATE TABLE events_child () INHERITS (events)")
+        pg_execute(pg_url, "CREATE TABLE events_grandchild () INHERITS (events_child)")
+        pg_execute(pg_url, "CREATE RULE drop_attachments AS ON DELETE TO events_grandchild "
+                           "DO ALSO DELETE FROM attachments WHERE event_id = old.id")
+        named = "rule drop_attachments on events_grandchild"
+    pg_execute(pg_url, "INSERT INTO events (id, created_at) VALUES (1, '2020-01-01')")
+    env = {**worker_env, "BACKUP_SOURCE": pg_url, "RETENTION_RULES": "events.created_at=30d"}
+    result = run_worker(["backup"], env, cwd=tmp_path)
+    assert result.code == 2, result.stdout + result.stderr
+    assert named in result.stderr and "RETENTION_RULES" in result.stderr
+
+
 def test_an_insert_trigger_whose_body_deletes_is_no_delete_trigger(worker_env: dict[str, str], tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     db = make_sqlite(path, "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL)")

@@ -4,6 +4,7 @@ webhook receiver."""
 
 import json
 from pathlib import Path
+import shutil
 import sqlite3
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.conftest import Result, run_worker
 from tests.notify.conftest import Receiver, receiver  # noqa: F401
-from .conftest import ACCESS_KEY, REGION, SECRET
+from .conftest import ACCESS_KEY, REGION, SECRET, free_port
 
 
 @pytest.fixture
@@ -79,6 +80,30 @@ def test_an_emptied_database_is_refused_at_preflight_and_nothing_is_written_or_u
     assert not [p for p in (tmp_path / "backups").iterdir() if p.name.startswith(".tmp-")]
     body = webhooks(receiver, 1)[-1]
     assert body["outcome"] == "failed" and body["stage"] == "preflight" and "BACKUP_ALLOW_EMPTY=true" in body["text"]
+
+
+@pytest.mark.parametrize("bucket_down", ["the S3 server stopped", "a wrong bucket name"])
+def test_an_empty_source_is_refused_while_the_bucket_that_holds_the_data_cannot_be_listed(
+        tmp_path: Path, app_db: Path, env: dict[str, str], bucket_down: str) -> None:
+    first = run_worker(["backup"], env, cwd=tmp_path)
+    assert first.code == 0, first.stderr
+    shutil.rmtree(tmp_path / "backups")  # the volume is lost: only the bucket holds the data
+    emptied(app_db, "a new empty file")
+    down = ({"S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"} if bucket_down == "the S3 server stopped"
+            else {"S3_BUCKET": "no-such-bucket-here"})  # moto's server takes any credentials
+
+    refused = run_worker(["backup"], {**env, **down}, cwd=tmp_path)
+    assert refused.code == 1
+    failed = refused.event("job.failed")
+    assert failed["stage"] == "preflight", failed
+    assert "holds no rows or keys and the bucket could not be listed" in failed["reason"]
+    assert "BACKUP_ALLOW_EMPTY=true" in failed["reason"] and SECRET not in refused.stdout + refused.stderr
+    assert local_files(tmp_path / "backups") == []  # no empty backup was written
+
+    allowed = run_worker(["backup"], {**env, **down, "BACKUP_ALLOW_EMPTY": "true"}, cwd=tmp_path)
+    assert allowed.event("job.failed")["stage"] == "upload"  # taken, and the upload still fails
+    (written,) = [name for name in local_files(tmp_path / "backups") if name.endswith(".json")]
+    assert json.loads((tmp_path / "backups" / written).read_text())["flags"] == ["empty_allowed"]
 
 
 def test_the_command_in_the_refusal_restores_the_data(tmp_path: Path, app_db: Path, env: dict[str, str]) -> None:
@@ -194,6 +219,24 @@ def test_a_backup_under_a_tenth_of_the_previous_is_taken_flagged_warned_and_pass
     pruned = run_worker(["prune"], {**env, "BACKUP_RETENTION_DAYS": "0", "BACKUP_KEEP_MIN": "2"}, cwd=tmp_path)
     assert pruned.code == 0, pruned.stderr
     assert (tmp_path / "backups" / before["artifact"]).exists()  # the pre-shrink backup still fills a slot
+
+
+def test_rows_deleted_under_a_tenth_flag_the_backup_shrunk_though_its_size_stays(
+        tmp_path: Path, app_db: Path, env: dict[str, str], receiver: Receiver) -> None:  # noqa: F811
+    first = run_worker(["backup"], env, cwd=tmp_path)
+    assert first.code == 0, first.stderr
+    before = first.event("job.succeeded")
+    with sqlite3.connect(app_db) as connection:  # no VACUUM: the file keeps its pages
+        connection.execute("DELETE FROM messages WHERE id > 50")
+
+    small = run_worker(["backup"], env, cwd=tmp_path)
+    assert small.code == 0, small.stderr
+    done = small.event("job.succeeded")
+    assert done["raw_size"] * 10 >= before["raw_size"]  # the size alone would not tell
+    assert done["flags"] == ["shrunk"]
+    assert "holds 50 rows, under a tenth" in small.event("backup.shrunk")["detail"]
+    body = webhooks(receiver, 1)[-1]
+    assert body["text"].startswith("WARNING: ") and "holds 50 rows" in body["text"]
 
 
 def test_backup_allow_empty_must_be_true_or_false(tmp_path: Path, env: dict[str, str]) -> None:

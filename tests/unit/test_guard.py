@@ -86,6 +86,28 @@ def test_an_empty_source_after_a_backup_with_rows_is_refused_naming_the_backup_a
     assert "BACKUP_ALLOW_EMPTY=true" in text and "\n" not in text
 
 
+SOURCE = {"kind": "sqlite", "path": "/data/app.db"}
+
+
+@pytest.mark.parametrize("case, ours, adopted, foreign", [
+    ("another path", {"kind": "sqlite", "path": "/other/app.db"}, [], True),
+    ("another Railway service", {**SOURCE, "railway_service_id": "new"}, [], True),
+    ("a source this one took over", {"kind": "sqlite", "path": "/other/app.db"},
+     [{**SOURCE, "adopted_at": NOW.isoformat()}], False),
+    ("the same source on a new installation (a lost volume)", {**SOURCE, "install": "f" * 32}, [], False),
+])
+def test_an_empty_source_is_never_told_to_restore_another_source_s_backup(case, ours, adopted, foreign) -> None:
+    held = backup(2, **rows(1000), source={**SOURCE, "install": "a" * 32})
+    with pytest.raises(SourceError) as raised:
+        guard.require_data(Live(False), "the db", [held], [], False, NOW, ours, adopted)
+    text = str(raised.value)
+    if foreign:
+        assert "restore" not in text and "another source, the SQLite database /data/app.db" in text, case
+        assert "BACKUP_NAME" in text and "S3_PREFIX" in text and "\n" not in text, case
+    else:
+        assert f"`python -m worker restore {held.id} --yes`" in text, case
+
+
 def test_a_backup_only_in_the_bucket_is_restored_from_it() -> None:
     held = backup(2, **rows(7))
     with pytest.raises(SourceError, match=f"{held.id} in the bucket holds 7 rows.*restore {held.id} --from-s3 --yes"):
@@ -126,6 +148,22 @@ def test_which_backup_is_protected(case, backups, protected) -> None:
         assert guard.require_data(Live(False), "the db", backups, [], False, NOW) == ([], None), case
 
 
+@pytest.mark.parametrize("case, local, live, allow, outcome", [
+    ("nothing on the volume, an empty source", [], False, False, "refused"),
+    ("only empty backups on the volume, an empty source", [backup(2, **rows(0))], False, False, "refused"),
+    ("allowed: taken, flagged", [], False, True, ["empty_allowed"]),
+    ("a source with rows", [], True, False, []),
+])
+def test_a_bucket_that_cannot_be_listed_counts_as_holding_data(case, local, live, allow, outcome) -> None:
+    if outcome == "refused":
+        with pytest.raises(SourceError, match="the bucket could not be listed \\(cannot reach it\\)") as raised:
+            guard.require_data(Live(live), "the db", local, [], allow, NOW, remote_unknown="cannot reach it.")
+        assert raised.value.stage == "preflight" and "BACKUP_ALLOW_EMPTY=true" in str(raised.value), case
+    else:
+        flags, _ = guard.require_data(Live(live), "the db", local, [], allow, NOW, remote_unknown="cannot reach it")
+        assert flags == outcome, case
+
+
 def test_a_source_that_cannot_be_asked_is_not_refused_here() -> None:
     assert guard.require_data(Live(SourceError("unreachable")), "the db", [backup(2, **rows(3))], [], False, NOW) == ([], None)
 
@@ -138,7 +176,25 @@ def test_a_source_that_cannot_be_asked_is_not_refused_here() -> None:
     ("a previous manifest without raw_size", 1, backup(1), False),
 ])
 def test_what_counts_as_shrunk(case, raw, before, shrunk) -> None:
-    assert guard.shrank(raw, before) is shrunk, case
+    assert bool(guard.shrank(raw, before)) is shrunk, case
+
+
+@pytest.mark.parametrize("case, total, before, shrunk", [
+    ("rows under a tenth, same size (pages stay allocated)", 99, backup(1, raw_size=1000, **rows(1000)), True),
+    ("rows exactly a tenth", 100, backup(1, raw_size=1000, **rows(1000)), False),
+    ("rows grew", 2000, backup(1, raw_size=1000, **rows(1000)), False),
+    ("no rows left of many", 0, backup(1, raw_size=1000, **rows(1000)), True),
+    ("no rows before either", 0, backup(1, raw_size=1000, **rows(0)), False),
+    ("the new backup is not counted", None, backup(1, raw_size=1000, **rows(1000)), False),
+    ("the previous one recorded no counts", 1, backup(1, raw_size=1000), False),
+    ("the previous one's count is not a number", 1, backup(1, raw_size=1000, counts={"total": "many"}), False),
+    ("Redis keys under a tenth", 3, backup(1, "rdb", raw_size=1000, rdb={"keys": {"db0": 40}}), True),
+])
+def test_a_backup_whose_rows_dropped_under_a_tenth_counts_as_shrunk_whatever_its_size(case, total, before, shrunk) -> None:
+    how = guard.shrank(1000, before, total)
+    assert bool(how) is shrunk, case
+    if shrunk:
+        assert f"holds {total} " in how and before.id in how, case
 
 
 def test_the_previous_backup_is_the_newest_by_date_whatever_its_flags_but_never_one_from_the_future() -> None:

@@ -197,3 +197,18 @@ def test_pre_restore_safety_backups_fill_no_slot_and_the_newest_one_is_always_ke
     assert ids(result.slots) == ids([backup(0), backup(1), backup(2)])
     assert newer_safety.id in ids(result.keep)
     assert ids(result.delete) == ids([older_safety, backup(30)])
+
+
+def test_ages_move_on_while_the_newest_backups_are_flagged() -> None:
+    """Ten nights of shrunk backups after a mass delete: ages count from the newest of them (the worker ran), not
+    from the last unflagged backup, else nothing would ever age out while the flag lasts."""
+    def flagged(days_old: float) -> Backup:
+        plain = backup(days_old)
+        return Backup(id=plain.id, artifact=plain.artifact, created_at=plain.created_at, size=1, sha256="0" * 64,
+                      verified=True, manifest={"flags": ["shrunk"]})
+
+    shrunk = [flagged(age) for age in range(10)]
+    before = [backup(age) for age in (20, 21, 22, 23, 30)]
+    result = plan([*shrunk, *before], Policy(7, 3), NOW)
+    assert ids(result.slots) == ids(before[:3])  # the backups from before the shrink still fill the slots
+    assert ids(result.delete) == ids([shrunk[8], shrunk[9], before[3], before[4]])

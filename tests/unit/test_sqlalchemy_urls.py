@@ -43,6 +43,24 @@ def test_the_driver_part_is_taken_off_in_one_place(url: str, expected: str) -> N
     assert engines.source_url(url) == expected
 
 
+@pytest.mark.parametrize(("query", "sslmode"), [
+    ("ssl=true", "require"), ("ssl=True", "require"), ("ssl=false", "disable"), ("ssl=require", "require"),
+    ("ssl=verify-full", "verify-full"), ("ssl=disable", "disable"), ("ssl=prefer&sslmode=verify-ca", "verify-ca"),
+])
+def test_asyncpg_s_ssl_parameter_is_libpq_s_sslmode(query: str, sslmode: str, tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://app:pw@db.internal:6543/shop?application_name=a%20b&{query}"
+    written = engines.source_url(url)
+    assert "ssl=" not in written.replace("sslmode=", "") and written.count("sslmode=") == 1
+    assert written.startswith("postgresql://app:pw@db.internal:6543/shop?application_name=a%20b&")
+    opened = engines.open_source(url, tmp_path)
+    assert opened.conn.params["sslmode"] == sslmode
+    assert sql_database(url).params["sslmode"] == sslmode
+
+
+def test_ssl_means_nothing_special_to_other_drivers() -> None:
+    assert engines.source_url("postgresql+psycopg://u@h/db?ssl=true") == "postgresql://u@h/db?ssl=true"
+
+
 @pytest.mark.parametrize("url", ["mysql+pymysql://u@h/db", "postgresql+://u@h/db", "+psycopg://u@h/db",
                                  "postgresql+psy/copg://u@h/db"])
 def test_a_url_of_no_engine_or_a_malformed_driver_is_refused_naming_the_forms(url: str, tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ def sentence(outcome: Outcome, host: str, set_name: str | None) -> str:
         text = f"{what} succeeded on {host} in {outcome.duration_s:.1f} s"
         if on_start(outcome):
             text += f": {outcome.fields.get('backup')} from {outcome.fields.get('location')} into {outcome.fields.get('restored_to')}"
+            passed = outcome.fields.get("passed_over")
+            if isinstance(passed, list) and passed:  # the newer backups it did not take, and why
+                text += f" ({'; '.join(map(str, passed))})"
         artifact = outcome.fields.get("artifact")
         if artifact:
             text += (f": {artifact}, {human_size(outcome.fields.get('size'))}"
@@ -75,7 +78,7 @@ def payload(outcome: Outcome, host: str, sets: list[str], now: datetime | None =
         "backup_set": set_name,
     }
     for key in ("artifact", "size", "raw_size", "verified", "uploaded", "sets", "on_start", "backup", "location",
-                "flags", "warnings"):
+                "flags", "warnings", "passed_over"):
         if key in outcome.fields:
             body[key] = outcome.fields[key]
     body["text"] = text
