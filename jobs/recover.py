@@ -41,8 +41,7 @@ from jobs.artifacts import BackupSet, temp_prefix
 from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
-from jobs.engines import Source, sqlite
-from jobs.engines._sqlite_files import live_file
+from jobs.engines import Source
 from jobs.errors import Cancelled, IntegrityError, NotFound, SourceError, Unreachable
 from jobs.selection import Purpose
 
@@ -216,9 +215,7 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
     if not found.backups:
         raise NotFound(f"there is no backup of the set {backup_set} to restore, only files of it that are not backups "
                        f"({'; '.join(found.problems[:3])})")
-    database = source.sql_database()  # the SQLite file, or a server's connection settings
-    is_file = source.kind == sqlite.KIND and isinstance(database, Path)
-    target = live_file(database) if is_file and not over else None
+    target = None if over else source.lost_file()  # a new file (SQLite), else the server itself
     if target is not None:
         _require_room_for(target)
     unpack_in = target.parent if target is not None else workdir

@@ -22,8 +22,7 @@ from typing import BinaryIO
 
 from jobs import artifacts, compression, engines, files
 from jobs.backups import Backup
-from jobs.engines import sqlite, sqlite_copies
-from jobs.engines._sqlite_files import real_file, sidecars
+from jobs.engines._sqlite_files import sidecars
 from jobs.engines import Source
 from jobs.errors import Cancelled, IntegrityError, SourceError, SpaceError, StorageError
 
@@ -254,7 +253,7 @@ def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, 
     `notify` gets a sentence naming the safety copy before anything changes. Space is checked up front on every
     volume involved (the unpacked backup in `workdir`, and what the engine writes beside the database, the new
     safety copy included). Older safety copies are never counted as room: they go only after the restore
-    succeeded (see tidy_safety_copies); when space is short, the error says how much they take."""
+    succeeded (`Source.tidy_copies`); when space is short, the error says how much they take."""
     if backup.kind != source.kind:
         raise SourceError(f"{backup.id} is a backup of kind {backup.kind} and cannot be restored into a {source.kind} source", stage="restore")
     extra = list(source.restore_space(raw_needs(backup)).items())
@@ -262,37 +261,11 @@ def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, 
         with proven_raw(artifact, backup, workdir, cancel, extra) as (raw, checks):
             safety = source.restore(raw, cancel, notify=notify) if notify is not None else source.restore(raw, cancel)
     except SpaceError as error:
-        copies = _safety_copies_of(source)
+        copies = source.kept_copies()
         if not copies:
             raise
-        taken = sum(sqlite_copies.size_of(copy) for copy in copies)
+        taken = sum(size for _, size in copies)
         raise SpaceError(f"{error}; {len(copies)} earlier safety copies beside the database take {taken >> 20} MiB "
-                         f"(the oldest: {copies[-1].path}): a restore removes those beyond the newest BACKUP_KEEP_MIN "
+                         f"(the oldest: {copies[-1][0]}): a restore removes those beyond the newest BACKUP_KEEP_MIN "
                          "only once it has succeeded, so delete the ones you no longer need first") from None
     return safety, checks
-
-
-def _safety_copies_of(source: Source) -> list[sqlite_copies.SafetyCopy]:
-    """Return the safety copies earlier restores left beside a SQLite source's database, newest first; [] for
-    other engines (their safety backups are ordinary backups, kept by retention)."""
-    if source.kind != sqlite.KIND:
-        return []
-    database = source.sql_database()
-    try:
-        return sqlite_copies.safety_copies(real_file(database)) if isinstance(database, Path) else []
-    except SourceError:
-        return []
-
-
-def tidy_safety_copies(source: Source, safety: Path | None, keep: int,
-                       backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
-    """After a restore over the live database of `source` succeeded and left the safety copy `safety`, record it
-    in the ledger in `backup_dir` and remove the safety copies earlier restores recorded beside it beyond the
-    newest `keep` (BACKUP_KEEP_MIN), never `safety`; return (removed, kept). Only SQLite leaves such copies; only
-    the ones the worker recorded are ever touched (jobs.engines.sqlite_copies)."""
-    if safety is None or source.kind != sqlite.KIND:
-        return [], []
-    database = source.sql_database()
-    if not isinstance(database, Path):
-        return [], []
-    return sqlite_copies.remove_older(real_file(database), keep, safety, backup_dir)

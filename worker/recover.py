@@ -22,9 +22,9 @@ from typing import Any, NoReturn
 
 import structlog
 
-from jobs import guard, identity, recover, restore as restoring, selection
+from jobs import guard, identity, recover, selection
 from jobs.artifacts import BackupSet
-from jobs.engines import Source, redis
+from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from jobs.selection import Purpose
 from worker.context import Context
@@ -35,8 +35,6 @@ from worker.runs import Outcome, run_job
 log = structlog.get_logger("worker.actions.recover")
 
 IF_MISSING = "if-missing"
-REDIS_BY_HAND = ("a Redis server is not restored at start; write its RDB with `restore --to PATH` and load it as the "
-                 "README's Redis section says")
 WAIT_LOG_EVERY_S = 10.0  # while a server does not answer, a log line at the first try and then this often
 
 
@@ -78,8 +76,9 @@ def _restore_one(ctx: Context, source: Source, new_install: bool) -> Outcome | N
     None when no restore was needed (it holds data, Redis) or possible (no backup anywhere: a first deploy). A
     check or a listing that fails is recorded (and notified) as the restore run's failure."""
     name = source.name()
-    if source.kind == redis.KIND:
-        log.info("restore.on_start_skipped", set=name, reason=REDIS_BY_HAND)
+    refusal = source.restore_refusal()  # an engine whose data is loaded by hand (Redis)
+    if refusal:
+        log.info("restore.on_start_skipped", set=name, reason=f"not restored at start: {refusal}")
         return None
     try:
         why = recover.wait_missing(source, ctx.cancel, on_wait=_waiting(name))
@@ -157,8 +156,7 @@ def _work(ctx: Context, source: Source, why: str, found: recover.Found, mine: re
     restored = replace(restored, notes=[*recover.passed_over_live(live, restored.backup), *restored.notes])
     removed: list[Path] = []
     if restored.safety:  # restored over a SQLite file: its copy is recorded, older ones beyond BACKUP_KEEP_MIN go
-        removed, _ = restoring.tidy_safety_copies(source, Path(restored.safety), ctx.config.keep_min,
-                                                  ctx.config.backup_dir)
+        removed, _ = source.tidy_copies(Path(restored.safety), ctx.config.keep_min, ctx.config.backup_dir)
     for note in restored.notes:
         log.warning("restore.on_start_passed_over", set=name, note=note)
     backup = restored.backup

@@ -155,6 +155,19 @@ class Source(Protocol):
         """Return the bytes a restore over the live data writes beside it, by directory (SQLite: the safety copy
         and the restored file next to the database), given the raw snapshot's size; {} for a server."""
 
+    def lost_file(self) -> Path | None:
+        """Return the new file a restore into this lost database writes (SQLite: the database file, links followed
+        as far as they lead), or None for an engine that restores into a server or not at all."""
+
+    def kept_copies(self) -> list[tuple[Path, int]]:
+        """Return the safety copies earlier restores left beside the live data, newest first, with the bytes each
+        takes; [] for an engine whose safety copies are ordinary backups (kept by retention) or that makes none."""
+
+    def tidy_copies(self, made: Path, keep: int, backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
+        """After a restore over the live data succeeded and left the safety copy `made`, record it (in
+        `backup_dir`) and remove the safety copies earlier restores recorded beyond the newest `keep`
+        (BACKUP_KEEP_MIN), never `made`, never a file the worker did not make; return (removed, kept)."""
+
     def restore(self, raw: Path, cancel: threading.Event,
                 notify: Callable[[str], None] | None = None) -> Path | None:
         """Replace the live data with the proven raw snapshot `raw`; return the safety copy made first, if any.

@@ -269,6 +269,15 @@ class PostgresSource:
         server = versions.get("server")
         return version_warning(server if isinstance(server, str) else None, target_text)
 
+    def lost_file(self) -> Path | None:
+        return None
+
+    def kept_copies(self) -> list[tuple[Path, int]]:
+        return []
+
+    def tidy_copies(self, made: Path, keep: int, backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
+        return [], []
+
     def restore_refusal(self) -> str | None:
         return None
 

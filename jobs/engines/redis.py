@@ -312,6 +312,15 @@ class RedisSource:
     def restore_warning(self, versions: Mapping[str, Any]) -> str | None:
         return None
 
+    def lost_file(self) -> Path | None:
+        return None
+
+    def kept_copies(self) -> list[tuple[Path, int]]:
+        return []
+
+    def tidy_copies(self, made: Path, keep: int, backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
+        return [], []
+
     def restore_refusal(self) -> str | None:
         return REFUSAL
 

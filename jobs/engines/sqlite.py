@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from jobs.artifacts import set_name
 from jobs.engines import COUNTS, Snapshot
-from jobs.engines import _sqlite as lib
+from jobs.engines import _sqlite as lib, sqlite_copies
 from jobs.engines._sqlite_files import live_file, real_file, sidecars, wal
 from jobs.engines.sqlite_restore import restore_live
 from jobs.errors import Cancelled, IntegrityError, SourceError
@@ -246,6 +246,18 @@ class SqliteSource:
 
     def restore_warning(self, versions: Mapping[str, Any]) -> str | None:
         return None
+
+    def lost_file(self) -> Path | None:
+        return live_file(self.path)
+
+    def kept_copies(self) -> list[tuple[Path, int]]:
+        try:
+            return [(copy.path, sqlite_copies.size_of(copy)) for copy in sqlite_copies.safety_copies(real_file(self.path))]
+        except SourceError:  # the links lead nowhere: no copy can be told
+            return []
+
+    def tidy_copies(self, made: Path, keep: int, backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
+        return sqlite_copies.remove_older(real_file(self.path), keep, made, backup_dir)
 
     def restore_refusal(self) -> str | None:
         return None

@@ -216,7 +216,7 @@ def restore_over_source(ctx: Context, artifact: Path, backup: Backup, source: So
         fields = _restore_after_safety_backup(ctx, artifact, backup, source)
     else:
         safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
-        removed, kept = restoring.tidy_safety_copies(source, safety, ctx.config.keep_min, ctx.config.backup_dir)
+        removed, kept = source.tidy_copies(safety, ctx.config.keep_min, ctx.config.backup_dir) if safety else ([], [])
         fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks,
                   **({"safety_copy": str(safety)} if safety else {}),
                   **({"safety_copies_removed": [str(path) for path in removed],
