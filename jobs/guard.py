@@ -149,9 +149,8 @@ def require_data(source: Source, what: str, local: Sequence[Backup], remote: Seq
         log.warning("backup.empty_allowed", detail=warning)
         return [EMPTY_ALLOWED], warning
     theirs = identity.recorded(found.backup.manifest.get("source")) if ours is not None else None
-    if theirs is not None and ours is not None:  # a new installation alone (a lost volume off Railway) is no other source
-        mine = {key: value for key, value in ours.items() if key != "install"}
-        if not identity.same(theirs, mine) and not identity.taken_over(theirs, found.backup.created_at, adopted):
+    if theirs is not None and ours is not None:  # a lost volume's new install id, a recreated server: no other source
+        if not identity.same_recovered(theirs, ours) and not identity.taken_over(theirs, found.backup.created_at, adopted):
             raise SourceError(refusal(what, found, theirs), stage="preflight")
     if not allow_empty:
         raise SourceError(refusal(what, found), stage="preflight")

@@ -44,6 +44,9 @@ RAILWAY = {"railway_service_id": "RAILWAY_SERVICE_ID", "railway_environment_id":
 PER_SERVICE = ("sqlite",)  # a file database lives on one service's volume: the service is part of who it is
 PER_INSTALL = ("sqlite", "rdb")  # off Railway, names alone do not tell two machines apart
 OPTIONAL = ("cluster", "install")  # compared only when both identities carry them
+# What losing a database or its volume renews: a recreated PostgreSQL server gets a new system identifier, a new
+# volume off Railway a new `.install-id`. A source whose data is lost cannot be told from its former self by them.
+RENEWED = ("cluster", "install")
 ADOPTED_NAME = ".adopted-sets.json"
 INSTALL_NAME = ".install-id"
 MAX_ADOPTED_BYTES = 256 << 10
@@ -119,6 +122,15 @@ def same(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
         return a["cluster"] == b["cluster"] and a.get("database") == b.get("database")
     return all((a.get(key) or "").lower() == (b.get(key) or "").lower() if key == "host" else a.get(key) == b.get(key)
                for key in CORE.get(a.get("kind", ""), ()))
+
+
+def same_recovered(theirs: Mapping[str, str], ours: Mapping[str, str]) -> bool:
+    """Return whether a backup made by `theirs` may be this source's own (`ours`) from before its data was lost:
+    the same source by `same`, or by `same` once what a loss renews (RENEWED: the server's cluster, the installation) is set
+    aside on both sides, so the same kind, Railway ids and core fields (path; host, port and database). The one
+    answer for the restore at start and for the empty-source guard; the owner check of a backup stays `same`."""
+    return same(theirs, ours) or same({key: value for key, value in theirs.items() if key not in RENEWED},
+                                      {key: value for key, value in ours.items() if key not in RENEWED})
 
 
 def describe(identity: Mapping[str, str], where: bool = True) -> str:

@@ -148,19 +148,17 @@ class Live:
 
 
 def own_backups(found: Found, ours: Mapping[str, str], adopted: Sequence[Mapping[str, Any]], limit: timedelta,
-                now: datetime, new_install: bool = False) -> tuple[Found, list[Live]]:
+                now: datetime) -> tuple[Found, list[Live]]:
     """Given the set's backups (`gather`), this source's identity and the sources it took over, return the
     backups a restore at start may take (see the module docstring) and the live sources whose backups it may not,
-    each once, newest first. A maker is gone when its newest backup in the set is older than `limit`.
-    `new_install`: this installation's id was made at this start (a new or lost volume off Railway), so a maker
-    that differs from this source only by its installation is this source before the volume was lost."""
-    if new_install:
-        ours = {key: value for key, value in ours.items() if key != "install"}
+    each once, newest first. A maker is this source when `identity.same_recovered` says so (a recreated server's
+    new cluster, a lost volume's new installation id do not count); another maker is gone when its newest
+    backup in the set is older than `limit`."""
     newest_of: list[Live] = []  # per foreign maker, its newest backup (found.backups is newest first)
     kept: list[Backup] = []
     for backup in found.backups:
         theirs = identity.recorded(backup.manifest.get("source"))
-        if theirs is None or identity.same(theirs, ours) or identity.taken_over(theirs, backup.created_at, adopted):
+        if theirs is None or identity.same_recovered(theirs, ours) or identity.taken_over(theirs, backup.created_at, adopted):
             kept.append(backup)
             continue
         maker = next((live for live in newest_of if identity.same(live.maker, theirs)), None)

@@ -45,11 +45,8 @@ def restore_at_start(ctx: Context) -> None:
     if ctx.config.restore_on_start != IF_MISSING:
         return
     failed: list[tuple[str, Outcome]] = []
-    # No installation id yet: the volume is new (or was lost), so the backups made here before cannot be told
-    # from those of another machine with the same path by it (jobs.recover.own_backups).
-    new_install = not (ctx.config.backup_dir / identity.INSTALL_NAME).exists()
     for source in ctx.sources():
-        outcome = _restore_one(ctx, source, new_install)
+        outcome = _restore_one(ctx, source)
         if ctx.cancel.is_set():
             raise Cancelled("the worker is stopping; restore at start was interrupted, so nothing else was started")
         if outcome is not None and not outcome.ok:
@@ -70,7 +67,7 @@ def _clause(reason: str | None) -> str:
     return (reason or "no reason recorded").rstrip(" .")
 
 
-def _restore_one(ctx: Context, source: Source, new_install: bool) -> Outcome | None:
+def _restore_one(ctx: Context, source: Source) -> Outcome | None:
     """Restore one set if its database is lost, or holds tables without a row while the set's newest backup of
     this source records rows (an app that created its schema at start); return the restore run's outcome, or
     None when no restore was needed (it holds data, Redis) or possible (no backup anywhere: a first deploy). A
@@ -109,7 +106,7 @@ def _restore_one(ctx: Context, source: Source, new_install: bool) -> Outcome | N
                             detail="no backup of the set is on the volume or in the bucket (a first deploy?), so it "
                                    "starts as it is; if backups should be there, check S3_BUCKET, S3_PREFIX and BACKUP_NAME")
                 return None
-            mine, live = _own(ctx, source, found, new_install)
+            mine, live = _own(ctx, source, found)
             if emptied:
                 newest = selection.newest(mine.backups, Purpose.RESTORE, datetime.now(timezone.utc))
                 if newest is None or not (guard.held(newest.manifest) or 0) > 0:
@@ -123,13 +120,12 @@ def _restore_one(ctx: Context, source: Source, new_install: bool) -> Outcome | N
         return run_job("restore", ctx.catalog, partial(_fail, name, error))
 
 
-def _own(ctx: Context, source: Source, found: recover.Found,
-         new_install: bool) -> tuple[recover.Found, list[recover.Live]]:
+def _own(ctx: Context, source: Source, found: recover.Found) -> tuple[recover.Found, list[recover.Live]]:
     """Return the set's backups a restore at start may take and the live sources whose backups it may not."""
     backup_set = BackupSet(source.name(), source.kind)
     return recover.own_backups(found, identity.of(source, ctx.config.backup_dir),
                                identity.adopted(ctx.config.backup_dir, backup_set), ctx.config.freshness_limit,
-                               datetime.now(timezone.utc), new_install)
+                               datetime.now(timezone.utc))
 
 
 def _fail(name: str, error: JobError) -> NoReturn:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import io
 from pathlib import Path
 import threading
+import time
 from typing import Any, ClassVar, NoReturn
 
 import psycopg
@@ -42,6 +43,7 @@ PG_SNAPSHOT = "pg_snapshot"  # in the manifest's `holds`: the dump's snapshot, x
 PG_RUNNING = "pg_running"  # in `holds`: the xids (32-bit) that held a transaction lock right after that snapshot
 KIND = "pgdump"
 CHECK = "pg_restore read every block"
+CLUSTER_FRESH_S = 60.0  # how long the server's system identifier is taken as read (PostgresSource.identity)
 LOCK_WAIT = "5min"  # pg_dump gives up if a table stays locked this long (a migration), rather than hang the night
 CATALOG_DRIVER = "postgresql+psycopg"
 
@@ -182,7 +184,9 @@ class PostgresSource:
     snapshot_on_disk: ClassVar[bool] = False  # pg_dump's archive streams to the compressor: no raw file on the volume
     safety_backup: ClassVar[bool] = True  # a restore over the database is preceded by a pre-restore backup
     _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-    _facts: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)  # read once per source
+    # The server's system identifier, with when it was read: kept for a minute (one backup cycle asks several
+    # times), never when unknown. The source lives as long as the process, and a server may be replaced overnight.
+    _cluster: dict[str, tuple[str, float]] = field(default_factory=dict, compare=False, repr=False)
 
     def name(self) -> str:
         return self.set_name or set_name(self.conn.dbname, "postgres")
@@ -195,9 +199,15 @@ class PostgresSource:
 
     def identity(self) -> dict[str, str]:
         found = {"host": self.conn.hostname, "port": self.conn.port, "database": self.conn.dbname}
-        if "cluster" not in self._facts:
-            self._facts["cluster"] = pg_connect.cluster_id(self.conn)
-        return {**found, "cluster": self._facts["cluster"]} if self._facts["cluster"] else found
+        known = self._cluster.get("read")
+        if known is None or time.monotonic() - known[1] > CLUSTER_FRESH_S:
+            cluster = pg_connect.cluster_id(self.conn)
+            self._cluster.clear()
+            if cluster:
+                self._cluster["read"] = known = (cluster, time.monotonic())
+            else:
+                known = None
+        return {**found, "cluster": known[0]} if known else found
 
     def protected_files(self) -> list[Path]:
         return []

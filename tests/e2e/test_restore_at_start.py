@@ -360,3 +360,30 @@ def test_a_restore_at_start_is_notified_and_pinged_and_a_redis_set_is_skipped_wi
     history = run_worker(["history", "--json", "--job", "restore"], env, cwd=tmp_path)
     (run,) = json.loads(history.stdout)
     assert run["outcome"] == "succeeded"
+
+
+def test_a_lost_volume_whose_restore_failed_once_restores_on_the_retry(
+        tmp_path: Path, worker_env, moto_endpoint, bucket, s3_client, started) -> None:
+    """Off Railway a lost volume loses `.install-id` too, and the first start makes a new one; when that first
+    restore fails (a damaged download), the restart policy's retry must still take the set's backups as this
+    source's (jobs.identity.same_recovered), as docs/recovery.md says."""
+    db = Path(worker_env["BACKUP_SOURCE"].removeprefix("sqlite:///"))
+    env = {**worker_env, **s3_env(moto_endpoint, bucket)}
+    only = backup(env, tmp_path)
+    key = f"{PREFIX}/{only}.zst"
+    good = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(damaged))  # a transient fault
+    shutil.rmtree(tmp_path / "backups")  # the volume is lost, its .install-id with it
+    lose(db)
+
+    first = start(started, ["run", "--exec", app_command(tmp_path, db)], {**env, "RESTORE_ON_START": "if-missing"}, tmp_path)
+    assert first.finish(90) == 1
+    assert (tmp_path / "backups" / ".install-id").exists()  # made by the first start
+
+    s3_client.put_object(Bucket=bucket, Key=key, Body=good)  # the fault is gone; the restart policy tries again
+    again = start(started, ["run", "--exec", app_command(tmp_path, db)], {**env, "RESTORE_ON_START": "if-missing"}, tmp_path)
+    assert again.wait_for("restore.on_start", 90)["backup"] == only
+    assert wait_app(tmp_path)["rows"] == 1000
+    assert again.stop() == 0

@@ -146,3 +146,42 @@ def test_a_postgres_source_knows_its_server_by_its_system_identifier() -> None:
     via_name = identity.of(open_postgres(pg_url.replace("127.0.0.1", "localhost"), Path("/")), None, {})
     assert via_ip["cluster"] and via_ip["cluster"] == via_name["cluster"]
     assert identity.same(via_ip, via_name)
+
+
+PG = {"kind": "pgdump", "host": "postgres.railway.internal", "port": "5432", "database": "railway",
+      "cluster": "7715951247765429235", "railway_environment_id": "prod"}
+LITE = {"kind": "sqlite", "path": "/app/data/app.db", "install": "a" * 32}
+
+
+@pytest.mark.parametrize("theirs, ours, recovered, same", [
+    (PG, {**PG, "cluster": "7716000000000000001"}, True, False),  # the server recreated after a lost volume
+    (PG, PG, True, True),
+    (PG, {**PG, "database": "other"}, False, False),
+    (PG, {**PG, "railway_environment_id": "staging"}, False, False),  # another project's service at that name
+    (PG, {**PG, "host": "db.example.com", "cluster": "1"}, False, False),
+    ({**PG, "host": "db.example.com"}, PG, True, True),  # the same server under another name
+    (LITE, {**LITE, "install": "b" * 32}, True, False),  # a lost volume off Railway: a new installation
+    (LITE, {k: v for k, v in LITE.items() if k != "install"}, True, True),
+    (LITE, {**LITE, "path": "/app/data/other.db"}, False, False),
+    (LITE, {**PG}, False, False),
+])
+def test_same_recovered_sets_aside_what_losing_the_data_renews_and_nothing_else(theirs, ours, recovered, same) -> None:
+    assert identity.same_recovered(theirs, ours) is recovered
+    assert identity.same(theirs, ours) is same  # the owner check of a backup stays strict
+
+
+def test_a_postgres_source_reads_its_server_identifier_again_once_a_cycle_is_over(monkeypatch) -> None:
+    """Sources live as long as the process (worker.sources): a server unknown once, or replaced between two
+    nights, is seen as it is by the next backup's manifest."""
+    from jobs.engines import pg_connect, postgres
+
+    source = open_postgres("postgresql://postgres@127.0.0.1:5432/shop", Path("/"))
+    answers = iter([None, "1111", "2222"])
+    monkeypatch.setattr(pg_connect, "cluster_id", lambda conn: next(answers))
+    clock = [1000.0]
+    monkeypatch.setattr(postgres.time, "monotonic", lambda: clock[0])
+    assert "cluster" not in identity.of(source, None)  # the server did not answer: nothing kept
+    assert identity.of(source, None)["cluster"] == "1111"
+    assert identity.of(source, None)["cluster"] == "1111"  # within a cycle: read once
+    clock[0] += postgres.CLUSTER_FRESH_S + 1  # the next night
+    assert identity.of(source, None)["cluster"] == "2222"

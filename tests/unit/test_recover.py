@@ -199,3 +199,20 @@ def test_any_other_restore_on_start_is_a_configuration_error_naming_the_variable
         load_config({"RESTORE_ON_START": value}, cwd=tmp_path)
     (problem,) = raised.value.problems
     assert problem.startswith("RESTORE_ON_START=") and "never" in problem and "if-missing" in problem
+
+
+def test_a_server_recreated_at_the_same_address_restores_its_own_backups_at_start() -> None:
+    from datetime import timedelta
+
+    from tests.unit.test_guard import NOW, backup
+
+    old = {"kind": "pgdump", "host": "postgres.railway.internal", "port": "5432", "database": "railway",
+           "cluster": "7715951247765429235", "railway_environment_id": "prod"}
+    last_night = backup(20, "pgdump", source=old)
+    ours = {**old, "cluster": "7716000000000000001"}  # the same database service, its volume lost: initdb again
+    found = recover.Found([last_night], {last_night.id: []}, [])
+    mine, live = recover.own_backups(found, ours, [], timedelta(hours=26), NOW)
+    assert [b.id for b in mine.backups] == [last_night.id] and live == []
+    neighbour = {**old, "host": "other.railway.internal", "cluster": "1"}
+    mine, live = recover.own_backups(found, neighbour, [], timedelta(hours=26), NOW)
+    assert mine.backups == [] and [maker.newest.id for maker in live] == [last_night.id]

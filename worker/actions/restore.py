@@ -71,8 +71,8 @@ def kind_problem(backup_kind: str | None, ident: str, target: Source) -> str | N
     when the kinds match (or the kind is not known yet)."""
     if backup_kind is None or backup_kind == target.kind:
         return None
-    return (f"{ident} is a backup of kind {backup_kind}, and --target-url restores {target.kind} backups only "
-            f"({target.describe()['kind']} databases); write it to a new file with --to PATH instead")
+    return (f"{ident} is a backup of kind {backup_kind}, and the --target-url database {target.target()} takes "
+            f"{target.kind} backups only; write it to a new file with --to PATH instead")
 
 
 def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None, target_url: str | None,

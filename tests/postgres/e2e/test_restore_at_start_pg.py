@@ -156,3 +156,72 @@ def test_sigterm_while_waiting_for_the_server_stops_at_once_and_starts_nothing(t
     assert time.monotonic() - began < 5
     assert "worker.started" not in worker.names() and "app.started" not in worker.names()
     assert not (tmp_path / "started").exists()
+
+
+def _cluster(root: Path, name: str, port: int) -> Path:
+    """initdb a private cluster (a new system identifier) and start it on `port`; return its data directory."""
+    import os
+    import shutil
+    import subprocess
+
+    from tests.postgres.conftest import _server_bin
+
+    bindir, data = _server_bin(), root / name
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres", "postgres")
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync",
+                    "--no-instructions"], check=True, capture_output=True)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=16MB"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / f"{name}.log"),
+                    "-w", "start"], check=True, capture_output=True)
+    return data
+
+
+def _stop(data: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.postgres.conftest import _server_bin
+
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_user, str(_server_bin() / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                   capture_output=True)
+
+
+def test_a_database_service_recreated_with_a_new_cluster_is_restored_at_start_as_its_own(tmp_path, cli, started) -> None:
+    """The recipe's case for real: the service lost its volume, so its server is a new cluster (initdb: a new system
+    identifier) at the same host, port and database. Its backups are this source's, not a live neighbour's."""
+    import tempfile
+
+    root, port = Path(tempfile.mkdtemp(prefix="bw-recreated-")), free_port()
+    url = url_for("shop", port=port)
+    first = _cluster(root, "old", port)
+    try:
+        with admin(port) as connection:
+            connection.execute("CREATE DATABASE shop")
+        with admin(port, dbname="shop") as connection:
+            connection.execute("CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 100)")
+        env = base_env(tmp_path, url)
+        assert cli("backup", env=env).code == 0
+        (made,) = manifests(tmp_path / "backups")
+        assert made["source"].get("cluster")
+        _stop(first)
+        second = _cluster(root, "new", port)
+        try:
+            with admin(port) as connection:
+                connection.execute("CREATE DATABASE shop")  # the platform creates the database again, empty
+            worker = start(started, {**env, **RESTORE}, tmp_path)
+            restored = worker.wait_for("restore.on_start", 60)
+            assert restored["backup"] == made["id"]
+            worker.wait_for("worker.started")
+            assert worker.stop() == 0
+            with admin(port, dbname="shop") as connection:
+                assert connection.execute("SELECT count(*) FROM orders").fetchone()[0] == 100
+            assert cli("backup", env=env).code == 0  # the set was taken over: the next backup is not refused
+        finally:
+            _stop(second)
+    finally:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
