@@ -13,7 +13,7 @@ from jobs.artifacts import TEMP_PREFIX
 from jobs.compression import CHUNK, sha256_file
 from jobs.destinations import Entry, too_large
 from jobs.errors import Cancelled, NotFound, StorageError, TooLarge
-from jobs.files import atomic_file, ensure_dir, remove_temporary
+from jobs.files import atomic_file, create_private, ensure_dir, remove_temporary
 from jobs.manifest import MANIFEST_LIMIT
 
 
@@ -52,7 +52,7 @@ class LocalDestination:
         if not source.exists():
             raise NotFound(f"{key} is not in {self.directory}")
         try:
-            with source.open("rb") as reader, artifacts.create_private(path) as writer:  # 0600, as from S3
+            with source.open("rb") as reader, create_private(path) as writer:  # 0600, as from S3
                 shutil.copyfileobj(reader, writer, CHUNK)
         except OSError as error:
             raise StorageError(f"cannot copy {key} to {path}: {error.strerror or error}") from None
