@@ -14,7 +14,6 @@ pyrage is imported on first use, so the worker runs without it while encryption 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 import hashlib
 import io
 import os
@@ -115,6 +114,8 @@ def parse_recipients(text: str) -> list[Recipient]:
         except pyrage.RecipientError as error:
             raise ValueError(f"{where} ({_short(entry)!r}) is not a valid recipient ({error}); {_RECIPIENT_HINT}") from None
         found.setdefault(canonical, Recipient(canonical, key))
+    if text.strip() and not found:
+        raise ValueError(f"holds no recipient, only separators; {_RECIPIENT_HINT}, or unset it")
     return list(found.values())
 
 
@@ -202,12 +203,6 @@ def new_identity() -> tuple[str, str]:
     """Return a new age identity (AGE-SECRET-KEY-1…) and its recipient (age1…)."""
     key = binding().x25519.Identity.generate()
     return str(key), str(key.to_public())
-
-
-def identity_file_text(identity: str, recipient: str) -> str:
-    """Return the identity as an age identity file, as age-keygen writes it: `age -d -i FILE` reads it."""
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"# created: {created}\n# public key: {recipient}\n{identity}\n"
 
 
 class _Pipe(io.RawIOBase):
