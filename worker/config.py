@@ -34,6 +34,14 @@ LOG_FORMATS = ("json", "console")
 NOTIFY_ON = ("failure", "all")
 RESTORE_ON_START = ("never", "if-missing")
 
+# Issue 20, first increment: the variables are read and checked, but the backup pipeline does not encrypt yet. A
+# worker that took BACKUP_ENCRYPTION_RECIPIENTS and uploaded plaintext would be the worst failure (litestream#790),
+# so it refuses to start. REMOVE this problem (and its test in tests/unit/test_encryption_config.py) when the
+# pipeline encrypts.
+ENCRYPTION_NOT_AVAILABLE = (f"{RECIPIENTS_VARIABLE} is set, but this version of backup-worker cannot encrypt backups "
+                            "yet and would store them unencrypted, so it refuses to start; unset "
+                            f"{RECIPIENTS_VARIABLE} to take unencrypted backups (see docs/encryption.md)")
+
 
 class ConfigError(Exception):
     """One or more variables are invalid; `problems` holds one sentence each, `secrets` what the environment holds
@@ -302,7 +310,9 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     retention_rules = _retention_rules(env, source_url, main_source, problems)
     restore_on_start = _choice(env, "RESTORE_ON_START", default_of("RESTORE_ON_START"), RESTORE_ON_START, problems)
     allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
-    encrypted = _encryption(env, cwd, problems)
+    recipients, identities, identity_file = encryption.configured(env, cwd, problems)
+    if env.get(RECIPIENTS_VARIABLE, "").strip():  # issue 20, first increment: see ENCRYPTION_NOT_AVAILABLE
+        problems.append(ENCRYPTION_NOT_AVAILABLE)
 
     if problems:
         raise ConfigError(problems, _environment_secrets(env))
@@ -334,7 +344,9 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         retention_rules=retention_rules,
         restore_on_start=restore_on_start,
         allow_empty=allow_empty,
-        **encrypted,
+        encryption_recipients=tuple(recipients),
+        encryption_identities=tuple(identities),
+        encryption_identity_file=identity_file,
     )
 
 
@@ -378,37 +390,3 @@ def _retention_rules(env: Mapping[str, str], source_url: str | None, source: eng
                         f"{mask_url(source_url or '')}; unset RETENTION_RULES")
     return rules
 
-
-# Issue 20, first increment: the variables are read and checked, but the backup pipeline does not encrypt yet. A
-# worker that took BACKUP_ENCRYPTION_RECIPIENTS and uploaded plaintext would be the worst failure (litestream#790),
-# so it refuses to start. REMOVE this problem (and its test in tests/unit/test_encryption_config.py) when the
-# pipeline encrypts.
-ENCRYPTION_NOT_AVAILABLE = (f"{RECIPIENTS_VARIABLE} is set, but this version of backup-worker cannot encrypt backups "
-                            "yet and would store them unencrypted, so it refuses to start; unset "
-                            f"{RECIPIENTS_VARIABLE} to take unencrypted backups (see docs/encryption.md)")
-
-
-def _encryption(env: Mapping[str, str], cwd: Path, problems: list[str]) -> dict[str, object]:
-    """Given the environment, return the Config fields of encryption (issue 20), adding a problem for an invalid
-    recipient or identity, for both identity variables set, and for either set while pyrage cannot be imported."""
-    text = env.get(RECIPIENTS_VARIABLE, "")
-    value = env.get(IDENTITY_VARIABLE, "").strip() or None
-    file = cwd / env[IDENTITY_FILE_VARIABLE].strip() if env.get(IDENTITY_FILE_VARIABLE, "").strip() else None
-    recipients: list[Recipient] = []
-    identities: list[Identity] = []
-    try:
-        recipients = encryption.parse_recipients(text) if text.strip() else []
-    except encryption.BindingMissing as error:
-        problems.append(f"{RECIPIENTS_VARIABLE} is set but {error}")
-    except ValueError as error:
-        problems.append(f"{RECIPIENTS_VARIABLE}: {error}")
-    try:
-        identities = encryption.load_identities(value, file)
-    except encryption.BindingMissing as error:
-        problems.append(f"{IDENTITY_VARIABLE if value else IDENTITY_FILE_VARIABLE} is set but {error}")
-    except ValueError as error:
-        problems.append(str(error))
-    if text.strip():  # issue 20, first increment: see ENCRYPTION_NOT_AVAILABLE
-        problems.append(ENCRYPTION_NOT_AVAILABLE)
-    return {"encryption_recipients": tuple(recipients), "encryption_identities": tuple(identities),
-            "encryption_identity_file": file}

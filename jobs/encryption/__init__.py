@@ -12,13 +12,13 @@ size, an error on the thread is raised in the caller, and the thread is always j
 pyrage is imported on first use, so the worker runs without it while encryption is not configured.
 """
 
-from jobs.encryption.keys import (FORMAT, IDENTITY_FILE_VARIABLE, IDENTITY_VARIABLE,
-                                  IDENTITY_VARIABLES, PACKAGE, RECIPIENTS_VARIABLE, SUFFIX, BindingMissing, Identity,
-                                  Recipient, binding, fingerprints, identity_secrets, load_identities, manifest_field,
-                                  new_identity, parse_recipients)
+from jobs.encryption.keys import (FORMAT, IDENTITY_FILE_VARIABLE, IDENTITY_VARIABLE, IDENTITY_VARIABLES, PACKAGE,
+                                  RECIPIENTS_VARIABLE, SUFFIX, BindingMissing, Identity, Recipient, binding, configured,
+                                  fingerprints, identity_secrets, load_identities, manifest_field, new_identity,
+                                  parse_recipients)
 from jobs.encryption.streams import decrypting, encrypting, opens
 
-
 __all__ = ["FORMAT", "IDENTITY_FILE_VARIABLE", "IDENTITY_VARIABLE", "IDENTITY_VARIABLES", "PACKAGE", "RECIPIENTS_VARIABLE",
-           "SUFFIX", "BindingMissing", "Identity", "Recipient", "binding", "decrypting", "encrypting", "fingerprints",
-           "identity_secrets", "load_identities", "manifest_field", "new_identity", "opens", "parse_recipients"]
+           "SUFFIX", "BindingMissing", "Identity", "Recipient", "binding", "configured", "decrypting", "encrypting",
+           "fingerprints", "identity_secrets", "load_identities", "manifest_field", "new_identity", "opens",
+           "parse_recipients"]

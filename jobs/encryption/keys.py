@@ -2,7 +2,7 @@
 from BACKUP_ENCRYPTION_IDENTITY or BACKUP_ENCRYPTION_IDENTITY_FILE, and new pairs for `keygen`. Every message
 names the variable and what a valid value looks like, never a secret."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 import hashlib
 from pathlib import Path
@@ -185,3 +185,27 @@ def new_identity() -> tuple[str, str]:
     """Return a new age identity (AGE-SECRET-KEY-1…) and its recipient (age1…)."""
     key = binding().x25519.Identity.generate()
     return str(key), str(key.to_public())
+
+
+def configured(env: Mapping[str, str], cwd: Path, problems: list[str]) -> tuple[list[Recipient], list[Identity], Path | None]:
+    """Given the environment, return the recipients, the identities and the identity file's path (relative to
+    `cwd`), adding a problem for an invalid recipient or identity, for both identity variables set, and for
+    either set while pyrage cannot be imported."""
+    text = env.get(RECIPIENTS_VARIABLE, "")
+    value = env.get(IDENTITY_VARIABLE, "").strip() or None
+    file = cwd / env[IDENTITY_FILE_VARIABLE].strip() if env.get(IDENTITY_FILE_VARIABLE, "").strip() else None
+    recipients: list[Recipient] = []
+    identities: list[Identity] = []
+    try:
+        recipients = parse_recipients(text) if text.strip() else []
+    except BindingMissing as error:
+        problems.append(f"{RECIPIENTS_VARIABLE} is set but {error}")
+    except ValueError as error:
+        problems.append(f"{RECIPIENTS_VARIABLE}: {error}")
+    try:
+        identities = load_identities(value, file)
+    except BindingMissing as error:
+        problems.append(f"{IDENTITY_VARIABLE if value else IDENTITY_FILE_VARIABLE} is set but {error}")
+    except ValueError as error:
+        problems.append(str(error))
+    return recipients, identities, file
