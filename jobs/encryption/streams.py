@@ -21,8 +21,8 @@ _READ = 1 << 16
 
 
 class _Pipe(io.RawIOBase):
-    """The reading end of an os.pipe as a raw stream. `fail()` makes its end of file an error (`failure()`
-    returns the exception to raise, or None for a clean end); closing it makes the writer's next write fail."""
+    """The reading end of an os.pipe as a raw stream. At its end of file it raises what `failure()` returns
+    (None: a clean end); closing it makes the writer's next write fail."""
 
     def __init__(self, fd: int, failure=lambda: None) -> None:
         self.fd, self.failure = fd, failure
@@ -147,14 +147,12 @@ def decrypting(source: BinaryIO, identities: Sequence[Identity], what: str = "th
     keys = [identity.key for identity in identities]
     read_fd, write_fd = os.pipe()
     origin = _Watched(source)
-    thread: threading.Thread | None = None
-    failures: list[BaseException] = []
 
     def decrypt() -> None:
         with os.fdopen(write_fd, "wb", buffering=_READ) as writer:
             pyrage.decrypt_io(origin, writer, keys)
 
-    def failure() -> BaseException | None:
+    def failure() -> BaseException | None:  # at the end of the plaintext: was it the end of the stream?
         thread.join()
         if failures:
             return origin.error or _decrypt_error(failures[0], identities, what)
