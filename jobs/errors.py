@@ -30,6 +30,11 @@ class IntegrityError(JobError):
     stage = "verify"
 
 
+class DecryptError(IntegrityError):
+    """An encrypted artifact cannot be decrypted: no configured identity opens it, or its age stream is damaged,
+    altered or cut short (issue 20)."""
+
+
 class SpaceError(JobError):
     """The volume cannot hold what we are about to write."""
 

@@ -32,11 +32,14 @@ import threading
 import time
 from typing import IO
 
+from jobs.encryption import IDENTITY_VARIABLES
 from jobs.redact import scrub, secret_in_args
 
 STDERR_LINES = 20
 LINE_LIMIT = 1000  # characters kept of one stderr line
 GRACE_S = 1.0  # between SIGTERM and SIGKILL
+# Variables no child ever sees, whatever it is (pg_dump, the app of `run --exec`): the encryption identities.
+WITHHELD = IDENTITY_VARIABLES
 PIPE_SIZE = 1 << 20  # bigger pipes, fewer wake-ups when streaming (Linux's default ceiling for unprivileged users)
 _POLL_S = 0.05
 PR_SET_PDEATHSIG = 1
@@ -187,8 +190,9 @@ def describe_exit(code: int | None) -> str:
 
 
 def child_env(extra: Mapping[str, str] | None = None, drop: Iterable[str] = ()) -> dict[str, str]:
-    """Return this process's environment without the names in `drop`, plus `extra`: a child's environment."""
-    dropped = set(drop)
+    """Return this process's environment without the names in `drop` and WITHHELD, plus `extra`: a child's
+    environment."""
+    dropped = set(drop) | set(WITHHELD)
     env = {key: value for key, value in os.environ.items() if key not in dropped}
     env.update(extra or {})
     return env
@@ -222,7 +226,7 @@ def spawn(args: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: i
     """
     args = [str(arg) for arg in args]
     _refuse_secrets_in(args, secrets)
-    process = subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=dict(env) if env is not None else None,
+    process = subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=dict(env) if env is not None else child_env(),
                                cwd=cwd, start_new_session=True, pipesize=PIPE_SIZE, preexec_fn=die_with_parent())
     assert process.stderr is not None
     child = Child(args, process, Tail(process.stderr, secrets))

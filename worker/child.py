@@ -3,8 +3,9 @@
 Decisions (the README's "Running the app: `run --exec`" section says the same for users):
 
 - COMMAND is split as a shell would (`shlex`) but run without one: no variable expansion, no globbing.
-- The app gets the worker's environment, stdin, stdout and stderr as they are, and the umask the worker was
-  started with (the worker narrows its own to 077 for backups; the app's files are none of its business).
+- The app gets the worker's environment (less the encryption identities: `jobs.execute.WITHHELD`), stdin,
+  stdout and stderr as they are, and the umask the worker was started with (the worker narrows its own to 077
+  for backups; the app's files are none of its business).
 - The app runs in its own process group, in the same session. The worker forwards the signals it receives, so
   the app sees each one exactly once: a terminal's Ctrl-C reaches the foreground group, which is the worker's,
   and the worker passes it on; had the app stayed in the worker's group it would get Ctrl-C twice (once from the
@@ -33,7 +34,7 @@ import shlex
 import signal
 import subprocess
 
-from jobs.execute import die_with_parent
+from jobs.execute import child_env, die_with_parent
 _VARIABLE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -96,12 +97,12 @@ class App:
 
 
 def start(argv: Sequence[str], umask: int | None = None) -> App:
-    """Start `argv` as the app: own process group, inherited stdio and environment, the given umask, and (Linux)
-    SIGTERM when the worker dies. Raise StartError with one sentence if it cannot be started."""
+    """Start `argv` as the app: own process group, inherited stdio and environment (less WITHHELD), the given
+    umask, and (Linux) SIGTERM when the worker dies. Raise StartError with one sentence if it cannot be started."""
     program = argv[0]
     try:
         process = subprocess.Popen(list(argv), process_group=0, preexec_fn=die_with_parent(signal.SIGTERM, umask),
-                                   close_fds=True)
+                                   close_fds=True, env=child_env())
     except FileNotFoundError:
         hint = "check the path" if "/" in program else "install it or give its full path (is it on PATH?)"
         raise StartError(f"cannot start the --exec command: {program!r} was not found; {hint}") from None

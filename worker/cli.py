@@ -18,6 +18,7 @@ from worker.actions.backup import cmd_backup
 from worker.actions.cleanup import cmd_cleanup
 from worker.actions.config import cmd_config
 from worker.actions.history import cmd_history
+from worker.actions.keygen import cmd_keygen
 from worker.actions.listing import cmd_list
 from worker.actions.prune import cmd_prune
 from worker.actions.restore import cmd_restore
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print an array of runs")
     history.add_argument("--since", metavar="DURATION", help="only runs started within this long, like 36h or 7d")
     history.add_argument("--job", metavar="NAME", help="only runs of this job (backup, cleanup, verify, …)")
+    keygen = commands.add_parser("keygen", help="print a new age identity and its recipient (encryption keys)")
+    keygen.add_argument("--json", action="store_true", help="print identity, recipient and fingerprint as JSON")
     return parser
 
 
@@ -135,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     umask = os.umask(0o077)  # backups, snapshots, journals and the catalog are readable by this user only
     debug = os.environ.get("LOG_LEVEL", "").strip().lower() == "debug"
+    if args.command == "keygen":  # needs no configuration: it runs wherever the identity will be kept
+        return cmd_keygen(args.json)
     try:
         config = load_config()
     except ConfigError as error:

@@ -15,10 +15,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.base import BaseTrigger
 
-from jobs import engines
+from jobs import encryption, engines
 from jobs.artifacts import is_set_name
 from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.destinations.s3_endpoint import ENDPOINT_VARIABLES, configured_endpoint, endpoint_problem
+from jobs.encryption import IDENTITY_FILE_VARIABLE, IDENTITY_VARIABLE, RECIPIENTS_VARIABLE, Identity, Recipient
 from jobs.durations import format_duration, parse_duration
 from jobs.purge import PurgeRule, parse_retention_rules
 from jobs.redact import MASK, mask_endpoint, mask_key, mask_url, secrets_of
@@ -32,6 +33,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 NOTIFY_ON = ("failure", "all")
 RESTORE_ON_START = ("never", "if-missing")
+
+# Issue 20, first increment: the variables are read and checked, but the backup pipeline does not encrypt yet. A
+# worker that took BACKUP_ENCRYPTION_RECIPIENTS and uploaded plaintext would be the worst failure (litestream#790),
+# so it refuses to start. REMOVE this problem (and its test in tests/unit/test_encryption_config.py) when the
+# pipeline encrypts.
+ENCRYPTION_NOT_AVAILABLE = (f"{RECIPIENTS_VARIABLE} is set, but this version of backup-worker cannot encrypt backups "
+                            "yet and would store them unencrypted, so it refuses to start; unset "
+                            f"{RECIPIENTS_VARIABLE} to take unencrypted backups (see docs/encryption.md)")
 
 
 class ConfigError(Exception):
@@ -97,6 +106,10 @@ class Config:
     restore_on_start: str = default_of("RESTORE_ON_START")
     # BACKUP_ALLOW_EMPTY (issue 18): an empty source may follow backups that hold data
     allow_empty: bool = default_of("BACKUP_ALLOW_EMPTY")
+    # Encryption (issue 20): the public keys backups are encrypted to, and the identities that decrypt (secrets)
+    encryption_recipients: tuple[Recipient, ...] = ()
+    encryption_identities: tuple[Identity, ...] = field(default=(), repr=False)
+    encryption_identity_file: Path | None = None  # BACKUP_ENCRYPTION_IDENTITY_FILE: its path is no secret
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -106,7 +119,8 @@ class Config:
         """Return every secret value the configuration holds, so that logs can scrub them."""
         return secrets_of(urls=(self.source_url, self.catalog_url, self.s3.endpoint_url if self.s3 else None,
                                 *(spec.url for spec in self.sources)),
-                          endpoints=(self.notify_webhook_url, self.healthcheck_ping_url), values=self.aws_secrets)
+                          endpoints=(self.notify_webhook_url, self.healthcheck_ping_url),
+                          values=(*self.aws_secrets, *(text for each in self.encryption_identities for text in each.secrets)))
 
     def describe(self) -> dict[str, object]:
         """Return the configuration as printable values, with every secret masked."""
@@ -143,13 +157,17 @@ class Config:
             "RETENTION_RULES": [rule.describe() for rule in self.retention_rules],
             "RESTORE_ON_START": self.restore_on_start,
             "BACKUP_ALLOW_EMPTY": self.allow_empty,
+            RECIPIENTS_VARIABLE: [recipient.fingerprint for recipient in self.encryption_recipients],
+            IDENTITY_VARIABLE: MASK if self.encryption_identities and not self.encryption_identity_file else None,
+            IDENTITY_FILE_VARIABLE: str(self.encryption_identity_file) if self.encryption_identity_file else None,
         }
 
 
 def _environment_secrets(env: Mapping[str, str]) -> list[str]:
     """Return the secrets of the variables as given, for a configuration that could not be loaded."""
     urls = [value for name, value in env.items() if name in _URL_VARIABLES or name.startswith(SOURCE_PREFIX)]
-    return secrets_of(urls, [env.get(name) for name in _ENDPOINT_VARIABLES], [env.get(name, "") for name in _SECRET_VARIABLES])
+    values = [env.get(name, "") for name in _SECRET_VARIABLES] + encryption.identity_secrets(env.get(IDENTITY_VARIABLE, ""))
+    return secrets_of(urls, [env.get(name) for name in _ENDPOINT_VARIABLES], values)
 
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -292,6 +310,9 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     retention_rules = _retention_rules(env, source_url, main_source, problems)
     restore_on_start = _choice(env, "RESTORE_ON_START", default_of("RESTORE_ON_START"), RESTORE_ON_START, problems)
     allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
+    recipients, identities, identity_file = encryption.configured(env, cwd, problems)
+    if env.get(RECIPIENTS_VARIABLE, "").strip():  # issue 20, first increment: see ENCRYPTION_NOT_AVAILABLE
+        problems.append(ENCRYPTION_NOT_AVAILABLE)
 
     if problems:
         raise ConfigError(problems, _environment_secrets(env))
@@ -323,6 +344,9 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         retention_rules=retention_rules,
         restore_on_start=restore_on_start,
         allow_empty=allow_empty,
+        encryption_recipients=tuple(recipients),
+        encryption_identities=tuple(identities),
+        encryption_identity_file=identity_file,
     )
 
 
@@ -365,3 +389,4 @@ def _retention_rules(env: Mapping[str, str], source_url: str | None, source: eng
         problems.append(f"RETENTION_RULES: table retention works on SQLite and PostgreSQL sources, not on "
                         f"{mask_url(source_url or '')}; unset RETENTION_RULES")
     return rules
+

@@ -41,10 +41,11 @@ class Variable:
 SOURCES = "What to back up"
 SCHEDULE = "Schedule, retention, compression"
 S3 = "Off-site copies (S3)"
+ENCRYPTION = "Encryption (age)"
 CLEANUP = "Cleanup and table retention"
 MONITORING = "Monitoring"
 PROCESS = "Logs, catalog, the platform"
-SECTIONS = (SOURCES, SCHEDULE, S3, CLEANUP, MONITORING, PROCESS)
+SECTIONS = (SOURCES, SCHEDULE, S3, ENCRYPTION, CLEANUP, MONITORING, PROCESS)
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("BACKUP_SOURCE",
@@ -164,6 +165,21 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("AWS_SESSION_TOKEN",
              "S3 session token for temporary credentials; never logged or printed.",
              S3, shown="the standard AWS credential chain"),
+    Variable("BACKUP_ENCRYPTION_RECIPIENTS",
+             "Public keys to encrypt backups to (issue 20): `age1…` (from `keygen`), `ssh-ed25519 AAAA…` or "
+             "`ssh-rsa AAAA…`, separated by commas or newlines. An invalid one is a configuration error (exit 2). "
+             "**In this version backups are not encrypted yet: with it set, the worker refuses to start (exit 2)** "
+             "([encryption.md](encryption.md)). `config` shows each one's fingerprint.",
+             ENCRYPTION),
+    Variable("BACKUP_ENCRYPTION_IDENTITY",
+             "A secret key that decrypts (`AGE-SECRET-KEY-1…`, one per line; or an unencrypted SSH private key). "
+             "Masked by `config`, never logged, removed from every child's environment (the app of `run --exec` "
+             "included). Not with `BACKUP_ENCRYPTION_IDENTITY_FILE`.",
+             ENCRYPTION),
+    Variable("BACKUP_ENCRYPTION_IDENTITY_FILE",
+             "The path of an age identity file (one or more `AGE-SECRET-KEY-1…` lines, `#` comments) or of an "
+             "unencrypted ed25519 or RSA SSH private key; read at start. Removed from every child's environment.",
+             ENCRYPTION),
     Variable("CLEANUP_RULES",
              "Files to delete by age: `GLOB=AGE` pairs separated by `;` or newlines ([Formats](#formats)). Rules "
              "that could sweep `/`, a system directory, the home or working directory, `BACKUP_DIR` or the database "

@@ -23,6 +23,8 @@ NOT_VARIABLES = {
     "URL_TARGET",  # a member every engine module declares (jobs.engines.conformance names it)
     "SC_CLK_TCK",  # an os.sysconf name
     "SYSTEM_DIRECTORIES",  # jobs/cleanup's __all__
+    # jobs/encryption's __all__: the names of constants that hold the variables' names
+    "RECIPIENTS_VARIABLE", "IDENTITY_VARIABLE", "IDENTITY_FILE_VARIABLE", "IDENTITY_VARIABLES",
     "BACKUP_SETS",  # printed by `config`, never read
     "PATH",  # the system's search path (pg_dump is looked for on it), not the worker's configuration
 }
