@@ -16,14 +16,16 @@ from pathlib import Path
 import re
 import secrets
 
-ARTIFACT_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)\.(?P<kind>[a-z]+)\.zst$")
+# `<name>-<stamp>.<kind>.zst`, or `….zst.age` when encrypted with age (jobs.encryption).
+ARTIFACT_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)\.(?P<kind>[a-z]+)\.zst(?P<age>\.age)?$")
+ENCRYPTED_SUFFIX = ".age"
 STAMP = "%Y%m%dT%H%M%SZ"
 SET_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # the `<name>` of artifact names, as configured
 MANIFEST_SUFFIX = ".json"
 TEMP_PREFIX = ".tmp-"
 SNAPSHOT_DIR = "snapshot."  # a backup's scratch directory: `.tmp-<pid>-<token>-snapshot.<set>.<random>`
 # A backup id as a person writes it: the id, the version 1 id, or the artifact or manifest file name.
-_ID = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)(?:\.(?P<kind>[a-z]+))?(?:\.zst)?(?:\.json)?$")
+_ID = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)(?:\.(?P<kind>[a-z]+))?(?:\.zst(?:\.age)?)?(?:\.json)?$")
 _TEMP_NAME = re.compile(r"^\.tmp-(?P<pid>\d+)-(?:(?P<token>[0-9a-f]{8})-)?")
 
 
@@ -69,9 +71,17 @@ def set_of(artifact: str) -> BackupSet | None:
     return parts.backup_set if parts else None
 
 
-def artifact_name(name: str, kind: str, created_at: datetime) -> str:
-    """Return `<name>-<YYYYMMDDTHHMMSSZ>.<kind>.zst` for a backup taken at `created_at` (any time zone)."""
-    return f"{name}-{created_at.astimezone(timezone.utc).strftime(STAMP)}.{kind}.zst"
+def artifact_name(name: str, kind: str, created_at: datetime, encrypted: bool = False) -> str:
+    """Return `<name>-<YYYYMMDDTHHMMSSZ>.<kind>.zst` for a backup taken at `created_at` (any time zone), with
+    `.age` when it is `encrypted`."""
+    return (f"{name}-{created_at.astimezone(timezone.utc).strftime(STAMP)}.{kind}.zst"
+            + (ENCRYPTED_SUFFIX if encrypted else ""))
+
+
+def is_encrypted(artifact: str) -> bool:
+    """Return whether an artifact name is an encrypted artifact's (`….zst.age`)."""
+    match = ARTIFACT_NAME.match(artifact)
+    return bool(match and match["age"])
 
 
 def manifest_name(artifact: str) -> str:
@@ -80,11 +90,12 @@ def manifest_name(artifact: str) -> str:
 
 
 def backup_id(artifact: str) -> str:
-    """Return the backup id of an artifact name: the name without `.zst` (`app-20261122T020000Z.sqlite`), so
-    that the id names the backup set's kind too. Version 1 wrote the name without `.<kind>.zst` (`legacy_id`)."""
+    """Return the backup id of an artifact name: the name without `.zst` or `.zst.age`
+    (`app-20261122T020000Z.sqlite`), so that the id names the backup set's kind too, encrypted or not. Version 1
+    wrote the name without `.<kind>.zst` (`legacy_id`)."""
     if not ARTIFACT_NAME.match(artifact):
         raise ValueError(f"{artifact!r} is not an artifact name")
-    return artifact.removesuffix(".zst")
+    return artifact.removesuffix(ENCRYPTED_SUFFIX).removesuffix(".zst")
 
 
 def legacy_id(artifact: str) -> str:

@@ -18,7 +18,7 @@ CHUNK = 1 << 20
 JOB_SIZE = 2 << 20
 
 
-class _HashingWriter:
+class HashingWriter:
     """A write-only file that hashes what passes through and stops when `cancel` is set."""
 
     def __init__(self, target: BinaryIO, cancel: threading.Event) -> None:
@@ -53,7 +53,7 @@ def compress_stream(stream: BinaryIO, out: BinaryIO, level: int, cancel: threadi
     Raise SourceError if the stream is not `size` bytes long, Cancelled if `cancel` is set."""
     compressor = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
         level, threads=-1, job_size=JOB_SIZE, write_checksum=True, write_content_size=size is not None))
-    writer = _HashingWriter(out, cancel)
+    writer = HashingWriter(out, cancel)
     raw_size = 0
     # Not a `with` block: on an error its exit would still end the frame, and libzstd's complaint about the
     # missing bytes would replace the error that stopped us.

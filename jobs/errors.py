@@ -35,6 +35,13 @@ class DecryptError(IntegrityError):
     altered or cut short (issue 20)."""
 
 
+class NoIdentity(JobError):
+    """An encrypted backup is to be restored but no identity is configured (BACKUP_ENCRYPTION_IDENTITY…): not
+    damage, so no older backup is ever taken in its place."""
+
+    stage = "restore"
+
+
 class SpaceError(JobError):
     """The volume cannot hold what we are about to write."""
 

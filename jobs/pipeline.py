@@ -8,6 +8,7 @@ temporary files only, and those are removed here or on the next start.
 
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any
 import structlog
 import zstandard
 
-from jobs import artifacts, compression, files, guard, identity, offsite, ownership, publish, retention, selection
+from jobs import (artifacts, compression, encryption, files, guard, identity, offsite, ownership, publish, retention,
+                  selection)
 from jobs.artifacts import BackupSet
 from jobs.backups import Backup, list_backups
 from jobs.cycle import Cycle, CycleUploadFailed
@@ -74,16 +76,17 @@ def check_space(directory: Path, estimate: int, previous: list[Backup], min_free
                          "free space or grow the volume" + (", or lower BACKUP_MIN_FREE" if "BACKUP_MIN_FREE" in problem else ""))
 
 
-def _free_name(directory: Path, name: str, kind: str, now: datetime, taken: Collection[str] = ()) -> tuple[str, datetime]:
-    """Return an artifact name for `now` that no file in `directory` has yet and that is not in `taken` (the
-    bucket's names: a volume lost a second after its last backup, or a clock that went back, must not give a new
-    backup the name of one already off-site), and its timestamp."""
+def _free_name(directory: Path, name: str, kind: str, now: datetime, taken: Collection[str] = (),
+               encrypted: bool = False) -> tuple[str, datetime]:
+    """Return an artifact name for `now` (`encrypted`: `….zst.age`) whose backup id no file in `directory` has yet
+    and no name in `taken` has (the bucket's names: a volume lost a second after its last backup, or a clock that
+    went back, must not give a new backup the id of one already off-site, encrypted or not), and its timestamp."""
     moment = now.replace(microsecond=0)
     while True:
-        artifact = artifacts.artifact_name(name, kind, moment)
-        if (artifact not in taken and not (directory / artifact).exists()
-                and not (directory / (artifact + artifacts.MANIFEST_SUFFIX)).exists()):
-            return artifact, moment
+        names = [artifacts.artifact_name(name, kind, moment, encrypted=flag) for flag in (False, True)]
+        if not any(artifact in taken or (directory / artifact).exists()
+                   or (directory / (artifact + artifacts.MANIFEST_SUFFIX)).exists() for artifact in names):
+            return names[encrypted], moment
         moment += timedelta(seconds=1)
 
 
@@ -126,7 +129,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
 
     started = time.monotonic()
     artifact, created_at = _free_name(directory, source.name(), source.kind, datetime.now(timezone.utc),
-                                      {backup.artifact for backup in elsewhere})
+                                      {backup.artifact for backup in elsewhere}, encrypted=bool(settings.recipients))
     final = directory / artifact
     temp_artifact = artifacts.temp_path(final)
     temp_manifest = artifacts.temp_path(directory / (artifact + artifacts.MANIFEST_SUFFIX))
@@ -171,6 +174,7 @@ def take_backup(source: Source, settings: BackupSettings, cancel: threading.Even
             "duration_s": round(time.monotonic() - started, 3),
             **({"reason": reason} if reason else {}),
             **({"flags": flags} if flags else {}),
+            **({"encryption": encryption.manifest_field(settings.recipients)} if settings.recipients else {}),
         }
         with stage("publish"):
             write_manifest(temp_manifest, manifest)
@@ -191,8 +195,16 @@ def _snapshot_and_compress(source: Source, workdir: Path, temp_artifact: Path, f
     with stage("snapshot"), source.snapshot(workdir, cancel) as snap:
         try:
             with stage("compress", writing=final), files.create_private(temp_artifact) as out:
-                compressed = compression.compress_stream(snap.stream, out, settings.compression_level, cancel,
-                                                       size=snap.size, feed=snap.check.feed)
+                if settings.recipients:  # compressed, then encrypted in the same pass; the file's bytes are hashed
+                    sealed = compression.HashingWriter(out, cancel)
+                    with encryption.encrypting(sealed, settings.recipients) as plain:
+                        compressed = compression.compress_stream(snap.stream, plain, settings.compression_level,
+                                                                 cancel, size=snap.size, feed=snap.check.feed)
+                    out.flush()
+                    compressed = replace(compressed, size=sealed.size, sha256=sealed.digest.hexdigest())
+                else:
+                    compressed = compression.compress_stream(snap.stream, out, settings.compression_level, cancel,
+                                                             size=snap.size, feed=snap.check.feed)
             passed = snap.check.finish()
             if keep_snapshot is not None and snap.raw_path is not None:
                 with stage("snapshot"):

@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from jobs import identity, offsite, restore as restoring, selection
+from jobs import encryption, identity, offsite, restore as restoring, selection
 from jobs.artifacts import BackupSet, temp_prefix
 from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
@@ -201,7 +201,8 @@ def _age(delta: timedelta) -> str:
 
 
 def restore_missing(source: Source, found: Found, workdir: Path, cancel: threading.Event,
-                    now: datetime | None = None, over: bool = False) -> Restored:
+                    now: datetime | None = None, over: bool = False,
+                    identities: Sequence[encryption.Identity] = ()) -> Restored:
     """Given a source whose database is lost and its set's backups (`gather`), restore the newest intact one
     into it (see the module docstring); downloads and a server's unpacked archive go to `workdir` (the backup
     volume). Return what was restored. `over`: the database is there with tables but no row (an app created its
@@ -224,7 +225,7 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
             copies, failures = found.copies[backup.id], []
             for copy in copies:
                 try:
-                    return _prove(copy, workdir, unpack_in, cancel, held)
+                    return _prove(copy, workdir, unpack_in, cancel, held, identities)
                 except (IntegrityError, NotFound) as error:
                     failures.append((f"its copy in {_where(copy.destination)}: " if len(copies) > 1 else "")
                                     + str(error).rstrip("."))
@@ -257,7 +258,8 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
     return Restored(chosen, proven.copy.location, written, proven.checks, notes, safety)
 
 
-def _prove(copy: Copy, workdir: Path, unpack_in: Path, cancel: threading.Event, held: ExitStack) -> _Proven:
+def _prove(copy: Copy, workdir: Path, unpack_in: Path, cancel: threading.Event, held: ExitStack,
+           identities: Sequence[encryption.Identity] = ()) -> _Proven:
     """Read one copy of a backup (download it from the bucket into `workdir`), prove it and unpack its raw
     content in `unpack_in`, which `held` keeps until the restore is done (a download goes once it is unpacked).
     Raise IntegrityError or NotFound if it fails."""
@@ -267,7 +269,8 @@ def _prove(copy: Copy, workdir: Path, unpack_in: Path, cancel: threading.Event, 
             artifact = copy.destination.path(copy.backup.artifact)
         else:
             artifact = offsite.fetch_verified(copy.destination, copy.backup, scratch, cancel)
-        raw, checks = held.enter_context(restoring.proven_raw(artifact, copy.backup, unpack_in, cancel))
+        raw, checks = held.enter_context(restoring.proven_raw(artifact, copy.backup, unpack_in, cancel,
+                                                              identities=identities))
     return _Proven(copy, raw, checks)
 
 

@@ -8,8 +8,8 @@ or written into a live database. Scratch files live in a private temporary direc
 anything read from a manifest.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 import errno
 import hashlib
 import os
@@ -20,11 +20,11 @@ import tempfile
 import threading
 from typing import BinaryIO
 
-from jobs import artifacts, compression, engines, files
+from jobs import artifacts, compression, encryption, engines, files, selection
 from jobs.backups import Backup
 from jobs.engines._sqlite_files import sidecars
 from jobs.engines import Source
-from jobs.errors import Cancelled, IntegrityError, SourceError, SpaceError, StorageError
+from jobs.errors import Cancelled, IntegrityError, NoIdentity, SourceError, SpaceError, StorageError
 
 HEADROOM = 16 << 20
 RAW_NAME = "raw"  # the raw file written beside a check that keeps no file of its own
@@ -56,24 +56,39 @@ def prove_file(artifact: Path, backup: Backup, cancel: threading.Event) -> Path:
     return artifact
 
 
+def no_identity(backup: Backup) -> str:
+    """Return the sentence for an encrypted backup that no configured identity can open."""
+    return (f"{backup.artifact} is encrypted (age) and no identity is configured to open it: set "
+            f"{encryption.IDENTITY_VARIABLE} or {encryption.IDENTITY_FILE_VARIABLE} to the identity whose recipient "
+            "encrypted it (see docs/encryption.md)")
+
+
 @contextmanager
-def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event,
-             keep_raw: bool) -> Iterator[tuple[Path | None, list[str]]]:
+def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event, keep_raw: bool,
+             identities: Sequence[encryption.Identity] = ()) -> Iterator[tuple[Path | None, list[str]]]:
     """Prove the artifact in `workdir` (a private scratch directory); yield the proven raw file (if `keep_raw`)
-    and the checks that passed."""
+    and the checks that passed. An encrypted artifact is decrypted with `identities` on the way (Raise
+    NoIdentity when there are none, DecryptError when none opens it or its ciphertext was tampered with)."""
     try:
         handle = artifact.open("rb")
     except FileNotFoundError:
         raise IntegrityError(f"{backup.artifact} is missing; its manifest is there but the artifact is not") from None
-    with handle:
+    with handle, ExitStack() as stack:
         _check_file(handle, backup, cancel)
         handle.seek(0)
+        stream: BinaryIO = handle
+        checks = ["size", "sha256"]
+        if selection.is_encrypted(backup):
+            if not identities:
+                raise NoIdentity(no_identity(backup))
+            stream = stack.enter_context(encryption.decrypting(handle, identities, backup.artifact))
+            checks.append("age authentication")
         with engines.checker(backup.kind, workdir, cancel) as check:
             raw_out = None
             try:
                 if keep_raw and check.path is None:  # the check keeps no file: keep one beside it
                     raw_out = files.create_private(workdir / RAW_NAME)
-                raw_size = compression.decompress_stream(handle, _tee(check.feed, raw_out), cancel, backup.artifact)
+                raw_size = compression.decompress_stream(stream, _tee(check.feed, raw_out), cancel, backup.artifact)
                 expected = backup.manifest.get("raw_size")
                 if isinstance(expected, int) and raw_size != expected:
                     raise IntegrityError(f"{backup.artifact} decompresses to {raw_size} bytes, not the {expected} its manifest says")
@@ -89,7 +104,7 @@ def _proving(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Ev
                     raw_out.close()
                 check.close()
             raw = check.path or (workdir / RAW_NAME if raw_out is not None else None)
-            yield (raw if keep_raw else None), ["size", "sha256", "zstd frame checksum", passed]
+            yield (raw if keep_raw else None), [*checks, "zstd frame checksum", passed]
 
 
 def _tee(feed: Callable[[bytes], None], out: BinaryIO | None) -> Callable[[bytes], None]:
@@ -130,22 +145,35 @@ def _scratch(directory: Path, purpose: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def check_artifact(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event) -> list[str]:
-    """Prove an artifact file: size and SHA-256 against the manifest, then one decompression (frame checksum)
-    into the engine's check, in a scratch directory inside `workdir`. Return the checks that passed. Raise
-    IntegrityError naming the first one that failed, SpaceError if `workdir`'s volume cannot take the check."""
+def check_artifact(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event,
+                   identities: Sequence[encryption.Identity] = ()) -> list[str]:
+    """Prove an artifact file: size and SHA-256 against the manifest, then (decrypted with `identities` when it is
+    encrypted) one decompression (frame checksum) into the engine's check, in a scratch directory inside
+    `workdir`. Return the checks that passed: only size and SHA-256 for an encrypted artifact without identities
+    (the deep check needs one). Raise IntegrityError naming the first one that failed, SpaceError if `workdir`'s
+    volume cannot take the check."""
+    if selection.is_encrypted(backup) and not identities:
+        prove_file(artifact, backup, cancel)
+        return ["size", "sha256"]
     require_space([(workdir, raw_needs(backup))], f"checking {backup.artifact}")
-    with _scratch(workdir, "verify") as scratch, _proving(artifact, backup, scratch, cancel, keep_raw=False) as (_, checks):
+    with _scratch(workdir, "verify") as scratch, \
+            _proving(artifact, backup, scratch, cancel, keep_raw=False, identities=identities) as (_, checks):
         return checks
+
 
 
 @contextmanager
 def proven_raw(artifact: Path, backup: Backup, workdir: Path, cancel: threading.Event,
-               extra: list[tuple[Path, int]] = ()) -> Iterator[tuple[Path, list[str]]]:
+               extra: list[tuple[Path, int]] = (), identities: Sequence[encryption.Identity] = ()
+               ) -> Iterator[tuple[Path, list[str]]]:
     """Yield a temporary, proven raw copy of the backup (in a scratch directory inside `workdir`) and the checks
-    that passed; delete it afterwards. `extra` adds space needed elsewhere to the up-front space check."""
+    that passed; delete it afterwards. `extra` adds space needed elsewhere to the up-front space check; an
+    encrypted backup is opened with `identities` (NoIdentity, naming the variables, without any)."""
+    if selection.is_encrypted(backup) and not identities:
+        raise NoIdentity(no_identity(backup))
     require_space([(workdir, raw_needs(backup)), *extra], f"restoring {backup.artifact}")
-    with _scratch(workdir, "restore") as scratch, _proving(artifact, backup, scratch, cancel, keep_raw=True) as (raw, checks):
+    with _scratch(workdir, "restore") as scratch, \
+            _proving(artifact, backup, scratch, cancel, keep_raw=True, identities=identities) as (raw, checks):
         assert raw is not None
         yield raw, checks
 
@@ -203,14 +231,15 @@ def new_file_problem(target: Path, empty_ok: bool = False) -> str | None:
     return None
 
 
-def restore_to_file(artifact: Path, backup: Backup, target: Path, cancel: threading.Event) -> list[str]:
+def restore_to_file(artifact: Path, backup: Backup, target: Path, cancel: threading.Event,
+                    identities: Sequence[encryption.Identity] = ()) -> list[str]:
     """Write the proven raw backup to the new file `target` (0600). Raise StorageError if it cannot be one.
 
     The file appears under its name only when complete, and never replaces a file that appeared meanwhile."""
     problem = new_file_problem(target)
     if problem:
         raise StorageError(problem, stage="restore")
-    with proven_raw(artifact, backup, target.parent, cancel) as (raw, checks):
+    with proven_raw(artifact, backup, target.parent, cancel, identities=identities) as (raw, checks):
         place_new_file(raw, target)
     return checks
 
@@ -247,7 +276,7 @@ def _link_new(raw: Path, target: Path, replace_empty: bool = False) -> None:
 
 
 def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event,
-                 notify: Callable[[str], None] | None = None) -> tuple[Path | None, list[str]]:
+                 notify: Callable[[str], None] | None = None, identities: Sequence[encryption.Identity] = ()) -> tuple[Path | None, list[str]]:
     """Restore the backup over the live data of `source`; return the safety copy the engine made first, if any.
 
     `notify` gets a sentence naming the safety copy before anything changes. Space is checked up front on every
@@ -258,7 +287,7 @@ def restore_over(artifact: Path, backup: Backup, source: Source, workdir: Path, 
         raise SourceError(f"{backup.id} is a backup of kind {backup.kind} and cannot be restored into a {source.kind} source", stage="restore")
     extra = list(source.restore_space(raw_needs(backup)).items())
     try:
-        with proven_raw(artifact, backup, workdir, cancel, extra) as (raw, checks):
+        with proven_raw(artifact, backup, workdir, cancel, extra, identities) as (raw, checks):
             safety = source.restore(raw, cancel, notify=notify) if notify is not None else source.restore(raw, cancel)
     except SpaceError as error:
         copies = source.kept_copies()

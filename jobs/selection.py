@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import TypeVar
 
-from jobs.artifacts import parse
+from jobs.artifacts import is_encrypted as is_encrypted_name, parse
 from jobs.backups import Backup
 from jobs.errors import IntegrityError, NotFound
 
@@ -45,18 +45,17 @@ class Purpose(Enum):
     RETENTION = "retention"
 
 
-ENCRYPTED_SUFFIX = ".age"  # an artifact encrypted with age: `<name>-<stamp>.<kind>.zst.age`
 
 
 def stamp_of(backup: Backup) -> datetime:
     """Return the UTC time in the backup's artifact name (an encrypted one's too)."""
-    return parse(backup.artifact.removesuffix(ENCRYPTED_SUFFIX)).created_at
+    return parse(backup.artifact).created_at
 
 
 def is_encrypted(backup: Backup) -> bool:
     """Return whether the backup's artifact is encrypted: its name ends with `.age`, or its manifest records an
     `encryption`."""
-    return backup.artifact.endswith(ENCRYPTED_SUFFIX) or bool(backup.manifest.get("encryption"))
+    return is_encrypted_name(backup.artifact) or bool(backup.manifest.get("encryption"))
 
 
 def is_future(backup: Backup, now: datetime) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 from jobs import retention
 from jobs.destinations import Destination
+from jobs.encryption import Recipient
 from jobs.volume import MinFree
 
 
@@ -25,3 +26,5 @@ class BackupSettings:
     allow_empty: bool = False  # BACKUP_ALLOW_EMPTY: an empty source may follow backups that hold data (jobs.guard)
     # Held while retention deletes; raises BusyError while a verify or restore reads the backups (see worker.lock).
     deletion_lock: Callable[[], AbstractContextManager[Any]] | None = None
+    # BACKUP_ENCRYPTION_RECIPIENTS: with any, every artifact is compressed then encrypted to them (`….zst.age`).
+    recipients: tuple[Recipient, ...] = ()

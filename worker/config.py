@@ -34,14 +34,6 @@ LOG_FORMATS = ("json", "console")
 NOTIFY_ON = ("failure", "all")
 RESTORE_ON_START = ("never", "if-missing")
 
-# Issue 20, first increment: the variables are read and checked, but the backup pipeline does not encrypt yet. A
-# worker that took BACKUP_ENCRYPTION_RECIPIENTS and uploaded plaintext would be the worst failure (litestream#790),
-# so it refuses to start. REMOVE this problem (and its test in tests/unit/test_encryption_config.py) when the
-# pipeline encrypts.
-ENCRYPTION_NOT_AVAILABLE = (f"{RECIPIENTS_VARIABLE} is set, but this version of backup-worker cannot encrypt backups "
-                            "yet and would store them unencrypted, so it refuses to start; unset "
-                            f"{RECIPIENTS_VARIABLE} to take unencrypted backups (see docs/encryption.md)")
-
 
 class ConfigError(Exception):
     """One or more variables are invalid; `problems` holds one sentence each, `secrets` what the environment holds
@@ -311,8 +303,6 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     restore_on_start = _choice(env, "RESTORE_ON_START", default_of("RESTORE_ON_START"), RESTORE_ON_START, problems)
     allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
     recipients, identities, identity_file = encryption.configured(env, cwd, problems)
-    if env.get(RECIPIENTS_VARIABLE, "").strip():  # issue 20, first increment: see ENCRYPTION_NOT_AVAILABLE
-        problems.append(ENCRYPTION_NOT_AVAILABLE)
 
     if problems:
         raise ConfigError(problems, _environment_secrets(env))

@@ -140,4 +140,5 @@ class Context:
             min_free=self.config.min_free,
             allow_empty=self.config.allow_empty,
             deletion_lock=lambda: for_deletion(self.config.backup_dir),
+            recipients=self.config.encryption_recipients,
         )

@@ -146,7 +146,8 @@ def _work(ctx: Context, source: Source, why: str, found: recover.Found, mine: re
         if live and not mine.backups:
             raise SourceError(recover.refusal(live, found, ours, ctx.config.freshness_limit, datetime.now(timezone.utc)),
                               stage="restore")
-        restored = recover.restore_missing(source, mine, workdir(ctx), ctx.cancel, over=emptied)
+        restored = recover.restore_missing(source, mine, workdir(ctx), ctx.cancel, over=emptied,
+                                           identities=ctx.config.encryption_identities)
     except JobError as error:
         _fail(name, error)
     restored = replace(restored, notes=[*recover.passed_over_live(live, restored.backup), *restored.notes])

@@ -1,6 +1,5 @@
 """The encryption variables in the configuration (issue 20): checked at start, the identities secret (masked,
-scrubbed, withheld from children), and, in this first increment, a worker that refuses to start while
-BACKUP_ENCRYPTION_RECIPIENTS is set, because it cannot encrypt backups yet."""
+scrubbed, withheld from children), the recipients shown by their fingerprints."""
 
 import os
 from pathlib import Path
@@ -10,7 +9,7 @@ import pytest
 
 from jobs import encryption, execute
 from jobs.redact import scrub
-from worker.config import ENCRYPTION_NOT_AVAILABLE, ConfigError, load_config
+from worker.config import ConfigError, load_config
 
 
 def load(tmp_path: Path, **env: str):
@@ -30,12 +29,12 @@ def test_unset_means_no_encryption(tmp_path: Path) -> None:
     assert described["BACKUP_ENCRYPTION_RECIPIENTS"] == [] and described["BACKUP_ENCRYPTION_IDENTITY"] is None
 
 
-# Issue 20, first increment: REMOVE with ENCRYPTION_NOT_AVAILABLE when the pipeline encrypts.
-def test_recipients_set_refuse_to_start_while_backups_cannot_be_encrypted(tmp_path: Path) -> None:
-    _, recipient = encryption.new_identity()
-    found = problems(tmp_path, BACKUP_ENCRYPTION_RECIPIENTS=recipient)
-    assert found == [ENCRYPTION_NOT_AVAILABLE]
-    assert "cannot encrypt backups yet" in found[0] and "refuses to start" in found[0]
+def test_recipients_are_read_in_order_and_shown_by_their_fingerprints(tmp_path: Path) -> None:
+    _, first = encryption.new_identity()
+    _, second = encryption.new_identity()
+    config = load(tmp_path, BACKUP_ENCRYPTION_RECIPIENTS=f"{first},\n{second}")
+    assert [recipient.text for recipient in config.encryption_recipients] == [first, second]
+    assert config.describe()["BACKUP_ENCRYPTION_RECIPIENTS"] == encryption.fingerprints(config.encryption_recipients)
 
 
 def test_an_invalid_recipient_is_a_problem_naming_the_variable(tmp_path: Path) -> None:

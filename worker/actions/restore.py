@@ -144,7 +144,7 @@ def cmd_restore(ctx: Context, ident: str | None, from_s3: bool, to: Path | None,
                     artifact = fetch(ctx, destination, backup, Path(scratch))
                 log.info("restore.selected", backup=backup.id, location=destination.location, created_at=backup.manifest["created_at"])
                 if to is not None:  # a new file: the raw snapshot itself, whatever the engine
-                    checks = restoring.restore_to_file(artifact, backup, to, ctx.cancel)
+                    checks = restoring.restore_to_file(artifact, backup, to, ctx.cancel, ctx.config.encryption_identities)
                     return {"backup": backup.id, "restored_to": str(to), "checks": checks}
                 if source is not None:
                     return restore_over_source(ctx, artifact, backup, source, explicit=ident is not None)
@@ -199,7 +199,8 @@ def restore_into_target(ctx: Context, artifact: Path, backup: Backup, target: So
     problem = kind_problem(backup.kind, backup.id, target)
     if problem:
         raise SourceError(problem, stage="restore")
-    _, checks = restoring.restore_over(artifact, backup, target, scratch_dir(ctx), ctx.cancel, notify=_warn(shown))
+    _, checks = restoring.restore_over(artifact, backup, target, scratch_dir(ctx), ctx.cancel, notify=_warn(shown),
+                                       identities=ctx.config.encryption_identities)
     return {"backup": backup.id, "restored_to": target.target(), "checks": checks}
 
 
@@ -215,7 +216,8 @@ def restore_over_source(ctx: Context, artifact: Path, backup: Backup, source: So
     if source.safety_backup:
         fields = _restore_after_safety_backup(ctx, artifact, backup, source)
     else:
-        safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr)
+        safety, checks = restoring.restore_over(artifact, backup, source, workdir(ctx), ctx.cancel, notify=_stderr,
+                                                identities=ctx.config.encryption_identities)
         removed, kept = source.tidy_copies(safety, ctx.config.keep_min, ctx.config.backup_dir) if safety else ([], [])
         fields = {"backup": backup.id, "restored_to": source.target(), "checks": checks,
                   **({"safety_copy": str(safety)} if safety else {}),
@@ -231,7 +233,8 @@ def _restore_after_safety_backup(ctx: Context, artifact: Path, backup: Backup, s
     """Prove the artifact, take a safety backup of the live database (an ordinary backup of the set, manifest
     `"reason": "pre-restore"`, its id printed before anything changes), then restore into it (in one transaction
     for PostgreSQL); return the run's fields. A failure names the safety backup and says nothing changed."""
-    with restoring.proven_raw(artifact, backup, workdir(ctx), ctx.cancel) as (raw, checks):
+    with restoring.proven_raw(artifact, backup, workdir(ctx), ctx.cancel,
+                              identities=ctx.config.encryption_identities) as (raw, checks):
         try:
             with for_set(ctx.config.backup_dir, source.name(), "pre-restore safety backup"):
                 safety = pipeline.take_backup(source, ctx.settings(upload=False), ctx.cancel, reason=PRE_RESTORE)
