@@ -20,7 +20,7 @@ from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.errors import Cancelled, IntegrityError, NotFound, RemoteError
 from jobs.retention import Policy, plan
-from jobs.selection import Purpose
+from jobs.selection import Purpose, is_encrypted
 
 log = structlog.get_logger("jobs.offsite")
 
@@ -65,7 +65,7 @@ def missing_remote(local_backups: list[Backup], remote_backups: list[Backup]) ->
 def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
          policy: Policy | None = None, now: datetime | None = None, backup_set: BackupSet | None = None,
          present: set[str] | None = None, stale_upload_age: timedelta = STALE_UPLOAD_AGE,
-         fresh: str | None = None) -> list[str]:
+         fresh: str | None = None, encrypted_only: bool = False) -> list[str]:
     """Upload every local backup of `backup_set` (every set if None) that `remote` lacks, oldest first; return
     the ids uploaded.
 
@@ -75,7 +75,8 @@ def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
     lose the same old backups every cycle). When given, `present`
     receives the artifact names known to be whole on the remote (listed there, or uploaded now), also when this
     raises. Raise RemoteError, StorageError or Cancelled at the first failure; what was uploaded before stays,
-    and the next call carries on from there.
+    and the next call carries on from there. With `encrypted_only` (encryption is configured), a backup that is
+    not encrypted (made before) is never uploaded: it stays on the volume, and a warning says so.
     """
     present = set() if present is None else present
     ours = backup_set.owns if backup_set is not None else (lambda key: set_of(key) is not None)
@@ -96,6 +97,12 @@ def sync(local: LocalDestination, remote: Destination, cancel: threading.Event,
     if policy is not None and missing:
         doomed = {b.id for b in plan(remote_backups + missing, policy, now or datetime.now(timezone.utc), fresh=fresh).delete}
         missing = [backup for backup in missing if backup.id not in doomed]
+    if encrypted_only:
+        plain = [backup for backup in missing if not is_encrypted(backup)]
+        if plain:
+            log.warning("offsite.plain_not_uploaded", backups=[backup.id for backup in plain], location=remote.location,
+                        detail="encryption is configured, so backups made before it, unencrypted, stay on the volume only")
+            missing = [backup for backup in missing if is_encrypted(backup)]
     uploaded = []
     for backup in missing:
         upload_backup(local, remote, backup, cancel)

@@ -321,7 +321,8 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
         offsite_copies = set()
         try:
             cycle.uploaded = offsite.sync(local, settings.remote, cancel, settings.remote_policy,
-                                          backup_set=backup_set, present=offsite_copies, fresh=cycle.backup)
+                                          backup_set=backup_set, present=offsite_copies, fresh=cycle.backup,
+                                          encrypted_only=bool(settings.recipients))
             if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
                 cycle.pruned_remote = _retention(settings.remote, settings.remote_policy, backup_set, settings, None,
                                                  cancel, cycle.backup)

@@ -19,7 +19,7 @@ from jobs import engines, pipeline, retention
 from jobs import restore as restoring
 from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
-from jobs.engines import Check, Source
+from jobs.engines import Check, Source, postgres, redis, sqlite
 from jobs.errors import Cancelled, IntegrityError, SourceError
 from tests.postgres.conftest import digests, url_for
 from tests.redis.servers import everything, fill, load_into_fresh_server, redis_server
@@ -52,13 +52,13 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
             with sqlite3.connect(database) as connection:
                 connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, note TEXT)")
                 connection.executemany("INSERT INTO notes (note) VALUES (?)", [(f"note {n}",) for n in range(500)])
-            module = engines.sqlite
+            module = sqlite
             source = module.open_source(f"sqlite:///{database}", tmp_path)
             yield Case(module, source, lambda: _sqlite_rows(database), _sqlite_rows, None)
         elif request.param == "pgdump":
             create_db = request.getfixturevalue("make_db")
             app = create_db("suite", populated=True, events=2000)
-            module = engines.postgres
+            module = postgres
             fresh: list[str] = []
 
             def make_target() -> Source:
@@ -70,7 +70,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
         else:
             server = stack.enter_context(redis_server(tmp_path / "redis"))
             fill(server)
-            module = engines.redis
+            module = redis
 
             def loaded(raw: Path) -> object:
                 with load_into_fresh_server(raw, tmp_path / f"loaded-{time.monotonic_ns()}") as copy:
@@ -196,3 +196,65 @@ def test_a_restore_refuses_another_kind_a_damaged_artifact_and_what_the_engine_d
     with pytest.raises(IntegrityError, match="SHA-256"):
         restoring.restore_over(damaged, backup, case.source, tmp_path, threading.Event())
     assert case.contents() == before  # nothing reached the live data
+
+
+@pytest.fixture(params=["x25519", "x25519+ssh-ed25519"])
+def keys(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list, list, Path]:
+    """Recipients to encrypt to, the identities that open them, and an age identity file for the stock CLI."""
+    import subprocess
+
+    from jobs import encryption
+
+    secret, public = encryption.new_identity()
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(secret + "\n")
+    texts = [public]
+    if "ssh" in request.param:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "id_ed25519")], check=True)
+        texts.append((tmp_path / "id_ed25519.pub").read_text().strip())
+    identities = encryption.load_identities(None, key_file)
+    if "ssh" in request.param:  # the break-glass key opens it alone
+        identities_ssh = encryption.load_identities(None, tmp_path / "id_ed25519")
+        assert identities_ssh
+        identities = identities_ssh
+    return encryption.parse_recipients(",".join(texts)), identities, key_file
+
+
+def test_an_encrypted_backup_round_trips_and_the_stock_age_cli_opens_it(case: Case, keys, tmp_path: Path) -> None:
+    import subprocess
+
+    from jobs.errors import NoIdentity
+
+    recipients, identities, key_file = keys
+    before = case.contents()
+    backups = tmp_path / "backups"
+    settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3), recipients=tuple(recipients))
+    pipeline.take_backup(case.source, settings, threading.Event())
+    (backup,), _ = list_backups(LocalDestination(backups))
+    artifact = LocalDestination(backups).path(backup.artifact)
+    assert backup.artifact.endswith(".zst.age") and backup.id == backup.artifact.removesuffix(".zst.age")
+    assert backup.manifest["encryption"] == {"format": "age", "recipients": [r.fingerprint for r in recipients]}
+    assert artifact.read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert restoring.check_artifact(artifact, backup, tmp_path, threading.Event()) == ["size", "sha256"]
+    with pytest.raises(NoIdentity, match="BACKUP_ENCRYPTION_IDENTITY"):
+        restoring.restore_to_file(artifact, backup, tmp_path / "none.raw", threading.Event())
+    checks = restoring.check_artifact(artifact, backup, tmp_path, threading.Event(), identities)
+    assert checks[:4] == ["size", "sha256", "age authentication", "zstd frame checksum"]
+    out = tmp_path / "restored.raw"
+    restoring.restore_to_file(artifact, backup, out, threading.Event(), identities)
+    by_hand = subprocess.run(f"age -d -i {key_file} {artifact} | zstd -d -q", shell=True, capture_output=True, check=True)
+    assert by_hand.stdout == out.read_bytes()  # a person restores it without our code
+    if case.make_target is not None:
+        restoring.restore_over(artifact, backup, case.make_target(), tmp_path, threading.Event(), identities=identities)
+        assert case.restored(tmp_path) == before
+    else:
+        assert case.restored(out) == before
+    damaged = tmp_path / "damaged.age"  # altered ciphertext with a manifest to match: age's authentication refuses it
+    data = bytearray(artifact.read_bytes())
+    data[-100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    import hashlib
+
+    forged = replace(backup, sha256=hashlib.sha256(bytes(data)).hexdigest())
+    with pytest.raises(IntegrityError):
+        restoring.check_artifact(damaged, forged, tmp_path, threading.Event(), identities)
