@@ -47,6 +47,9 @@ def test_nothing_readable_reaches_the_bucket_and_a_person_restores_it_by_hand(
     assert rows(tmp_path / "by-hand.db") == 1000
     listed = run_worker(["list", "--remote"], env, cwd=tmp_path)
     assert listed.code == 0 and "encrypted" in listed.stdout
+    status = run_worker(["status", "--json"], env, cwd=tmp_path)
+    assert json.loads(status.stdout)["newest_backup_encrypted"] is True
+    assert "encrypted" in run_worker(["status"], env, cwd=tmp_path).stdout
 
 
 def test_without_the_identity_verify_checks_the_checksum_and_every_restore_refuses_naming_the_variable(

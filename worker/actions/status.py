@@ -24,6 +24,7 @@ def _set_row(state: SetFreshness) -> dict[str, Any]:
             "newest_backup": local["id"] if local else None,
             "newest_backup_created_at": local["created_at"] if local else None,
             "newest_backup_age_s": local["age_s"] if local else None,
+            "newest_backup_encrypted": local["encrypted"] if local else None,
             "newest_offsite_backup": there["id"] if there else None,
             "newest_offsite_backup_created_at": there["created_at"] if there else None,
             "newest_offsite_backup_age_s": there["age_s"] if there else None,
@@ -82,7 +83,8 @@ def render(ctx: Context, state: Status, now: datetime, backup_sets: list[str] | 
 
 def _newest_line(row: dict[str, Any], offsite: bool, where: str) -> str:
     """Return `X (4m09s old)` for a set's newest backup, and its off-site copy when a bucket is configured."""
-    local = (f"{row['newest_backup']} ({human_age(row['newest_backup_age_s'])} old)" if row["newest_backup"]
+    sealed = ", encrypted" if row.get("newest_backup_encrypted") else ""
+    local = (f"{row['newest_backup']} ({human_age(row['newest_backup_age_s'])} old{sealed})" if row["newest_backup"]
              else f"none in {where}")
     if not offsite:
         return local

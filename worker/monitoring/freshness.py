@@ -92,7 +92,8 @@ class SetFreshness:
 def _describe(backup: Backup | None, age_s: float | None) -> dict[str, Any] | None:
     if backup is None:
         return None
-    return {"id": backup.id, "created_at": backup.manifest["created_at"], "age_s": int(age_s or 0), "size": backup.size}
+    return {"id": backup.id, "created_at": backup.manifest["created_at"], "age_s": int(age_s or 0), "size": backup.size,
+            "encrypted": selection.is_encrypted(backup)}
 
 
 @dataclass(frozen=True)
