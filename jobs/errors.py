@@ -35,6 +35,11 @@ class DecryptError(IntegrityError):
     altered or cut short (issue 20)."""
 
 
+class WrongIdentity(DecryptError):
+    """None of the configured identities opens an encrypted backup: a configuration to fix, not damage, so never
+    a reason to take an older backup in its place (jobs.selection.latest, restore at start re-raise it)."""
+
+
 class NoIdentity(JobError):
     """An encrypted backup is to be restored but no identity is configured (BACKUP_ENCRYPTION_IDENTITY…): not
     damage, so no older backup is ever taken in its place."""

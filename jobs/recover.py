@@ -42,7 +42,7 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
-from jobs.errors import Cancelled, IntegrityError, NotFound, SourceError, Unreachable
+from jobs.errors import Cancelled, IntegrityError, NotFound, SourceError, Unreachable, WrongIdentity
 from jobs.selection import Purpose
 
 log = structlog.get_logger("jobs.recover")
@@ -226,6 +226,8 @@ def restore_missing(source: Source, found: Found, workdir: Path, cancel: threadi
             for copy in copies:
                 try:
                     return _prove(copy, workdir, unpack_in, cancel, held, identities)
+                except WrongIdentity:  # the identity to fix, not damage: no older backup in its place
+                    raise
                 except (IntegrityError, NotFound) as error:
                     failures.append((f"its copy in {_where(copy.destination)}: " if len(copies) > 1 else "")
                                     + str(error).rstrip("."))

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from jobs.artifacts import is_encrypted as is_encrypted_name, parse
 from jobs.backups import Backup
-from jobs.errors import IntegrityError, NotFound
+from jobs.errors import IntegrityError, NotFound, WrongIdentity
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 FLAGGED = ("shrunk", "empty_allowed")  # manifest `flags` that keep a backup from being "the latest" to restore
@@ -164,6 +164,8 @@ def latest(backups: Sequence[Backup], purpose: Purpose, now: datetime, prove: Ca
             if backup.damage:
                 raise IntegrityError(backup.damage)
             return backup, (prove(backup) if prove is not None else None), notes
+        except WrongIdentity:  # the identity to fix, not damage: no older backup in its place
+            raise
         except (IntegrityError, NotFound) as error:  # NotFound: listed a moment ago, gone now
             if not fallback:
                 older = f" ({order[position + 1].id} is the next older one)" if position + 1 < len(order) else ""

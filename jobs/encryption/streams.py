@@ -14,7 +14,7 @@ import threading
 from typing import BinaryIO
 
 from jobs.encryption.keys import IDENTITY_VARIABLE, Identity, Recipient, binding
-from jobs.errors import DecryptError
+from jobs.errors import DecryptError, WrongIdentity
 
 HEADER_LIMIT = 1 << 20  # `opens` reads at most this much: an age header and its first 64 KiB chunk are far less
 _READ = 1 << 16
@@ -130,7 +130,7 @@ def _decrypt_error(error: BaseException, identities: Sequence[Identity], what: s
     text = str(error)
     if "No matching keys" in text:
         variable = identities[0].variable if identities else IDENTITY_VARIABLE
-        return DecryptError(f"none of the identities in {variable} opens {what}: it was encrypted to other "
+        return WrongIdentity(f"none of the identities in {variable} opens {what}: it was encrypted to other "
                             f"recipients; set {variable} to the identity of one of them")
     if "Header is invalid" in text or "Incomplete header" in text:
         return DecryptError(f"{what} is not an age file or is cut short in its header ({text})")

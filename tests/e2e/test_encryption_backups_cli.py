@@ -136,3 +136,17 @@ def test_once_encryption_is_configured_no_plain_backup_is_ever_uploaded(
     assert keys_there and all(".zst.age" in key for key in keys_there)
     assert all(MARKER not in s3_client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys_there)
     assert [event for event in sealed.events if event.get("event") == "offsite.plain_not_uploaded"]
+
+
+def test_a_wrong_identity_never_makes_a_restore_take_an_older_plain_backup(tmp_path: Path, worker_env) -> None:
+    recipient, _ = keys(tmp_path)
+    stranger, _ = encryption.new_identity()
+    assert run_worker(["backup"], worker_env, cwd=tmp_path).code == 0  # an older, unencrypted backup
+    assert run_worker(["backup"], {**worker_env, "BACKUP_ENCRYPTION_RECIPIENTS": recipient}, cwd=tmp_path).code == 0
+    wrong = {**worker_env, "BACKUP_ENCRYPTION_IDENTITY": stranger}
+    for args in (["restore", "--latest", "--fallback", "--to", str(tmp_path / "x.db")],
+                 ["verify", "--latest"]):
+        refused = run_worker(args, wrong, cwd=tmp_path)
+        assert refused.code == 1, args
+        assert "none of the identities in BACKUP_ENCRYPTION_IDENTITY opens" in refused.stderr
+    assert not (tmp_path / "x.db").exists()
