@@ -166,10 +166,12 @@ VARIABLES: tuple[Variable, ...] = (
              "S3 session token for temporary credentials; never logged or printed.",
              S3, shown="the standard AWS credential chain"),
     Variable("BACKUP_ENCRYPTION_RECIPIENTS",
-             "Public keys to encrypt backups to (issue 20): `age1…` (from `keygen`), `ssh-ed25519 AAAA…` or "
-             "`ssh-rsa AAAA…`, separated by commas or newlines. An invalid one is a configuration error (exit 2). "
-             "**In this version backups are not encrypted yet: with it set, the worker refuses to start (exit 2)** "
-             "([encryption.md](encryption.md)). `config` shows each one's fingerprint.",
+             "Public keys to encrypt backups to: `age1…` (from `keygen`), `ssh-ed25519 AAAA…` or "
+             "`ssh-rsa AAAA…`, separated by commas or newlines. With it, every new artifact is compressed then "
+             "encrypted in the same pass (`<name>-<stamp>.<kind>.zst.age`), locally and in the bucket; no "
+             "unencrypted backup is uploaded any more. An invalid one is a configuration error (exit 2). `config` "
+             "shows each one's fingerprint, which the manifest's `encryption` field records "
+             "([encryption.md](encryption.md)).",
              ENCRYPTION),
     Variable("BACKUP_ENCRYPTION_IDENTITY",
              "A secret key that decrypts (`AGE-SECRET-KEY-1…`, one per line; or an unencrypted SSH private key). "
