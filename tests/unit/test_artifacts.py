@@ -136,3 +136,24 @@ def test_removing_a_temporary_takes_a_directory_whole_and_a_file(tmp_path) -> No
     remove_temporary(half)
     remove_temporary(half)  # already gone: nothing to do, no error
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("artifact, ident, encrypted", [
+    ("app-20261122T020000Z.sqlite.zst", "app-20261122T020000Z.sqlite", False),
+    ("app-20261122T020000Z.sqlite.zst.age", "app-20261122T020000Z.sqlite", True),
+    ("shop-20261122T020000Z.pgdump.zst.age", "shop-20261122T020000Z.pgdump", True),
+])
+def test_an_encrypted_artifact_has_the_id_of_the_plain_one(artifact: str, ident: str, encrypted: bool) -> None:
+    from jobs import artifacts
+
+    assert artifacts.backup_id(artifact) == ident and artifacts.is_encrypted(artifact) is encrypted
+    assert artifacts.parse(artifact) is not None and artifacts.parse_id(artifact) is not None
+    assert artifacts.parse_id(artifact + ".json") == artifacts.parse_id(ident)
+
+
+@pytest.mark.parametrize("name", ["app-20261122T020000Z.sqlite.age", "app-20261122T020000Z.sqlite.zst.age.age",
+                                  "app-20261122T020000Z.sqlite.zst.gpg"])
+def test_other_suffixes_are_no_artifacts(name: str) -> None:
+    from jobs import artifacts
+
+    assert artifacts.parse(name) is None and not artifacts.is_encrypted(name)
