@@ -152,8 +152,8 @@ def temporary_of(name: str) -> str | None:
 def temporary_manifest_of(name: str) -> str | None:
     """Return the artifact name whose manifest the temporary name `name` stands for, or None if it is none."""
     final = temporary_of(name)
-    if final is None or not final.endswith(".zst" + MANIFEST_SUFFIX) or len(final) == len(".zst" + MANIFEST_SUFFIX):
-        return None
+    if final is None or not final.endswith(MANIFEST_SUFFIX) or not ARTIFACT_NAME.match(final.removesuffix(MANIFEST_SUFFIX)):
+        return None  # plain `….zst.json` and encrypted `….zst.age.json` alike
     return final.removesuffix(MANIFEST_SUFFIX)
 
 

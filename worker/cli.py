@@ -26,7 +26,7 @@ from worker.actions.run import cmd_run
 from worker.actions.status import cmd_status
 from worker.actions.verify import cmd_verify
 from worker.config import Config, ConfigError, load_config
-from worker.keycheck import require_identity_opens
+from worker.keycheck import require_identity_opens, require_recipients_for_backups
 from worker.context import EXIT_FAILED, EXIT_USAGE, Context, UsageError
 from worker.monitoring.dispatch import watching
 from worker.monitoring.freshness import configured_sets
@@ -105,6 +105,8 @@ def _stop_on_signals(cancel: threading.Event) -> None:
 
 
 def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -> int:
+    if args.command in ("run", "backup"):
+        require_recipients_for_backups(ctx)  # an identity without recipients: backups meant encrypted, not plain
     if args.command in ("run", "config"):
         require_identity_opens(ctx)  # a wrong BACKUP_ENCRYPTION_IDENTITY is found now, not during a disaster
     if args.command == "run":

@@ -44,3 +44,16 @@ def require_identity_opens(ctx: Context) -> None:
     problem = identity_problem(ctx)
     if problem:
         raise UsageError(problem)
+
+
+def require_recipients_for_backups(ctx: Context) -> None:
+    """Raise UsageError (exit 2) when an identity is configured but no recipient is: whoever set the identity
+    meant the backups to be encrypted, and they would be stored (and uploaded) in clear. Asked by the commands
+    that write backups (`backup`, `run`); a restore-only machine with just the identity is fine."""
+    if ctx.config.encryption_identities and not ctx.config.encryption_recipients:
+        variable = (encryption.IDENTITY_FILE_VARIABLE if ctx.config.encryption_identity_file
+                    else encryption.IDENTITY_VARIABLE)
+        raise UsageError(f"{variable} is set but {encryption.RECIPIENTS_VARIABLE} is not, so new backups would be "
+                         f"stored unencrypted: set {encryption.RECIPIENTS_VARIABLE} to the identity's recipient "
+                         "(`backup-worker keygen` printed it as `# public key: age1…`), or unset the identity on "
+                         "this service")

@@ -190,12 +190,15 @@ def new_identity() -> tuple[str, str]:
 def configured(env: Mapping[str, str], cwd: Path, problems: list[str]) -> tuple[list[Recipient], list[Identity], Path | None]:
     """Given the environment, return the recipients, the identities and the identity file's path (relative to
     `cwd`), adding a problem for an invalid recipient or identity, for both identity variables set, and for
-    either set while pyrage cannot be imported."""
+    either set while pyrage cannot be imported, and for recipients set to blank text."""
     text = env.get(RECIPIENTS_VARIABLE, "")
     value = env.get(IDENTITY_VARIABLE, "").strip() or None
     file = cwd / env[IDENTITY_FILE_VARIABLE].strip() if env.get(IDENTITY_FILE_VARIABLE, "").strip() else None
     recipients: list[Recipient] = []
     identities: list[Identity] = []
+    if text and not text.strip():  # set, but to nothing (an unresolved reference): never read as "off"
+        problems.append(f"{RECIPIENTS_VARIABLE} is set but holds no recipient, so backups would be stored "
+                        "unencrypted; set it to the recipients (age1…), or unset it to take unencrypted backups")
     try:
         recipients = parse_recipients(text) if text.strip() else []
     except BindingMissing as error:

@@ -122,7 +122,7 @@ def encrypting(out: BinaryIO, recipients: Sequence[Recipient]) -> Iterator[Binar
             raise sink.error or failures[0] from None
         raise
     thread.join()
-    if failures:
+    if failures or sink.error is not None:  # pyrage may swallow an error of its last small write: ours saw it
         raise sink.error or failures[0]
 
 

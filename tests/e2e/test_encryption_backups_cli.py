@@ -150,3 +150,31 @@ def test_a_wrong_identity_never_makes_a_restore_take_an_older_plain_backup(tmp_p
         assert refused.code == 1, args
         assert "none of the identities in BACKUP_ENCRYPTION_IDENTITY opens" in refused.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_encryption_meant_but_not_configured_never_gives_plain_backups(tmp_path: Path, worker_env) -> None:
+    """An identity without recipients, or recipients set to blank text (an unresolved reference), is exit 2 for
+    the commands that write backups: never plain backups while encryption was meant (litestream#790)."""
+    secret, _ = encryption.new_identity()
+    for env, command in (({"BACKUP_ENCRYPTION_IDENTITY": secret}, ["backup"]),
+                         ({"BACKUP_ENCRYPTION_IDENTITY": secret}, ["run", "--exec", "true"]),
+                         ({"BACKUP_ENCRYPTION_RECIPIENTS": "  \n "}, ["backup"]),
+                         ({"BACKUP_ENCRYPTION_RECIPIENTS": " "}, ["config"])):
+        refused = run_worker(command, {**worker_env, **env}, cwd=tmp_path)
+        assert refused.code == 2, (env, command)
+        assert "BACKUP_ENCRYPTION_RECIPIENTS" in refused.stderr and secret not in refused.stderr + refused.stdout
+    assert not list((tmp_path / "backups").glob("*.zst")) if (tmp_path / "backups").exists() else True
+    restore_only = run_worker(["list"], {**worker_env, "BACKUP_ENCRYPTION_IDENTITY": secret}, cwd=tmp_path)
+    assert restore_only.code == 0  # a machine that only restores needs no recipient
+
+
+def test_a_crash_between_the_two_renames_keeps_an_encrypted_backup(tmp_path: Path) -> None:
+    """An encrypted artifact published without its manifest (the manifest still under its temporary name, its
+    writer dead) is recovered, as a plain one is (jobs.publish.recover_orphans via artifacts.temporary_manifest_of)."""
+    from jobs import artifacts
+
+    name = "app-20261122T020000Z.sqlite.zst.age"
+    temporary = f".tmp-999999-deadbeef-{name}.json"
+    assert artifacts.temporary_manifest_of(temporary) == name
+    assert artifacts.temporary_manifest_of(f".tmp-999999-deadbeef-{name.removesuffix('.age')}.json") == name.removesuffix(".age")
+    assert artifacts.temporary_manifest_of(".tmp-999999-deadbeef-notes.json") is None

@@ -74,12 +74,13 @@ def test_the_identity_is_masked_by_config_and_absent_from_every_output(worker) -
 
 
 def test_the_app_of_run_exec_never_sees_the_identity_variables(tmp_path: Path, worker, worker_env) -> None:
-    identity, _ = encryption.new_identity()
+    identity, recipient = encryption.new_identity()
     (tmp_path / "key.txt").write_text(identity + "\n")
     seen = tmp_path / "app-env.json"
     app = shlex.join([sys.executable, "-c", f"import json, os; json.dump(dict(os.environ), open({str(seen)!r}, 'w'))"])
     for variable, value in (("BACKUP_ENCRYPTION_IDENTITY", identity), ("BACKUP_ENCRYPTION_IDENTITY_FILE", "key.txt")):
-        result = worker("run", "--exec", app, env={variable: value, "APP_ENV_MARKER": "passed"}, timeout=60)
+        result = worker("run", "--exec", app, env={variable: value, "APP_ENV_MARKER": "passed",
+                                                   "BACKUP_ENCRYPTION_RECIPIENTS": recipient}, timeout=60)
         assert result.code == 0, result.stderr
         environment = json.loads(seen.read_text())
         assert environment["APP_ENV_MARKER"] == "passed"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from jobs import pipeline, retention
 from jobs.artifacts import temp_prefix
 from jobs.destinations.local import LocalDestination
@@ -29,9 +31,22 @@ def names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if not p.name.startswith((".backup", ".install-id")))
 
 
-def test_an_orphan_with_its_complete_temporary_manifest_is_proved_and_published(tmp_path: Path, app_db: Path) -> None:
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_an_orphan_with_its_complete_temporary_manifest_is_proved_and_published(tmp_path: Path, app_db: Path,
+                                                                              encrypted: bool) -> None:
     backups = tmp_path / "backups"
-    artifact, manifest = one_backup(app_db, backups)
+    if encrypted:  # `….zst.age` with `….zst.age.json`: the same recovery
+        from jobs import encryption
+
+        _, recipient = encryption.new_identity()
+        settings = pipeline.BackupSettings(backups, 3, retention.Policy(7, 3),
+                                           recipients=tuple(encryption.parse_recipients(recipient)))
+        made = pipeline.take_backup(SqliteSource(app_db), settings, threading.Event())
+        artifact = backups / made["artifact"]
+        manifest = artifact.with_name(artifact.name + ".json")
+        assert artifact.name.endswith(".zst.age")
+    else:
+        artifact, manifest = one_backup(app_db, backups)
     leftover = backups / f".tmp-{dead_pid()}-0badcafe-{manifest.name}"
     manifest.rename(leftover)  # as if killed right after the artifact's rename
     pipeline.remove_stale(LocalDestination(backups))

@@ -335,3 +335,30 @@ def test_encrypting_64_mib_holds_a_few_mib_at_most(tmp_path: Path) -> None:
     grown = int(completed.stdout)
     assert (tmp_path / "big.age").stat().st_size > 64 << 20
     assert grown < 8 << 20, f"peak RSS grew by {grown / 2**20:.1f} MiB while streaming 64 MiB"
+
+
+class _FullAfter(io.RawIOBase):
+    """An unbuffered file whose every write fails once `room` bytes were taken (a disk that fills up)."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.taken = room, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.taken + len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.taken += len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("size", [100, 70_000])
+def test_a_failed_last_write_is_raised_even_when_pyrage_swallows_it(size: int) -> None:
+    """pyrage 1.4 drops an error of its last, small write: the stream must still fail, never end as if whole."""
+    _, recipient = pair()
+    out = _FullAfter(room=size)  # room for the header and most of the payload, not the last chunk
+    with pytest.raises(OSError) as caught:
+        with encrypting(out, parse_recipients(recipient)) as plain:
+            plain.write(os.urandom(size))
+    assert caught.value.errno == errno.ENOSPC
