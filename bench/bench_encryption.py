@@ -52,6 +52,15 @@ def backup(source_url: str, work: Path, recipient: str | None, log: Path) -> tup
     return run.wall, run.maxrss_kib, artifacts[0]
 
 
+def opened(key_file: Path, artifact: Path) -> None:
+    """Check that the stock tools open an encrypted artifact: `age -d -i KEY ARTIFACT | zstd -t`, without a shell."""
+    age = subprocess.Popen(["age", "-d", "-i", str(key_file), str(artifact)], stdout=subprocess.PIPE)
+    tested = subprocess.run(["zstd", "-t", "-q"], stdin=age.stdout)
+    age.stdout.close()
+    if age.wait() != 0 or tested.returncode != 0:
+        raise RuntimeError(f"the stock age and zstd cannot open {artifact} (age {age.returncode}, zstd {tested.returncode})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -102,7 +111,7 @@ def main() -> None:
                     times[kind].append(wall)
                     rss[kind].append(peak)
                     if kind == "encrypted" and number == 0:  # a person can restore it: age -d | zstd -t
-                        subprocess.run(f"age -d -i {key_file} {artifact} | zstd -t -q", shell=True, check=True)
+                        opened(key_file, artifact)
                     sizes.append(artifact.stat().st_size)
                     shutil.rmtree(artifact.parent)
             plain, sealed = statistics.median(times["plain"]), statistics.median(times["encrypted"])

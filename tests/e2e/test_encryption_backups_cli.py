@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 import shutil
 import sqlite3
-import subprocess
 
 from jobs import encryption
 from tests.conftest import run_worker
+from tests.pipes import pipe
 from tests.e2e.test_restore_at_start import PREFIX, app_command, lose, s3_env, start, started, wait_app  # noqa: F401
 from tests.s3.conftest import (ACCESS_KEY, REGION, SECRET, aws_env, boto_session, bucket, client_for,  # noqa: F401
                                free_port, moto_endpoint, s3_client, s3_endpoint, s3_server)
@@ -43,7 +43,7 @@ def test_nothing_readable_reaches_the_bucket_and_a_person_restores_it_by_hand(
     assert all(MARKER not in body for body in objects.values())  # neither the artifact nor the manifest
     assert json.loads(objects[f"{PREFIX}/{artifact}.json"])["encryption"]["format"] == "age"
     (tmp_path / "by-hand.zst.age").write_bytes(objects[f"{PREFIX}/{artifact}"])
-    subprocess.run(f"age -d -i {key_file} by-hand.zst.age | zstd -d -q -o by-hand.db", shell=True, cwd=tmp_path, check=True)
+    pipe(["age", "-d", "-i", str(key_file), "by-hand.zst.age"], ["zstd", "-d", "-q", "-o", "by-hand.db"], cwd=tmp_path)
     assert rows(tmp_path / "by-hand.db") == 1000
     listed = run_worker(["list", "--remote"], env, cwd=tmp_path)
     assert listed.code == 0 and "encrypted" in listed.stdout

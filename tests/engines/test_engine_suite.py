@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 import sqlite3
+import subprocess
 import threading
 import time
 from types import ModuleType
@@ -21,6 +22,7 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Check, Source, postgres, redis, sqlite
 from jobs.errors import Cancelled, IntegrityError, SourceError
+from tests.pipes import pipe
 from tests.postgres.conftest import digests, url_for
 from tests.redis.servers import everything, fill, load_into_fresh_server, redis_server
 
@@ -201,8 +203,6 @@ def test_a_restore_refuses_another_kind_a_damaged_artifact_and_what_the_engine_d
 @pytest.fixture(params=["x25519", "x25519+ssh-ed25519"])
 def keys(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list, list, Path]:
     """Recipients to encrypt to, the identities that open them, and an age identity file for the stock CLI."""
-    import subprocess
-
     from jobs import encryption
 
     secret, public = encryption.new_identity()
@@ -221,7 +221,6 @@ def keys(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list, list, Pa
 
 
 def test_an_encrypted_backup_round_trips_and_the_stock_age_cli_opens_it(case: Case, keys, tmp_path: Path) -> None:
-    import subprocess
 
     from jobs.errors import NoIdentity
 
@@ -242,8 +241,8 @@ def test_an_encrypted_backup_round_trips_and_the_stock_age_cli_opens_it(case: Ca
     assert checks[:4] == ["size", "sha256", "age authentication", "zstd frame checksum"]
     out = tmp_path / "restored.raw"
     restoring.restore_to_file(artifact, backup, out, threading.Event(), identities)
-    by_hand = subprocess.run(f"age -d -i {key_file} {artifact} | zstd -d -q", shell=True, capture_output=True, check=True)
-    assert by_hand.stdout == out.read_bytes()  # a person restores it without our code
+    by_hand = pipe(["age", "-d", "-i", str(key_file), str(artifact)], ["zstd", "-d", "-q"])
+    assert by_hand == out.read_bytes()  # a person restores it without our code
     if case.make_target is not None:
         restoring.restore_over(artifact, backup, case.make_target(), tmp_path, threading.Event(), identities=identities)
         assert case.restored(tmp_path) == before
