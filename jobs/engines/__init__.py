@@ -177,6 +177,23 @@ class Source(Protocol):
         never raise (a stop request then does not make a finished restore report failure)."""
 
 
+class InServer:
+    """The file-side members of a Source whose data lives in a server (PostgreSQL, Redis), declared once: no new
+    file a lost database is restored into, no safety copies beside the data, nothing written beside a file."""
+
+    def lost_file(self) -> Path | None:
+        return None
+
+    def kept_copies(self) -> list[tuple[Path, int]]:
+        return []
+
+    def tidy_copies(self, made: Path, keep: int, backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
+        return [], []
+
+    def restore_space(self, raw_size: int) -> dict[Path, int]:
+        return {}  # a restore writes into the server, not beside a file of ours
+
+
 Checker = Callable[[Path, threading.Event], AbstractContextManager[Check]]
 
 

@@ -28,7 +28,7 @@ import structlog
 
 from jobs import execute
 from jobs.artifacts import set_name
-from jobs.engines import HOLDS, Snapshot, pg_connect, pg_tools
+from jobs.engines import HOLDS, InServer, Snapshot, pg_connect, pg_tools
 from jobs.engines.pg_connect import Connection
 from jobs.engines import pg_rows
 from jobs.engines.pg_restore import restore_database, version_warning
@@ -175,7 +175,7 @@ def dump_failure(database: str, failure: str) -> str:
 # --- the source ---------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class PostgresSource:
+class PostgresSource(InServer):
     """A PostgreSQL database reached through a URL."""
 
     conn: Connection
@@ -279,20 +279,8 @@ class PostgresSource:
         server = versions.get("server")
         return version_warning(server if isinstance(server, str) else None, target_text)
 
-    def lost_file(self) -> Path | None:
-        return None
-
-    def kept_copies(self) -> list[tuple[Path, int]]:
-        return []
-
-    def tidy_copies(self, made: Path, keep: int, backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
-        return [], []
-
     def restore_refusal(self) -> str | None:
         return None
-
-    def restore_space(self, raw_size: int) -> dict[Path, int]:
-        return {}  # pg_restore writes into the server, not beside a file of ours
 
     def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> None:
         """Restore the proven archive `raw` into this database in one transaction, replacing the objects the

@@ -17,7 +17,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from jobs.engines import Snapshot, rdb
+from jobs.engines import InServer, Snapshot, rdb
 from jobs.engines.rdb import RdbCheck
 from jobs.engines.redis_wire import Closed, ServerError, Tls, Wire
 from jobs.errors import SourceError
@@ -155,7 +155,7 @@ def keyspace(info: dict[str, str]) -> dict[str, int]:
 
 
 @dataclass
-class RedisSource:
+class RedisSource(InServer):
     """A Redis (or Valkey) server; the snapshot holds every database."""
 
     host: str
@@ -312,20 +312,8 @@ class RedisSource:
     def restore_warning(self, versions: Mapping[str, Any]) -> str | None:
         return None
 
-    def lost_file(self) -> Path | None:
-        return None
-
-    def kept_copies(self) -> list[tuple[Path, int]]:
-        return []
-
-    def tidy_copies(self, made: Path, keep: int, backup_dir: Path | None) -> tuple[list[Path], list[Path]]:
-        return [], []
-
     def restore_refusal(self) -> str | None:
         return REFUSAL
-
-    def restore_space(self, raw_size: int) -> dict[Path, int]:
-        return {}
 
     def restore(self, raw: Path, cancel: threading.Event, notify: Callable[[str], None] | None = None) -> Path | None:
         """Refuse: loading a dataset into a live server is the operator's step (docs/redis.md). Nothing changes."""
