@@ -34,28 +34,31 @@ def _names(sets: list[BackupSet]) -> str:
     return ", ".join(str(backup_set) for backup_set in sets) or "none"
 
 
+def _one_named(pool: list[BackupSet], name: str, where: str) -> BackupSet | None:
+    """Return the one set of `pool` named `name`, or None when there is none. Raise UsageError when several kinds
+    share the name (the backup id says which)."""
+    named = [backup_set for backup_set in pool if backup_set.name == name]
+    if len(named) > 1:
+        raise UsageError(f"{where} holds several sets named {name!r} ({_names(named)}); give the backup id instead of --latest")
+    return named[0] if named else None
+
+
 def choose_set(configured: list[BackupSet], found: list[BackupSet], source_name: str | None,
                backup_name: str | None, where: str) -> BackupSet:
     """Given the configured sets, the sets found at `where`, `--source NAME` and BACKUP_NAME, return the one set
     `--latest` looks at. Raise UsageError when that is ambiguous or unknown, NotFound when there is nothing."""
     if source_name:
         for pool in (configured, found):
-            named = [backup_set for backup_set in pool if backup_set.name == source_name]
-            if len(named) == 1:
-                return named[0]
-            if named:
-                raise UsageError(f"{where} holds several sets named {source_name!r} ({_names(named)}); give the backup id instead of --latest")
+            if (named := _one_named(pool, source_name, where)) is not None:
+                return named
         raise UsageError(f"there is no backup set {source_name!r} configured or in {where} (sets there: {_names(found)}); check --source")
     if len(configured) == 1:
         return configured[0]
     if configured:
         raise UsageError(f"several backup sets are configured ({_names(configured)}); pass --source NAME to choose one")
     if backup_name:
-        named = [backup_set for backup_set in found if backup_set.name == backup_name]
-        if len(named) == 1:
-            return named[0]
-        if named:
-            raise UsageError(f"{where} holds several sets named {backup_name!r} ({_names(named)}); give the backup id instead of --latest")
+        if (named := _one_named(found, backup_name, where)) is not None:
+            return named
         raise NotFound(f"there are no backups of the set {backup_name!r} (BACKUP_NAME) in {where} (sets there: {_names(found)})")
     if len(found) == 1:
         return found[0]
