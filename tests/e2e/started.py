@@ -1,7 +1,7 @@
 """`python -m worker run …` as a subprocess for end-to-end tests: its JSON log lines (stdout) and stderr read as
 they come, waited for by predicate, stopped with SIGTERM."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import json
 from pathlib import Path
 import signal
@@ -82,3 +82,11 @@ class Started:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def started_workers() -> Iterator[list[Started]]:
+    """The body of a `started` fixture: the workers a test starts, killed at its end whatever happened."""
+    running: list[Started] = []
+    yield running
+    for worker in running:
+        worker.kill()

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.conftest import REDIS_ADDRESS, run_worker
-from tests.e2e.started import Started
+from tests.e2e.started import Started, started_workers
 from tests.notify.conftest import receiver  # noqa: F401
 from tests.s3.conftest import (ACCESS_KEY, REGION, SECRET, aws_env, boto_session, bucket, client_for,  # noqa: F401
                                free_port, moto_endpoint, s3_client, s3_endpoint, s3_server)
@@ -77,12 +77,7 @@ def plain(lines: list[str] | str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith("{")]
 
 
-@pytest.fixture
-def started() -> list[Started]:
-    running: list[Started] = []
-    yield running
-    for worker in running:
-        worker.kill()
+started = pytest.fixture(started_workers, name="started")
 
 
 def start(started: list[Started], args: list[str], env: dict[str, str], cwd: Path) -> Started:

@@ -10,7 +10,7 @@ from psycopg import sql
 import pytest
 
 from tests.conftest import make_app_db
-from tests.e2e.started import Started
+from tests.e2e.started import Started, started_workers
 from tests.postgres.conftest import admin, digests, free_port, url_for
 from tests.postgres.e2e.conftest import base_env, manifests
 
@@ -29,12 +29,7 @@ def user_tables(dbname: str) -> int:
         return connection.execute("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')").fetchone()[0]
 
 
-@pytest.fixture
-def started() -> list[Started]:
-    running: list[Started] = []
-    yield running
-    for worker in running:
-        worker.kill()
+started = pytest.fixture(started_workers, name="started")
 
 
 def start(started: list[Started], env: dict[str, str], cwd: Path, *args: str) -> Started:
