@@ -261,9 +261,9 @@ def carry_out(destination: Destination, result: retention.Plan, offsite_copies: 
     for backup in result.delete:
         if offsite_copies is not None and backup.artifact not in offsite_copies:
             log.warning("retention.delete_not_offsite", location=destination.location, backup=backup.id,
-                        reason=result.reasons[backup.id], detail="this backup was never uploaded; it is deleted by the usual rules")
+                        reason=result.why(backup.id), detail="this backup was never uploaded; it is deleted by the usual rules")
         else:
-            log.info("retention.delete", location=destination.location, backup=backup.id, reason=result.reasons[backup.id])
+            log.info("retention.delete", location=destination.location, backup=backup.id, reason=result.why(backup.id))
     retention.apply(destination, result, cancel)
     log.info("retention.done", location=destination.location, kept=len(result.keep), deleted=len(result.delete))
     return result
@@ -323,7 +323,7 @@ def run_cycle(source: Source, settings: BackupSettings, cancel: threading.Event,
             cycle.uploaded = offsite.sync(local, settings.remote, cancel, settings.remote_policy,
                                           backup_set=backup_set, present=offsite_copies, fresh=cycle.backup,
                                           encrypted_only=bool(settings.recipients))
-            if settings.remote_policy is not None and settings.remote_policy.retention_days is not None:
+            if settings.remote_policy is not None and settings.remote_policy.prunes:
                 cycle.pruned_remote = _retention(settings.remote, settings.remote_policy, backup_set, settings, None,
                                                  cancel, cycle.backup)
         except RemoteError as error:  # listing the bucket too: the cycle's off-site copy failed, stage upload

@@ -1,16 +1,23 @@
 """Retention: decide first (a pure function), then prove what the decision relies on, then act and log the plan.
 
-Rules, within each backup set: the newest `keep_min` sound backups (see `jobs.selection`: a passed check, an
-artifact that matches its manifest, not dated in the future) are kept however old, so the last good copies always
-survive; anything within `retention_days` is kept (0 turns that window off); the rest goes. Ages are counted from
-the anchor: the newest sound backup, or now if that is earlier (restic's `--keep-within`). Within a backup cycle
-the backup just written does not move the anchor (`fresh`), so a cycle run while the clock is a month ahead cannot
-age out a month of backups. With no age limit nothing goes. Sets are planned apart: one set's backups never count
-toward another's `keep_min`.
+A backup is kept when any rule keeps it, and every rule that does is named (`Plan.reasons`):
+- `newest N`: the newest `keep_min` sound backups (see `jobs.selection`: a passed check, an artifact that matches
+  its manifest, not dated in the future, not a safety backup, not flagged), however old (restic's `--keep-last`);
+- `within Nd of newest`: the age window, `retention_days` counted back from the anchor, the newest sound backup,
+  or now if that is earlier (restic's `--keep-within`); 0 turns it off; None (no window, no tier) keeps all;
+- the tiers (`jobs.tiers`): the newest sound backup of each of the last N hours, days, ISO weeks, months and
+  years that hold one, on the wall clock of the policy's time zone (restic's `--keep-daily` …);
+- safety backups taken before a restore are outside the tiers: kept `safety_days` from their creation, the newest
+  one always; the newest backup of the set and backups dated in the future are always kept (`always_kept`).
 
-Before anything is deleted, `prove_slots` re-checks the SHA-256 of the backups that fill the keep_min slots:
-a slot is only ever filled by an intact copy, and a deletion never leaves fewer than keep_min of them. A slot
-holder that cannot be read now (the bucket is away) defers every deletion of that plan.
+Within a backup cycle the backup just written does not move the anchor (`fresh`), so a cycle run while the clock
+is a month ahead cannot age out a month of backups. Sets are planned apart: one set's backups never fill another's
+slot or period.
+
+Before anything is deleted, `prove_slots` re-checks the SHA-256 of every backup the deletions rely on: the
+`keep_min` slot holders, and the tier holders of each period a deleted backup falls in. One found damaged loses its
+place and the plan is made again (the next sound backup of its period takes it), until all are proven; one that
+cannot be read now (the bucket is away) defers every deletion of that plan.
 """
 
 from collections import defaultdict
@@ -18,36 +25,71 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 import threading
+from zoneinfo import ZoneInfo
 
-from jobs import selection
+from jobs import selection, tiers as periods
 from jobs.artifacts import BackupSet
 from jobs.backups import Backup, delete_backup
 from jobs.destinations import Destination
 from jobs.selection import Purpose
+from jobs.tiers import Tiers
+
+SAFETY_DAYS = 7  # how long safety backups are kept when no window is given
 
 
 @dataclass(frozen=True)
 class Policy:
-    retention_days: int | None  # None keeps every backup; 0 turns the window off (only keep_min keeps)
+    retention_days: int | None  # None keeps every backup (unless tiers are set); 0 turns the window off
     keep_min: int
+    tiers: Tiers = Tiers()
+    zone: ZoneInfo = ZoneInfo("UTC")  # the wall clock the tiers' periods are read on (BACKUP_TIMEZONE)
+    safety_days: int = SAFETY_DAYS  # how long a safety backup taken before a restore is kept from its creation
 
     def __post_init__(self) -> None:
         if self.keep_min < 1:
             raise ValueError("keep_min must be at least 1: the newest verified backup is always kept")
+
+    @property
+    def prunes(self) -> bool:
+        """Whether this policy ever deletes anything (an age window or a tier is set)."""
+        return self.retention_days is not None or bool(self.tiers)
+
+    def describe(self) -> str:
+        """Return the policy in one line: `newest 3, within 7d of newest, daily 7, weekly 4 (Europe/Berlin)`."""
+        if not self.prunes:
+            return "keeps every backup (no age window and no tier is set)"
+        rules = [f"newest {self.keep_min}"]
+        if self.retention_days:
+            rules.append(f"within {self.retention_days}d of newest")
+        if self.tiers:
+            rules.append(f"{self.tiers.describe()} ({self.zone.key})")
+        return ", ".join(rules) + f"; safety backups {self.safety_days}d"
 
 
 @dataclass(frozen=True)
 class Plan:
     keep: list[Backup] = field(default_factory=list)
     delete: list[Backup] = field(default_factory=list)
-    reasons: dict[str, str] = field(default_factory=dict)
-    slots: list[Backup] = field(default_factory=list)  # the sound backups that fill the keep_min slots
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # every rule that keeps a backup (none: it goes)
+    notes: dict[str, str] = field(default_factory=dict)  # what else an operator should know about a backup
+    slots: list[Backup] = field(default_factory=list)  # the sound backups the deletions rely on (to prove)
+    tiers: dict[str, int] = field(default_factory=dict)  # how many backups each rule keeps: {"daily": 7, …}
 
-    def describe(self) -> list[dict[str, str]]:
-        """Return one row per backup, newest first: id, action and reason."""
-        rows = [(b, "keep") for b in self.keep] + [(b, "delete") for b in self.delete]
-        rows.sort(key=lambda row: row[0].created_at, reverse=True)
-        return [{"id": b.id, "action": action, "reason": self.reasons[b.id]} for b, action in rows]
+    def why(self, ident: str) -> str:
+        """Return in one line why a backup stays or goes."""
+        note = self.notes.get(ident)
+        kept = "; ".join(self.reasons.get(ident, []))
+        if kept:
+            return f"{kept} ({note})" if note else kept
+        return f"nothing keeps it ({note})" if note else "nothing keeps it"
+
+    def describe(self, location: str | None = None) -> list[dict[str, object]]:
+        """Return one row per backup, newest first: {"id", "location", "keep", "reasons"}, `reasons` every rule
+        that keeps it (empty for a backup that goes)."""
+        rows = [(b, True) for b in self.keep] + [(b, False) for b in self.delete]
+        rows.sort(key=lambda row: (row[0].created_at, row[0].id), reverse=True)
+        return [{"id": b.id, "location": location, "keep": keep, "reasons": list(self.reasons.get(b.id, []))}
+                for b, keep in rows]
 
 
 def plan(backups: Sequence[Backup], policy: Policy, now: datetime, damaged: Sequence[str] = (),
@@ -76,37 +118,50 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
               result: Plan) -> None:
     """Add the decisions for the backups of one set to `result`."""
     since = anchor(backups, now, damaged, fresh)
+    sound = selection.sound(backups, Purpose.RETENTION, now, damaged)
+    reasons: dict[str, list[str]] = defaultdict(list)
+    counts = result.tiers
+    slots = sound[:policy.keep_min]
+    for backup in slots:
+        reasons[backup.id].append(f"newest {policy.keep_min}")
+    counts["newest"] = counts.get("newest", 0) + len(slots)
+    held: dict[tuple[str, tuple[int, ...]], Backup] = {}
+    for holder in periods.holders(sound, policy.tiers, policy.zone):
+        reasons[holder.backup.id].append(holder.reason)
+        held[(holder.tier, holder.key)] = holder.backup
+        counts[holder.tier] = counts.get(holder.tier, 0) + 1
     window = policy.retention_days
     cutoff = since - timedelta(days=window) if window else None
-    slots = selection.sound(backups, Purpose.RETENTION, now, damaged)[:policy.keep_min]
-    result.slots.extend(slots)
-    slot_ids = {backup.id for backup in slots}
-    measured = "" if since == now else f" (counted from the newest sound backup, {since.isoformat()})"
-    always = always_kept(backups, now)
-    for backup in sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True):
-        age_days = (since - backup.created_at).total_seconds() / 86400
-        if backup.id in slot_ids:
-            result.keep.append(backup)
-            result.reasons[backup.id] = f"one of the newest {policy.keep_min} sound backups (BACKUP_KEEP_MIN)"
-            continue
-        if backup.id in always:
-            result.keep.append(backup)
-            result.reasons[backup.id] = always[backup.id]
-            continue
-        unsound = selection.problem(backup, now, damaged, Purpose.RETENTION)
-        if window is None:
-            result.keep.append(backup)
-            result.reasons[backup.id] = "no age limit is set"
+    safety_cutoff = since - timedelta(days=policy.safety_days)
+    for backup in backups:
+        if backup.manifest.get("reason") == selection.PRE_RESTORE:
+            if backup.created_at >= safety_cutoff:
+                reasons[backup.id].append(f"safety backup taken before a restore, within {policy.safety_days}d")
+        elif not policy.prunes:
+            reasons[backup.id].append("no age limit is set")
         elif cutoff is not None and backup.created_at >= cutoff:
+            reasons[backup.id].append(f"within {window}d of newest")
+            counts["within"] = counts.get("within", 0) + 1
+    for backup, why in always_kept(backups, now).items():
+        reasons[backup].append(why)
+    measured = "" if since == now else f", counted from the newest sound backup, {since.isoformat()}"
+    relied = {backup.id: backup for backup in slots}
+    for backup in sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True):
+        unsound = selection.problem(backup, now, damaged, Purpose.RETENTION)
+        result.reasons[backup.id] = reasons.get(backup.id, [])
+        if result.reasons[backup.id]:
             result.keep.append(backup)
-            result.reasons[backup.id] = (f"{age_days:.1f} days old{measured}, within {policy.retention_days} days"
-                                         + (f"; not counted toward BACKUP_KEEP_MIN: {unsound}" if unsound else ""))
-        else:
-            result.delete.append(backup)
-            state = f"not sound: {unsound}" if unsound else "sound"
-            older = f"older than {window} days" if window else "the age window is off (0 days)"
-            result.reasons[backup.id] = (f"{age_days:.1f} days old{measured}, {older} ({state}), "
-                                         f"and the {len(slots)} newest sound backups are kept")
+            if unsound and backup.manifest.get("reason") != selection.PRE_RESTORE:
+                result.notes[backup.id] = f"fills no slot or period: {unsound}"
+            continue
+        result.delete.append(backup)
+        age_days = (since - backup.created_at).total_seconds() / 86400
+        result.notes[backup.id] = f"{age_days:.1f} days old{measured}; " + (f"not sound: {unsound}" if unsound else "sound")
+        for key in periods.periods_of(backup, policy.tiers, policy.zone):
+            holder = held.get(key)
+            if holder is not None:
+                relied.setdefault(holder.id, holder)
+    result.slots.extend(relied.values())
 
 
 def always_kept(backups: Sequence[Backup], now: datetime) -> dict[str, str]:
@@ -130,9 +185,10 @@ def always_kept(backups: Sequence[Backup], now: datetime) -> dict[str, str]:
 def prove_slots(backups: Sequence[Backup], policy: Policy, now: datetime, intact: Callable[[Backup], bool | None],
                 fresh: str | None = None) -> Plan:
     """Plan, and when the plan deletes anything, re-check with `intact` (a SHA-256 check, perhaps cached: True
-    intact, False damaged, None could not be read now) every backup that fills a keep_min slot; a damaged one loses
-    its slot and the plan is made again, until every slot holder is proven. Return that plan. A plan that deletes
-    nothing reads nothing; a slot holder that could not be read keeps everything this time."""
+    intact, False damaged, None could not be read now) every backup the deletions rely on (`Plan.slots`: the
+    keep_min slots, and the tier holders of the periods the deleted backups fall in); a damaged one loses its
+    place and the plan is made again, until every one relied on is proven. Return that plan. A plan that deletes
+    nothing reads nothing; one relied on that could not be read keeps everything this time."""
     damaged: list[str] = []
     proven: set[str] = set()
     while True:
@@ -154,9 +210,10 @@ def prove_slots(backups: Sequence[Backup], policy: Policy, now: datetime, intact
 
 def _deferred(result: Plan, unreadable: Backup) -> Plan:
     """Return `result` with nothing deleted: a slot holder could not be re-checked, so no deletion may rely on it."""
-    why = f"kept this time: {unreadable.id}, which it relies on, could not be re-checked now"
-    reasons = {**result.reasons, **{backup.id: f"{result.reasons[backup.id]}; {why}" for backup in result.delete}}
-    return Plan(keep=[*result.keep, *result.delete], delete=[], reasons=reasons, slots=result.slots)
+    why = f"kept this time: {unreadable.id}, which this plan relies on, could not be re-checked now"
+    reasons = {**result.reasons, **{backup.id: [why] for backup in result.delete}}
+    return Plan(keep=[*result.keep, *result.delete], delete=[], reasons=reasons, notes=result.notes, slots=result.slots,
+                tiers=result.tiers)
 
 
 def apply(destination: Destination, result: Plan, cancel: threading.Event | None = None) -> list[str]:

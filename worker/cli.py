@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --latest (no id): if the newest backup is damaged, restore the newest intact older one")
     prune = commands.add_parser("prune", help="apply retention now and print the plan")
     prune.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
+    prune.add_argument("--json", action="store_true",
+                       help='print the plan as a JSON array of {"id", "location", "keep", "reasons"}')
     cleanup = commands.add_parser("cleanup", help="apply the cleanup rules now")
     cleanup.add_argument("--dry-run", action="store_true", help="print what would go, delete nothing")
     status = commands.add_parser("status", help="last outcomes, newest backup, next runs")
@@ -129,7 +131,7 @@ def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -
             raise UsageError("--fallback goes with --latest (no id): it picks an older intact backup when the newest is damaged")
         return cmd_restore(ctx, args.id, args.from_s3, args.to, args.target_url, args.yes, args.fallback, args.source)
     if args.command == "prune":
-        return cmd_prune(ctx, args.dry_run)
+        return cmd_prune(ctx, args.dry_run, args.json)
     if args.command == "cleanup":
         return cmd_cleanup(ctx, args.dry_run)
     if args.command == "status":

@@ -4,7 +4,7 @@ Every problem is gathered and reported at once (`ConfigError.problems`), each na
 it. Nothing here reads a database or touches the network.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import timedelta
 import os
 from pathlib import Path
@@ -27,6 +27,7 @@ from jobs.volume import MinFree, dir_problem, parse_min_free
 from worker.variables import default as default_of
 from worker.catalog import catalog_problem
 from worker.crontab import cron_trigger
+from worker.keeping import Keeping, bucket_keeping_without_bucket, keeping, tier_variables, whole_number
 from worker.sources import SOURCE_PREFIX, ConfiguredSet, configured_sources
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -57,7 +58,7 @@ class S3Settings:
     prefix: str
     endpoint_url: str | None
     region: str
-    retention_days: int | None
+    keeping: Keeping  # S3_RETENTION_DAYS and S3_KEEP_…: what retention keeps in the bucket
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Config:
     backup_dir: Path
     schedule: str
     timezone: ZoneInfo
-    retention_days: int
+    keeping: Keeping  # BACKUP_RETENTION_DAYS and BACKUP_KEEP_…: what retention keeps on the volume
     keep_min: int
     compression_level: int
     s3: S3Settings | None
@@ -125,14 +126,17 @@ class Config:
             "BACKUP_MIN_FREE": self.min_free.text,
             "BACKUP_SCHEDULE": self.schedule,
             "BACKUP_TIMEZONE": str(self.timezone.key),
-            "BACKUP_RETENTION_DAYS": self.retention_days,
+            "BACKUP_RETENTION_DAYS": self.keeping.retention_days,
             "BACKUP_KEEP_MIN": self.keep_min,
+            **{name: count or None for name, count in zip(tier_variables("BACKUP"), astuple(self.keeping.tiers))},
             "BACKUP_COMPRESSION_LEVEL": self.compression_level,
             "S3_BUCKET": self.s3.bucket if self.s3 else None,
             "S3_PREFIX": self.s3.prefix if self.s3 else None,
             "S3_ENDPOINT_URL": mask_url(self.s3.endpoint_url) if self.s3 and self.s3.endpoint_url else None,
             "S3_REGION": self.s3.region if self.s3 else None,
-            "S3_RETENTION_DAYS": self.s3.retention_days if self.s3 else None,
+            "S3_RETENTION_DAYS": self.s3.keeping.retention_days if self.s3 else None,
+            **{name: (count or None) if self.s3 else None
+               for name, count in zip(tier_variables("S3"), astuple(self.s3.keeping.tiers) if self.s3 else [0] * 5)},
             "AWS_ACCESS_KEY_ID": mask_key(self.aws_access_key_id),
             "AWS_SECRET_ACCESS_KEY": MASK if self.aws_secrets else None,
             "CLEANUP_RULES": [rule.describe() for rule in self.cleanup_rules],
@@ -170,21 +174,6 @@ def _hostname(url: str) -> str | None:
         return urlsplit(url).hostname
     except ValueError:
         return None
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int, problems: list[str]) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        problems.append(f"{name}={raw!r} is not a whole number; set it to a number from {low} to {high}")
-        return default
-    if not low <= value <= high:
-        problems.append(f"{name}={value} is out of range; set it to a number from {low} to {high}")
-        return default
-    return value
 
 
 def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
@@ -244,15 +233,14 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
             problems.append(f"{name}: {error}")
             triggers[name] = cron_trigger("0 2 * * *", timezone)
 
-    retention_days = _int(env, "BACKUP_RETENTION_DAYS", default_of("BACKUP_RETENTION_DAYS"), 0, 36500, problems)
-    keep_min = _int(env, "BACKUP_KEEP_MIN", default_of("BACKUP_KEEP_MIN"), 1, 10000, problems)
+    local_keeping = keeping(env, "BACKUP", default_of("BACKUP_RETENTION_DAYS"), problems)
+    keep_min = whole_number(env, "BACKUP_KEEP_MIN", default_of("BACKUP_KEEP_MIN"), 1, 10000, problems)
     # 20-22 are zstd's "ultra" levels: windows up to 128 MiB, hundreds of MiB of memory, and jobs too long to stop
     # within the 10 s SIGTERM promise; 19 is the highest level we accept.
-    level = _int(env, "BACKUP_COMPRESSION_LEVEL", default_of("BACKUP_COMPRESSION_LEVEL"), 1, 19, problems)
+    level = whole_number(env, "BACKUP_COMPRESSION_LEVEL", default_of("BACKUP_COMPRESSION_LEVEL"), 1, 19, problems)
 
     s3 = None
     bucket = env.get("S3_BUCKET", "").strip()
-    s3_retention = env.get("S3_RETENTION_DAYS", "").strip()
     if bucket:
         named = configured_endpoint(env)  # S3_ENDPOINT_URL, or botocore's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
         endpoint = named[1] if named else None
@@ -266,10 +254,12 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
             prefix=env.get("S3_PREFIX", "").strip().strip("/"),
             endpoint_url=endpoint,
             region=region,
-            retention_days=_int(env, "S3_RETENTION_DAYS", 0, 1, 36500, problems) if s3_retention else None,
+            keeping=keeping(env, "S3", None, problems),
         )
-    elif s3_retention or env.get("S3_PREFIX") or env.get("S3_ENDPOINT_URL"):
-        problems.append("S3_PREFIX, S3_ENDPOINT_URL or S3_RETENTION_DAYS is set but S3_BUCKET is not; set S3_BUCKET")
+    elif bucket_keeping_without_bucket(env) or env.get("S3_PREFIX") or env.get("S3_ENDPOINT_URL"):
+        named = [*bucket_keeping_without_bucket(env), *(name for name in ("S3_PREFIX", "S3_ENDPOINT_URL") if env.get(name))]
+        problems.append(f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} set but S3_BUCKET is not; set "
+                        "S3_BUCKET (or unset them)")
 
     rules: tuple[CleanupRule, ...] = ()
     try:
@@ -311,7 +301,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         backup_dir=backup_dir,
         schedule=schedule,
         timezone=timezone,
-        retention_days=retention_days,
+        keeping=local_keeping,
         keep_min=keep_min,
         compression_level=level,
         s3=s3,
@@ -351,13 +341,13 @@ def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object
         urls[name] = url
     port = None
     if env.get("HEALTH_PORT", "").strip().lower() not in ("", "off"):
-        port = _int(env, "HEALTH_PORT", 0, 1, 65535, problems) or None
+        port = whole_number(env, "HEALTH_PORT", 0, 1, 65535, problems) or None
     return {
         "notify_webhook_url": urls["NOTIFY_WEBHOOK_URL"],
         "notify_on": _choice(env, "NOTIFY_ON", default_of("NOTIFY_ON"), NOTIFY_ON, problems),
         "healthcheck_ping_url": urls["HEALTHCHECK_PING_URL"],
         "health_port": port,
-        "disk_warn_percent": _int(env, "DISK_WARN_PERCENT", default_of("DISK_WARN_PERCENT"), 1, 100, problems),
+        "disk_warn_percent": whole_number(env, "DISK_WARN_PERCENT", default_of("DISK_WARN_PERCENT"), 1, 100, problems),
     }
 
 

@@ -13,6 +13,7 @@ from jobs.engines import Source
 from worker import __version__
 from worker.catalog import Catalog, open_catalog
 from worker.config import Config
+from worker.keeping import Keeping
 from worker.lock import for_deletion
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -121,10 +122,10 @@ class Context:
     def policies(self) -> list[tuple[Destination, retention.Policy]]:
         """Return each destination with its retention policy: local, then the bucket when configured."""
         cfg = self.config
-        sides: list[tuple[Destination, retention.Policy]] = [(self.local, retention.Policy(cfg.retention_days, cfg.keep_min))]
+        sides: list[tuple[Destination, retention.Policy]] = [(self.local, policy_of(cfg.keeping, cfg))]
         remote = self.remote()
-        if remote is not None:
-            sides.append((remote, retention.Policy(cfg.s3.retention_days if cfg.s3 else None, cfg.keep_min)))
+        if remote is not None and cfg.s3 is not None:
+            sides.append((remote, policy_of(cfg.s3.keeping, cfg)))
         return sides
 
     def settings(self, upload: bool = True) -> pipeline.BackupSettings:
@@ -142,3 +143,8 @@ class Context:
             deletion_lock=lambda: for_deletion(self.config.backup_dir),
             recipients=self.config.encryption_recipients,
         )
+
+
+def policy_of(keeping: Keeping, config: Config) -> retention.Policy:
+    """Return the retention policy of one side (the volume or the bucket) of the configuration."""
+    return retention.Policy(keeping.retention_days, config.keep_min, keeping.tiers, config.timezone, keeping.safety_days)

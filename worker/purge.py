@@ -9,7 +9,7 @@ once, as the backup opens it; the purge deletes only rows that cycle's backup ho
 on the volume for that until the purge ends, see backup.backup_one).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 import json
 from pathlib import Path
@@ -140,24 +140,24 @@ def summary(rules: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "purge_failed": [rule["rule"] for rule in rules if rule.get("error")]}
 
 
-def dry_run_report(ctx: Context) -> dict[str, Any]:
-    """For `prune --dry-run`: print the rows each rule would delete now at most (or why it cannot run) and return
-    them as fields of the prune run. Nothing is deleted. The counts are an upper bound: a purge deletes only the
+def dry_run_report(ctx: Context, show: Callable[[str], None] = say) -> dict[str, Any]:
+    """For `prune --dry-run`: print (with `show`) the rows each rule would delete now at most (or why it cannot
+    run) and return them as fields of the prune run. Nothing is deleted. The counts are an upper bound: a purge deletes only the
     old rows the backup it follows holds."""
     if not ctx.config.retention_rules or not ctx.config.sources:
         return {}
     source = ctx.source()
     pending = waiting(source, rules_for(ctx, source))
     if pending:
-        say(f"table retention waits: {pending}")
+        show(f"table retention waits: {pending}")
         return {"purge_waiting": pending}
     results = dry_run(source, rules_for(ctx, source), datetime.now(timezone.utc))
     for result in results:
         if result.error:
-            say(f"table {result.rule}: cannot run: {result.error}")
+            show(f"table {result.rule}: cannot run: {result.error}")
         else:
             cascades = f", cascading to {', '.join(result.cascades)}" if result.cascades else ""
-            say(f"table {result.rule}: would delete {result.would_delete} rows older than {result.cutoff}{cascades} "
+            show(f"table {result.rule}: would delete {result.would_delete} rows older than {result.cutoff}{cascades} "
                 "(an upper bound: a purge deletes only the rows the backup it follows holds; dry run: nothing deleted)")
     return {"purge_would_delete": [result.as_dict() for result in results]}
 

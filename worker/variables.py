@@ -111,15 +111,31 @@ VARIABLES: tuple[Variable, ...] = (
              "The system time zone; the schedules' time zone when `BACKUP_TIMEZONE` is not set.",
              SCHEDULE),
     Variable("BACKUP_RETENTION_DAYS",
-             "Local backups older than this many days are deleted after each successful cycle (1 to 36500; `0` turns"
-             " the window off, so only `BACKUP_KEEP_MIN` keeps). Ages count from the newest sound backup of the set,"
-             " or now if earlier; within a cycle, from the newest one before the backup just written …",
-             SCHEDULE, value=7),
+             "Keep every local backup made within this many days of the newest sound backup of the set (0 to 36500;"
+             " `0` turns the window off). Within a cycle, counted from the newest one before the backup just written."
+             " Unset while a `BACKUP_KEEP_*` tier is set: off. Also how long safety backups taken before a restore"
+             " are kept (7 days when unset; the newest one always).",
+             SCHEDULE, value=7, shown="`7`; off when a tier is set"),
     Variable("BACKUP_KEEP_MIN",
-             "… except the newest N sound backups (a passed check, an artifact that matches its manifest, not dated "
-             "in the future), always kept however old (1 to 10000); their SHA-256 is re-checked before anything is "
-             "deleted.",
+             "Keep the newest N sound backups (a passed check, an artifact that matches its manifest, not dated "
+             "in the future) however old (1 to 10000); before anything is deleted, the SHA-256 of every backup a "
+             "deletion relies on (these, and the tier holders) is re-checked.",
              SCHEDULE, value=3),
+    Variable("BACKUP_KEEP_HOURLY",
+             "Keep the newest sound backup of each of the last N hours that hold one (0 to 100000; the tiers are restic's `forget --keep-*`, read on `BACKUP_TIMEZONE`'s clock; see [retention.md](retention.md)).",
+             SCHEDULE, shown="none"),
+    Variable("BACKUP_KEEP_DAILY",
+             "… of each of the last N days that hold one.",
+             SCHEDULE, shown="none"),
+    Variable("BACKUP_KEEP_WEEKLY",
+             "… of each of the last N ISO weeks (Monday to Sunday) that hold one.",
+             SCHEDULE, shown="none"),
+    Variable("BACKUP_KEEP_MONTHLY",
+             "… of each of the last N calendar months that hold one.",
+             SCHEDULE, shown="none"),
+    Variable("BACKUP_KEEP_YEARLY",
+             "… of each of the last N years that hold one.",
+             SCHEDULE, shown="none"),
     Variable("BACKUP_COMPRESSION_LEVEL",
              "zstd level, 1 to 19 (zstd's \"ultra\" levels 20-22 are refused: windows up to 128 MiB, too much memory "
              "and too slow to stop within 10 s).",
@@ -154,8 +170,25 @@ VARIABLES: tuple[Variable, ...] = (
              "The bucket's region (`auto` for R2).",
              S3, value="us-east-1"),
     Variable("S3_RETENTION_DAYS",
-             "Apply retention to the bucket too (1 to 36500; `BACKUP_KEEP_MIN` applies).",
-             S3, shown="none: the bucket keeps everything"),
+             "Apply retention to the bucket too, planned on its own: keep what is within this many days of the "
+             "bucket's newest sound backup (0 to 36500; `0` turns the window off; unset while an `S3_KEEP_*` tier is "
+             "set: off). `BACKUP_KEEP_MIN` applies.",
+             S3, shown="none: the bucket keeps everything (unless an `S3_KEEP_*` tier is set)"),
+    Variable("S3_KEEP_HOURLY",
+             "`BACKUP_KEEP_HOURLY` for the bucket, planned on its own (0 to 100000).",
+             S3, shown="none"),
+    Variable("S3_KEEP_DAILY",
+             "`BACKUP_KEEP_DAILY` for the bucket.",
+             S3, shown="none"),
+    Variable("S3_KEEP_WEEKLY",
+             "`BACKUP_KEEP_WEEKLY` for the bucket.",
+             S3, shown="none"),
+    Variable("S3_KEEP_MONTHLY",
+             "`BACKUP_KEEP_MONTHLY` for the bucket.",
+             S3, shown="none"),
+    Variable("S3_KEEP_YEARLY",
+             "`BACKUP_KEEP_YEARLY` for the bucket.",
+             S3, shown="none"),
     Variable("AWS_ACCESS_KEY_ID",
              "S3 access key id (shown as its first 4 characters by `config`).",
              S3, shown="the standard AWS credential chain"),

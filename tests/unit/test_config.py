@@ -16,7 +16,8 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
     assert config.backup_dir == tmp_path / "data" / "backups"
     assert config.schedule == "0 2 * * *" and config.cleanup_schedule == "0 * * * *"
     assert config.timezone.key == "UTC"
-    assert (config.retention_days, config.keep_min, config.compression_level) == (7, 3, 3)
+    assert (config.keeping.retention_days, config.keep_min, config.compression_level) == (7, 3, 3)
+    assert not config.keeping.tiers and config.keeping.safety_days == 7
     assert config.s3 is None and config.cleanup_rules == ()
     assert config.freshness_limit == timedelta(hours=26)
     assert config.catalog_url == f"sqlite:///{tmp_path / 'data' / 'backups' / 'catalog.db'}"

@@ -62,10 +62,11 @@ def test_plan_always_keeps_the_newest_verified_backup_even_if_newer_ones_are_unv
 def test_plan_gives_a_reason_for_every_decision() -> None:
     old, new = backup(30), backup(0)
     result = plan([old, new, backup(1), backup(2)], Policy(7, 3), NOW)
-    assert "older than 7 days" in result.reasons[old.id]
-    assert "BACKUP_KEEP_MIN" in result.reasons[new.id]
-    rows = result.describe()
-    assert [row["action"] for row in rows] == ["keep", "keep", "keep", "delete"]
+    assert result.reasons[old.id] == [] and result.why(old.id).startswith("nothing keeps it (30.0 days old")
+    assert result.reasons[new.id] == ["newest 3", "within 7d of newest", "the newest backup of the set"]
+    rows = result.describe("local")
+    assert [row["keep"] for row in rows] == [True, True, True, False]
+    assert rows[-1] == {"id": old.id, "location": "local", "keep": False, "reasons": []}
 
 
 def test_plan_with_no_backups_is_empty() -> None:
@@ -129,7 +130,7 @@ def test_a_slot_holder_that_cannot_be_read_now_defers_every_deletion() -> None:
     backups = [backup(age) for age in (0, 1, 2, 30)]
     result = prove_slots(backups, Policy(7, 3), NOW, lambda candidate: None if candidate.id == backup(1).id else True)
     assert result.delete == [] and ids(result.keep) == ids(backups)
-    assert "could not be re-checked" in result.reasons[backup(30).id]
+    assert "could not be re-checked" in result.why(backup(30).id)
 
 
 def test_a_plan_that_deletes_nothing_reads_nothing() -> None:
@@ -144,7 +145,7 @@ def test_future_dated_backups_never_fill_a_slot_and_are_not_deleted_by_age() -> 
     ahead = backup(-365)  # written while the clock was a year ahead
     result = plan([ahead, backup(0.1), backup(1), backup(20)], Policy(7, 2), NOW)
     assert ahead.id not in ids(result.slots) and ahead.id in ids(result.keep)
-    assert "in the future" in result.reasons[ahead.id]
+    assert "in the future" in result.why(ahead.id)
     assert ids(result.slots) == ids([backup(0.1), backup(1)])
 
 
@@ -175,7 +176,7 @@ def test_backups_dated_in_the_future_are_never_deleted_whatever_the_window(windo
     ahead = [backup(-1 / 24 - offset / 86400) for offset in (0, 1, 2)]
     result = plan(ahead, Policy(window, 3), NOW)
     assert result.delete == []
-    assert all("in the future" in result.reasons[b.id] for b in ahead)
+    assert all("in the future" in result.why(b.id) for b in ahead)
 
 
 def test_the_newest_backup_of_a_set_is_kept_whatever_its_flags_or_the_window() -> None:
@@ -183,7 +184,7 @@ def test_the_newest_backup_of_a_set_is_kept_whatever_its_flags_or_the_window() -
                     created_at=NOW - timedelta(minutes=1), size=1, sha256="0" * 64, verified=True,
                     manifest={"flags": ["empty_allowed"]})
     result = plan([newest, backup(1), backup(2)], Policy(0, 1), NOW, fresh=newest.id)
-    assert newest.id in ids(result.keep) and result.reasons[newest.id] == "the newest backup of the set"
+    assert newest.id in ids(result.keep) and result.reasons[newest.id] == ["the newest backup of the set"]
 
 
 def test_pre_restore_safety_backups_fill_no_slot_and_the_newest_one_is_always_kept() -> None:

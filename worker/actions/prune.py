@@ -1,10 +1,13 @@
-"""`prune`: apply retention now, locally and on the bucket, and print the plan. Only the configured backup sets
-are ever considered; other sets in the same directory or bucket are left alone."""
+"""`prune`: apply retention now, locally and on the bucket, and print the plan: per backup, every rule that keeps
+it, or that nothing does (`--json`: the same as an array of {"id", "location", "keep", "reasons"}). Only the
+configured backup sets are ever considered; other sets in the same directory or bucket are left alone."""
 
 from contextlib import nullcontext
+import json
+import sys
 from typing import Any
 
-from jobs import identity, pipeline
+from jobs import identity, pipeline, retention
 from jobs.artifacts import BackupSet
 from jobs.backups import list_backups, sets_in
 from jobs.destinations import Destination
@@ -27,7 +30,15 @@ def prune_sets(ctx: Context, destination: Destination) -> list[BackupSet]:
     raise UsageError("prune needs to know whose backups it may delete; set BACKUP_SOURCE (or BACKUP_NAME, the backup set's name)")
 
 
-def cmd_prune(ctx: Context, dry_run: bool) -> int:
+def _print_plan(plan: retention.Plan, location: str, backup_set: BackupSet, policy: retention.Policy, dry_run: bool) -> None:
+    say(f"{location}: keep {len(plan.keep)}, delete {len(plan.delete)} of the set {backup_set}"
+        + (" (dry run: nothing deleted)" if dry_run else ""))
+    say(f"  policy: {policy.describe()}")
+    for row in plan.describe(location):
+        say(f"  {'keep' if row['keep'] else 'delete':<6} {row['id']:<44} {plan.why(row['id'])}")
+
+
+def cmd_prune(ctx: Context, dry_run: bool, as_json: bool = False) -> int:
     if not (ctx.config.sources or ctx.config.backup_name):
         prune_sets(ctx, ctx.local)  # the usage error, before any run starts
     require_usable(ctx.config.backup_dir)
@@ -36,6 +47,7 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
         sides = ctx.policies()
         fields: dict[str, Any] = {"dry_run": dry_run}
         names = [found.name for found in ctx.backup_sets()] or [ctx.config.backup_name]
+        rows: list[dict[str, object]] = []
         with for_sets(ctx.config.backup_dir, names, "prune"), \
                 (nullcontext() if dry_run else for_deletion(ctx.config.backup_dir)):
             owners = {spec_set: ctx.source(spec_set.name) for spec_set in ctx.backup_sets()}
@@ -48,15 +60,21 @@ def cmd_prune(ctx: Context, dry_run: bool) -> int:
                                              identity.adopted(ctx.config.backup_dir, backup_set), backup_set, destination.url())
                     plan = pipeline.plan_retention(destination, side_policy, backup_set=backup_set, cancel=ctx.cancel,
                                                    cache=IntactCache(ctx.config.backup_dir / CACHE_NAME))
-                    say(f"{destination.location}: keep {len(plan.keep)}, delete {len(plan.delete)} of the set {backup_set}"
-                        + (" (dry run: nothing deleted)" if dry_run else ""))
-                    for row in plan.describe():
-                        say(f"  {row['action']:<6} {row['id']:<44} {row['reason']}")
+                    rows += plan.describe(destination.location)
+                    if not as_json:
+                        _print_plan(plan, destination.location, backup_set, side_policy, dry_run)
                     if not dry_run:
                         pipeline.carry_out(destination, plan, cancel=ctx.cancel)
                     deleted += [b.id for b in plan.delete]
                 fields[f"{destination.location}_delete"] = deleted
-            fields.update(dry_run_report(ctx) if dry_run else {})  # RETENTION_RULES: rows each rule would delete
+            # RETENTION_RULES: rows each rule would delete (on stderr with --json: stdout holds only the array)
+            fields.update(dry_run_report(ctx, show=_on_stderr if as_json else say) if dry_run else {})
+            if as_json:
+                say(json.dumps(rows, indent=2))
             return fields
 
     return report_failure(run_job("prune", ctx.catalog, work))
+
+
+def _on_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
