@@ -56,6 +56,12 @@ def test_timezone_falls_back_to_tz(tmp_path: Path) -> None:
         ("LOG_FORMAT", "xml", "not one of"),
         ("CATALOG_URL", "not a url", "not a SQLAlchemy URL"),
         ("S3_RETENTION_DAYS", "30", "S3_BUCKET is not"),
+        ("S3_KEEP_MONTHLY", "12", "S3_BUCKET is not"),
+        ("BACKUP_KEEP_HOURLY", "-1", "out of range"),
+        ("BACKUP_KEEP_DAILY", "seven", "not a whole number"),
+        ("BACKUP_KEEP_WEEKLY", "4.5", "not a whole number"),
+        ("BACKUP_KEEP_MONTHLY", "1e3", "not a whole number"),
+        ("BACKUP_KEEP_YEARLY", "100001", "out of range"),
         ("CLEANUP_RULES", "/tmp/audio/*.mp3", "CLEANUP_RULES"),
     ],
 )
@@ -139,3 +145,34 @@ def test_an_endpoint_with_a_path_is_refused_naming_the_path_and_where_the_bucket
     assert "put the bucket name in S3_BUCKET" in problem
     for fine in ("http://host:8333", "http://host:8333/", "https://s3.eu-central-003.backblazeb2.com"):
         assert load(tmp_path, S3_BUCKET="b", **{variable: fine}).s3.endpoint_url == fine
+
+
+@pytest.mark.parametrize("env, local, bucket", [
+    # nothing set: a 7-day window on the volume, the bucket keeps everything
+    ({}, (7, "", 7), None),
+    # a tier without a window: the window is off (only the tiers and BACKUP_KEEP_MIN keep), safety backups 7 days
+    ({"BACKUP_KEEP_DAILY": "7", "BACKUP_KEEP_MONTHLY": "12"}, (0, "daily 7, monthly 12", 7), None),
+    # a tier and a window: both keep; safety backups stay the window's days
+    ({"BACKUP_KEEP_HOURLY": "24", "BACKUP_RETENTION_DAYS": "2"}, (2, "hourly 24", 2), None),
+    # a tier at 0 is no tier: the default window stays
+    ({"BACKUP_KEEP_DAILY": "0"}, (7, "", 7), None),
+    # the window off explicitly: safety backups go too, but the newest one (0 days)
+    ({"BACKUP_RETENTION_DAYS": "0"}, (0, "", 0), None),
+    # the bucket on its own: tiers without S3_RETENTION_DAYS turn its window off
+    ({"S3_BUCKET": "b", "S3_KEEP_WEEKLY": "8", "S3_KEEP_YEARLY": "3"}, (7, "", 7), (0, "weekly 8, yearly 3", 7)),
+    ({"S3_BUCKET": "b", "S3_RETENTION_DAYS": "30"}, (7, "", 7), (30, "", 30)),
+    ({"S3_BUCKET": "b", "S3_RETENTION_DAYS": "0"}, (7, "", 7), (0, "", 0)),
+    ({"S3_BUCKET": "b"}, (7, "", 7), (None, "", 7)),
+])
+def test_what_each_side_keeps(tmp_path: Path, env, local, bucket) -> None:
+    config = load(tmp_path, **env)
+    def side(keeping):
+        return keeping.retention_days, keeping.tiers.describe(), keeping.safety_days
+    assert side(config.keeping) == local
+    assert (side(config.s3.keeping) if config.s3 else None) == bucket
+
+
+def test_config_shows_the_tiers(tmp_path: Path) -> None:
+    shown = load(tmp_path, BACKUP_KEEP_DAILY="7", S3_BUCKET="b", S3_KEEP_MONTHLY="12").describe()
+    assert shown["BACKUP_KEEP_DAILY"] == 7 and shown["BACKUP_KEEP_HOURLY"] is None
+    assert shown["BACKUP_RETENTION_DAYS"] == 0 and shown["S3_KEEP_MONTHLY"] == 12 and shown["S3_RETENTION_DAYS"] == 0

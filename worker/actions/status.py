@@ -13,6 +13,7 @@ from worker.output import human_age, say
 from worker.purge import last_purge, status_lines as purge_status_lines
 from worker.crontab import next_fire_times
 from worker import preflight
+from worker.monitoring import tiers
 from worker.monitoring.freshness import SetFreshness, list_offsite, offsite_destination
 from worker.monitoring.status import Status, last_failure, measure
 
@@ -44,7 +45,9 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     offsite = list_offsite(bucket, scope, ctx.cancel) if bucket is not None else None
     names = [backup_set.name for backup_set in scope] if scope is not None else []
     state = measure(ctx.config, backups, names, ctx.catalog.last_runs(), offsite, now)
-    return render(ctx, state, now, [str(backup_set) for backup_set in scope] if scope is not None else None)
+    document = render(ctx, state, now, [str(backup_set) for backup_set in scope] if scope is not None else None)
+    document["retention"] = tiers.report(ctx.config, backups, offsite.backups if offsite is not None else None, now)
+    return document
 
 
 def render(ctx: Context, state: Status, now: datetime, backup_sets: list[str] | None) -> dict[str, Any]:
@@ -129,7 +132,7 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
         for ident in report["future_backups"]:
             say(f"WARNING: {ident} is dated more than 5 minutes in the future (the clock was wrong when it was "
                 "written); it is not counted as the newest or fresh backup")
-        for line in _failure_and_disk_lines(report) + purge_status_lines(report):
+        for line in tiers.lines(report["retention"]) + _failure_and_disk_lines(report) + purge_status_lines(report):
             say(line)
     return EXIT_OK if report["healthy"] else EXIT_FAILED
 
