@@ -33,7 +33,7 @@ def prune_sets(ctx: Context, destination: Destination) -> list[BackupSet]:
 def _print_plan(plan: retention.Plan, location: str, backup_set: BackupSet, policy: retention.Policy, dry_run: bool) -> None:
     say(f"{location}: keep {len(plan.keep)}, delete {len(plan.delete)} of the set {backup_set}"
         + (" (dry run: nothing deleted)" if dry_run else ""))
-    say(f"  policy: {policy.describe()}")
+    say(f"{location} policy: {policy.describe()}")
     for row in plan.describe(location):
         say(f"  {'keep' if row['keep'] else 'delete':<6} {row['id']:<44} {plan.why(row['id'])}")
 
