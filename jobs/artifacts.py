@@ -58,8 +58,10 @@ def parse(artifact: str) -> ArtifactName | None:
     match = ARTIFACT_NAME.match(artifact)
     if not match:
         return None
+    stamp = match["stamp"]  # as STAMP writes it; read by hand: strptime costs 20 µs, and retention reads 35,000
     try:
-        moment = datetime.strptime(match["stamp"], STAMP).replace(tzinfo=timezone.utc)
+        moment = datetime(int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]),
+                          int(stamp[13:15]), tzinfo=timezone.utc)
     except ValueError:
         return None
     return ArtifactName(BackupSet(match["name"], match["kind"]), moment)

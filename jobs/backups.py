@@ -10,11 +10,12 @@ never read from the manifest, so nothing a manifest says can name a path.
 """
 
 from dataclasses import dataclass, field, replace
+import functools
 from datetime import datetime
 import threading
 from typing import Any
 
-from jobs.artifacts import MANIFEST_SUFFIX, BackupSet, backup_id, legacy_id, manifest_name, set_of
+from jobs.artifacts import MANIFEST_SUFFIX, ArtifactName, BackupSet, backup_id, legacy_id, manifest_name, parse, set_of
 from jobs.destinations import Destination
 from jobs.errors import NotFound, TooLarge
 from jobs.manifest import parse_iso, read_manifest
@@ -52,9 +53,14 @@ class Backup:
     def kind(self) -> str:
         return self.backup_set.kind
 
+    @functools.cached_property
+    def parts(self) -> ArtifactName | None:
+        """The artifact's name taken apart (its set and stamp), read once: retention asks for it often."""
+        return parse(self.artifact)
+
     @property
-    def backup_set(self) -> BackupSet:
-        return set_of(self.artifact)
+    def backup_set(self) -> BackupSet | None:
+        return self.parts.backup_set if self.parts else None
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -110,8 +110,9 @@ def anchor(backups: Sequence[Backup], now: datetime, damaged: Sequence[str] = ()
     """Return the time ages are counted from: the newest sound backup (other than `fresh`), or `now` if earlier.
     Sound as freshness counts it: a flagged or pre-restore backup still proves the worker ran then, so ages move
     on while the newest backups are flagged (they only fill no BACKUP_KEEP_MIN slot)."""
-    counted = [b for b in selection.sound(backups, Purpose.FRESHNESS, now, damaged) if b.id != fresh]
-    return min(now, counted[0].created_at) if counted else now
+    newest_first = sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True)
+    counted = next((b for b in newest_first if b.id != fresh and selection.problem(b, now, damaged, Purpose.FRESHNESS) is None), None)
+    return min(now, counted.created_at) if counted else now
 
 
 def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Sequence[str], fresh: str | None,
@@ -125,10 +126,9 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
     for backup in slots:
         reasons[backup.id].append(f"newest {policy.keep_min}")
     counts["newest"] = counts.get("newest", 0) + len(slots)
-    held: dict[tuple[str, tuple[int, ...]], Backup] = {}
-    for holder in periods.holders(sound, policy.tiers, policy.zone):
+    held = list(periods.holders(sound, policy.tiers, policy.zone))
+    for holder in held:
         reasons[holder.backup.id].append(holder.reason)
-        held[(holder.tier, holder.key)] = holder.backup
         counts[holder.tier] = counts.get(holder.tier, 0) + 1
     window = policy.retention_days
     cutoff = since - timedelta(days=window) if window else None
@@ -145,7 +145,7 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
     for backup, why in always_kept(backups, now).items():
         reasons[backup].append(why)
     measured = "" if since == now else f", counted from the newest sound backup, {since.isoformat()}"
-    relied = {backup.id: backup for backup in slots}
+    deleted = []
     for backup in sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True):
         unsound = selection.problem(backup, now, damaged, Purpose.RETENTION)
         result.reasons[backup.id] = reasons.get(backup.id, [])
@@ -154,13 +154,11 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
             if unsound and backup.manifest.get("reason") != selection.PRE_RESTORE:
                 result.notes[backup.id] = f"fills no slot or period: {unsound}"
             continue
-        result.delete.append(backup)
+        deleted.append(backup)
         age_days = (since - backup.created_at).total_seconds() / 86400
         result.notes[backup.id] = f"{age_days:.1f} days old{measured}; " + (f"not sound: {unsound}" if unsound else "sound")
-        for key in periods.periods_of(backup, policy.tiers, policy.zone):
-            holder = held.get(key)
-            if holder is not None:
-                relied.setdefault(holder.id, holder)
+    result.delete.extend(deleted)
+    relied = {backup.id: backup for backup in [*slots, *periods.stand_ins(deleted, held, policy.zone)]}
     result.slots.extend(relied.values())
 
 

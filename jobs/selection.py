@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import TypeVar
 
-from jobs.artifacts import is_encrypted as is_encrypted_name, parse
+from jobs.artifacts import is_encrypted as is_encrypted_name
 from jobs.backups import Backup
 from jobs.errors import IntegrityError, NotFound, WrongIdentity
 
@@ -49,7 +49,10 @@ class Purpose(Enum):
 
 def stamp_of(backup: Backup) -> datetime:
     """Return the UTC time in the backup's artifact name (an encrypted one's too)."""
-    return parse(backup.artifact).created_at
+    parts = backup.parts
+    if parts is None:
+        raise ValueError(f"{backup.artifact} is not an artifact name")
+    return parts.created_at
 
 
 def is_encrypted(backup: Backup) -> bool:

@@ -111,7 +111,18 @@ def _tier_holders(tier: str, count: int, newest_first: Iterable[tuple[Backup, da
             yield Holder(tier, label(tier, local), key, backup)
 
 
-def periods_of(backup: Backup, tiers: Tiers, zone: ZoneInfo) -> list[tuple[str, tuple[int, ...]]]:
-    """Return the (tier, period key) of every active tier's period `backup` falls in."""
-    local = backup.created_at.astimezone(zone)
-    return [(tier, period(tier, local)) for tier, _ in tiers.active()]
+def stand_ins(deleted: Sequence[Backup], held: Sequence[Holder], zone: ZoneInfo) -> list[Backup]:
+    """Given the backups a plan deletes (newest first) and the tiers' holders, return the holders whose period
+    holds a deleted backup: the copies those deletions rely on, to be proven intact before they happen. Periods
+    follow each other in time, so a tier is read only down to the period of its oldest holder."""
+    found: dict[str, Backup] = {}
+    for tier in {holder.tier for holder in held}:
+        periods = {holder.key: holder.backup for holder in held if holder.tier == tier}
+        floor = min(backup.created_at for backup in periods.values())
+        for backup in deleted:
+            holder = periods.get(period(tier, backup.created_at.astimezone(zone)))
+            if holder is not None:
+                found.setdefault(holder.id, holder)
+            elif backup.created_at < floor:
+                break
+    return list(found.values())
