@@ -262,3 +262,31 @@ def test_tiers_refuse_negative_counts_and_describe_themselves() -> None:
         Tiers(daily=-1)
     assert Tiers(hourly=24, daily=7, monthly=6).describe() == "hourly 24, daily 7, monthly 6"
     assert tiered(BERLIN, keep_min=3, days=0, daily=7).describe() == "newest 3, daily 7 (Europe/Berlin); safety backups 7d"
+
+
+def simulate(policy: Policy, start: datetime, step: timedelta, cycles: int) -> int:
+    """Run `policy` as the worker does, cycle by cycle (a backup, then the plan applied); return the most backups
+    held at once."""
+    held: list[Backup] = []
+    most = 0
+    for number in range(cycles):
+        when = start + step * number
+        held.append(at(when.strftime("%Y-%m-%dT%H:%M")))
+        gone = {b.id for b in plan(held, policy, when + timedelta(minutes=1), fresh=held[-1].id).delete}
+        held = [b for b in held if b.id not in gone]
+        most = max(most, len(held))
+    return most
+
+
+@pytest.mark.parametrize("policy, step, cycles, copies, reached", [
+    # docs/retention.md, "Recommended policies": the copies each holds at most, and what the simulated span
+    # reaches (the figure is not loose: over a long enough span each policy fills its tiers)
+    (tiered(BERLIN, keep_min=3, daily=7, weekly=4, monthly=12, yearly=1), DAY, 800, 24, 22),
+    (tiered(BERLIN, keep_min=3, hourly=24, daily=7, weekly=4, monthly=6), QUARTER, 100 * 96, 41, 36),  # 4 months
+    (tiered(BERLIN, keep_min=3, hourly=24, daily=2), timedelta(hours=1), 30 * 24, 26, 25),
+    (tiered(BERLIN, keep_min=3, hourly=24, daily=30, weekly=12, monthly=24, yearly=5), timedelta(hours=1), 200 * 24,
+     95, 65),  # 7 months of the bucket's five years
+])
+def test_the_recommended_policies_never_hold_more_copies_than_the_docs_say(policy, step, cycles, copies, reached) -> None:
+    most = simulate(policy, datetime(2026, 1, 1, 1, 0, tzinfo=timezone.utc), step, cycles)
+    assert reached <= most <= copies
