@@ -10,14 +10,16 @@ A backup is kept when any rule keeps it, and every rule that does is named (`Pla
 - safety backups taken before a restore are outside the tiers: kept `safety_days` from their creation, the newest
   one always; the newest backup of the set and backups dated in the future are always kept (`always_kept`).
 
-Within a backup cycle the backup just written does not move the anchor (`fresh`), so a cycle run while the clock
-is a month ahead cannot age out a month of backups. Sets are planned apart: one set's backups never fill another's
+Within a backup cycle the backup just written (`fresh`) neither moves the anchor nor fills a tier's period (it is
+kept as the newest backup of the set, and counts from the next cycle on), so a cycle run while the clock is a year
+ahead ages nothing out and pushes no holder out. Sets are planned apart: one set's backups never fill another's
 slot or period.
 
 Before anything is deleted, `prove_slots` re-checks the SHA-256 of every backup the deletions rely on: the
-`keep_min` slot holders, and the tier holders of each period a deleted backup falls in. One found damaged loses its
-place and the plan is made again (the next sound backup of its period takes it), until all are proven; one that
-cannot be read now (the bucket is away) defers every deletion of that plan.
+`keep_min` slot holders, the tier holders of each period a deleted backup falls in, and every holder of a tier that
+a deleted backup would reach were one of them damaged (`jobs.tiers.relied_on`). One found damaged loses its place
+and the plan is made again (the next sound backup of its period takes it), until all are proven; one that cannot be
+read now (the bucket is away) defers every deletion of that plan.
 """
 
 from collections import defaultdict
@@ -126,7 +128,10 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
     for backup in slots:
         reasons[backup.id].append(f"newest {policy.keep_min}")
     counts["newest"] = counts.get("newest", 0) + len(slots)
-    held = list(periods.holders(sound, policy.tiers, policy.zone))
+    # The backup a cycle just wrote fills no period in that cycle (as it moves no anchor): one cycle run while the
+    # clock is a year ahead must not push the oldest holders out; from the next cycle on it counts.
+    filling = [backup for backup in sound if backup.id != fresh]
+    held = list(periods.holders(filling, policy.tiers, policy.zone))
     for holder in held:
         reasons[holder.backup.id].append(holder.reason)
         counts[holder.tier] = counts.get(holder.tier, 0) + 1
@@ -134,11 +139,11 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
     cutoff = since - timedelta(days=window) if window else None
     safety_cutoff = since - timedelta(days=policy.safety_days)
     for backup in backups:
-        if backup.manifest.get("reason") == selection.PRE_RESTORE:
+        if not policy.prunes:
+            reasons[backup.id].append("no age limit is set")
+        elif backup.manifest.get("reason") == selection.PRE_RESTORE:
             if backup.created_at >= safety_cutoff:
                 reasons[backup.id].append(f"safety backup taken before a restore, within {policy.safety_days}d")
-        elif not policy.prunes:
-            reasons[backup.id].append("no age limit is set")
         elif cutoff is not None and backup.created_at >= cutoff:
             reasons[backup.id].append(f"within {window}d of newest")
             counts["within"] = counts.get("within", 0) + 1
@@ -158,7 +163,7 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
         age_days = (since - backup.created_at).total_seconds() / 86400
         result.notes[backup.id] = f"{age_days:.1f} days old{measured}; " + (f"not sound: {unsound}" if unsound else "sound")
     result.delete.extend(deleted)
-    relied = {backup.id: backup for backup in [*slots, *periods.stand_ins(deleted, held, policy.zone)]}
+    relied = {backup.id: backup for backup in [*slots, *periods.relied_on(deleted, filling, held, policy.zone)]}
     result.slots.extend(relied.values())
 
 

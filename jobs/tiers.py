@@ -90,10 +90,19 @@ class Holder:
         return f"{self.tier} {self.label}"
 
 
+def local_time(when: datetime, zone: ZoneInfo) -> datetime:
+    """Return `when` on the zone's clock; a date no zone can show (year 1 west of UTC, from an odd manifest) stays
+    in UTC rather than breaking the plan."""
+    try:
+        return when.astimezone(zone)
+    except (OverflowError, ValueError):
+        return when
+
+
 def holders(sound: Sequence[Backup], tiers: Tiers, zone: ZoneInfo) -> Iterator[Holder]:
     """Given the sound backups of one set, newest first, yield every backup a tier keeps, with its period: for
     each tier, the newest backup of each of the newest N periods that hold one."""
-    local = [backup.created_at.astimezone(zone) for backup in sound]
+    local = [local_time(backup.created_at, zone) for backup in sound]
     for tier, count in tiers.active():
         yield from _tier_holders(tier, count, zip(sound, local))
 
@@ -111,18 +120,40 @@ def _tier_holders(tier: str, count: int, newest_first: Iterable[tuple[Backup, da
             yield Holder(tier, label(tier, local), key, backup)
 
 
-def stand_ins(deleted: Sequence[Backup], held: Sequence[Holder], zone: ZoneInfo) -> list[Backup]:
-    """Given the backups a plan deletes (newest first) and the tiers' holders, return the holders whose period
-    holds a deleted backup: the copies those deletions rely on, to be proven intact before they happen. Periods
-    follow each other in time, so a tier is read only down to the period of its oldest holder."""
+def relied_on(deleted: Sequence[Backup], sound: Sequence[Backup], held: Sequence[Holder], zone: ZoneInfo) -> list[Backup]:
+    """Given what a plan deletes (newest first), the sound backups the tiers were filled from (newest first) and
+    the tiers' holders, return the holders those deletions rely on, to be proven intact before they happen:
+    - the holder of every period a deleted backup falls in (it stands in for the backup deleted), and
+    - every holder of a tier that a deleted backup would hold a period of if the tier were longer: were one of
+      those holders damaged, the tier would reach one period further back, to that backup.
+    Periods follow each other in time, so each tier is read only as far as an answer needs."""
     found: dict[str, Backup] = {}
-    for tier in {holder.tier for holder in held}:
-        periods = {holder.key: holder.backup for holder in held if holder.tier == tier}
+    gone = {backup.id for backup in deleted}
+    for tier in dict.fromkeys(holder.tier for holder in held):
+        mine = [holder for holder in held if holder.tier == tier]
+        periods = {holder.key: holder.backup for holder in mine}
         floor = min(backup.created_at for backup in periods.values())
         for backup in deleted:
-            holder = periods.get(period(tier, backup.created_at.astimezone(zone)))
+            holder = periods.get(period(tier, local_time(backup.created_at, zone)))
             if holder is not None:
                 found.setdefault(holder.id, holder)
             elif backup.created_at < floor:
                 break
+        if _next_in_line_goes(tier, sound, periods, gone, zone):
+            found.update((holder.backup.id, holder.backup) for holder in mine)
     return list(found.values())
+
+
+def _next_in_line_goes(tier: str, sound: Sequence[Backup], periods: dict[tuple[int, ...], Backup], gone: set[str],
+                       zone: ZoneInfo) -> bool:
+    """Return whether a deleted backup is the newest sound backup of a period beyond the tier's last one."""
+    last: tuple[int, ...] | None = None
+    for backup in sound:
+        key = period(tier, local_time(backup.created_at, zone))
+        if key == last or key in periods:
+            last = key
+            continue
+        last = key
+        if backup.id in gone:
+            return True
+    return False

@@ -71,4 +71,5 @@ def keeping(env: Mapping[str, str], side: str, default_days: int | None, problem
 
 def bucket_keeping_without_bucket(env: Mapping[str, str]) -> list[str]:
     """Return the bucket retention variables set (S3_RETENTION_DAYS, S3_KEEP_…), to refuse them without S3_BUCKET."""
-    return [name for name in ("S3_RETENTION_DAYS", *tier_variables("S3")) if env.get(name, "").strip()]
+    tiers = [name for name in tier_variables("S3") if env.get(name, "").strip() not in ("", "0")]
+    return ["S3_RETENTION_DAYS", *tiers] if env.get("S3_RETENTION_DAYS", "").strip() else tiers
