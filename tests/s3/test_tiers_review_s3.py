@@ -5,13 +5,23 @@ from datetime import datetime, timedelta, timezone
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_worker
 from tests.e2e.test_tiers_cli import history
-from tests.s3.test_tiers_s3 import remote_ids, s3_env  # noqa: F401 (the fixture)
+from tests.s3.test_tiers_s3 import remote_ids
+from .conftest import ACCESS_KEY, REGION, SECRET
+
+
+@pytest.fixture
+def s3_env(worker_env: dict[str, str], s3_endpoint: str, bucket: str) -> dict[str, str]:
+    return {**worker_env, "S3_BUCKET": bucket, "S3_PREFIX": "prod/app", "S3_ENDPOINT_URL": s3_endpoint, "S3_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
 
 
 def test_a_bucket_that_keeps_everything_receives_the_old_safety_backups_before_the_volume_lets_them_go(
-        tmp_path: Path, s3_env, s3_client, bucket) -> None:  # noqa: F811
+        tmp_path: Path, s3_env, s3_client, bucket) -> None:
     """S3_RETENTION_DAYS unset, no S3_KEEP_*: the bucket keeps everything. Two pre-restore safety backups 10 and 12
     days old are on the volume and not yet in the bucket. On main the cycle uploads them, then the volume's 7 days
     let them go (the bucket still has them). On `tiers` the bucket's keep-everything plan counts them as deleted at
@@ -39,7 +49,7 @@ def test_a_bucket_that_keeps_everything_receives_the_old_safety_backups_before_t
 
 
 def test_prune_leaves_old_safety_backups_in_a_bucket_that_keeps_everything(tmp_path: Path, s3_env, s3_client,
-                                                                         bucket) -> None:  # noqa: F811
+                                                                         bucket) -> None:
     """The same through `prune`: safety backups already in a keep-everything bucket are deleted from it."""
     directory = tmp_path / "backups"
 
