@@ -66,3 +66,20 @@ def test_an_odd_manifest_date_does_not_break_the_plan_in_a_zone_west_of_utc() ->
     result = plan(backups, Policy(0, 3, Tiers(daily=7), NEW_YORK), datetime(2026, 12, 5, 3, tzinfo=timezone.utc))
     assert len(result.keep) + len(result.delete) == len(backups)
 
+
+
+def test_one_cycle_run_while_the_clock_is_a_year_ahead_deletes_no_tier_holder() -> None:
+    """jobs/retention.py promises that "a cycle run while the clock is a month ahead cannot age out a month of
+    backups" (the backup just written, `fresh`, does not move the anchor), and issue 21 lists "a clock that jumped
+    ahead once" among the cases. With the nightly policy docs/retention.md recommends, the one backup written
+    while the clock reads a year ahead fills a day, a week, a month and the year, and so pushes the oldest daily,
+    weekly and monthly holders out: they are deleted by that one cycle, and stay lost after the clock is fixed
+    (the stray backup is then dated in the future and fills nothing)."""
+    real_now = datetime(2026, 12, 5, 3, tzinfo=timezone.utc)
+    history = every("2025-10-01T02:00", "2026-12-05T02:00", DAY)
+    policy = tiered(keep_min=3, daily=7, weekly=4, monthly=12, yearly=1)
+    before = {b.id for b in plan(history, policy, real_now).keep}
+    ahead = at("2027-12-05T02:00")  # the clock jumped a year ahead for this cycle
+    during = plan([*history, ahead], policy, datetime(2027, 12, 5, 2, 1, tzinfo=timezone.utc), fresh=ahead.id)
+    lost = sorted(before - {b.id for b in during.keep})
+    assert lost == []
