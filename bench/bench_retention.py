@@ -3,9 +3,9 @@
 Usage: python bench/bench_retention.py [--days 365] [--every-minutes 15] [--workdir DIR] [--keep]
 
 1. The plan alone (`jobs.retention.plan`, the pure function): backups as `list_backups` returns them, for a
-   quarter, half and a whole year of the schedule, with the policy of docs/retention.md's "every 15 minutes"
-   row (newest 3, hourly 24, daily 7, weekly 4, monthly 12, yearly 1, in Europe/Berlin): wall time (first run,
-   when each artifact name is taken apart, and the best of 5 after), Python's peak allocation during the plan
+   quarter, half and a whole year of the schedule, with every tier set (newest 3, hourly 24, daily 7, weekly 4,
+   monthly 12, yearly 1, in Europe/Berlin): wall time (first run, when each artifact name is taken apart, and the
+   best of 5 after), Python's peak allocation during the plan
    (tracemalloc), and the process's RSS before and after 20 plans in a row (flat: nothing accumulates).
 2. From the disk, what `prune --dry-run` does before any proof: a directory of 35,040 real manifests (each beside
    a hard link of one real artifact), listed and planned (`pipeline.plan_retention`, which then re-hashes the

@@ -121,7 +121,9 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
               result: Plan) -> None:
     """Add the decisions for the backups of one set to `result`."""
     since = anchor(backups, now, damaged, fresh)
-    sound = selection.sound(backups, Purpose.RETENTION, now, damaged)
+    judged = selection.judge(backups, Purpose.RETENTION, now, damaged)
+    sound = selection.sound(backups, Purpose.RETENTION, now, damaged, judged)
+    local = periods.clock(backups, policy.zone) if policy.tiers else {}
     reasons: dict[str, list[str]] = defaultdict(list)
     counts = result.tiers
     slots = sound[:policy.keep_min]
@@ -131,7 +133,7 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
     # The backup a cycle just wrote fills no period in that cycle (as it moves no anchor): one cycle run while the
     # clock is a year ahead must not push the oldest holders out; from the next cycle on it counts.
     filling = [backup for backup in sound if backup.id != fresh]
-    held = list(periods.holders(filling, policy.tiers, policy.zone))
+    held = list(periods.holders(filling, policy.tiers, local))
     for holder in held:
         reasons[holder.backup.id].append(holder.reason)
         counts[holder.tier] = counts.get(holder.tier, 0) + 1
@@ -152,7 +154,7 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
     measured = "" if since == now else f", counted from the newest sound backup, {since.isoformat()}"
     deleted = []
     for backup in sorted(backups, key=lambda b: (b.created_at, b.id), reverse=True):
-        unsound = selection.problem(backup, now, damaged, Purpose.RETENTION)
+        unsound = judged[backup.id]
         result.reasons[backup.id] = reasons.get(backup.id, [])
         if result.reasons[backup.id]:
             result.keep.append(backup)
@@ -163,7 +165,7 @@ def _plan_set(backups: list[Backup], policy: Policy, now: datetime, damaged: Seq
         age_days = (since - backup.created_at).total_seconds() / 86400
         result.notes[backup.id] = f"{age_days:.1f} days old{measured}; " + (f"not sound: {unsound}" if unsound else "sound")
     result.delete.extend(deleted)
-    relied = {backup.id: backup for backup in [*slots, *periods.relied_on(deleted, filling, held, policy.zone)]}
+    relied = {backup.id: backup for backup in [*slots, *periods.relied_on(deleted, filling, held, local)]}
     result.slots.extend(relied.values())
 
 

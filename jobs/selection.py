@@ -100,9 +100,17 @@ def problem(backup: Backup, now: datetime, damaged: Sequence[str] = (), purpose:
     return passed_over(backup, purpose)
 
 
-def sound(backups: Sequence[Backup], purpose: Purpose, now: datetime, damaged: Sequence[str] = ()) -> list[Backup]:
-    """Given the backups of one set, return those that count for `purpose`, newest first. Nothing is read."""
-    counted = [backup for backup in backups if problem(backup, now, damaged, purpose) is None]
+def judge(backups: Sequence[Backup], purpose: Purpose, now: datetime, damaged: Sequence[str] = ()) -> dict[str, str | None]:
+    """Given the backups of one set, return for each id why it does not count for `purpose` (`problem`), or None."""
+    return {backup.id: problem(backup, now, damaged, purpose) for backup in backups}
+
+
+def sound(backups: Sequence[Backup], purpose: Purpose, now: datetime, damaged: Sequence[str] = (),
+          judged: dict[str, str | None] | None = None) -> list[Backup]:
+    """Given the backups of one set (and, if already made, their `judge`ment), return those that count for
+    `purpose`, newest first. Nothing is read."""
+    judged = judged if judged is not None else judge(backups, purpose, now, damaged)
+    counted = [backup for backup in backups if judged[backup.id] is None]
     return sorted(counted, key=lambda backup: (backup.created_at, backup.id), reverse=True)
 
 

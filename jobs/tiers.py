@@ -99,12 +99,16 @@ def local_time(when: datetime, zone: ZoneInfo) -> datetime:
         return when
 
 
-def holders(sound: Sequence[Backup], tiers: Tiers, zone: ZoneInfo) -> Iterator[Holder]:
-    """Given the sound backups of one set, newest first, yield every backup a tier keeps, with its period: for
-    each tier, the newest backup of each of the newest N periods that hold one."""
-    local = [local_time(backup.created_at, zone) for backup in sound]
+def clock(backups: Iterable[Backup], zone: ZoneInfo) -> dict[str, datetime]:
+    """Return each backup's time on the zone's clock, by id (computed once per plan)."""
+    return {backup.id: local_time(backup.created_at, zone) for backup in backups}
+
+
+def holders(sound: Sequence[Backup], tiers: Tiers, local: dict[str, datetime]) -> Iterator[Holder]:
+    """Given the sound backups of one set, newest first, and their `clock`, yield every backup a tier keeps, with
+    its period: for each tier, the newest backup of each of the newest N periods that hold one."""
     for tier, count in tiers.active():
-        yield from _tier_holders(tier, count, zip(sound, local))
+        yield from _tier_holders(tier, count, ((backup, local[backup.id]) for backup in sound))
 
 
 def _tier_holders(tier: str, count: int, newest_first: Iterable[tuple[Backup, datetime]]) -> Iterator[Holder]:
@@ -120,7 +124,8 @@ def _tier_holders(tier: str, count: int, newest_first: Iterable[tuple[Backup, da
             yield Holder(tier, label(tier, local), key, backup)
 
 
-def relied_on(deleted: Sequence[Backup], sound: Sequence[Backup], held: Sequence[Holder], zone: ZoneInfo) -> list[Backup]:
+def relied_on(deleted: Sequence[Backup], sound: Sequence[Backup], held: Sequence[Holder],
+              local: dict[str, datetime]) -> list[Backup]:
     """Given what a plan deletes (newest first), the sound backups the tiers were filled from (newest first) and
     the tiers' holders, return the holders those deletions rely on, to be proven intact before they happen:
     - the holder of every period a deleted backup falls in (it stands in for the backup deleted), and
@@ -134,22 +139,22 @@ def relied_on(deleted: Sequence[Backup], sound: Sequence[Backup], held: Sequence
         periods = {holder.key: holder.backup for holder in mine}
         floor = min(backup.created_at for backup in periods.values())
         for backup in deleted:
-            holder = periods.get(period(tier, local_time(backup.created_at, zone)))
+            holder = periods.get(period(tier, local[backup.id]))
             if holder is not None:
                 found.setdefault(holder.id, holder)
             elif backup.created_at < floor:
                 break
-        if _next_in_line_goes(tier, sound, periods, gone, zone):
+        if _next_in_line_goes(tier, sound, periods, gone, local):
             found.update((holder.backup.id, holder.backup) for holder in mine)
     return list(found.values())
 
 
 def _next_in_line_goes(tier: str, sound: Sequence[Backup], periods: dict[tuple[int, ...], Backup], gone: set[str],
-                       zone: ZoneInfo) -> bool:
+                       local: dict[str, datetime]) -> bool:
     """Return whether a deleted backup is the newest sound backup of a period beyond the tier's last one."""
     last: tuple[int, ...] | None = None
     for backup in sound:
-        key = period(tier, local_time(backup.created_at, zone))
+        key = period(tier, local[backup.id])
         if key == last or key in periods:
             last = key
             continue

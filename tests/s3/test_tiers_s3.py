@@ -36,15 +36,17 @@ def test_the_bucket_keeps_its_own_longer_tiers_while_the_volume_keeps_a_few_days
     assert cycle.code == 0, cycle.stderr
     newest = cycle.event("job.succeeded")["artifact"].removesuffix(".zst")
 
+    before = dict(made)  # the cycle's own backup fills no period in its cycle (jobs.retention): it is kept as the newest
     made[datetime.strptime(newest.split("-")[1].split(".")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)] = newest
 
     def expected(days: int, months: int) -> set[str]:
-        """The newest 3, the newest backup of each of the newest `days` UTC days and `months` months."""
-        day_list = sorted({when.date() for when in made}, reverse=True)[:days]
-        month_list = sorted({(when.year, when.month) for when in made}, reverse=True)[:months]
+        """The newest 3, the newest backup of each of the newest `days` UTC days and `months` months before the
+        cycle's own."""
+        day_list = sorted({when.date() for when in before}, reverse=True)[:days]
+        month_list = sorted({(when.year, when.month) for when in before}, reverse=True)[:months]
         return ({made[when] for when in sorted(made)[-3:]}
-                | {made[max(w for w in made if w.date() == day)] for day in day_list}
-                | {made[max(w for w in made if (w.year, w.month) == month)] for month in month_list})
+                | {before[max(w for w in before if w.date() == day)] for day in day_list}
+                | {before[max(w for w in before if (w.year, w.month) == month)] for month in month_list})
 
     assert {path.name.removesuffix(".zst") for path in directory.glob("*.zst")} == expected(3, 0)
     assert remote_ids(s3_client, bucket) == expected(14, 3)  # and what the bucket would delete at once was never sent
