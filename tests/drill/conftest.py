@@ -3,7 +3,7 @@ bucket, and the helpers that tell what a drill left behind."""
 
 from pathlib import Path
 
-from tests.postgres.conftest import ADMIN, HOST, PORT, admin, make_db  # noqa: F401
+from tests.postgres.conftest import admin, make_db  # noqa: F401
 from tests.s3.conftest import (aws_env, boto_session, bucket, client_for, moto_endpoint, s3_client,  # noqa: F401
                                s3_endpoint, s3_server)
 from tests.e2e.test_restore_at_start import PREFIX, s3_env
@@ -26,9 +26,9 @@ def temporaries(backup_dir: Path) -> list[str]:
     return sorted(path.name for path in backup_dir.iterdir() if path.name.startswith(".tmp-")) if backup_dir.exists() else []
 
 
-def bucket_key(s3_client, bucket_name: str, suffix: str) -> str:
+def bucket_key(client, bucket_name: str, suffix: str) -> str:
     """Return the one key in the bucket ending with `suffix`."""
-    keys = [item["Key"] for item in s3_client.list_objects_v2(Bucket=bucket_name, Prefix=PREFIX)["Contents"]]
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket_name, Prefix=PREFIX)["Contents"]]
     found = [key for key in keys if key.endswith(suffix)]
     assert len(found) == 1, keys
     return found[0]

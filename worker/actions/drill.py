@@ -37,6 +37,8 @@ from worker.selection import fetch, reading, workdir
 
 log = structlog.get_logger("worker.actions.drill")
 JOB = "drill"
+DAMAGED = ("a disaster would find it so: take a backup now (`backup`) so that a sound copy exists, then find out "
+           "what damaged this one (`list --remote` shows the sizes)")
 
 
 def _side(ctx: Context, local: bool) -> tuple[Destination, bool]:
@@ -78,7 +80,8 @@ def drill_one(ctx: Context, source: Source, local: bool) -> dict[str, Any]:
                     for problem in problems:
                         log.warning("drill.skipped_file", location=destination.location, problem=problem)
                     where = f"the set {backup_set} in {destination.url()}"
-                    backup, _, notes = selection.latest(backups, Purpose.RESTORE, datetime.now(timezone.utc), None, False, where)
+                    backup, _, notes = selection.latest(backups, Purpose.RESTORE, datetime.now(timezone.utc), None,
+                                                        False, where, DAMAGED)
                     for note in notes:
                         log.warning("drill.passed_over", note=note)
                     row["backup"] = backup.id
