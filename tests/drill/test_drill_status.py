@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_cli import read_events
-from tests.notify.conftest import free_port
+from tests.notify.conftest import Receiver, free_port, receiver  # noqa: F401
 from tests.notify.test_health import get, running, wait_for_health
 
 
@@ -62,3 +62,18 @@ def test_healthz_is_503_drill_failed_and_metrics_show_the_last_drill(tmp_path: P
         runs = {(s.labels["set"], s.labels["outcome"]): s.value for s in families["backup_worker_drill_runs"].samples
                 if s.name == "backup_worker_drill_runs_total"}
         assert runs == {("app", "failed"): 0.0, ("app", "succeeded"): 0.0}  # this process has not drilled yet
+
+
+def test_a_failed_drill_is_notified_and_pinged_as_a_failure(tmp_path: Path, worker, receiver: Receiver) -> None:  # noqa: F811
+    env = {"NOTIFY_WEBHOOK_URL": f"{receiver.url}/hook", "HEALTHCHECK_PING_URL": f"{receiver.url}/ping"}
+    assert worker("backup").code == 0
+    spoil_counts(tmp_path / "backups")
+    before = len(receiver.requests)
+    assert worker("drill", env=env).code == 1
+    found = receiver.wait_for(before + 2)[before:]
+    hooks = [request.json() for request in found if request.path == "/hook"]
+    assert len(hooks) == 1 and hooks[0]["job"] == "drill" and hooks[0]["outcome"] == "failed"
+    assert hooks[0]["stage"] == "compare" and "table messages has 1000 rows, the backup recorded 1001" in hooks[0]["text"]
+    pings = [request for request in found if request.path.startswith("/ping")]
+    assert [request.path for request in pings] == ["/ping/fail"]
+    assert pings[0].body.decode().startswith("restore drill failed on ")
