@@ -7,6 +7,7 @@ from pathlib import Path
 import shutil
 
 from tests.conftest import run_worker
+from tests.e2e.test_encryption_engines_bucket import keyed
 from tests.drill.conftest import drill_env, scratch_databases, temporaries
 from tests.postgres.conftest import digests, url_for
 from tests.redis.servers import everything, fill, redis_server
@@ -92,3 +93,28 @@ def test_several_sets_are_drilled_in_one_run_each_with_its_own_row_and_local_rea
     assert only.code == 0, only.stderr
     assert only.stdout.startswith("shop: drill of shop-") and "app:" not in only.stdout
     assert scratch_databases() == []
+
+
+def test_an_encrypted_backup_is_decrypted_for_its_drill_and_without_the_identity_the_drill_says_so(
+        tmp_path: Path, worker_env, app_db: Path, moto_endpoint, bucket) -> None:
+    env = drill_env(worker_env, moto_endpoint, bucket)
+    sealed, opened = keyed(tmp_path, env)
+    assert run_worker(["backup"], sealed, cwd=tmp_path).code == 0
+    shutil.rmtree(tmp_path / "backups")
+    row = drilled_row(run_worker(["drill", "--json"], opened, cwd=tmp_path), "app")
+    assert "age authentication" in row["checks"] and row["backup"].endswith(".sqlite")
+    blind = run_worker(["drill"], sealed, cwd=tmp_path)
+    assert blind.code == 1
+    assert "is encrypted (age) and no identity is configured to open it" in blind.stderr
+
+
+def test_a_backup_whose_manifest_records_no_counts_is_drilled_on_its_proof_and_restore(
+        tmp_path: Path, worker_env, app_db: Path) -> None:
+    assert run_worker(["backup"], worker_env, cwd=tmp_path).code == 0
+    manifest_path = next((tmp_path / "backups").glob("*.json"))
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["counts"]  # as a backup made before counts were recorded
+    manifest_path.write_text(json.dumps(manifest))
+    row = drilled_row(run_worker(["drill", "--json"], worker_env, cwd=tmp_path), "app")
+    assert row["compared"].startswith("the manifest records no row counts")
+    assert "restorable" in row["checks"] and "counts compared" not in row["checks"]
