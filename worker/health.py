@@ -311,7 +311,7 @@ def start(config: "Config", catalog: Catalog, sets: list[str], host: str = "0.0.
     `backup_sets` (name and kind) are the sets whose manifests in the bucket are read (None: every set)."""
     if config.health_port is None:
         return None
-    jobs = ["backup", "cleanup"] if config.cleanup_rules else ["backup"]
+    jobs = (["backup", "cleanup"] if config.cleanup_rules else ["backup"]) + (["drill"] if config.drill_schedule else [])
     bucket = offsite_destination(config)
     offsite = OffsiteCache(lambda: list_offsite(bucket, backup_sets or None)) if bucket is not None else None
     health = Health(config=config, catalog=catalog, sets=sets, jobs=jobs, offsite=offsite)
