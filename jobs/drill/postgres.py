@@ -74,6 +74,7 @@ def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Co
     when the role may not create databases."""
     name = scratch_name(server.dbname, datetime.now(timezone.utc))
     with pg_connect.connect(server) as session:
+        _warn_leftovers(session, name, server)
         try:
             session.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
         except psycopg.errors.InsufficientPrivilege:
@@ -89,6 +90,21 @@ def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Co
         yield replace(server, params={**server.params, "dbname": name})
     finally:
         _drop(server, name)
+
+
+def _warn_leftovers(session: psycopg.Connection, name: str, server: Connection) -> None:
+    """Warn of scratch databases of this set that a killed drill left (SIGKILL, a lost machine): named as ours,
+    never dropped here, since another worker's drill may be using one now."""
+    pattern = name[:-len(datetime.now().strftime("%Y%m%d%H%M%S"))]
+    try:
+        rows = session.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname ~ %s",
+                               (pattern, r"_drill_\d{14}$")).fetchall()
+    except psycopg.Error:
+        return
+    if rows:
+        names = [row[0] for row in rows]
+        log.warning("drill.scratch_leftover", databases=names, host=server.host,
+                    detail=f"a drill that was killed left them; drop them by hand: DROP DATABASE {names[0]}")
 
 
 def _drop(server: Connection, name: str) -> None:
