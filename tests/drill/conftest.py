@@ -14,11 +14,11 @@ def drill_env(worker_env: dict[str, str], endpoint: str, bucket_name: str, **ext
     return {**worker_env, **s3_env(endpoint, bucket_name), **extra}
 
 
-def scratch_databases() -> list[str]:
-    """Return the databases on the suite's server whose names a drill gives its scratch databases."""
+def scratch_databases(of: str) -> list[str]:
+    """Return the databases on the suite's server named as a drill names the scratch databases of `of`."""
     with admin() as connection:
         return [row[0] for row in connection.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", ("%\\_drill\\_%",)).fetchall()]
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (f"{of}_drill_",)).fetchall()]
 
 
 def temporaries(backup_dir: Path) -> list[str]:

@@ -56,7 +56,7 @@ def test_a_postgresql_drill_from_the_bucket_restores_into_a_scratch_database_tha
     assert "pg_restore into a scratch database" in row["checks"]
     created = result.event("drill.scratch_created")["database"]
     assert created.startswith(f"{app}_drill_")
-    assert scratch_databases() == []
+    assert scratch_databases(app) == []
     assert digests(app) == before
     assert temporaries(tmp_path / "backups") == []
 
@@ -92,7 +92,7 @@ def test_several_sets_are_drilled_in_one_run_each_with_its_own_row_and_local_rea
     only = run_worker(["drill", "--source", "shop"], env, cwd=tmp_path)
     assert only.code == 0, only.stderr
     assert only.stdout.startswith("shop: drill of shop-") and "app:" not in only.stdout
-    assert scratch_databases() == []
+    assert scratch_databases(app) == []
 
 
 def test_an_encrypted_backup_is_decrypted_for_its_drill_and_without_the_identity_the_drill_says_so(

@@ -112,7 +112,7 @@ def test_a_role_without_createdb_is_told_the_right_or_drill_target_url(
         sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
         assert f"the PostgreSQL role {role} may not create databases" in sentence
         assert f"ALTER ROLE {role} CREATEDB" in sentence and "DRILL_TARGET_URL" in sentence
-        assert scratch_databases() == []
+        assert scratch_databases(app) == []
     finally:
         with admin() as connection:
             connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(app), sql.Identifier("postgres")))

@@ -38,7 +38,7 @@ def test_sigterm_during_a_postgresql_drill_drops_the_scratch_database(tmp_path: 
     assert process.returncode == 1, rest
     assert "the worker is stopping" in rest and "Traceback" not in rest
     assert created["database"].startswith(f"{app}_drill_")
-    assert scratch_databases() == []
+    assert scratch_databases(app) == []
     assert temporaries(tmp_path / "backups") == []
 
 
