@@ -27,9 +27,9 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
-from jobs.errors import Cancelled, IntegrityError, JobError
+from jobs.errors import Cancelled, IntegrityError, JobError, SpaceError
 from jobs.selection import Purpose
-from jobs.volume import explain
+from jobs.volume import explain, room_problem
 from worker.context import EXIT_FAILED, Context
 from worker.output import print_json, report_failure, say
 from worker.runs import Outcome, run_job
@@ -62,6 +62,17 @@ def _copy(ctx: Context, destination: Destination, backup: Backup, scratch: Path)
     return copy
 
 
+def _require_room(ctx: Context, scratch: Path, backup: Backup, remote: bool) -> None:
+    """Raise SpaceError, with the numbers, when the backup volume cannot take the drill's copy of the artifact
+    (downloaded from the bucket) and its unpacked copy and still keep BACKUP_MIN_FREE free for the app."""
+    usage = shutil.disk_usage(scratch)
+    needed = (backup.size if remote else 0) + restoring.raw_needs(backup)
+    problem = room_problem(usage.free, usage.total, needed, ctx.config.min_free)
+    if problem:
+        raise SpaceError(f"{ctx.config.backup_dir} {problem} to be drilled (the fetched artifact and its unpacked copy); "
+                         "free space or grow the volume" + (", or lower BACKUP_MIN_FREE" if "BACKUP_MIN_FREE" in problem else ""))
+
+
 def drill_one(ctx: Context, source: Source, local: bool) -> dict[str, Any]:
     """Drill the newest sound backup of one configured set; return its row: `outcome`, `stage` and `reason` (None
     on success), the backup, where it came from, the checks that passed and what was compared. Raise only
@@ -85,8 +96,7 @@ def drill_one(ctx: Context, source: Source, local: bool) -> dict[str, Any]:
                     for note in notes:
                         log.warning("drill.passed_over", note=note)
                     row["backup"] = backup.id
-                    restoring.require_space([(scratch, (backup.size if remote else 0) + restoring.raw_needs(backup))],
-                                            f"drilling {backup.artifact}")
+                    _require_room(ctx, scratch, backup, remote)
                     artifact = _copy(ctx, destination, backup, scratch)
                 drilled = drilling.drill(artifact, backup, source, scratch, ctx.cancel,
                                          ctx.config.encryption_identities, ctx.config.drill_target_url)
