@@ -32,7 +32,7 @@ from jobs.selection import Purpose
 from jobs.volume import explain, room_problem
 from worker.context import EXIT_FAILED, Context
 from worker.output import print_json, report_failure, say
-from worker.runs import Outcome, run_job
+from worker.runs import Outcome, fail_if_any_failed, run_job
 from worker.selection import fetch, reading, workdir
 
 log = structlog.get_logger("worker.actions.drill")
@@ -138,15 +138,10 @@ def drill_sources(ctx: Context, sources: list[Source], local: bool) -> dict[str,
         except Cancelled as error:
             error.fields = {**error.fields, "sources": rows}
             raise
-    failed = [name for name, row in rows.items() if row["outcome"] == "failed"]
-    fields: dict[str, Any] = {"sources": rows, "failed_sources": failed}
-    if not failed:
-        return fields
-    if len(rows) == 1:
-        raise JobError(rows[failed[0]]["reason"], stage=rows[failed[0]]["stage"], fields=fields)
-    reasons = "; ".join(f"{name} at {rows[name]['stage']}: {rows[name]['reason']}" for name in failed)
-    stage = rows[failed[0]]["stage"] if len(failed) == 1 else "sources"
-    raise JobError(f"{len(failed)} of {len(rows)} drills failed ({reasons})", stage=stage, fields=fields)
+    fields: dict[str, Any] = {"sources": rows,
+                              "failed_sources": [name for name, row in rows.items() if row["outcome"] == "failed"]}
+    fail_if_any_failed(rows, fields, "drills")
+    return fields
 
 
 def drill_job(ctx: Context, local: bool = False, only: list[str] | None = None) -> Outcome:
