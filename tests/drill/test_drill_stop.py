@@ -57,3 +57,31 @@ def test_sigterm_during_a_redis_drill_leaves_no_server_and_no_scratch_file(tmp_p
     assert temporaries(tmp_path / "backups") == []
 
 
+
+
+def test_run_drills_on_its_schedule_and_a_sigterm_mid_drill_stops_it_leaving_no_scratch_database(
+        tmp_path: Path, worker_env, make_db) -> None:
+    app = make_db("scheduled", populated=True, events=150_000)
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_SCHEDULE": "* * * * *"}
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0  # fresh: no catch-up backup at start
+    process = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = []
+        for line in process.stdout:  # the drill starts at the next full minute
+            seen.append(json.loads(line))
+            if seen[-1].get("event") == "drill.scratch_created":
+                break
+        assert seen[-1].get("event") == "drill.scratch_created", seen
+        assert [event["job"] for event in seen if event.get("event") == "job.started"] == ["drill"]
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    events = [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
+    assert [event["event"] for event in events if event["event"].startswith("job.")][-1] == "job.failed"
+    assert "worker.stopped" in [event["event"] for event in events]
+    assert scratch_databases(app) == []
+    assert temporaries(tmp_path / "backups") == []
