@@ -148,13 +148,14 @@ def flags(backup: Backup, now: datetime) -> list[str]:
 
 
 def latest(backups: Sequence[Backup], purpose: Purpose, now: datetime, prove: Callable[[Backup], T] | None,
-           fallback: bool, where: str) -> tuple[Backup, T | None, list[str]]:
+           fallback: bool, where: str, advice: str | None = None) -> tuple[Backup, T | None, list[str]]:
     """Given the backups of one set at `where`, return the newest (the first of `candidates`), what `prove` returned
     for it, and notes on what was passed over.
 
     The newest is damaged when its artifact is missing or of the wrong size, or when `prove` raises
-    IntegrityError. Then raise IntegrityError naming it and the next older one, unless `fallback`, which goes on
-    to the newest intact older backup (each passed over is a note). Raise NotFound when there is no candidate."""
+    IntegrityError. Then raise IntegrityError naming it and the next older one (or ending with `advice`, what the
+    caller's user should do instead), unless `fallback`, which goes on to the newest intact older backup (each
+    passed over is a note). Raise NotFound when there is no candidate."""
     notes: list[str] = []
     order = []
     for backup in candidates(backups, now):
@@ -180,8 +181,8 @@ def latest(backups: Sequence[Backup], purpose: Purpose, now: datetime, prove: Ca
         except (IntegrityError, NotFound) as error:  # NotFound: listed a moment ago, gone now
             if not fallback:
                 older = f" ({order[position + 1].id} is the next older one)" if position + 1 < len(order) else ""
-                raise IntegrityError(f"the newest backup {backup.id} in {where} is damaged: {error}; nothing was "
-                                     f"restored or verified in its place: run with --fallback to use the newest "
-                                     f"intact older backup{older}, or name one by its id") from None
+                advice = advice or ("nothing was restored or verified in its place: run with --fallback to use the "
+                                    f"newest intact older backup{older}, or name one by its id")
+                raise IntegrityError(f"the newest backup {backup.id} in {where} is damaged: {error}; {advice}") from None
             notes.append(f"skipped {backup.id}: {error}")
     raise IntegrityError(f"none of the {len(order)} verified backups in {where} is intact ({'; '.join(notes)})")

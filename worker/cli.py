@@ -17,6 +17,7 @@ from worker import __version__, logs
 from worker.actions.backup import cmd_backup
 from worker.actions.cleanup import cmd_cleanup
 from worker.actions.config import cmd_config
+from worker.actions.drill import cmd_drill
 from worker.actions.history import cmd_history
 from worker.actions.keygen import cmd_keygen
 from worker.actions.listing import cmd_list
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print an array of runs")
     history.add_argument("--since", metavar="DURATION", help="only runs started within this long, like 36h or 7d")
     history.add_argument("--job", metavar="NAME", help="only runs of this job (backup, cleanup, verify, …)")
+    drill = commands.add_parser("drill", help="restore the newest backup of each set into a scratch target and compare it")
+    drill.add_argument("--source", metavar="NAME", help="drill only this backup set (its name)")
+    drill.add_argument("--local", action="store_true", help="drill the copies on the volume, not the bucket's")
+    drill.add_argument("--json", action="store_true", help="print the outcome (each set's checks and comparison) as JSON")
     keygen = commands.add_parser("keygen", help="print a new age identity and its recipient (encryption keys)")
     keygen.add_argument("--json", action="store_true", help="print identity, recipient and fingerprint as JSON")
     return parser
@@ -136,6 +141,8 @@ def dispatch(ctx: Context, args: argparse.Namespace, umask: int | None = None) -
         return cmd_cleanup(ctx, args.dry_run)
     if args.command == "status":
         return cmd_status(ctx, args.json)
+    if args.command == "drill":
+        return cmd_drill(ctx, args.source, args.local, args.json)
     if args.command == "history":
         return cmd_history(ctx, args.json, args.since, args.job)
     return cmd_config(ctx)

@@ -47,7 +47,7 @@ class ConfigError(Exception):
 
 
 # The variables that hold secrets: URLs with passwords, webhook and ping URLs (their path), plain keys.
-_URL_VARIABLES = ("BACKUP_SOURCE", "DATABASE_URL", "CATALOG_URL", *ENDPOINT_VARIABLES)
+_URL_VARIABLES = ("BACKUP_SOURCE", "DATABASE_URL", "CATALOG_URL", "DRILL_TARGET_URL", *ENDPOINT_VARIABLES)
 _ENDPOINT_VARIABLES = ("NOTIFY_WEBHOOK_URL", "HEALTHCHECK_PING_URL")
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -103,6 +103,10 @@ class Config:
     encryption_recipients: tuple[Recipient, ...] = ()
     encryption_identities: tuple[Identity, ...] = field(default=(), repr=False)
     encryption_identity_file: Path | None = None  # BACKUP_ENCRYPTION_IDENTITY_FILE: its path is no secret
+    # Restore drills (issue 22): DRILL_SCHEDULE (None: off) and DRILL_TARGET_URL (a secret)
+    drill_schedule: str | None = None
+    drill_trigger: BaseTrigger | None = field(default=None, compare=False, repr=False)
+    drill_target_url: str | None = field(default=None, repr=False)
 
     def cleanup_guard(self, rule: CleanupRule) -> str | None:
         """Return why `rule` must not run now (see `dangerous_rule_reason`), or None."""
@@ -111,7 +115,7 @@ class Config:
     def secrets(self) -> list[str]:
         """Return every secret value the configuration holds, so that logs can scrub them."""
         return secrets_of(urls=(self.source_url, self.catalog_url, self.s3.endpoint_url if self.s3 else None,
-                                *(spec.url for spec in self.sources)),
+                                *(spec.url for spec in self.sources), self.drill_target_url),
                           endpoints=(self.notify_webhook_url, self.healthcheck_ping_url),
                           values=(*self.aws_secrets, *(text for each in self.encryption_identities for text in each.secrets)))
 
@@ -156,6 +160,8 @@ class Config:
             RECIPIENTS_VARIABLE: [recipient.fingerprint for recipient in self.encryption_recipients],
             IDENTITY_VARIABLE: MASK if self.encryption_identities and not self.encryption_identity_file else None,
             IDENTITY_FILE_VARIABLE: str(self.encryption_identity_file) if self.encryption_identity_file else None,
+            "DRILL_SCHEDULE": self.drill_schedule,
+            "DRILL_TARGET_URL": mask_url(self.drill_target_url) if self.drill_target_url else None,
         }
 
 
@@ -293,6 +299,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     restore_on_start = _choice(env, "RESTORE_ON_START", default_of("RESTORE_ON_START"), RESTORE_ON_START, problems)
     allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
     recipients, identities, identity_file = encryption.configured(env, cwd, problems)
+    drills = _drills(env, timezone, problems)
 
     if problems:
         raise ConfigError(problems, _environment_secrets(env))
@@ -327,7 +334,28 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         encryption_recipients=tuple(recipients),
         encryption_identities=tuple(identities),
         encryption_identity_file=identity_file,
+        **drills,
     )
+
+
+def _drills(env: Mapping[str, str], timezone: ZoneInfo, problems: list[str]) -> dict[str, object]:
+    """Given the environment, return the Config fields of restore drills (issue 22): DRILL_SCHEDULE (off when
+    unset or `off`) with its trigger, and DRILL_TARGET_URL (a PostgreSQL URL)."""
+    schedule = env.get("DRILL_SCHEDULE", "").strip()
+    trigger = None
+    if schedule.lower() in ("", "off"):
+        schedule = ""
+    else:
+        try:
+            trigger = cron_trigger(schedule, timezone)
+        except ValueError as error:
+            problems.append(f"DRILL_SCHEDULE: {error}")
+    target = env.get("DRILL_TARGET_URL", "").strip() or None
+    if target is not None and engines.scheme_of(target) != "postgresql" and engines.scheme_of(target) != "postgres":
+        problems.append(f"DRILL_TARGET_URL={mask_url(target)!r} must be a PostgreSQL URL like "
+                        "postgresql://USER:PASSWORD@HOST:5432/DBNAME (an empty database the drill restores into)")
+        target = None
+    return {"drill_schedule": schedule or None, "drill_trigger": trigger, "drill_target_url": target}
 
 
 def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object]:

@@ -33,6 +33,7 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations.local import LocalDestination
 from worker.catalog import Catalog, catalog_time
 from worker.monitoring.freshness import Offsite, SetFreshness, list_offsite, offsite_destination
+from worker.monitoring.drills import SetDrill, last_drills
 from worker.monitoring.status import Status, measure
 from worker.runs import Outcome, add_listener
 
@@ -118,6 +119,8 @@ class Health:
     _backups: list[Backup] = field(default_factory=list)
     _last_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    drill_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (set, outcome): this process's drills
+    _drills: dict[str, SetDrill] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
 
     def listener(self, event: str, outcome: Outcome) -> None:
@@ -129,6 +132,10 @@ class Health:
             self.counts[key] = self.counts.get(key, 0) + 1
             if outcome.duration_s is not None:  # an interrupted run's end is not known
                 self.durations[outcome.job] = outcome.duration_s
+            if outcome.job == "drill":
+                for name, row in (outcome.fields.get("sources") or {}).items():
+                    key = (name, str(row.get("outcome")))
+                    self.drill_counts[key] = self.drill_counts.get(key, 0) + 1
             self._generation += 1
         if self.offsite is not None and outcome.job == "backup":
             self.offsite.invalidate()
@@ -143,6 +150,10 @@ class Health:
             for job, row in last.items():
                 if row.get("duration_s") is not None:
                     self.durations.setdefault(job, float(row["duration_s"]))
+            if self.config.drill_schedule:
+                for name in self.sets:
+                    for outcome in ("succeeded", "failed"):
+                        self.drill_counts.setdefault((name, outcome), 0)
 
     def _refresh(self) -> tuple[list[Backup], dict[str, dict[str, Any]]]:
         with self._lock:
@@ -150,6 +161,7 @@ class Health:
             if generation != self._seen or time.monotonic() - self._cached_at > CACHE_S:
                 backups, _ = list_backups(LocalDestination(self.config.backup_dir))
                 self._backups, self._last_runs = backups, self.catalog.last_runs()
+                self._drills = last_drills(self.catalog, self.sets or None)
                 self._cached_at, self._seen = time.monotonic(), generation
             return self._backups, self._last_runs
 
@@ -157,11 +169,12 @@ class Health:
         """Return the status model of the configured sets now (worker.monitoring.status; off-site too, with a bucket)."""
         backups, last_runs = self._refresh()
         offsite = self.offsite.get() if self.offsite is not None else None
-        return measure(self.config, backups, self.sets, last_runs, offsite, now)
+        return measure(self.config, backups, self.sets, last_runs, offsite, now, self._drills)
 
     def healthz(self, now: datetime | None = None) -> tuple[int, dict[str, Any]]:
-        """Return the HTTP status (200 fresh, 503 stale, no backup, or off-site age unknown) and the JSON document
-        of SPEC's Health."""
+        """Return the HTTP status (200 fresh, 503 stale, no backup, off-site age unknown, or a set's last drill
+        failed) and the JSON document of SPEC's Health."""
+        now = now or datetime.now(timezone.utc)
         state = self.status(now)
         deciding = state.deciding
 
@@ -184,7 +197,10 @@ class Health:
                            "stage": row.get("stage"), "reason": row.get("reason"), "duration_s": row.get("duration_s")}
                      for job, row in sorted(state.last_runs.items())},
             "disk": state.disk.describe(),
+            "drills": {name: drill.describe(now) for name, drill in sorted(state.drills.items())},
         }
+        if state.state == "drill_failed":
+            document["reason"] = "; ".join(drill.sentence() for drill in state.drill_failures)
         return (200 if state.healthy else 503), document
 
     def collect(self) -> Iterator[Metric]:
@@ -221,6 +237,18 @@ class Health:
             for job, seconds in sorted(self.durations.items()):
                 duration.add_metric([job], seconds)
         yield from (runs, duration)
+        now = datetime.now(timezone.utc)
+        drill_age = GaugeMetricFamily("backup_worker_last_drill_age_seconds",
+                                      "Time since each backup set's last restore drill ended", labels=["set"])
+        for name, drill in sorted(state.drills.items()):
+            if (age := drill.age_s(now)) is not None:
+                drill_age.add_metric([name], age)
+        drills = CounterMetricFamily("backup_worker_drill_runs", "Restore drills of this process per set by outcome",
+                                     labels=["set", "outcome"])
+        with self._counts_lock:
+            for (name, outcome), count in sorted(self.drill_counts.items()):
+                drills.add_metric([name, outcome], float(count))
+        yield from (drill_age, drills)
         if state.disk.used_percent is not None:
             yield GaugeMetricFamily("backup_worker_disk_used_ratio", "Used share of the backup volume (0-1)",
                                     value=state.disk.used_percent / 100)
@@ -283,7 +311,7 @@ def start(config: "Config", catalog: Catalog, sets: list[str], host: str = "0.0.
     `backup_sets` (name and kind) are the sets whose manifests in the bucket are read (None: every set)."""
     if config.health_port is None:
         return None
-    jobs = ["backup", "cleanup"] if config.cleanup_rules else ["backup"]
+    jobs = (["backup", "cleanup"] if config.cleanup_rules else ["backup"]) + (["drill"] if config.drill_schedule else [])
     bucket = offsite_destination(config)
     offsite = OffsiteCache(lambda: list_offsite(bucket, backup_sets or None)) if bucket is not None else None
     health = Health(config=config, catalog=catalog, sets=sets, jobs=jobs, offsite=offsite)

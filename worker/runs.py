@@ -77,6 +77,20 @@ def run_job(job: str, catalog: Catalog, work: Callable[[], dict[str, Any] | None
     return outcome
 
 
+def fail_if_any_failed(rows: dict[str, dict[str, Any]], fields: dict[str, Any], noun: str) -> None:
+    """Given the rows of a run over several backup sets (each with `outcome`, `stage`, `reason`) and the run's
+    fields, raise JobError (with those fields) when any set failed: with one set its own stage and reason, with
+    several the failed sets named (`2 of 3 <noun> failed (…)`)."""
+    failed = [name for name, row in rows.items() if row["outcome"] == "failed"]
+    if not failed:
+        return
+    if len(rows) == 1:
+        raise JobError(rows[failed[0]]["reason"], stage=rows[failed[0]]["stage"], fields=fields)
+    reasons = "; ".join(f"{name} at {rows[name]['stage']}: {rows[name]['reason']}" for name in failed)
+    stage = rows[failed[0]]["stage"] if len(failed) == 1 else "sources"
+    raise JobError(f"{len(failed)} of {len(rows)} {noun} failed ({reasons})", stage=stage, fields=fields)
+
+
 def settle_interrupted(catalog: Catalog) -> list[Outcome]:
     """Mark the runs a dead process left `running` as `interrupted` (see Catalog.mark_interrupted) and tell the
     listeners of each as a finished run, so it is notified and pinged as a failure; return them. Called when `run`

@@ -30,6 +30,7 @@ from jobs.errors import Cancelled
 from worker import __version__, child, health, preflight
 from worker.actions.backup import backup_job
 from worker.actions.cleanup import cleanup_job
+from worker.actions.drill import drill_job
 from worker.context import Context, UsageError
 from worker.crontab import period
 from worker.monitoring.freshness import configured_sets
@@ -131,6 +132,8 @@ def _start_scheduler(ctx: Context) -> BackgroundScheduler:
     scheduler.add_job(backup_job, ctx.config.backup_trigger, args=[ctx], id="backup", name="backup")
     if ctx.config.cleanup_rules:
         scheduler.add_job(cleanup_job, ctx.config.cleanup_trigger, args=[ctx], id="cleanup", name="cleanup")
+    if ctx.config.drill_trigger is not None:  # DRILL_SCHEDULE: no set lock, so a backup that falls due still runs
+        scheduler.add_job(drill_job, ctx.config.drill_trigger, args=[ctx], id="drill", name="drill")
     now = datetime.now(timezone.utc)
     catch_up, why = needs_catch_up(ctx, now)
     if catch_up:  # only the sets that need it: a fresh set is not backed up again at every restart
@@ -145,7 +148,8 @@ def _start_scheduler(ctx: Context) -> BackgroundScheduler:
         catch_up=catch_up,
         catch_up_reason=why,
         next_runs={job.id: job.next_run_time.isoformat() for job in scheduler.get_jobs() if job.next_run_time},
-        schedules={"backup": ctx.config.schedule, "cleanup": ctx.config.cleanup_schedule if ctx.config.cleanup_rules else None},
+        schedules={"backup": ctx.config.schedule, "cleanup": ctx.config.cleanup_schedule if ctx.config.cleanup_rules else None,
+                   "drill": ctx.config.drill_schedule},
         timezone=ctx.config.timezone.key,
     )
     return scheduler

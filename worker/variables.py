@@ -249,6 +249,16 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DISK_WARN_PERCENT",
              "Warn when the backup volume is fuller than this.",
              MONITORING, value=80),
+    Variable("DRILL_SCHEDULE",
+             "When `run` drills: restores the newest sound backup of every set from the bucket (the volume without "
+             "`S3_BUCKET`) into a scratch target and compares it with what the backup recorded "
+             "([drills.md](drills.md)). A cron expression, like `0 4 * * 0` (weekly).",
+             MONITORING, shown="off"),
+    Variable("DRILL_TARGET_URL",
+             "The empty PostgreSQL database drills restore into (emptied again afterwards), for a role that may not "
+             "create databases; else a scratch database `<db>_drill_<stamp>` on the source's server, dropped "
+             "afterwards. A secret.",
+             MONITORING, shown="a scratch database on the source's server"),
     Variable("LOG_LEVEL",
              "`debug`, `info`, `warning`, `error`. `debug` also shows tracebacks.",
              PROCESS, value="info"),

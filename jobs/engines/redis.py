@@ -143,14 +143,15 @@ def parse_info(text: str) -> dict[str, str]:
     return fields
 
 
-def keyspace(info: dict[str, str]) -> dict[str, int]:
-    """Given INFO keyspace fields (`db0: keys=3,expires=0,…`), return the key count of each database."""
+def keyspace(info: dict[str, str], field: str = "keys") -> dict[str, int]:
+    """Given INFO keyspace fields (`db0: keys=3,expires=0,…`), return the key count of each database (with
+    `field="expires"`, the count of its keys with a TTL)."""
     counts = {}
     for name, value in info.items():
         if name.startswith("db") and name[2:].isdigit():
             pairs = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
-            if pairs.get("keys", "").isdigit():
-                counts[name] = int(pairs["keys"])
+            if pairs.get(field, "").isdigit():
+                counts[name] = int(pairs[field])
     return counts
 
 
@@ -270,7 +271,8 @@ class RedisSource(InServer):
         """Yield the SYNC payload as a Snapshot whose check proves the RDB; the connection is closed on exit."""
         with self.session(cancel) as wire:
             versions = self._remember(self.info(wire, "server"))
-            keys = keyspace(self.info(wire, "keyspace"))
+            space = self.info(wire, "keyspace")
+            keys, expires = keyspace(space), keyspace(space, "expires")
             for capability in (("capa", "eof"), ("rdb-only", "1")):
                 try:  # optional (old servers, restricted users): without capa eof the server sends the sized form,
                     # without rdb-only it would follow the file with its command stream (we hang up first)
@@ -279,7 +281,7 @@ class RedisSource(InServer):
                     pass
             size, mark = self._sync(wire)
             details: dict[str, Any] = {"versions": versions,
-                                       "rdb": {"keys": keys, "transfer": "disk" if mark is None else "diskless"}}
+                                       "rdb": {"keys": keys, "expires": expires, "transfer": "disk" if mark is None else "diskless"}}
             check = RdbCheck(cancel, details["rdb"])
             stream = SyncStream(wire, size, mark)
             yield Snapshot(stream=stream, check=check, size=size, details=details)

@@ -26,7 +26,7 @@ from worker.context import EXIT_FAILED, Context
 from worker.output import print_json, report_failure, say
 from worker.purge import purge_after_backup, rules_for
 from worker.lock import for_set
-from worker.runs import Outcome, run_job
+from worker.runs import Outcome, fail_if_any_failed, run_job
 from worker.text import human_size
 
 log = structlog.get_logger("worker.actions.backup")
@@ -96,19 +96,14 @@ def run_sources(ctx: Context, sources: list[Source], settings: pipeline.BackupSe
         warned = [f"{name}: {warning}" for name, row in rows.items() for warning in row.get("warnings", [])]
         if warned:
             fields["warnings"] = warned
-    if not failed and not skipped:
+    fail_if_any_failed(rows, fields, "sources")
+    if not skipped:
         return fields
-    if not failed:
-        if len(rows) == 1:
-            raise BusyError(rows[skipped[0]]["reason"], fields=fields)
-        done = [name for name in rows if name not in skipped]
-        raise BusyError("; ".join(f"{name}: {rows[name]['reason']}" for name in skipped)
-                        + (f" (backed up: {', '.join(done)})" if done else ""), fields=fields)
     if len(rows) == 1:
-        raise JobError(rows[failed[0]]["reason"], stage=rows[failed[0]]["stage"], fields=fields)
-    reasons = "; ".join(f"{name} at {rows[name]['stage']}: {rows[name]['reason']}" for name in failed)
-    stage = rows[failed[0]]["stage"] if len(failed) == 1 else "sources"
-    raise JobError(f"{len(failed)} of {len(rows)} sources failed ({reasons})", stage=stage, fields=fields)
+        raise BusyError(rows[skipped[0]]["reason"], fields=fields)
+    done = [name for name in rows if name not in skipped]
+    raise BusyError("; ".join(f"{name}: {rows[name]['reason']}" for name in skipped)
+                    + (f" (backed up: {', '.join(done)})" if done else ""), fields=fields)
 
 
 def backup_job(ctx: Context, upload: bool = True, only: list[str] | None = None) -> Outcome:

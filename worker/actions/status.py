@@ -15,6 +15,7 @@ from worker.crontab import next_fire_times
 from worker import preflight
 from worker.monitoring import tiers
 from worker.monitoring.freshness import SetFreshness, list_offsite, offsite_destination
+from worker.monitoring.drills import last_drills
 from worker.monitoring.status import Status, last_failure, measure
 
 
@@ -44,7 +45,7 @@ def status_report(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     bucket = offsite_destination(ctx.config)
     offsite = list_offsite(bucket, scope, ctx.cancel) if bucket is not None else None
     names = [backup_set.name for backup_set in scope] if scope is not None else []
-    state = measure(ctx.config, backups, names, ctx.catalog.last_runs(), offsite, now)
+    state = measure(ctx.config, backups, names, ctx.catalog.last_runs(), offsite, now, last_drills(ctx.catalog, names or None))
     document = render(ctx, state, now, [str(backup_set) for backup_set in scope] if scope is not None else None)
     document["retention"] = tiers.report(ctx.config, backups, offsite.backups if offsite is not None else None, now)
     return document
@@ -63,6 +64,8 @@ def render(ctx: Context, state: Status, now: datetime, backup_sets: list[str] | 
     triggers = {"backup": ctx.config.backup_trigger}
     if ctx.config.cleanup_rules:
         triggers["cleanup"] = ctx.config.cleanup_trigger
+    if ctx.config.drill_trigger is not None:
+        triggers["drill"] = ctx.config.drill_trigger
     next_runs = {job: next((t.isoformat() for t in next_fire_times(trigger, local_now, 1)), None)
                  for job, trigger in triggers.items()}
     limit = format_duration(state.limit)
@@ -81,6 +84,8 @@ def render(ctx: Context, state: Status, now: datetime, backup_sets: list[str] | 
         "last_purge": last_purge(ctx.catalog),  # RETENTION_RULES: rows deleted per rule by the last purge
         "last_failure": last_failure(ctx.catalog),
         "disk": state.disk.describe(),
+        "drills": {name: drill.describe(now) for name, drill in sorted(state.drills.items())},  # issue 22
+        "drill_failures": [drill.sentence() for drill in state.drill_failures],
     }
 
 
@@ -116,6 +121,8 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
         reasons = report["stale_reasons"]
         if report["healthy"]:
             say("health: ok")
+        elif report["drill_failures"] and not reasons:
+            say("health: DRILL FAILED: " + "; ".join(report["drill_failures"]))
         elif not reasons:
             say(f"health: STALE: no verified backup within {limit}")
         elif len(report["sets"]) > 1 and not report["offsite"]:
@@ -127,6 +134,9 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
         for job, row in sorted(report["jobs"].items()):
             detail = f" at {row['stage']}: {row['reason']}" if row.get("reason") else ""
             say(f"last {job}: {row['outcome']} ({row['started_at']}){detail}")
+        for name, drill in report["drills"].items():
+            detail = drill["compared"] if drill["outcome"] == "succeeded" else f"at {drill['stage']}: {drill['reason']}"
+            say(f"last drill of {name}: {drill['outcome']} ({drill['finished_at']}, {drill['backup']}): {detail}")
         for job, when in report["next_runs"].items():
             say(f"next {job}: {when}")
         for ident in report["future_backups"]:

@@ -42,6 +42,11 @@ def ping_messages(event: str, outcome: Outcome, url: str, host: str, sets: list[
             body = scrub(body, secrets)
             found.append(Message(ping_url(url, suffix), body.encode(), "text/plain; charset=utf-8",
                                  f"ping {suffix or 'success'}", run))
+    if outcome.job == "drill" and event == "finished" and outcome.outcome in FAILURES:
+        # A failed restore drill (issue 22): the copies a disaster would need do not restore; no `start` (a
+        # drill is no backup), no success ping (the backups' own pings say the schedule runs).
+        body = scrub(ping_body(outcome, host, "restore drill"), secrets)
+        found.append(Message(ping_url(url, "fail"), body.encode(), "text/plain; charset=utf-8", "ping fail", run))
     if on_start(outcome) and event == "finished":
         # A restore at start is no backup (no `start`, which would time one), but the check hears of it: a
         # failure stops the worker before any backup, a success is logged (`/log` changes no state).

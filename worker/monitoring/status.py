@@ -7,13 +7,14 @@ the catalog (each job's last run) and the backup volume (`disk.py`). Each caller
 same model its own way.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from jobs.backups import Backup
 from worker.catalog import Catalog, catalog_time
 from worker.monitoring import disk
+from worker.monitoring.drills import SetDrill
 from worker.monitoring.disk import Disk
 from worker.monitoring.freshness import Freshness, Offsite, SetFreshness, evaluate
 
@@ -30,11 +31,18 @@ class Status:
     backups: int  # the sound backups counted on the volume
     last_runs: dict[str, dict[str, Any]]  # per job, its last catalog row
     disk: Disk
+    drills: dict[str, SetDrill] = field(default_factory=dict)  # per set, its last restore drill (issue 22)
 
     @property
     def healthy(self) -> bool:
-        """Every configured set has a verified backup within FRESHNESS_LIMIT (in the bucket, with S3_BUCKET)."""
-        return self.freshness.fresh
+        """Every configured set has a verified backup within FRESHNESS_LIMIT (in the bucket, with S3_BUCKET), and
+        no set's last restore drill failed."""
+        return self.freshness.fresh and not self.drill_failures
+
+    @property
+    def drill_failures(self) -> list[SetDrill]:
+        """The sets whose last drill failed."""
+        return [drill for drill in self.drills.values() if drill.failed]
 
     @property
     def limit(self) -> timedelta:
@@ -51,9 +59,12 @@ class Status:
 
     @property
     def state(self) -> str:
-        """`ok`, `stale`, or `offsite_unknown` (the deciding set's bucket could not be listed)."""
+        """`ok`, `stale`, `offsite_unknown` (the deciding set's bucket could not be listed), or `drill_failed`
+        (every set is fresh but a set's last restore drill failed)."""
         if self.healthy:
             return "ok"
+        if self.freshness.fresh:
+            return "drill_failed"
         return self.deciding.state if self.deciding else "stale"
 
     @property
@@ -67,11 +78,12 @@ class Status:
 
 
 def measure(config: "Config", backups: list[Backup], sets: list[str], last_runs: dict[str, dict[str, Any]],
-            offsite: Offsite | None, now: datetime | None = None) -> Status:
+            offsite: Offsite | None, now: datetime | None = None, drills: dict[str, SetDrill] | None = None) -> Status:
     """Given the sound backups on the volume, the configured set names (none: every set found counts), each job's
-    last run and, with S3_BUCKET, the bucket as listed, return the status now (the volume is measured here)."""
+    last run, with S3_BUCKET the bucket as listed, and each set's last drill, return the status now (the volume
+    is measured here)."""
     state = evaluate(backups, sets, config.freshness_limit, now, offsite)
-    return Status(state, offsite is not None, len(backups), last_runs, disk.measure(config))
+    return Status(state, offsite is not None, len(backups), last_runs, disk.measure(config), dict(drills or {}))
 
 
 def last_failure(catalog: Catalog) -> dict[str, Any] | None:

@@ -1,0 +1,177 @@
+"""A PostgreSQL drill: the proven archive restored by pg_restore, as `restore --target-url` restores one, into a
+scratch database, whose rows are then counted exactly.
+
+The scratch database is `<db>_drill_<stamp>` on the source's server, created empty (from template0) and dropped
+afterwards (`WITH (FORCE)`: a stopped pg_restore's session goes too), after a failure or a stop as well. With
+DRILL_TARGET_URL the drill restores into that database instead (the operator's, perhaps on another server): it must
+hold no tables, and the drill empties it afterwards (`DROP OWNED BY CURRENT_USER`: everything the restore made
+belongs to the drill's role, since pg_restore runs with --no-owner). The source database itself is only used to
+reach its server (CREATE and DROP DATABASE); nothing in it is read or written.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+import threading
+from typing import Any
+
+import psycopg
+from psycopg import sql
+import structlog
+
+from jobs.backups import Backup
+from jobs.engines import Source, pg_connect
+from jobs.engines.pg_archive import table_key
+from jobs.engines.pg_connect import Connection
+from jobs.engines.pg_restore import restore_database
+from jobs.errors import Cancelled, SourceError
+from jobs.redact import scrub
+
+KIND = "pgdump"
+TARGET_VARIABLE = "DRILL_TARGET_URL"
+NAME_LIMIT = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
+MARK = "_drill_"
+
+log = structlog.get_logger("jobs.drill.postgres")
+
+# The rows of every user table of the scratch database, keyed as the manifest's counts are (pg_archive.table_key).
+TABLES = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                  AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+def scratch_name(database: str, now: datetime) -> str:
+    """Return the scratch database's name: `<db>_drill_<stamp>`, the database part shortened to fit 63 bytes."""
+    suffix = f"{MARK}{now.strftime('%Y%m%d%H%M%S')}"
+    head = database.encode()[:NAME_LIMIT - len(suffix)].decode(errors="ignore")
+    return f"{head}{suffix}"
+
+
+def _server_of(source: Source) -> Connection:
+    conn = source.sql_database()
+    if not isinstance(conn, Connection):
+        raise SourceError(f"a PostgreSQL backup is drilled on a PostgreSQL server; the set {source.name()} is a "
+                          f"{source.kind} source", stage="scratch")
+    return conn
+
+
+def _why(error: psycopg.Error, conn: Connection) -> str:
+    return scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, conn.secrets())
+
+
+@contextmanager
+def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Connection]:
+    """Create an empty scratch database on `server`'s server and yield how to reach it; drop it on exit, whatever
+    happened. Raise SourceError at stage `scratch`: one sentence naming the CREATEDB right or DRILL_TARGET_URL
+    when the role may not create databases."""
+    name = scratch_name(server.dbname, datetime.now(timezone.utc))
+    with pg_connect.connect(server) as session:
+        _warn_leftovers(session, name, server)
+        try:
+            session.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        except psycopg.errors.InsufficientPrivilege:
+            user = server.user or session.info.user
+            raise SourceError(f"the PostgreSQL role {user} may not create databases, so the drill cannot make its "
+                              f"scratch database on {server.host}: grant it with `ALTER ROLE {user} CREATEDB`, or set "
+                              f"{TARGET_VARIABLE} to an empty database the drill may fill and empty", stage="scratch") from None
+        except psycopg.Error as error:
+            raise SourceError(f"cannot create the drill's scratch database {name} on {server.host}: "
+                              f"{_why(error, server)}", stage="scratch") from None
+    log.info("drill.scratch_created", database=name, host=server.host)
+    try:
+        yield replace(server, params={**server.params, "dbname": name})
+    finally:
+        _drop(server, name)
+
+
+def _warn_leftovers(session: psycopg.Connection, name: str, server: Connection) -> None:
+    """Warn of scratch databases of this set that a killed drill left (SIGKILL, a lost machine): named as ours,
+    never dropped here, since another worker's drill may be using one now."""
+    pattern = name[:-len(datetime.now().strftime("%Y%m%d%H%M%S"))]
+    try:
+        rows = session.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname ~ %s",
+                               (pattern, r"_drill_\d{14}$")).fetchall()
+    except psycopg.Error:
+        return
+    if rows:
+        names = [row[0] for row in rows]
+        log.warning("drill.scratch_leftover", databases=names, host=server.host,
+                    detail=f"a drill that was killed left them; drop them by hand: DROP DATABASE {names[0]}")
+
+
+def _drop(server: Connection, name: str) -> None:
+    """Drop the scratch database `name` (its sessions ended first). Failures only warn, naming what to drop."""
+    try:
+        with pg_connect.connect(server) as session:
+            force = " WITH (FORCE)" if session.info.server_version >= 130000 else ""
+            session.execute(sql.SQL("DROP DATABASE IF EXISTS {}" + force).format(sql.Identifier(name)))
+        log.info("drill.scratch_dropped", database=name, host=server.host)
+    except (SourceError, psycopg.Error) as error:
+        log.warning("drill.scratch_left", database=name, host=server.host,
+                    reason=str(error)[:200], detail=f"drop it by hand: DROP DATABASE {name}")
+
+
+def user_tables(conn: Connection) -> list[str]:
+    """Return the user tables of the database `conn` (as the manifest's counts name them)."""
+    with pg_connect.connect(conn) as session:
+        return [table_key(schema, table) for schema, table in session.execute(TABLES).fetchall()]
+
+
+@contextmanager
+def operator_database(url: str, cancel: threading.Event) -> Iterator[Connection]:
+    """Yield DRILL_TARGET_URL's database, proven empty (no user tables); empty it again on exit. Raise
+    SourceError at stage `scratch` when it already holds tables."""
+    try:
+        conn = pg_connect.parse_url(url)
+    except ValueError as error:
+        raise SourceError(f"{TARGET_VARIABLE}: {error}", stage="scratch") from None
+    found = user_tables(conn)
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise SourceError(f"the drill target {conn.masked} ({TARGET_VARIABLE}) is not empty: it holds {shown}; a drill "
+                          "restores into an empty database and empties it afterwards, so point it at one that holds "
+                          "nothing of value", stage="scratch")
+    try:
+        yield conn
+    finally:
+        try:
+            with pg_connect.connect(conn) as session:
+                session.execute("DROP OWNED BY CURRENT_USER")
+        except (SourceError, psycopg.Error) as error:
+            log.warning("drill.target_left", database=conn.dbname, host=conn.host, reason=str(error)[:200],
+                        detail=f"empty {conn.dbname} by hand before the next drill")
+
+
+def count_rows(conn: Connection, cancel: threading.Event) -> dict[str, Any]:
+    """Return the exact rows of each user table of the database `conn`, as the manifest records counts."""
+    tables: dict[str, int] = {}
+    with pg_connect.connect(conn) as session:
+        for schema, table in session.execute(TABLES).fetchall():
+            if cancel.is_set():
+                raise Cancelled("the worker is stopping; the drill's row count was interrupted")
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            tables[table_key(schema, table)] = session.execute(query).fetchone()[0]
+    return {"unit": "rows", "total": sum(tables.values()), "tables": tables}
+
+
+def restore_and_count(raw: Path, backup: Backup, source: Source, target_url: str | None,
+                      cancel: threading.Event) -> tuple[list[str], dict[str, Any]]:
+    """Restore the proven archive `raw` into a scratch database (see the module docstring) and count its rows;
+    the scratch database is gone (or emptied) on return, whatever happened. Raise SourceError (the scratch
+    target, the restore) or Cancelled."""
+    target = operator_database(target_url, cancel) if target_url else scratch_database(_server_of(source), cancel)
+    with target as conn:
+        try:
+            restore_database(raw, conn, cancel, None)
+            counts = count_rows(conn, cancel)
+        except psycopg.Error as error:
+            raise SourceError(f"cannot count the rows restored into {conn.dbname}: {_why(error, conn)}", stage="restore") from None
+    return [f"pg_restore into {'the drill target' if target_url else 'a scratch database'}", "rows counted"], counts

@@ -1,0 +1,130 @@
+"""A Redis drill: the proven RDB loaded by a private redis-server that the worker starts on a free loopback port,
+with no persistence (nothing is saved back), and stops afterwards; its keys are counted per database.
+
+The server runs in the drill's private scratch directory on the backup volume, configured through a 0600 file,
+listening on 127.0.0.1 only; it is stopped (SIGTERM, then SIGKILL) when the drill ends, a stop request included.
+Keys whose TTL passed since the backup are dropped as the server loads the file (which is why the comparison takes
+keys with a TTL as "at most").
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+import shutil
+import socket
+import threading
+import time
+from typing import Any
+
+import structlog
+
+from jobs import execute
+from jobs.backups import Backup
+from jobs.engines import Source
+from jobs.engines.redis import keyspace, parse_info
+from jobs.engines.redis_wire import ServerError, Wire
+from jobs.errors import Cancelled, SourceError
+
+KIND = "rdb"
+PROGRAM = "redis-server"
+LISTEN_S = 30.0  # how long a started server may take to listen (loading the file is waited for as long as it takes)
+POLL_S = 0.05
+TRIES = 3  # a free port taken by someone else between our look and the server's bind: try another
+
+log = structlog.get_logger("jobs.drill.redis")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on now (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _config(directory: Path, rdb: Path, port: int) -> Path:
+    lines = [f"port {port}", "bind 127.0.0.1", "protected-mode yes", f'dir "{directory}"', f'dbfilename "{rdb.name}"',
+             'save ""', "appendonly no", "daemonize no", f'logfile "{directory / "redis.log"}"']
+    config = directory / "redis.conf"
+    config.unlink(missing_ok=True)
+    return execute.secret_file(directory, "redis.conf", "\n".join(lines) + "\n")
+
+
+def _log_tail(directory: Path) -> str:
+    try:
+        lines = (directory / "redis.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    wanted = [line for line in lines if "#" in line or "error" in line.lower()] or lines
+    return " | ".join(line.strip() for line in wanted[-3:])
+
+
+def _ready(child: execute.Child, port: int, directory: Path, cancel: threading.Event) -> Wire | None:
+    """Wait until the server answers PING with its data loaded; return a connection to it, or None when it exited
+    because its port was taken. Raise SourceError (it exited, or never listened) or Cancelled."""
+    deadline = time.monotonic() + LISTEN_S
+    while True:
+        if cancel.is_set():
+            raise Cancelled("the worker is stopping; the drill's redis-server was stopped")
+        code = child.poll()
+        if code is not None:
+            tail = _log_tail(directory)
+            if "Address already in use" in tail:
+                return None
+            raise SourceError(f"redis-server could not load the backup's RDB file ({execute.describe_exit(code)}: "
+                              f"{tail or child.failure(code)}); the file does not restore with this redis-server",
+                              stage="restore")
+        try:
+            wire = Wire.open("127.0.0.1", port, None, cancel)
+        except SourceError:
+            if time.monotonic() > deadline:
+                raise SourceError(f"the drill's redis-server did not listen on 127.0.0.1:{port} within {LISTEN_S:.0f} s",
+                                  stage="restore") from None
+            time.sleep(POLL_S)
+            continue
+        try:
+            wire.command("PING")
+            return wire
+        except ServerError as error:
+            wire.close()
+            if not str(error).startswith("LOADING"):
+                raise SourceError(f"the drill's redis-server answered {str(error)[:200]}", stage="restore") from None
+            deadline = time.monotonic() + LISTEN_S  # loading: as long as it takes
+            time.sleep(POLL_S)
+
+
+@contextmanager
+def private_server(rdb: Path, cancel: threading.Event) -> Iterator[Wire]:
+    """Start a redis-server loading `rdb` (in its directory) on a free loopback port; yield a connection to it
+    once the data is loaded; stop the server on exit. Raise SourceError (not installed, it cannot load the file)
+    or Cancelled."""
+    program = shutil.which(PROGRAM)
+    if program is None:
+        raise SourceError(f"{PROGRAM} is not installed, so a Redis backup cannot be loaded for its drill; install it "
+                          "(apt-get install redis-server; the Dockerfile does)", stage="restore")
+    directory = rdb.parent
+    for _ in range(TRIES):
+        port = free_port()
+        config = _config(directory, rdb, port)
+        with execute.spawn([program, str(config)], cancel=cancel) as child:
+            wire = _ready(child, port, directory, cancel)
+            if wire is None:
+                continue
+            log.info("drill.redis_started", port=port)
+            try:
+                yield wire
+            finally:
+                wire.close()
+            return
+    raise SourceError(f"the drill's redis-server found no free loopback port in {TRIES} tries", stage="restore")
+
+
+def restore_and_count(raw: Path, backup: Backup, source: Source, target_url: str | None,
+                      cancel: threading.Event) -> tuple[list[str], dict[str, Any]]:
+    """Load the proven RDB `raw` (in a scratch directory its caller removes) into a private redis-server and
+    count its keys per database; the server is stopped on return, whatever happened."""
+    with private_server(raw, cancel) as wire:
+        reply = wire.command("INFO", "keyspace")
+    info = parse_info(reply.decode(errors="replace") if isinstance(reply, bytes) else "")
+    keys, ttl = keyspace(info), keyspace(info, "expires")
+    databases = {name: {"keys": count, "expires": ttl.get(name, 0)} for name, count in keys.items()}
+    return ["loaded by redis-server", "keys counted"], {"unit": "keys", "databases": databases}

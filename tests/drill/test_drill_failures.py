@@ -1,0 +1,122 @@
+"""Drills that fail (issue 22), each with one sentence naming what is wrong, exit 1, a failed `drill` row in the
+history, and nothing of the drill left behind: a truncated object in the bucket, a restored copy whose rows differ
+from what the manifest recorded, a PostgreSQL restore that fails, a drill target that is not empty, a role that may
+not create the scratch database."""
+
+import json
+from pathlib import Path
+import shutil
+import uuid
+
+from psycopg import sql
+
+from tests.conftest import run_worker
+from tests.drill.conftest import bucket_key, drill_env, scratch_databases, table_names, temporaries
+from tests.postgres.conftest import admin, digests, url_for
+
+
+def failed_sentence(result) -> str:
+    """Return the one line a failed drill prints on stderr (log lines aside)."""
+    assert result.code == 1, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line and not line.startswith("{")]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_a_truncated_artifact_in_the_bucket_fails_the_drill_naming_the_damage(
+        tmp_path: Path, worker_env, app_db: Path, moto_endpoint, bucket, s3_client) -> None:
+    env = drill_env(worker_env, moto_endpoint, bucket)
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    shutil.rmtree(tmp_path / "backups")
+    key = bucket_key(s3_client, bucket, ".sqlite.zst")
+    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2])
+    sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+    assert sentence.startswith("app: drill failed at stage verify: the newest backup app-")
+    assert f"is {len(body) // 2} bytes but its manifest says {len(body)}" in sentence
+    assert "take a backup now" in sentence and "--fallback" not in sentence
+    assert temporaries(tmp_path / "backups") == []
+    runs = json.loads(run_worker(["history", "--json", "--job", "drill"], env, cwd=tmp_path).stdout)
+    assert runs[0]["outcome"] == "failed" and runs[0]["stage"] == "verify"
+
+
+def test_a_row_count_that_differs_from_the_manifest_fails_the_drill_naming_the_table(
+        tmp_path: Path, worker_env, app_db: Path, moto_endpoint, bucket, s3_client) -> None:
+    env = drill_env(worker_env, moto_endpoint, bucket)
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    key = bucket_key(s3_client, bucket, ".sqlite.zst.json")
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    manifest["counts"]["tables"]["messages"] = 999
+    s3_client.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode())
+    sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+    assert "failed at stage compare" in sentence
+    assert "table messages has 1000 rows, the backup recorded 999" in sentence
+    assert run_worker(["drill", "--local"], env, cwd=tmp_path).code == 0  # the volume's manifest is untouched
+
+
+def test_a_postgresql_restore_that_fails_fails_the_drill_and_leaves_the_target_empty(
+        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
+    app = make_db("app", populated=True, events=100)
+    target = make_db("target")
+    role = f"bw_drill_{uuid.uuid4().hex[:8]}"
+    with admin() as connection:  # a role that may connect to the target but not create anything in it
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    with admin(dbname=target) as connection:
+        connection.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    try:
+        env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app),
+                        DRILL_TARGET_URL=url_for(target, user=role))
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        before = digests(app)
+        sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+        assert "failed at stage restore" in sentence and f"pg_restore into {target}" in sentence
+        assert "permission denied" in sentence
+        assert table_names(target) == []
+        assert digests(app) == before
+    finally:
+        with admin(dbname=target) as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with admin() as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_drill_target_that_is_not_empty_is_refused_and_left_as_it_was(
+        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
+    app = make_db("app", populated=True, events=100)
+    occupied = make_db("occupied", populated=True, events=10)
+    env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app), DRILL_TARGET_URL=url_for(occupied))
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    before = digests(occupied)
+    sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+    assert "failed at stage scratch" in sentence
+    assert f"the drill target postgresql://{'postgres'}@" in sentence and "is not empty: it holds public.attachments" in sentence
+    assert digests(occupied) == before
+
+
+def test_a_role_without_createdb_is_told_the_right_or_drill_target_url(
+        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
+    role = f"bw_nocreate_{uuid.uuid4().hex[:8]}"
+    app = make_db("owned")
+    with admin() as connection:
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB").format(sql.Identifier(role)))
+        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(app), sql.Identifier(role)))
+    try:
+        with admin(dbname=app) as connection:
+            connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            connection.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            connection.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 50) g")
+        env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app, user=role))
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+        assert f"the PostgreSQL role {role} may not create databases" in sentence
+        assert f"ALTER ROLE {role} CREATEDB" in sentence and "DRILL_TARGET_URL" in sentence
+        assert scratch_databases(app) == []
+    finally:
+        with admin() as connection:
+            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(app), sql.Identifier("postgres")))
+        with admin(dbname=app) as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with admin() as connection:
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -1,0 +1,91 @@
+"""What a drill's restored copy is compared with (jobs.drill.compare): exact rows per table; for Redis, keys without
+a TTL exactly and keys with one at most; a manifest without counts is drilled on its proof and restore alone."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from jobs.backups import Backup
+from jobs.drill import compare
+from jobs.drill.postgres import scratch_name
+from jobs.errors import JobError
+from worker.config import ConfigError, load_config
+
+NOW = datetime(2026, 12, 6, 1, 0, tzinfo=timezone.utc)
+
+
+def backup(kind: str, manifest: dict) -> Backup:
+    artifact = f"app-20261206T010000Z.{kind}.zst"
+    return Backup(id=artifact.removesuffix(".zst"), artifact=artifact, created_at=NOW, size=10, sha256="0" * 64,
+                  verified=True, manifest=manifest)
+
+
+ROWS = {"counts": {"unit": "rows", "total": 5, "tables": {"users": 3, "empty": 0, "events": 2}}}
+
+
+def test_rows_that_match_exactly_pass_and_say_what_was_compared() -> None:
+    measured = {"unit": "rows", "total": 5, "tables": {"users": 3, "empty": 0, "events": 2}}
+    assert compare.against_manifest(backup("sqlite", ROWS), measured) == "5 rows in 3 table(s), exactly as recorded"
+
+
+@pytest.mark.parametrize("tables, clause", [
+    ({"users": 2, "empty": 0, "events": 2}, "table users has 2 rows, the backup recorded 3"),
+    ({"users": 3, "events": 2}, "table empty is missing (the backup recorded 0 rows)"),
+    ({"users": 3, "empty": 0, "events": 2, "extra": 1}, "table extra (1 rows) was not recorded in the backup"),
+])
+def test_rows_that_differ_fail_at_stage_compare_naming_the_table(tables: dict, clause: str) -> None:
+    with pytest.raises(JobError) as raised:
+        compare.against_manifest(backup("pgdump", ROWS), {"unit": "rows", "tables": tables})
+    assert raised.value.stage == "compare"
+    assert clause in str(raised.value) and str(raised.value).startswith("the restored copy of app-20261206T010000Z.pgdump")
+
+
+def test_a_manifest_without_counts_is_drilled_on_its_proof_and_restore_only() -> None:
+    for manifest in ({}, {"counts": {"tables": {"users": "many"}}}, {"counts": {"tables": {"users": True}}}):
+        said = compare.against_manifest(backup("sqlite", manifest), {"tables": {"users": 3}})
+        assert said.startswith("the manifest records no row counts")
+        assert not compare.recorded(backup("sqlite", manifest))
+
+
+KEYS = {"rdb": {"keys": {"db0": 10, "db1": 2}, "expires": {"db0": 4}}}
+
+
+@pytest.mark.parametrize("databases, passes", [
+    ({"db0": {"keys": 10, "expires": 4}, "db1": {"keys": 2, "expires": 0}}, True),
+    ({"db0": {"keys": 7, "expires": 1}, "db1": {"keys": 2, "expires": 0}}, True),  # three expired since: at most
+    ({"db0": {"keys": 9, "expires": 4}, "db1": {"keys": 2, "expires": 0}}, False),  # a key without a TTL lost
+    ({"db0": {"keys": 11, "expires": 5}, "db1": {"keys": 2, "expires": 0}}, False),  # more TTL keys than recorded
+    ({"db0": {"keys": 10, "expires": 4}}, False),  # a database gone
+])
+def test_redis_keys_without_a_ttl_match_exactly_and_keys_with_one_at_most(databases: dict, passes: bool) -> None:
+    measured = {"unit": "keys", "databases": databases}
+    if passes:
+        assert compare.against_manifest(backup("rdb", KEYS), measured).endswith("as recorded")
+    else:
+        with pytest.raises(JobError, match="does not hold what the backup recorded"):
+            compare.against_manifest(backup("rdb", KEYS), measured)
+
+
+def test_redis_keys_recorded_without_ttl_counts_are_compared_as_at_most() -> None:
+    old = {"rdb": {"keys": {"db0": 5}}}
+    assert compare.against_manifest(backup("rdb", old), {"databases": {"db0": {"keys": 4, "expires": 0}}})
+    with pytest.raises(JobError, match="db0 has 6 keys, more than the 5"):
+        compare.against_manifest(backup("rdb", old), {"databases": {"db0": {"keys": 6, "expires": 0}}})
+
+
+def test_the_scratch_database_name_fits_postgresql_identifiers() -> None:
+    assert scratch_name("shop", NOW) == "shop_drill_20261206010000"
+    long = scratch_name("d" * 80, NOW)
+    assert len(long.encode()) <= 63 and long.endswith("_drill_20261206010000")
+
+
+def test_drill_variables_are_validated_with_the_others(tmp_path) -> None:
+    config = load_config({"BACKUP_DIR": str(tmp_path), "DRILL_SCHEDULE": "0 4 * * 0",
+                          "DRILL_TARGET_URL": "postgresql://drill:pw-9f1c@db:5432/scratch"}, tmp_path)
+    assert config.drill_schedule == "0 4 * * 0" and config.drill_trigger is not None
+    assert "pw-9f1c" in config.secrets() and "pw-9f1c" not in str(config.describe())
+    assert load_config({"BACKUP_DIR": str(tmp_path)}, tmp_path).drill_schedule is None
+    with pytest.raises(ConfigError) as raised:
+        load_config({"BACKUP_DIR": str(tmp_path), "DRILL_SCHEDULE": "weekly", "DRILL_TARGET_URL": "redis://x"}, tmp_path)
+    assert any(problem.startswith("DRILL_SCHEDULE:") for problem in raised.value.problems)
+    assert any(problem.startswith("DRILL_TARGET_URL=") for problem in raised.value.problems)
