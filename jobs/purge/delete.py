@@ -83,8 +83,8 @@ def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
     written as text, and such rows stay. Before it, `col < D`, where D is the day after cutoff + 14 h, keeps only
     rows that can be old whatever their offset: the same rows, but an index on the column can find them. `typeof`
     keeps a stray number or blob out (SQLite's datetime() would read a number as a Julian day). SQLite numbers are
-    Unix seconds. PostgreSQL: timestamptz against the instant, timestamp (no time zone) as UTC, date: days that
-    ended before the cutoff.
+    Unix time in the rule's unit (seconds by default), as are PostgreSQL numbers ("epoch"). PostgreSQL:
+    timestamptz against the instant, timestamp (no time zone) as UTC, date: days that ended before the cutoff.
     """
     column = target.column
     if target.kind == "text":
@@ -92,7 +92,10 @@ def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
         return sa.and_(sa.func.typeof(column) == "text", column.op("GLOB")(DATE_GLOB), column < bound,
                        sa.func.datetime(column) < cutoff.strftime("%Y-%m-%d %H:%M:%S"))
     if target.kind == "unix":
-        return sa.and_(sa.func.typeof(column).in_(["integer", "real"]), column < int(cutoff.timestamp()))
+        return sa.and_(sa.func.typeof(column).in_(["integer", "real"]),
+                       column < int(cutoff.timestamp()) * target.rule.scale)
+    if target.kind == "epoch":
+        return column < int(cutoff.timestamp()) * target.rule.scale
     if target.kind == "timestamptz":
         return column < cutoff
     if target.kind == "timestamp":

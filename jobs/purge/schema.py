@@ -6,7 +6,6 @@ they are, no type conversion in between).
 """
 
 from dataclasses import dataclass
-import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,31 +13,17 @@ from sqlalchemy.engine import Connection
 
 from jobs.engines import _sqlite as sqlite_lib, pg_rows
 from jobs.purge import triggers
-from jobs.purge.rules import PurgeRule
+from jobs.purge.kinds import DATE_GLOB, ISO_8601, KINDS, affinity, postgres_kind, sqlite_kind
+from jobs.purge.rules import PurgeRule, RuleProblem
 
-SAMPLE = 200  # values read from each end of the table (in key order) to tell how a SQLite column stores time
-MILLISECONDS = 10**11  # a "Unix seconds" value this large is a time in milliseconds (year 5138 in seconds)
-UNIX_MIN = 10**8  # 1973-03-03: a smaller number is a counter or an id, not a time (a rule on it would delete all)
+__all__ = ["DATE_GLOB", "ISO_8601", "KINDS", "Cascade", "Reference", "RuleProblem", "Target", "affinity",
+           "cascades_of", "check", "has_user_tables", "resolve"]
+
 ROWID_ALIASES = ("rowid", "_rowid_", "oid")
-KINDS = {
-    "text": "ISO 8601 text",
-    "unix": "Unix seconds",
-    "timestamptz": "timestamp with time zone",
-    "timestamp": "timestamp without time zone (read as UTC)",
-    "date": "date",
-}
-ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?")
-# What SQLite text must start with to be read as a time at all: a date. SQLite's datetime() also reads a time of
-# day alone ('12:30' is 2000-01-01 12:30), a Julian day number written as text and 'now'; none of those is a date.
-DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 _RESTRICTS = ("RESTRICT", "NO ACTION")
 MAX_DEPTH = 5  # levels of rows below a deleted row checked for being in the backup; a deeper row keeps it
 MAX_CASCADES = 64  # foreign keys followed in all for one rule
 _SYSTEM_SCHEMAS = ("information_schema",)
-
-
-class RuleProblem(ValueError):
-    """A rule does not fit the database; the message is one sentence that starts with the rule."""
 
 
 @dataclass(frozen=True)
@@ -111,9 +96,9 @@ def resolve(connection: Connection, rule: PurgeRule) -> Target:
     declared = next(column["type"] for column in columns if column["name"] == column_name)
     column = table.c[column_name]
     if sqlite:
-        kind = _sqlite_kind(connection, rule, table, column, key, declared)
+        kind = sqlite_kind(connection, rule, table, column, key, declared)
     else:
-        kind = _postgres_kind(rule, declared)
+        kind = postgres_kind(connection, rule, table, column, key, declared)
     _refuse_side_effects(connection, rule, schema, table_name, triggers.DELETE, "deleting its rows")
     references = _sqlite_references if sqlite else _postgres_references
     return Target(rule=rule, table=table, column=column, key=key, kind=kind,
@@ -238,68 +223,6 @@ def _table_and_key(inspector: sa.Inspector, schema: str | None, name: str, colum
     types = {column["name"]: column["type"] for column in columns}
     integer = len(primary) == 1 and isinstance(types.get(primary[0]), sa.Integer)
     return table, tuple(table.c[column] for column in primary), integer
-
-
-# --- how the column stores time ---------------------------------------------------------------------------------
-
-def _postgres_kind(rule: PurgeRule, declared: Any) -> str:
-    if isinstance(declared, sa.DateTime):
-        return "timestamptz" if declared.timezone else "timestamp"
-    if isinstance(declared, sa.Date):
-        return "date"
-    raise RuleProblem(f"{rule.describe()}: column {rule.column} is of type {declared}; retention needs "
-                      "timestamp, timestamp with time zone or date")
-
-
-def affinity(declared: str) -> str:
-    """Given a declared SQLite column type, return its affinity by SQLite's rules: integer, text, blob, real or
-    numeric."""
-    declared = declared.upper()
-    if "INT" in declared:
-        return "integer"
-    if any(word in declared for word in ("CHAR", "CLOB", "TEXT")):
-        return "text"
-    if "BLOB" in declared or not declared:
-        return "blob"
-    if any(word in declared for word in ("REAL", "FLOA", "DOUB")):
-        return "real"
-    return "numeric"
-
-
-def _sqlite_kind(connection: Connection, rule: PurgeRule, table: sa.TableClause, column: sa.ColumnClause,
-                 key: tuple[sa.ColumnClause, ...], declared: Any) -> str:
-    """Decide from a sample of stored values (both ends of the table) whether the column holds ISO 8601 text or
-    Unix seconds; the declared type decides only for an empty column. Raise RuleProblem for anything else."""
-    declared_name = "" if isinstance(declared, sa.types.NullType) else str(declared)
-    sample = sa.select(sa.func.typeof(column), column, sa.func.datetime(column)).where(column.is_not(None))
-    rows = [*connection.execute(sample.order_by(*key).limit(SAMPLE)),
-            *connection.execute(sample.order_by(*(part.desc() for part in key)).limit(SAMPLE))]
-    where = f"{rule.describe()}: column {column.name}"
-    texts = [(value, parsed) for storage, value, parsed in rows if storage == "text"]
-    numbers = [value for storage, value, _ in rows if storage in ("integer", "real")]
-    if any(storage == "blob" for storage, _, _ in rows):
-        raise RuleProblem(f"{where} holds binary values; retention reads ISO 8601 text or Unix seconds")
-    if texts and numbers:
-        raise RuleProblem(f"{where} mixes text and numbers (e.g. {texts[0][0]!r} and {numbers[0]!r}); "
-                          "store every time one way, ISO 8601 text or Unix seconds")
-    for value, parsed in texts:
-        if parsed is None or not ISO_8601.fullmatch(value):
-            raise RuleProblem(f"{where} holds {value!r}, which is not an ISO 8601 time; retention reads text like "
-                              "2026-11-22 02:00:00 (T, fractions and +HH:MM offsets allowed) or Unix seconds")
-    for value in numbers:
-        if value >= MILLISECONDS:
-            raise RuleProblem(f"{where} holds {value!r}, which looks like milliseconds; retention reads Unix seconds")
-        if value < UNIX_MIN:
-            raise RuleProblem(f"{where} holds {value!r}, which is not a Unix time in seconds (it would be before "
-                              "1973); name the column that holds the row's time")
-    if texts:
-        return "text"
-    if numbers:
-        return "unix"
-    column_affinity = affinity(declared_name)
-    if "BLOB" in declared_name.upper():
-        raise RuleProblem(f"{where} is declared {declared_name}; retention reads ISO 8601 text or Unix seconds")
-    return "unix" if column_affinity in ("integer", "real") else "text"
 
 
 # --- foreign keys pointing at the table -------------------------------------------------------------------------
