@@ -21,7 +21,8 @@ from jobs.cycle import Cycle
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from jobs.manifest import utc_iso
-from jobs.purge import PurgeRule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge
+from jobs.purge import (PurgeRule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge,
+                        summary_of)
 from worker.context import Context, UsageError
 from worker.output import say
 from worker.catalog import Catalog
@@ -31,7 +32,7 @@ log = structlog.get_logger("worker.purge")
 
 # What a backup's outcome carries about its purge, with `purge_run_id`, and `purge_skipped` / `purge_error` when
 # it did not run, or not whole.
-PURGE_FIELDS = ("purge", "purged_rows", "purge_failed")
+PURGE_FIELDS = ("purge", "purged_rows", "purged_tables", "purge_failed")
 
 
 def rules_for(ctx: Context, source: Source) -> tuple[PurgeRule, ...]:
@@ -136,8 +137,7 @@ def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: 
 
 def summary(rules: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Given per-rule dicts (RuleResult.as_dict), return the same fields as `purge_fields`."""
-    return {"purge": list(rules), "purged_rows": sum(rule.get("deleted", 0) for rule in rules),
-            "purge_failed": [rule["rule"] for rule in rules if rule.get("error")]}
+    return summary_of(rules)
 
 
 def dry_run_report(ctx: Context) -> dict[str, Any]:
@@ -163,20 +163,47 @@ def dry_run_report(ctx: Context) -> dict[str, Any]:
 
 
 def last_purge(catalog: Catalog) -> dict[str, Any] | None:
-    """Return the newest finished `purge` run for `status`: when, its outcome, rows deleted per rule, or None."""
+    """Return the newest finished `purge` run for `status`: when, its outcome, rows deleted per rule (with what
+    their cascades removed, per table) and per table, or None."""
     row = catalog.last_runs().get("purge")
     if row is None:
         return None
-    try:
-        details = json.loads(row.get("details") or "{}")
-    except ValueError:
-        details = {}
+    details = _details(row)
     started = row["started_at"]
     if isinstance(started, datetime):  # SQLite hands back naive datetimes, which we always wrote in UTC
         started = utc_iso(started if started.tzinfo else started.replace(tzinfo=timezone.utc))
     return {"run_id": row["run_id"], "started_at": started, "outcome": row["outcome"], "reason": row.get("reason"),
             "backup": details.get("backup"), "purged_rows": details.get("purged_rows"),
-            "rules": [{key: rule.get(key) for key in ("rule", "deleted", "error")} for rule in details.get("purge", [])]}
+            "tables": details.get("purged_tables") or {},
+            "rules": [_rule_counts(rule) for rule in details.get("purge", [])]}
+
+
+def _rule_counts(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """Return what `status` shows of one rule: `rule`, `deleted`, `error`, and `cascaded` when rows went with it."""
+    counts = {key: rule.get(key) for key in ("rule", "deleted", "error")}
+    if rule.get("cascaded"):
+        counts["cascaded"] = rule["cascaded"]
+    return counts
+
+
+def _details(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a catalog row's details, decoded ({} when there are none or they cannot be read)."""
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        return {}
+    return details if isinstance(details, dict) else {}
+
+
+def history_fields(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Given a catalog row, return what `history` shows of its purge (`purged_rows`, `purged_tables`, and per
+    rule in `purge`: `rule`, `deleted`, `cascaded`, `error`), or None for a run that did not purge."""
+    details = _details(row)
+    if not isinstance(details.get("purge"), list):
+        return None
+    return {"purged_rows": details.get("purged_rows"), "purged_tables": details.get("purged_tables") or {},
+            "purge": [{"rule": rule.get("rule"), "deleted": rule.get("deleted"), "cascaded": rule.get("cascaded") or {},
+                       "error": rule.get("error")} for rule in details["purge"]]}
 
 
 def status_lines(report: Mapping[str, Any]) -> list[str]:
@@ -184,7 +211,11 @@ def status_lines(report: Mapping[str, Any]) -> list[str]:
     last = report.get("last_purge")
     if not last:
         return []
-    rules = "; ".join(f"{rule['rule']}: {rule['deleted']}" + (f" ({rule['error']})" if rule.get("error") else "")
+    rules = "; ".join(f"{rule['rule']}: {rule['deleted']}"
+                      + (f" (+ {', '.join(f'{table} {count}' for table, count in rule['cascaded'].items())} by cascade)"
+                         if rule.get("cascaded") else "")
+                      + (f" ({rule['error']})" if rule.get("error") else "")
                       for rule in last["rules"])
+    tables = ", ".join(f"{table} {count}" for table, count in (last.get("tables") or {}).items())
     return [f"table retention: {last['purged_rows'] or 0} rows deleted by the last purge ({last['started_at']})"
-            + (f": {rules}" if rules else "")]
+            + (f": {rules}" if rules else "") + (f"; per table: {tables}" if tables else "")]

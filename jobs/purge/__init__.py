@@ -24,7 +24,7 @@ Entry points:
 database is never found by a second reading of the URL.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,7 +44,8 @@ from jobs.purge.rules import PurgeRule, parse_retention_rules
 from jobs.purge.schema import check, has_user_tables, resolve
 
 __all__ = ["Held", "PgSnapshot", "PurgeRule", "RuleResult", "RulesCheck", "check_rules", "count_rows", "dry_run",
-           "held_from_cycle", "inspect_rules", "parse_retention_rules", "purge", "purge_fields", "should_purge"]
+           "held_from_cycle", "inspect_rules", "parse_retention_rules", "purge", "purge_fields", "should_purge",
+           "removed_text", "summary_of"]
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,40 @@ def purge(source: SourceLike, rules: Sequence[PurgeRule], now: datetime, cancel:
 
 def purge_fields(results: Sequence[RuleResult]) -> dict[str, Any]:
     """Return the fields a backup's outcome event and catalog row carry about table retention."""
-    return {"purge": [result.as_dict() for result in results],
-            "purged_rows": sum(result.deleted for result in results),
-            "purge_failed": [result.rule for result in results if result.error]}
+    return summary_of([result.as_dict() for result in results])
+
+
+def summary_of(rules: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Given per-rule dicts (RuleResult.as_dict), return the fields a purge's outcome carries: `purge` (the
+    rules), `purged_rows` (every row that went, cascades included), `purged_tables` (those rows per table: the
+    rules' own and what ON DELETE CASCADE removed with them) and `purge_failed` (the rules that failed)."""
+    tables: dict[str, int] = {}
+    for rule in rules:
+        own = {rule["table"]: rule.get("deleted", 0)} if rule.get("table") else {}
+        for table, count in [*own.items(), *(rule.get("cascaded") or {}).items()]:
+            tables[table] = tables.get(table, 0) + count
+    removed = sum(rule.get("deleted", 0) + sum((rule.get("cascaded") or {}).values()) for rule in rules)
+    return {"purge": list(rules), "purged_rows": removed, "purged_tables": tables,
+            "purge_failed": [rule["rule"] for rule in rules if rule.get("error")]}
+
+
+def removed_text(fields: Mapping[str, Any]) -> str | None:
+    """Given a purge's fields (outcome or catalog details), return what went, per rule and per table through
+    cascades, e.g. `3656 rows: sessions.started_at=90d deleted 12, with spec_runs 3644 by cascade`; None when
+    the fields say nothing of a purge."""
+    rules = fields.get("purge")
+    if not isinstance(rules, list):
+        return None
+    parts = []
+    for rule in rules:
+        part = f"{rule.get('rule')} deleted {rule.get('deleted', 0)}"
+        cascaded = rule.get("cascaded") or {}
+        if cascaded:
+            part += ", with " + ", ".join(f"{table} {count}" for table, count in cascaded.items()) + " by cascade"
+        if rule.get("error"):
+            part += f" ({rule['error']})"
+        parts.append(part)
+    return f"{fields.get('purged_rows') or 0} rows" + (f": {'; '.join(parts)}" if parts else "")
 
 
 def should_purge(cycle: Cycle | None, *, remote: bool) -> tuple[bool, str]:

@@ -27,10 +27,11 @@ import structlog
 from jobs.errors import Cancelled
 from jobs.manifest import utc_iso
 from jobs.purge import database
-from jobs.purge.batch import batch_limit, delete_by_ctid, delete_chosen, next_batch
+from jobs.purge.batch import batch_limit, by_ctid, chosen_rows, next_batch
+from jobs.purge.cascaded import add, count_cascaded, removals
 from jobs.purge.held import Held, current_problem, held_condition
 from jobs.purge.rules import PurgeRule
-from jobs.purge.schema import DATE_GLOB, Reference, RuleProblem, Target, cascades_of, resolve
+from jobs.purge.schema import DATE_GLOB, Cascade, Reference, RuleProblem, Target, cascades_of, resolve
 
 log = structlog.get_logger("jobs.purge")
 
@@ -55,16 +56,34 @@ class RuleResult:
     error: str | None = None
     would_delete: int | None = None  # dry run only: old rows now, an upper bound of what a purge deletes
     kept: int = 0  # old rows the backup does not hold (written or changed after its snapshot), left for a later purge
+    cascaded: dict[str, int] = field(default_factory=dict)  # rows removed with them by ON DELETE CASCADE, per table
+    would_cascade: dict[str, int] | None = None  # dry run only: the same for the old rows now (an upper bound)
+    table: str | None = None  # the rule's table, `[schema.]table` as the rule names it
+
+    @property
+    def removed(self) -> int:
+        """Return every row that went: the rule's own and those its cascades removed."""
+        return self.deleted + sum(self.cascaded.values())
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON-able fields for the outcome event and the catalog (`kept` only when rows were kept)."""
-        fields: dict[str, Any] = {"rule": self.rule, "deleted": self.deleted, "batches": self.batches,
+        fields: dict[str, Any] = {"rule": self.rule, "table": self.table, "deleted": self.deleted,
+                                  "batches": self.batches,
                                   "cutoff": self.cutoff, "cascades": list(self.cascades), "error": self.error}
         if self.would_delete is not None:
             fields["would_delete"] = self.would_delete
         if self.kept:
             fields["kept"] = self.kept
+        if self.cascaded:
+            fields["cascaded"] = dict(self.cascaded)
+        if self.would_cascade:
+            fields["would_cascade"] = dict(self.would_cascade)
         return fields
+
+
+def rule_table(rule: PurgeRule) -> str:
+    """Return the rule's table as the outcome names it: `[schema.]table`."""
+    return f"{rule.schema}.{rule.table}" if rule.schema else rule.table
 
 
 def cutoff_for(rule: PurgeRule, now: datetime) -> datetime:
@@ -160,7 +179,9 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
     chosen = 0
     try:
         old = old_rows(target, cutoff)
-        condition = sa.and_(old, held_condition(connection, held, target, cascades_of(connection, target)))
+        cascades = cascades_of(connection, target)
+        condition = sa.and_(old, held_condition(connection, held, target, cascades))
+        paths = removals(cascades)
         connection.commit()
         # Counting first (an index on the column makes it cheap) saves the last batch's scan of every newer row.
         expected = count_where(connection, target, condition)
@@ -187,11 +208,11 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
                 return True
             if batch is None:
                 return True
-            statement = delete_chosen(target, batch, condition)
+            where = chosen_rows(batch, condition)
         else:
-            statement = delete_by_ctid(target, condition, batch_size)
+            where = by_ctid(target, condition, batch_size)
         started = time.monotonic()
-        deleted = _delete_batch(connection, target, statement, cancel, result)
+        deleted = _delete_batch(connection, target, where, paths, cancel, result)
         if deleted is None:
             return result.error is not None  # no error: `cancel` was set while waiting for the lock
         held_for = time.monotonic() - started
@@ -208,14 +229,19 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
     return True
 
 
-def _delete_batch(connection: Connection, target: Target, statement: sa.Delete, cancel: threading.Event,
-                  result: RuleResult) -> int | None:
-    """Run one batch's DELETE in one write transaction; return how many rows it deleted, or None when it failed
-    (`result.error` says why) or `cancel` was set while waiting for the write lock."""
+def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElement[bool],
+                  paths: list[tuple[Cascade, ...]], cancel: threading.Event, result: RuleResult) -> int | None:
+    """Run one batch's DELETE of the target's rows matching `where` in one write transaction, counting first the
+    rows its cascades (`paths`, see jobs.purge.cascaded) remove, into `result.cascaded`; return how many rows it
+    deleted, or None when it failed (`result.error` says why) or `cancel` was set while waiting for the write
+    lock."""
     for attempt in range(1, max(LOCK_ATTEMPTS, SERIALIZATION_ATTEMPTS) + 1):
         try:
             with database.write_transaction(connection):
-                return connection.execute(statement).rowcount
+                cascaded = count_cascaded(connection, target, paths, where) if paths else {}
+                deleted = connection.execute(sa.delete(target.table).where(where)).rowcount
+            add(result.cascaded, cascaded)
+            return deleted
         except sa.exc.IntegrityError as error:
             result.error = (f"a batch was refused by a foreign key ({database.reason(error)}): rows referencing "
                             f"{target.table.name} (added during the purge, or reached through a cascade) block it; "
@@ -258,7 +284,7 @@ def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.E
     if held is None and not dry_run:
         raise ValueError("a purge deletes only rows a verified backup holds: pass what that backup holds (held)")
     cutoff = cutoff_for(rule, now)
-    result = RuleResult(rule=rule.describe(), cutoff=utc_iso(cutoff))
+    result = RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=utc_iso(cutoff))
     finished = True
     try:
         with engine.connect() as connection, database.interruptible(connection, cancel):
@@ -268,6 +294,9 @@ def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.E
             result.cascades = target.cascades
             if dry_run:
                 result.would_delete = count_old(connection, target, cutoff)
+                paths = removals(cascades_of(connection, target))
+                result.would_cascade = count_cascaded(connection, target, paths, old_rows(target, cutoff))
+                connection.commit()
             result.error = blocked_by(connection, target, old_rows(target, cutoff))
             if not dry_run and result.error is None:
                 assert held is not None
@@ -289,7 +318,8 @@ def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.E
 def stop(results: list[RuleResult], rules: Sequence[PurgeRule], now: datetime) -> Cancelled:
     """Return the Cancelled to raise when `cancel` stopped a purge: the results so far, every rule not started."""
     for rule in rules[len(results):]:
-        results.append(RuleResult(rule=rule.describe(), cutoff=utc_iso(cutoff_for(rule, now)), error=NOT_STARTED))
+        results.append(RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=utc_iso(cutoff_for(rule, now)),
+                                  error=NOT_STARTED))
     deleted = sum(result.deleted for result in results)
     return Cancelled(f"the worker is stopping; table retention stopped between batches after deleting {deleted} rows",
                      stage="purge", fields={"purge": [result.as_dict() for result in results]})

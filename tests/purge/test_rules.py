@@ -103,7 +103,7 @@ def test_purge_fields_carry_every_rule_and_the_totals() -> None:
                RuleResult("metrics.at=7d", "2026-11-15T02:00:00Z", error="the database has no table metrics")]
     fields = purge_fields(results)
     assert fields["purged_rows"] == 5 and fields["purge_failed"] == ["metrics.at=7d"]
-    assert fields["purge"][1] == {"rule": "metrics.at=7d", "deleted": 0, "batches": 0, "cutoff": "2026-11-15T02:00:00Z",
+    assert fields["purge"][1] == {"rule": "metrics.at=7d", "table": None, "deleted": 0, "batches": 0, "cutoff": "2026-11-15T02:00:00Z",
                                   "cascades": [], "error": "the database has no table metrics"}
 
 
