@@ -21,7 +21,7 @@ from jobs.cycle import Cycle
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from jobs.manifest import utc_iso
-from jobs.purge import (PurgeRule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge,
+from jobs.purge import (Rule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge,
                         summary_of)
 from worker.context import Context, UsageError
 from worker.output import say
@@ -35,7 +35,7 @@ log = structlog.get_logger("worker.purge")
 PURGE_FIELDS = ("purge", "purged_rows", "purged_tables", "purge_failed")
 
 
-def rules_for(ctx: Context, source: Source) -> tuple[PurgeRule, ...]:
+def rules_for(ctx: Context, source: Source) -> tuple[Rule, ...]:
     """Return the rules that apply to `source`: RETENTION_RULES for the main source (BACKUP_SOURCE, the first
     configured), none for others (rules for further sources are not supported yet)."""
     main = ctx.config.sources[0].name if ctx.config.sources else None
@@ -62,7 +62,7 @@ def rule_problems(ctx: Context) -> list[str]:
     return [f"RETENTION_RULES: {problem}" for problem in check.problems]
 
 
-def waiting(source: Source, rules: Sequence[PurgeRule]) -> str | None:
+def waiting(source: Source, rules: Sequence[Rule]) -> str | None:
     """Return why the purge after this backup waits (the database has no user tables yet), else None. A database
     that cannot be checked now is left to the purge, which fails loudly if it still cannot reach it."""
     try:
@@ -79,7 +79,7 @@ def require_rules_fit(ctx: Context) -> None:
         raise UsageError(f"invalid configuration ({len(problems)} problem{plural}):\n  " + "\n  ".join(problems))
 
 
-def purge_after_backup(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Cycle,
+def purge_after_backup(ctx: Context, source: Source, rules: Sequence[Rule], cycle: Cycle,
                        kept: Path | None) -> dict[str, Any]:
     """Given a backup cycle of `source` that returned (it fully succeeded) and where that cycle kept its raw
     snapshot, delete the rows the rules make old that this backup holds, as the job `purge`, if `should_purge`
@@ -109,7 +109,7 @@ def purge_time(cycle: Cycle) -> datetime:
     return now if cycle.time_anchor is None else min(now, cycle.time_anchor)
 
 
-def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Cycle,
+def _purge_job(ctx: Context, source: Source, rules: Sequence[Rule], cycle: Cycle,
                kept: Path | None) -> dict[str, Any]:
     """The `purge` run: delete, report per rule; raise JobError (stage purge) if a rule failed, Cancelled (with the
     counts so far) if the worker is stopping."""
@@ -157,7 +157,8 @@ def dry_run_report(ctx: Context) -> dict[str, Any]:
             say(f"table {result.rule}: cannot run: {result.error}")
         else:
             cascades = f", cascading to {', '.join(result.cascades)}" if result.cascades else ""
-            say(f"table {result.rule}: would delete {result.would_delete} rows older than {result.cutoff}{cascades} "
+            which = f"older than {result.cutoff}" if result.cutoff else "that point at no parent row"
+            say(f"table {result.rule}: would delete {result.would_delete} rows {which}{cascades} "
                 "(an upper bound: a purge deletes only the rows the backup it follows holds; dry run: nothing deleted)")
     return {"purge_would_delete": [result.as_dict() for result in results]}
 

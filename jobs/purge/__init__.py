@@ -11,7 +11,8 @@ why. `purge` itself deletes in batches that never hold a write lock for long and
 `cancel` is set.
 
 Entry points:
-- `parse_retention_rules(text)` reads RETENTION_RULES (ValueError naming every bad pair: a config problem).
+- `parse_retention_rules(text)` reads RETENTION_RULES (ValueError naming every bad pair: a config problem): age
+  rules (PurgeRule) and orphan rules (OrphanRule, run after the age rules).
 - `inspect_rules(source, rules)` at start and before every purge: one problem per rule that does not fit the
   database (missing table or column, unsupported type; any problem is exit 2 at start, nothing deleted), or, in a
   database with no user tables at all (new, before its migrations or a restore), why the purge waits instead.
@@ -40,12 +41,12 @@ from jobs.purge import database
 from jobs.purge.database import SourceLike
 from jobs.purge.delete import BATCH_SIZE, RuleResult, count_old, cutoff_for, run_rule, stop
 from jobs.purge.held import Held, PgSnapshot, held_from_cycle
-from jobs.purge.rules import PurgeRule, parse_retention_rules
+from jobs.purge.rules import OrphanRule, PurgeRule, Rule, in_purge_order, parse_retention_rules
 from jobs.purge.schema import check, has_user_tables, resolve
 
-__all__ = ["Held", "PgSnapshot", "PurgeRule", "RuleResult", "RulesCheck", "check_rules", "count_rows", "dry_run",
-           "held_from_cycle", "inspect_rules", "parse_retention_rules", "purge", "purge_fields", "should_purge",
-           "removed_text", "summary_of"]
+__all__ = ["Held", "OrphanRule", "PgSnapshot", "PurgeRule", "Rule", "RuleResult", "RulesCheck", "check_rules",
+           "count_rows", "dry_run", "held_from_cycle", "inspect_rules", "parse_retention_rules", "purge",
+           "purge_fields", "removed_text", "should_purge", "summary_of"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class RulesCheck:
     waiting: str | None = None
 
 
-def waiting_sentence(rules: Sequence[PurgeRule]) -> str:
+def waiting_sentence(rules: Sequence[Rule]) -> str:
     """Return why the purge waits on a database with no user tables, naming the tables the rules need."""
     tables = sorted({rule.table for rule in rules})
     named = f"table{'s' if len(tables) > 1 else ''} {', '.join(tables)} exist{'' if len(tables) > 1 else 's'}"
@@ -65,7 +66,7 @@ def waiting_sentence(rules: Sequence[PurgeRule]) -> str:
             f"waits until {named}; RETENTION_RULES are checked again before every purge")
 
 
-def inspect_rules(source: SourceLike, rules: Sequence[PurgeRule], cwd: Path | None = None) -> RulesCheck:
+def inspect_rules(source: SourceLike, rules: Sequence[Rule], cwd: Path | None = None) -> RulesCheck:
     """Given the source database and the rules, return how they fit it (see RulesCheck): in a database with no
     user tables at all (SQLite: none but sqlite_%; PostgreSQL: none outside the system schemas) the purge waits;
     in any other, each rule that names a missing table or column, or an unsupported type, is a problem. Raise
@@ -79,7 +80,7 @@ def inspect_rules(source: SourceLike, rules: Sequence[PurgeRule], cwd: Path | No
         return RulesCheck(problems=check(connection, list(rules)))
 
 
-def check_rules(source: SourceLike, rules: Sequence[PurgeRule], cwd: Path | None = None) -> list[str]:
+def check_rules(source: SourceLike, rules: Sequence[Rule], cwd: Path | None = None) -> list[str]:
     """Given the source database and the rules, return one problem per rule that does not fit it (each a sentence
     that starts with the rule, e.g. `events.created_at=30d: the database has no table events; …`); [] when all
     fit, and in a database with no user tables at all, where the purge waits (see inspect_rules). Raise
@@ -87,7 +88,7 @@ def check_rules(source: SourceLike, rules: Sequence[PurgeRule], cwd: Path | None
     return inspect_rules(source, rules, cwd).problems
 
 
-def count_rows(source: SourceLike, rule: PurgeRule, now: datetime, cwd: Path | None = None) -> int:
+def count_rows(source: SourceLike, rule: Rule, now: datetime, cwd: Path | None = None) -> int:
     """Given a rule and an aware `now`, return how many rows are older than it now (an upper bound of what a purge
     deletes). Raise ValueError if the rule does not fit the database (see check_rules), SourceError if the
     database cannot be reached."""
@@ -98,17 +99,17 @@ def count_rows(source: SourceLike, rule: PurgeRule, now: datetime, cwd: Path | N
         return count_old(connection, target, cutoff_for(rule, now))
 
 
-def dry_run(source: SourceLike, rules: Sequence[PurgeRule], now: datetime,
+def dry_run(source: SourceLike, rules: Sequence[Rule], now: datetime,
             cwd: Path | None = None) -> list[RuleResult]:
     """For `prune --dry-run`: return per rule `would_delete`, the rows older than its age now (an upper bound: a
     purge deletes only those the backup it follows holds), and `error` when it could not run (a problem with the
     rule, or rows referenced by a RESTRICT / NO ACTION foreign key). Nothing is deleted."""
     never = threading.Event()
     with _database_errors("counting old rows"), database.engine_for(source, cwd) as engine:
-        return [run_rule(engine, rule, now, never, held=None, dry_run=True)[0] for rule in rules]
+        return [run_rule(engine, rule, now, never, held=None, dry_run=True)[0] for rule in in_purge_order(rules)]
 
 
-def purge(source: SourceLike, rules: Sequence[PurgeRule], now: datetime, cancel: threading.Event, *, held: Held,
+def purge(source: SourceLike, rules: Sequence[Rule], now: datetime, cancel: threading.Event, *, held: Held,
           batch_size: int = BATCH_SIZE, pause: float | None = None, cwd: Path | None = None) -> list[RuleResult]:
     """Delete, rule by rule, the rows older than `now - age` that the backup `held` describes holds (with every
     row their delete takes along), in batches of `batch_size` keys, each its own short transaction; return one
@@ -123,6 +124,7 @@ def purge(source: SourceLike, rules: Sequence[PurgeRule], now: datetime, cancel:
     results: list[RuleResult] = []
     if not rules:
         return results
+    rules = in_purge_order(rules)  # orphans last: rows whose parent an age rule just deleted go in this cycle
     with _database_errors("table retention"), database.engine_for(source, cwd, held.sqlite_file) as engine:
         for rule in rules:
             if cancel.is_set():

@@ -30,8 +30,8 @@ from jobs.purge import database
 from jobs.purge.batch import batch_limit, by_ctid, chosen_rows, next_batch
 from jobs.purge.cascaded import add, count_cascaded, removals
 from jobs.purge.held import Held, current_problem, held_condition
-from jobs.purge.rules import PurgeRule
-from jobs.purge.schema import DATE_GLOB, Cascade, Reference, RuleProblem, Target, cascades_of, resolve
+from jobs.purge.rules import PurgeRule, Rule
+from jobs.purge.schema import DATE_GLOB, Cascade, Reference, RuleProblem, Target, cascades_of, orphaned, resolve
 
 log = structlog.get_logger("jobs.purge")
 
@@ -81,20 +81,29 @@ class RuleResult:
         return fields
 
 
-def rule_table(rule: PurgeRule) -> str:
+def rule_table(rule: Rule) -> str:
     """Return the rule's table as the outcome names it: `[schema.]table`."""
     return f"{rule.schema}.{rule.table}" if rule.schema else rule.table
 
 
-def cutoff_for(rule: PurgeRule, now: datetime) -> datetime:
-    """Given a rule and an aware `now`, return the UTC instant (whole seconds) before which rows are old."""
+def cutoff_for(rule: Rule, now: datetime) -> datetime | None:
+    """Given a rule and an aware `now`, return the UTC instant (whole seconds) before which rows are old (None for
+    an orphan rule, which has no age)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    if not isinstance(rule, PurgeRule):
+        return None
     return now.astimezone(timezone.utc).replace(microsecond=0) - rule.age
 
 
-def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
-    """Return the condition "this row is older than `cutoff`" for the target's column.
+def _cutoff_text(rule: Rule, now: datetime) -> str | None:
+    cutoff = cutoff_for(rule, now)
+    return utc_iso(cutoff) if cutoff is not None else None
+
+
+def old_rows(target: Target, cutoff: datetime | None) -> sa.ColumnElement[bool]:
+    """Return the condition "this row is older than `cutoff`" for the target's column (an orphan rule: "this row
+    points at no parent row", see schema.orphaned).
 
     SQLite text: `datetime(col)` reads every ISO 8601 variant (space or T, fractions, Z or +HH:MM, converted to UTC;
     no offset means UTC) and is compared with the cutoff as `YYYY-MM-DD HH:MM:SS`. Only text that starts with a date
@@ -106,6 +115,10 @@ def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
     timestamptz against the instant, timestamp (no time zone) as UTC, date: days that ended before the cutoff.
     """
     column = target.column
+    if target.kind == "orphan":
+        assert target.parent is not None
+        return orphaned(column, target.parent)
+    assert cutoff is not None
     if target.kind == "text":
         bound = ((cutoff + MAX_OFFSET).date() + timedelta(days=1)).isoformat()
         return sa.and_(sa.func.typeof(column) == "text", column.op("GLOB")(DATE_GLOB), column < bound,
@@ -122,7 +135,7 @@ def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
     return column < cutoff.date()
 
 
-def count_old(connection: Connection, target: Target, cutoff: datetime) -> int:
+def count_old(connection: Connection, target: Target, cutoff: datetime | None) -> int:
     """Return how many rows of the target are older than `cutoff`."""
     return count_where(connection, target, old_rows(target, cutoff))
 
@@ -161,7 +174,7 @@ def blocked_by(connection: Connection, target: Target, condition: sa.ColumnEleme
     return None
 
 
-def purge_target(connection: Connection, target: Target, cutoff: datetime, cancel: threading.Event,
+def purge_target(connection: Connection, target: Target, cutoff: datetime | None, cancel: threading.Event,
                  result: RuleResult, *, held: Held, batch_size: int = BATCH_SIZE, pause: float | None = None) -> bool:
     """Delete, in batches, the target's rows that are older than `cutoff` and that `held` (the backup the purge
     follows) holds with every row their delete takes along, adding to `result`. Return False if `cancel` stopped
@@ -271,7 +284,7 @@ def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElemen
     return None
 
 
-def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.Event, *, held: Held | None,
+def run_rule(engine: Engine, rule: Rule, now: datetime, cancel: threading.Event, *, held: Held | None,
              dry_run: bool = False, batch_size: int = BATCH_SIZE,
              pause: float | None = None) -> tuple[RuleResult, bool]:
     """Resolve one rule and count (dry run, `held` None: every old row, an upper bound) or delete its old rows
@@ -284,7 +297,7 @@ def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.E
     if held is None and not dry_run:
         raise ValueError("a purge deletes only rows a verified backup holds: pass what that backup holds (held)")
     cutoff = cutoff_for(rule, now)
-    result = RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=utc_iso(cutoff))
+    result = RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=_cutoff_text(rule, now))
     finished = True
     try:
         with engine.connect() as connection, database.interruptible(connection, cancel):
@@ -315,10 +328,10 @@ def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.E
     return result, finished
 
 
-def stop(results: list[RuleResult], rules: Sequence[PurgeRule], now: datetime) -> Cancelled:
+def stop(results: list[RuleResult], rules: Sequence[Rule], now: datetime) -> Cancelled:
     """Return the Cancelled to raise when `cancel` stopped a purge: the results so far, every rule not started."""
     for rule in rules[len(results):]:
-        results.append(RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=utc_iso(cutoff_for(rule, now)),
+        results.append(RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=_cutoff_text(rule, now),
                                   error=NOT_STARTED))
     deleted = sum(result.deleted for result in results)
     return Cancelled(f"the worker is stopping; table retention stopped between batches after deleting {deleted} rows",

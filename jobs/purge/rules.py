@@ -1,5 +1,9 @@
-"""RETENTION_RULES: `TABLE.COLUMN=AGE` pairs (or `SCHEMA.TABLE.COLUMN=AGE`), separated by `;` or newlines. A column
-that holds Unix time as a number says its unit after a colon: `events.created_at:ms=30d` (`s`, `ms` or `us`)."""
+"""RETENTION_RULES, separated by `;` or newlines:
+- age rules `TABLE.COLUMN=AGE` (or `SCHEMA.TABLE.COLUMN=AGE`); a column that holds Unix time as a number says its
+  unit after a colon: `events.created_at:ms=30d` (`s`, `ms` or `us`);
+- orphan rules `TABLE.COLUMN->PARENT.COLUMN` (each side may start with `SCHEMA.`): rows whose COLUMN matches no
+  PARENT row go (NULL is not an orphan). A purge runs them after every age rule, whatever their place.
+"""
 
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,11 +52,36 @@ class PurgeRule:
         return PurgeRule(self.table, self.column, self.age, self.schema, unit).describe()
 
 
-def parse_retention_rules(text: str) -> list[PurgeRule]:
+@dataclass(frozen=True)
+class OrphanRule:
+    """Delete rows of `table` whose `column` matches no row of `parent` (by `parent_column`); NULL is kept."""
+
+    table: str
+    column: str
+    parent: str
+    parent_column: str
+    schema: str | None = None
+    parent_schema: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Return `[schema.]table.column`."""
+        return ".".join(part for part in (self.schema, self.table, self.column) if part)
+
+    def describe(self) -> str:
+        """Return the rule as an operator writes it, e.g. `spec_runs.session_id->sessions.id`."""
+        parent = ".".join(part for part in (self.parent_schema, self.parent, self.parent_column) if part)
+        return f"{self.name}->{parent}"
+
+
+Rule = PurgeRule | OrphanRule
+
+
+def parse_retention_rules(text: str) -> list[Rule]:
     """Given RETENTION_RULES, return the rules in order. Raise ValueError naming every bad pair and how to write it."""
-    rules: list[PurgeRule] = []
+    rules: list[Rule] = []
     problems: list[str] = []
-    seen: dict[tuple[str | None, str, str], str] = {}
+    seen: dict[tuple[str, str, str, str], str] = {}
     for pair in _SEPARATOR.split(text):
         pair = pair.strip()
         if not pair:
@@ -62,7 +91,7 @@ def parse_retention_rules(text: str) -> list[PurgeRule]:
         except ValueError as error:
             problems.append(str(error))
             continue
-        key = ((rule.schema or "").lower(), rule.table.lower(), rule.column.lower())
+        key = (type(rule).__name__, (rule.schema or "").lower(), rule.table.lower(), rule.column.lower())
         if key in seen:
             problems.append(f"{pair!r} names the same column as {seen[key]!r}; keep one rule per column")
             continue
@@ -73,11 +102,46 @@ def parse_retention_rules(text: str) -> list[PurgeRule]:
     return rules
 
 
-def _parse_pair(pair: str) -> PurgeRule:
+def in_purge_order(rules: "list[Rule] | tuple[Rule, ...]") -> list[Rule]:
+    """Return the rules in the order a purge runs them: the age rules as written, then the orphan rules (so rows
+    that lost their parent to an age rule of the same cycle go in that cycle)."""
+    return [rule for rule in rules if isinstance(rule, PurgeRule)] + \
+        [rule for rule in rules if isinstance(rule, OrphanRule)]
+
+
+def _names(pair: str, text: str, how: str) -> list[str]:
+    """Return the dotted names of `text`, 2 or 3 plain identifiers. Raise ValueError naming the pair."""
+    parts = [part.strip() for part in text.split(".")]
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{pair!r} does not name a table and a column; write {how}")
+    for part in parts:
+        if not _IDENTIFIER.fullmatch(part):
+            raise ValueError(f"{pair!r}: {part!r} is not a plain table or column name (letters, digits and _, "
+                             "not starting with a digit); quoted names are not supported")
+    return parts
+
+
+def _parse_orphan(pair: str) -> OrphanRule:
+    how = "TABLE.COLUMN->PARENT.COLUMN like spec_runs.session_id->sessions.id"
+    child, _, parent = pair.partition("->")
+    if "=" in pair:
+        raise ValueError(f"{pair!r} mixes an orphan rule (->) and an age (=); write {how}, or TABLE.COLUMN=AGE")
+    if not child.strip() or not parent.strip():
+        raise ValueError(f"{pair!r} needs a table and column on both sides of '->'; write {how}")
+    *schema, table, column = _names(pair, child, how)
+    *parent_schema, parent_table, parent_column = _names(pair, parent, how)
+    return OrphanRule(table=table, column=column, parent=parent_table, parent_column=parent_column,
+                      schema=schema[0] if schema else None, parent_schema=parent_schema[0] if parent_schema else None)
+
+
+def _parse_pair(pair: str) -> Rule:
+    if "->" in pair:
+        return _parse_orphan(pair)
     name, equals, age_text = pair.partition("=")
     name, age_text = name.strip(), age_text.strip()
     if not equals:
-        raise ValueError(f"{pair!r} has no '='; write TABLE.COLUMN=AGE like {_EXAMPLE}")
+        raise ValueError(f"{pair!r} has no '='; write TABLE.COLUMN=AGE like {_EXAMPLE} (or TABLE.COLUMN->PARENT.COLUMN "
+                         "for orphans)")
     if not name:
         raise ValueError(f"{pair!r} has no table and column before '='; write TABLE.COLUMN=AGE like {_EXAMPLE}")
     if not age_text:

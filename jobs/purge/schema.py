@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from jobs.engines import _sqlite as sqlite_lib, pg_rows
 from jobs.purge import triggers
 from jobs.purge.kinds import DATE_GLOB, ISO_8601, KINDS, affinity, postgres_kind, sqlite_kind
-from jobs.purge.rules import PurgeRule, RuleProblem
+from jobs.purge.rules import OrphanRule, Rule, RuleProblem
 
 __all__ = ["DATE_GLOB", "ISO_8601", "KINDS", "Cascade", "Reference", "RuleProblem", "Target", "affinity",
            "cascades_of", "check", "has_user_tables", "resolve"]
@@ -50,14 +50,15 @@ class Reference:
 class Target:
     """A rule resolved against the database."""
 
-    rule: PurgeRule
+    rule: Rule
     table: sa.TableClause  # every column, untyped (and SQLite's rowid, PostgreSQL's xmin and ctid)
-    column: sa.ColumnClause  # the time column
+    column: sa.ColumnClause  # the time column (an orphan rule: the column that points at the parent)
     key: tuple[sa.ColumnClause, ...]  # rowid, or the primary key columns; () for a PostgreSQL table without one
     kind: str  # one of KINDS
     references: tuple[Reference, ...]
     columns: tuple[str, ...] = ()  # the table's own columns, in order
     integer_key: bool = False  # one integer key column (SQLite's rowid): batches may be key ranges
+    parent: sa.ColumnClause | None = None  # an orphan rule (kind "orphan"): the parent's column it must match
 
     @property
     def cascades(self) -> list[str]:
@@ -77,12 +78,17 @@ class Cascade:
     # None: the depth limit cut the walk here, so a parent that has rows here is kept
 
 
-def resolve(connection: Connection, rule: PurgeRule) -> Target:
+def orphaned(column: sa.ColumnElement[Any], parent: sa.ColumnClause) -> sa.ColumnElement[bool]:
+    """Return "the row's `column` is set and matches no row of `parent`'s table" (NULL is not an orphan)."""
+    return sa.and_(column.is_not(None), ~sa.exists().where(parent == column))
+
+
+def resolve(connection: Connection, rule: Rule) -> Target:
     """Given a connection and a rule, return its Target. Raise RuleProblem naming the rule and what to fix."""
     inspector = sa.inspect(connection)
     sqlite = connection.dialect.name == "sqlite"
-    schema = _schema(inspector, rule)
-    table_name = _table(inspector, rule, schema)
+    schema = _schema(inspector, rule, rule.schema)
+    table_name = _table(inspector, rule, schema, rule.table)
     columns = inspector.get_columns(table_name, schema=schema)
     names = [column["name"] for column in columns]
     column_name = _pick(names, rule.column)
@@ -95,7 +101,10 @@ def resolve(connection: Connection, rule: PurgeRule) -> Target:
                           "primary key, so its rows cannot be told apart; add a primary key")
     declared = next(column["type"] for column in columns if column["name"] == column_name)
     column = table.c[column_name]
-    if sqlite:
+    parent = None
+    if isinstance(rule, OrphanRule):
+        kind, parent = "orphan", _parent(connection, inspector, rule, table, column)
+    elif sqlite:
         kind = sqlite_kind(connection, rule, table, column, key, declared)
     else:
         kind = postgres_kind(connection, rule, table, column, key, declared)
@@ -103,7 +112,30 @@ def resolve(connection: Connection, rule: PurgeRule) -> Target:
     references = _sqlite_references if sqlite else _postgres_references
     return Target(rule=rule, table=table, column=column, key=key, kind=kind,
                   references=tuple(references(connection, inspector, schema, table_name)),
-                  columns=tuple(names), integer_key=integer_key)
+                  columns=tuple(names), integer_key=integer_key, parent=parent)
+
+
+def _parent(connection: Connection, inspector: sa.Inspector, rule: OrphanRule, table: sa.TableClause,
+            column: sa.ColumnClause) -> sa.ColumnClause:
+    """Return the parent column an orphan rule names (of an alias: the parent may be the table itself). Raise
+    RuleProblem if it does not exist or cannot be compared with the rule's column."""
+    schema = _schema(inspector, rule, rule.parent_schema)
+    name = _table(inspector, rule, schema, rule.parent)
+    names = [found["name"] for found in inspector.get_columns(name, schema=schema)]
+    column_name = _pick(names, rule.parent_column)
+    if column_name is None:
+        raise RuleProblem(f"{rule.describe()}: table {name} has no column {rule.parent_column}; its columns are "
+                          f"{', '.join(names)}")
+    parent = sa.table(name, sa.column(column_name), schema=schema).alias("parent")
+    try:  # plans the condition without reading a row: types that cannot be compared fail here
+        connection.execute(sa.select(sa.literal(1)).select_from(table).where(
+            orphaned(column, parent.c[column_name])).limit(0)).all()
+    except sa.exc.DBAPIError as error:
+        connection.rollback()
+        raise RuleProblem(f"{rule.describe()}: {table.name}.{column.name} cannot be compared with "
+                          f"{name}.{column_name} ({str(getattr(error, 'orig', error)).strip().splitlines()[0]}); "
+                          "name columns of comparable types") from None
+    return parent.c[column_name]
 
 
 def cascades_of(connection: Connection, target: Target) -> tuple[Cascade, ...]:
@@ -139,7 +171,7 @@ def cascades_of(connection: Connection, target: Target) -> tuple[Cascade, ...]:
     return walk(target.references, 1)
 
 
-def _refuse_side_effects(connection: Connection, rule: PurgeRule, schema: str | None, table: str, event: str,
+def _refuse_side_effects(connection: Connection, rule: Rule, schema: str | None, table: str, event: str,
                          how: str) -> None:
     """Raise RuleProblem when an `event` on the table fires triggers or rules (see jobs.purge.triggers)."""
     fired = triggers.fired_by(connection, schema, table, event)
@@ -150,7 +182,7 @@ def _refuse_side_effects(connection: Connection, rule: PurgeRule, schema: str | 
                           "the app")
 
 
-def check(connection: Connection, rules: list[PurgeRule]) -> list[str]:
+def check(connection: Connection, rules: list[Rule]) -> list[str]:
     """Return one problem per rule that does not fit the database (see resolve and cascades_of), in rule order."""
     problems = []
     for rule in rules:
@@ -184,23 +216,23 @@ def _pick(names: list[str], wanted: str) -> str | None:
     return folded[0] if len(folded) == 1 else None
 
 
-def _schema(inspector: sa.Inspector, rule: PurgeRule) -> str | None:
-    if rule.schema is None:
+def _schema(inspector: sa.Inspector, rule: Rule, wanted: str | None) -> str | None:
+    if wanted is None:
         return None
-    schema = _pick(inspector.get_schema_names(), rule.schema)
+    schema = _pick(inspector.get_schema_names(), wanted)
     if schema is None:
-        raise RuleProblem(f"{rule.describe()}: the database has no schema {rule.schema}")
+        raise RuleProblem(f"{rule.describe()}: the database has no schema {wanted}")
     return None if schema == inspector.default_schema_name else schema
 
 
-def _table(inspector: sa.Inspector, rule: PurgeRule, schema: str | None) -> str:
-    table = _pick(inspector.get_table_names(schema=schema), rule.table)
+def _table(inspector: sa.Inspector, rule: Rule, schema: str | None, wanted: str) -> str:
+    table = _pick(inspector.get_table_names(schema=schema), wanted)
     if table is not None:
         return table
-    if _pick(inspector.get_view_names(schema=schema), rule.table) is not None:
-        raise RuleProblem(f"{rule.describe()}: {rule.table} is a view; name the table it reads from")
+    if _pick(inspector.get_view_names(schema=schema), wanted) is not None:
+        raise RuleProblem(f"{rule.describe()}: {wanted} is a view; name the table it reads from")
     where = "" if schema or inspector.dialect.name == "sqlite" else f" in schema {inspector.default_schema_name}"
-    raise RuleProblem(f"{rule.describe()}: the database has no table {rule.table}{where}; check the name in "
+    raise RuleProblem(f"{rule.describe()}: the database has no table {wanted}{where}; check the name in "
                       "RETENTION_RULES (SCHEMA.TABLE.COLUMN names a table in another schema)")
 
 
