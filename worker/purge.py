@@ -157,8 +157,10 @@ def dry_run_report(ctx: Context) -> dict[str, Any]:
             say(f"table {result.rule}: cannot run: {result.error}")
         else:
             cascades = f", cascading to {', '.join(result.cascades)}" if result.cascades else ""
-            which = f"older than {result.cutoff}" if result.cutoff else "that point at no parent row"
-            say(f"table {result.rule}: would delete {result.would_delete} rows {which}{cascades} "
+            which = f"rows older than {result.cutoff}" if result.cutoff else "rows that point at no parent row"
+            if result.rows is not None:  # langgraph=AGE
+                which = f"threads whose newest checkpoint is older than {result.cutoff}"
+            say(f"table {result.rule}: would delete {result.would_delete} {which}{cascades} "
                 "(an upper bound: a purge deletes only the rows the backup it follows holds; dry run: nothing deleted)")
     return {"purge_would_delete": [result.as_dict() for result in results]}
 

@@ -41,10 +41,11 @@ from jobs.purge import database
 from jobs.purge.database import SourceLike
 from jobs.purge.delete import BATCH_SIZE, RuleResult, count_old, cutoff_for, run_rule, stop
 from jobs.purge.held import Held, PgSnapshot, held_from_cycle
-from jobs.purge.rules import OrphanRule, PurgeRule, Rule, in_purge_order, parse_retention_rules
+from jobs.purge.langgraph import CHECKPOINTS_PER_STEP, resolve_store, run_threads
+from jobs.purge.rules import OrphanRule, PurgeRule, Rule, RuleProblem, ThreadRule, in_purge_order, parse_retention_rules
 from jobs.purge.schema import check, has_user_tables, resolve
 
-__all__ = ["Held", "OrphanRule", "PgSnapshot", "PurgeRule", "Rule", "RuleResult", "RulesCheck", "check_rules",
+__all__ = ["Held", "OrphanRule", "PgSnapshot", "PurgeRule", "Rule", "ThreadRule", "RuleResult", "RulesCheck", "check_rules",
            "count_rows", "dry_run", "held_from_cycle", "inspect_rules", "parse_retention_rules", "purge",
            "purge_fields", "removed_text", "should_purge", "summary_of"]
 
@@ -77,7 +78,7 @@ def inspect_rules(source: SourceLike, rules: Sequence[Rule], cwd: Path | None = 
             engine.connect() as connection:
         if not has_user_tables(connection):
             return RulesCheck(waiting=waiting_sentence(rules))
-        return RulesCheck(problems=check(connection, list(rules)))
+        return RulesCheck(problems=_check(connection, rules))
 
 
 def check_rules(source: SourceLike, rules: Sequence[Rule], cwd: Path | None = None) -> list[str]:
@@ -106,7 +107,7 @@ def dry_run(source: SourceLike, rules: Sequence[Rule], now: datetime,
     rule, or rows referenced by a RESTRICT / NO ACTION foreign key). Nothing is deleted."""
     never = threading.Event()
     with _database_errors("counting old rows"), database.engine_for(source, cwd) as engine:
-        return [run_rule(engine, rule, now, never, held=None, dry_run=True)[0] for rule in in_purge_order(rules)]
+        return [_run(engine, rule, now, never, held=None, dry_run=True)[0] for rule in in_purge_order(rules)]
 
 
 def purge(source: SourceLike, rules: Sequence[Rule], now: datetime, cancel: threading.Event, *, held: Held,
@@ -129,11 +130,38 @@ def purge(source: SourceLike, rules: Sequence[Rule], now: datetime, cancel: thre
         for rule in rules:
             if cancel.is_set():
                 raise stop(results, rules, now)
-            result, finished = run_rule(engine, rule, now, cancel, held=held, batch_size=batch_size, pause=pause)
+            result, finished = _run(engine, rule, now, cancel, held=held, batch_size=batch_size, pause=pause)
             results.append(result)
             if not finished:
                 raise stop(results, rules, now)
     return results
+
+
+def _run(engine: sa.Engine, rule: Rule, now: datetime, cancel: threading.Event, *, held: Held | None,
+         dry_run: bool = False, batch_size: int = BATCH_SIZE, pause: float | None = None) -> tuple[RuleResult, bool]:
+    """Run one rule of any kind (see delete.run_rule and langgraph.run_threads)."""
+    if isinstance(rule, ThreadRule):
+        return run_threads(engine, rule, now, cancel, held=held, dry_run=dry_run, pause=pause,
+                           step=min(CHECKPOINTS_PER_STEP, batch_size))
+    return run_rule(engine, rule, now, cancel, held=held, dry_run=dry_run, batch_size=batch_size, pause=pause)
+
+
+def _check(connection: sa.Connection, rules: Sequence[Rule]) -> list[str]:
+    """Return one problem per rule that does not fit the database, in rule order (see schema.check and
+    langgraph.resolve_store)."""
+    problems = []
+    for rule in rules:
+        if not isinstance(rule, ThreadRule):
+            problems += check(connection, [rule])
+            continue
+        try:
+            resolve_store(connection, rule)
+        except RuleProblem as problem:
+            problems.append(str(problem))
+        finally:
+            if connection.in_transaction():
+                connection.commit()
+    return problems
 
 
 def purge_fields(results: Sequence[RuleResult]) -> dict[str, Any]:
@@ -146,11 +174,17 @@ def summary_of(rules: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     rules), `purged_rows` (every row that went, cascades included), `purged_tables` (those rows per table: the
     rules' own and what ON DELETE CASCADE removed with them) and `purge_failed` (the rules that failed)."""
     tables: dict[str, int] = {}
+    removed = 0
     for rule in rules:
-        own = {rule["table"]: rule.get("deleted", 0)} if rule.get("table") else {}
-        for table, count in [*own.items(), *(rule.get("cascaded") or {}).items()]:
+        if "rows" in rule:  # a thread rule: `deleted` counts threads, `rows` the rows per table
+            counts = list(rule["rows"].items())
+            removed += sum(rule["rows"].values())
+        else:
+            own = [(rule["table"], rule.get("deleted", 0))] if rule.get("table") else []
+            counts = own + list((rule.get("cascaded") or {}).items())
+            removed += rule.get("deleted", 0) + sum((rule.get("cascaded") or {}).values())
+        for table, count in counts:
             tables[table] = tables.get(table, 0) + count
-    removed = sum(rule.get("deleted", 0) + sum((rule.get("cascaded") or {}).values()) for rule in rules)
     return {"purge": list(rules), "purged_rows": removed, "purged_tables": tables,
             "purge_failed": [rule["rule"] for rule in rules if rule.get("error")]}
 
@@ -165,6 +199,9 @@ def removed_text(fields: Mapping[str, Any]) -> str | None:
     parts = []
     for rule in rules:
         part = f"{rule.get('rule')} deleted {rule.get('deleted', 0)}"
+        if "rows" in rule:  # a thread rule: threads, and their rows per table
+            rows = ", ".join(f"{table} {count}" for table, count in rule["rows"].items())
+            part += " threads" + (f" ({rows} rows)" if rows else "")
         cascaded = rule.get("cascaded") or {}
         if cascaded:
             part += ", with " + ", ".join(f"{table} {count}" for table, count in cascaded.items()) + " by cascade"

@@ -30,7 +30,7 @@ from jobs.purge import database
 from jobs.purge.batch import batch_limit, by_ctid, chosen_rows, next_batch
 from jobs.purge.cascaded import add, count_cascaded, removals
 from jobs.purge.held import Held, current_problem, held_condition
-from jobs.purge.rules import PurgeRule, Rule
+from jobs.purge.rules import OrphanRule, Rule, ThreadRule
 from jobs.purge.schema import DATE_GLOB, Cascade, Reference, RuleProblem, Target, cascades_of, orphaned, resolve
 
 log = structlog.get_logger("jobs.purge")
@@ -58,11 +58,14 @@ class RuleResult:
     kept: int = 0  # old rows the backup does not hold (written or changed after its snapshot), left for a later purge
     cascaded: dict[str, int] = field(default_factory=dict)  # rows removed with them by ON DELETE CASCADE, per table
     would_cascade: dict[str, int] | None = None  # dry run only: the same for the old rows now (an upper bound)
+    rows: dict[str, int] | None = None  # a thread rule (langgraph=AGE): rows deleted per table; `deleted` is threads
     table: str | None = None  # the rule's table, `[schema.]table` as the rule names it
 
     @property
     def removed(self) -> int:
         """Return every row that went: the rule's own and those its cascades removed."""
+        if self.rows is not None:
+            return sum(self.rows.values())
         return self.deleted + sum(self.cascaded.values())
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,11 +81,15 @@ class RuleResult:
             fields["cascaded"] = dict(self.cascaded)
         if self.would_cascade:
             fields["would_cascade"] = dict(self.would_cascade)
+        if self.rows is not None:
+            fields["rows"] = dict(self.rows)
         return fields
 
 
-def rule_table(rule: Rule) -> str:
+def rule_table(rule: Rule) -> str | None:
     """Return the rule's table as the outcome names it: `[schema.]table`."""
+    if isinstance(rule, ThreadRule):
+        return None  # a thread rule deletes from several tables (see RuleResult.rows)
     return f"{rule.schema}.{rule.table}" if rule.schema else rule.table
 
 
@@ -91,7 +98,7 @@ def cutoff_for(rule: Rule, now: datetime) -> datetime | None:
     an orphan rule, which has no age)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    if not isinstance(rule, PurgeRule):
+    if isinstance(rule, OrphanRule):
         return None
     return now.astimezone(timezone.utc).replace(microsecond=0) - rule.age
 
@@ -332,7 +339,7 @@ def stop(results: list[RuleResult], rules: Sequence[Rule], now: datetime) -> Can
     """Return the Cancelled to raise when `cancel` stopped a purge: the results so far, every rule not started."""
     for rule in rules[len(results):]:
         results.append(RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=_cutoff_text(rule, now),
-                                  error=NOT_STARTED))
+                                  error=NOT_STARTED, rows={} if isinstance(rule, ThreadRule) else None))
     deleted = sum(result.deleted for result in results)
     return Cancelled(f"the worker is stopping; table retention stopped between batches after deleting {deleted} rows",
                      stage="purge", fields={"purge": [result.as_dict() for result in results]})

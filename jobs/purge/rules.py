@@ -1,6 +1,8 @@
 """RETENTION_RULES, separated by `;` or newlines:
 - age rules `TABLE.COLUMN=AGE` (or `SCHEMA.TABLE.COLUMN=AGE`); a column that holds Unix time as a number says its
   unit after a colon: `events.created_at:ms=30d` (`s`, `ms` or `us`);
+- LangGraph thread rules `langgraph=AGE` (or `langgraph:SCHEMA=AGE`): whole threads of a LangGraph checkpointer
+  whose newest checkpoint is older than AGE;
 - orphan rules `TABLE.COLUMN->PARENT.COLUMN` (each side may start with `SCHEMA.`): rows whose COLUMN matches no
   PARENT row go (NULL is not an orphan). A purge runs them after every age rule, whatever their place.
 """
@@ -74,7 +76,29 @@ class OrphanRule:
         return f"{self.name}->{parent}"
 
 
-Rule = PurgeRule | OrphanRule
+LANGGRAPH = "langgraph"
+
+
+@dataclass(frozen=True)
+class ThreadRule:
+    """Delete whole LangGraph threads whose newest checkpoint is older than `age` (see jobs.purge.langgraph)."""
+
+    age: timedelta
+    schema: str | None = None  # PostgreSQL schema (or attached SQLite database) of the saver's tables
+
+    table = "checkpoints"  # the table a thread's age is read from (for messages and duplicate rules)
+    column = "thread_id"
+
+    @property
+    def name(self) -> str:
+        return f"{LANGGRAPH}:{self.schema}" if self.schema else LANGGRAPH
+
+    def describe(self) -> str:
+        """Return the rule as an operator writes it, e.g. `langgraph=90d`."""
+        return f"{self.name}={format_duration(self.age)}"
+
+
+Rule = PurgeRule | OrphanRule | ThreadRule
 
 
 def parse_retention_rules(text: str) -> list[Rule]:
@@ -105,7 +129,7 @@ def parse_retention_rules(text: str) -> list[Rule]:
 def in_purge_order(rules: "list[Rule] | tuple[Rule, ...]") -> list[Rule]:
     """Return the rules in the order a purge runs them: the age rules as written, then the orphan rules (so rows
     that lost their parent to an age rule of the same cycle go in that cycle)."""
-    return [rule for rule in rules if isinstance(rule, PurgeRule)] + \
+    return [rule for rule in rules if not isinstance(rule, OrphanRule)] + \
         [rule for rule in rules if isinstance(rule, OrphanRule)]
 
 
@@ -134,6 +158,25 @@ def _parse_orphan(pair: str) -> OrphanRule:
                       schema=schema[0] if schema else None, parent_schema=parent_schema[0] if parent_schema else None)
 
 
+def _age(pair: str, text: str) -> timedelta:
+    try:
+        age = parse_duration(text)
+    except ValueError as error:
+        raise ValueError(f"{pair!r}: {error}") from None
+    if not age:
+        raise ValueError(f"{pair!r} has an age of zero, which would delete rows just written; give an age like 30d")
+    return age
+
+
+def _parse_threads(pair: str, name: str, age_text: str) -> ThreadRule:
+    _, colon, schema = name.partition(":")
+    schema = schema.strip()
+    if colon and not _IDENTIFIER.fullmatch(schema):
+        raise ValueError(f"{pair!r}: {schema!r} is not a plain schema name; write langgraph=AGE, or "
+                         "langgraph:SCHEMA=AGE when the saver's tables are in another schema")
+    return ThreadRule(age=_age(pair, age_text), schema=schema or None)
+
+
 def _parse_pair(pair: str) -> Rule:
     if "->" in pair:
         return _parse_orphan(pair)
@@ -146,6 +189,8 @@ def _parse_pair(pair: str) -> Rule:
         raise ValueError(f"{pair!r} has no table and column before '='; write TABLE.COLUMN=AGE like {_EXAMPLE}")
     if not age_text:
         raise ValueError(f"{pair!r} has no age after '='; write TABLE.COLUMN=AGE like {_EXAMPLE}")
+    if name.partition(":")[0].strip().lower() == LANGGRAPH:
+        return _parse_threads(pair, name, age_text)
     name, colon, unit = name.partition(":")
     name, unit = name.strip(), unit.strip()
     if colon and unit not in UNITS:

@@ -115,6 +115,29 @@ def resolve(connection: Connection, rule: Rule) -> Target:
                   columns=tuple(names), integer_key=integer_key, parent=parent)
 
 
+def table_target(connection: Connection, rule: Rule, schema: str | None, wanted: str, column: str) -> Target:
+    """Return a Target for a table a rule deletes from as a whole unit with other tables (a LangGraph saver's):
+    its key, its columns, `column` (which must exist). Raise RuleProblem if the table or column is missing, a
+    delete there fires a trigger or rule, or a foreign key points at it (its cascades are not followed)."""
+    inspector = sa.inspect(connection)
+    schema = _schema(inspector, rule, schema)
+    name = _table(inspector, rule, schema, wanted)
+    columns = inspector.get_columns(name, schema=schema)
+    names = [found["name"] for found in columns]
+    if column not in names:
+        raise RuleProblem(f"{rule.describe()}: table {name} has no column {column}, so it is not a LangGraph "
+                          f"checkpointer's table; its columns are {', '.join(names)}")
+    sqlite = connection.dialect.name == "sqlite"
+    table, key, integer_key = _table_and_key(inspector, schema, name, columns, sqlite)
+    _refuse_side_effects(connection, rule, schema, name, triggers.DELETE, "deleting its rows")
+    references = tuple((_sqlite_references if sqlite else _postgres_references)(connection, inspector, schema, name))
+    if references:
+        raise RuleProblem(f"{rule.describe()}: {references[0].describe()} points at table {name}; a thread rule "
+                          "deletes only from tables no foreign key points at")
+    return Target(rule=rule, table=table, column=table.c[column], key=key, kind="thread", references=(),
+                  columns=tuple(names), integer_key=integer_key)
+
+
 def _parent(connection: Connection, inspector: sa.Inspector, rule: OrphanRule, table: sa.TableClause,
             column: sa.ColumnClause) -> sa.ColumnClause:
     """Return the parent column an orphan rule names (of an alias: the parent may be the table itself). Raise
