@@ -31,7 +31,8 @@ from jobs.purge.batch import batch_limit, by_ctid, chosen_rows, next_batch
 from jobs.purge.cascaded import add, count_cascaded, removals
 from jobs.purge.held import Held, current_problem, held_condition
 from jobs.purge.rules import OrphanRule, Rule, ThreadRule
-from jobs.purge.schema import DATE_GLOB, Cascade, Reference, RuleProblem, Target, cascades_of, orphaned, resolve
+from jobs.purge.kinds import DATE_GLOB
+from jobs.purge.schema import Cascade, Reference, RuleProblem, Target, cascades_of, orphaned, resolve
 
 log = structlog.get_logger("jobs.purge")
 

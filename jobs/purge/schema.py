@@ -13,11 +13,8 @@ from sqlalchemy.engine import Connection
 
 from jobs.engines import _sqlite as sqlite_lib, pg_rows
 from jobs.purge import triggers
-from jobs.purge.kinds import DATE_GLOB, ISO_8601, KINDS, affinity, postgres_kind, sqlite_kind
+from jobs.purge.kinds import postgres_kind, sqlite_kind
 from jobs.purge.rules import OrphanRule, Rule, RuleProblem
-
-__all__ = ["DATE_GLOB", "ISO_8601", "KINDS", "Cascade", "Reference", "RuleProblem", "Target", "affinity",
-           "cascades_of", "check", "has_user_tables", "resolve"]
 
 ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 _RESTRICTS = ("RESTRICT", "NO ACTION")
@@ -54,7 +51,7 @@ class Target:
     table: sa.TableClause  # every column, untyped (and SQLite's rowid, PostgreSQL's xmin and ctid)
     column: sa.ColumnClause  # the time column (an orphan rule: the column that points at the parent)
     key: tuple[sa.ColumnClause, ...]  # rowid, or the primary key columns; () for a PostgreSQL table without one
-    kind: str  # one of KINDS
+    kind: str  # one of kinds.KINDS, or orphan (an orphan rule), thread (a LangGraph table)
     references: tuple[Reference, ...]
     columns: tuple[str, ...] = ()  # the table's own columns, in order
     integer_key: bool = False  # one integer key column (SQLite's rowid): batches may be key ranges

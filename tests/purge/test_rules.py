@@ -8,7 +8,7 @@ from jobs.artifacts import backup_id
 from jobs.cycle import Cycle
 from jobs.purge import PurgeRule, parse_retention_rules, purge_fields, should_purge
 from jobs.purge.delete import RuleResult, cutoff_for
-from jobs.purge.schema import ISO_8601, affinity
+from jobs.purge.kinds import ISO_8601, affinity
 from tests.purge.conftest import NOW
 
 
