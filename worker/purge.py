@@ -21,8 +21,8 @@ from jobs.cycle import Cycle
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from jobs.manifest import utc_iso
-from jobs.purge import (Rule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge,
-                        summary_of)
+from jobs.purge import (Rule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, reclaim_space,
+                        should_purge, summary_of)
 from worker.context import Context, UsageError
 from worker.output import say
 from worker.catalog import Catalog
@@ -32,7 +32,7 @@ log = structlog.get_logger("worker.purge")
 
 # What a backup's outcome carries about its purge, with `purge_run_id`, and `purge_skipped` / `purge_error` when
 # it did not run, or not whole.
-PURGE_FIELDS = ("purge", "purged_rows", "purged_tables", "purge_failed")
+PURGE_FIELDS = ("purge", "purged_rows", "purged_tables", "purge_failed", "space")
 
 
 def rules_for(ctx: Context, source: Source) -> tuple[Rule, ...]:
@@ -125,7 +125,7 @@ def _purge_job(ctx: Context, source: Source, rules: Sequence[Rule], cycle: Cycle
         raise
     except SourceError as error:
         raise JobError(f"{error}; nothing more was deleted", stage="purge", fields=held_by) from None
-    fields = {**held_by, **purge_fields(results)}
+    fields = {**held_by, **purge_fields(results), **_space(source, ctx)}
     failed = [result for result in results if result.error]
     if failed:
         reasons = "; ".join(f"{result.rule}: {result.error}" for result in failed)
@@ -133,6 +133,20 @@ def _purge_job(ctx: Context, source: Source, rules: Sequence[Rule], cycle: Cycle
                        f"deleted {fields['purged_rows']} rows; the backup {cycle.backup} holds every row",
                        stage="purge", fields=fields)
     return fields
+
+
+def _space(source: Source, ctx: Context) -> dict[str, Any]:
+    """Return the purge's `space` field (SQLite: free space in the file, and what incremental_vacuum gave back;
+    none for PostgreSQL). A database that cannot be reached for it only warns: the rows are deleted."""
+    try:
+        space = reclaim_space(source, ctx.cancel)
+    except SourceError as error:
+        log.warning("purge.space_unknown", reason=str(error))
+        return {}
+    if space is None:
+        return {}
+    log.info("purge.space", **space.as_dict())
+    return {"space": space.as_dict()}
 
 
 def summary(rules: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -177,7 +191,7 @@ def last_purge(catalog: Catalog) -> dict[str, Any] | None:
         started = utc_iso(started if started.tzinfo else started.replace(tzinfo=timezone.utc))
     return {"run_id": row["run_id"], "started_at": started, "outcome": row["outcome"], "reason": row.get("reason"),
             "backup": details.get("backup"), "purged_rows": details.get("purged_rows"),
-            "tables": details.get("purged_tables") or {},
+            "tables": details.get("purged_tables") or {}, "space": details.get("space"),
             "rules": [_rule_counts(rule) for rule in details.get("purge", [])]}
 
 
@@ -205,6 +219,7 @@ def history_fields(row: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(details.get("purge"), list):
         return None
     return {"purged_rows": details.get("purged_rows"), "purged_tables": details.get("purged_tables") or {},
+            **({"space": details["space"]} if details.get("space") else {}),
             "purge": [{"rule": rule.get("rule"), "deleted": rule.get("deleted"), "cascaded": rule.get("cascaded") or {},
                        "error": rule.get("error")} for rule in details["purge"]]}
 
@@ -220,5 +235,9 @@ def status_lines(report: Mapping[str, Any]) -> list[str]:
                       + (f" ({rule['error']})" if rule.get("error") else "")
                       for rule in last["rules"])
     tables = ", ".join(f"{table} {count}" for table, count in (last.get("tables") or {}).items())
+    space = last.get("space") or {}
+    freed = (f"; {space.get('free_bytes', 0) / 2**20:.1f} MiB free in the file"
+             + (f", {space.get('released_bytes', 0) / 2**20:.1f} MiB given back" if space.get("auto_vacuum") ==
+                "incremental" else " (auto_vacuum is not INCREMENTAL, see docs/table-retention.md)")) if space else ""
     return [f"table retention: {last['purged_rows'] or 0} rows deleted by the last purge ({last['started_at']})"
-            + (f": {rules}" if rules else "") + (f"; per table: {tables}" if tables else "")]
+            + (f": {rules}" if rules else "") + (f"; per table: {tables}" if tables else "") + freed]

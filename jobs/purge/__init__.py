@@ -44,10 +44,11 @@ from jobs.purge.held import Held, PgSnapshot, held_from_cycle
 from jobs.purge.langgraph import CHECKPOINTS_PER_STEP, resolve_store, run_threads
 from jobs.purge.rules import OrphanRule, PurgeRule, Rule, RuleProblem, ThreadRule, in_purge_order, parse_retention_rules
 from jobs.purge.schema import check, has_user_tables, resolve
+from jobs.purge.space import STEP_PAGES, Space, reclaim
 
 __all__ = ["Held", "OrphanRule", "PgSnapshot", "PurgeRule", "Rule", "ThreadRule", "RuleResult", "RulesCheck", "check_rules",
            "count_rows", "dry_run", "held_from_cycle", "inspect_rules", "parse_retention_rules", "purge",
-           "purge_fields", "removed_text", "should_purge", "summary_of"]
+           "purge_fields", "reclaim_space", "removed_text", "should_purge", "summary_of"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,15 @@ def _check(connection: sa.Connection, rules: Sequence[Rule]) -> list[str]:
     return problems
 
 
+def reclaim_space(source: SourceLike, cancel: threading.Event, cwd: Path | None = None, *,
+                  step_pages: int = STEP_PAGES, pause: float | None = None) -> Space | None:
+    """After a purge: report a SQLite file's free space and, with `auto_vacuum=INCREMENTAL`, release it in small
+    steps (see jobs.purge.space; never a full VACUUM); None for PostgreSQL. Raise SourceError if the database
+    cannot be reached."""
+    with _database_errors("reclaiming free space"):
+        return reclaim(source, cancel, cwd=cwd, step_pages=step_pages, pause=pause)
+
+
 def purge_fields(results: Sequence[RuleResult]) -> dict[str, Any]:
     """Return the fields a backup's outcome event and catalog row carry about table retention."""
     return summary_of([result.as_dict() for result in results])
@@ -208,7 +218,13 @@ def removed_text(fields: Mapping[str, Any]) -> str | None:
         if rule.get("error"):
             part += f" ({rule['error']})"
         parts.append(part)
-    return f"{fields.get('purged_rows') or 0} rows" + (f": {'; '.join(parts)}" if parts else "")
+    text = f"{fields.get('purged_rows') or 0} rows" + (f": {'; '.join(parts)}" if parts else "")
+    space = fields.get("space")
+    if isinstance(space, dict):
+        text += f"; {space.get('free_bytes', 0) / 2**20:.1f} MiB free in the file"
+        if space.get("auto_vacuum") == "incremental":
+            text += f", {space.get('released_bytes', 0) / 2**20:.1f} MiB given back (incremental_vacuum)"
+    return text
 
 
 def should_purge(cycle: Cycle | None, *, remote: bool) -> tuple[bool, str]:

@@ -81,7 +81,7 @@ def payload(outcome: Outcome, host: str, sets: list[str], now: datetime | None =
         "backup_set": set_name,
     }
     for key in ("artifact", "size", "raw_size", "verified", "uploaded", "sets", "on_start", "backup", "location",
-                "flags", "warnings", "passed_over", "purged_rows", "purged_tables", "purge"):
+                "flags", "warnings", "passed_over", "purged_rows", "purged_tables", "purge", "space"):
         if key in outcome.fields:
             body[key] = outcome.fields[key]
     body["text"] = text
