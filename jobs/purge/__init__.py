@@ -90,10 +90,12 @@ def check_rules(source: SourceLike, rules: Sequence[Rule], cwd: Path | None = No
     return inspect_rules(source, rules, cwd).problems
 
 
-def count_rows(source: SourceLike, rule: Rule, now: datetime, cwd: Path | None = None) -> int:
-    """Given a rule and an aware `now`, return how many rows are older than it now (an upper bound of what a purge
-    deletes). Raise ValueError if the rule does not fit the database (see check_rules), SourceError if the
-    database cannot be reached."""
+def count_rows(source: SourceLike, rule: PurgeRule | OrphanRule, now: datetime, cwd: Path | None = None) -> int:
+    """Given an age or orphan rule and an aware `now`, return how many rows it matches now (an upper bound of what
+    a purge deletes; thread rules count threads: see dry_run). Raise ValueError if the rule does not fit the
+    database (see check_rules), SourceError if the database cannot be reached."""
+    if isinstance(rule, ThreadRule):
+        raise ValueError(f"{rule.describe()} counts threads, not rows; use dry_run")
     with _database_errors("counting old rows"), database.engine_for(source, cwd) as engine, \
             engine.connect() as connection:
         target = resolve(connection, rule)
