@@ -264,3 +264,37 @@ def test_prune_dry_run_and_backup_run_a_thread_rule_as_a_user_runs_them(
 
     refused = run_worker(["config"], {**env, "RETENTION_RULES": "langgraph:other=1s"}, cwd=tmp_path)
     assert refused.code == 2 and "langgraph:other=1s: the database has no schema other" in refused.stderr
+
+
+def test_postgres_a_large_thread_goes_oldest_first_and_keeps_its_blobs_until_its_last_step(pg_url: str) -> None:
+    with postgres_store(pg_url) as (url, saver, _):
+        graph = app(saver)
+        talk(graph, "long", 10)  # about 30 checkpoints sharing blobs
+        cutoff = next_second()
+        total = pg_execute(url, "SELECT count(*) FROM checkpoints")[0][0]
+        blobs = pg_execute(url, "SELECT count(*) FROM checkpoint_blobs")[0][0]
+        cancel = threading.Event()
+
+        def stop_after_first_step() -> None:
+            while not cancel.is_set():
+                if pg_execute(url, "SELECT count(*) FROM checkpoints")[0][0] < total:
+                    cancel.set()
+                cancel.wait(0.005)
+
+        watcher = threading.Thread(target=stop_after_first_step)
+        watcher.start()
+        try:
+            with pytest.raises(Cancelled) as stopped:
+                purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.5, held=hold(url), batch_size=5)
+        finally:
+            cancel.set()
+            watcher.join()
+
+        [rule] = stopped.value.fields["purge"]
+        assert rule["deleted"] == 0 and 0 < rule["rows"]["checkpoints"] < total and "checkpoint_blobs" not in rule["rows"]
+        assert pg_execute(url, "SELECT count(*) FROM checkpoint_blobs")[0][0] == blobs
+        assert len(messages(graph, "long")) == 20  # the newest checkpoints are left, and load with their blobs
+
+        [rest] = purge(url, parse_retention_rules(RULE), cutoff + AGE, threading.Event(), held=hold(url), batch_size=5)
+        assert rest.deleted == 1 and rest.batches >= 2 and rest.rows["checkpoint_blobs"] == blobs
+        assert thread_ids(url) == set()
