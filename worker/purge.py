@@ -171,6 +171,9 @@ def dry_run_report(ctx: Context) -> dict[str, Any]:
             say(f"table {result.rule}: cannot run: {result.error}")
         else:
             cascades = f", cascading to {', '.join(result.cascades)}" if result.cascades else ""
+            if result.would_cascade:
+                cascades += " (removing " + ", ".join(f"{count} rows of {table}"
+                                                      for table, count in result.would_cascade.items()) + " with them)"
             which = f"rows older than {result.cutoff}" if result.cutoff else "rows that point at no parent row"
             if result.rows is not None:  # langgraph=AGE
                 which = f"threads whose newest checkpoint is older than {result.cutoff}"

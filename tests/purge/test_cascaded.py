@@ -143,6 +143,11 @@ def test_the_cli_reports_cascaded_rows_in_the_outcome_history_status_and_webhook
     old = old_counts()
     cascaded = f"sessions.started_at=30d deleted {old['sessions']}, with spec_runs {old['spec_runs']} by cascade"
 
+    dry = run_worker(["prune", "--dry-run"], env, cwd=tmp_path)
+    assert dry.code == 0, dry.stderr
+    assert (f"table sessions.started_at=30d: would delete {old['sessions']} rows older than" in dry.stdout
+            and f"(removing {old['spec_runs']} rows of spec_runs with them)" in dry.stdout)
+
     backup = run_worker(["backup", "--json"], env, cwd=tmp_path)
 
     assert backup.code == 0, backup.stderr
