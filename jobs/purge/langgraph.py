@@ -30,7 +30,7 @@ import structlog
 
 from jobs.manifest import utc_iso
 from jobs.purge import database
-from jobs.purge.delete import MAX_PAUSE_S, STOPPING, RuleResult, cutoff_for
+from jobs.purge.delete import LOCK_ATTEMPTS, MAX_PAUSE_S, STOPPING, RuleResult, cutoff_for
 from jobs.purge.held import Held, current_problem, held_condition
 from jobs.purge.rules import ThreadRule
 from jobs.purge.schema import RuleProblem, Target, table_target
@@ -208,31 +208,15 @@ def _delete_thread(connection: Connection, store: Store, thread: str, cutoff: da
                    result: RuleResult, held: Held | None, pause: float | None, step: int) -> bool:
     """Delete one thread, oldest checkpoints first, `step` checkpoints per transaction; return False if `cancel`
     stopped it (what went stays gone: the thread's newest checkpoints are left, and load)."""
-    checkpoints = store.checkpoints.table
     while True:
         if cancel.is_set():
             return False
         started = time.monotonic()
-        counts: dict[str, int] = {}
-        with database.write_transaction(connection):
-            if not store.sqlite:
-                where = f'"{checkpoints.schema}".' if checkpoints.schema else ""
-                connection.exec_driver_sql(f'LOCK TABLE {where}"{checkpoints.name}" IN EXCLUSIVE MODE')
-            if connection.execute(sa.select(thread_goes(connection, store, sa.literal(thread), cutoff,
-                                                        held))).scalar_one() is not True:
-                return True  # changed since it was chosen (a new checkpoint): it stays
-            ids = [row[0] for row in connection.execute(
-                sa.select(checkpoints.c.checkpoint_id).where(checkpoints.c.thread_id == thread)
-                .order_by(checkpoints.c.checkpoint_id).limit(step + 1))]
-            whole = len(ids) <= step
-            for target in (*store.tables[1:], store.checkpoints):
-                table = target.table
-                condition = table.c.thread_id == thread
-                if not whole:
-                    if "checkpoint_id" not in target.columns:
-                        continue  # blobs are shared by the thread's checkpoints: they go with the last ones
-                    condition = sa.and_(condition, table.c.checkpoint_id <= ids[step - 1])
-                counts[table.name] = connection.execute(sa.delete(table).where(condition)).rowcount
+        done = database.retry_locked(lambda: _step(connection, store, thread, cutoff, held, step), cancel,
+                                     LOCK_ATTEMPTS)
+        if done is None:
+            return True  # changed since it was chosen (a new checkpoint), or gone: it stays
+        counts, whole = done
         for name, count in counts.items():
             result.rows[name] = result.rows.get(name, 0) + count  # type: ignore[index]
         result.batches += 1
@@ -242,3 +226,32 @@ def _delete_thread(connection: Connection, store: Store, thread: str, cutoff: da
         wait = pause if pause is not None else (min(time.monotonic() - started, MAX_PAUSE_S) if store.sqlite else 0)
         if wait > 0:
             cancel.wait(wait)
+
+
+def _step(connection: Connection, store: Store, thread: str, cutoff: datetime, held: Held | None,
+          step: int) -> tuple[dict[str, int], bool] | None:
+    """In one write transaction: check the thread again, then delete its `step` oldest checkpoints with their
+    writes, or, when no more are left, the rest of it with its blobs. Return the rows deleted per table and
+    whether the thread is gone, or None when it no longer goes."""
+    checkpoints = store.checkpoints.table
+    counts: dict[str, int] = {}
+    with database.write_transaction(connection):
+        if not store.sqlite:  # writers of checkpoints wait the few milliseconds; readers go on
+            where = f'"{checkpoints.schema}".' if checkpoints.schema else ""
+            connection.exec_driver_sql(f'LOCK TABLE {where}"{checkpoints.name}" IN EXCLUSIVE MODE')
+        if connection.execute(sa.select(thread_goes(connection, store, sa.literal(thread), cutoff,
+                                                    held))).scalar_one() is not True:
+            return None
+        ids = [row[0] for row in connection.execute(
+            sa.select(checkpoints.c.checkpoint_id).where(checkpoints.c.thread_id == thread)
+            .order_by(checkpoints.c.checkpoint_id).limit(step + 1))]
+        whole = len(ids) <= step
+        for target in (*store.tables[1:], store.checkpoints):
+            table = target.table
+            condition = table.c.thread_id == thread
+            if not whole:
+                if "checkpoint_id" not in target.columns:
+                    continue  # blobs are shared by the thread's checkpoints: they go with the last ones
+                condition = sa.and_(condition, table.c.checkpoint_id <= ids[step - 1])
+            counts[table.name] = connection.execute(sa.delete(table).where(condition)).rowcount
+    return counts, whole

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from jobs.purge import database
 from jobs.purge.database import SourceLike
 
+LOCK_ATTEMPTS = 15  # as a delete batch: each waits database.BUSY_TIMEOUT_S for the write lock
 STEP_PAGES = 256  # pages released per write transaction (1 MiB with 4 KiB pages: about a millisecond of lock)
 MAX_PAUSE_S = 0.5
 AUTO_VACUUM = {0: "none", 1: "full", 2: "incremental"}
@@ -46,6 +47,14 @@ def _pragma(connection: Connection, name: str) -> int:
     return int(value)
 
 
+def _release_step(connection: Connection, pages: int) -> None:
+    """Give `pages` free pages back in one write transaction."""
+    with database.write_transaction(connection):
+        raw = connection.connection.driver_connection
+        for _ in range(pages):  # Python's sqlite3 steps the pragma once: one page each time
+            raw.execute("PRAGMA incremental_vacuum(1)").fetchall()
+
+
 def release(connection: Connection, space: Space, cancel: threading.Event, step_pages: int = STEP_PAGES,
             pause: float | None = None) -> None:
     """Give the free pages back to the file system, `step_pages` per write transaction, into
@@ -56,10 +65,7 @@ def release(connection: Connection, space: Space, cancel: threading.Event, step_
             return
         before = _pragma(connection, "freelist_count")
         started = time.monotonic()
-        with database.write_transaction(connection):
-            raw = connection.connection.driver_connection
-            for _ in range(min(step_pages, before)):  # Python's sqlite3 steps the pragma once: one page each
-                raw.execute("PRAGMA incremental_vacuum(1)").fetchall()
+        database.retry_locked(lambda: _release_step(connection, min(step_pages, before)), cancel, LOCK_ATTEMPTS)
         held_for = time.monotonic() - started
         after = _pragma(connection, "freelist_count")
         space.released_pages += max(0, before - after)

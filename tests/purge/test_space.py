@@ -160,3 +160,21 @@ def test_backup_and_status_report_the_space_freed(tmp_path: Path, worker_env: di
     assert space["auto_vacuum"] == "incremental" and space["released_bytes"] == space["free_bytes"] > 0
     status = run_worker(["status"], env, cwd=tmp_path).stdout
     assert "MiB free in the file" in status and "MiB given back" in status
+
+
+def test_a_write_lock_held_longer_than_one_busy_wait_delays_the_release_but_does_not_fail_it(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    app_db(path, incremental=True)
+    purge_events(path)
+    free = pragma(path, "freelist_count")
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(2.5, lambda: locker.execute("COMMIT"))  # longer than one busy wait (2 s)
+    release.start()
+    try:
+        space = reclaim_space(f"sqlite:///{path}", threading.Event())
+    finally:
+        release.join()
+        locker.close()
+
+    assert space is not None and space.released_pages == free and pragma(path, "freelist_count") == 0
