@@ -21,7 +21,7 @@ from jobs.cleanup import CleanupRule, parse_rules, dangerous_rule_reason
 from jobs.destinations.s3_endpoint import ENDPOINT_VARIABLES, configured_endpoint, endpoint_problem
 from jobs.encryption import IDENTITY_FILE_VARIABLE, IDENTITY_VARIABLE, RECIPIENTS_VARIABLE, Identity, Recipient
 from jobs.durations import format_duration, parse_duration
-from jobs.purge import PurgeRule, parse_retention_rules
+from jobs.purge import Rule, parse_retention_rules
 from jobs.redact import MASK, mask_endpoint, mask_key, mask_url, secrets_of
 from jobs.volume import MinFree, dir_problem, parse_min_free
 from worker.variables import default as default_of
@@ -94,7 +94,7 @@ class Config:
     # Every source, the main one (BACKUP_SOURCE or DATABASE_URL) first, then BACKUP_SOURCE_<NAME> by name, each
     # opened once; `source_url` stays the main one's URL.
     sources: tuple[ConfiguredSet, ...] = field(default=(), repr=False)
-    retention_rules: tuple[PurgeRule, ...] = ()  # RETENTION_RULES (issue 12): rows deleted after a good backup
+    retention_rules: tuple[Rule, ...] = ()  # RETENTION_RULES (issue 12): rows deleted after a good backup
     # RESTORE_ON_START: `if-missing` restores lost databases before `run` starts
     restore_on_start: str = default_of("RESTORE_ON_START")
     # BACKUP_ALLOW_EMPTY (issue 18): an empty source may follow backups that hold data
@@ -380,7 +380,7 @@ def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object
 
 
 def _retention_rules(env: Mapping[str, str], source_url: str | None, source: engines.Source | None,
-                     problems: list[str]) -> tuple[PurgeRule, ...]:
+                     problems: list[str]) -> tuple[Rule, ...]:
     """Given the environment and the main source, return RETENTION_RULES (issue 12), adding a problem for bad
     pairs, for rules without a source, and for a source that has no tables (Redis). Whether each rule fits the
     database is checked when a command starts (worker/purge.py): that needs a connection."""

@@ -21,7 +21,8 @@ from jobs.cycle import Cycle
 from jobs.engines import Source
 from jobs.errors import Cancelled, JobError, SourceError
 from jobs.manifest import utc_iso
-from jobs.purge import PurgeRule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, should_purge
+from jobs.purge import (Rule, dry_run, held_from_cycle, inspect_rules, purge, purge_fields, reclaim_space,
+                        should_purge, summary_of)
 from worker.context import Context, UsageError
 from worker.output import say
 from worker.catalog import Catalog
@@ -31,10 +32,10 @@ log = structlog.get_logger("worker.purge")
 
 # What a backup's outcome carries about its purge, with `purge_run_id`, and `purge_skipped` / `purge_error` when
 # it did not run, or not whole.
-PURGE_FIELDS = ("purge", "purged_rows", "purge_failed")
+PURGE_FIELDS = ("purge", "purged_rows", "purged_tables", "purge_failed", "space")
 
 
-def rules_for(ctx: Context, source: Source) -> tuple[PurgeRule, ...]:
+def rules_for(ctx: Context, source: Source) -> tuple[Rule, ...]:
     """Return the rules that apply to `source`: RETENTION_RULES for the main source (BACKUP_SOURCE, the first
     configured), none for others (rules for further sources are not supported yet)."""
     main = ctx.config.sources[0].name if ctx.config.sources else None
@@ -61,7 +62,7 @@ def rule_problems(ctx: Context) -> list[str]:
     return [f"RETENTION_RULES: {problem}" for problem in check.problems]
 
 
-def waiting(source: Source, rules: Sequence[PurgeRule]) -> str | None:
+def waiting(source: Source, rules: Sequence[Rule]) -> str | None:
     """Return why the purge after this backup waits (the database has no user tables yet), else None. A database
     that cannot be checked now is left to the purge, which fails loudly if it still cannot reach it."""
     try:
@@ -78,7 +79,7 @@ def require_rules_fit(ctx: Context) -> None:
         raise UsageError(f"invalid configuration ({len(problems)} problem{plural}):\n  " + "\n  ".join(problems))
 
 
-def purge_after_backup(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Cycle,
+def purge_after_backup(ctx: Context, source: Source, rules: Sequence[Rule], cycle: Cycle,
                        kept: Path | None) -> dict[str, Any]:
     """Given a backup cycle of `source` that returned (it fully succeeded) and where that cycle kept its raw
     snapshot, delete the rows the rules make old that this backup holds, as the job `purge`, if `should_purge`
@@ -108,7 +109,7 @@ def purge_time(cycle: Cycle) -> datetime:
     return now if cycle.time_anchor is None else min(now, cycle.time_anchor)
 
 
-def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: Cycle,
+def _purge_job(ctx: Context, source: Source, rules: Sequence[Rule], cycle: Cycle,
                kept: Path | None) -> dict[str, Any]:
     """The `purge` run: delete, report per rule; raise JobError (stage purge) if a rule failed, Cancelled (with the
     counts so far) if the worker is stopping."""
@@ -124,7 +125,7 @@ def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: 
         raise
     except SourceError as error:
         raise JobError(f"{error}; nothing more was deleted", stage="purge", fields=held_by) from None
-    fields = {**held_by, **purge_fields(results)}
+    fields = {**held_by, **purge_fields(results), **_space(source, ctx)}
     failed = [result for result in results if result.error]
     if failed:
         reasons = "; ".join(f"{result.rule}: {result.error}" for result in failed)
@@ -134,10 +135,23 @@ def _purge_job(ctx: Context, source: Source, rules: Sequence[PurgeRule], cycle: 
     return fields
 
 
+def _space(source: Source, ctx: Context) -> dict[str, Any]:
+    """Return the purge's `space` field (SQLite: free space in the file, and what incremental_vacuum gave back;
+    none for PostgreSQL). A database that cannot be reached for it only warns: the rows are deleted."""
+    try:
+        space = reclaim_space(source, ctx.cancel)
+    except SourceError as error:
+        log.warning("purge.space_unknown", reason=str(error))
+        return {}
+    if space is None:
+        return {}
+    log.info("purge.space", **space.as_dict())
+    return {"space": space.as_dict()}
+
+
 def summary(rules: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Given per-rule dicts (RuleResult.as_dict), return the same fields as `purge_fields`."""
-    return {"purge": list(rules), "purged_rows": sum(rule.get("deleted", 0) for rule in rules),
-            "purge_failed": [rule["rule"] for rule in rules if rule.get("error")]}
+    return summary_of(rules)
 
 
 def dry_run_report(ctx: Context, show: Callable[[str], None] = say) -> dict[str, Any]:
@@ -157,26 +171,60 @@ def dry_run_report(ctx: Context, show: Callable[[str], None] = say) -> dict[str,
             show(f"table {result.rule}: cannot run: {result.error}")
         else:
             cascades = f", cascading to {', '.join(result.cascades)}" if result.cascades else ""
-            show(f"table {result.rule}: would delete {result.would_delete} rows older than {result.cutoff}{cascades} "
+            if result.would_cascade:
+                cascades += " (removing " + ", ".join(f"{count} rows of {table}"
+                                                      for table, count in result.would_cascade.items()) + " with them)"
+            which = f"rows older than {result.cutoff}" if result.cutoff else "rows that point at no parent row"
+            if result.rows is not None:  # langgraph=AGE
+                which = f"threads whose newest checkpoint is older than {result.cutoff}"
+            show(f"table {result.rule}: would delete {result.would_delete} {which}{cascades} "
                 "(an upper bound: a purge deletes only the rows the backup it follows holds; dry run: nothing deleted)")
     return {"purge_would_delete": [result.as_dict() for result in results]}
 
 
 def last_purge(catalog: Catalog) -> dict[str, Any] | None:
-    """Return the newest finished `purge` run for `status`: when, its outcome, rows deleted per rule, or None."""
+    """Return the newest finished `purge` run for `status`: when, its outcome, rows deleted per rule (with what
+    their cascades removed, per table) and per table, or None."""
     row = catalog.last_runs().get("purge")
     if row is None:
         return None
-    try:
-        details = json.loads(row.get("details") or "{}")
-    except ValueError:
-        details = {}
+    details = _details(row)
     started = row["started_at"]
     if isinstance(started, datetime):  # SQLite hands back naive datetimes, which we always wrote in UTC
         started = utc_iso(started if started.tzinfo else started.replace(tzinfo=timezone.utc))
     return {"run_id": row["run_id"], "started_at": started, "outcome": row["outcome"], "reason": row.get("reason"),
             "backup": details.get("backup"), "purged_rows": details.get("purged_rows"),
-            "rules": [{key: rule.get(key) for key in ("rule", "deleted", "error")} for rule in details.get("purge", [])]}
+            "tables": details.get("purged_tables") or {}, "space": details.get("space"),
+            "rules": [_rule_counts(rule) for rule in details.get("purge", [])]}
+
+
+def _rule_counts(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """Return what `status` shows of one rule: `rule`, `deleted`, `error`, and `cascaded` when rows went with it."""
+    counts = {key: rule.get(key) for key in ("rule", "deleted", "error")}
+    if rule.get("cascaded"):
+        counts["cascaded"] = rule["cascaded"]
+    return counts
+
+
+def _details(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a catalog row's details, decoded ({} when there are none or they cannot be read)."""
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        return {}
+    return details if isinstance(details, dict) else {}
+
+
+def history_fields(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Given a catalog row, return what `history` shows of its purge (`purged_rows`, `purged_tables`, and per
+    rule in `purge`: `rule`, `deleted`, `cascaded`, `error`), or None for a run that did not purge."""
+    details = _details(row)
+    if not isinstance(details.get("purge"), list):
+        return None
+    return {"purged_rows": details.get("purged_rows"), "purged_tables": details.get("purged_tables") or {},
+            **({"space": details["space"]} if details.get("space") else {}),
+            "purge": [{"rule": rule.get("rule"), "deleted": rule.get("deleted"), "cascaded": rule.get("cascaded") or {},
+                       "error": rule.get("error")} for rule in details["purge"]]}
 
 
 def status_lines(report: Mapping[str, Any]) -> list[str]:
@@ -184,7 +232,15 @@ def status_lines(report: Mapping[str, Any]) -> list[str]:
     last = report.get("last_purge")
     if not last:
         return []
-    rules = "; ".join(f"{rule['rule']}: {rule['deleted']}" + (f" ({rule['error']})" if rule.get("error") else "")
+    rules = "; ".join(f"{rule['rule']}: {rule['deleted']}"
+                      + (f" (+ {', '.join(f'{table} {count}' for table, count in rule['cascaded'].items())} by cascade)"
+                         if rule.get("cascaded") else "")
+                      + (f" ({rule['error']})" if rule.get("error") else "")
                       for rule in last["rules"])
+    tables = ", ".join(f"{table} {count}" for table, count in (last.get("tables") or {}).items())
+    space = last.get("space") or {}
+    freed = (f"; {space.get('free_bytes', 0) / 2**20:.1f} MiB free in the file"
+             + (f", {space.get('released_bytes', 0) / 2**20:.1f} MiB given back" if space.get("auto_vacuum") ==
+                "incremental" else " (auto_vacuum is not INCREMENTAL, see docs/table-retention.md)")) if space else ""
     return [f"table retention: {last['purged_rows'] or 0} rows deleted by the last purge ({last['started_at']})"
-            + (f": {rules}" if rules else "")]
+            + (f": {rules}" if rules else "") + (f"; per table: {tables}" if tables else "") + freed]

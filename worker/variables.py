@@ -226,7 +226,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RETENTION_RULES",
              "Rows to delete from the source database (SQLite or PostgreSQL, the main source only) right after each "
              "fully successful backup cycle: `TABLE.COLUMN=AGE` or `SCHEMA.TABLE.COLUMN=AGE` pairs separated by `;` "
-             "or newlines, e.g. `events.created_at=30d;sessions.start_time=365d` ([Formats](#formats)). Needs "
+             "or newlines, e.g. `events.created_at=30d;sessions.start_time=365d` ([Formats](#formats)); a Unix "
+             "time column in milliseconds or microseconds says its unit, `events.at:ms=30d`; orphans "
+             "`spec_runs.session_id->sessions.id`; LangGraph threads `langgraph=90d`. Needs "
              "`BACKUP_SOURCE`; refused for Redis. See [table-retention.md](table-retention.md).",
              CLEANUP),
     Variable("FRESHNESS_LIMIT",

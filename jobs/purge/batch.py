@@ -63,7 +63,12 @@ def next_batch(connection: Connection, target: Target, condition: sa.ColumnEleme
 
 def delete_chosen(target: Target, batch: Batch, condition: sa.ColumnElement[bool]) -> sa.Delete:
     """Return the DELETE of a batch's rows that still match `condition`."""
-    return sa.delete(target.table).where(batch.chosen, condition)
+    return sa.delete(target.table).where(chosen_rows(batch, condition))
+
+
+def chosen_rows(batch: Batch, condition: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """Return the WHERE of `delete_chosen`: the batch's rows that still match `condition`."""
+    return sa.and_(batch.chosen, condition)
 
 
 def delete_by_ctid(target: Target, condition: sa.ColumnElement[bool], batch_size: int) -> sa.Delete:
@@ -72,8 +77,13 @@ def delete_by_ctid(target: Target, condition: sa.ColumnElement[bool], batch_size
     statement). The condition is repeated outside: a ctid names a row only within one table, and a partitioned or
     inherited table holds several, so a row of another partition with the same ctid goes only if it is itself old
     and held (then it is one the rule deletes anyway)."""
+    return sa.delete(target.table).where(by_ctid(target, condition, batch_size))
+
+
+def by_ctid(target: Target, condition: sa.ColumnElement[bool], batch_size: int) -> sa.ColumnElement[bool]:
+    """Return the WHERE of `delete_by_ctid` (its cascades are counted with it, in the same transaction)."""
     chosen = sa.select(target.table.c.ctid).where(condition).limit(batch_size).correlate(None).scalar_subquery()
-    return sa.delete(target.table).where(target.table.c.ctid == sa.any_(sa.func.array(chosen)), condition)
+    return sa.and_(target.table.c.ctid == sa.any_(sa.func.array(chosen)), condition)
 
 
 def after(key: Sequence[sa.ColumnElement[Any]], last: tuple[Any, ...]) -> sa.ColumnElement[bool]:

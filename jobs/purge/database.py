@@ -15,11 +15,12 @@ READ (see jobs.purge.delete), and `synchronous_commit=off` for this session only
 batches, which the next purge redoes).
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 import sqlite3
 import threading
+from typing import TypeVar
 from urllib.parse import quote
 
 import psycopg
@@ -40,6 +41,7 @@ _WRITE = "purge_write"
 _INTERRUPT_EVERY = 20_000  # SQLite virtual machine steps between looks at the cancel flag
 _RETRY_STATES = ("40001", "40P01")  # serialization failure, deadlock: the batch is rolled back and may run again
 
+T = TypeVar("T")
 SourceLike = Source | str  # a URL is opened by jobs.engines.open_source, the parser the backup uses
 
 
@@ -165,6 +167,18 @@ def interruptible(connection: Connection, cancel: threading.Event) -> Iterator[N
     finally:
         done.set()
         watcher.join()
+
+
+def retry_locked(work: Callable[[], T], cancel: threading.Event, attempts: int) -> T:
+    """Run `work` (one write transaction), again while SQLite says another connection holds the write lock (each
+    wait is BUSY_TIMEOUT_S), at most `attempts` times and not once `cancel` is set; raise its last error."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except sa.exc.DBAPIError as error:
+            if not is_locked(error) or attempt >= attempts or cancel.is_set():
+                raise
+    raise ValueError("attempts must be at least 1")
 
 
 def reason(error: BaseException) -> str:

@@ -27,10 +27,12 @@ import structlog
 from jobs.errors import Cancelled
 from jobs.manifest import utc_iso
 from jobs.purge import database
-from jobs.purge.batch import batch_limit, delete_by_ctid, delete_chosen, next_batch
+from jobs.purge.batch import batch_limit, by_ctid, chosen_rows, next_batch
+from jobs.purge.cascaded import add, count_cascaded, removals
 from jobs.purge.held import Held, current_problem, held_condition
-from jobs.purge.rules import PurgeRule
-from jobs.purge.schema import DATE_GLOB, Reference, RuleProblem, Target, cascades_of, resolve
+from jobs.purge.rules import OrphanRule, Rule, ThreadRule
+from jobs.purge.kinds import DATE_GLOB
+from jobs.purge.schema import Cascade, Reference, RuleProblem, Target, cascades_of, orphaned, resolve
 
 log = structlog.get_logger("jobs.purge")
 
@@ -55,27 +57,61 @@ class RuleResult:
     error: str | None = None
     would_delete: int | None = None  # dry run only: old rows now, an upper bound of what a purge deletes
     kept: int = 0  # old rows the backup does not hold (written or changed after its snapshot), left for a later purge
+    cascaded: dict[str, int] = field(default_factory=dict)  # rows removed with them by ON DELETE CASCADE, per table
+    would_cascade: dict[str, int] | None = None  # dry run only: the same for the old rows now (an upper bound)
+    rows: dict[str, int] | None = None  # a thread rule (langgraph=AGE): rows deleted per table; `deleted` is threads
+    table: str | None = None  # the rule's table, `[schema.]table` as the rule names it
+
+    @property
+    def removed(self) -> int:
+        """Return every row that went: the rule's own and those its cascades removed."""
+        if self.rows is not None:
+            return sum(self.rows.values())
+        return self.deleted + sum(self.cascaded.values())
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON-able fields for the outcome event and the catalog (`kept` only when rows were kept)."""
-        fields: dict[str, Any] = {"rule": self.rule, "deleted": self.deleted, "batches": self.batches,
+        fields: dict[str, Any] = {"rule": self.rule, "table": self.table, "deleted": self.deleted,
+                                  "batches": self.batches,
                                   "cutoff": self.cutoff, "cascades": list(self.cascades), "error": self.error}
         if self.would_delete is not None:
             fields["would_delete"] = self.would_delete
         if self.kept:
             fields["kept"] = self.kept
+        if self.cascaded:
+            fields["cascaded"] = dict(self.cascaded)
+        if self.would_cascade:
+            fields["would_cascade"] = dict(self.would_cascade)
+        if self.rows is not None:
+            fields["rows"] = dict(self.rows)
         return fields
 
 
-def cutoff_for(rule: PurgeRule, now: datetime) -> datetime:
-    """Given a rule and an aware `now`, return the UTC instant (whole seconds) before which rows are old."""
+def rule_table(rule: Rule) -> str | None:
+    """Return the rule's table as the outcome names it: `[schema.]table`."""
+    if isinstance(rule, ThreadRule):
+        return None  # a thread rule deletes from several tables (see RuleResult.rows)
+    return f"{rule.schema}.{rule.table}" if rule.schema else rule.table
+
+
+def cutoff_for(rule: Rule, now: datetime) -> datetime | None:
+    """Given a rule and an aware `now`, return the UTC instant (whole seconds) before which rows are old (None for
+    an orphan rule, which has no age)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    if isinstance(rule, OrphanRule):
+        return None
     return now.astimezone(timezone.utc).replace(microsecond=0) - rule.age
 
 
-def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
-    """Return the condition "this row is older than `cutoff`" for the target's column.
+def _cutoff_text(rule: Rule, now: datetime) -> str | None:
+    cutoff = cutoff_for(rule, now)
+    return utc_iso(cutoff) if cutoff is not None else None
+
+
+def old_rows(target: Target, cutoff: datetime | None) -> sa.ColumnElement[bool]:
+    """Return the condition "this row is older than `cutoff`" for the target's column (an orphan rule: "this row
+    points at no parent row", see schema.orphaned).
 
     SQLite text: `datetime(col)` reads every ISO 8601 variant (space or T, fractions, Z or +HH:MM, converted to UTC;
     no offset means UTC) and is compared with the cutoff as `YYYY-MM-DD HH:MM:SS`. Only text that starts with a date
@@ -83,16 +119,23 @@ def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
     written as text, and such rows stay. Before it, `col < D`, where D is the day after cutoff + 14 h, keeps only
     rows that can be old whatever their offset: the same rows, but an index on the column can find them. `typeof`
     keeps a stray number or blob out (SQLite's datetime() would read a number as a Julian day). SQLite numbers are
-    Unix seconds. PostgreSQL: timestamptz against the instant, timestamp (no time zone) as UTC, date: days that
-    ended before the cutoff.
+    Unix time in the rule's unit (seconds by default), as are PostgreSQL numbers ("epoch"). PostgreSQL:
+    timestamptz against the instant, timestamp (no time zone) as UTC, date: days that ended before the cutoff.
     """
     column = target.column
+    if target.kind == "orphan":
+        assert target.parent is not None
+        return orphaned(column, target.parent)
+    assert cutoff is not None
     if target.kind == "text":
         bound = ((cutoff + MAX_OFFSET).date() + timedelta(days=1)).isoformat()
         return sa.and_(sa.func.typeof(column) == "text", column.op("GLOB")(DATE_GLOB), column < bound,
                        sa.func.datetime(column) < cutoff.strftime("%Y-%m-%d %H:%M:%S"))
     if target.kind == "unix":
-        return sa.and_(sa.func.typeof(column).in_(["integer", "real"]), column < int(cutoff.timestamp()))
+        return sa.and_(sa.func.typeof(column).in_(["integer", "real"]),
+                       column < int(cutoff.timestamp()) * target.rule.scale)
+    if target.kind == "epoch":
+        return column < int(cutoff.timestamp()) * target.rule.scale
     if target.kind == "timestamptz":
         return column < cutoff
     if target.kind == "timestamp":
@@ -100,7 +143,7 @@ def old_rows(target: Target, cutoff: datetime) -> sa.ColumnElement[bool]:
     return column < cutoff.date()
 
 
-def count_old(connection: Connection, target: Target, cutoff: datetime) -> int:
+def count_old(connection: Connection, target: Target, cutoff: datetime | None) -> int:
     """Return how many rows of the target are older than `cutoff`."""
     return count_where(connection, target, old_rows(target, cutoff))
 
@@ -139,7 +182,7 @@ def blocked_by(connection: Connection, target: Target, condition: sa.ColumnEleme
     return None
 
 
-def purge_target(connection: Connection, target: Target, cutoff: datetime, cancel: threading.Event,
+def purge_target(connection: Connection, target: Target, cutoff: datetime | None, cancel: threading.Event,
                  result: RuleResult, *, held: Held, batch_size: int = BATCH_SIZE, pause: float | None = None) -> bool:
     """Delete, in batches, the target's rows that are older than `cutoff` and that `held` (the backup the purge
     follows) holds with every row their delete takes along, adding to `result`. Return False if `cancel` stopped
@@ -157,7 +200,9 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
     chosen = 0
     try:
         old = old_rows(target, cutoff)
-        condition = sa.and_(old, held_condition(connection, held, target, cascades_of(connection, target)))
+        cascades = cascades_of(connection, target)
+        condition = sa.and_(old, held_condition(connection, held, target, cascades))
+        paths = removals(cascades)
         connection.commit()
         # Counting first (an index on the column makes it cheap) saves the last batch's scan of every newer row.
         expected = count_where(connection, target, condition)
@@ -184,11 +229,11 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
                 return True
             if batch is None:
                 return True
-            statement = delete_chosen(target, batch, condition)
+            where = chosen_rows(batch, condition)
         else:
-            statement = delete_by_ctid(target, condition, batch_size)
+            where = by_ctid(target, condition, batch_size)
         started = time.monotonic()
-        deleted = _delete_batch(connection, target, statement, cancel, result)
+        deleted = _delete_batch(connection, target, where, paths, cancel, result)
         if deleted is None:
             return result.error is not None  # no error: `cancel` was set while waiting for the lock
         held_for = time.monotonic() - started
@@ -205,14 +250,19 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime, cance
     return True
 
 
-def _delete_batch(connection: Connection, target: Target, statement: sa.Delete, cancel: threading.Event,
-                  result: RuleResult) -> int | None:
-    """Run one batch's DELETE in one write transaction; return how many rows it deleted, or None when it failed
-    (`result.error` says why) or `cancel` was set while waiting for the write lock."""
+def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElement[bool],
+                  paths: list[tuple[Cascade, ...]], cancel: threading.Event, result: RuleResult) -> int | None:
+    """Run one batch's DELETE of the target's rows matching `where` in one write transaction, counting first the
+    rows its cascades (`paths`, see jobs.purge.cascaded) remove, into `result.cascaded`; return how many rows it
+    deleted, or None when it failed (`result.error` says why) or `cancel` was set while waiting for the write
+    lock."""
     for attempt in range(1, max(LOCK_ATTEMPTS, SERIALIZATION_ATTEMPTS) + 1):
         try:
             with database.write_transaction(connection):
-                return connection.execute(statement).rowcount
+                cascaded = count_cascaded(connection, target, paths, where) if paths else {}
+                deleted = connection.execute(sa.delete(target.table).where(where)).rowcount
+            add(result.cascaded, cascaded)
+            return deleted
         except sa.exc.IntegrityError as error:
             result.error = (f"a batch was refused by a foreign key ({database.reason(error)}): rows referencing "
                             f"{target.table.name} (added during the purge, or reached through a cascade) block it; "
@@ -242,7 +292,7 @@ def _delete_batch(connection: Connection, target: Target, statement: sa.Delete, 
     return None
 
 
-def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.Event, *, held: Held | None,
+def run_rule(engine: Engine, rule: Rule, now: datetime, cancel: threading.Event, *, held: Held | None,
              dry_run: bool = False, batch_size: int = BATCH_SIZE,
              pause: float | None = None) -> tuple[RuleResult, bool]:
     """Resolve one rule and count (dry run, `held` None: every old row, an upper bound) or delete its old rows
@@ -255,7 +305,7 @@ def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.E
     if held is None and not dry_run:
         raise ValueError("a purge deletes only rows a verified backup holds: pass what that backup holds (held)")
     cutoff = cutoff_for(rule, now)
-    result = RuleResult(rule=rule.describe(), cutoff=utc_iso(cutoff))
+    result = RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=_cutoff_text(rule, now))
     finished = True
     try:
         with engine.connect() as connection, database.interruptible(connection, cancel):
@@ -265,6 +315,9 @@ def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.E
             result.cascades = target.cascades
             if dry_run:
                 result.would_delete = count_old(connection, target, cutoff)
+                paths = removals(cascades_of(connection, target))
+                result.would_cascade = count_cascaded(connection, target, paths, old_rows(target, cutoff))
+                connection.commit()
             result.error = blocked_by(connection, target, old_rows(target, cutoff))
             if not dry_run and result.error is None:
                 assert held is not None
@@ -283,10 +336,11 @@ def run_rule(engine: Engine, rule: PurgeRule, now: datetime, cancel: threading.E
     return result, finished
 
 
-def stop(results: list[RuleResult], rules: Sequence[PurgeRule], now: datetime) -> Cancelled:
+def stop(results: list[RuleResult], rules: Sequence[Rule], now: datetime) -> Cancelled:
     """Return the Cancelled to raise when `cancel` stopped a purge: the results so far, every rule not started."""
     for rule in rules[len(results):]:
-        results.append(RuleResult(rule=rule.describe(), cutoff=utc_iso(cutoff_for(rule, now)), error=NOT_STARTED))
+        results.append(RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=_cutoff_text(rule, now),
+                                  error=NOT_STARTED, rows={} if isinstance(rule, ThreadRule) else None))
     deleted = sum(result.deleted for result in results)
     return Cancelled(f"the worker is stopping; table retention stopped between batches after deleting {deleted} rows",
                      stage="purge", fields={"purge": [result.as_dict() for result in results]})

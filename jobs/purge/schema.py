@@ -6,7 +6,6 @@ they are, no type conversion in between).
 """
 
 from dataclasses import dataclass
-import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,31 +13,14 @@ from sqlalchemy.engine import Connection
 
 from jobs.engines import _sqlite as sqlite_lib, pg_rows
 from jobs.purge import triggers
-from jobs.purge.rules import PurgeRule
+from jobs.purge.kinds import postgres_kind, sqlite_kind
+from jobs.purge.rules import OrphanRule, Rule, RuleProblem
 
-SAMPLE = 200  # values read from each end of the table (in key order) to tell how a SQLite column stores time
-MILLISECONDS = 10**11  # a "Unix seconds" value this large is a time in milliseconds (year 5138 in seconds)
-UNIX_MIN = 10**8  # 1973-03-03: a smaller number is a counter or an id, not a time (a rule on it would delete all)
 ROWID_ALIASES = ("rowid", "_rowid_", "oid")
-KINDS = {
-    "text": "ISO 8601 text",
-    "unix": "Unix seconds",
-    "timestamptz": "timestamp with time zone",
-    "timestamp": "timestamp without time zone (read as UTC)",
-    "date": "date",
-}
-ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?")
-# What SQLite text must start with to be read as a time at all: a date. SQLite's datetime() also reads a time of
-# day alone ('12:30' is 2000-01-01 12:30), a Julian day number written as text and 'now'; none of those is a date.
-DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 _RESTRICTS = ("RESTRICT", "NO ACTION")
 MAX_DEPTH = 5  # levels of rows below a deleted row checked for being in the backup; a deeper row keeps it
 MAX_CASCADES = 64  # foreign keys followed in all for one rule
 _SYSTEM_SCHEMAS = ("information_schema",)
-
-
-class RuleProblem(ValueError):
-    """A rule does not fit the database; the message is one sentence that starts with the rule."""
 
 
 @dataclass(frozen=True)
@@ -65,14 +47,15 @@ class Reference:
 class Target:
     """A rule resolved against the database."""
 
-    rule: PurgeRule
+    rule: Rule
     table: sa.TableClause  # every column, untyped (and SQLite's rowid, PostgreSQL's xmin and ctid)
-    column: sa.ColumnClause  # the time column
+    column: sa.ColumnClause  # the time column (an orphan rule: the column that points at the parent)
     key: tuple[sa.ColumnClause, ...]  # rowid, or the primary key columns; () for a PostgreSQL table without one
-    kind: str  # one of KINDS
+    kind: str  # one of kinds.KINDS, or orphan (an orphan rule), thread (a LangGraph table)
     references: tuple[Reference, ...]
     columns: tuple[str, ...] = ()  # the table's own columns, in order
     integer_key: bool = False  # one integer key column (SQLite's rowid): batches may be key ranges
+    parent: sa.ColumnClause | None = None  # an orphan rule (kind "orphan"): the parent's column it must match
 
     @property
     def cascades(self) -> list[str]:
@@ -92,12 +75,17 @@ class Cascade:
     # None: the depth limit cut the walk here, so a parent that has rows here is kept
 
 
-def resolve(connection: Connection, rule: PurgeRule) -> Target:
+def orphaned(column: sa.ColumnElement[Any], parent: sa.ColumnClause) -> sa.ColumnElement[bool]:
+    """Return "the row's `column` is set and matches no row of `parent`'s table" (NULL is not an orphan)."""
+    return sa.and_(column.is_not(None), ~sa.exists().where(parent == column))
+
+
+def resolve(connection: Connection, rule: Rule) -> Target:
     """Given a connection and a rule, return its Target. Raise RuleProblem naming the rule and what to fix."""
     inspector = sa.inspect(connection)
     sqlite = connection.dialect.name == "sqlite"
-    schema = _schema(inspector, rule)
-    table_name = _table(inspector, rule, schema)
+    schema = _schema(inspector, rule, rule.schema)
+    table_name = _table(inspector, rule, schema, rule.table)
     columns = inspector.get_columns(table_name, schema=schema)
     names = [column["name"] for column in columns]
     column_name = _pick(names, rule.column)
@@ -110,15 +98,64 @@ def resolve(connection: Connection, rule: PurgeRule) -> Target:
                           "primary key, so its rows cannot be told apart; add a primary key")
     declared = next(column["type"] for column in columns if column["name"] == column_name)
     column = table.c[column_name]
-    if sqlite:
-        kind = _sqlite_kind(connection, rule, table, column, key, declared)
+    parent = None
+    if isinstance(rule, OrphanRule):
+        kind, parent = "orphan", _parent(connection, inspector, rule, table, column)
+    elif sqlite:
+        kind = sqlite_kind(connection, rule, table, column, key, declared)
     else:
-        kind = _postgres_kind(rule, declared)
+        kind = postgres_kind(connection, rule, table, column, key, declared)
     _refuse_side_effects(connection, rule, schema, table_name, triggers.DELETE, "deleting its rows")
     references = _sqlite_references if sqlite else _postgres_references
     return Target(rule=rule, table=table, column=column, key=key, kind=kind,
                   references=tuple(references(connection, inspector, schema, table_name)),
+                  columns=tuple(names), integer_key=integer_key, parent=parent)
+
+
+def table_target(connection: Connection, rule: Rule, schema: str | None, wanted: str, column: str) -> Target:
+    """Return a Target for a table a rule deletes from as a whole unit with other tables (a LangGraph saver's):
+    its key, its columns, `column` (which must exist). Raise RuleProblem if the table or column is missing, a
+    delete there fires a trigger or rule, or a foreign key points at it (its cascades are not followed)."""
+    inspector = sa.inspect(connection)
+    schema = _schema(inspector, rule, schema)
+    name = _table(inspector, rule, schema, wanted)
+    columns = inspector.get_columns(name, schema=schema)
+    names = [found["name"] for found in columns]
+    if column not in names:
+        raise RuleProblem(f"{rule.describe()}: table {name} has no column {column}, so it is not a LangGraph "
+                          f"checkpointer's table; its columns are {', '.join(names)}")
+    sqlite = connection.dialect.name == "sqlite"
+    table, key, integer_key = _table_and_key(inspector, schema, name, columns, sqlite)
+    _refuse_side_effects(connection, rule, schema, name, triggers.DELETE, "deleting its rows")
+    references = tuple((_sqlite_references if sqlite else _postgres_references)(connection, inspector, schema, name))
+    if references:
+        raise RuleProblem(f"{rule.describe()}: {references[0].describe()} points at table {name}; a thread rule "
+                          "deletes only from tables no foreign key points at")
+    return Target(rule=rule, table=table, column=table.c[column], key=key, kind="thread", references=(),
                   columns=tuple(names), integer_key=integer_key)
+
+
+def _parent(connection: Connection, inspector: sa.Inspector, rule: OrphanRule, table: sa.TableClause,
+            column: sa.ColumnClause) -> sa.ColumnClause:
+    """Return the parent column an orphan rule names (of an alias: the parent may be the table itself). Raise
+    RuleProblem if it does not exist or cannot be compared with the rule's column."""
+    schema = _schema(inspector, rule, rule.parent_schema)
+    name = _table(inspector, rule, schema, rule.parent)
+    names = [found["name"] for found in inspector.get_columns(name, schema=schema)]
+    column_name = _pick(names, rule.parent_column)
+    if column_name is None:
+        raise RuleProblem(f"{rule.describe()}: table {name} has no column {rule.parent_column}; its columns are "
+                          f"{', '.join(names)}")
+    parent = sa.table(name, sa.column(column_name), schema=schema).alias("parent")
+    try:  # plans the condition without reading a row: types that cannot be compared fail here
+        connection.execute(sa.select(sa.literal(1)).select_from(table).where(
+            orphaned(column, parent.c[column_name])).limit(0)).all()
+    except sa.exc.DBAPIError as error:
+        connection.rollback()
+        raise RuleProblem(f"{rule.describe()}: {table.name}.{column.name} cannot be compared with "
+                          f"{name}.{column_name} ({str(getattr(error, 'orig', error)).strip().splitlines()[0]}); "
+                          "name columns of comparable types") from None
+    return parent.c[column_name]
 
 
 def cascades_of(connection: Connection, target: Target) -> tuple[Cascade, ...]:
@@ -154,7 +191,7 @@ def cascades_of(connection: Connection, target: Target) -> tuple[Cascade, ...]:
     return walk(target.references, 1)
 
 
-def _refuse_side_effects(connection: Connection, rule: PurgeRule, schema: str | None, table: str, event: str,
+def _refuse_side_effects(connection: Connection, rule: Rule, schema: str | None, table: str, event: str,
                          how: str) -> None:
     """Raise RuleProblem when an `event` on the table fires triggers or rules (see jobs.purge.triggers)."""
     fired = triggers.fired_by(connection, schema, table, event)
@@ -165,7 +202,7 @@ def _refuse_side_effects(connection: Connection, rule: PurgeRule, schema: str | 
                           "the app")
 
 
-def check(connection: Connection, rules: list[PurgeRule]) -> list[str]:
+def check(connection: Connection, rules: list[Rule]) -> list[str]:
     """Return one problem per rule that does not fit the database (see resolve and cascades_of), in rule order."""
     problems = []
     for rule in rules:
@@ -199,23 +236,23 @@ def _pick(names: list[str], wanted: str) -> str | None:
     return folded[0] if len(folded) == 1 else None
 
 
-def _schema(inspector: sa.Inspector, rule: PurgeRule) -> str | None:
-    if rule.schema is None:
+def _schema(inspector: sa.Inspector, rule: Rule, wanted: str | None) -> str | None:
+    if wanted is None:
         return None
-    schema = _pick(inspector.get_schema_names(), rule.schema)
+    schema = _pick(inspector.get_schema_names(), wanted)
     if schema is None:
-        raise RuleProblem(f"{rule.describe()}: the database has no schema {rule.schema}")
+        raise RuleProblem(f"{rule.describe()}: the database has no schema {wanted}")
     return None if schema == inspector.default_schema_name else schema
 
 
-def _table(inspector: sa.Inspector, rule: PurgeRule, schema: str | None) -> str:
-    table = _pick(inspector.get_table_names(schema=schema), rule.table)
+def _table(inspector: sa.Inspector, rule: Rule, schema: str | None, wanted: str) -> str:
+    table = _pick(inspector.get_table_names(schema=schema), wanted)
     if table is not None:
         return table
-    if _pick(inspector.get_view_names(schema=schema), rule.table) is not None:
-        raise RuleProblem(f"{rule.describe()}: {rule.table} is a view; name the table it reads from")
+    if _pick(inspector.get_view_names(schema=schema), wanted) is not None:
+        raise RuleProblem(f"{rule.describe()}: {wanted} is a view; name the table it reads from")
     where = "" if schema or inspector.dialect.name == "sqlite" else f" in schema {inspector.default_schema_name}"
-    raise RuleProblem(f"{rule.describe()}: the database has no table {rule.table}{where}; check the name in "
+    raise RuleProblem(f"{rule.describe()}: the database has no table {wanted}{where}; check the name in "
                       "RETENTION_RULES (SCHEMA.TABLE.COLUMN names a table in another schema)")
 
 
@@ -238,68 +275,6 @@ def _table_and_key(inspector: sa.Inspector, schema: str | None, name: str, colum
     types = {column["name"]: column["type"] for column in columns}
     integer = len(primary) == 1 and isinstance(types.get(primary[0]), sa.Integer)
     return table, tuple(table.c[column] for column in primary), integer
-
-
-# --- how the column stores time ---------------------------------------------------------------------------------
-
-def _postgres_kind(rule: PurgeRule, declared: Any) -> str:
-    if isinstance(declared, sa.DateTime):
-        return "timestamptz" if declared.timezone else "timestamp"
-    if isinstance(declared, sa.Date):
-        return "date"
-    raise RuleProblem(f"{rule.describe()}: column {rule.column} is of type {declared}; retention needs "
-                      "timestamp, timestamp with time zone or date")
-
-
-def affinity(declared: str) -> str:
-    """Given a declared SQLite column type, return its affinity by SQLite's rules: integer, text, blob, real or
-    numeric."""
-    declared = declared.upper()
-    if "INT" in declared:
-        return "integer"
-    if any(word in declared for word in ("CHAR", "CLOB", "TEXT")):
-        return "text"
-    if "BLOB" in declared or not declared:
-        return "blob"
-    if any(word in declared for word in ("REAL", "FLOA", "DOUB")):
-        return "real"
-    return "numeric"
-
-
-def _sqlite_kind(connection: Connection, rule: PurgeRule, table: sa.TableClause, column: sa.ColumnClause,
-                 key: tuple[sa.ColumnClause, ...], declared: Any) -> str:
-    """Decide from a sample of stored values (both ends of the table) whether the column holds ISO 8601 text or
-    Unix seconds; the declared type decides only for an empty column. Raise RuleProblem for anything else."""
-    declared_name = "" if isinstance(declared, sa.types.NullType) else str(declared)
-    sample = sa.select(sa.func.typeof(column), column, sa.func.datetime(column)).where(column.is_not(None))
-    rows = [*connection.execute(sample.order_by(*key).limit(SAMPLE)),
-            *connection.execute(sample.order_by(*(part.desc() for part in key)).limit(SAMPLE))]
-    where = f"{rule.describe()}: column {column.name}"
-    texts = [(value, parsed) for storage, value, parsed in rows if storage == "text"]
-    numbers = [value for storage, value, _ in rows if storage in ("integer", "real")]
-    if any(storage == "blob" for storage, _, _ in rows):
-        raise RuleProblem(f"{where} holds binary values; retention reads ISO 8601 text or Unix seconds")
-    if texts and numbers:
-        raise RuleProblem(f"{where} mixes text and numbers (e.g. {texts[0][0]!r} and {numbers[0]!r}); "
-                          "store every time one way, ISO 8601 text or Unix seconds")
-    for value, parsed in texts:
-        if parsed is None or not ISO_8601.fullmatch(value):
-            raise RuleProblem(f"{where} holds {value!r}, which is not an ISO 8601 time; retention reads text like "
-                              "2026-11-22 02:00:00 (T, fractions and +HH:MM offsets allowed) or Unix seconds")
-    for value in numbers:
-        if value >= MILLISECONDS:
-            raise RuleProblem(f"{where} holds {value!r}, which looks like milliseconds; retention reads Unix seconds")
-        if value < UNIX_MIN:
-            raise RuleProblem(f"{where} holds {value!r}, which is not a Unix time in seconds (it would be before "
-                              "1973); name the column that holds the row's time")
-    if texts:
-        return "text"
-    if numbers:
-        return "unix"
-    column_affinity = affinity(declared_name)
-    if "BLOB" in declared_name.upper():
-        raise RuleProblem(f"{where} is declared {declared_name}; retention reads ISO 8601 text or Unix seconds")
-    return "unix" if column_affinity in ("integer", "real") else "text"
 
 
 # --- foreign keys pointing at the table -------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_purge_deletes_old_rows_by_timestamptz_timestamp_and_date_and_the_dry_ru
     [
         ("", "evnts.created_at=30d", "the database has no table evnts in schema public; check the name"),
         ("", "events.created=30d", "table events has no column created; its columns are id, created_at, happened"),
-        ("", "events.body=30d", "column body is of type TEXT; retention needs timestamp, timestamp with time zone or date"),
+        ("", "events.body=30d", "column body is of type TEXT; retention needs timestamp, timestamp with time zone, date, or a number with its unit"),
         ("", "events.n=30d", "column n is of type INTEGER"),
         ("CREATE VIEW recent AS SELECT * FROM events;", "recent.created_at=30d", "recent is a view"),
         ("", "archive.events.created_at=30d", "the database has no schema archive"),

@@ -8,7 +8,7 @@ from jobs.artifacts import backup_id
 from jobs.cycle import Cycle
 from jobs.purge import PurgeRule, parse_retention_rules, purge_fields, should_purge
 from jobs.purge.delete import RuleResult, cutoff_for
-from jobs.purge.schema import ISO_8601, affinity
+from jobs.purge.kinds import ISO_8601, affinity
 from tests.purge.conftest import NOW
 
 
@@ -103,7 +103,7 @@ def test_purge_fields_carry_every_rule_and_the_totals() -> None:
                RuleResult("metrics.at=7d", "2026-11-15T02:00:00Z", error="the database has no table metrics")]
     fields = purge_fields(results)
     assert fields["purged_rows"] == 5 and fields["purge_failed"] == ["metrics.at=7d"]
-    assert fields["purge"][1] == {"rule": "metrics.at=7d", "deleted": 0, "batches": 0, "cutoff": "2026-11-15T02:00:00Z",
+    assert fields["purge"][1] == {"rule": "metrics.at=7d", "table": None, "deleted": 0, "batches": 0, "cutoff": "2026-11-15T02:00:00Z",
                                   "cascades": [], "error": "the database has no table metrics"}
 
 

@@ -60,7 +60,7 @@ def test_purge_deletes_rows_older_than_the_rule_in_every_iso_spelling_and_keeps_
     assert ids(path) == newer
     assert result.error is None and result.deleted == len(stored) - len(newer)
     assert result.batches == -(-result.deleted // 50) and result.cutoff == "2026-10-23T02:00:00Z"
-    assert result.as_dict() == {"rule": "events.created_at=30d", "deleted": result.deleted, "batches": result.batches,
+    assert result.as_dict() == {"rule": "events.created_at=30d", "table": "events", "deleted": result.deleted, "batches": result.batches,
                                 "cutoff": "2026-10-23T02:00:00Z", "cascades": [], "error": None}
 
 
@@ -357,7 +357,7 @@ def test_cancel_stops_between_batches_and_reports_what_was_deleted(tmp_path: Pat
     deleted = total - len(ids(path))
     assert 0 < deleted < 1000 and events["deleted"] == deleted and events["deleted"] % 20 == 0
     assert events["error"] == "stopped: the worker is stopping"
-    assert metrics == {"rule": "metrics.at=30d", "deleted": 0, "batches": 0, "cutoff": "2026-10-23T02:00:00Z",
+    assert metrics == {"rule": "metrics.at=30d", "table": "metrics", "deleted": 0, "batches": 0, "cutoff": "2026-10-23T02:00:00Z",
                        "cascades": [], "error": "not started: the worker is stopping"}
     assert stopped.value.stage == "purge" and f"after deleting {deleted} rows" in str(stopped.value)
     assert db.execute("SELECT count(*) FROM metrics").fetchone()[0] == len(spanning_moments())

@@ -9,6 +9,8 @@ from jobs.durations import parse_duration
 from jobs.manifest import utc_iso
 from worker.catalog import Catalog, catalog_time
 from worker.context import EXIT_OK, Context, UsageError
+from jobs.purge import removed_text
+from worker.purge import history_fields
 from worker.text import human_size
 
 KEYS = ("job", "run_id", "started_at", "finished_at", "outcome", "stage", "reason", "duration_s", "size",
@@ -34,11 +36,14 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 
 
 def runs(catalog: Catalog, since: datetime | None = None, job: str | None = None) -> list[dict[str, Any]]:
-    """Return the recorded runs newest first, as objects with exactly KEYS (times in ISO 8601 UTC)."""
+    """Return the recorded runs newest first, as objects with KEYS (times in ISO 8601 UTC), and `purge` for a
+    run that deleted rows by RETENTION_RULES (see worker.purge.history_fields)."""
     rows = []
     for row in catalog.history(since=since, job=job):
         rows.append({key: (catalog_time(row.get(key)) if key in ("started_at", "finished_at") else row.get(key))
                      for key in KEYS})
+        if (purged := history_fields(row)) is not None:  # table retention: rows per rule and per table
+            rows[-1]["purge"] = purged
     return rows
 
 
@@ -53,6 +58,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
             detail = (f"{row['stage']}: " if row["stage"] else "") + (row["reason"] or "")
         else:
             detail = row["artifact"] or ""
+        if row.get("purge") and row["job"] == "purge":
+            detail = removed_text(row["purge"]) or detail
         lines.append(f"{row['started_at'] or '-':<21} {row['job']:<8} {row['outcome']:<9} {duration:>9} "
                      f"{human_size(row['size']):>10} {human_size(row['raw_size']):>10}  {row['run_id']:<12}  {detail}")
     return lines

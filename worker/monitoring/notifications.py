@@ -8,6 +8,7 @@ from typing import Any
 
 from jobs.artifacts import set_of
 from jobs.manifest import utc_iso
+from jobs.purge import removed_text
 from jobs.redact import scrub_value
 from worker import __version__
 from worker.monitoring.delivery import Message
@@ -43,6 +44,8 @@ def sentence(outcome: Outcome, host: str, set_name: str | None) -> str:
             passed = outcome.fields.get("passed_over")
             if isinstance(passed, list) and passed:  # the newer backups it did not take, and why
                 text += f" ({'; '.join(map(str, passed))})"
+        if outcome.job == "purge" and (removed := removed_text(outcome.fields)):
+            text += f": {removed}"  # table retention: rows per rule, and what their cascades removed per table
         artifact = outcome.fields.get("artifact")
         if artifact:
             text += (f": {artifact}, {human_size(outcome.fields.get('size'))}"
@@ -78,7 +81,7 @@ def payload(outcome: Outcome, host: str, sets: list[str], now: datetime | None =
         "backup_set": set_name,
     }
     for key in ("artifact", "size", "raw_size", "verified", "uploaded", "sets", "on_start", "backup", "location",
-                "flags", "warnings", "passed_over"):
+                "flags", "warnings", "passed_over", "purged_rows", "purged_tables", "purge", "space"):
         if key in outcome.fields:
             body[key] = outcome.fields[key]
     body["text"] = text
