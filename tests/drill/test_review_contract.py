@@ -42,3 +42,18 @@ def test_a_redis_set_using_database_20_passes_its_drill(tmp_path: Path, worker_e
     result = run_worker(["drill", "--json"], env, cwd=tmp_path)
     document = json.loads(result.stdout)
     assert result.code == 0, document["sources"]["redis"]["reason"]
+
+
+def test_a_manifest_whose_counts_are_garbage_does_not_pass_as_a_backup_made_before_counts(
+        tmp_path: Path, worker) -> None:
+    """compare.recorded_rows turns a malformed `counts` (a count that is a string) into "no counts recorded", so the
+    drill passes, saying the backup was "made before they were recorded" although its manifest (worker 0.1.0 with
+    `counts`) did record them: a damaged manifest passes its drill unchecked."""
+    assert worker("backup").code == 0
+    manifest_path = sorted((tmp_path / "backups").glob("*.sqlite.zst.json"))[-1]
+    manifest = json.loads(manifest_path.read_text())
+    manifest["counts"]["tables"]["messages"] = "999"
+    manifest_path.write_text(json.dumps(manifest))
+    result = worker("drill", "--json")
+    row = json.loads(result.stdout)["sources"]["app"]
+    assert result.code == 1, row["compared"]
