@@ -57,3 +57,13 @@ def test_a_manifest_whose_counts_are_garbage_does_not_pass_as_a_backup_made_befo
     result = worker("drill", "--json")
     row = json.loads(result.stdout)["sources"]["app"]
     assert result.code == 1, row["compared"]
+
+
+def test_the_dockerfile_installs_the_redis_server_a_redis_drill_starts() -> None:
+    """Issue 22: "the RDB loaded into a private redis-server ... (the Dockerfile installs it)", and the drill's own
+    error says "install it (apt-get install redis-server; the Dockerfile does)". The Dockerfile (the worker's own
+    service for PostgreSQL and Redis sources) installs only the PostgreSQL client: every scheduled Redis drill in
+    that deployment fails with "redis-server is not installed" and /healthz stays 503 drill_failed."""
+    root = Path(__file__).resolve().parents[2]
+    dockerfile = (root / "Dockerfile").read_text()
+    assert "redis-server" in dockerfile or "redis-tools" in dockerfile or " redis " in dockerfile
