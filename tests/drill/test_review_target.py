@@ -63,3 +63,39 @@ def test_a_drill_target_holding_no_tables_keeps_the_views_functions_and_sequence
         with admin() as connection:
             connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_drill_target_url_naming_the_source_database_is_refused_and_the_source_left_alone(
+        tmp_path: Path, worker_env, make_db) -> None:
+    """DRILL_TARGET_URL is only checked for tables. Pointed at the source database itself (a copy-paste of
+    DATABASE_URL), a source that holds no table yet (views, functions, sequences: an app before its first
+    migration with data, or one that keeps its logic in SQL) is restored over by pg_restore --clean and then
+    emptied by DROP OWNED BY CURRENT_USER: the drill writes to the source it promises never to touch."""
+    app = make_db("app")
+    role = f"bw_self_{uuid.uuid4().hex[:8]}"
+    with admin() as connection:
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(role)))
+        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(app), sql.Identifier(role)))
+    try:
+        with admin(dbname=app) as connection:
+            connection.execute("GRANT ALL ON SCHEMA public TO PUBLIC")
+            connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            connection.execute("CREATE SEQUENCE public.invoice_numbers START 5000")
+            connection.execute("SELECT nextval('public.invoice_numbers')")
+            connection.execute("CREATE FUNCTION public.tax(x numeric) RETURNS numeric LANGUAGE sql AS 'SELECT x * 0.2'")
+        env = {**worker_env, "BACKUP_SOURCE": url_for(app, user=role), "DRILL_TARGET_URL": url_for(app, user=role)}
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        result = run_worker(["drill"], env, cwd=tmp_path)
+        with admin(dbname=app) as connection:
+            functions = connection.execute("SELECT count(*) FROM pg_proc WHERE proname = 'tax'").fetchone()[0]
+            sequences = connection.execute("SELECT count(*) FROM pg_class WHERE relname = 'invoice_numbers'").fetchone()[0]
+        assert (functions, sequences) == (1, 1), "the drill emptied the source database"
+        assert result.code == 1 and "DRILL_TARGET_URL" in result.stderr
+    finally:
+        with admin() as connection:
+            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(app)))
+        with admin(dbname=app) as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with admin() as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
