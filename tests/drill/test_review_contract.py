@@ -67,3 +67,18 @@ def test_the_dockerfile_installs_the_redis_server_a_redis_drill_starts() -> None
     root = Path(__file__).resolve().parents[2]
     dockerfile = (root / "Dockerfile").read_text()
     assert "redis-server" in dockerfile
+
+
+def test_a_redis_load_failure_is_one_sentence_without_the_servers_unrelated_warnings(tmp_path: Path, worker_env) -> None:
+    """redis._log_tail keeps every log line with a `#` (all of redis-server's warnings), so the reason of a failed
+    load carries e.g. the 400-character "WARNING Memory overcommit must be enabled!" paragraph (on any host with
+    vm.overcommit_memory=0, as here) before the FATAL line that says what is wrong."""
+    with redis_server(tmp_path / "source", config=["databases 32"]) as server:
+        server.client(20).set("twenty", "20")
+        env = {**worker_env, "BACKUP_SOURCE": server.url()}
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    reason = json.loads(result.stdout)["sources"]["redis"]["reason"]
+    assert result.code == 1
+    assert "more than 16 databases" in reason
+    assert "overcommit" not in reason and "jemalloc" not in reason, reason
