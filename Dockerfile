@@ -22,6 +22,14 @@ RUN set -eux; \
         for major in $PG_MAJOR; do "/usr/lib/postgresql/$major/bin/pg_dump" --version; done; \
     fi
 
+# redis-server: a Redis set's restore drill (DRILL_SCHEDULE, `drill`) loads the backup's RDB into a private
+# redis-server on a loopback port (docs/drills.md); the worker never runs it otherwise.
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends redis-server; \
+    rm -rf /var/lib/apt/lists/*; \
+    redis-server --version
+
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY worker ./worker
