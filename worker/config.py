@@ -27,6 +27,7 @@ from jobs.volume import MinFree, dir_problem, parse_min_free
 from worker.variables import default as default_of
 from worker.catalog import catalog_problem
 from worker.crontab import cron_trigger
+from worker.drill_config import drill_settings
 from worker.keeping import Keeping, bucket_keeping_without_bucket, keeping, tier_variables, whole_number
 from worker.sources import SOURCE_PREFIX, ConfiguredSet, configured_sources
 
@@ -299,7 +300,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     restore_on_start = _choice(env, "RESTORE_ON_START", default_of("RESTORE_ON_START"), RESTORE_ON_START, problems)
     allow_empty = _flag(env, "BACKUP_ALLOW_EMPTY", problems)
     recipients, identities, identity_file = encryption.configured(env, cwd, problems)
-    drills = _drills(env, timezone, problems)
+    drills = drill_settings(env, timezone, configured, problems)
 
     if problems:
         raise ConfigError(problems, _environment_secrets(env))
@@ -336,26 +337,6 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         encryption_identity_file=identity_file,
         **drills,
     )
-
-
-def _drills(env: Mapping[str, str], timezone: ZoneInfo, problems: list[str]) -> dict[str, object]:
-    """Given the environment, return the Config fields of restore drills (issue 22): DRILL_SCHEDULE (off when
-    unset or `off`) with its trigger, and DRILL_TARGET_URL (a PostgreSQL URL)."""
-    schedule = env.get("DRILL_SCHEDULE", "").strip()
-    trigger = None
-    if schedule.lower() in ("", "off"):
-        schedule = ""
-    else:
-        try:
-            trigger = cron_trigger(schedule, timezone)
-        except ValueError as error:
-            problems.append(f"DRILL_SCHEDULE: {error}")
-    target = env.get("DRILL_TARGET_URL", "").strip() or None
-    if target is not None and engines.scheme_of(target) != "postgresql" and engines.scheme_of(target) != "postgres":
-        problems.append(f"DRILL_TARGET_URL={mask_url(target)!r} must be a PostgreSQL URL like "
-                        "postgresql://USER:PASSWORD@HOST:5432/DBNAME (an empty database the drill restores into)")
-        target = None
-    return {"drill_schedule": schedule or None, "drill_trigger": trigger, "drill_target_url": target}
 
 
 def _monitoring(env: Mapping[str, str], problems: list[str]) -> dict[str, object]:

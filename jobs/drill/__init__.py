@@ -25,6 +25,7 @@ from typing import Any
 from jobs import encryption
 from jobs.backups import Backup
 from jobs.drill import compare, postgres, redis, sqlite
+from jobs.drill.pg_target import OperatorTarget
 from jobs.engines import Source
 from jobs.errors import IntegrityError
 from jobs.restore import proven_raw
@@ -44,9 +45,10 @@ class Drilled:
         return {"checks": self.checks, "measured": self.measured, "compared": self.compared}
 
 
-# How each kind of backup is restored into its scratch target and counted: (raw, backup, source, target_url,
-# cancel) -> (checks, measured). Each engine module owns its scratch target and removes it, whatever happens.
-Restorer = Callable[[Path, Backup, Source, "str | None", threading.Event], tuple[list[str], dict[str, Any]]]
+# How each kind of backup is restored into its scratch target and counted: (raw, backup, source, operator's
+# target (DRILL_TARGET_URL), cancel) -> (checks, measured). Each engine module owns its scratch target and removes
+# it, whatever happens.
+Restorer = Callable[[Path, Backup, Source, "OperatorTarget | None", threading.Event], tuple[list[str], dict[str, Any]]]
 RESTORERS: dict[str, Restorer] = {
     sqlite.KIND: sqlite.restore_and_count,
     postgres.KIND: postgres.restore_and_count,
@@ -55,9 +57,9 @@ RESTORERS: dict[str, Restorer] = {
 
 
 def drill(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel: threading.Event,
-          identities: Sequence[encryption.Identity] = (), target_url: str | None = None) -> Drilled:
+          identities: Sequence[encryption.Identity] = (), target: OperatorTarget | None = None) -> Drilled:
     """Prove the local artifact file of `backup` (decrypted with `identities`), restore it into its engine's
-    scratch target (for PostgreSQL on `source`'s server, or into `target_url`), count what it holds and compare
+    scratch target (for PostgreSQL on `source`'s server, or into the operator's `target`), count what it holds and compare
     that with the manifest. Scratch files live in a private directory inside `workdir` (the backup volume).
     Return what was done; raise IntegrityError (damage), NoIdentity, SourceError (the restore or its scratch
     target failed), JobError at stage `compare` (the restored copy differs from what the backup recorded),
@@ -66,7 +68,7 @@ def drill(artifact: Path, backup: Backup, source: Source, workdir: Path, cancel:
     if restorer is None:
         raise IntegrityError(f"{backup.artifact} is a backup of kind {backup.kind!r}, which this version cannot drill")
     with proven_raw(artifact, backup, workdir, cancel, identities=identities) as (raw, checks):
-        restored, measured = restorer(raw, backup, source, target_url, cancel)
+        restored, measured = restorer(raw, backup, source, target, cancel)
     compared = compare.against_manifest(backup, measured)
     return Drilled([*checks, *restored, "counts compared" if compare.recorded(backup) else "restorable"],
                    measured, compared)

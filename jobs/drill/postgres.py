@@ -4,9 +4,9 @@ scratch database, whose rows are then counted exactly.
 The scratch database is `<db>_drill_<stamp>` on the source's server, created empty (from template0) and dropped
 afterwards (`WITH (FORCE)`: a stopped pg_restore's session goes too), after a failure or a stop as well. With
 DRILL_TARGET_URL the drill restores into that database instead (the operator's, perhaps on another server): it must
-hold no tables, and the drill empties it afterwards (`DROP OWNED BY CURRENT_USER`: everything the restore made
-belongs to the drill's role, since pg_restore runs with --no-owner). The source database itself is only used to
-reach its server (CREATE and DROP DATABASE); nothing in it is read or written.
+not be a source database and must hold nothing at all, and the drill empties it afterwards (`pg_target`). The
+source database itself is only used to reach its server (CREATE and DROP DATABASE); nothing in it is read or
+written.
 """
 
 from collections.abc import Iterator
@@ -22,6 +22,7 @@ from psycopg import sql
 import structlog
 
 from jobs.backups import Backup
+from jobs.drill.pg_target import TARGET_VARIABLE, OperatorTarget, operator_database
 from jobs.engines import Source, pg_connect
 from jobs.engines.pg_archive import table_key
 from jobs.engines.pg_connect import Connection
@@ -30,7 +31,6 @@ from jobs.errors import Cancelled, SourceError
 from jobs.redact import scrub
 
 KIND = "pgdump"
-TARGET_VARIABLE = "DRILL_TARGET_URL"
 NAME_LIMIT = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 MARK = "_drill_"
 
@@ -119,37 +119,6 @@ def _drop(server: Connection, name: str) -> None:
                     reason=str(error)[:200], detail=f"drop it by hand: DROP DATABASE {name}")
 
 
-def user_tables(conn: Connection) -> list[str]:
-    """Return the user tables of the database `conn` (as the manifest's counts name them)."""
-    with pg_connect.connect(conn) as session:
-        return [table_key(schema, table) for schema, table in session.execute(TABLES).fetchall()]
-
-
-@contextmanager
-def operator_database(url: str, cancel: threading.Event) -> Iterator[Connection]:
-    """Yield DRILL_TARGET_URL's database, proven empty (no user tables); empty it again on exit. Raise
-    SourceError at stage `scratch` when it already holds tables."""
-    try:
-        conn = pg_connect.parse_url(url)
-    except ValueError as error:
-        raise SourceError(f"{TARGET_VARIABLE}: {error}", stage="scratch") from None
-    found = user_tables(conn)
-    if found:
-        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise SourceError(f"the drill target {conn.masked} ({TARGET_VARIABLE}) is not empty: it holds {shown}; a drill "
-                          "restores into an empty database and empties it afterwards, so point it at one that holds "
-                          "nothing of value", stage="scratch")
-    try:
-        yield conn
-    finally:
-        try:
-            with pg_connect.connect(conn) as session:
-                session.execute("DROP OWNED BY CURRENT_USER")
-        except (SourceError, psycopg.Error) as error:
-            log.warning("drill.target_left", database=conn.dbname, host=conn.host, reason=str(error)[:200],
-                        detail=f"empty {conn.dbname} by hand before the next drill")
-
-
 def count_rows(conn: Connection, cancel: threading.Event) -> dict[str, Any]:
     """Return the exact rows of each user table of the database `conn`, as the manifest records counts."""
     tables: dict[str, int] = {}
@@ -162,16 +131,16 @@ def count_rows(conn: Connection, cancel: threading.Event) -> dict[str, Any]:
     return {"unit": "rows", "total": sum(tables.values()), "tables": tables}
 
 
-def restore_and_count(raw: Path, backup: Backup, source: Source, target_url: str | None,
+def restore_and_count(raw: Path, backup: Backup, source: Source, operator: OperatorTarget | None,
                       cancel: threading.Event) -> tuple[list[str], dict[str, Any]]:
     """Restore the proven archive `raw` into a scratch database (see the module docstring) and count its rows;
     the scratch database is gone (or emptied) on return, whatever happened. Raise SourceError (the scratch
     target, the restore) or Cancelled."""
-    target = operator_database(target_url, cancel) if target_url else scratch_database(_server_of(source), cancel)
+    target = operator_database(operator, cancel) if operator else scratch_database(_server_of(source), cancel)
     with target as conn:
         try:
             restore_database(raw, conn, cancel, None)
             counts = count_rows(conn, cancel)
         except psycopg.Error as error:
             raise SourceError(f"cannot count the rows restored into {conn.dbname}: {_why(error, conn)}", stage="restore") from None
-    return [f"pg_restore into {'the drill target' if target_url else 'a scratch database'}", "rows counted"], counts
+    return [f"pg_restore into {'the drill target' if operator else 'a scratch database'}", "rows counted"], counts

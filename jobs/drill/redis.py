@@ -118,7 +118,7 @@ def private_server(rdb: Path, cancel: threading.Event) -> Iterator[Wire]:
     raise SourceError(f"the drill's redis-server found no free loopback port in {TRIES} tries", stage="restore")
 
 
-def restore_and_count(raw: Path, backup: Backup, source: Source, target_url: str | None,
+def restore_and_count(raw: Path, backup: Backup, source: Source, operator: object,
                       cancel: threading.Event) -> tuple[list[str], dict[str, Any]]:
     """Load the proven RDB `raw` (in a scratch directory its caller removes) into a private redis-server and
     count its keys per database; the server is stopped on return, whatever happened."""

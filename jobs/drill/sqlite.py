@@ -13,7 +13,7 @@ from jobs.errors import IntegrityError
 KIND = "sqlite"
 
 
-def restore_and_count(raw: Path, backup: Backup, source: Source, target_url: str | None,
+def restore_and_count(raw: Path, backup: Backup, source: Source, operator: object,
                       cancel: threading.Event) -> tuple[list[str], dict[str, Any]]:
     """Given the proven raw database file (a scratch file its caller removes), return the checks this step adds
     and its exact rows per user table. Raise IntegrityError if it cannot be read as a database, Cancelled."""

@@ -91,7 +91,7 @@ def test_a_drill_target_that_is_not_empty_is_refused_and_left_as_it_was(
     before = digests(occupied)
     sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
     assert "failed at stage scratch" in sentence
-    assert f"the drill target postgresql://{'postgres'}@" in sentence and "is not empty: it holds public.attachments" in sentence
+    assert f"the drill target postgresql://{'postgres'}@" in sentence and "is not empty: it holds table public.attachments" in sentence
     assert digests(occupied) == before
 
 

@@ -4,8 +4,9 @@ target and compared with what it recorded when it was made (`jobs.drill`); also 
 (DRILL_SCHEDULE).
 
 A drill is a job like the others (`drill`): start and outcome events, a catalog row, notifications on failure.
-Each set has its own row (`sources`), as in a backup cycle; the run fails when any set's drill failed. A drill
-takes no set lock, so a backup that falls due is never skipped because of it; it holds the `retention` lock
+Each set has its own row (`sources`), as in a backup cycle; the run fails when any set's drill failed. One drill
+runs at a time (the `drill` lock; a second is skipped with one sentence naming the first). A drill takes no set
+lock, so a backup that falls due is never skipped because of it; it holds the `retention` lock
 shared only while it takes its copy of the artifact (a hard link on the volume, a download from the bucket), so
 retention waits for nothing long. The source database is never read or written.
 """
@@ -27,9 +28,13 @@ from jobs.backups import Backup, list_backups
 from jobs.destinations import Destination
 from jobs.destinations.local import LocalDestination
 from jobs.engines import Source
+from jobs.drill import postgres
+from jobs.drill.pg_target import OperatorTarget
+from jobs.engines.pg_connect import Connection
 from jobs.errors import Cancelled, IntegrityError, JobError, SpaceError
 from jobs.selection import Purpose
 from jobs.volume import explain, room_problem
+from worker import lock
 from worker.context import EXIT_FAILED, Context
 from worker.output import print_json, report_failure, say
 from worker.runs import Outcome, fail_if_any_failed, run_job
@@ -37,6 +42,7 @@ from worker.selection import fetch, reading, workdir
 
 log = structlog.get_logger("worker.actions.drill")
 JOB = "drill"
+LOCK = "drill"  # `.drill.lock` in BACKUP_DIR: one drill at a time
 DAMAGED = ("a disaster would find it so: take a backup now (`backup`) so that a sound copy exists, then find out "
            "what damaged this one (`list --remote` shows the sizes)")
 
@@ -99,7 +105,7 @@ def drill_one(ctx: Context, source: Source, local: bool) -> dict[str, Any]:
                     _require_room(ctx, scratch, backup, remote)
                     artifact = _copy(ctx, destination, backup, scratch)
                 drilled = drilling.drill(artifact, backup, source, scratch, ctx.cancel,
-                                         ctx.config.encryption_identities, ctx.config.drill_target_url)
+                                         ctx.config.encryption_identities, operator_target(ctx))
                 row.update(checks=drilled.checks, compared=drilled.compared, measured_total=_total(drilled.measured))
         except Cancelled:
             raise
@@ -126,9 +132,23 @@ def _total(measured: dict[str, Any]) -> int:
     return int(measured.get("total", 0))
 
 
+def operator_target(ctx: Context) -> OperatorTarget | None:
+    """Return DRILL_TARGET_URL with the configured PostgreSQL sources it must never be, or None when unset."""
+    if not ctx.config.drill_target_url:
+        return None
+    sources = tuple(each.source.sql_database() for each in ctx.config.sources if each.source.kind == postgres.KIND)
+    return OperatorTarget(ctx.config.drill_target_url, tuple(conn for conn in sources if isinstance(conn, Connection)))
+
+
 def drill_sources(ctx: Context, sources: list[Source], local: bool) -> dict[str, Any]:
-    """Drill each set in turn; return the run's fields. Raise JobError (with those fields) if any failed: with one
-    set its own stage and reason, with several the failed sets named."""
+    """Drill each set in turn, holding the `drill` lock (one drill at a time: they share DRILL_TARGET_URL and the
+    volume's room); return the run's fields. Raise BusyError when another drill runs, JobError (with the fields)
+    if any set failed: with one set its own stage and reason, with several the failed sets named."""
+    with lock.exclusive(ctx.config.backup_dir, LOCK, "drill", busy="another drill is running"):
+        return _drill_each(ctx, sources, local)
+
+
+def _drill_each(ctx: Context, sources: list[Source], local: bool) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for source in sources:
         if ctx.cancel.is_set():

@@ -1,0 +1,126 @@
+"""DRILL_TARGET_URL (issue 22, from its review): the drill restores only into an empty database that is not a
+source, leaves it as it found it (empty, public as it was), also when reached as a superuser, and never leaves a
+copy of the production data in it after a drill that passed."""
+
+import json
+from pathlib import Path
+import uuid
+
+from psycopg import sql
+
+from tests.conftest import run_worker
+from tests.drill.conftest import table_names
+from tests.postgres.conftest import HOST, admin, url_for
+
+
+def test_a_drill_into_a_target_reached_as_a_superuser_leaves_no_restored_tables_behind(
+        tmp_path: Path, worker_env, make_db) -> None:
+    """Railway's PostgreSQL hands out the `postgres` role: `DROP OWNED BY CURRENT_USER` fails for it ("required by
+    the database system"), only a warning is logged, and the production rows stay in the operator's database; the
+    next drill then fails with "not empty"."""
+    app = make_db("app", populated=True, events=50)
+    target = make_db("target")
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target)}
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    first = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    assert first.code == 0, first.stderr
+    assert table_names(target) == [], "the drill left the restored production tables in DRILL_TARGET_URL"
+    second = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    assert second.code == 0, second.stderr
+
+
+def test_a_drill_target_holding_no_tables_but_other_objects_is_refused_and_left_as_it_was(
+        tmp_path: Path, worker_env, make_db) -> None:
+    """Empty means nothing at all: a target holding a schema with a view, a function, a sequence and a type (no
+    table) is refused, named, before anything is restored, and keeps all of it."""
+    app = make_db("app", populated=True, events=50)
+    target = make_db("target")
+    role = f"bw_target_{uuid.uuid4().hex[:8]}"
+    with admin() as connection:
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(role)))
+    try:
+        with admin(dbname=target) as connection:
+            connection.execute("GRANT ALL ON SCHEMA public TO PUBLIC")
+            connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            connection.execute("CREATE SCHEMA ops")
+            connection.execute("CREATE SEQUENCE ops.ticket_numbers START 1000")
+            connection.execute("CREATE FUNCTION ops.answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+            connection.execute("CREATE VIEW ops.now_view AS SELECT now() AS at")
+            connection.execute("CREATE TYPE ops.mood AS ENUM ('ok', 'sad')")
+        env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target, user=role)}
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+        row = next(iter(json.loads(result.stdout)["sources"].values()))
+        assert result.code == 1 and row["stage"] == "scratch", row
+        assert "is not empty" in row["reason"] and "schema ops" in row["reason"], row["reason"]
+        with admin(dbname=target) as connection:
+            left = connection.execute(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'ops'").fetchone()[0]
+        assert left == 1, "the drill dropped the operator's schema ops (a sequence, a function, a view, a type)"
+    finally:
+        with admin() as connection:
+            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(target)))
+        with admin(dbname=target) as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with admin() as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_config_refuses_a_drill_target_url_that_is_the_source_url(tmp_path: Path, worker_env, make_db) -> None:
+    app = make_db("app")
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(app)}
+    result = run_worker(["config"], env, cwd=tmp_path)
+    assert result.code == 2
+    assert "DRILL_TARGET_URL names the source database of BACKUP_SOURCE" in result.stderr, result.stderr
+
+
+def test_a_drill_target_url_reaching_the_source_database_by_another_address_is_refused_and_the_source_left_alone(
+        tmp_path: Path, worker_env, make_db) -> None:
+    """A copy-paste of DATABASE_URL with another host spelling (localhost for 127.0.0.1): the same server (its system
+    identifier) and database name, so the drill refuses before restoring; the source (no table yet, but a sequence
+    and a function) keeps everything."""
+    app = make_db("app")
+    with admin(dbname=app) as connection:
+        connection.execute("CREATE SEQUENCE public.invoice_numbers START 5000")
+        connection.execute("SELECT nextval('public.invoice_numbers')")
+        connection.execute("CREATE FUNCTION public.tax(x numeric) RETURNS numeric LANGUAGE sql AS 'SELECT x * 0.2'")
+    other_host = "localhost" if HOST != "localhost" else "127.0.0.1"
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(app, host=other_host)}
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    result = run_worker(["drill"], env, cwd=tmp_path)
+    with admin(dbname=app) as connection:
+        functions = connection.execute("SELECT count(*) FROM pg_proc WHERE proname = 'tax'").fetchone()[0]
+        sequences = connection.execute("SELECT count(*) FROM pg_class WHERE relname = 'invoice_numbers'").fetchone()[0]
+    assert (functions, sequences) == (1, 1), "the drill emptied the source database"
+    assert result.code == 1 and "DRILL_TARGET_URL" in result.stderr and "is the source database" in result.stderr, result.stderr
+
+
+def test_a_drill_into_a_target_restores_public_as_it_was(tmp_path: Path, worker_env, make_db) -> None:
+    """Emptying the target recreates `public` with the owner, ACL and comment it had before the drill."""
+    app = make_db("app", populated=True, events=20)
+    target = make_db("target")
+    role = f"bw_public_{uuid.uuid4().hex[:8]}"
+    with admin() as connection:
+        connection.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    try:
+        with admin(dbname=target) as connection:
+            connection.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+            connection.execute("COMMENT ON SCHEMA public IS 'the operator''s public'")
+            before = connection.execute("SELECT nspowner, nspacl::text, obj_description(oid, 'pg_namespace') "
+                                        "FROM pg_namespace WHERE nspname = 'public'").fetchone()
+        env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target)}
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+        assert result.code == 0, result.stdout
+        with admin(dbname=target) as connection:
+            after = connection.execute("SELECT nspowner, nspacl::text, obj_description(oid, 'pg_namespace') "
+                                       "FROM pg_namespace WHERE nspname = 'public'").fetchone()
+        assert after == before
+        assert table_names(target) == []
+    finally:
+        with admin(dbname=target) as connection:
+            connection.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(sql.Identifier(role)))
+        with admin() as connection:
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
