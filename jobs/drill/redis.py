@@ -10,6 +10,7 @@ keys with a TTL as "at most").
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+import re
 import shutil
 import socket
 import threading
@@ -30,6 +31,9 @@ PROGRAM = "redis-server"
 LISTEN_S = 30.0  # how long a started server may take to listen (loading the file is waited for as long as it takes)
 POLL_S = 0.05
 TRIES = 3  # a free port taken by someone else between our look and the server's bind: try another
+# `databases` of the private server: an RDB holding db N loads only into a server with more than N databases, and
+# a source may be configured with many more than the default 16; unused databases cost a few hundred bytes each.
+DATABASES = 10000
 
 log = structlog.get_logger("jobs.drill.redis")
 
@@ -43,19 +47,37 @@ def free_port() -> int:
 
 def _config(directory: Path, rdb: Path, port: int) -> Path:
     lines = [f"port {port}", "bind 127.0.0.1", "protected-mode yes", f'dir "{directory}"', f'dbfilename "{rdb.name}"',
-             'save ""', "appendonly no", "daemonize no", f'logfile "{directory / "redis.log"}"']
+             'save ""', "appendonly no", "daemonize no", f'logfile "{directory / "redis.log"}"', f"databases {DATABASES}"]
     config = directory / "redis.conf"
     config.unlink(missing_ok=True)
     return execute.secret_file(directory, "redis.conf", "\n".join(lines) + "\n")
 
 
-def _log_tail(directory: Path) -> str:
+# A redis-server log line: `pid:role date time LEVEL message`, LEVEL `#` for warnings and errors.
+_LINE = re.compile(r"^\d+:[A-Z] .+? (?P<level>[.\-*#]) (?P<message>.*)$")
+
+
+def load_failure(log_text: str) -> str:
+    """Given the log of a redis-server that exited, return the one line that says why (its FATAL or error line,
+    without the warnings about the host such as memory overcommit), or "" when it says nothing useful."""
+    messages = []
+    for line in log_text.splitlines():
+        match = _LINE.match(line.strip())
+        messages.append((match["level"], match["message"]) if match else ("", line.strip()))
+    for wanted in (lambda level, text: "FATAL" in text or "Fatal error" in text,
+                   lambda level, text: level == "#" and "WARNING" not in text and "error" in text.lower(),
+                   lambda level, text: level == "#" and "WARNING" not in text):
+        found = [text for level, text in messages if text and wanted(level, text)]
+        if found:
+            return found[-1].rstrip(".")
+    return ""
+
+
+def _log(directory: Path) -> str:
     try:
-        lines = (directory / "redis.log").read_text(errors="replace").splitlines()
+        return (directory / "redis.log").read_text(errors="replace")
     except OSError:
         return ""
-    wanted = [line for line in lines if "#" in line or "error" in line.lower()] or lines
-    return " | ".join(line.strip() for line in wanted[-3:])
 
 
 def _ready(child: execute.Child, port: int, directory: Path, cancel: threading.Event) -> Wire | None:
@@ -67,9 +89,10 @@ def _ready(child: execute.Child, port: int, directory: Path, cancel: threading.E
             raise Cancelled("the worker is stopping; the drill's redis-server was stopped")
         code = child.poll()
         if code is not None:
-            tail = _log_tail(directory)
-            if "Address already in use" in tail:
+            text = _log(directory)
+            if "Address already in use" in text:
                 return None
+            tail = load_failure(text)
             raise SourceError(f"redis-server could not load the backup's RDB file ({execute.describe_exit(code)}: "
                               f"{tail or child.failure(code)}); the file does not restore with this redis-server",
                               stage="restore")
