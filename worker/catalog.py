@@ -181,9 +181,10 @@ class Catalog:
             return {}
 
     def history(self, since: datetime | None = None, job: str | None = None, outcome: str | None = None,
-                limit: int | None = None) -> list[dict[str, Any]]:
+                limit: int | None = None, mentioning: str | None = None) -> list[dict[str, Any]]:
         """Return recorded runs newest first: only those started at or after `since`, of `job`, with `outcome`,
-        at most `limit` (all when None). Empty if the catalog cannot be read."""
+        whose details hold the text `mentioning`, at most `limit` (all when None). Empty if the catalog cannot be
+        read."""
         if self.engine is None:
             return []
         query = select(runs).order_by(runs.c.started_at.desc(), runs.c.run_id.desc())
@@ -193,6 +194,8 @@ class Catalog:
             query = query.where(runs.c.job == job)
         if outcome is not None:
             query = query.where(runs.c.outcome == outcome)
+        if mentioning is not None:
+            query = query.where(runs.c.details.contains(mentioning, autoescape=True))
         if limit is not None:
             query = query.limit(limit)
         try:

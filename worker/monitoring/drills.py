@@ -2,7 +2,8 @@
 `/metrics` show of drills, and what makes a worker unhealthy (`drill_failed`) when its last drill failed.
 
 A drill run records one row per set in its `sources` field (worker/actions/drill.py); the newest run that drilled
-a set decides that set's state. Runs a dead process left (`interrupted`) and runs that stopped before any set are
+a set decides that set's state, found by a query of that set's own (the runs whose details name it), however many
+drills of other sets came since. Runs a dead process left (`interrupted`) and runs that stopped before any set are
 not drills of a set.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 from worker.catalog import Catalog, catalog_time
 
 JOB = "drill"
-LOOKBACK = 50  # drill runs read to find each set's last one (a set drilled alone with --source counts too)
+LOOKBACK = 50  # drill runs read to find the drilled sets when no configured sets are named
 
 
 @dataclass(frozen=True)
@@ -51,22 +52,44 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
 
 
+def _set_drill(row: dict[str, Any], name: str) -> SetDrill | None:
+    """Return the drill of the set `name` that the catalog row of a drill run records, or None."""
+    if row.get("outcome") not in ("succeeded", "failed"):
+        return None
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        return None
+    rows = details.get("sources") if isinstance(details, dict) else None
+    item = rows.get(name) if isinstance(rows, dict) else None
+    if not isinstance(item, dict) or item.get("outcome") not in ("succeeded", "failed"):
+        return None
+    return SetDrill(name, item["outcome"], _aware(row.get("finished_at")), item.get("backup"), item.get("stage"),
+                    item.get("reason"), item.get("compared"))
+
+
+def _drilled_sets(row: dict[str, Any]) -> list[str]:
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        return []
+    rows = details.get("sources") if isinstance(details, dict) else None
+    return [str(name) for name in rows] if isinstance(rows, dict) else []
+
+
+def last_drill(catalog: Catalog, name: str) -> SetDrill | None:
+    """Return the last drill of the set `name`: the newest drill run whose details record a drill of it."""
+    for row in catalog.history(job=JOB, mentioning=json.dumps(name)):
+        found = _set_drill(row, name)
+        if found is not None:
+            return found
+    return None
+
+
 def last_drills(catalog: Catalog, sets: list[str] | None = None) -> dict[str, SetDrill]:
-    """Return the last drill of each set (of `sets` only, when given) found in the catalog's newest drill runs."""
-    found: dict[str, SetDrill] = {}
-    for row in catalog.history(job=JOB, limit=LOOKBACK):
-        if row.get("outcome") not in ("succeeded", "failed"):
-            continue
-        try:
-            details = json.loads(row.get("details") or "{}")
-        except ValueError:
-            continue
-        rows = details.get("sources") if isinstance(details, dict) else None
-        for name, item in (rows or {}).items():
-            if name in found or (sets and name not in sets) or not isinstance(item, dict):
-                continue
-            if item.get("outcome") not in ("succeeded", "failed"):
-                continue
-            found[name] = SetDrill(name, item["outcome"], _aware(row.get("finished_at")), item.get("backup"),
-                                   item.get("stage"), item.get("reason"), item.get("compared"))
-    return found
+    """Return the last drill of each set in `sets`, each found by its own query; without `sets`, of the sets the
+    newest drill runs drilled."""
+    if not sets:
+        sets = list(dict.fromkeys(name for row in catalog.history(job=JOB, limit=LOOKBACK) for name in _drilled_sets(row)))
+    found = {name: last_drill(catalog, name) for name in sets}
+    return {name: drill for name, drill in found.items() if drill is not None}

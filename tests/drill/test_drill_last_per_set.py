@@ -1,7 +1,6 @@
-"""Review of issue 22 (/healthz, status): a set whose last drill failed stays unhealthy "until a drill of that set
-passes". last_drills reads only the newest 50 drill runs, so 50 drills of another set (`drill --source`, a script
-drilling one set at a time) silently forget the failure and the worker reports healthy although that set's copy
-never passed a drill again."""
+"""/healthz and status (issue 22, from its review): a set whose last drill failed stays unhealthy "until a drill of that set
+passes", however many drills of other sets came since (`drill --source`, a script drilling one set at a time):
+each set's last drill is found by a query of its own, not among the newest 50 drill runs."""
 
 import json
 from pathlib import Path
