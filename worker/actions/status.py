@@ -71,6 +71,7 @@ def render(ctx: Context, state: Status, now: datetime, backup_sets: list[str] | 
     limit = format_duration(state.limit)
     return {
         "healthy": state.healthy,
+        "status": state.state,  # as /healthz: ok, stale, offsite_unknown or drill_failed
         "freshness_limit": limit,
         **{key: value for key, value in deciding.items() if key not in ("healthy", "status")},
         "offsite": state.offsite,  # S3_BUCKET is set: health is judged on the newest off-site copy
@@ -144,7 +145,7 @@ def cmd_status(ctx: Context, as_json: bool) -> int:
                 "written); it is not counted as the newest or fresh backup")
         for line in tiers.lines(report["retention"]) + _failure_and_disk_lines(report) + purge_status_lines(report):
             say(line)
-    return EXIT_OK if report["healthy"] else EXIT_FAILED
+    return EXIT_OK if report["healthy"] or report["status"] == "drill_failed" else EXIT_FAILED  # SPEC: 1 only when stale
 
 
 def _failure_and_disk_lines(report: dict[str, Any]) -> list[str]:
