@@ -4,7 +4,8 @@ Rows (SQLite, PostgreSQL): the manifest's `counts` (`{"unit": "rows", "total": N
 on the snapshot itself) must match the restored copy's exactly, table by table. Keys (Redis): the manifest's
 `rdb.keys` (and `rdb.expires`, the keys with a TTL) per database; keys without a TTL must match exactly, keys with
 one may be fewer (redis-server drops those that expired since the backup), never more. The manifest is untrusted
-input: only well-formed numbers count, anything else is "no counts recorded".
+input: a manifest without counts (made before they were recorded) is drilled on its proof and restore; counts that
+are there but malformed fail the drill ("cannot be read"), never pass as "no counts recorded".
 """
 
 from typing import Any
@@ -20,31 +21,49 @@ def _number(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def recorded_rows(backup: Backup) -> dict[str, int] | None:
-    """Return the rows per table the manifest records, or None when it records none (or garbage)."""
-    counts = backup.manifest.get(COUNTS)
-    tables = counts.get("tables") if isinstance(counts, dict) else None
-    if not isinstance(tables, dict) or not all(_number(value) is not None for value in tables.values()):
+def _counts(value: object) -> dict[str, int] | None:
+    """Return `value` as a map of names to counts, or None when it is not one (a count that is not a whole number)."""
+    if not isinstance(value, dict) or not all(_number(count) is not None for count in value.values()):
         return None
-    return {str(name): value for name, value in tables.items()}
+    return {str(name): count for name, count in value.items()}
+
+
+def _unreadable(backup: Backup, what: str) -> JobError:
+    return JobError(f"the manifest of {backup.id} records {what} that cannot be read (not a map of names to whole "
+                    "numbers), so the restored copy cannot be compared with it; the manifest was altered or damaged: "
+                    "take a new backup now and keep this one for inspection", stage="compare")
+
+
+def recorded_rows(backup: Backup) -> dict[str, int] | None:
+    """Return the rows per table the manifest records, or None when it records none (a backup made before counts
+    were recorded). Raise JobError at stage `compare` when it records counts that cannot be read."""
+    if COUNTS not in backup.manifest:
+        return None
+    counts = backup.manifest[COUNTS]
+    tables = _counts(counts.get("tables")) if isinstance(counts, dict) else None
+    if tables is None:
+        raise _unreadable(backup, "row counts")
+    return tables
 
 
 def recorded_keys(backup: Backup) -> tuple[dict[str, int], dict[str, int] | None] | None:
     """Return the keys per database the manifest records and, when it records them too, the keys with a TTL per
-    database; None when it records no key counts."""
+    database; None when it records no key counts. Raise JobError at stage `compare` when it records counts that
+    cannot be read."""
     rdb = backup.manifest.get("rdb")
-    keys = rdb.get("keys") if isinstance(rdb, dict) else None
-    if not isinstance(keys, dict) or not all(_number(value) is not None for value in keys.values()):
+    if not isinstance(rdb, dict) or "keys" not in rdb:
         return None
-    expires = rdb.get("expires")
-    if not isinstance(expires, dict) or not all(_number(value) is not None for value in expires.values()):
-        expires = None
-    return dict(keys), (dict(expires) if expires is not None else None)
+    keys = _counts(rdb["keys"])
+    expires = _counts(rdb["expires"]) if "expires" in rdb else None
+    if keys is None or ("expires" in rdb and expires is None):
+        raise _unreadable(backup, "key counts")
+    return keys, expires
 
 
 def recorded(backup: Backup) -> bool:
-    """Return whether the manifest records counts a drill can compare with."""
-    return (recorded_rows(backup) if backup.kind != "rdb" else recorded_keys(backup)) is not None
+    """Return whether the manifest records counts a drill can compare with (readable or not)."""
+    return COUNTS in backup.manifest if backup.kind != "rdb" else (
+        isinstance(backup.manifest.get("rdb"), dict) and "keys" in backup.manifest["rdb"])
 
 
 def _fail(backup: Backup, differences: list[str]) -> JobError:

@@ -62,7 +62,8 @@ def test_a_manifest_whose_counts_are_garbage_does_not_pass_as_a_backup_made_befo
     manifest_path.write_text(json.dumps(manifest))
     result = worker("drill", "--json")
     row = json.loads(result.stdout)["sources"]["app"]
-    assert result.code == 1, row["compared"]
+    assert result.code == 1, row.get("compared")
+    assert row["stage"] == "compare" and "records row counts that cannot be read" in row["reason"], row["reason"]
 
 
 def test_the_dockerfile_installs_the_redis_server_a_redis_drill_starts() -> None:

@@ -41,10 +41,26 @@ def test_rows_that_differ_fail_at_stage_compare_naming_the_table(tables: dict, c
 
 
 def test_a_manifest_without_counts_is_drilled_on_its_proof_and_restore_only() -> None:
-    for manifest in ({}, {"counts": {"tables": {"users": "many"}}}, {"counts": {"tables": {"users": True}}}):
-        said = compare.against_manifest(backup("sqlite", manifest), {"tables": {"users": 3}})
-        assert said.startswith("the manifest records no row counts")
-        assert not compare.recorded(backup("sqlite", manifest))
+    said = compare.against_manifest(backup("sqlite", {}), {"tables": {"users": 3}})
+    assert said.startswith("the manifest records no row counts")
+    assert not compare.recorded(backup("sqlite", {}))
+    assert compare.against_manifest(backup("rdb", {"rdb": {"transfer": "disk"}}), {"databases": {}}).startswith(
+        "the manifest records no key counts")
+
+
+@pytest.mark.parametrize("kind, manifest", [
+    ("sqlite", {"counts": {"tables": {"users": "many"}}}),
+    ("sqlite", {"counts": {"tables": {"users": True}}}),
+    ("pgdump", {"counts": None}),
+    ("pgdump", {"counts": {"unit": "rows"}}),
+    ("rdb", {"rdb": {"keys": {"db0": -1}}}),
+    ("rdb", {"rdb": {"keys": {"db0": 1}, "expires": "some"}}),
+])
+def test_a_manifest_whose_counts_cannot_be_read_fails_at_stage_compare(kind: str, manifest: dict) -> None:
+    with pytest.raises(JobError) as raised:
+        compare.against_manifest(backup(kind, manifest), {"tables": {"users": 3}, "databases": {}})
+    assert raised.value.stage == "compare"
+    assert "records" in str(raised.value) and "that cannot be read" in str(raised.value)
 
 
 KEYS = {"rdb": {"keys": {"db0": 10, "db1": 2}, "expires": {"db0": 4}}}
