@@ -22,6 +22,7 @@ def test_a_volume_too_full_for_the_drill_fails_it_at_preflight_before_anything_i
     row = drill_one(ctx, ctx.source(), local=True)
     assert row["outcome"] == "failed" and row["stage"] == "preflight"
     assert row["reason"].startswith(f"{tmp_path / 'backups'} has 4 MiB free but this backup needs about ")
-    assert "to be drilled (the fetched artifact and its unpacked copy); free space or grow the volume" in row["reason"]
+    assert ("to be drilled (the fetched artifact and its unpacked copy, and room for a backup of the set that may fall "
+            "due meanwhile); free space or grow the volume") in row["reason"]
     assert fetched == []
     assert not [path for path in (tmp_path / "backups").iterdir() if path.name.startswith(".tmp-")]

@@ -32,6 +32,7 @@ from jobs.drill import postgres
 from jobs.drill.pg_target import OperatorTarget
 from jobs.engines.pg_connect import Connection
 from jobs.errors import Cancelled, IntegrityError, JobError, SpaceError
+from jobs.pipeline import required_space
 from jobs.selection import Purpose
 from jobs.volume import explain, room_problem
 from worker import lock
@@ -68,15 +69,31 @@ def _copy(ctx: Context, destination: Destination, backup: Backup, scratch: Path)
     return copy
 
 
-def _require_room(ctx: Context, scratch: Path, backup: Backup, remote: bool) -> None:
+def backup_room(source: Source, backup: Backup) -> int:
+    """Return the bytes a backup of `source` that falls due during its drill would need at its preflight, judged
+    as that preflight judges (`pipeline.required_space` on the source's size estimate: a stat for SQLite, the
+    database's size for PostgreSQL, the dataset's for Redis); when the source cannot be reached (a drill from the
+    bucket on another machine), on the raw size of its newest backup (`backup`)."""
+    raw = backup.manifest.get("raw_size")
+    estimate = raw if isinstance(raw, int) and raw > 0 else backup.size
+    try:
+        estimate = max(estimate, source.estimate_size())
+    except (JobError, OSError) as error:
+        log.info("drill.source_size_unknown", reason=str(error)[:200])
+    return required_space(estimate, [backup], source.snapshot_on_disk)
+
+
+def _require_room(ctx: Context, scratch: Path, source: Source, backup: Backup, remote: bool) -> None:
     """Raise SpaceError, with the numbers, when the backup volume cannot take the drill's copy of the artifact
-    (downloaded from the bucket) and its unpacked copy and still keep BACKUP_MIN_FREE free for the app."""
+    (downloaded from the bucket) and its unpacked copy, and beside them a backup of the set that falls due
+    meanwhile (a due backup is never refused because of a drill), and still keep BACKUP_MIN_FREE free."""
     usage = shutil.disk_usage(scratch)
-    needed = (backup.size if remote else 0) + restoring.raw_needs(backup)
+    needed = (backup.size if remote else 0) + restoring.raw_needs(backup) + backup_room(source, backup)
     problem = room_problem(usage.free, usage.total, needed, ctx.config.min_free)
     if problem:
-        raise SpaceError(f"{ctx.config.backup_dir} {problem} to be drilled (the fetched artifact and its unpacked copy); "
-                         "free space or grow the volume" + (", or lower BACKUP_MIN_FREE" if "BACKUP_MIN_FREE" in problem else ""))
+        raise SpaceError(f"{ctx.config.backup_dir} {problem} to be drilled (the fetched artifact and its unpacked copy, "
+                         "and room for a backup of the set that may fall due meanwhile); free space or grow the volume"
+                         + (", or lower BACKUP_MIN_FREE" if "BACKUP_MIN_FREE" in problem else ""))
 
 
 def drill_one(ctx: Context, source: Source, local: bool) -> dict[str, Any]:
@@ -102,7 +119,7 @@ def drill_one(ctx: Context, source: Source, local: bool) -> dict[str, Any]:
                     for note in notes:
                         log.warning("drill.passed_over", note=note)
                     row["backup"] = backup.id
-                    _require_room(ctx, scratch, backup, remote)
+                    _require_room(ctx, scratch, source, backup, remote)
                     artifact = _copy(ctx, destination, backup, scratch)
                 drilled = drilling.drill(artifact, backup, source, scratch, ctx.cancel,
                                          ctx.config.encryption_identities, operator_target(ctx))
