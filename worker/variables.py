@@ -259,7 +259,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DRILL_TARGET_URL",
              "The empty PostgreSQL database drills restore into (emptied again afterwards), for a role that may not "
              "create databases; else a scratch database `<db>_drill_<stamp>` on the source's server, dropped "
-             "afterwards. A secret.",
+             "afterwards. It must hold nothing at all and must not be a source database (the same URL as a source "
+             "is refused at start). A secret.",
              MONITORING, shown="a scratch database on the source's server"),
     Variable("LOG_LEVEL",
              "`debug`, `info`, `warning`, `error`. `debug` also shows tracebacks.",

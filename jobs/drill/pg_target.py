@@ -240,9 +240,13 @@ def operator_database(target: OperatorTarget, cancel: threading.Event) -> Iterat
     except ValueError as error:
         raise SourceError(f"{TARGET_VARIABLE}: {error}", stage="scratch") from None
     refuse_source(conn, target.sources)
-    with pg_connect.connect(conn) as session:
-        found = contents(session)
-        public = _public(session)
+    try:
+        with pg_connect.connect(conn) as session:
+            found = contents(session)
+            public = _public(session)
+    except psycopg.Error as error:
+        raise SourceError(f"cannot read what the drill target {conn.masked} ({TARGET_VARIABLE}) holds: "
+                          f"{_why(error, conn)}", stage="scratch") from None
     if found:
         raise SourceError(f"the drill target {conn.masked} ({TARGET_VARIABLE}) is not empty: it holds {_phrase(found)}; "
                           "a drill restores into an empty database and empties it afterwards, so point it at one that "
