@@ -4,9 +4,14 @@ copy of the production data in it after a drill that passed."""
 
 import json
 from pathlib import Path
+import threading
 import uuid
 
 from psycopg import sql
+import pytest
+
+from jobs.drill.pg_target import OperatorTarget, operator_database
+from jobs.errors import SourceError
 
 from tests.conftest import run_worker
 from tests.drill.conftest import table_names
@@ -121,6 +126,65 @@ def test_a_drill_into_a_target_restores_public_as_it_was(tmp_path: Path, worker_
         assert table_names(target) == []
     finally:
         with admin(dbname=target) as connection:
+            connection.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(sql.Identifier(role)))
+        with admin() as connection:
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_drill_into_a_target_owned_by_a_plain_role_is_emptied_and_public_kept_as_it_was(
+        tmp_path: Path, worker_env, make_db) -> None:
+    """A target reached as a role without superuser rights that owns the database (public belongs to
+    pg_database_owner on PostgreSQL 15 and newer): emptied all the same, public's owner unchanged."""
+    app = make_db("app", populated=True, events=30)
+    target = make_db("target")
+    role = f"bw_owner_{uuid.uuid4().hex[:8]}"
+    with admin() as connection:
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(role)))
+    try:
+        with admin(dbname=target) as connection:
+            connection.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+            before = connection.execute("SELECT nspowner, nspacl::text FROM pg_namespace WHERE nspname = 'public'").fetchone()
+        env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target, user=role)}
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+        assert result.code == 0, result.stdout
+        assert table_names(target) == []
+        with admin(dbname=target) as connection:
+            after = connection.execute("SELECT nspowner, nspacl::text FROM pg_namespace WHERE nspname = 'public'").fetchone()
+        assert after == before
+        assert run_worker(["drill"], env, cwd=tmp_path).code == 0  # empty again: the next drill runs
+    finally:
+        with admin() as connection:
+            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(target)))
+        with admin(dbname=target) as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        with admin() as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_target_that_cannot_be_emptied_fails_the_drill_naming_what_is_left(make_db) -> None:
+    """The drill's role may not drop what another role made in public (public owned by postgres): the emptying
+    fails, one sentence at stage `cleanup` names the table left behind, and the drill never passes."""
+    target = make_db("target")
+    role = f"bw_plain_{uuid.uuid4().hex[:8]}"
+    with admin() as connection:
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with admin(dbname=target) as connection:
+            connection.execute("ALTER SCHEMA public OWNER TO postgres")
+            connection.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        operator = OperatorTarget(url_for(target, user=role))
+        with pytest.raises(SourceError) as raised:
+            with operator_database(operator, threading.Event()):
+                with admin(dbname=target) as connection:  # not the drill's: its role cannot drop it
+                    connection.execute("CREATE TABLE public.kept (id int)")
+        assert raised.value.stage == "cleanup"
+        assert "could not empty its target" in str(raised.value) and "table public.kept" in str(raised.value)
+    finally:
+        with admin(dbname=target) as connection:
+            connection.execute("DROP TABLE IF EXISTS public.kept")
             connection.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(sql.Identifier(role)))
         with admin() as connection:
             connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
