@@ -6,6 +6,7 @@ never leaves a stale lock behind.
   directory never wait for each other; the same set is exclusive, and the second run is skipped with a reason
   naming the holder (pid and what it is doing).
 - Retention and readers: the `retention` lock (`shared` / `for_deletion`), for the whole directory.
+- One restore drill at a time: the `drill` lock (`exclusive`, worker/actions/drill.py).
 """
 
 from collections.abc import Iterable, Iterator
