@@ -8,7 +8,8 @@ Each set has its own row (`sources`), as in a backup cycle; the run fails when a
 runs at a time (the `drill` lock; a second is skipped with one sentence naming the first). A drill takes no set
 lock, so a backup that falls due is never skipped because of it; it holds the `retention` lock
 shared only while it takes its copy of the artifact (a hard link on the volume, a download from the bucket), so
-retention waits for nothing long. The source database is never read or written.
+retention waits for nothing long. The source database's data is never read or written (its size is asked, for
+the room a backup falling due meanwhile needs).
 """
 
 from datetime import datetime, timezone
