@@ -2,6 +2,7 @@
 is named (never silently replaced by an older one without --fallback), backups dated in the future never count,
 and retention never deletes the last intact copies. Driven through `python -m worker` as a user would."""
 
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 import json
 import os
@@ -18,12 +19,14 @@ from tests.conftest import ROOT
 
 
 def count(db: Path) -> int:
-    with sqlite3.connect(db) as connection:
+    with closing(sqlite3.connect(db)) as connection:
         return connection.execute("SELECT count(*) FROM messages").fetchone()[0]
 
 
 def add_rows(db: Path, rows: int) -> None:
-    with sqlite3.connect(db) as connection:
+    """Add rows and close the connection now: a connection left to the garbage collector checkpoints its WAL into
+    the file whenever the collector runs, which would change the file's bytes in the middle of a test."""
+    with closing(sqlite3.connect(db)) as connection, connection:
         connection.executemany("INSERT INTO messages (body) VALUES (?)", [(f"later {i}",) for i in range(rows)])
 
 
