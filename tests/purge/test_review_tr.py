@@ -1,0 +1,90 @@
+"""Adversarial review of branch tableretention (issue 23): each test here demonstrates a suspected defect and
+fails on the branch as reviewed."""
+
+from datetime import timedelta
+import operator
+from pathlib import Path
+import sqlite3
+import threading
+from typing import Annotated, Any, TypedDict
+
+import pytest
+
+from jobs.errors import Cancelled
+from jobs.purge import parse_retention_rules, purge
+from tests.purge.conftest import hold
+from tests.purge.test_langgraph import AGE, RULE, config, next_second, sqlite_store
+
+langgraph_graph = pytest.importorskip("langgraph.graph")
+langgraph_types = pytest.importorskip("langgraph.types")
+
+
+class State(TypedDict):
+    messages: Annotated[list[str], operator.add]
+
+
+def app_with_subgraph(saver: Any) -> Any:
+    """A LangGraph app whose second node is a subgraph that stops at a human-in-the-loop interrupt (the
+    subgraph's checkpoints, in their own checkpoint_ns, are newer than the root's newest one)."""
+    def draft(state: State) -> dict[str, list[str]]:
+        return {"messages": ["draft"]}
+
+    def ask(state: State) -> dict[str, list[str]]:
+        answer = langgraph_types.interrupt("approve?")
+        return {"messages": [f"approved {answer}"]}
+
+    inner = langgraph_graph.StateGraph(State)
+    inner.add_node("draft", draft)
+    inner.add_node("ask", ask)
+    inner.add_edge(langgraph_graph.START, "draft")
+    inner.add_edge("draft", "ask")
+    inner.add_edge("ask", langgraph_graph.END)
+
+    def first(state: State) -> dict[str, list[str]]:
+        return {"messages": ["first"]}
+
+    outer = langgraph_graph.StateGraph(State)
+    outer.add_node("first", first)
+    outer.add_node("inner", inner.compile())
+    outer.add_edge(langgraph_graph.START, "first")
+    outer.add_edge("first", "inner")
+    outer.add_edge("inner", langgraph_graph.END)
+    return outer.compile(checkpointer=saver)
+
+
+def test_a_thread_stopped_half_way_still_loads_when_it_has_subgraph_checkpoints(tmp_path: Path) -> None:
+    """Oldest-first across every checkpoint_ns deletes the root namespace's checkpoints before a subgraph's newer
+    ones: a purge stopped after its first step leaves a thread whose root state is gone (get_state is empty and
+    it can no longer be resumed), which the issue forbids ("an interrupted purge leaves a thread that still
+    loads"). jobs/purge/langgraph.py _step orders by checkpoint_id over the whole thread."""
+    with sqlite_store(tmp_path) as (url, saver, _):
+        graph = app_with_subgraph(saver)
+        graph.invoke({"messages": ["hi"]}, config("paused"))
+        assert graph.get_state(config("paused")).values["messages"] == ["hi", "first"]
+        cutoff = next_second()
+        with sqlite3.connect(tmp_path / "rose.db") as db:
+            total = db.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+            root = db.execute("SELECT count(*) FROM checkpoints WHERE checkpoint_ns = ''").fetchone()[0]
+        assert root < total
+        cancel = threading.Event()
+
+        def stop_after_first_step() -> None:
+            watcher = sqlite3.connect(tmp_path / "rose.db")
+            while not cancel.is_set():
+                if watcher.execute("SELECT count(*) FROM checkpoints").fetchone()[0] < total:
+                    cancel.set()
+                cancel.wait(0.005)
+
+        watcher = threading.Thread(target=stop_after_first_step)
+        watcher.start()
+        try:
+            with pytest.raises(Cancelled):
+                purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.5, held=hold(url),
+                      batch_size=root)
+        finally:
+            cancel.set()
+            watcher.join()
+
+        state = graph.get_state(config("paused"))
+        assert state.values.get("messages") == ["hi", "first"], "the thread no longer loads after a stopped purge"
+        assert state.next == ("inner",)
