@@ -1,7 +1,7 @@
 """Adversarial review of branch tableretention (issue 23): each test here demonstrates a suspected defect and
 fails on the branch as reviewed."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 import operator
 from pathlib import Path
 import sqlite3
@@ -11,8 +11,8 @@ from typing import Annotated, Any, TypedDict
 import pytest
 
 from jobs.errors import Cancelled
-from jobs.purge import parse_retention_rules, purge
-from tests.purge.conftest import hold
+from jobs.purge import parse_retention_rules, purge, purge_fields
+from tests.purge.conftest import hold, pg_execute
 from tests.purge.test_langgraph import AGE, RULE, config, next_second, sqlite_store
 
 langgraph_graph = pytest.importorskip("langgraph.graph")
@@ -88,3 +88,22 @@ def test_a_thread_stopped_half_way_still_loads_when_it_has_subgraph_checkpoints(
         state = graph.get_state(config("paused"))
         assert state.values.get("messages") == ["hi", "first"], "the thread no longer loads after a stopped purge"
         assert state.next == ("inner",)
+
+
+def test_postgres_cascade_counts_do_not_count_a_row_twice_when_the_rule_deletes_it_too(pg_url: str) -> None:
+    """A self-referencing key (replies to comments, ON DELETE CASCADE): a batch that holds an old comment and its
+    old reply deletes both itself (PostgreSQL runs the cascade after the statement, when the reply is already
+    gone), yet count_cascaded (jobs/purge/cascaded.py) counts the reply again as removed by cascade: the outcome
+    says 3 rows went where 2 did."""
+    pg_execute(pg_url, "CREATE TABLE comments (id bigint PRIMARY KEY, parent_id bigint REFERENCES comments(id) "
+                       "ON DELETE CASCADE, created_at timestamptz NOT NULL);"
+                       "INSERT INTO comments VALUES (1, NULL, now() - interval '60 days'),"
+                       " (2, 1, now() - interval '59 days'), (3, NULL, now())")
+    held = hold(pg_url)
+
+    [result] = purge(pg_url, parse_retention_rules("comments.created_at=30d"), datetime.now(timezone.utc),
+                     threading.Event(), held=held)
+
+    assert result.error is None
+    assert pg_execute(pg_url, "SELECT id FROM comments") == [(3,)]
+    assert purge_fields([result])["purged_rows"] == 2, (result.deleted, result.cascaded)
