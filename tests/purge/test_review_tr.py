@@ -12,7 +12,7 @@ import pytest
 
 from jobs.errors import Cancelled
 from jobs.purge import parse_retention_rules, purge, purge_fields
-from tests.purge.conftest import hold, pg_execute
+from tests.purge.conftest import hold, make_sqlite, pg_execute
 from tests.purge.test_langgraph import AGE, RULE, config, next_second, sqlite_store
 
 langgraph_graph = pytest.importorskip("langgraph.graph")
@@ -106,4 +106,51 @@ def test_postgres_cascade_counts_do_not_count_a_row_twice_when_the_rule_deletes_
 
     assert result.error is None
     assert pg_execute(pg_url, "SELECT id FROM comments") == [(3,)]
+    assert purge_fields([result])["purged_rows"] == 2, (result.deleted, result.cascaded)
+
+
+def test_a_recent_row_in_seconds_in_a_millisecond_column_is_not_deleted(tmp_path: Path) -> None:
+    """Two writers share a table (a JavaScript client writes Date.now(), a Python job writes time.time()): the
+    sample at both ends of the table sees only milliseconds, so `:ms` passes the check, and then the condition
+    `at < cutoff_ms` (jobs/purge/delete.py old_rows, kind "unix") takes every number in seconds as a time in
+    January 1970: a row written now is deleted. docs/table-retention.md says "Whatever the sample missed is safe
+    too"; it is not, the condition has no lower bound for the unit (UNIX_MIN × scale)."""
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, "CREATE TABLE events (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, who TEXT)")
+    now = datetime.now(timezone.utc)
+    ms = lambda moment: int(moment.timestamp() * 1000)  # noqa: E731
+    rows = [(ms(now - timedelta(days=60)), "js")] * 300          # old, in milliseconds
+    rows += [(int(now.timestamp()), "python")]                     # written now, in seconds
+    rows += [(ms(now - timedelta(minutes=5)), "js")] * 300        # recent, in milliseconds
+    db.executemany("INSERT INTO events (at, who) VALUES (?, ?)", rows)
+    db.close()
+    url = f"sqlite:///{path}"
+
+    [result] = purge(url, parse_retention_rules("events.at:ms=30d"), now, threading.Event(), held=hold(url))
+
+    assert result.error is None
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT count(*) FROM events WHERE who = 'python'").fetchone() == (1,), \
+            "a row written now (in seconds) was deleted as a millisecond time of 1970"
+
+
+def test_sqlite_cascade_counts_do_not_count_a_row_twice_when_the_rule_deletes_it_too(tmp_path: Path) -> None:
+    """The same on SQLite when a reply's rowid comes before its parent's (a comment moved under a newer one): the
+    DELETE removes the reply itself first (counted by SQLite), then its parent, whose cascade finds nothing; the
+    count made before the DELETE still adds the reply as cascaded: 3 rows reported, 2 went."""
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, "CREATE TABLE comments (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES comments(id) "
+                           "ON DELETE CASCADE, created_at TEXT NOT NULL)")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("INSERT INTO comments VALUES (2, NULL, '2026-01-01 00:00:00'), (3, NULL, '2099-01-01 00:00:00')")
+    db.execute("INSERT INTO comments VALUES (1, 2, '2026-01-02 00:00:00')")
+    db.close()
+    url = f"sqlite:///{path}"
+
+    [result] = purge(url, parse_retention_rules("comments.created_at=30d"), datetime(2026, 6, 1, tzinfo=timezone.utc),
+                     threading.Event(), held=hold(url))
+
+    assert result.error is None
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT id FROM comments").fetchall() == [(3,)]
     assert purge_fields([result])["purged_rows"] == 2, (result.deleted, result.cascaded)
