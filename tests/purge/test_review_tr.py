@@ -154,3 +154,36 @@ def test_sqlite_cascade_counts_do_not_count_a_row_twice_when_the_rule_deletes_it
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT id FROM comments").fetchall() == [(3,)]
     assert purge_fields([result])["purged_rows"] == 2, (result.deleted, result.cascaded)
+
+
+def test_the_stop_sentence_counts_the_rows_that_went_not_threads_and_not_without_cascades() -> None:
+    """jobs/purge/delete.py stop(): "after deleting {deleted} rows" sums RuleResult.deleted, which is threads for
+    a thread rule and leaves out every row removed by cascade: 2 threads of 120 rows and 10 sessions with 70
+    spec_runs are reported as "after deleting 12 rows" (the outcome's reason, the log, the webhook text)."""
+    from jobs.purge import RuleResult, ThreadRule
+    from jobs.purge.delete import stop
+
+    results = [RuleResult(rule="langgraph=90d", deleted=2, rows={"checkpoints": 50, "writes": 70}),
+               RuleResult(rule="sessions.started_at=30d", table="sessions", deleted=10, cascaded={"spec_runs": 70})]
+    rules = [ThreadRule(AGE), *parse_retention_rules("sessions.started_at=30d")]
+
+    stopped = stop(results, rules, datetime.now(timezone.utc))
+
+    assert "after deleting 200 rows" in str(stopped), str(stopped)
+
+
+def test_history_text_of_a_thread_rule_says_threads_and_its_rows() -> None:
+    """worker/purge.py history_fields drops a thread rule's `rows`, so removed_text (worker/actions/history.py
+    render) no longer knows it counts threads: `history` prints "120 rows: langgraph=90d deleted 2", as if 2 of
+    the 120 rows were the rule's."""
+    import json
+
+    from jobs.purge import RuleResult, removed_text
+    from worker.purge import history_fields
+
+    result = RuleResult(rule="langgraph=90d", deleted=2, rows={"checkpoints": 50, "writes": 70})
+    row = {"details": json.dumps(purge_fields([result]))}
+
+    text = removed_text(history_fields(row) or {})
+
+    assert text is not None and "deleted 2 threads" in text, text
