@@ -187,3 +187,58 @@ def test_history_text_of_a_thread_rule_says_threads_and_its_rows() -> None:
     text = removed_text(history_fields(row) or {})
 
     assert text is not None and "deleted 2 threads" in text, text
+
+
+def test_sqlite_an_orphan_rule_on_an_unindexed_parent_column_is_named_at_start(tmp_path: Path) -> None:
+    """Each batch's DELETE re-checks `NOT EXISTS (SELECT 1 FROM parent WHERE parent.col = child.col)` under the
+    write lock; without an index on the parent's column SQLite scans the whole parent table for every one of the
+    batch's 1000 rows (EXPLAIN QUERY PLAN: SCAN parent), so a 1M-row parent holds the app's writers for minutes.
+    The issue requires batches "that never hold a write lock for long"; the docs only say the column "should be
+    indexed" and nothing checks it (jobs/purge/schema.py _parent)."""
+    path = tmp_path / "app.db"
+    db = make_sqlite(path, "CREATE TABLE sessions (id INTEGER PRIMARY KEY, uid TEXT NOT NULL);"
+                           "CREATE TABLE runs (id INTEGER PRIMARY KEY, session_uid TEXT)")
+    with sqlite3.connect(path) as plan:
+        steps = [row[3] for row in plan.execute(
+            "EXPLAIN QUERY PLAN SELECT 1 FROM runs WHERE NOT EXISTS "
+            "(SELECT 1 FROM sessions AS parent WHERE parent.uid = runs.session_uid)")]
+    assert "SCAN parent" in steps
+    db.close()
+
+    from jobs.purge import check_rules
+    problems = check_rules(f"sqlite:///{path}", parse_retention_rules("runs.session_uid->sessions.uid"))
+
+    assert problems and "index" in problems[0], problems
+
+
+def test_postgres_an_orphan_whose_parent_is_inserted_during_the_batch_stays(pg_url: str, monkeypatch) -> None:
+    """docs/table-retention.md: each batch "checks again that the parent is still missing (a parent inserted
+    meanwhile keeps its rows)". On PostgreSQL the batch runs in REPEATABLE READ (database.write_transaction), and
+    its snapshot is taken by the cascade count that comes before the DELETE (jobs/purge/delete.py _delete_batch):
+    a parent committed between the two is invisible to the DELETE's NOT EXISTS, so the run whose session now
+    exists is deleted (nothing makes that a serialization failure: no row the DELETE touches changed)."""
+    import psycopg
+
+    from jobs.purge import delete as delete_module
+
+    pg_execute(pg_url, "CREATE TABLE sessions (id bigint PRIMARY KEY);"
+                       "CREATE TABLE runs (id bigint PRIMARY KEY, session_id bigint);"
+                       "CREATE TABLE notes (id bigint PRIMARY KEY, run_id bigint REFERENCES runs(id) ON DELETE CASCADE);"
+                       "INSERT INTO runs VALUES (1, 42)")
+    held = hold(pg_url)
+    counted = delete_module.count_cascaded
+
+    def count_then_the_app_inserts_the_parent(*args: Any, **kwargs: Any) -> dict[str, int]:
+        found = counted(*args, **kwargs)
+        with psycopg.connect(pg_url, autocommit=True) as app:  # the app commits session 42 now
+            app.execute("INSERT INTO sessions VALUES (42) ON CONFLICT DO NOTHING")
+        return found
+
+    monkeypatch.setattr(delete_module, "count_cascaded", count_then_the_app_inserts_the_parent)
+
+    [result] = purge(pg_url, parse_retention_rules("runs.session_id->sessions.id"), datetime.now(timezone.utc),
+                     threading.Event(), held=held)
+
+    assert result.error is None
+    assert pg_execute(pg_url, "SELECT id FROM sessions") == [(42,)]
+    assert pg_execute(pg_url, "SELECT id FROM runs") == [(1,)], "a run whose session exists was deleted as an orphan"
