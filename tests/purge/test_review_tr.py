@@ -253,3 +253,38 @@ def test_the_readme_gives_the_exact_syntax_of_thread_and_orphan_rules_and_increm
     assert "langgraph=" in readme, "the README does not give the thread rule's syntax"
     assert "->" in readme, "the README does not give the orphan rule's syntax"
     assert "auto_vacuum" in readme.lower(), "the README does not say how to switch to incremental auto-vacuum"
+
+
+def test_postgres_a_thread_stopped_half_way_still_loads_when_it_has_subgraph_checkpoints(pg_url: str) -> None:
+    """The same on the Postgres saver: the first step takes the root namespace's checkpoints (all older than the
+    interrupted subgraph's), and the thread's root state is gone."""
+    from tests.purge.test_langgraph import postgres_store
+
+    with postgres_store(pg_url) as (url, saver, _):
+        graph = app_with_subgraph(saver)
+        graph.invoke({"messages": ["hi"]}, config("paused"))
+        assert graph.get_state(config("paused")).values["messages"] == ["hi", "first"]
+        cutoff = next_second()
+        total = pg_execute(url, "SELECT count(*) FROM checkpoints")[0][0]
+        root = pg_execute(url, "SELECT count(*) FROM checkpoints WHERE checkpoint_ns = ''")[0][0]
+        assert root < total
+        cancel = threading.Event()
+
+        def stop_after_first_step() -> None:
+            while not cancel.is_set():
+                if pg_execute(url, "SELECT count(*) FROM checkpoints")[0][0] < total:
+                    cancel.set()
+                cancel.wait(0.005)
+
+        watcher = threading.Thread(target=stop_after_first_step)
+        watcher.start()
+        try:
+            with pytest.raises(Cancelled):
+                purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.5, held=hold(url),
+                      batch_size=root)
+        finally:
+            cancel.set()
+            watcher.join()
+
+        state = graph.get_state(config("paused"))
+        assert state.values.get("messages") == ["hi", "first"], "the thread no longer loads after a stopped purge"
