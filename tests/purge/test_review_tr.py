@@ -288,3 +288,48 @@ def test_postgres_a_thread_stopped_half_way_still_loads_when_it_has_subgraph_che
 
         state = graph.get_state(config("paused"))
         assert state.values.get("messages") == ["hi", "first"], "the thread no longer loads after a stopped purge"
+
+
+def test_the_release_waits_for_an_app_reader_in_rollback_journal_mode(tmp_path: Path) -> None:
+    """SQLite's default journal mode (DELETE): a step's COMMIT needs the app's readers gone; while one reads, the
+    COMMIT fails with "database is locked" after the busy timeout, the SQLite transaction stays open, and
+    database.retry_locked runs the step again with BEGIN IMMEDIATE inside it: "cannot start a transaction within a
+    transaction". reclaim_space (jobs/purge/space.py release) then gives up with the sentence "reclaiming free space
+    failed: cannot start a transaction within a transaction; check that the database is reachable and
+    BACKUP_SOURCE names it", false on every count, instead of waiting for the reader as a locked step should."""
+    import os
+
+    from jobs.errors import SourceError
+    from jobs.purge import reclaim_space
+
+    path = tmp_path / "app.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO t (body) VALUES (?)", [(os.urandom(1000),) for _ in range(3000)])
+    db.execute("COMMIT")
+    db.execute("DELETE FROM t WHERE id > 100")
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    db.close()
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchall()  # the app's report query, still reading
+    done = threading.Event()
+
+    def finish_reading() -> None:
+        done.wait(3)  # the app's read ends a little later than one busy wait
+        reader.execute("COMMIT")
+
+    finisher = threading.Thread(target=finish_reading)
+    finisher.start()
+    try:
+        space = reclaim_space(f"sqlite:///{path}", threading.Event(), step_pages=8, pause=0)
+    except SourceError as error:
+        pytest.fail(f"the release failed instead of waiting for the reader: {error}")
+    finally:
+        done.set()
+        finisher.join()
+        reader.close()
+
+    assert space is not None and space.released_pages == free
