@@ -333,3 +333,39 @@ def test_the_release_waits_for_an_app_reader_in_rollback_journal_mode(tmp_path: 
         reader.close()
 
     assert space is not None and space.released_pages == free
+
+
+class CountingEvent(threading.Event):
+    """A cancel flag that records the pauses a purge takes between its write transactions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout:
+            self.pauses.append(timeout)
+        return super().wait(timeout)
+
+
+def test_a_thread_rule_pauses_between_threads_so_the_apps_writers_get_the_lock(tmp_path: Path) -> None:
+    """Delete batches pause between write transactions ("so writers waiting in SQLite's busy handler get their
+    turn"), and commit 30b6408 says the thread rule waits "as delete batches do"; but jobs/purge/langgraph.py
+    _delete_thread pauses only between the steps of one large thread: a store of many small threads (the usual
+    case: one conversation, a few checkpoints) goes as back-to-back BEGIN IMMEDIATE transactions with no pause,
+    and an app writer sleeping in its busy handler can miss every gap until its busy timeout fails it."""
+    from tests.purge.test_langgraph import app as one_node_app, talk
+
+    with sqlite_store(tmp_path) as (url, saver, _):
+        graph = one_node_app(saver)
+        threads = [f"chat-{index}" for index in range(12)]
+        for thread in threads:
+            talk(graph, thread, 1)
+        cutoff = next_second()
+        cancel = CountingEvent()
+
+        [result] = purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.01, held=hold(url))
+
+        assert result.error is None and result.deleted == len(threads)
+        assert len(cancel.pauses) >= len(threads) - 1, \
+            f"{result.batches} write transactions, {len(cancel.pauses)} pauses between them"
