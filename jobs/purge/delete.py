@@ -31,7 +31,7 @@ from jobs.purge.batch import batch_limit, by_ctid, chosen_rows, next_batch
 from jobs.purge.cascaded import add, count_cascaded, removals
 from jobs.purge.held import Held, current_problem, held_condition
 from jobs.purge.rules import OrphanRule, Rule, ThreadRule
-from jobs.purge.kinds import DATE_GLOB
+from jobs.purge.kinds import DATE_GLOB, UNIX_MIN
 from jobs.purge.schema import Cascade, Reference, RuleProblem, Target, cascades_of, orphaned, resolve
 
 log = structlog.get_logger("jobs.purge")
@@ -119,7 +119,8 @@ def old_rows(target: Target, cutoff: datetime | None) -> sa.ColumnElement[bool]:
     written as text, and such rows stay. Before it, `col < D`, where D is the day after cutoff + 14 h, keeps only
     rows that can be old whatever their offset: the same rows, but an index on the column can find them. `typeof`
     keeps a stray number or blob out (SQLite's datetime() would read a number as a Julian day). SQLite numbers are
-    Unix time in the rule's unit (seconds by default), as are PostgreSQL numbers ("epoch"). PostgreSQL:
+    Unix time in the rule's unit (seconds by default), as are PostgreSQL numbers ("epoch"); in milliseconds or
+    microseconds only numbers from 1973 on in that unit count (a number in seconds there stays). PostgreSQL:
     timestamptz against the instant, timestamp (no time zone) as UTC, date: days that ended before the cutoff.
     """
     column = target.column
@@ -132,15 +133,23 @@ def old_rows(target: Target, cutoff: datetime | None) -> sa.ColumnElement[bool]:
         return sa.and_(sa.func.typeof(column) == "text", column.op("GLOB")(DATE_GLOB), column < bound,
                        sa.func.datetime(column) < cutoff.strftime("%Y-%m-%d %H:%M:%S"))
     if target.kind == "unix":
-        return sa.and_(sa.func.typeof(column).in_(["integer", "real"]),
-                       column < int(cutoff.timestamp()) * target.rule.scale)
+        return sa.and_(sa.func.typeof(column).in_(["integer", "real"]), _unix_old(target, column, cutoff))
     if target.kind == "epoch":
-        return column < int(cutoff.timestamp()) * target.rule.scale
+        return _unix_old(target, column, cutoff)
     if target.kind == "timestamptz":
         return column < cutoff
     if target.kind == "timestamp":
         return column < cutoff.replace(tzinfo=None)
     return column < cutoff.date()
+
+
+def _unix_old(target: Target, column: sa.ColumnClause, cutoff: datetime) -> sa.ColumnElement[bool]:
+    """Return "this Unix time, in the rule's unit, is before `cutoff`". In a smaller unit than seconds the number
+    must also be a time of 1973 or later in that unit: a time in seconds among milliseconds (another writer's) is
+    never read as a moment of January 1970, so it stays."""
+    scale = target.rule.scale
+    old = column < int(cutoff.timestamp()) * scale
+    return sa.and_(column >= UNIX_MIN * scale, old) if scale > 1 else old
 
 
 def count_old(connection: Connection, target: Target, cutoff: datetime | None) -> int:
