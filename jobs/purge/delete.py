@@ -28,7 +28,7 @@ from jobs.errors import Cancelled
 from jobs.manifest import utc_iso
 from jobs.purge import database
 from jobs.purge.batch import batch_limit, by_ctid, chosen_rows, next_batch
-from jobs.purge.cascaded import add, count_cascaded, removals
+from jobs.purge.cascaded import add, cascade_counts, count_cascaded, removals, settle
 from jobs.purge.held import Held, current_problem, held_condition
 from jobs.purge.rules import OrphanRule, Rule, ThreadRule
 from jobs.purge.kinds import DATE_GLOB, UNIX_MIN
@@ -261,16 +261,15 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime | None
 
 def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElement[bool],
                   paths: list[tuple[Cascade, ...]], cancel: threading.Event, result: RuleResult) -> int | None:
-    """Run one batch's DELETE of the target's rows matching `where` in one write transaction, counting first the
-    rows its cascades (`paths`, see jobs.purge.cascaded) remove, into `result.cascaded`; return how many rows it
+    """Run one batch's DELETE of the target's rows matching `where` in one write transaction, counting the rows
+    its cascades (`paths`, see jobs.purge.cascaded) remove, into `result.cascaded`; return how many rows it
     deleted, or None when it failed (`result.error` says why) or `cancel` was set while waiting for the write
     lock."""
     for attempt in range(1, max(LOCK_ATTEMPTS, SERIALIZATION_ATTEMPTS) + 1):
         try:
             with database.write_transaction(connection):
-                cascaded = count_cascaded(connection, target, paths, where) if paths else {}
-                deleted = connection.execute(sa.delete(target.table).where(where)).rowcount
-            add(result.cascaded, cascaded)
+                deleted, cascaded = _delete_counting(connection, target, where, paths)
+            add(result.cascaded, settle(target, cascaded, deleted))
             return deleted
         except sa.exc.IntegrityError as error:
             result.error = (f"a batch was refused by a foreign key ({database.reason(error)}): rows referencing "
@@ -301,6 +300,26 @@ def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElemen
     return None
 
 
+def _delete_counting(connection: Connection, target: Target, where: sa.ColumnElement[bool],
+                     paths: list[tuple[Cascade, ...]]) -> tuple[int, dict[str, int]]:
+    """Delete the target's rows matching `where` and return how many the DELETE reported, with cascade_counts'
+    counts (see jobs.purge.cascaded). SQLite counts first, under the batch's write lock. PostgreSQL counts in the
+    DELETE's own statement, so the batch's REPEATABLE READ snapshot is the DELETE's: a row committed before it
+    (an orphan's parent, inserted by the app a moment ago) is seen by its condition."""
+    delete = sa.delete(target.table).where(where)
+    if not paths:
+        return connection.execute(delete).rowcount, {}
+    if database.is_sqlite(connection):
+        cascaded = count_cascaded(connection, target, paths, where)
+        return connection.execute(delete).rowcount, cascaded
+    queries = cascade_counts(target, paths, where)
+    gone = delete.returning(sa.literal(1)).cte("gone")
+    names = list(queries)
+    row = connection.execute(sa.select(sa.select(sa.func.count()).select_from(gone).scalar_subquery(),
+                                       *(queries[name] for name in names))).one()
+    return row[0], dict(zip(names, row[1:], strict=True))
+
+
 def run_rule(engine: Engine, rule: Rule, now: datetime, cancel: threading.Event, *, held: Held | None,
              dry_run: bool = False, batch_size: int = BATCH_SIZE,
              pause: float | None = None) -> tuple[RuleResult, bool]:
@@ -325,7 +344,8 @@ def run_rule(engine: Engine, rule: Rule, now: datetime, cancel: threading.Event,
             if dry_run:
                 result.would_delete = count_old(connection, target, cutoff)
                 paths = removals(cascades_of(connection, target))
-                result.would_cascade = count_cascaded(connection, target, paths, old_rows(target, cutoff))
+                result.would_cascade = settle(target, count_cascaded(connection, target, paths,
+                                                                     old_rows(target, cutoff)), result.would_delete)
                 connection.commit()
             result.error = blocked_by(connection, target, old_rows(target, cutoff))
             if not dry_run and result.error is None:

@@ -226,15 +226,15 @@ def test_postgres_an_orphan_whose_parent_is_inserted_during_the_batch_stays(pg_u
                        "CREATE TABLE notes (id bigint PRIMARY KEY, run_id bigint REFERENCES runs(id) ON DELETE CASCADE);"
                        "INSERT INTO runs VALUES (1, 42)")
     held = hold(pg_url)
-    counted = delete_module.count_cascaded
+    counted = delete_module.cascade_counts  # the batch's cascade counts: built inside its transaction, then run
 
-    def count_then_the_app_inserts_the_parent(*args: Any, **kwargs: Any) -> dict[str, int]:
+    def count_then_the_app_inserts_the_parent(*args: Any, **kwargs: Any) -> Any:
         found = counted(*args, **kwargs)
         with psycopg.connect(pg_url, autocommit=True) as app:  # the app commits session 42 now
             app.execute("INSERT INTO sessions VALUES (42) ON CONFLICT DO NOTHING")
         return found
 
-    monkeypatch.setattr(delete_module, "count_cascaded", count_then_the_app_inserts_the_parent)
+    monkeypatch.setattr(delete_module, "cascade_counts", count_then_the_app_inserts_the_parent)
 
     [result] = purge(pg_url, parse_retention_rules("runs.session_id->sessions.id"), datetime.now(timezone.utc),
                      threading.Event(), held=held)
