@@ -190,15 +190,34 @@ def run_threads(engine: Engine, rule: ThreadRule, now: datetime, cancel: threadi
     return result, finished
 
 
+@dataclass
+class _Pace:
+    """The pause before each write transaction of a thread rule but the first, as delete batches pause between
+    theirs (jobs.purge.delete): SQLite waits as long as the last one held the write lock (at most MAX_PAUSE_S),
+    so the app's writers waiting in its busy handler get their turn between threads as between steps."""
+
+    pause: float | None
+    sqlite: bool
+    held_for: float | None = None  # the last transaction's time; None before the first
+
+    def wait(self, cancel: threading.Event) -> None:
+        if self.held_for is None:
+            return
+        wait = self.pause if self.pause is not None else (min(self.held_for, MAX_PAUSE_S) if self.sqlite else 0)
+        if wait > 0:
+            cancel.wait(wait)
+
+
 def _delete_threads(connection: Connection, store: Store, cutoff: datetime, cancel: threading.Event,
                     result: RuleResult, held: Held | None, pause: float | None, step: int) -> bool:
     last: str | None = None
+    pace = _Pace(pause=pause, sqlite=store.sqlite)
     while True:
         threads = [row[0] for row in connection.execute(
             old_threads(connection, store, cutoff, held, after=last, limit=THREADS_PER_READ))]
         connection.commit()
         for thread in threads:
-            if not _delete_thread(connection, store, thread, cutoff, cancel, result, held, pause, step):
+            if not _delete_thread(connection, store, thread, cutoff, cancel, result, held, pace, step):
                 return False
         if len(threads) < THREADS_PER_READ:
             return True
@@ -206,15 +225,18 @@ def _delete_threads(connection: Connection, store: Store, cutoff: datetime, canc
 
 
 def _delete_thread(connection: Connection, store: Store, thread: str, cutoff: datetime, cancel: threading.Event,
-                   result: RuleResult, held: Held | None, pause: float | None, step: int) -> bool:
-    """Delete one thread, oldest checkpoints first, `step` checkpoints per transaction; return False if `cancel`
-    stopped it (what went stays gone: the thread's newest checkpoints are left, and load)."""
+                   result: RuleResult, held: Held | None, pace: _Pace, step: int) -> bool:
+    """Delete one thread, oldest checkpoints first, `step` checkpoints per transaction, pausing before each (see
+    _Pace); return False if `cancel` stopped it (what went stays gone: the thread's newest checkpoints are left,
+    and load)."""
     while True:
+        pace.wait(cancel)
         if cancel.is_set():
             return False
         started = time.monotonic()
         done = database.retry_locked(lambda: _step(connection, store, thread, cutoff, held, step), cancel,
                                      LOCK_ATTEMPTS)
+        pace.held_for = time.monotonic() - started
         if done is None:
             return True  # changed since it was chosen (a new checkpoint), or gone: it stays
         counts, whole = done
@@ -224,9 +246,6 @@ def _delete_thread(connection: Connection, store: Store, thread: str, cutoff: da
         if whole:
             result.deleted += 1
             return True
-        wait = pause if pause is not None else (min(time.monotonic() - started, MAX_PAUSE_S) if store.sqlite else 0)
-        if wait > 0:
-            cancel.wait(wait)
 
 
 def _step(connection: Connection, store: Store, thread: str, cutoff: datetime, held: Held | None,
