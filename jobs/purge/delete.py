@@ -370,6 +370,6 @@ def stop(results: list[RuleResult], rules: Sequence[Rule], now: datetime) -> Can
     for rule in rules[len(results):]:
         results.append(RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=_cutoff_text(rule, now),
                                   error=NOT_STARTED, rows={} if isinstance(rule, ThreadRule) else None))
-    deleted = sum(result.deleted for result in results)
+    deleted = sum(result.removed for result in results)  # rows: a thread rule's rows, cascades included
     return Cancelled(f"the worker is stopping; table retention stopped between batches after deleting {deleted} rows",
                      stage="purge", fields={"purge": [result.as_dict() for result in results]})
