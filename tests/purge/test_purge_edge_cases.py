@@ -1,5 +1,7 @@
-"""Adversarial review of branch tableretention (issue 23): each test here demonstrates a suspected defect and
-fails on the branch as reviewed."""
+"""Edge cases of table retention found by an adversarial review (issue 23): subgraph checkpoints of a stopped
+thread purge, seconds among milliseconds, self-referencing cascades, an orphan's parent committed during its
+batch, unindexed parent columns, counts in messages, pauses between threads, and SQLite's rollback-journal mode
+with an app reader."""
 
 from datetime import datetime, timedelta, timezone
 import operator
@@ -369,3 +371,69 @@ def test_a_thread_rule_pauses_between_threads_so_the_apps_writers_get_the_lock(t
         assert result.error is None and result.deleted == len(threads)
         assert len(cancel.pauses) >= len(threads) - 1, \
             f"{result.batches} write transactions, {len(cancel.pauses)} pauses between them"
+
+
+def test_a_delete_batch_waits_for_an_app_reader_in_rollback_journal_mode(tmp_path: Path) -> None:
+    """The same for a delete batch: its COMMIT fails while the app reads; the batch is rolled back and run again
+    (not "cannot start a transaction within a transaction"), and every old row goes once the reader is done."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:  # SQLite's default journal mode (DELETE)
+        db.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL)")
+        db.executemany("INSERT INTO events (created_at) VALUES (?)",
+                       [("2026-01-01 00:00:00",)] * 50 + [("2099-01-01 00:00:00",)] * 5)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    db.close()
+    url = f"sqlite:///{path}"
+    held = hold(url)
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM events").fetchall()  # the app's report query, still reading
+    done = threading.Event()
+
+    def finish_reading() -> None:
+        done.wait(3)  # the app's read ends a little later than one busy wait
+        reader.execute("COMMIT")
+
+    finisher = threading.Thread(target=finish_reading)
+    finisher.start()
+    try:
+        [result] = purge(url, parse_retention_rules("events.created_at=30d"), datetime(2026, 6, 1, tzinfo=timezone.utc),
+                         threading.Event(), held=held)
+    finally:
+        done.set()
+        finisher.join()
+        reader.close()
+
+    assert result.error is None and result.deleted == 50, result
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT count(*) FROM events").fetchone() == (5,)
+
+
+def test_a_release_that_the_database_stays_locked_through_says_so(tmp_path: Path, monkeypatch) -> None:
+    """When a reader outlasts every wait, the release fails with a sentence about the lock, not one that sends
+    the user to check BACKUP_SOURCE."""
+    import os
+
+    from jobs.errors import SourceError
+    from jobs.purge import reclaim_space, space as space_module
+
+    monkeypatch.setattr(space_module, "LOCK_ATTEMPTS", 1)
+    path = tmp_path / "app.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+    db.executemany("INSERT INTO t (body) VALUES (?)", [(os.urandom(1000),) for _ in range(300)])
+    db.execute("DELETE FROM t WHERE id > 10")
+    db.close()
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchall()
+    try:
+        with pytest.raises(SourceError) as failed:
+            reclaim_space(f"sqlite:///{path}", threading.Event(), step_pages=8, pause=0)
+    finally:
+        reader.close()
+
+    message = str(failed.value)
+    assert "stayed locked by another connection" in message and "BACKUP_SOURCE" not in message, message
+    assert "Traceback" not in message
