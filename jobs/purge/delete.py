@@ -287,9 +287,9 @@ def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElemen
                 log.info("purge.batch_retried", rule=result.rule, reason=database.reason(error), attempt=attempt)
                 continue
             if database.is_locked(error):
-                result.error = (f"another connection held the database's write lock for "
-                                f"{LOCK_ATTEMPTS * database.BUSY_TIMEOUT_S:g} s; {result.deleted} rows were deleted "
-                                "before, the next cycle continues")
+                result.error = (f"another connection kept the database locked (a writer, or in rollback-journal "
+                                f"mode a reader) for {LOCK_ATTEMPTS * database.BUSY_TIMEOUT_S:g} s; "
+                                f"{result.deleted} rows were deleted before, the next cycle continues")
             elif database.is_serialization_failure(error):
                 result.error = (f"rows kept changing under a batch ({database.reason(error)}), "
                                 f"{SERIALIZATION_ATTEMPTS} times; {result.deleted} rows were deleted before it, the "
