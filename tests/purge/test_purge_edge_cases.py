@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypedDict
 import pytest
 
 from jobs.errors import Cancelled
-from jobs.purge import parse_retention_rules, purge, purge_fields
+from jobs.purge import dry_run, parse_retention_rules, purge, purge_fields
 from tests.purge.conftest import hold, make_sqlite, pg_execute
 from tests.purge.test_langgraph import AGE, RULE, config, next_second, sqlite_store
 
@@ -148,6 +148,8 @@ def test_sqlite_cascade_counts_do_not_count_a_row_twice_when_the_rule_deletes_it
     db.execute("INSERT INTO comments VALUES (1, 2, '2026-01-02 00:00:00')")
     db.close()
     url = f"sqlite:///{path}"
+    [counted] = dry_run(url, parse_retention_rules("comments.created_at=30d"), datetime(2026, 6, 1, tzinfo=timezone.utc))
+    assert counted.would_delete == 2 and not counted.would_cascade, counted
 
     [result] = purge(url, parse_retention_rules("comments.created_at=30d"), datetime(2026, 6, 1, tzinfo=timezone.utc),
                      threading.Event(), held=hold(url))
