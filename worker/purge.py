@@ -199,10 +199,13 @@ def last_purge(catalog: Catalog) -> dict[str, Any] | None:
 
 
 def _rule_counts(rule: Mapping[str, Any]) -> dict[str, Any]:
-    """Return what `status` shows of one rule: `rule`, `deleted`, `error`, and `cascaded` when rows went with it."""
+    """Return what `status` shows of one rule: `rule`, `deleted`, `error`, `cascaded` when rows went with it, and a
+    thread rule's `rows` (its `deleted` counts threads)."""
     counts = {key: rule.get(key) for key in ("rule", "deleted", "error")}
     if rule.get("cascaded"):
         counts["cascaded"] = rule["cascaded"]
+    if isinstance(rule.get("rows"), dict):
+        counts["rows"] = rule["rows"]
     return counts
 
 
@@ -217,14 +220,17 @@ def _details(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def history_fields(row: Mapping[str, Any]) -> dict[str, Any] | None:
     """Given a catalog row, return what `history` shows of its purge (`purged_rows`, `purged_tables`, and per
-    rule in `purge`: `rule`, `deleted`, `cascaded`, `error`), or None for a run that did not purge."""
+    rule in `purge`: `rule`, `deleted`, `cascaded`, `error`, and a thread rule's `rows`, which say its `deleted`
+    counts threads), or None for a run that did not purge."""
     details = _details(row)
     if not isinstance(details.get("purge"), list):
         return None
     return {"purged_rows": details.get("purged_rows"), "purged_tables": details.get("purged_tables") or {},
             **({"space": details["space"]} if details.get("space") else {}),
             "purge": [{"rule": rule.get("rule"), "deleted": rule.get("deleted"), "cascaded": rule.get("cascaded") or {},
-                       "error": rule.get("error")} for rule in details["purge"]]}
+                       "error": rule.get("error"),
+                       **({"rows": rule["rows"]} if isinstance(rule.get("rows"), dict) else {})}
+                      for rule in details["purge"]]}
 
 
 def status_lines(report: Mapping[str, Any]) -> list[str]:
@@ -233,6 +239,8 @@ def status_lines(report: Mapping[str, Any]) -> list[str]:
     if not last:
         return []
     rules = "; ".join(f"{rule['rule']}: {rule['deleted']}"
+                      + (f" threads ({', '.join(f'{table} {count}' for table, count in rule['rows'].items())} rows)"
+                         if "rows" in rule else "")
                       + (f" (+ {', '.join(f'{table} {count}' for table, count in rule['cascaded'].items())} by cascade)"
                          if rule.get("cascaded") else "")
                       + (f" ({rule['error']})" if rule.get("error") else "")

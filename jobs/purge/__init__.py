@@ -249,5 +249,9 @@ def _database_errors(doing: str) -> Iterator[None]:
     try:
         yield
     except sa.exc.SQLAlchemyError as error:
+        if database.is_locked(error):  # reached: another connection kept it locked through every wait
+            raise SourceError(f"{doing} failed: the database stayed locked by another connection (a writer, or in "
+                              "rollback-journal mode a reader) through every wait; the next purge tries again, and "
+                              "WAL mode (PRAGMA journal_mode=WAL) lets readers and the purge go on together") from None
         raise SourceError(f"{doing} failed: {database.reason(error)}; check that the database is reachable and "
                           "BACKUP_SOURCE names it") from None

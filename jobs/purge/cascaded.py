@@ -2,12 +2,13 @@
 that went (a session's spec_runs, not "spec_runs: 0 deleted").
 
 The database removes those rows itself and reports none of them (a DELETE's row count is the parent table's
-alone). So each batch counts them first, inside the same write transaction and with the same WHERE as its
-DELETE: for every table the cascades reach (schema.cascades_of, the walk the held check uses), the distinct rows
-linked to the batch's rows through any chain of CASCADE keys. SQLite's write lock, or PostgreSQL's REPEATABLE
-READ snapshot (a row that changed meanwhile makes the DELETE fail and the batch run again), make the count the
-rows that went. SET NULL / SET DEFAULT change rows without removing them: not counted here (the rule lists
-those keys in `cascades`).
+alone). So each batch counts them with the same WHERE as its DELETE: for every table the cascades reach
+(schema.cascades_of, the walk the held check uses), the distinct rows linked to the batch's rows through any
+chain of CASCADE keys. SQLite counts right before the DELETE, under the same write lock; PostgreSQL counts in the
+DELETE's own statement (one snapshot, taken at the DELETE; a row that changed meanwhile makes the DELETE fail in
+REPEATABLE READ and the batch run again). A self-referencing key (replies to comments) reaches the rule's own
+table: there a row the DELETE removes itself is not counted again (`settle`). SET NULL / SET DEFAULT change rows
+without removing them: not counted here (the rule lists those keys in `cascades`).
 """
 
 from collections.abc import Iterator
@@ -53,22 +54,50 @@ def _chain_rows(target: Target, path: tuple[Cascade, ...], where: sa.ColumnEleme
     return sa.select(*(child.c[name] for name in key)).select_from(joined).where(where)
 
 
-def count_cascaded(connection: Connection, target: Target, paths: list[tuple[Cascade, ...]],
-                   where: sa.ColumnElement[bool]) -> dict[str, int]:
-    """Return, per table the cascades reach, how many distinct rows a DELETE of the target's rows matching
-    `where` removes with them (tables with none left out). Run it in the DELETE's own transaction, right before
-    it."""
+def cascade_counts(target: Target, paths: list[tuple[Cascade, ...]],
+                   where: sa.ColumnElement[bool]) -> dict[str, sa.ScalarSelect[int]]:
+    """Return, per table the cascades reach, the query of how many distinct rows there a DELETE of the target's
+    rows matching `where` removes. The target's own table (a self-referencing key: replies to comments) counts the
+    rows `where` matches too, which the DELETE may remove itself or through the cascade, whichever comes first:
+    `settle` takes the DELETE's own count off it."""
     by_table: dict[str, list[tuple[Cascade, ...]]] = {}
     for path in paths:
         by_table.setdefault(table_name(path[-1]), []).append(path)
-    counts: dict[str, int] = {}
+    queries = {}
     for name, chains in by_table.items():
         selects = [_chain_rows(target, path, where) for path in chains]
+        if _is_target(target, chains[0][-1]):
+            key = chains[0][-1].key or ("ctid",)
+            selects.append(sa.select(*(target.table.c[column] for column in key)).where(where))
         rows = sa.union(*selects).subquery() if len(selects) > 1 else selects[0].distinct().subquery()
-        count = connection.execute(sa.select(sa.func.count()).select_from(rows)).scalar_one()
-        if count:
-            counts[name] = count
-    return counts
+        queries[name] = sa.select(sa.func.count()).select_from(rows).scalar_subquery()
+    return queries
+
+
+def count_cascaded(connection: Connection, target: Target, paths: list[tuple[Cascade, ...]],
+                   where: sa.ColumnElement[bool]) -> dict[str, int]:
+    """Return the counts of cascade_counts (before `settle`). Run it in the DELETE's own transaction, right before
+    it, under the write lock (SQLite), or as a dry run's estimate."""
+    return {name: connection.execute(sa.select(query)).scalar_one()
+            for name, query in cascade_counts(target, paths, where).items()}
+
+
+def settle(target: Target, counts: dict[str, int], deleted: int) -> dict[str, int]:
+    """Return the rows removed by cascade per table (tables with none left out), given cascade_counts' counts and
+    the rows the DELETE itself reported: a row the DELETE removed itself is never counted again as cascaded."""
+    own = table_name_of(target)
+    settled = {name: count - deleted if name == own else count for name, count in counts.items()}
+    return {name: count for name, count in settled.items() if count > 0}
+
+
+def table_name_of(target: Target) -> str:
+    """Return `[schema.]table` of the target, as table_name names the tables cascades reach."""
+    table = target.table
+    return f"{table.schema}.{table.name}" if table.schema else table.name
+
+
+def _is_target(target: Target, cascade: Cascade) -> bool:
+    return (cascade.reference.schema, cascade.reference.table) == (target.table.schema, target.table.name)
 
 
 def add(total: dict[str, int], more: dict[str, int]) -> None:

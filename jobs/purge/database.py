@@ -127,8 +127,23 @@ def write_transaction(connection: Connection) -> Iterator[None]:
             if not is_sqlite(connection):
                 connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             yield
+    except sa.exc.DBAPIError:
+        _roll_back_what_is_left(connection)
+        raise
     finally:
         connection.info[_WRITE] = False
+
+
+def _roll_back_what_is_left(connection: Connection) -> None:
+    """After a failed write transaction, roll back what the database still holds open. SQLite in rollback-journal
+    mode: a COMMIT that could not get the exclusive lock while an app's reader reads fails with "database is
+    locked" and leaves the transaction open; rolled back here, the caller's retry starts it afresh instead of
+    failing with "cannot start a transaction within a transaction"."""
+    if not is_sqlite(connection) or connection.closed or connection.invalidated:
+        return
+    raw = connection.connection.driver_connection
+    if raw is not None and raw.in_transaction:
+        raw.rollback()
 
 
 def prepare(connection: Connection) -> None:

@@ -28,10 +28,10 @@ from jobs.errors import Cancelled
 from jobs.manifest import utc_iso
 from jobs.purge import database
 from jobs.purge.batch import batch_limit, by_ctid, chosen_rows, next_batch
-from jobs.purge.cascaded import add, count_cascaded, removals
+from jobs.purge.cascaded import add, cascade_counts, count_cascaded, removals, settle
 from jobs.purge.held import Held, current_problem, held_condition
 from jobs.purge.rules import OrphanRule, Rule, ThreadRule
-from jobs.purge.kinds import DATE_GLOB
+from jobs.purge.kinds import DATE_GLOB, UNIX_MIN
 from jobs.purge.schema import Cascade, Reference, RuleProblem, Target, cascades_of, orphaned, resolve
 
 log = structlog.get_logger("jobs.purge")
@@ -119,7 +119,8 @@ def old_rows(target: Target, cutoff: datetime | None) -> sa.ColumnElement[bool]:
     written as text, and such rows stay. Before it, `col < D`, where D is the day after cutoff + 14 h, keeps only
     rows that can be old whatever their offset: the same rows, but an index on the column can find them. `typeof`
     keeps a stray number or blob out (SQLite's datetime() would read a number as a Julian day). SQLite numbers are
-    Unix time in the rule's unit (seconds by default), as are PostgreSQL numbers ("epoch"). PostgreSQL:
+    Unix time in the rule's unit (seconds by default), as are PostgreSQL numbers ("epoch"); in milliseconds or
+    microseconds only numbers from 1973 on in that unit count (a number in seconds there stays). PostgreSQL:
     timestamptz against the instant, timestamp (no time zone) as UTC, date: days that ended before the cutoff.
     """
     column = target.column
@@ -132,15 +133,23 @@ def old_rows(target: Target, cutoff: datetime | None) -> sa.ColumnElement[bool]:
         return sa.and_(sa.func.typeof(column) == "text", column.op("GLOB")(DATE_GLOB), column < bound,
                        sa.func.datetime(column) < cutoff.strftime("%Y-%m-%d %H:%M:%S"))
     if target.kind == "unix":
-        return sa.and_(sa.func.typeof(column).in_(["integer", "real"]),
-                       column < int(cutoff.timestamp()) * target.rule.scale)
+        return sa.and_(sa.func.typeof(column).in_(["integer", "real"]), _unix_old(target, column, cutoff))
     if target.kind == "epoch":
-        return column < int(cutoff.timestamp()) * target.rule.scale
+        return _unix_old(target, column, cutoff)
     if target.kind == "timestamptz":
         return column < cutoff
     if target.kind == "timestamp":
         return column < cutoff.replace(tzinfo=None)
     return column < cutoff.date()
+
+
+def _unix_old(target: Target, column: sa.ColumnClause, cutoff: datetime) -> sa.ColumnElement[bool]:
+    """Return "this Unix time, in the rule's unit, is before `cutoff`". In a smaller unit than seconds the number
+    must also be a time of 1973 or later in that unit: a time in seconds among milliseconds (another writer's) is
+    never read as a moment of January 1970, so it stays."""
+    scale = target.rule.scale
+    old = column < int(cutoff.timestamp()) * scale
+    return sa.and_(column >= UNIX_MIN * scale, old) if scale > 1 else old
 
 
 def count_old(connection: Connection, target: Target, cutoff: datetime | None) -> int:
@@ -252,16 +261,15 @@ def purge_target(connection: Connection, target: Target, cutoff: datetime | None
 
 def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElement[bool],
                   paths: list[tuple[Cascade, ...]], cancel: threading.Event, result: RuleResult) -> int | None:
-    """Run one batch's DELETE of the target's rows matching `where` in one write transaction, counting first the
-    rows its cascades (`paths`, see jobs.purge.cascaded) remove, into `result.cascaded`; return how many rows it
+    """Run one batch's DELETE of the target's rows matching `where` in one write transaction, counting the rows
+    its cascades (`paths`, see jobs.purge.cascaded) remove, into `result.cascaded`; return how many rows it
     deleted, or None when it failed (`result.error` says why) or `cancel` was set while waiting for the write
     lock."""
     for attempt in range(1, max(LOCK_ATTEMPTS, SERIALIZATION_ATTEMPTS) + 1):
         try:
             with database.write_transaction(connection):
-                cascaded = count_cascaded(connection, target, paths, where) if paths else {}
-                deleted = connection.execute(sa.delete(target.table).where(where)).rowcount
-            add(result.cascaded, cascaded)
+                deleted, cascaded = _delete_counting(connection, target, where, paths)
+            add(result.cascaded, settle(target, cascaded, deleted))
             return deleted
         except sa.exc.IntegrityError as error:
             result.error = (f"a batch was refused by a foreign key ({database.reason(error)}): rows referencing "
@@ -279,9 +287,9 @@ def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElemen
                 log.info("purge.batch_retried", rule=result.rule, reason=database.reason(error), attempt=attempt)
                 continue
             if database.is_locked(error):
-                result.error = (f"another connection held the database's write lock for "
-                                f"{LOCK_ATTEMPTS * database.BUSY_TIMEOUT_S:g} s; {result.deleted} rows were deleted "
-                                "before, the next cycle continues")
+                result.error = (f"another connection kept the database locked (a writer, or in rollback-journal "
+                                f"mode a reader) for {LOCK_ATTEMPTS * database.BUSY_TIMEOUT_S:g} s; "
+                                f"{result.deleted} rows were deleted before, the next cycle continues")
             elif database.is_serialization_failure(error):
                 result.error = (f"rows kept changing under a batch ({database.reason(error)}), "
                                 f"{SERIALIZATION_ATTEMPTS} times; {result.deleted} rows were deleted before it, the "
@@ -290,6 +298,26 @@ def _delete_batch(connection: Connection, target: Target, where: sa.ColumnElemen
                 result.error = f"a batch failed: {database.reason(error)}; {result.deleted} rows were deleted before it"
             return None
     return None
+
+
+def _delete_counting(connection: Connection, target: Target, where: sa.ColumnElement[bool],
+                     paths: list[tuple[Cascade, ...]]) -> tuple[int, dict[str, int]]:
+    """Delete the target's rows matching `where` and return how many the DELETE reported, with cascade_counts'
+    counts (see jobs.purge.cascaded). SQLite counts first, under the batch's write lock. PostgreSQL counts in the
+    DELETE's own statement, so the batch's REPEATABLE READ snapshot is the DELETE's: a row committed before it
+    (an orphan's parent, inserted by the app a moment ago) is seen by its condition."""
+    delete = sa.delete(target.table).where(where)
+    if not paths:
+        return connection.execute(delete).rowcount, {}
+    if database.is_sqlite(connection):
+        cascaded = count_cascaded(connection, target, paths, where)
+        return connection.execute(delete).rowcount, cascaded
+    queries = cascade_counts(target, paths, where)
+    gone = delete.returning(sa.literal(1)).cte("gone")
+    names = list(queries)
+    row = connection.execute(sa.select(sa.select(sa.func.count()).select_from(gone).scalar_subquery(),
+                                       *(queries[name] for name in names))).one()
+    return row[0], dict(zip(names, row[1:], strict=True))
 
 
 def run_rule(engine: Engine, rule: Rule, now: datetime, cancel: threading.Event, *, held: Held | None,
@@ -316,7 +344,8 @@ def run_rule(engine: Engine, rule: Rule, now: datetime, cancel: threading.Event,
             if dry_run:
                 result.would_delete = count_old(connection, target, cutoff)
                 paths = removals(cascades_of(connection, target))
-                result.would_cascade = count_cascaded(connection, target, paths, old_rows(target, cutoff))
+                result.would_cascade = settle(target, count_cascaded(connection, target, paths,
+                                                                     old_rows(target, cutoff)), result.would_delete)
                 connection.commit()
             result.error = blocked_by(connection, target, old_rows(target, cutoff))
             if not dry_run and result.error is None:
@@ -341,6 +370,6 @@ def stop(results: list[RuleResult], rules: Sequence[Rule], now: datetime) -> Can
     for rule in rules[len(results):]:
         results.append(RuleResult(rule=rule.describe(), table=rule_table(rule), cutoff=_cutoff_text(rule, now),
                                   error=NOT_STARTED, rows={} if isinstance(rule, ThreadRule) else None))
-    deleted = sum(result.deleted for result in results)
+    deleted = sum(result.removed for result in results)  # rows: a thread rule's rows, cascades included
     return Cancelled(f"the worker is stopping; table retention stopped between batches after deleting {deleted} rows",
                      stage="purge", fields={"purge": [result.as_dict() for result in results]})

@@ -9,8 +9,9 @@ below the smallest UUIDv6 of the cutoff's instant"); on PostgreSQL from `ts` in 
 
 A thread goes when every checkpoint of it (every namespace) is old and the backup holds every row of it in every
 table (jobs.purge.held). A large thread goes in several short write transactions, oldest checkpoints first (with
-their writes), the newest last together with the thread's blobs (PostgreSQL blobs are shared by checkpoints), so
-an interrupted purge leaves a thread whose newest checkpoint still loads. Each transaction checks the thread again
+their writes), each namespace's newest checkpoint (the root graph's and every subgraph's) last together with the
+thread's blobs (PostgreSQL blobs are shared by checkpoints), so an interrupted purge leaves a thread whose newest
+checkpoints still load and resume. Each transaction checks the thread again
 first: SQLite holds the write lock for it (BEGIN IMMEDIATE); PostgreSQL locks `checkpoints` against writers
 (EXCLUSIVE, readers go on) for those few milliseconds, so a checkpoint the app adds meanwhile is seen and keeps
 the thread.
@@ -189,15 +190,34 @@ def run_threads(engine: Engine, rule: ThreadRule, now: datetime, cancel: threadi
     return result, finished
 
 
+@dataclass
+class _Pace:
+    """The pause before each write transaction of a thread rule but the first, as delete batches pause between
+    theirs (jobs.purge.delete): SQLite waits as long as the last one held the write lock (at most MAX_PAUSE_S),
+    so the app's writers waiting in its busy handler get their turn between threads as between steps."""
+
+    pause: float | None
+    sqlite: bool
+    held_for: float | None = None  # the last transaction's time; None before the first
+
+    def wait(self, cancel: threading.Event) -> None:
+        if self.held_for is None:
+            return
+        wait = self.pause if self.pause is not None else (min(self.held_for, MAX_PAUSE_S) if self.sqlite else 0)
+        if wait > 0:
+            cancel.wait(wait)
+
+
 def _delete_threads(connection: Connection, store: Store, cutoff: datetime, cancel: threading.Event,
                     result: RuleResult, held: Held | None, pause: float | None, step: int) -> bool:
     last: str | None = None
+    pace = _Pace(pause=pause, sqlite=store.sqlite)
     while True:
         threads = [row[0] for row in connection.execute(
             old_threads(connection, store, cutoff, held, after=last, limit=THREADS_PER_READ))]
         connection.commit()
         for thread in threads:
-            if not _delete_thread(connection, store, thread, cutoff, cancel, result, held, pause, step):
+            if not _delete_thread(connection, store, thread, cutoff, cancel, result, held, pace, step):
                 return False
         if len(threads) < THREADS_PER_READ:
             return True
@@ -205,15 +225,18 @@ def _delete_threads(connection: Connection, store: Store, cutoff: datetime, canc
 
 
 def _delete_thread(connection: Connection, store: Store, thread: str, cutoff: datetime, cancel: threading.Event,
-                   result: RuleResult, held: Held | None, pause: float | None, step: int) -> bool:
-    """Delete one thread, oldest checkpoints first, `step` checkpoints per transaction; return False if `cancel`
-    stopped it (what went stays gone: the thread's newest checkpoints are left, and load)."""
+                   result: RuleResult, held: Held | None, pace: _Pace, step: int) -> bool:
+    """Delete one thread, oldest checkpoints first, `step` checkpoints per transaction, pausing before each (see
+    _Pace); return False if `cancel` stopped it (what went stays gone: the thread's newest checkpoints are left,
+    and load)."""
     while True:
+        pace.wait(cancel)
         if cancel.is_set():
             return False
         started = time.monotonic()
         done = database.retry_locked(lambda: _step(connection, store, thread, cutoff, held, step), cancel,
                                      LOCK_ATTEMPTS)
+        pace.held_for = time.monotonic() - started
         if done is None:
             return True  # changed since it was chosen (a new checkpoint), or gone: it stays
         counts, whole = done
@@ -223,16 +246,14 @@ def _delete_thread(connection: Connection, store: Store, thread: str, cutoff: da
         if whole:
             result.deleted += 1
             return True
-        wait = pause if pause is not None else (min(time.monotonic() - started, MAX_PAUSE_S) if store.sqlite else 0)
-        if wait > 0:
-            cancel.wait(wait)
 
 
 def _step(connection: Connection, store: Store, thread: str, cutoff: datetime, held: Held | None,
           step: int) -> tuple[dict[str, int], bool] | None:
     """In one write transaction: check the thread again, then delete its `step` oldest checkpoints with their
-    writes, or, when no more are left, the rest of it with its blobs. Return the rows deleted per table and
-    whether the thread is gone, or None when it no longer goes."""
+    writes, but never a namespace's newest checkpoint (the root's or a subgraph's), or, when only those are left
+    (or the whole thread is no more than `step` checkpoints), the rest of it with its blobs. Return the rows
+    deleted per table and whether the thread is gone, or None when it no longer goes."""
     checkpoints = store.checkpoints.table
     counts: dict[str, int] = {}
     with database.write_transaction(connection):
@@ -242,16 +263,31 @@ def _step(connection: Connection, store: Store, thread: str, cutoff: datetime, h
         if connection.execute(sa.select(thread_goes(connection, store, sa.literal(thread), cutoff,
                                                     held))).scalar_one() is not True:
             return None
-        ids = [row[0] for row in connection.execute(
-            sa.select(checkpoints.c.checkpoint_id).where(checkpoints.c.thread_id == thread)
-            .order_by(checkpoints.c.checkpoint_id).limit(step + 1))]
-        whole = len(ids) <= step
+        mine = checkpoints.c.thread_id == thread
+        whole = connection.execute(sa.select(sa.func.count()).select_from(
+            sa.select(checkpoints.c.checkpoint_id).where(mine).limit(step + 1).subquery())).scalar_one() <= step
+        older: list[Any] = []
+        if not whole:  # its oldest checkpoints that are not their namespace's newest
+            older = [row[0] for row in connection.execute(
+                sa.select(checkpoints.c.checkpoint_id).where(mine, _superseded(checkpoints, checkpoints))
+                .order_by(checkpoints.c.checkpoint_id).limit(step))]
+            whole = not older  # only each namespace's newest checkpoint is left: the last step
         for target in (*store.tables[1:], store.checkpoints):
             table = target.table
             condition = table.c.thread_id == thread
             if not whole:
                 if "checkpoint_id" not in target.columns:
                     continue  # blobs are shared by the thread's checkpoints: they go with the last ones
-                condition = sa.and_(condition, table.c.checkpoint_id <= ids[step - 1])
+                condition = sa.and_(condition, table.c.checkpoint_id <= older[-1], _superseded(table, checkpoints))
             counts[table.name] = connection.execute(sa.delete(table).where(condition)).rowcount
     return counts, whole
+
+
+def _superseded(table: sa.TableClause, checkpoints: sa.TableClause) -> sa.ColumnElement[bool]:
+    """Return "this row's checkpoint is not the newest of its thread's namespace" (a row of `checkpoints` or of a
+    writes table): a step that deletes only such rows leaves every namespace's newest checkpoint, with its writes,
+    so the thread still loads (its root state and each subgraph's)."""
+    newer = checkpoints.alias("newest")
+    return sa.select(sa.literal(1)).select_from(newer).where(
+        newer.c.thread_id == table.c.thread_id, newer.c.checkpoint_ns == table.c.checkpoint_ns,
+        newer.c.checkpoint_id > table.c.checkpoint_id).exists()

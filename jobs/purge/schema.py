@@ -146,6 +146,11 @@ def _parent(connection: Connection, inspector: sa.Inspector, rule: OrphanRule, t
     if column_name is None:
         raise RuleProblem(f"{rule.describe()}: table {name} has no column {rule.parent_column}; its columns are "
                           f"{', '.join(names)}")
+    if not _leads_an_index(inspector, schema, name, column_name):
+        where = f"{schema}.{name}" if schema else name
+        raise RuleProblem(f"{rule.describe()}: {where}.{column_name} has no index, so every batch would read the "
+                          f"whole of {name} for each of its rows while it holds the write lock; index it (CREATE "
+                          f"INDEX ON {where} ({column_name})) or name the parent's primary key")
     parent = sa.table(name, sa.column(column_name), schema=schema).alias("parent")
     try:  # plans the condition without reading a row: types that cannot be compared fail here
         connection.execute(sa.select(sa.literal(1)).select_from(table).where(
@@ -156,6 +161,16 @@ def _parent(connection: Connection, inspector: sa.Inspector, rule: OrphanRule, t
                           f"{name}.{column_name} ({str(getattr(error, 'orig', error)).strip().splitlines()[0]}); "
                           "name columns of comparable types") from None
     return parent.c[column_name]
+
+
+def _leads_an_index(inspector: sa.Inspector, schema: str | None, table: str, column: str) -> bool:
+    """Return whether `column` is the first column of the table's primary key, of a unique constraint or of an
+    index: a lookup of one value there is an index search, not a scan of the table."""
+    primary = inspector.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
+    keys = [primary, *(found.get("column_names") or [] for found in inspector.get_unique_constraints(
+        table, schema=schema)), *(found.get("column_names") or [] for found in inspector.get_indexes(
+            table, schema=schema))]
+    return any(key and key[0] == column for key in keys)
 
 
 def cascades_of(connection: Connection, target: Target) -> tuple[Cascade, ...]:

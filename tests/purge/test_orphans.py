@@ -170,6 +170,32 @@ def test_postgres_an_orphan_rule_that_does_not_fit_is_a_problem_naming_it(pg_url
     assert problem.startswith(f"{rule}: ") and fragment in problem, problem
 
 
+def test_postgres_an_orphan_rule_on_an_unindexed_parent_column_is_refused_until_it_is_indexed(pg_url: str) -> None:
+    pg_execute(pg_url, PG_SCHEMA + "ALTER TABLE sessions ADD COLUMN uid text;"
+                                   "CREATE INDEX sessions_later ON sessions (started_at, uid)")
+    rule = "spec_runs.label->sessions.uid"
+
+    [problem] = check_rules(pg_url, parse_retention_rules(rule))
+    assert problem.startswith(f"{rule}: sessions.uid has no index") and "CREATE INDEX ON sessions (uid)" in problem
+
+    pg_execute(pg_url, "CREATE UNIQUE INDEX sessions_uid ON sessions (uid)")
+    assert check_rules(pg_url, parse_retention_rules(rule)) == []
+
+
+def test_a_backup_with_an_orphan_rule_on_an_unindexed_parent_column_stops_at_start(
+        tmp_path: Path, worker_env: dict[str, str]) -> None:
+    path = tmp_path / "app.db"
+    sqlite_app(path).close()
+    env = {**worker_env, "BACKUP_SOURCE": f"sqlite:///{path}", "RETENTION_RULES": "spec_runs.note->sessions.started_at"}
+
+    run = run_worker(["backup"], env, cwd=tmp_path)
+
+    assert run.code == 2 and "Traceback" not in run.stderr
+    assert "spec_runs.note->sessions.started_at: sessions.started_at has no index" in run.stderr, run.stderr
+    with sqlite3.connect(path) as db:
+        assert notes(db) == {"run": 30, "orphan": 5, "none": 2}
+
+
 def test_prune_dry_run_and_backup_run_orphan_rules_as_a_user_runs_them(
         tmp_path: Path, worker_env: dict[str, str]) -> None:
     path = tmp_path / "app.db"
