@@ -1,5 +1,5 @@
-"""Adversarial review of the retention tiers (issue 21): each test shows a defect found in review and fails on
-the branch `tiers` as written."""
+"""Defects an adversarial review found in the retention tiers (issue 21), each kept as the test that failed on
+the code before the fix (jobs/retention.py, jobs/tiers.py, worker/keeping.py)."""
 
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo

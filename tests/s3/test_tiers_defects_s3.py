@@ -1,5 +1,5 @@
 """Adversarial review of the retention tiers (issue 21) on the bucket, through `python -m worker` against moto's
-S3 server over HTTP: each test shows a defect found in review and fails on the branch `tiers` as written."""
+S3 server over HTTP: each defect an adversarial review found, kept as the test that failed on the code before the fix."""
 
 from datetime import datetime, timedelta, timezone
 import json

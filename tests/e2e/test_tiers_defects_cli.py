@@ -1,5 +1,5 @@
-"""Adversarial review of the retention tiers (issue 21) through the CLI: each test shows a defect found in review
-and fails on the branch `tiers` as written."""
+"""Defects an adversarial review found in the retention tiers (issue 21), through the CLI: each kept as the test
+that failed on the code before the fix."""
 
 from datetime import datetime, timezone
 import json
