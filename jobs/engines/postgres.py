@@ -322,9 +322,14 @@ def exported_snapshot(conn: Connection) -> Iterator[tuple[str | None, str, list[
         reason = scrub(str(error).strip(), conn.secrets())
         raise SourceError(f"cannot take a snapshot of {conn.dbname} on {conn.host}: {reason}") from None
     try:
-        yield exported, str(snapshot), sorted(int(xid) for xid in running)
+        yield _text(exported) if exported is not None else None, _text(snapshot), sorted(int(xid) for xid in running)
     finally:
         session.close()
+
+
+def _text(value: object) -> str:
+    """Return a text value of the server as str: from a SQL_ASCII database psycopg hands text back as bytes."""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
 def open_source(url: str, cwd: Path, name: str | None = None) -> PostgresSource:

@@ -453,3 +453,24 @@ def test_a_version_warning_reaches_notify_before_the_restore(app_pg, make_db, tm
     heard: list[str] = []
     notes = postgres.open_source(url_for(make_db("notified")), tmp_path).restore(raw, threading.Event(), notify=heard.append)
     assert notes is None and len(heard) == 1 and "PostgreSQL 99.1" in heard[0]
+
+
+def test_a_sql_ascii_database_backs_up_and_restores(make_db, tmp_path):
+    """psycopg hands text back as bytes from a SQL_ASCII database: the exported snapshot's id must still reach
+    pg_dump as text (it once went as "b'…'", and every backup of such a database failed)."""
+    name = unique("ascii")
+    with admin() as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+                           .format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(url_for(name), autocommit=True) as connection:
+            connection.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
+            connection.execute("INSERT INTO notes (body) SELECT 'note ' || n FROM generate_series(1, 200) AS n")
+        raw = tmp_path / "ascii.pgdump"
+        assert backup_to_file(postgres.open_source(url_for(name), tmp_path), raw, tmp_path) == "pg_restore read every block"
+        fresh = make_db("fresh")
+        pg_restore_into(raw, fresh)
+        with psycopg.connect(url_for(fresh)) as connection:
+            assert connection.execute("SELECT count(*), max(body) FROM notes").fetchone() == (200, "note 99")
+    finally:
+        drop_database(name)
