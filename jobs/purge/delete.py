@@ -354,9 +354,19 @@ def run_rule(engine: Engine, rule: Rule, now: datetime, cancel: threading.Event,
                 if result.error is None:
                     finished = purge_target(connection, target, cutoff, cancel, result, held=held,
                                             batch_size=batch_size, pause=pause)
-    except RuleProblem as problem:
-        result.error = str(problem).removeprefix(f"{rule.describe()}: ")
-    except sa.exc.DBAPIError as error:
+    except (RuleProblem, sa.exc.DBAPIError) as caught:
+        return rule_outcome(rule, result, finished, cancel, dry_run, caught)
+    return rule_outcome(rule, result, finished, cancel, dry_run)
+
+
+def rule_outcome(rule: Rule, result: RuleResult, finished: bool, cancel: threading.Event, dry_run: bool,
+           error: Exception | None = None) -> tuple[RuleResult, bool]:
+    """End one rule's run (an age, orphan or thread rule alike): turn what stopped it (`error`: a RuleProblem or a
+    database error; a database error while `cancel` is set is the stop, not a failure) into its result's error, say
+    STOPPING when it was stopped half-way, log the outcome; return the result and whether the rule finished."""
+    if isinstance(error, RuleProblem):
+        result.error = str(error).removeprefix(f"{rule.describe()}: ")
+    elif error is not None:
         finished = not cancel.is_set()
         result.error = None if cancel.is_set() else f"database error: {database.reason(error)}"
     if not finished and result.error is None:

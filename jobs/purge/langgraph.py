@@ -31,7 +31,7 @@ import structlog
 
 from jobs.manifest import utc_iso
 from jobs.purge import database
-from jobs.purge.delete import LOCK_ATTEMPTS, MAX_PAUSE_S, STOPPING, RuleResult, cutoff_for
+from jobs.purge.delete import LOCK_ATTEMPTS, MAX_PAUSE_S, RuleResult, cutoff_for, rule_outcome
 from jobs.purge.held import Held, current_problem, held_condition
 from jobs.purge.rules import ThreadRule
 from jobs.purge.schema import RuleProblem, Target, table_target
@@ -179,15 +179,9 @@ def run_threads(engine: Engine, rule: ThreadRule, now: datetime, cancel: threadi
             else:
                 finished = _delete_threads(connection, store, cutoff, cancel, result, held, pause, step)
                 result.kept = max(0, every - result.deleted) if finished else 0
-    except RuleProblem as problem:
-        result.error = str(problem).removeprefix(f"{rule.describe()}: ")
-    except sa.exc.DBAPIError as error:
-        finished = not cancel.is_set()
-        result.error = None if cancel.is_set() else f"database error: {database.reason(error)}"
-    if not finished and result.error is None:
-        result.error = STOPPING
-    (log.warning if result.error else log.info)("purge.rule", dry_run=dry_run, **result.as_dict())
-    return result, finished
+    except (RuleProblem, sa.exc.DBAPIError) as caught:
+        return rule_outcome(rule, result, finished, cancel, dry_run, caught)
+    return rule_outcome(rule, result, finished, cancel, dry_run)
 
 
 @dataclass
