@@ -42,8 +42,8 @@ from jobs.purge.database import SourceLike
 from jobs.purge.delete import BATCH_SIZE, RuleResult, count_old, cutoff_for, run_rule, stop
 from jobs.purge.held import Held, PgSnapshot, held_from_cycle
 from jobs.purge.langgraph import CHECKPOINTS_PER_STEP, resolve_store, run_threads
-from jobs.purge.rules import OrphanRule, PurgeRule, Rule, RuleProblem, ThreadRule, in_purge_order, parse_retention_rules
-from jobs.purge.schema import check, has_user_tables, resolve
+from jobs.purge.rules import OrphanRule, PurgeRule, Rule, ThreadRule, in_purge_order, parse_retention_rules
+from jobs.purge.schema import check, fits, has_user_tables, resolve
 from jobs.purge.space import STEP_PAGES, Space, reclaim
 
 __all__ = ["Held", "OrphanRule", "PgSnapshot", "PurgeRule", "Rule", "ThreadRule", "RuleResult", "RulesCheck", "check_rules",
@@ -150,21 +150,17 @@ def _run(engine: sa.Engine, rule: Rule, now: datetime, cancel: threading.Event, 
 
 
 def _check(connection: sa.Connection, rules: Sequence[Rule]) -> list[str]:
-    """Return one problem per rule that does not fit the database, in rule order (see schema.check and
-    langgraph.resolve_store)."""
-    problems = []
-    for rule in rules:
-        if not isinstance(rule, ThreadRule):
-            problems += check(connection, [rule])
-            continue
-        try:
-            resolve_store(connection, rule)
-        except RuleProblem as problem:
-            problems.append(str(problem))
-        finally:
-            if connection.in_transaction():
-                connection.commit()
-    return problems
+    """Return one problem per rule that does not fit the database, in rule order (see schema.check; a thread rule's
+    tables are checked by langgraph.resolve_store)."""
+    return check(connection, rules, _fits)
+
+
+def _fits(connection: sa.Connection, rule: Rule) -> None:
+    """Raise RuleProblem when `rule` does not fit the database."""
+    if isinstance(rule, ThreadRule):
+        resolve_store(connection, rule)
+    else:
+        fits(connection, rule)
 
 
 def reclaim_space(source: SourceLike, cancel: threading.Event, cwd: Path | None = None, *,

@@ -5,6 +5,7 @@ reflection; statements are SQLAlchemy Core on lightweight, untyped table clauses
 they are, no type conversion in between).
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,12 +218,19 @@ def _refuse_side_effects(connection: Connection, rule: Rule, schema: str | None,
                           "the app")
 
 
-def check(connection: Connection, rules: list[Rule]) -> list[str]:
-    """Return one problem per rule that does not fit the database (see resolve and cascades_of), in rule order."""
+def fits(connection: Connection, rule: Rule) -> None:
+    """Raise RuleProblem when an age or orphan rule does not fit the database (see resolve and cascades_of)."""
+    cascades_of(connection, resolve(connection, rule))
+
+
+def check(connection: Connection, rules: Sequence[Rule],
+          fitting: Callable[[Connection, Rule], None] = fits) -> list[str]:
+    """Return one problem per rule that does not fit the database, in rule order: `fitting` raises RuleProblem for
+    a rule that does not (`fits` by default)."""
     problems = []
     for rule in rules:
         try:
-            cascades_of(connection, resolve(connection, rule))
+            fitting(connection, rule)
         except RuleProblem as problem:
             problems.append(str(problem))
         finally:
