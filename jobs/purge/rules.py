@@ -204,11 +204,6 @@ def _parse_pair(pair: str) -> Rule:
         if not _IDENTIFIER.fullmatch(part):
             raise ValueError(f"{pair!r}: {part!r} is not a plain table or column name (letters, digits and _, "
                              "not starting with a digit); quoted names are not supported")
-    try:
-        age = parse_duration(age_text)
-    except ValueError as error:
-        raise ValueError(f"{pair!r}: {error}") from None
-    if not age:
-        raise ValueError(f"{pair!r} has an age of zero, which would delete rows just written; give an age like 30d")
     *schema, table, column = parts
-    return PurgeRule(table=table, column=column, age=age, schema=schema[0] if schema else None, unit=unit or None)
+    return PurgeRule(table=table, column=column, age=_age(pair, age_text), schema=schema[0] if schema else None,
+                     unit=unit or None)
