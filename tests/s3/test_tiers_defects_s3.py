@@ -1,23 +1,14 @@
-"""Adversarial review of the retention tiers (issue 21) on the bucket, through `python -m worker` against moto's
-S3 server over HTTP: each defect an adversarial review found, kept as the test that failed on the code before the fix."""
+"""Retention tiers on the bucket (issue 21), through `python -m worker` against moto's S3 server over HTTP: each
+defect an adversarial review found, kept as the test that failed on the code before the fix."""
 
 from datetime import datetime, timedelta, timezone
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import run_worker
 from tests.e2e.test_tiers_cli import history
 from tests.s3.test_tiers_s3 import remote_ids
-from .conftest import ACCESS_KEY, REGION, SECRET
-
-
-@pytest.fixture
-def s3_env(worker_env: dict[str, str], s3_endpoint: str, bucket: str) -> dict[str, str]:
-    return {**worker_env, "S3_BUCKET": bucket, "S3_PREFIX": "prod/app", "S3_ENDPOINT_URL": s3_endpoint, "S3_REGION": REGION,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
-            "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+from .test_cli_s3 import s3_env  # noqa: F401 (the fixture: the bucket and its credentials)
 
 
 def test_a_bucket_that_keeps_everything_receives_the_old_safety_backups_before_the_volume_lets_them_go(
