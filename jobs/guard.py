@@ -17,7 +17,7 @@ when it restores "the latest" and never lets one fill a retention slot, while it
   backup whatever its flags, a deliberate shrink is flagged once, not every night.
 
 "Holds data": the manifest's row counts (`counts.total`, measured on the snapshot) or, for Redis, its key counts
-(`rdb.keys`, from INFO keyspace just before the snapshot) are above zero. A manifest written before counts were
+(`rdb.keys`, counted in the RDB file as it streams) are above zero. A manifest written before counts were
 recorded holds data when its raw size is over what an empty database of its engine produces (EMPTY_RAW); when
 unsure, it holds data: refusing an empty backup is the safe side, and BACKUP_ALLOW_EMPTY the way out.
 """

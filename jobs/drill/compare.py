@@ -60,6 +60,16 @@ def recorded_keys(backup: Backup) -> tuple[dict[str, int], dict[str, int] | None
     return keys, expires
 
 
+def _why_uncounted(backup: Backup) -> str:
+    """Return why a Redis manifest records no key counts, as the backup wrote it (untrusted: shortened, printable)."""
+    rdb = backup.manifest.get("rdb")
+    why = rdb.get("uncounted") if isinstance(rdb, dict) else None
+    if not isinstance(why, str) or not why.strip():
+        return "a backup made before they were recorded"
+    text = "".join(char if char.isprintable() else "?" for char in why.strip())
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def recorded(backup: Backup) -> bool:
     """Return whether the manifest records counts a drill can compare with (readable or not)."""
     return COUNTS in backup.manifest if backup.kind != "rdb" else (
@@ -113,7 +123,7 @@ def against_manifest(backup: Backup, measured: dict[str, Any]) -> str:
     if backup.kind == "rdb":
         known = recorded_keys(backup)
         if known is None:
-            return "the manifest records no key counts (a backup made before they were recorded): proven and loaded only"
+            return f"the manifest records no key counts ({_why_uncounted(backup)}): proven and loaded only"
         differences = keys_differences(*known, measured.get("databases", {}))
         if differences:
             raise _fail(backup, differences)

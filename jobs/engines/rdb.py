@@ -3,8 +3,9 @@
 An RDB file is `REDIS` + 4 ASCII digits (Valkey 9+: `VALKEY` + 3 digits), the body, the EOF opcode 0xFF and
 8 bytes: the CRC64 of every byte before them, little-endian (Redis's `crc64.c`: Jones polynomial, reflected,
 init 0, no final xor). A server running with `rdbchecksum no` writes 0 there; files before RDB version 5 have no
-checksum at all. The CRC runs in C (anycrc, carry-less multiply), a few GB/s, so the check never slows the
-pipeline; the body is not parsed.
+checksum at all. The CRC runs in C (anycrc, carry-less multiply), a few GB/s. A snapshot's check also counts the
+keys the file holds per database (jobs.engines.rdb_keys), for the drills to compare with; an artifact's check
+(`checker`) does not.
 """
 
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ import threading
 from typing import Any
 
 import anycrc
+import structlog
 
+from jobs.engines.rdb_keys import KeyCounter
 from jobs.errors import Cancelled, IntegrityError
 
 HEADER_SIZE = 9
@@ -25,6 +28,8 @@ FIRST_CHECKSUMMED_VERSION = 5
 CHECK = "RDB header and CRC64"
 _HEADER = re.compile(rb"(?:REDIS(\d{4})|VALKEY(\d{3}))\Z")
 _CRC64 = anycrc.Model("CRC64-REDIS")
+
+log = structlog.get_logger("jobs.engines.rdb")
 
 
 def crc64(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
@@ -46,14 +51,17 @@ class RdbCheck:
     """Checks an RDB stream fed in order: the header at once, the EOF opcode and CRC64 at the end.
 
     The last 8 bytes seen are held back from the CRC: they are the checksum if no more bytes come. After
-    `finish()`, `details` holds the RDB version and whether the server wrote a checksum.
+    `finish()`, `details` holds the RDB version and whether the server wrote a checksum; with `count_keys`, also
+    the keys per database (`keys`) and those with a TTL (`expires`), or why they could not be counted (`uncounted`).
     """
 
     path: Path | None = None  # the check writes no copy of the stream (see the engine interface)
 
-    def __init__(self, cancel: threading.Event | None = None, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, cancel: threading.Event | None = None, details: dict[str, Any] | None = None,
+                 count_keys: bool = False) -> None:
         self.cancel = cancel
         self.details = details if details is not None else {}
+        self.counter = KeyCounter() if count_keys else None
         self._head = bytearray()
         self._version: int | None = None
         self._crc = 0
@@ -69,6 +77,8 @@ class RdbCheck:
         if not len(view):
             return
         self._size += len(view)
+        if self.counter is not None:
+            self.counter.feed(view)
         if self._version is None:
             self._head += view[:HEADER_SIZE - len(self._head)]
             if len(self._head) == HEADER_SIZE:
@@ -105,17 +115,32 @@ class RdbCheck:
             if self._size <= HEADER_SIZE or last != EOF_OPCODE:
                 raise IntegrityError(f"the RDB snapshot (version {version}) is truncated: it does not end with the EOF opcode")
             self.details["checksum"] = "none"
+            self._count()
             return f"RDB header and EOF opcode (RDB version {version} has no checksum)"
         if self._size < HEADER_SIZE + 1 + TRAILER_SIZE or self._last != EOF_OPCODE:
             raise IntegrityError(f"the RDB snapshot is truncated or corrupt: {self._size} bytes, and no EOF opcode before the checksum")
         stored = int.from_bytes(self._tail, "little")
         if stored == 0:
             self.details["checksum"] = "disabled"
+            self._count()
             return "RDB header and EOF opcode (no CRC64: the server runs with rdbchecksum no)"
         if stored != self._crc:
             raise IntegrityError(f"the RDB snapshot is corrupt: its CRC64 is {self._crc:016x} but the file says {stored:016x}")
         self.details["checksum"] = "crc64"
+        self._count()
         return CHECK
+
+    def _count(self) -> None:
+        """Record the keys the walk counted in `details`, or why it could not (the file passed its check either way)."""
+        if self.counter is None:
+            return
+        counts = self.counter.finish()
+        if counts is None:
+            self.details["uncounted"] = self.counter.problem
+            log.warning("rdb.keys_not_counted", reason=self.counter.problem,
+                        consequence="the backup is kept; its drill cannot compare keys")
+        else:
+            self.details.update(counts)
 
     def close(self) -> None:
         """Nothing to release; here for the Check protocol."""

@@ -268,11 +268,10 @@ class RedisSource(InServer):
 
     @contextmanager
     def snapshot(self, workdir: Path, cancel: threading.Event) -> Iterator[Snapshot]:
-        """Yield the SYNC payload as a Snapshot whose check proves the RDB; the connection is closed on exit."""
+        """Yield the SYNC payload as a Snapshot whose check proves the RDB and counts its keys per database; the
+        connection is closed on exit."""
         with self.session(cancel) as wire:
             versions = self._remember(self.info(wire, "server"))
-            space = self.info(wire, "keyspace")
-            keys, expires = keyspace(space), keyspace(space, "expires")
             for capability in (("capa", "eof"), ("rdb-only", "1")):
                 try:  # optional (old servers, restricted users): without capa eof the server sends the sized form,
                     # without rdb-only it would follow the file with its command stream (we hang up first)
@@ -280,9 +279,8 @@ class RedisSource(InServer):
                 except ServerError:
                     pass
             size, mark = self._sync(wire)
-            details: dict[str, Any] = {"versions": versions,
-                                       "rdb": {"keys": keys, "expires": expires, "transfer": "disk" if mark is None else "diskless"}}
-            check = RdbCheck(cancel, details["rdb"])
+            details: dict[str, Any] = {"versions": versions, "rdb": {"transfer": "disk" if mark is None else "diskless"}}
+            check = RdbCheck(cancel, details["rdb"], count_keys=True)  # the keys as the file holds them
             stream = SyncStream(wire, size, mark)
             yield Snapshot(stream=stream, check=check, size=size, details=details)
 

@@ -1,19 +1,16 @@
-"""Issue 22 (from its review, Redis): the key counts a drill compares with should be measured on what the RDB holds,
-not on the live server before SYNC; an app writing while the backup runs should not make a sound backup fail its
-drill. Not done yet: the counts come from INFO keyspace taken just before the snapshot (a documented limitation,
-docs/drills.md); reading them from the RDB's RESIZEDB opcodes would fix it."""
+"""Issue 22 (from its review, Redis): the key counts a drill compares with are measured on what the RDB holds (the
+backup walks the file as it streams, jobs.engines.rdb_keys), not read from the live server before SYNC: an app
+writing while the backup runs does not make a sound backup fail its drill."""
 
 import json
 from pathlib import Path
 import threading
 
-import pytest
 
 from tests.conftest import run_worker
 from tests.redis.servers import fill, redis_server
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: Redis key counts come from INFO before SYNC (docs/drills.md)")
 def test_a_redis_backup_taken_while_the_app_writes_passes_its_drill(tmp_path: Path, worker_env) -> None:
     # The server waits 2 s before forking for a diskless SYNC, as a busy server or a replica delay would; the keys
     # the app writes in that window are in the RDB but not in the INFO keyspace read before SYNC.

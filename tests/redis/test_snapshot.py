@@ -101,13 +101,14 @@ def test_an_acl_user_with_sync_rights_takes_the_snapshot(tmp_path: Path) -> None
 
 def test_an_acl_user_without_replconf_or_info_still_gets_a_sized_snapshot(tmp_path: Path) -> None:
     """REPLCONF and INFO are optional: without them the server sends the sized form and the manifest has no
-    versions or key counts, but the backup is whole."""
+    versions, but the backup is whole and its key counts (taken from the file, not from INFO) are there."""
     config = [f"user backup on >{PASSWORD} -@all +sync +psync"]
     with redis_server(tmp_path / "source", password=ADMIN, config=config) as server:
         fill(server)
         taken = take(engine.open_source(server.url(f"backup:{PASSWORD}@"), tmp_path), tmp_path / "dump.rdb")
         assert taken.details["rdb"]["transfer"] == "disk"
-        assert taken.details["versions"] == {} and taken.details["rdb"]["keys"] == {}
+        assert taken.details["versions"] == {}
+        assert taken.details["rdb"]["keys"] == {"db0": server.client(0).dbsize(), "db1": server.client(1).dbsize()}
         assert_round_trip(taken.path, server, tmp_path)
 
 

@@ -48,6 +48,20 @@ def test_a_manifest_without_counts_is_drilled_on_its_proof_and_restore_only() ->
         "the manifest records no key counts")
 
 
+@pytest.mark.parametrize("uncounted, said", [
+    (None, "(a backup made before they were recorded)"),
+    ("the RDB's keys were not counted: value type 26 is unknown to this worker",
+     "(the RDB's keys were not counted: value type 26 is unknown to this worker)"),
+    ("line\nbreak\x1b[31m", "(line?break?[31m)"),
+    ("x" * 500, "(" + "x" * 199 + "…)"),
+    (["not", "text"], "(a backup made before they were recorded)"),
+])
+def test_a_redis_manifest_without_key_counts_says_why_as_its_backup_recorded(uncounted: object, said: str) -> None:
+    manifest = {"rdb": {"transfer": "diskless", **({"uncounted": uncounted} if uncounted is not None else {})}}
+    assert compare.against_manifest(backup("rdb", manifest), {"databases": {"db0": {"keys": 1, "expires": 0}}}) == (
+        f"the manifest records no key counts {said}: proven and loaded only")
+
+
 @pytest.mark.parametrize("kind, manifest", [
     ("sqlite", {"counts": {"tables": {"users": "many"}}}),
     ("sqlite", {"counts": {"tables": {"users": True}}}),
