@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 import threading
 
-
 from tests.conftest import run_worker
-from tests.redis.servers import fill, redis_server
+from tests.redis.servers import ADMIN, PASSWORD, fill, redis_server
 
 
 def test_a_redis_backup_taken_while_the_app_writes_passes_its_drill(tmp_path: Path, worker_env) -> None:
@@ -35,3 +34,19 @@ def test_a_redis_backup_taken_while_the_app_writes_passes_its_drill(tmp_path: Pa
         result = run_worker(["drill", "--json"], env, cwd=tmp_path)
     document = json.loads(result.stdout)
     assert result.code == 0, document["sources"]["redis"]["reason"]
+
+
+def test_a_backup_by_a_user_who_may_not_run_info_records_its_keys_and_passes_its_drill(tmp_path: Path, worker_env) -> None:
+    # Before the counts came from the file, such a user's manifest recorded {} (no keys) and every drill of its
+    # backups failed: the restored copy held keys where the manifest recorded none.
+    config = [f"user backup on >{PASSWORD} -@all +sync +psync"]
+    with redis_server(tmp_path / "source", password=ADMIN, config=config) as server:
+        fill(server)
+        expected = {"db0": server.client(0).dbsize(), "db1": server.client(1).dbsize()}
+        env = {**worker_env, "BACKUP_SOURCE": server.url(f"backup:{PASSWORD}@")}
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    manifest = json.loads(next((tmp_path / "backups").glob("*.rdb.zst.json")).read_text())
+    assert manifest["rdb"]["keys"] == expected and manifest["rdb"]["expires"] == {"db0": 1, "db1": 0}
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["sources"]["redis"]["compared"] == f"{sum(expected.values())} keys in 2 database(s), as recorded"
