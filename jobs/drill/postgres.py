@@ -26,13 +26,14 @@ from jobs.drill.pg_target import TARGET_VARIABLE, OperatorTarget, operator_datab
 from jobs.engines import Source, pg_connect
 from jobs.engines.pg_archive import table_key
 from jobs.engines.pg_connect import Connection
-from jobs.engines.pg_restore import restore_database
+from jobs.engines.pg_restore import Elsewhere, restore_database
 from jobs.errors import Cancelled, SourceError
 from jobs.redact import scrub
 
 KIND = "pgdump"
 NAME_LIMIT = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 MARK = "_drill_"
+ELSEWHERE = Elsewhere(f"set {TARGET_VARIABLE} to", "an empty database")  # what a failed restore's advice points at
 
 log = structlog.get_logger("jobs.drill.postgres")
 
@@ -139,7 +140,7 @@ def restore_and_count(raw: Path, backup: Backup, source: Source, operator: Opera
     target = operator_database(operator, cancel) if operator else scratch_database(_server_of(source), cancel)
     with target as conn:
         try:
-            restore_database(raw, conn, cancel, None)
+            restore_database(raw, conn, cancel, None, ELSEWHERE)
             counts = count_rows(conn, cancel)
         except psycopg.Error as error:
             raise SourceError(f"cannot count the rows restored into {conn.dbname}: {_why(error, conn)}", stage="restore") from None

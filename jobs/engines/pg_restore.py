@@ -30,6 +30,25 @@ IDLE_IN_TRANSACTION = "SELECT pid, state, query FROM pg_stat_activity WHERE stat
 
 
 @dataclass(frozen=True)
+class Elsewhere:
+    """Where else the caller may restore, for the advice of `extension_failure`: how to give it a database's URL
+    (words to put before the URL), and what that database must be."""
+
+    to: str
+    database: str
+
+
+TARGET_URL = Elsewhere("use --target-url with", "a database")  # `restore`; a drill has DRILL_TARGET_URL
+
+# The server's words for an extension the restoring role may not create or drop, or that the server lacks.
+_DENIED = re.compile(r'permission denied to create extension "([^"]+)"')
+_NEEDS_CREATE_RIGHT = "Must have CREATE privilege on current database"  # the HINT for a trusted extension
+_NOT_OWNER = re.compile(r"must be owner of extension ([^\s|;]+)")
+_MISSING = (re.compile(r'extension "([^"]+)" is not available'),  # PostgreSQL 15 and newer
+            re.compile(r'could not open extension control file "[^"]*?([^"/]+)\.control": No such file'))  # older
+
+
+@dataclass(frozen=True)
 class ArchiveHeader:
     server: str | None  # "Dumped from database version"
     pg_dump: str | None  # "Dumped by pg_dump version"
@@ -63,11 +82,11 @@ def version_warning(backup_server: str | None, target_server: str) -> str | None
 
 
 def restore_database(raw: Path, conn: Connection, cancel: threading.Event,
-                     notify: Callable[[str], None] | None) -> list[str]:
+                     notify: Callable[[str], None] | None, elsewhere: Elsewhere = TARGET_URL) -> list[str]:
     """Restore the proven archive `raw` into the database `conn`, replacing the objects it holds, in one
     transaction; return the notes for the user (a version warning), which also go to `notify` before anything
-    changes. Raise SourceError (unreachable, refused, the restore failed) or Cancelled; when it raises, the
-    database is unchanged (the transaction was rolled back)."""
+    changes. Raise SourceError (unreachable, refused, the restore failed: `restore_failure`, whose advice names
+    `elsewhere`) or Cancelled; when it raises, the database is unchanged (the transaction was rolled back)."""
     target_text, target_major = pg_connect.server_version(conn)
     available = pg_tools.installed(bin_dir())
     header = archive_header(pg_tools.newest(bin_dir()).pg_restore, raw, cancel)
@@ -94,17 +113,22 @@ def restore_database(raw: Path, conn: Connection, cancel: threading.Event,
         raise Cancelled(f"the worker is stopping; the restore into {conn.dbname} was stopped before it committed, "
                         "so the database is unchanged") from None
     if completed.code != 0:
-        raise SourceError(restore_failure(conn.dbname, conn.host, completed.failure, watch.holders), stage="restore")
+        raise SourceError(restore_failure(conn.dbname, conn.host, completed.failure, watch.holders, user=conn.user,
+                                          elsewhere=elsewhere), stage="restore")
     return notes
 
 
-def restore_failure(database: str, host: str, failure: str, holders: str | None = None) -> str:
+def restore_failure(database: str, host: str, failure: str, holders: str | None = None, user: str = "",
+                    elsewhere: Elsewhere = TARGET_URL) -> str:
     """Given pg_restore's failure text and, when the lock watch stopped it, the sessions that held the lock it
-    waited for, return one sentence: the transaction was rolled back, so the database is unchanged, and for a
-    lock wait, which statement waited, who held the lock and what to do."""
+    waited for, return one sentence: the transaction was rolled back, so the database is unchanged; for a lock
+    wait, which statement waited, who held the lock and what to do; for an extension the role `user` may not
+    create (or drop), or that the server lacks, which one and what to do (`extension_failure`); else pg_restore's
+    own words. The one place a failed pg_restore becomes a sentence, for `restore` and a drill alike."""
     if holders is None and "lock timeout" not in failure:
+        cause = extension_failure(database, host, failure, user, elsewhere) or failure
         return (f"pg_restore into {database} on {host} failed and its transaction was rolled back, so the database is "
-                f"unchanged: {failure}")
+                f"unchanged: {cause}")
     command = re.search(r"Command was: (.+?)(?: \| |$)", failure)
     doing = f" for {command[1].strip().rstrip(';')}" if command else ""
     held = f" ({holders})" if holders else ""
@@ -112,3 +136,26 @@ def restore_failure(database: str, host: str, failure: str, holders: str | None 
             f"session{held}, so it was stopped and rolled back and the database is unchanged; an app's open transaction "
             f"usually holds it: find the session with {IDLE_IN_TRANSACTION}, stop the app's writers (or end that "
             "session) and try again")
+
+
+def extension_failure(database: str, host: str, failure: str, user: str, elsewhere: Elsewhere) -> str | None:
+    """Return the cause and the fix when pg_restore failed on an extension (see `restore_failure`), else None."""
+    role = f"the role {user}" if user else "the restoring role"
+    as_superuser = f"to restore as a superuser, {elsewhere.to} a superuser's URL of {elsewhere.database}"
+    if denied := _DENIED.search(failure):
+        if _NEEDS_CREATE_RIGHT in failure:
+            grant = f"GRANT CREATE ON DATABASE {database} TO {user or 'that role'}"
+            return (f"the backup needs the PostgreSQL extension {denied[1]}, which {role} may not create without the "
+                    f"CREATE right on the database {database}: grant it with `{grant}`, or, {as_superuser}")
+        return (f"the backup needs the PostgreSQL extension {denied[1]}, which {role} may not create on {host} (it is "
+                f"not a trusted extension: only a superuser may create it); {as_superuser}")
+    if owner := _NOT_OWNER.search(failure):
+        return (f"the restore drops the PostgreSQL extension {owner[1]} and creates it again, but {role} does not own "
+                f"it in {database} (another role, usually a superuser, created it); {as_superuser}")
+    for pattern in _MISSING:
+        if missing := pattern.search(failure):
+            return (f"the backup needs the PostgreSQL extension {missing[1]}, which the server at {host} does not have "
+                    "installed: install the package that provides it on that server (postgresql-contrib for the "
+                    "contrib extensions, such as dblink or hstore) and try again, or "
+                    f"{elsewhere.to} the URL of {elsewhere.database} on a server that has it")
+    return None

@@ -1,7 +1,7 @@
 """Drills that fail (issue 22), each with one sentence naming what is wrong, exit 1, a failed `drill` row in the
 history, and nothing of the drill left behind: a truncated object in the bucket, a restored copy whose rows differ
-from what the manifest recorded, a PostgreSQL restore that fails, a drill target that is not empty, a role that may
-not create the scratch database."""
+from what the manifest recorded, a PostgreSQL restore that fails (also on an extension the restoring role may not
+create), a drill target that is not empty, a role that may not create the scratch database."""
 
 import json
 from pathlib import Path
@@ -12,7 +12,7 @@ from psycopg import sql
 
 from tests.conftest import run_worker
 from tests.drill.conftest import bucket_key, drill_env, scratch_databases, table_names, temporaries
-from tests.postgres.conftest import admin, digests, url_for
+from tests.postgres.conftest import SCHEMA, admin, digests, url_for
 
 
 def failed_sentence(result) -> str:
@@ -80,6 +80,98 @@ def test_a_postgresql_restore_that_fails_fails_the_drill_and_leaves_the_target_e
         with admin() as connection:
             connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# A view that really depends on dblink, an extension that is not trusted: only a superuser may create it, so a
+# dump holding it (`CREATE EXTENSION IF NOT EXISTS dblink`) restores only as a superuser.
+REMOTE_VIEW = ("CREATE VIEW remote_users AS SELECT * FROM dblink('dbname=' || current_database(), "
+               "'SELECT id, email FROM users') AS t(id bigint, email text)")
+
+
+def with_dblink(dbname: str, owner: str | None = None) -> None:
+    """Create dblink in `dbname` as a superuser, and the app's schema and a view using dblink (as `owner`)."""
+    with admin(dbname=dbname) as connection:
+        connection.execute("CREATE EXTENSION dblink")
+        if owner:
+            connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+        connection.execute(SCHEMA.replace("{events}", "100"))
+        connection.execute(REMOTE_VIEW)
+
+
+def drop_role(role: str, *databases: str) -> None:
+    """Give back what `role` owns in `databases` (the databases themselves too) and drop it."""
+    for dbname in databases:
+        with admin() as connection:
+            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(dbname)))
+        with admin(dbname=dbname) as connection:
+            connection.execute("DROP EXTENSION IF EXISTS dblink CASCADE")
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    with admin() as connection:
+        owned = connection.execute("SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE "
+                                   "rolname = %s)", (role,)).fetchall()
+        for (leftover,) in owned:  # a scratch database a failed assertion left
+            connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(leftover)))
+        connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_dump_needing_an_extension_the_role_may_not_create_fails_the_drill_naming_it_and_leaves_no_scratch_database(
+        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
+    role = f"bw_ext_{uuid.uuid4().hex[:8]}"
+    app = make_db("extapp")
+    with admin() as connection:  # the app's role: owns its database, may create databases, is no superuser
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(role)))
+        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(app), sql.Identifier(role)))
+    try:
+        with_dblink(app, owner=role)
+        env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app, user=role))
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        before = digests(app)
+        sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+        assert f"failed at stage restore: pg_restore into {app}_drill_" in sentence
+        assert "its transaction was rolled back" in sentence
+        assert (f"the backup needs the PostgreSQL extension dblink, which the role {role} may not create on "
+                "127.0.0.1:5432 (it is not a trusted extension: only a superuser may create it); to restore as a "
+                "superuser, set DRILL_TARGET_URL to a superuser's URL of an empty database") in sentence
+        assert "permission denied" not in sentence and "Command was" not in sentence
+        assert scratch_databases(app) == []
+        assert digests(app) == before
+        runs = json.loads(run_worker(["history", "--json", "--job", "drill"], env, cwd=tmp_path).stdout)
+        assert runs[0]["outcome"] == "failed" and runs[0]["stage"] == "restore"
+        assert "the PostgreSQL extension dblink" in json.dumps(runs[0])
+    finally:
+        drop_role(role, app)
+
+
+def test_a_drill_target_whose_role_may_not_create_the_extension_fails_naming_it_and_is_left_empty(
+        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
+    role = f"bw_ext_{uuid.uuid4().hex[:8]}"
+    app = make_db("extapp")
+    with_dblink(app)
+    target = make_db("target")
+    with admin() as connection:  # the target's owner: may fill it, but not with dblink
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(role)))
+    try:
+        env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app),
+                        DRILL_TARGET_URL=url_for(target, user=role))
+        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+        before = digests(app)
+        sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+        assert f"failed at stage restore: pg_restore into {target} on 127.0.0.1:5432 failed" in sentence
+        assert (f"the backup needs the PostgreSQL extension dblink, which the role {role} may not create" in sentence
+                and "set DRILL_TARGET_URL to a superuser's URL of an empty database" in sentence)
+        assert table_names(target) == []
+        with admin(dbname=target) as connection:
+            assert connection.execute("SELECT extname FROM pg_extension").fetchall() == [("plpgsql",)]
+        assert scratch_databases(app) == []
+        assert digests(app) == before
+        runs = json.loads(run_worker(["history", "--json", "--job", "drill"], env, cwd=tmp_path).stdout)
+        assert runs[0]["outcome"] == "failed" and runs[0]["stage"] == "restore"
+    finally:
+        drop_role(role, target)
+        with admin(dbname=app) as connection:
+            connection.execute("DROP EXTENSION IF EXISTS dblink CASCADE")
 
 
 def test_a_drill_target_that_is_not_empty_is_refused_and_left_as_it_was(

@@ -4,7 +4,7 @@
 import pytest
 
 from jobs.engines import pg_connect
-from jobs.engines.pg_restore import IDLE_IN_TRANSACTION, restore_failure
+from jobs.engines.pg_restore import IDLE_IN_TRANSACTION, TARGET_URL, Elsewhere, restore_failure
 
 CHECK = "-c client_connection_check_interval=1000"
 
@@ -71,3 +71,66 @@ def test_a_failed_restore_is_one_sentence_and_a_lock_wait_names_the_statement_th
     for part in absent:
         assert part not in sentence
     assert "\n" not in sentence
+
+
+# pg_restore's failure texts as the worker keeps them (`execute`: "pg_restore exited with 1: " and the stderr lines
+# joined by " | "), copied from real runs of pg_restore 15 (--clean --if-exists --no-owner --no-acl --exit-on-error
+# --single-transaction) against PostgreSQL 15.20, except OLD_MISSING (see there).
+_RUN = "pg_restore exited with 1: pg_restore: error: could not execute query: ERROR:  "
+# A role with LOGIN CREATEDB restoring a dump with dblink (untrusted) into a database it created.
+UNTRUSTED = (_RUN + 'permission denied to create extension "dblink" | HINT:  Must be superuser to create this '
+             "extension. | Command was: CREATE EXTENSION IF NOT EXISTS dblink WITH SCHEMA public;")
+# The same role restoring a dump with hstore (trusted) into a database where it lacks the CREATE right.
+TRUSTED = (_RUN + 'permission denied to create extension "hstore" | HINT:  Must have CREATE privilege on current '
+           "database to create this extension. | Command was: CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public;")
+# The same role restoring over a database in which a superuser created dblink (--clean drops it first).
+NOT_OWNER = _RUN + "must be owner of extension dblink | Command was: DROP EXTENSION IF EXISTS dblink;"
+# A superuser restoring into a server without dblink.control (a private cluster run from a copy of the PostgreSQL 15
+# installation with dblink's files removed; the copy's path replaced by the packaged one).
+MISSING = (_RUN + 'extension "dblink" is not available | DETAIL:  Could not open extension control file '
+           '"/usr/share/postgresql/15/extension/dblink.control": No such file or directory. | HINT:  The extension '
+           "must first be installed on the system where PostgreSQL is running. | Command was: CREATE EXTENSION IF NOT "
+           "EXISTS dblink WITH SCHEMA public;")
+# PostgreSQL before 15 words a missing control file so (`errmsg("could not open extension control file \"%s\": %m")`
+# in parse_extension_control_file): written from that source, not copied from a run.
+OLD_MISSING = (_RUN + 'could not open extension control file "/usr/share/postgresql/14/extension/postgis.control": '
+               "No such file or directory | Command was: CREATE EXTENSION IF NOT EXISTS postgis WITH SCHEMA public;")
+OTHER = _RUN + 'relation "users" does not exist | Command was: ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey;'
+DRILL = Elsewhere("set DRILL_TARGET_URL to", "an empty database")
+HEAD = "pg_restore into app on db:5432 failed and its transaction was rolled back, so the database is unchanged: "
+AS_SUPERUSER = "to restore as a superuser, use --target-url with a superuser's URL of a database"
+DRILL_AS_SUPERUSER = "to restore as a superuser, set DRILL_TARGET_URL to a superuser's URL of an empty database"
+INSTALL = ("install the package that provides it on that server (postgresql-contrib for the contrib extensions, such as "
+           "dblink or hstore) and try again, or ")
+
+
+@pytest.mark.parametrize(
+    "failure, user, elsewhere, cause",
+    [
+        (UNTRUSTED, "app", TARGET_URL,
+         "the backup needs the PostgreSQL extension dblink, which the role app may not create on db:5432 (it is not a "
+         f"trusted extension: only a superuser may create it); {AS_SUPERUSER}"),
+        (UNTRUSTED, "app", DRILL,
+         "the backup needs the PostgreSQL extension dblink, which the role app may not create on db:5432 (it is not a "
+         f"trusted extension: only a superuser may create it); {DRILL_AS_SUPERUSER}"),
+        (UNTRUSTED, "", TARGET_URL,
+         "the backup needs the PostgreSQL extension dblink, which the restoring role may not create on db:5432 (it is "
+         f"not a trusted extension: only a superuser may create it); {AS_SUPERUSER}"),
+        (TRUSTED, "app", DRILL,
+         "the backup needs the PostgreSQL extension hstore, which the role app may not create without the CREATE right "
+         f"on the database app: grant it with `GRANT CREATE ON DATABASE app TO app`, or, {DRILL_AS_SUPERUSER}"),
+        (NOT_OWNER, "app", TARGET_URL,
+         "the restore drops the PostgreSQL extension dblink and creates it again, but the role app does not own it in "
+         f"app (another role, usually a superuser, created it); {AS_SUPERUSER}"),
+        (MISSING, "app", DRILL,
+         "the backup needs the PostgreSQL extension dblink, which the server at db:5432 does not have installed: "
+         f"{INSTALL}set DRILL_TARGET_URL to the URL of an empty database on a server that has it"),
+        (OLD_MISSING, "app", TARGET_URL,
+         "the backup needs the PostgreSQL extension postgis, which the server at db:5432 does not have installed: "
+         f"{INSTALL}use --target-url with the URL of a database on a server that has it"),
+        (OTHER, "app", DRILL, OTHER),  # not an extension: pg_restore's own words
+    ],
+)
+def test_a_restore_that_fails_on_an_extension_names_it_and_the_fix_in_one_sentence(
+        failure: str, user: str, elsewhere: Elsewhere, cause: str) -> None:
+    assert restore_failure("app", "db:5432", failure, user=user, elsewhere=elsewhere) == HEAD + cause
