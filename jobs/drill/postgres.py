@@ -1,8 +1,11 @@
 """A PostgreSQL drill: the proven archive restored by pg_restore, as `restore --target-url` restores one, into a
 scratch database, whose rows are then counted exactly.
 
-The scratch database is `<db>_drill_<stamp>` on the source's server, created empty (from template0) and dropped
-afterwards (`WITH (FORCE)`: a stopped pg_restore's session goes too), after a failure or a stop as well. With
+The scratch database is `<db>_drill_<stamp>` on the source's server, created empty (from template0), marked as the
+drill's by its comment, and dropped afterwards (`WITH (FORCE)`: a stopped pg_restore's session goes too), after a
+failure or a stop as well. One a killed drill left (SIGKILL, a lost machine) is dropped by a later drill of the set
+when it is its own (named and marked so), over an hour old and unused (a plain DROP DATABASE, which PostgreSQL
+refuses while anyone is connected); any other database named like one is only warned of. With
 DRILL_TARGET_URL the drill restores into that database instead (the operator's, perhaps on another server): it must
 not be a source database and must hold nothing at all, and the drill empties it afterwards (`pg_target`). The
 source database itself is only used to reach its server (CREATE and DROP DATABASE); nothing in it is read or
@@ -12,7 +15,7 @@ written.
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import threading
 from typing import Any
@@ -33,6 +36,10 @@ from jobs.redact import scrub
 KIND = "pgdump"
 NAME_LIMIT = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 MARK = "_drill_"
+STAMP = "%Y%m%d%H%M%S"
+# The comment that marks a scratch database as the drill's own: what a later drill may drop when it was left behind.
+COMMENT = "backup-worker restore drill scratch database; dropped when its drill ends"
+LEFTOVER_AGE = timedelta(hours=1)  # a scratch database younger than this may belong to a drill still starting
 ELSEWHERE = Elsewhere(f"set {TARGET_VARIABLE} to", "an empty database")  # what a failed restore's advice points at
 
 log = structlog.get_logger("jobs.drill.postgres")
@@ -51,7 +58,7 @@ ORDER BY 1, 2
 
 def scratch_name(database: str, now: datetime) -> str:
     """Return the scratch database's name: `<db>_drill_<stamp>`, the database part shortened to fit 63 bytes."""
-    suffix = f"{MARK}{now.strftime('%Y%m%d%H%M%S')}"
+    suffix = f"{MARK}{now.strftime(STAMP)}"
     head = database.encode()[:NAME_LIMIT - len(suffix)].decode(errors="ignore")
     return f"{head}{suffix}"
 
@@ -73,11 +80,13 @@ def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Co
     """Create an empty scratch database on `server`'s server and yield how to reach it; drop it on exit, whatever
     happened. Raise SourceError at stage `scratch`: one sentence naming the CREATEDB right or DRILL_TARGET_URL
     when the role may not create databases."""
-    name = scratch_name(server.dbname, datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    name = scratch_name(server.dbname, now)
     with pg_connect.connect(server) as session:
-        _warn_leftovers(session, name, server)
+        _clear_leftovers(session, name, server, now)
         try:
             session.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+            session.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(COMMENT)))
         except psycopg.errors.InsufficientPrivilege:
             user = server.user or session.info.user
             raise SourceError(f"the PostgreSQL role {user} may not create databases, so the drill cannot make its "
@@ -93,19 +102,41 @@ def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Co
         _drop(server, name)
 
 
-def _warn_leftovers(session: psycopg.Connection, name: str, server: Connection) -> None:
-    """Warn of scratch databases of this set that a killed drill left (SIGKILL, a lost machine): named as ours,
-    never dropped here, since another worker's drill may be using one now."""
-    pattern = name[:-len(datetime.now().strftime("%Y%m%d%H%M%S"))]
+def _clear_leftovers(session: psycopg.Connection, name: str, server: Connection, now: datetime) -> None:
+    """Drop the scratch databases of this set that a killed drill left, when they are the drill's own (the comment
+    says so), over LEFTOVER_AGE old by their stamp, and unused; warn of the other databases named like one."""
+    prefix = name[:-len(now.strftime(STAMP))]
     try:
-        rows = session.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname ~ %s",
-                               (pattern, r"_drill_\d{14}$")).fetchall()
+        rows = session.execute("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+                               "WHERE starts_with(datname, %s) AND datname ~ %s ORDER BY datname",
+                               (prefix, r"_drill_\d{14}$")).fetchall()
     except psycopg.Error:
         return
-    if rows:
-        names = [row[0] for row in rows]
-        log.warning("drill.scratch_leftover", databases=names, host=server.host,
-                    detail=f"a drill that was killed left them; drop them by hand: DROP DATABASE {names[0]}")
+    for leftover, comment in rows:
+        why = _not_droppable(leftover, comment, now)
+        if why is None:
+            try:
+                session.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(leftover)))  # refused if in use
+                log.info("drill.scratch_leftover_dropped", database=leftover, host=server.host)
+                continue
+            except psycopg.Error as error:
+                why = f"it could not be dropped: {_why(error, server)}"
+        log.warning("drill.scratch_leftover", database=leftover, host=server.host, kept_because=why,
+                    detail=f"a drill that was killed may have left it; if so, drop it by hand: DROP DATABASE {leftover}")
+
+
+def _not_droppable(leftover: str, comment: str | None, now: datetime) -> str | None:
+    """Return why the database `leftover` (named like a scratch database of this set) is not dropped, or None."""
+    if comment != COMMENT:
+        return "it does not carry the drill's mark (a database the drill did not create, or an older worker's)"
+    try:
+        made = datetime.strptime(leftover[-14:], STAMP).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return "the stamp in its name is not a time"
+    if now - made < LEFTOVER_AGE:
+        return (f"it is under {LEFTOVER_AGE.seconds // 3600} h old or dated ahead of this clock (another drill of "
+                "this set may be using it)")
+    return None
 
 
 def _drop(server: Connection, name: str) -> None:
