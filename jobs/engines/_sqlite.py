@@ -7,8 +7,8 @@ same consistent state and the copy never restarts when another process commits (
 transaction per step restarts on every foreign commit and may never finish on a busy database).
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 import sqlite3
 import threading
@@ -16,6 +16,7 @@ import time
 from urllib.parse import quote
 
 from jobs.errors import Cancelled, IntegrityError, SourceError
+from jobs.interrupt import acting_when
 
 BUSY_TIMEOUT_S = 60.0  # how long a snapshot or restore waits for another connection's lock
 STEP_BUSY_S = 0.2  # each lock attempt waits this long, then we look at the clock and the stop flag
@@ -128,24 +129,9 @@ def copy_pages(source: sqlite3.Connection, target: sqlite3.Connection, wait: Loc
     source.backup(target, pages=pages, progress=progress, sleep=0.05)
 
 
-@contextmanager
-def interrupt_when(stop: Callable[[], bool], connection: sqlite3.Connection) -> Iterator[None]:
+def interrupt_when(stop: Callable[[], bool], connection: sqlite3.Connection) -> AbstractContextManager[None]:
     """Interrupt `connection`'s running statement as soon as `stop()` is true."""
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.05):
-            if stop():
-                connection.interrupt()
-                return
-
-    watcher = threading.Thread(target=watch, name="sqlite-interrupt", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watcher.join()
+    return acting_when(stop, connection.interrupt, name="sqlite-interrupt")
 
 
 def integrity_check(path: Path, stop: Callable[[], bool]) -> str:

@@ -32,6 +32,7 @@ from sqlalchemy.pool import NullPool
 from jobs import engines
 from jobs.engines import Source, pg_connect
 from jobs.errors import SourceError
+from jobs.interrupt import acting_when
 from jobs.purge.held import HELD_SCHEMA
 
 BUSY_TIMEOUT_S = 2.0  # one wait for SQLite's write lock; the caller retries and looks at the cancel flag between
@@ -167,21 +168,8 @@ def interruptible(connection: Connection, cancel: threading.Event) -> Iterator[N
         finally:
             raw.set_progress_handler(None, 0)
         return
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(0.1):
-            if cancel.is_set():
-                getattr(raw, "cancel_safe", raw.cancel)()
-                return
-
-    watcher = threading.Thread(target=watch, name="purge-interrupt", daemon=True)
-    watcher.start()
-    try:
+    with acting_when(cancel.is_set, getattr(raw, "cancel_safe", raw.cancel), 0.1, "purge-interrupt"):
         yield
-    finally:
-        done.set()
-        watcher.join()
 
 
 def retry_locked(work: Callable[[], T], cancel: threading.Event, attempts: int) -> T:
