@@ -115,26 +115,32 @@ class RdbCheck:
             if self._size <= HEADER_SIZE or last != EOF_OPCODE:
                 raise IntegrityError(f"the RDB snapshot (version {version}) is truncated: it does not end with the EOF opcode")
             self.details["checksum"] = "none"
-            self._count()
+            self._count(proven=False)
             return f"RDB header and EOF opcode (RDB version {version} has no checksum)"
         if self._size < HEADER_SIZE + 1 + TRAILER_SIZE or self._last != EOF_OPCODE:
             raise IntegrityError(f"the RDB snapshot is truncated or corrupt: {self._size} bytes, and no EOF opcode before the checksum")
         stored = int.from_bytes(self._tail, "little")
         if stored == 0:
             self.details["checksum"] = "disabled"
-            self._count()
+            self._count(proven=False)
             return "RDB header and EOF opcode (no CRC64: the server runs with rdbchecksum no)"
         if stored != self._crc:
             raise IntegrityError(f"the RDB snapshot is corrupt: its CRC64 is {self._crc:016x} but the file says {stored:016x}")
         self.details["checksum"] = "crc64"
-        self._count()
+        self._count(proven=True)
         return CHECK
 
-    def _count(self) -> None:
-        """Record the keys the walk counted in `details`, or why it could not (the file passed its check either way)."""
+    def _count(self, proven: bool) -> None:
+        """Record the keys the walk counted in `details`, or why it could not. A file without a checksum (not
+        `proven`) that the walk shows damaged (cut short, overrun, an encoding no format has) is refused, since the
+        walk is then its only proof: raise IntegrityError. One whose value type the walk does not know is kept,
+        uncounted."""
         if self.counter is None:
             return
         counts = self.counter.finish()
+        if counts is None and not proven and self.counter.damaged:
+            raise IntegrityError(f"the RDB snapshot is truncated or corrupt: {self.counter.problem.split(': ', 1)[1]}; "
+                                 "the server writes no checksum (rdbchecksum no), so its records are the only proof")
         if counts is None:
             self.details["uncounted"] = self.counter.problem
             log.warning("rdb.keys_not_counted", reason=self.counter.problem,

@@ -1,15 +1,20 @@
-"""The keys an RDB file holds, counted per database as its bytes stream past (and those with a TTL).
+"""The keys an RDB file holds, counted per database as its bytes stream past (and those that may expire).
 
-The walk reads the file's structure only: opcodes, lengths, and the length of every string, whose bytes it skips
-without keeping them (a value of any size costs the walk a few bytes of memory). A key is one record: its
-EXPIRETIME (then it has a TTL), IDLE or FREQ opcodes, then its type, its name and its value. The formats are those
-of Redis's `rdb.c` (value types 0-25, opcodes 244-255) and Valkey's (the same up to type 21).
+The walk reads the file's structure only: opcodes, lengths, the length of every string, and the element count in
+the header of each packed container; the strings' bytes are skipped, not kept (a value of any size costs the walk a
+few bytes of memory). A key is one record: its EXPIRETIME (then it has a TTL), IDLE or FREQ opcodes, then its type,
+its name and its value. The formats are those of Redis's `rdb.c` (value types 0-25, opcodes 244-255) and Valkey's
+(the same up to type 21; in a `VALKEY` file, type 22 is Valkey 9's hash with field TTLs).
 
-These are the counts a drill compares a restored copy with, so they are measured on the file, never taken from
-the server (whose keyspace moves on while it forks). A file the walk cannot read to its end (a value type newer than
-this worker, a module value in the 4.0 pre-release form, an RDB older than version 5 whose end the walk cannot tell)
-has no counts: `finish()` returns None and `problem` says why. The backup is still proven by its CRC64; only the
-drill's comparison of keys is lost for it.
+The counts are what a restore of the file holds, for the drill to compare a restored copy with: measured on the
+file, never taken from the server (whose keyspace moves on while it forks). An empty collection is no key (Redis
+skips it as it loads). `expires` counts the keys that may be gone when the file is loaded: those with a TTL, and
+hashes with field TTLs (gone once their fields' TTLs pass).
+
+A file the walk cannot read to its end has no counts: `finish()` returns None and `problem` says why. When it met
+something it does not know (a value type newer than this worker), the backup is still proven by its CRC64 and only
+the drill's comparison of keys is lost. When it found the file damaged (cut short, overrun, an encoding no version
+of the format has), `damaged` is set: the check refuses such a file when the server wrote no checksum.
 """
 
 from collections.abc import Generator
@@ -21,15 +26,22 @@ FIRST_CHECKSUMMED_VERSION = 5
 
 # Opcodes (Redis src/rdb.h).
 SLOT_INFO, FUNCTION2, FUNCTION_PRE_GA, MODULE_AUX, IDLE, FREQ, AUX, RESIZEDB, EXPIRETIME_MS, EXPIRETIME, SELECTDB, EOF = range(244, 256)
-# Value types made of one string (a ziplist, listpack, intset or zipmap blob, or a plain string).
-_ONE_STRING = frozenset({0, 9, 10, 11, 12, 13, 16, 17, 20, 23})
-_STRINGS = {1: 1, 2: 1, 4: 2, 14: 1}  # type: strings per element after the element count (list, set, hash, quicklist)
+# Value types made of one string holding a container, and that container's kind.
+_PACKED = {9: "zipmap", 10: "ziplist", 11: "intset", 12: "ziplist", 13: "ziplist", 16: "listpack", 17: "listpack",
+           20: "listpack"}
+_COUNT_AT = {"zipmap": (0, 1), "ziplist": (8, 2), "intset": (4, 4), "listpack": (4, 2)}  # its element count: offset, size
+_STRINGS = {1: 1, 2: 1, 4: 2}  # type: strings per element after the element count (list, set, hash)
+ABSENT, PRESENT, VOLATILE = range(3)  # a key Redis skips as it loads the file (empty), a key, one that may expire
 _STREAMS = (15, 19, 21)
 _MODULE_EOF, _MODULE_SINT, _MODULE_UINT, _MODULE_FLOAT, _MODULE_DOUBLE, _MODULE_STRING = range(6)
 
 
 class Unreadable(Exception):
-    """The file holds something this walk does not know how to step over."""
+    """The file holds something this walk does not know how to step over (a newer format, perhaps)."""
+
+
+class Damaged(Unreadable):
+    """The file holds what no version of the format has (a length or string encoding that does not exist)."""
 
 
 class KeyCounter:
@@ -39,6 +51,7 @@ class KeyCounter:
         self.keys: dict[str, int] = {}
         self.expires: dict[str, int] = {}
         self.problem: str | None = None
+        self.damaged = False  # the file is cut short or overrun, or holds an encoding no format has
         self._buf = bytearray()
         self._skip = 0  # bytes still to discard from the next chunks (the rest of a long string)
         self._fed = 0
@@ -68,6 +81,7 @@ class KeyCounter:
         except StopIteration:
             pass
         except Unreadable as error:
+            self.damaged = isinstance(error, Damaged)
             self._give_up(str(error))
         except Exception as error:  # noqa: BLE001 - a walk that trips must never fail the backup it counts
             self._give_up(f"the walk failed ({type(error).__name__}: {error})")
@@ -79,14 +93,19 @@ class KeyCounter:
 
     def finish(self) -> dict[str, dict[str, int]] | None:
         """End of stream: return {"keys": {db: n}, "expires": {db: n}}, or None (with `problem` set) when the walk
-        did not end at the file's EOF opcode followed by exactly its checksum."""
+        did not end at the file's EOF opcode followed by exactly its checksum (then `damaged`, unless the walk
+        had stopped at something it does not know, as a newer format's type). `expires` counts the keys that may be gone by the time the
+        file loads: those with a TTL and hashes with field TTLs. Empty collections are not keys (Redis skips them
+        as it loads)."""
         if self.problem is not None:
             return None
         if self._after_eof is None:
-            self._give_up(f"the stream ended ({self._fed} bytes) before the EOF opcode")
+            self.damaged = True
+            self._give_up(f"the stream ended ({self._fed} bytes) inside a record, before the EOF opcode")
             return None
         trailer = TRAILER_SIZE if (self._version or 0) >= FIRST_CHECKSUMMED_VERSION else 0
         if self._after_eof != trailer:
+            self.damaged = True
             self._give_up(f"the EOF opcode was followed by {self._after_eof} bytes, not the {trailer} of a checksum")
             return None
         return {"keys": dict(self.keys), "expires": {db: self.expires.get(db, 0) for db in self.keys}}
@@ -134,7 +153,7 @@ class KeyCounter:
                 return value, False
             size = {0x80: 4, 0x81: 8}.get(first)
             if size is None:
-                raise Unreadable(f"unknown length encoding {first:#04x}")
+                raise Damaged(f"unknown length encoding {first:#04x}")
             if len(buf) - p < 1 + size:
                 yield from wait(1 + size)
             value = int.from_bytes(buf[p + 1:p + 1 + size], "big")
@@ -165,10 +184,8 @@ class KeyCounter:
             p += size
             return True
 
-        def string() -> WAIT:
-            if string_now():
-                return
-            value, encoded = yield from length()
+        def rest(value: int, encoded: bool) -> WAIT:
+            """Step over a string's bytes once its length (or encoding) was read."""
             if not encoded:
                 yield from skip(value)
             elif value in (0, 1, 2):
@@ -178,7 +195,26 @@ class KeyCounter:
                 yield from length()
                 yield from skip(compressed)
             else:
-                raise Unreadable(f"unknown string encoding {value}")
+                raise Damaged(f"unknown string encoding {value}")
+
+        def string() -> WAIT:
+            if not string_now():
+                yield from rest(*(yield from length()))
+
+        def packed(container: str) -> Generator[None, None, bool]:
+            """Step over a string holding a ziplist, listpack, intset or zipmap; return whether it holds no element
+            (read from its header: Redis skips such a key as it loads the file)."""
+            value, encoded = yield from length()
+            if encoded:  # an LZF block: Redis compresses only strings over 20 bytes, never an empty container
+                yield from rest(value, encoded)
+                return False
+            offset, size = _COUNT_AT[container]
+            head = min(value, offset + size)
+            if len(buf) - p < head:
+                yield from wait(head)
+            empty = value >= offset + size and not any(buf[p + offset:p + offset + size])
+            yield from skip(value)
+            return empty
 
         def number() -> Generator[None, None, int]:
             return (yield from length())[0]
@@ -217,18 +253,20 @@ class KeyCounter:
                     yield from skip(8 if kind < 21 else 16)
                     yield from skip(16 * (yield from number()))
 
-        def value(kind: int) -> WAIT:
-            if kind in _ONE_STRING:
-                yield from string()
-            elif kind in _STRINGS:
-                for _ in range((yield from number()) * _STRINGS[kind]):
-                    yield from string()
-            elif kind == 18:  # quicklist 2: per node its container kind, then the node
-                for _ in range((yield from number())):
-                    yield from length()
-                    yield from string()
-            elif kind in (3, 5):  # sorted set: member and score (a short decimal string, or 8 binary bytes)
-                for _ in range((yield from number())):
+        def value(kind: int) -> Generator[None, None, int]:
+            """Step over a value of type `kind`; return ABSENT for an empty collection (not loaded), VOLATILE for a
+            hash with field TTLs (gone once they pass), else PRESENT."""
+            if kind in _PACKED:
+                return ABSENT if (yield from packed(_PACKED[kind])) else PRESENT
+            if kind in _STRINGS:
+                count = yield from number()
+                for _ in range(count * _STRINGS[kind]):
+                    if not string_now():
+                        yield from string()
+                return PRESENT if count else ABSENT
+            if kind in (3, 5):  # sorted set: member and score (a short decimal string, or 8 binary bytes)
+                count = yield from number()
+                for _ in range(count):
                     yield from string()
                     if kind == 5:
                         yield from skip(8)
@@ -237,25 +275,50 @@ class KeyCounter:
                             yield from wait(1)
                         size = buf[p]
                         yield from skip(1 if size >= 253 else 1 + size)
-            elif kind in (22, 24):  # hash with field TTLs: (minimum expiry,) then per field its TTL, name, value
+                return PRESENT if count else ABSENT
+            if kind in (14, 18):  # quicklist: nodes (in 2, each after its container kind); empty nodes are skipped
+                present = ABSENT
+                for _ in range((yield from number())):
+                    container = 2 if kind == 14 else (yield from number())
+                    if container == 1:  # a plain node: one element
+                        yield from string()
+                        present = PRESENT
+                    elif not (yield from packed("ziplist" if kind == 14 else "listpack")):
+                        present = PRESENT
+                return present
+            if kind in _STREAMS:
+                yield from stream(kind)
+                return PRESENT
+            if kind == 7:  # module value: its module ID, then typed fields up to the module EOF
+                yield from length()
+                yield from module_value()
+                return PRESENT
+            if valkey:
+                if kind != 22:
+                    raise Unreadable(f"value type {kind} of a Valkey file is unknown to this worker")
+                count = yield from number()  # Valkey 9's hash with field TTLs: per field its name, value, expiry
+                for _ in range(count):
+                    yield from string()
+                    yield from string()
+                    yield from skip(8)
+                return VOLATILE if count else ABSENT
+            if kind in (22, 24):  # Redis's hash with field TTLs: (minimum expiry,) per field its TTL, name, value
                 if kind == 24:
                     yield from skip(8)
-                for _ in range((yield from number())):
+                count = yield from number()
+                for _ in range(count):
                     yield from length()
                     yield from string()
                     yield from string()
-            elif kind == 25:  # listpack hash with field TTLs: minimum expiry, the listpack
-                yield from skip(8)
-                yield from string()
-            elif kind in _STREAMS:
-                yield from stream(kind)
-            elif kind == 7:  # module value: its module ID, then typed fields up to the module EOF
-                yield from length()
-                yield from module_value()
-            else:
-                raise Unreadable(f"value type {kind} is unknown to this worker")
+                return VOLATILE if count else ABSENT
+            if kind in (23, 25):  # listpack hash with field TTLs: (minimum expiry,) the listpack
+                if kind == 25:
+                    yield from skip(8)
+                return ABSENT if (yield from packed("listpack")) else VOLATILE
+            raise Unreadable(f"value type {kind} is unknown to this worker")
 
         yield from wait(HEADER_SIZE)
+        valkey = bytes(buf[:6]) == b"VALKEY"  # Valkey 9 numbers its own types from 22 on
         digits = bytes(buf[:HEADER_SIZE]).lstrip(b"REDISVALKY")
         self._version = int(digits) if digits.isdigit() else None
         p = HEADER_SIZE
@@ -265,14 +328,20 @@ class KeyCounter:
                 yield from wait(1)
             opcode = buf[p]
             p += 1
-            if opcode < SLOT_INFO:  # a key of this type
+            if opcode < SLOT_INFO:  # a key of this type: its name, then its value
                 if not string_now():
-                    yield from string()  # its name
-                yield from value(opcode)
-                keys[db] = keys.get(db, 0) + 1
-                if has_ttl:
-                    expires[db] = expires.get(db, 0) + 1
-                    has_ttl = False
+                    yield from string()
+                if opcode == 0:  # a string, the commonest record: no generator for it
+                    if not string_now():
+                        yield from string()
+                    state = PRESENT
+                else:
+                    state = yield from value(opcode)
+                if state != ABSENT:
+                    keys[db] = keys.get(db, 0) + 1
+                    if has_ttl or state == VOLATILE:
+                        expires[db] = expires.get(db, 0) + 1
+                has_ttl = False
             elif opcode == EXPIRETIME_MS or opcode == EXPIRETIME:
                 yield from skip(8 if opcode == EXPIRETIME_MS else 4)
                 has_ttl = True
