@@ -17,7 +17,7 @@ when it restores "the latest" and never lets one fill a retention slot, while it
   backup whatever its flags, a deliberate shrink is flagged once, not every night.
 
 "Holds data": the manifest's row counts (`counts.total`, measured on the snapshot) or, for Redis, its key counts
-(`rdb.keys`, counted in the RDB file as it streams) are above zero. A manifest written before counts were
+(`rdb.keys`, counted in the RDB file as it streams; from a backup made before, INFO's count when above zero) are above zero. A manifest written before counts were
 recorded holds data when its raw size is over what an empty database of its engine produces (EMPTY_RAW); when
 unsure, it holds data: refusing an empty backup is the safe side, and BACKUP_ALLOW_EMPTY the way out.
 """
@@ -31,7 +31,7 @@ import structlog
 
 from jobs import identity, selection
 from jobs.backups import Backup
-from jobs.engines import COUNTS, Source
+from jobs.engines import COUNTS, Source, rdb_keys
 from jobs.errors import SourceError
 from jobs.selection import Purpose
 
@@ -57,10 +57,7 @@ def held(manifest: dict[str, Any]) -> int | None:
     counts = manifest.get(COUNTS)
     if isinstance(counts, dict) and isinstance(counts.get("total"), int) and not isinstance(counts["total"], bool):
         return counts["total"]
-    keys = manifest.get("rdb", {}).get("keys") if isinstance(manifest.get("rdb"), dict) else None
-    if isinstance(keys, dict) and all(isinstance(value, int) for value in keys.values()):
-        return sum(keys.values())
-    return None
+    return rdb_keys.held(manifest)
 
 
 def holds_data(backup: Backup) -> bool:

@@ -11,7 +11,7 @@ are there but malformed fail the drill ("cannot be read"), never pass as "no cou
 from typing import Any
 
 from jobs.backups import Backup
-from jobs.engines import COUNTS
+from jobs.engines import COUNTS, rdb_keys
 from jobs.errors import JobError
 
 SHOWN = 3  # differences named in the sentence; the rest are counted
@@ -46,18 +46,14 @@ def recorded_rows(backup: Backup) -> dict[str, int] | None:
     return tables
 
 
-def recorded_keys(backup: Backup) -> tuple[dict[str, int], dict[str, int] | None] | None:
-    """Return the keys per database the manifest records and, when it records them too, the keys with a TTL per
-    database; None when it records no key counts. Raise JobError at stage `compare` when it records counts that
-    cannot be read."""
-    rdb = backup.manifest.get("rdb")
-    if not isinstance(rdb, dict) or "keys" not in rdb:
-        return None
-    keys = _counts(rdb["keys"])
-    expires = _counts(rdb["expires"]) if "expires" in rdb else None
-    if keys is None or ("expires" in rdb and expires is None):
-        raise _unreadable(backup, "key counts")
-    return keys, expires
+def recorded_keys(backup: Backup) -> tuple[dict[str, int], dict[str, int], dict[str, int]] | None:
+    """Return the keys, the keys with a TTL and the hashes with field TTLs per database the manifest records,
+    measured on its file; None when it records none so measured (jobs.engines.rdb_keys.recorded). Raise JobError at
+    stage `compare` when it records counts that cannot be read."""
+    try:
+        return rdb_keys.recorded(backup.manifest)
+    except ValueError:
+        raise _unreadable(backup, "key counts") from None
 
 
 def _why_uncounted(backup: Backup) -> str:
@@ -65,15 +61,19 @@ def _why_uncounted(backup: Backup) -> str:
     rdb = backup.manifest.get("rdb")
     why = rdb.get("uncounted") if isinstance(rdb, dict) else None
     if not isinstance(why, str) or not why.strip():
-        return "a backup made before they were recorded"
+        return "a backup made before they were measured on the file"
     text = "".join(char if char.isprintable() else "?" for char in why.strip())
     return text if len(text) <= 200 else text[:199] + "…"
 
 
 def recorded(backup: Backup) -> bool:
     """Return whether the manifest records counts a drill can compare with (readable or not)."""
-    return COUNTS in backup.manifest if backup.kind != "rdb" else (
-        isinstance(backup.manifest.get("rdb"), dict) and "keys" in backup.manifest["rdb"])
+    if backup.kind != "rdb":
+        return COUNTS in backup.manifest
+    try:
+        return rdb_keys.recorded(backup.manifest) is not None
+    except ValueError:
+        return True
 
 
 def _fail(backup: Backup, differences: list[str]) -> JobError:
@@ -97,21 +97,20 @@ def rows_differences(recorded_tables: dict[str, int], measured_tables: dict[str,
     return found
 
 
-def keys_differences(keys: dict[str, int], expires: dict[str, int] | None,
+def keys_differences(keys: dict[str, int], expires: dict[str, int], field_ttls: dict[str, int],
                      measured: dict[str, dict[str, int]]) -> list[str]:
-    """Return, one clause each, how the restored databases differ from the recorded key counts: keys without a
-    TTL exactly, keys with one at most (without recorded TTL counts, every key at most)."""
+    """Return, one clause each, how the restored databases differ from the recorded key counts: keys with a TTL at
+    most as many (those that expired since are dropped on load); keys without one exactly, but for the hashes with
+    field TTLs, which may be gone too (the restored server's INFO counts them among the keys without a TTL)."""
     found = []
     for name in sorted(keys.keys() | measured.keys()):
         want, got = keys.get(name, 0), measured.get(name, {"keys": 0, "expires": 0})
-        if expires is None:
-            if got["keys"] > want:
-                found.append(f"{name} has {got['keys']} keys, more than the {want} the backup recorded")
-            continue
         want_ttl = min(expires.get(name, 0), want)
-        if got["keys"] - got["expires"] != want - want_ttl:
-            found.append(f"{name} has {got['keys'] - got['expires']} keys without a TTL, the backup recorded "
-                         f"{want - want_ttl}")
+        may_go = min(field_ttls.get(name, 0), want - want_ttl)
+        stable, plain = want - want_ttl - may_go, got["keys"] - got["expires"]
+        if not stable <= plain <= stable + may_go:
+            hashes = f" (and {may_go} hashes with field TTLs, which may have expired)" if may_go else ""
+            found.append(f"{name} has {plain} keys without a TTL, the backup recorded {stable}{hashes}")
         if got["expires"] > want_ttl:
             found.append(f"{name} has {got['expires']} keys with a TTL, more than the {want_ttl} the backup recorded")
     return found

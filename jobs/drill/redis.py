@@ -23,7 +23,7 @@ from jobs import execute
 from jobs.backups import Backup
 from jobs.engines import Source
 from jobs.engines.redis import keyspace, parse_info
-from jobs.engines.redis_wire import ServerError, Wire
+from jobs.engines.redis_wire import Closed, ServerError, Wire
 from jobs.errors import Cancelled, SourceError
 
 KIND = "rdb"
@@ -107,6 +107,12 @@ def _ready(child: execute.Child, port: int, directory: Path, cancel: threading.E
         try:
             wire.command("PING")
             return wire
+        except Closed:  # it accepted, then exited (a file it cannot load): the loop's next look tells why
+            wire.close()
+            if time.monotonic() > deadline:
+                raise SourceError(f"the drill's redis-server on 127.0.0.1:{port} kept closing connections for "
+                                  f"{LISTEN_S:.0f} s without loading the file", stage="restore") from None
+            time.sleep(POLL_S)
         except ServerError as error:
             wire.close()
             if not str(error).startswith("LOADING"):

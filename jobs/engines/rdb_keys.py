@@ -8,8 +8,8 @@ its name and its value. The formats are those of Redis's `rdb.c` (value types 0-
 
 The counts are what a restore of the file holds, for the drill to compare a restored copy with: measured on the
 file, never taken from the server (whose keyspace moves on while it forks). An empty collection is no key (Redis
-skips it as it loads). `expires` counts the keys that may be gone when the file is loaded: those with a TTL, and
-hashes with field TTLs (gone once their fields' TTLs pass).
+skips it as it loads). `expires` counts the keys with a TTL (as INFO keyspace does), and `hashes_with_field_ttls`
+the hashes without one whose fields have TTLs: both may be gone by the time the file is loaded.
 
 A file the walk cannot read to its end has no counts: `finish()` returns None and `problem` says why. When it met
 something it does not know (a value type newer than this worker), the backup is still proven by its CRC64 and only
@@ -17,7 +17,8 @@ the drill's comparison of keys is lost. When it found the file damaged (cut shor
 of the format has), `damaged` is set: the check refuses such a file when the server wrote no checksum.
 """
 
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
+from typing import Any
 
 WAIT = Generator[None, None, None]
 HEADER_SIZE = 9
@@ -50,6 +51,7 @@ class KeyCounter:
     def __init__(self) -> None:
         self.keys: dict[str, int] = {}
         self.expires: dict[str, int] = {}
+        self.volatile: dict[str, int] = {}  # hashes with field TTLs (and no key TTL)
         self.problem: str | None = None
         self.damaged = False  # the file is cut short or overrun, or holds an encoding no format has
         self._buf = bytearray()
@@ -91,12 +93,11 @@ class KeyCounter:
         self._buf = bytearray()
         self._walk.close()
 
-    def finish(self) -> dict[str, dict[str, int]] | None:
-        """End of stream: return {"keys": {db: n}, "expires": {db: n}}, or None (with `problem` set) when the walk
-        did not end at the file's EOF opcode followed by exactly its checksum (then `damaged`, unless the walk
-        had stopped at something it does not know, as a newer format's type). `expires` counts the keys that may be gone by the time the
-        file loads: those with a TTL and hashes with field TTLs. Empty collections are not keys (Redis skips them
-        as it loads)."""
+    def finish(self) -> dict[str, Any] | None:
+        """End of stream: return {"keys": {db: n}, "expires": {db: n}, "hashes_with_field_ttls": {db: n},
+        "counted_in": "file"}, or None (with `problem` set) when the walk did not end at the file's EOF opcode
+        followed by exactly its checksum (then `damaged`, unless the walk had stopped at something it does not
+        know, as a newer format's type)."""
         if self.problem is not None:
             return None
         if self._after_eof is None:
@@ -108,14 +109,15 @@ class KeyCounter:
             self.damaged = True
             self._give_up(f"the EOF opcode was followed by {self._after_eof} bytes, not the {trailer} of a checksum")
             return None
-        return {"keys": dict(self.keys), "expires": {db: self.expires.get(db, 0) for db in self.keys}}
+        return {"keys": dict(self.keys), "expires": {db: self.expires.get(db, 0) for db in self.keys},
+                "hashes_with_field_ttls": {db: self.volatile.get(db, 0) for db in self.keys}, **MEASURED}
 
     def _records(self) -> Generator[None, None, None]:
         """The walk: a generator resumed by feed() after each chunk; it waits (yields) only when the bytes it needs
         are not buffered yet, so most records are read without leaving it."""
         buf = self._buf
         p = 0
-        keys, expires = self.keys, self.expires
+        keys, expires, volatile = self.keys, self.expires, self.volatile
 
         def wait(size: int) -> WAIT:
             nonlocal p
@@ -339,8 +341,10 @@ class KeyCounter:
                     state = yield from value(opcode)
                 if state != ABSENT:
                     keys[db] = keys.get(db, 0) + 1
-                    if has_ttl or state == VOLATILE:
+                    if has_ttl:
                         expires[db] = expires.get(db, 0) + 1
+                    elif state == VOLATILE:
+                        volatile[db] = volatile.get(db, 0) + 1
                 has_ttl = False
             elif opcode == EXPIRETIME_MS or opcode == EXPIRETIME:
                 yield from skip(8 if opcode == EXPIRETIME_MS else 4)
@@ -372,3 +376,45 @@ class KeyCounter:
                 return
             else:
                 raise Unreadable(f"opcode {opcode} is unknown to this worker")
+
+
+# What a manifest's `rdb` records of the keys. One place reads it, for the drill and the empty-source guard.
+MEASURED = {"counted_in": "file"}  # beside the counts: measured on the file by this walk
+
+
+def _whole_numbers(value: object) -> dict[str, int] | None:
+    if not isinstance(value, dict) or not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0
+                                              for count in value.values()):
+        return None
+    return {str(name): count for name, count in value.items()}
+
+
+def recorded(manifest: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int], dict[str, int]] | None:
+    """Return (keys, expires, hashes_with_field_ttls) per database as a manifest records them measured on its file;
+    None when it records none so measured (the walk could not read the file, or the backup was made before the
+    walk: its counts came from INFO before SYNC, not from the file, and are not compared). Raise ValueError when it
+    records counts measured on the file that cannot be read (not maps of names to whole numbers): an altered or
+    damaged manifest."""
+    rdb = manifest.get("rdb")
+    if not isinstance(rdb, dict) or rdb.get("counted_in") != MEASURED["counted_in"]:
+        return None
+    counts = [_whole_numbers(rdb.get(name)) for name in ("keys", "expires", "hashes_with_field_ttls")]
+    if None in counts:
+        raise ValueError("its key counts are not maps of database names to whole numbers")
+    keys, expires, volatile = counts
+    return keys, expires, volatile
+
+
+def held(manifest: Mapping[str, Any]) -> int | None:
+    """Return how many keys a manifest says its backup holds, or None when it cannot tell: counts measured on the
+    file; else, from a backup made before the walk, INFO's count when above zero (INFO said the server held keys;
+    an empty `{}` there may be a user who could not run INFO)."""
+    try:
+        measured = recorded(manifest)
+    except ValueError:
+        return None
+    if measured is not None:
+        return sum(measured[0].values())
+    rdb = manifest.get("rdb")
+    legacy = _whole_numbers(rdb.get("keys")) if isinstance(rdb, dict) and "uncounted" not in rdb else None
+    return sum(legacy.values()) if legacy and sum(legacy.values()) > 0 else None

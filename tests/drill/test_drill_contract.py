@@ -3,10 +3,12 @@ sets with more than 16 databases, one-sentence reasons, unreadable manifest coun
 
 import json
 from pathlib import Path
+import socket
 import threading
 
 import pytest
 
+from jobs.drill import redis as drill_redis
 from jobs.drill.redis import load_failure, private_server
 from jobs.errors import SourceError
 
@@ -101,3 +103,32 @@ def test_the_reason_of_a_failed_load_is_the_fatal_line_of_the_log() -> None:
            "more than 16 databases. Exiting\n")
     assert load_failure(log) == ("FATAL: Data file was created with a Redis server configured to handle more than "
                                  "16 databases. Exiting")
+
+
+def test_a_redis_server_that_hangs_up_as_it_dies_is_reported_by_its_log_not_as_a_lost_connection(tmp_path: Path) -> None:
+    """The drill's redis-server may accept the first PING's connection and exit as it finds the file unloadable:
+    the reason is its log's FATAL line, not "the connection to the Redis server was lost" (a race seen under load)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = threading.Event()
+
+    def hang_up() -> None:
+        connection, _ = listener.accept()
+        connection.close()  # as the dying server does
+        accepted.set()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    (tmp_path / "redis.log").write_text("7:M 06 Dec 2026 04:00:00.000 # Short read or OOM loading DB. Unrecoverable error, aborting now.\n")
+
+    class Dying:
+        def poll(self) -> int | None:
+            return 1 if accepted.is_set() else None
+
+        def failure(self, code: int) -> str:
+            return ""
+
+    with pytest.raises(SourceError) as caught:
+        drill_redis._ready(Dying(), listener.getsockname()[1], tmp_path, threading.Event())
+    listener.close()
+    assert str(caught.value).startswith("redis-server could not load the backup's RDB file (exited with 1: Short read or OOM")

@@ -36,5 +36,6 @@ def test_a_hash_whose_field_ttls_have_all_passed_does_not_fail_the_drill() -> No
     assert counts is not None, counter.problem
     manifest = {"rdb": {"transfer": "diskless", **counts}}
     restored = {"databases": {"db0": {"keys": 1, "expires": 0}}}  # the hash's only field expired: the hash is gone
-    assert compare.keys_differences(counts["keys"], counts["expires"], restored["databases"]) == []
+    assert compare.keys_differences(counts["keys"], counts["expires"], counts["hashes_with_field_ttls"],
+                                    restored["databases"]) == []
     compare.against_manifest(backup(manifest), restored)  # must not raise JobError at stage compare

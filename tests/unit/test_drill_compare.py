@@ -49,12 +49,12 @@ def test_a_manifest_without_counts_is_drilled_on_its_proof_and_restore_only() ->
 
 
 @pytest.mark.parametrize("uncounted, said", [
-    (None, "(a backup made before they were recorded)"),
+    (None, "(a backup made before they were measured on the file)"),
     ("the RDB's keys were not counted: value type 26 is unknown to this worker",
      "(the RDB's keys were not counted: value type 26 is unknown to this worker)"),
     ("line\nbreak\x1b[31m", "(line?break?[31m)"),
     ("x" * 500, "(" + "x" * 199 + "…)"),
-    (["not", "text"], "(a backup made before they were recorded)"),
+    (["not", "text"], "(a backup made before they were measured on the file)"),
 ])
 def test_a_redis_manifest_without_key_counts_says_why_as_its_backup_recorded(uncounted: object, said: str) -> None:
     manifest = {"rdb": {"transfer": "diskless", **({"uncounted": uncounted} if uncounted is not None else {})}}
@@ -67,8 +67,9 @@ def test_a_redis_manifest_without_key_counts_says_why_as_its_backup_recorded(unc
     ("sqlite", {"counts": {"tables": {"users": True}}}),
     ("pgdump", {"counts": None}),
     ("pgdump", {"counts": {"unit": "rows"}}),
-    ("rdb", {"rdb": {"keys": {"db0": -1}}}),
-    ("rdb", {"rdb": {"keys": {"db0": 1}, "expires": "some"}}),
+    ("rdb", {"rdb": {"counted_in": "file", "keys": {"db0": -1}, "expires": {}, "hashes_with_field_ttls": {}}}),
+    ("rdb", {"rdb": {"counted_in": "file", "keys": {"db0": 1}, "expires": "some", "hashes_with_field_ttls": {}}}),
+    ("rdb", {"rdb": {"counted_in": "file", "keys": {"db0": 1}, "expires": {"db0": 0}}}),
 ])
 def test_a_manifest_whose_counts_cannot_be_read_fails_at_stage_compare(kind: str, manifest: dict) -> None:
     with pytest.raises(JobError) as raised:
@@ -77,7 +78,8 @@ def test_a_manifest_whose_counts_cannot_be_read_fails_at_stage_compare(kind: str
     assert "records" in str(raised.value) and "that cannot be read" in str(raised.value)
 
 
-KEYS = {"rdb": {"keys": {"db0": 10, "db1": 2}, "expires": {"db0": 4}}}
+KEYS = {"rdb": {"counted_in": "file", "keys": {"db0": 10, "db1": 2}, "expires": {"db0": 4},
+               "hashes_with_field_ttls": {"db0": 0, "db1": 0}}}
 
 
 @pytest.mark.parametrize("databases, passes", [
@@ -96,11 +98,34 @@ def test_redis_keys_without_a_ttl_match_exactly_and_keys_with_one_at_most(databa
             compare.against_manifest(backup("rdb", KEYS), measured)
 
 
-def test_redis_keys_recorded_without_ttl_counts_are_compared_as_at_most() -> None:
-    old = {"rdb": {"keys": {"db0": 5}}}
-    assert compare.against_manifest(backup("rdb", old), {"databases": {"db0": {"keys": 4, "expires": 0}}})
-    with pytest.raises(JobError, match="db0 has 6 keys, more than the 5"):
-        compare.against_manifest(backup("rdb", old), {"databases": {"db0": {"keys": 6, "expires": 0}}})
+# db0: 10 keys, 3 with a TTL, 2 hashes with field TTLs (and no key TTL): 5 that stay.
+FIELD_TTLS = {"rdb": {"counted_in": "file", "keys": {"db0": 10}, "expires": {"db0": 3}, "hashes_with_field_ttls": {"db0": 2}}}
+
+
+@pytest.mark.parametrize("restored, passes", [
+    ({"keys": 10, "expires": 3}, True),  # all there (the server counts the hashes among the keys without a TTL)
+    ({"keys": 8, "expires": 3}, True),  # both hashes' fields expired: the hashes are gone
+    ({"keys": 6, "expires": 1}, True),  # and two TTL keys too
+    ({"keys": 5, "expires": 1}, False),  # one that stays is lost (4 without a TTL, at least 5 expected)
+    ({"keys": 11, "expires": 3}, False),  # one without a TTL more than recorded
+    ({"keys": 10, "expires": 4}, False),  # one TTL key more than recorded
+])
+def test_hashes_with_field_ttls_may_be_gone_but_keys_that_stay_match_exactly(restored: dict, passes: bool) -> None:
+    measured = {"databases": {"db0": restored}}
+    if passes:
+        assert compare.against_manifest(backup("rdb", FIELD_TTLS), measured).endswith("as recorded")
+    else:
+        with pytest.raises(JobError, match="does not hold what the backup recorded"):
+            compare.against_manifest(backup("rdb", FIELD_TTLS), measured)
+
+
+def test_key_counts_from_before_the_walk_are_not_compared() -> None:
+    """Counts a backup took from INFO before SYNC (no `counted_in`) are not what the file holds: never compared."""
+    old = {"rdb": {"keys": {"db0": 5}, "expires": {"db0": 0}}}
+    assert not compare.recorded(backup("rdb", old))
+    assert compare.against_manifest(backup("rdb", old), {"databases": {"db0": {"keys": 9, "expires": 0}}}) == (
+        "the manifest records no key counts (a backup made before they were measured on the file): proven and "
+        "loaded only")
 
 
 def test_the_scratch_database_name_fits_postgresql_identifiers() -> None:

@@ -41,11 +41,20 @@ class Live:
         return self.answer
 
 
+def measured(keys: dict[str, int]) -> dict:
+    """A manifest's `rdb` with the keys counted on its file."""
+    return {"counted_in": "file", "keys": keys, "expires": dict.fromkeys(keys, 0),
+            "hashes_with_field_ttls": dict.fromkeys(keys, 0)}
+
+
 @pytest.mark.parametrize("case, found, holds", [
     ("rows counted", backup(1, **rows(3)), True),
     ("no rows counted", backup(1, **rows(0)), False),
-    ("Redis keys", backup(1, "rdb", rdb={"keys": {"db0": 0, "db3": 2}}), True),
-    ("Redis without keys", backup(1, "rdb", rdb={"keys": {}}), False),
+    ("Redis keys", backup(1, "rdb", rdb=measured({"db0": 0, "db3": 2})), True),
+    ("Redis without keys", backup(1, "rdb", rdb=measured({})), False),
+    ("Redis keys from INFO before the walk", backup(1, "rdb", rdb={"keys": {"db0": 2}}), True),
+    ("no Redis keys from INFO before the walk (or INFO denied): unsure means data", backup(1, "rdb", rdb={"keys": {}}), True),
+    ("Redis counts that cannot be read: unsure means data", backup(1, "rdb", rdb={**measured({}), "expires": "x"}), True),
     ("an old SQLite manifest larger than an empty database", backup(1, raw_size=8192), True),
     ("an old SQLite manifest of an empty database", backup(1, raw_size=4096), False),
     ("an old SQLite manifest of an empty file", backup(1, raw_size=0), False),
@@ -115,7 +124,7 @@ def test_a_backup_only_in_the_bucket_is_restored_from_it() -> None:
 
 
 def test_a_redis_backup_is_restored_to_a_file_and_counted_in_keys() -> None:
-    held = backup(2, "rdb", rdb={"keys": {"db0": 4}})
+    held = backup(2, "rdb", rdb=measured({"db0": 4}))
     with pytest.raises(SourceError, match=f"holds no keys .* holds 4 keys.*restore {held.id} --to "):
         guard.require_data(Live(False), "the Redis server at h:6379", [held], [], False, NOW)
 
@@ -188,7 +197,7 @@ def test_what_counts_as_shrunk(case, raw, before, shrunk) -> None:
     ("the new backup is not counted", None, backup(1, raw_size=1000, **rows(1000)), False),
     ("the previous one recorded no counts", 1, backup(1, raw_size=1000), False),
     ("the previous one's count is not a number", 1, backup(1, raw_size=1000, counts={"total": "many"}), False),
-    ("Redis keys under a tenth", 3, backup(1, "rdb", raw_size=1000, rdb={"keys": {"db0": 40}}), True),
+    ("Redis keys under a tenth", 3, backup(1, "rdb", raw_size=1000, rdb=measured({"db0": 40})), True),
 ])
 def test_a_backup_whose_rows_dropped_under_a_tenth_counts_as_shrunk_whatever_its_size(case, total, before, shrunk) -> None:
     how = guard.shrank(1000, before, total)
