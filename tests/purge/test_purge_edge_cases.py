@@ -3,6 +3,8 @@ thread purge, seconds among milliseconds, self-referencing cascades, an orphan's
 batch, unindexed parent columns, counts in messages, pauses between threads, and SQLite's rollback-journal mode
 with an app reader."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import sqlite3
@@ -219,6 +221,29 @@ def test_postgres_a_thread_stopped_half_way_still_loads_when_it_has_subgraph_che
         assert state.values.get("messages") == ["hi", "first"], "the thread no longer loads after a stopped purge"
 
 
+@contextmanager
+def an_app_reader(path: Path, table: str) -> Iterator[None]:
+    """The app's report query: a read transaction on `table` that ends a little later than one busy wait (3 s),
+    or when the block ends."""
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute(f"SELECT count(*) FROM {table}").fetchall()  # still reading
+    done = threading.Event()
+
+    def finish_reading() -> None:
+        done.wait(3)
+        reader.execute("COMMIT")
+
+    finisher = threading.Thread(target=finish_reading)
+    finisher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        finisher.join()
+        reader.close()
+
+
 def test_the_release_waits_for_an_app_reader_in_rollback_journal_mode(tmp_path: Path) -> None:
     """SQLite's default journal mode (DELETE): a step's COMMIT needs the app's readers gone; while one reads, the
     COMMIT fails with "database is locked" after the busy timeout, the SQLite transaction stays open, and
@@ -241,25 +266,11 @@ def test_the_release_waits_for_an_app_reader_in_rollback_journal_mode(tmp_path: 
     db.execute("DELETE FROM t WHERE id > 100")
     free = db.execute("PRAGMA freelist_count").fetchone()[0]
     db.close()
-    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM t").fetchall()  # the app's report query, still reading
-    done = threading.Event()
-
-    def finish_reading() -> None:
-        done.wait(3)  # the app's read ends a little later than one busy wait
-        reader.execute("COMMIT")
-
-    finisher = threading.Thread(target=finish_reading)
-    finisher.start()
-    try:
-        space = reclaim_space(f"sqlite:///{path}", threading.Event(), step_pages=8, pause=0)
-    except SourceError as error:
-        pytest.fail(f"the release failed instead of waiting for the reader: {error}")
-    finally:
-        done.set()
-        finisher.join()
-        reader.close()
+    with an_app_reader(path, "t"):
+        try:
+            space = reclaim_space(f"sqlite:///{path}", threading.Event(), step_pages=8, pause=0)
+        except SourceError as error:
+            pytest.fail(f"the release failed instead of waiting for the reader: {error}")
 
     assert space is not None and space.released_pages == free
 
@@ -310,24 +321,9 @@ def test_a_delete_batch_waits_for_an_app_reader_in_rollback_journal_mode(tmp_pat
     db.close()
     url = f"sqlite:///{path}"
     held = hold(url)
-    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM events").fetchall()  # the app's report query, still reading
-    done = threading.Event()
-
-    def finish_reading() -> None:
-        done.wait(3)  # the app's read ends a little later than one busy wait
-        reader.execute("COMMIT")
-
-    finisher = threading.Thread(target=finish_reading)
-    finisher.start()
-    try:
+    with an_app_reader(path, "events"):
         [result] = purge(url, parse_retention_rules("events.created_at=30d"), datetime(2026, 6, 1, tzinfo=timezone.utc),
                          threading.Event(), held=held)
-    finally:
-        done.set()
-        finisher.join()
-        reader.close()
 
     assert result.error is None and result.deleted == 50, result
     with sqlite3.connect(path) as check:
