@@ -3,7 +3,7 @@ bucket, and the helpers that tell what a drill left behind."""
 
 from pathlib import Path
 
-from tests.postgres.conftest import admin, make_db  # noqa: F401
+from tests.postgres.conftest import admin, make_db, make_role  # noqa: F401
 from tests.s3.conftest import (aws_env, boto_session, bucket, client_for, moto_endpoint, s3_client,  # noqa: F401
                                s3_endpoint, s3_server)
 from tests.e2e.test_restore_at_start import PREFIX, s3_env

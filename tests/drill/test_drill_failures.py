@@ -6,7 +6,6 @@ create), a drill target that is not empty, a role that may not create the scratc
 import json
 from pathlib import Path
 import shutil
-import uuid
 
 from psycopg import sql
 
@@ -56,30 +55,21 @@ def test_a_row_count_that_differs_from_the_manifest_fails_the_drill_naming_the_t
 
 
 def test_a_postgresql_restore_that_fails_fails_the_drill_and_leaves_the_target_empty(
-        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
+        tmp_path: Path, worker_env, make_db, make_role, moto_endpoint, bucket) -> None:
     app = make_db("app", populated=True, events=100)
     target = make_db("target")
-    role = f"bw_drill_{uuid.uuid4().hex[:8]}"
-    with admin() as connection:  # a role that may connect to the target but not create anything in it
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    role = make_role("drill")  # a role that may connect to the target but not create anything in it
     with admin(dbname=target) as connection:
         connection.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-    try:
-        env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app),
-                        DRILL_TARGET_URL=url_for(target, user=role))
-        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
-        before = digests(app)
-        sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
-        assert "failed at stage restore" in sentence and f"pg_restore into {target}" in sentence
-        assert "permission denied" in sentence
-        assert table_names(target) == []
-        assert digests(app) == before
-    finally:
-        with admin(dbname=target) as connection:
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        with admin() as connection:
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app),
+                    DRILL_TARGET_URL=url_for(target, user=role))
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    before = digests(app)
+    sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+    assert "failed at stage restore" in sentence and f"pg_restore into {target}" in sentence
+    assert "permission denied" in sentence
+    assert table_names(target) == []
+    assert digests(app) == before
 
 
 # A view that really depends on dblink, an extension that is not trusted: only a superuser may create it, so a
@@ -98,30 +88,11 @@ def with_dblink(dbname: str, owner: str | None = None) -> None:
         connection.execute(REMOTE_VIEW)
 
 
-def drop_role(role: str, *databases: str) -> None:
-    """Give back what `role` owns in `databases` (the databases themselves too) and drop it."""
-    for dbname in databases:
-        with admin() as connection:
-            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(dbname)))
-        with admin(dbname=dbname) as connection:
-            connection.execute("DROP EXTENSION IF EXISTS dblink CASCADE")
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-    with admin() as connection:
-        owned = connection.execute("SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE "
-                                   "rolname = %s)", (role,)).fetchall()
-        for (leftover,) in owned:  # a scratch database a failed assertion left
-            connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(leftover)))
-        connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-
-
 def test_a_dump_needing_an_extension_the_role_may_not_create_fails_the_drill_naming_it_and_leaves_no_scratch_database(
-        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
-    role = f"bw_ext_{uuid.uuid4().hex[:8]}"
+        tmp_path: Path, worker_env, make_db, make_role, moto_endpoint, bucket) -> None:
     app = make_db("extapp")
-    with admin() as connection:  # the app's role: owns its database, may create databases, is no superuser
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(role)))
-        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(app), sql.Identifier(role)))
+    # the app's role: owns its database, may create databases, is no superuser
+    role = make_role("ext", "LOGIN CREATEDB", owns=app)
     try:
         with_dblink(app, owner=role)
         env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app, user=role))
@@ -140,18 +111,16 @@ def test_a_dump_needing_an_extension_the_role_may_not_create_fails_the_drill_nam
         assert runs[0]["outcome"] == "failed" and runs[0]["stage"] == "restore"
         assert "the PostgreSQL extension dblink" in json.dumps(runs[0])
     finally:
-        drop_role(role, app)
+        with admin(dbname=app) as connection:
+            connection.execute("DROP EXTENSION IF EXISTS dblink CASCADE")
 
 
 def test_a_drill_target_whose_role_may_not_create_the_extension_fails_naming_it_and_is_left_empty(
-        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
-    role = f"bw_ext_{uuid.uuid4().hex[:8]}"
+        tmp_path: Path, worker_env, make_db, make_role, moto_endpoint, bucket) -> None:
     app = make_db("extapp")
     with_dblink(app)
     target = make_db("target")
-    with admin() as connection:  # the target's owner: may fill it, but not with dblink
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(role)))
+    role = make_role("ext", owns=target)  # the target's owner: may fill it, but not with dblink
     try:
         env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app),
                         DRILL_TARGET_URL=url_for(target, user=role))
@@ -169,7 +138,6 @@ def test_a_drill_target_whose_role_may_not_create_the_extension_fails_naming_it_
         runs = json.loads(run_worker(["history", "--json", "--job", "drill"], env, cwd=tmp_path).stdout)
         assert runs[0]["outcome"] == "failed" and runs[0]["stage"] == "restore"
     finally:
-        drop_role(role, target)
         with admin(dbname=app) as connection:
             connection.execute("DROP EXTENSION IF EXISTS dblink CASCADE")
 
@@ -188,27 +156,16 @@ def test_a_drill_target_that_is_not_empty_is_refused_and_left_as_it_was(
 
 
 def test_a_role_without_createdb_is_told_the_right_or_drill_target_url(
-        tmp_path: Path, worker_env, make_db, moto_endpoint, bucket) -> None:
-    role = f"bw_nocreate_{uuid.uuid4().hex[:8]}"
+        tmp_path: Path, worker_env, make_db, make_role, moto_endpoint, bucket) -> None:
     app = make_db("owned")
-    with admin() as connection:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN NOCREATEDB").format(sql.Identifier(role)))
-        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(app), sql.Identifier(role)))
-    try:
-        with admin(dbname=app) as connection:
-            connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-            connection.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
-            connection.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 50) g")
-        env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app, user=role))
-        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
-        sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
-        assert f"the PostgreSQL role {role} may not create databases" in sentence
-        assert f"ALTER ROLE {role} CREATEDB" in sentence and "DRILL_TARGET_URL" in sentence
-        assert scratch_databases(app) == []
-    finally:
-        with admin() as connection:
-            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(app), sql.Identifier("postgres")))
-        with admin(dbname=app) as connection:
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        with admin() as connection:
-            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    role = make_role("nocreate", "LOGIN NOCREATEDB", owns=app)
+    with admin(dbname=app) as connection:
+        connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        connection.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        connection.execute("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 50) g")
+    env = drill_env(worker_env, moto_endpoint, bucket, BACKUP_SOURCE=url_for(app, user=role))
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    sentence = failed_sentence(run_worker(["drill"], env, cwd=tmp_path))
+    assert f"the PostgreSQL role {role} may not create databases" in sentence
+    assert f"ALTER ROLE {role} CREATEDB" in sentence and "DRILL_TARGET_URL" in sentence
+    assert scratch_databases(app) == []

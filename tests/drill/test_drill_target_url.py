@@ -5,7 +5,6 @@ copy of the production data in it after a drill that passed."""
 import json
 from pathlib import Path
 import threading
-import uuid
 
 from psycopg import sql
 import pytest
@@ -35,42 +34,30 @@ def test_a_drill_into_a_target_reached_as_a_superuser_leaves_no_restored_tables_
 
 
 def test_a_drill_target_holding_no_tables_but_other_objects_is_refused_and_left_as_it_was(
-        tmp_path: Path, worker_env, make_db) -> None:
+        tmp_path: Path, worker_env, make_db, make_role) -> None:
     """Empty means nothing at all: a target holding a schema with a view, a function, a sequence and a type (no
     table) is refused, named, before anything is restored, and keeps all of it."""
     app = make_db("app", populated=True, events=50)
     target = make_db("target")
-    role = f"bw_target_{uuid.uuid4().hex[:8]}"
-    with admin() as connection:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(role)))
-    try:
-        with admin(dbname=target) as connection:
-            connection.execute("GRANT ALL ON SCHEMA public TO PUBLIC")
-            connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-            connection.execute("CREATE SCHEMA ops")
-            connection.execute("CREATE SEQUENCE ops.ticket_numbers START 1000")
-            connection.execute("CREATE FUNCTION ops.answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
-            connection.execute("CREATE VIEW ops.now_view AS SELECT now() AS at")
-            connection.execute("CREATE TYPE ops.mood AS ENUM ('ok', 'sad')")
-        env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target, user=role)}
-        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
-        result = run_worker(["drill", "--json"], env, cwd=tmp_path)
-        row = next(iter(json.loads(result.stdout)["sources"].values()))
-        assert result.code == 1 and row["stage"] == "scratch", row
-        assert "is not empty" in row["reason"] and "schema ops" in row["reason"], row["reason"]
-        with admin(dbname=target) as connection:
-            left = connection.execute(
-                "SELECT count(*) FROM pg_namespace WHERE nspname = 'ops'").fetchone()[0]
-        assert left == 1, "the drill dropped the operator's schema ops (a sequence, a function, a view, a type)"
-    finally:
-        with admin() as connection:
-            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(target)))
-        with admin(dbname=target) as connection:
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        with admin() as connection:
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    role = make_role("target", owns=target)
+    with admin(dbname=target) as connection:
+        connection.execute("GRANT ALL ON SCHEMA public TO PUBLIC")
+        connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        connection.execute("CREATE SCHEMA ops")
+        connection.execute("CREATE SEQUENCE ops.ticket_numbers START 1000")
+        connection.execute("CREATE FUNCTION ops.answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+        connection.execute("CREATE VIEW ops.now_view AS SELECT now() AS at")
+        connection.execute("CREATE TYPE ops.mood AS ENUM ('ok', 'sad')")
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target, user=role)}
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    row = next(iter(json.loads(result.stdout)["sources"].values()))
+    assert result.code == 1 and row["stage"] == "scratch", row
+    assert "is not empty" in row["reason"] and "schema ops" in row["reason"], row["reason"]
+    with admin(dbname=target) as connection:
+        left = connection.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'ops'").fetchone()[0]
+    assert left == 1, "the drill dropped the operator's schema ops (a sequence, a function, a view, a type)"
 
 
 def test_config_refuses_a_drill_target_url_that_is_the_source_url(tmp_path: Path, worker_env, make_db) -> None:
@@ -102,75 +89,53 @@ def test_a_drill_target_url_reaching_the_source_database_by_another_address_is_r
     assert result.code == 1 and "DRILL_TARGET_URL" in result.stderr and "is the source database" in result.stderr, result.stderr
 
 
-def test_a_drill_into_a_target_restores_public_as_it_was(tmp_path: Path, worker_env, make_db) -> None:
+def test_a_drill_into_a_target_restores_public_as_it_was(tmp_path: Path, worker_env, make_db, make_role) -> None:
     """Emptying the target recreates `public` with the owner, ACL and comment it had before the drill."""
     app = make_db("app", populated=True, events=20)
     target = make_db("target")
-    role = f"bw_public_{uuid.uuid4().hex[:8]}"
-    with admin() as connection:
-        connection.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
-    try:
-        with admin(dbname=target) as connection:
-            connection.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-            connection.execute("COMMENT ON SCHEMA public IS 'the operator''s public'")
-            before = connection.execute("SELECT nspowner, nspacl::text, obj_description(oid, 'pg_namespace') "
-                                        "FROM pg_namespace WHERE nspname = 'public'").fetchone()
-        env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target)}
-        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
-        result = run_worker(["drill", "--json"], env, cwd=tmp_path)
-        assert result.code == 0, result.stdout
-        with admin(dbname=target) as connection:
-            after = connection.execute("SELECT nspowner, nspacl::text, obj_description(oid, 'pg_namespace') "
-                                       "FROM pg_namespace WHERE nspname = 'public'").fetchone()
-        assert after == before
-        assert table_names(target) == []
-    finally:
-        with admin(dbname=target) as connection:
-            connection.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(sql.Identifier(role)))
-        with admin() as connection:
-            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    role = make_role("public", options="")
+    with admin(dbname=target) as connection:
+        connection.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        connection.execute("COMMENT ON SCHEMA public IS 'the operator''s public'")
+        before = connection.execute("SELECT nspowner, nspacl::text, obj_description(oid, 'pg_namespace') "
+                                    "FROM pg_namespace WHERE nspname = 'public'").fetchone()
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target)}
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    assert result.code == 0, result.stdout
+    with admin(dbname=target) as connection:
+        after = connection.execute("SELECT nspowner, nspacl::text, obj_description(oid, 'pg_namespace') "
+                                   "FROM pg_namespace WHERE nspname = 'public'").fetchone()
+    assert after == before
+    assert table_names(target) == []
 
 
 def test_a_drill_into_a_target_owned_by_a_plain_role_is_emptied_and_public_kept_as_it_was(
-        tmp_path: Path, worker_env, make_db) -> None:
+        tmp_path: Path, worker_env, make_db, make_role) -> None:
     """A target reached as a role without superuser rights that owns the database (public belongs to
     pg_database_owner on PostgreSQL 15 and newer): emptied all the same, public's owner unchanged."""
     app = make_db("app", populated=True, events=30)
     target = make_db("target")
-    role = f"bw_owner_{uuid.uuid4().hex[:8]}"
-    with admin() as connection:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(role)))
-    try:
-        with admin(dbname=target) as connection:
-            connection.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-            before = connection.execute("SELECT nspowner, nspacl::text FROM pg_namespace WHERE nspname = 'public'").fetchone()
-        env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target, user=role)}
-        assert run_worker(["backup"], env, cwd=tmp_path).code == 0
-        result = run_worker(["drill", "--json"], env, cwd=tmp_path)
-        assert result.code == 0, result.stdout
-        assert table_names(target) == []
-        with admin(dbname=target) as connection:
-            after = connection.execute("SELECT nspowner, nspacl::text FROM pg_namespace WHERE nspname = 'public'").fetchone()
-        assert after == before
-        assert run_worker(["drill"], env, cwd=tmp_path).code == 0  # empty again: the next drill runs
-    finally:
-        with admin() as connection:
-            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(target)))
-        with admin(dbname=target) as connection:
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        with admin() as connection:
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    role = make_role("owner", owns=target)
+    with admin(dbname=target) as connection:
+        connection.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+        before = connection.execute("SELECT nspowner, nspacl::text FROM pg_namespace WHERE nspname = 'public'").fetchone()
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target, user=role)}
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    assert result.code == 0, result.stdout
+    assert table_names(target) == []
+    with admin(dbname=target) as connection:
+        after = connection.execute("SELECT nspowner, nspacl::text FROM pg_namespace WHERE nspname = 'public'").fetchone()
+    assert after == before
+    assert run_worker(["drill"], env, cwd=tmp_path).code == 0  # empty again: the next drill runs
 
 
-def test_a_target_that_cannot_be_emptied_fails_the_drill_naming_what_is_left(make_db) -> None:
+def test_a_target_that_cannot_be_emptied_fails_the_drill_naming_what_is_left(make_db, make_role) -> None:
     """The drill's role may not drop what another role made in public (public owned by postgres): the emptying
     fails, one sentence at stage `cleanup` names the table left behind, and the drill never passes."""
     target = make_db("target")
-    role = f"bw_plain_{uuid.uuid4().hex[:8]}"
-    with admin() as connection:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    role = make_role("plain")
     try:
         with admin(dbname=target) as connection:
             connection.execute("ALTER SCHEMA public OWNER TO postgres")
@@ -185,6 +150,3 @@ def test_a_target_that_cannot_be_emptied_fails_the_drill_naming_what_is_left(mak
     finally:
         with admin(dbname=target) as connection:
             connection.execute("DROP TABLE IF EXISTS public.kept")
-            connection.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(sql.Identifier(role)))
-        with admin() as connection:
-            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

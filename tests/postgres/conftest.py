@@ -121,6 +121,54 @@ def make_db() -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture
+def make_role() -> Iterator[Callable[..., str]]:
+    """Create uniquely named roles on the suite's server (optionally owning a database); drop them after the test,
+    with whatever they own or were granted. Works before or after make_db drops its databases."""
+    made: list[str] = []
+
+    def create(prefix: str = "role", options: str = "LOGIN", owns: str | None = None) -> str:
+        name = unique(prefix)
+        with admin() as connection:
+            connection.execute(sql.SQL("CREATE ROLE {} " + options).format(sql.Identifier(name)))
+            made.append(name)
+            if owns:
+                connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(owns), sql.Identifier(name)))
+        return name
+
+    yield create
+    failures: list[Exception] = []
+    for name in reversed(made):
+        try:
+            drop_role(name)
+        except psycopg.Error as error:  # drop the other roles all the same
+            failures.append(error)
+    if failures:
+        raise failures[0]
+
+
+def drop_role(role: str) -> None:
+    """Drop `role`: the databases it owns go back to postgres (a drill's scratch database it left is dropped), what
+    it owns or was granted inside any database is dropped or revoked (DROP OWNED BY), then the role itself."""
+    with admin() as connection:
+        owned = [row[0] for row in connection.execute(
+            "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = %s)", (role,))]
+        for dbname in owned:
+            if "_drill_" in dbname:  # a scratch database a failed drill left
+                connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            else:
+                connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(dbname)))
+        depending = [row[0] for row in connection.execute(
+            "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid "
+            "WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+            (role,))]
+    for dbname in sorted(set(depending) | {"postgres"}):
+        with admin(dbname=dbname) as connection:
+            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    with admin() as connection:
+        connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
 def app_pg(make_db: Callable[..., str]) -> str:
     """A populated app database on the suite's server; its name."""
     return make_db("app", populated=True)

@@ -188,26 +188,17 @@ def test_a_wrong_password_fails_the_snapshot_with_one_sentence(password_server, 
     assert not (tmp_path / "out").exists()
 
 
-def test_a_role_without_rights_on_a_table_fails_and_leaves_no_artifact(app_pg, tmp_path):
-    role = unique("reader")
-    with admin() as connection:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    try:
-        with admin(dbname=app_pg) as connection:
-            connection.execute(sql.SQL("GRANT SELECT ON users, events, messages TO {}").format(sql.Identifier(role)))
-        source = postgres.open_source(url_for(app_pg, user=role), tmp_path)
-        with pytest.raises(SourceError) as caught:
-            backup_to_file(source, tmp_path / "out", tmp_path)
-        message = str(caught.value)
-        assert message.startswith(f"pg_dump of {app_pg} failed: pg_dump exited with 1: ")
-        assert "permission denied for table" in message and "GRANT SELECT" in message
-        assert not (tmp_path / "out").exists() and list(tmp_path.glob(".tmp-*")) == []
-    finally:
-        with admin(dbname=app_pg) as connection:
-            connection.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(sql.Identifier(role)))
-        drop_database(app_pg)
-        with admin() as connection:
-            connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+def test_a_role_without_rights_on_a_table_fails_and_leaves_no_artifact(app_pg, make_role, tmp_path):
+    role = make_role("reader")
+    with admin(dbname=app_pg) as connection:
+        connection.execute(sql.SQL("GRANT SELECT ON users, events, messages TO {}").format(sql.Identifier(role)))
+    source = postgres.open_source(url_for(app_pg, user=role), tmp_path)
+    with pytest.raises(SourceError) as caught:
+        backup_to_file(source, tmp_path / "out", tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"pg_dump of {app_pg} failed: pg_dump exited with 1: ")
+    assert "permission denied for table" in message and "GRANT SELECT" in message
+    assert not (tmp_path / "out").exists() and list(tmp_path.glob(".tmp-*")) == []
 
 
 def test_an_old_pg_dump_first_on_path_is_passed_over_in_a_real_backup(app_pg, tmp_path, monkeypatch):

@@ -4,107 +4,33 @@ step, deleted threads are in the backup the purge followed, a thread that change
 thread goes in several transactions oldest first and still loads when the purge stops half-way, and tables that
 are not a LangGraph store are refused at start."""
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 import json
-import operator
 from pathlib import Path
 import sqlite3
-import threading
 import time
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import pytest
 
-from jobs.errors import Cancelled
-from jobs.purge import ThreadRule, check_rules, dry_run, parse_retention_rules, purge, purge_fields
+from jobs.purge import ThreadRule, check_rules, dry_run, parse_retention_rules, purge_fields
 from jobs.purge.langgraph import uuid6_floor, uuid6_time
 from tests.conftest import run_worker
 from tests.purge.conftest import hold, pg_execute
-
-langgraph_graph = pytest.importorskip("langgraph.graph")
-SqliteSaver = pytest.importorskip("langgraph.checkpoint.sqlite").SqliteSaver
-PostgresSaver = pytest.importorskip("langgraph.checkpoint.postgres").PostgresSaver
-
-AGE = timedelta(days=90)
-RULE = "langgraph=90d"
-
-
-class State(TypedDict):
-    messages: Annotated[list[str], operator.add]
-
-
-def app(saver: Any) -> Any:
-    """A one-node LangGraph app: every call appends the input and a reply to the thread's messages."""
-    def reply(state: State) -> dict[str, list[str]]:
-        return {"messages": [f"reply to {state['messages'][-1]}"]}
-
-    builder = langgraph_graph.StateGraph(State)
-    builder.add_node("reply", reply)
-    builder.add_edge(langgraph_graph.START, "reply")
-    builder.add_edge("reply", langgraph_graph.END)
-    return builder.compile(checkpointer=saver)
-
-
-def config(thread: str) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread}}
-
-
-def talk(graph: Any, thread: str, turns: int) -> None:
-    for turn in range(turns):
-        graph.invoke({"messages": [f"{thread} says {turn}"]}, config(thread))
-
-
-def next_second() -> datetime:
-    """Wait until the next whole second has begun; return it (the purge's cutoff: threads written before it are
-    old, threads written after it are not)."""
-    now = datetime.now(timezone.utc)
-    boundary = now.replace(microsecond=0) + timedelta(seconds=1)
-    while datetime.now(timezone.utc) <= boundary:
-        time.sleep(0.01)
-    return boundary
-
-
-@contextmanager
-def sqlite_store(tmp_path: Path) -> Iterator[tuple[str, Any, Callable[[], Any]]]:
-    path = tmp_path / "rose.db"
-    connection = sqlite3.connect(path, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    try:
-        yield f"sqlite:///{path}", SqliteSaver(connection), lambda: None
-    finally:
-        connection.close()
-
-
-@contextmanager
-def postgres_store(url: str) -> Iterator[tuple[str, Any, Callable[[], Any]]]:
-    with PostgresSaver.from_conn_string(url) as saver:
-        saver.setup()
-        yield url, saver, lambda: None
+from tests.purge.langgraph_app import (AGE, CHECKPOINTS, RULE, SqliteSaver, app, config, messages, next_second,
+                                       postgres_store, purge_stopped_after_first_step, purge_threads, scalar,
+                                       sqlite_store, talk, thread_ids)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any, Callable[[], Any]]]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Any]]:
     if request.param == "sqlite":
         with sqlite_store(tmp_path) as found:
             yield found
     else:
         with postgres_store(request.getfixturevalue("pg_url")) as found:
             yield found
-
-
-def messages(graph: Any, thread: str) -> list[str]:
-    return graph.get_state(config(thread)).values.get("messages", [])
-
-
-def thread_ids(url: str) -> set[str]:
-    if url.startswith("sqlite"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
-            found = {row[0] for table in ("checkpoints", "writes") for row in db.execute(f"SELECT thread_id FROM {table}")}
-        return found
-    return {row[0] for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
-            for row in pg_execute(url, f"SELECT thread_id FROM {table}")}
 
 
 def test_uuid6_ids_carry_their_time_and_the_floor_sorts_below_every_later_id() -> None:
@@ -134,7 +60,7 @@ def test_a_bad_thread_rule_is_named(text: str, fragment: str) -> None:
 
 
 def test_old_threads_go_entirely_and_the_rest_still_load_and_take_a_new_step(store: tuple) -> None:
-    url, saver, _ = store
+    url, saver = store
     graph = app(saver)
     for thread in ("old-a", "old-b", "old-c"):
         talk(graph, thread, 3)
@@ -146,7 +72,7 @@ def test_old_threads_go_entirely_and_the_rest_still_load_and_take_a_new_step(sto
     assert dry_run(url, rules, cutoff + AGE)[0].would_delete == 3
     held = hold(url)
 
-    [result] = purge(url, rules, cutoff + AGE, threading.Event(), held=held)
+    [result] = purge_threads(url, cutoff, held=held)
 
     assert result.error is None and result.deleted == 3 and result.cutoff == cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert thread_ids(url) == {"new-a", "new-b"}
@@ -169,7 +95,7 @@ def test_old_threads_go_entirely_and_the_rest_still_load_and_take_a_new_step(sto
 
 
 def test_a_thread_that_changes_after_the_backup_stays(store: tuple) -> None:
-    url, saver, _ = store
+    url, saver = store
     graph = app(saver)
     for thread in ("quiet", "resumed", "written"):
         talk(graph, thread, 2)
@@ -179,7 +105,7 @@ def test_a_thread_that_changes_after_the_backup_stays(store: tuple) -> None:
     state = graph.get_state(config("written"))  # new writes on an old checkpoint: rows the backup lacks
     saver.put_writes(state.config, [("messages", ["late"])], task_id="late-task")
 
-    [result] = purge(url, parse_retention_rules(RULE), cutoff + AGE, threading.Event(), held=held)
+    [result] = purge_threads(url, cutoff, held=held)
 
     assert result.error is None and result.deleted == 1 and result.kept == 1
     assert thread_ids(url) == {"resumed", "written"}
@@ -187,39 +113,22 @@ def test_a_thread_that_changes_after_the_backup_stays(store: tuple) -> None:
 
 
 def test_a_large_thread_goes_in_several_transactions_and_still_loads_when_stopped_half_way(tmp_path: Path) -> None:
-    with sqlite_store(tmp_path) as (url, saver, _):
+    with sqlite_store(tmp_path) as (url, saver):
         graph = app(saver)
         talk(graph, "long", 40)  # about 120 checkpoints
         cutoff = next_second()
-        with sqlite3.connect(tmp_path / "rose.db") as db:
-            total = db.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
-        cancel = threading.Event()
+        total = scalar(url, CHECKPOINTS)
 
-        def stop_after_first_step() -> None:
-            watcher = sqlite3.connect(tmp_path / "rose.db")
-            while not cancel.is_set():
-                if watcher.execute("SELECT count(*) FROM checkpoints").fetchone()[0] < total:
-                    cancel.set()
-                cancel.wait(0.005)
+        stopped = purge_stopped_after_first_step(url, cutoff, batch_size=30)
 
-        watcher = threading.Thread(target=stop_after_first_step)
-        watcher.start()
-        try:
-            with pytest.raises(Cancelled) as stopped:
-                purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.5, held=hold(url), batch_size=30)
-        finally:
-            cancel.set()
-            watcher.join()
-
-        [rule] = stopped.value.fields["purge"]
+        [rule] = stopped.fields["purge"]
         assert rule["deleted"] == 0 and rule["batches"] >= 1 and 0 < rule["rows"]["checkpoints"] < total
         assert len(messages(graph, "long")) == 80  # the newest checkpoints are left, and load
         with sqlite3.connect(tmp_path / "rose.db") as db:
             oldest_left = db.execute("SELECT min(checkpoint_id) FROM checkpoints").fetchone()[0]
             assert db.execute("SELECT count(*) FROM writes WHERE checkpoint_id < ?", (oldest_left,)).fetchone() == (0,)
 
-        [rest] = purge(url, parse_retention_rules(RULE), cutoff + AGE, threading.Event(), held=hold(url),
-                       batch_size=30)
+        [rest] = purge_threads(url, cutoff, batch_size=30)
         assert rest.deleted == 1 and rest.batches >= 2 and thread_ids(url) == set()
 
 
@@ -246,7 +155,7 @@ def test_tables_that_are_not_a_langgraph_store_are_refused_at_start(tmp_path: Pa
 
 def test_prune_dry_run_and_backup_run_a_thread_rule_as_a_user_runs_them(
         tmp_path: Path, worker_env: dict[str, str]) -> None:
-    with sqlite_store(tmp_path) as (url, saver, _):
+    with sqlite_store(tmp_path) as (url, saver):
         talk(app(saver), "rose", 2)
     env = {**worker_env, "BACKUP_SOURCE": url, "RETENTION_RULES": "langgraph=1s"}
     next_second()
@@ -267,34 +176,20 @@ def test_prune_dry_run_and_backup_run_a_thread_rule_as_a_user_runs_them(
 
 
 def test_postgres_a_large_thread_goes_oldest_first_and_keeps_its_blobs_until_its_last_step(pg_url: str) -> None:
-    with postgres_store(pg_url) as (url, saver, _):
+    with postgres_store(pg_url) as (url, saver):
         graph = app(saver)
         talk(graph, "long", 10)  # about 30 checkpoints sharing blobs
         cutoff = next_second()
-        total = pg_execute(url, "SELECT count(*) FROM checkpoints")[0][0]
-        blobs = pg_execute(url, "SELECT count(*) FROM checkpoint_blobs")[0][0]
-        cancel = threading.Event()
+        total = scalar(url, CHECKPOINTS)
+        blobs = scalar(url, "SELECT count(*) FROM checkpoint_blobs")
 
-        def stop_after_first_step() -> None:
-            while not cancel.is_set():
-                if pg_execute(url, "SELECT count(*) FROM checkpoints")[0][0] < total:
-                    cancel.set()
-                cancel.wait(0.005)
+        stopped = purge_stopped_after_first_step(url, cutoff, batch_size=5)
 
-        watcher = threading.Thread(target=stop_after_first_step)
-        watcher.start()
-        try:
-            with pytest.raises(Cancelled) as stopped:
-                purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.5, held=hold(url), batch_size=5)
-        finally:
-            cancel.set()
-            watcher.join()
-
-        [rule] = stopped.value.fields["purge"]
+        [rule] = stopped.fields["purge"]
         assert rule["deleted"] == 0 and 0 < rule["rows"]["checkpoints"] < total and "checkpoint_blobs" not in rule["rows"]
         assert pg_execute(url, "SELECT count(*) FROM checkpoint_blobs")[0][0] == blobs
         assert len(messages(graph, "long")) == 20  # the newest checkpoints are left, and load with their blobs
 
-        [rest] = purge(url, parse_retention_rules(RULE), cutoff + AGE, threading.Event(), held=hold(url), batch_size=5)
+        [rest] = purge_threads(url, cutoff, batch_size=5)
         assert rest.deleted == 1 and rest.batches >= 2 and rest.rows["checkpoint_blobs"] == blobs
         assert thread_ids(url) == set()

@@ -3,55 +3,36 @@ thread purge, seconds among milliseconds, self-referencing cascades, an orphan's
 batch, unindexed parent columns, counts in messages, pauses between threads, and SQLite's rollback-journal mode
 with an app reader."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-import operator
 from pathlib import Path
 import sqlite3
 import threading
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
 import pytest
 
-from jobs.errors import Cancelled
 from jobs.purge import dry_run, parse_retention_rules, purge, purge_fields
 from tests.purge.conftest import hold, make_sqlite, pg_execute
-from tests.purge.test_langgraph import AGE, RULE, config, next_second, sqlite_store
-
-langgraph_graph = pytest.importorskip("langgraph.graph")
-langgraph_types = pytest.importorskip("langgraph.types")
-
-
-class State(TypedDict):
-    messages: Annotated[list[str], operator.add]
+from tests.purge.langgraph_app import (AGE, app as one_node_app, app_with_subgraph, config, next_second,
+                                       postgres_store, purge_stopped_after_first_step, purge_threads, scalar,
+                                       sqlite_store, talk)
 
 
-def app_with_subgraph(saver: Any) -> Any:
-    """A LangGraph app whose second node is a subgraph that stops at a human-in-the-loop interrupt (the
-    subgraph's checkpoints, in their own checkpoint_ns, are newer than the root's newest one)."""
-    def draft(state: State) -> dict[str, list[str]]:
-        return {"messages": ["draft"]}
+def paused_thread_after_a_stopped_purge(url: str, saver: Any) -> Any:
+    """Run app_with_subgraph on thread `paused` up to its interrupt, purge it stopped after the first step (one
+    step: as many checkpoints as the root namespace has); return the thread's state then."""
+    graph = app_with_subgraph(saver)
+    graph.invoke({"messages": ["hi"]}, config("paused"))
+    assert graph.get_state(config("paused")).values["messages"] == ["hi", "first"]
+    cutoff = next_second()
+    root = scalar(url, "SELECT count(*) FROM checkpoints WHERE checkpoint_ns = ''")
+    assert root < scalar(url, "SELECT count(*) FROM checkpoints")
 
-    def ask(state: State) -> dict[str, list[str]]:
-        answer = langgraph_types.interrupt("approve?")
-        return {"messages": [f"approved {answer}"]}
+    purge_stopped_after_first_step(url, cutoff, batch_size=root)
 
-    inner = langgraph_graph.StateGraph(State)
-    inner.add_node("draft", draft)
-    inner.add_node("ask", ask)
-    inner.add_edge(langgraph_graph.START, "draft")
-    inner.add_edge("draft", "ask")
-    inner.add_edge("ask", langgraph_graph.END)
-
-    def first(state: State) -> dict[str, list[str]]:
-        return {"messages": ["first"]}
-
-    outer = langgraph_graph.StateGraph(State)
-    outer.add_node("first", first)
-    outer.add_node("inner", inner.compile())
-    outer.add_edge(langgraph_graph.START, "first")
-    outer.add_edge("first", "inner")
-    outer.add_edge("inner", langgraph_graph.END)
-    return outer.compile(checkpointer=saver)
+    return graph.get_state(config("paused"))
 
 
 def test_a_thread_stopped_half_way_still_loads_when_it_has_subgraph_checkpoints(tmp_path: Path) -> None:
@@ -59,35 +40,8 @@ def test_a_thread_stopped_half_way_still_loads_when_it_has_subgraph_checkpoints(
     ones: a purge stopped after its first step leaves a thread whose root state is gone (get_state is empty and
     it can no longer be resumed), which the issue forbids ("an interrupted purge leaves a thread that still
     loads"). jobs/purge/langgraph.py _step orders by checkpoint_id over the whole thread."""
-    with sqlite_store(tmp_path) as (url, saver, _):
-        graph = app_with_subgraph(saver)
-        graph.invoke({"messages": ["hi"]}, config("paused"))
-        assert graph.get_state(config("paused")).values["messages"] == ["hi", "first"]
-        cutoff = next_second()
-        with sqlite3.connect(tmp_path / "rose.db") as db:
-            total = db.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
-            root = db.execute("SELECT count(*) FROM checkpoints WHERE checkpoint_ns = ''").fetchone()[0]
-        assert root < total
-        cancel = threading.Event()
-
-        def stop_after_first_step() -> None:
-            watcher = sqlite3.connect(tmp_path / "rose.db")
-            while not cancel.is_set():
-                if watcher.execute("SELECT count(*) FROM checkpoints").fetchone()[0] < total:
-                    cancel.set()
-                cancel.wait(0.005)
-
-        watcher = threading.Thread(target=stop_after_first_step)
-        watcher.start()
-        try:
-            with pytest.raises(Cancelled):
-                purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.5, held=hold(url),
-                      batch_size=root)
-        finally:
-            cancel.set()
-            watcher.join()
-
-        state = graph.get_state(config("paused"))
+    with sqlite_store(tmp_path) as (url, saver):
+        state = paused_thread_after_a_stopped_purge(url, saver)
         assert state.values.get("messages") == ["hi", "first"], "the thread no longer loads after a stopped purge"
         assert state.next == ("inner",)
 
@@ -262,36 +216,32 @@ def test_the_readme_gives_the_exact_syntax_of_thread_and_orphan_rules_and_increm
 def test_postgres_a_thread_stopped_half_way_still_loads_when_it_has_subgraph_checkpoints(pg_url: str) -> None:
     """The same on the Postgres saver: the first step takes the root namespace's checkpoints (all older than the
     interrupted subgraph's), and the thread's root state is gone."""
-    from tests.purge.test_langgraph import postgres_store
-
-    with postgres_store(pg_url) as (url, saver, _):
-        graph = app_with_subgraph(saver)
-        graph.invoke({"messages": ["hi"]}, config("paused"))
-        assert graph.get_state(config("paused")).values["messages"] == ["hi", "first"]
-        cutoff = next_second()
-        total = pg_execute(url, "SELECT count(*) FROM checkpoints")[0][0]
-        root = pg_execute(url, "SELECT count(*) FROM checkpoints WHERE checkpoint_ns = ''")[0][0]
-        assert root < total
-        cancel = threading.Event()
-
-        def stop_after_first_step() -> None:
-            while not cancel.is_set():
-                if pg_execute(url, "SELECT count(*) FROM checkpoints")[0][0] < total:
-                    cancel.set()
-                cancel.wait(0.005)
-
-        watcher = threading.Thread(target=stop_after_first_step)
-        watcher.start()
-        try:
-            with pytest.raises(Cancelled):
-                purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.5, held=hold(url),
-                      batch_size=root)
-        finally:
-            cancel.set()
-            watcher.join()
-
-        state = graph.get_state(config("paused"))
+    with postgres_store(pg_url) as (url, saver):
+        state = paused_thread_after_a_stopped_purge(url, saver)
         assert state.values.get("messages") == ["hi", "first"], "the thread no longer loads after a stopped purge"
+
+
+@contextmanager
+def an_app_reader(path: Path, table: str) -> Iterator[None]:
+    """The app's report query: a read transaction on `table` that ends a little later than one busy wait (3 s),
+    or when the block ends."""
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute(f"SELECT count(*) FROM {table}").fetchall()  # still reading
+    done = threading.Event()
+
+    def finish_reading() -> None:
+        done.wait(3)
+        reader.execute("COMMIT")
+
+    finisher = threading.Thread(target=finish_reading)
+    finisher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        finisher.join()
+        reader.close()
 
 
 def test_the_release_waits_for_an_app_reader_in_rollback_journal_mode(tmp_path: Path) -> None:
@@ -316,25 +266,11 @@ def test_the_release_waits_for_an_app_reader_in_rollback_journal_mode(tmp_path: 
     db.execute("DELETE FROM t WHERE id > 100")
     free = db.execute("PRAGMA freelist_count").fetchone()[0]
     db.close()
-    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM t").fetchall()  # the app's report query, still reading
-    done = threading.Event()
-
-    def finish_reading() -> None:
-        done.wait(3)  # the app's read ends a little later than one busy wait
-        reader.execute("COMMIT")
-
-    finisher = threading.Thread(target=finish_reading)
-    finisher.start()
-    try:
-        space = reclaim_space(f"sqlite:///{path}", threading.Event(), step_pages=8, pause=0)
-    except SourceError as error:
-        pytest.fail(f"the release failed instead of waiting for the reader: {error}")
-    finally:
-        done.set()
-        finisher.join()
-        reader.close()
+    with an_app_reader(path, "t"):
+        try:
+            space = reclaim_space(f"sqlite:///{path}", threading.Event(), step_pages=8, pause=0)
+        except SourceError as error:
+            pytest.fail(f"the release failed instead of waiting for the reader: {error}")
 
     assert space is not None and space.released_pages == free
 
@@ -358,9 +294,7 @@ def test_a_thread_rule_pauses_between_threads_so_the_apps_writers_get_the_lock(t
     _delete_thread pauses only between the steps of one large thread: a store of many small threads (the usual
     case: one conversation, a few checkpoints) goes as back-to-back BEGIN IMMEDIATE transactions with no pause,
     and an app writer sleeping in its busy handler can miss every gap until its busy timeout fails it."""
-    from tests.purge.test_langgraph import app as one_node_app, talk
-
-    with sqlite_store(tmp_path) as (url, saver, _):
+    with sqlite_store(tmp_path) as (url, saver):
         graph = one_node_app(saver)
         threads = [f"chat-{index}" for index in range(12)]
         for thread in threads:
@@ -368,7 +302,7 @@ def test_a_thread_rule_pauses_between_threads_so_the_apps_writers_get_the_lock(t
         cutoff = next_second()
         cancel = CountingEvent()
 
-        [result] = purge(url, parse_retention_rules(RULE), cutoff + AGE, cancel, pause=0.01, held=hold(url))
+        [result] = purge_threads(url, cutoff, cancel, pause=0.01)
 
         assert result.error is None and result.deleted == len(threads)
         assert len(cancel.pauses) >= len(threads) - 1, \
@@ -387,24 +321,9 @@ def test_a_delete_batch_waits_for_an_app_reader_in_rollback_journal_mode(tmp_pat
     db.close()
     url = f"sqlite:///{path}"
     held = hold(url)
-    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM events").fetchall()  # the app's report query, still reading
-    done = threading.Event()
-
-    def finish_reading() -> None:
-        done.wait(3)  # the app's read ends a little later than one busy wait
-        reader.execute("COMMIT")
-
-    finisher = threading.Thread(target=finish_reading)
-    finisher.start()
-    try:
+    with an_app_reader(path, "events"):
         [result] = purge(url, parse_retention_rules("events.created_at=30d"), datetime(2026, 6, 1, tzinfo=timezone.utc),
                          threading.Event(), held=held)
-    finally:
-        done.set()
-        finisher.join()
-        reader.close()
 
     assert result.error is None and result.deleted == 50, result
     with sqlite3.connect(path) as check:

@@ -2,9 +2,6 @@
 
 import json
 from pathlib import Path
-import uuid
-
-from psycopg import sql
 
 from tests.postgres.conftest import admin, digests, url_for
 from tests.postgres.e2e.conftest import base_env, manifests, plain_lines, s3_settings
@@ -84,15 +81,13 @@ def test_a_restore_that_fails_leaves_the_source_unchanged_and_names_the_safety_b
     assert digests(app_pg) == before
 
 
-def test_a_restore_needing_an_extension_the_target_role_may_not_create_names_it_and_the_fix(app_pg, make_db, tmp_path, cli):
+def test_a_restore_needing_an_extension_the_target_role_may_not_create_names_it_and_the_fix(
+        app_pg, make_db, make_role, tmp_path, cli):
     """The drill's sentence (tests/drill/test_drill_failures.py) comes from the same place: pg_restore.restore_failure."""
-    role = f"bw_ext_{uuid.uuid4().hex[:8]}"
     target = make_db("extto")
     with admin(dbname=app_pg) as connection:  # dblink is not trusted: only a superuser may create it
         connection.execute("CREATE EXTENSION dblink")
-    with admin() as connection:
-        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(target), sql.Identifier(role)))
+    role = make_role("ext", owns=target)
     try:
         env = base_env(tmp_path, url_for(app_pg))
         assert cli("backup", env=env).code == 0
@@ -106,12 +101,6 @@ def test_a_restore_needing_an_extension_the_target_role_may_not_create_names_it_
         with admin(dbname=target) as connection:
             assert connection.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone() == (0,)
     finally:
-        with admin() as connection:
-            connection.execute(sql.SQL("ALTER DATABASE {} OWNER TO postgres").format(sql.Identifier(target)))
-        with admin(dbname=target) as connection:
-            connection.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        with admin() as connection:
-            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
         with admin(dbname=app_pg) as connection:
             connection.execute("DROP EXTENSION dblink")
 
