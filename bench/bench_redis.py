@@ -8,7 +8,7 @@ data through `redis-cli --pipe` (JSON session strings ~45%, Sidekiq-style job li
 tokens ~15%, some with TTLs, over two databases), then times, --repeat times in alternating order:
 
   ours  = `python -m worker backup --no-upload` with BACKUP_SOURCE=redis://127.0.0.1:PORT and BACKUP_COMPRESSION_LEVEL=3
-          into a fresh BACKUP_DIR: the whole cycle (snapshot over SYNC, the RDB check fed every chunk,
+          into a fresh BACKUP_DIR: the whole cycle (snapshot over SYNC, the RDB check and key walk fed every chunk,
           multithreaded zstd, SHA-256, manifest, publish, retention), as a user runs it;
   stock = `redis-cli -p PORT --rdb dump.rdb && zstd -3 -T0 -q dump.rdb -o dump.rdb.zst`.
 
@@ -189,7 +189,7 @@ def main() -> None:
             "",
             "| | wall (median, runs) | peak RSS | output |",
             "|---|---|---|---|",
-            f"| ours: python -m worker backup (SYNC -> RDB check -> zstd -3 -> sha256) | {fmt_s(ours_wall)} | "
+            f"| ours: python -m worker backup (SYNC -> RDB check and key walk -> zstd -3 -> sha256) | {fmt_s(ours_wall)} | "
             f"{max(r.maxrss_kib for r in runs['ours']) / 1024:.0f} MB | {artifact.stat().st_size / MIB:.1f} MiB |",
             f"| stock: redis-cli --rdb && zstd -3 -T0 | {fmt_s(stock_wall)} | {max(r.maxrss_kib for r in runs['stock']) / 1024:.0f} MB "
             f"| {(work / 'dump.rdb.zst').stat().st_size / MIB:.1f} MiB (+ {raw / MIB:.1f} MiB dump.rdb on disk) |",

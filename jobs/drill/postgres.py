@@ -39,6 +39,7 @@ MARK = "_drill_"
 STAMP = "%Y%m%d%H%M%S"
 # The comment that marks a scratch database as the drill's own: what a later drill may drop when it was left behind.
 COMMENT = "backup-worker restore drill scratch database; dropped when its drill ends"
+NAME_TRIES = 10  # the scratch database's name: that of this second, else of one of the next nine
 LEFTOVER_AGE = timedelta(hours=1)  # a scratch database younger than this may belong to a drill still starting
 ELSEWHERE = Elsewhere(f"set {TARGET_VARIABLE} to", "an empty database")  # what a failed restore's advice points at
 
@@ -81,25 +82,38 @@ def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Co
     happened. Raise SourceError at stage `scratch`: one sentence naming the CREATEDB right or DRILL_TARGET_URL
     when the role may not create databases."""
     now = datetime.now(timezone.utc)
-    name = scratch_name(server.dbname, now)
     with pg_connect.connect(server) as session:
-        _clear_leftovers(session, name, server, now)
+        _clear_leftovers(session, scratch_name(server.dbname, now), server, now)
         try:
-            session.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-            session.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(COMMENT)))
+            name = _create(session, server.dbname, now)
         except psycopg.errors.InsufficientPrivilege:
             user = server.user or session.info.user
             raise SourceError(f"the PostgreSQL role {user} may not create databases, so the drill cannot make its "
                               f"scratch database on {server.host}: grant it with `ALTER ROLE {user} CREATEDB`, or set "
                               f"{TARGET_VARIABLE} to an empty database the drill may fill and empty", stage="scratch") from None
         except psycopg.Error as error:
-            raise SourceError(f"cannot create the drill's scratch database {name} on {server.host}: "
-                              f"{_why(error, server)}", stage="scratch") from None
+            raise SourceError(f"cannot create the drill's scratch database {scratch_name(server.dbname, now)} on "
+                              f"{server.host}: {_why(error, server)}", stage="scratch") from None
     log.info("drill.scratch_created", database=name, host=server.host)
     try:
         yield replace(server, params={**server.params, "dbname": name})
     finally:
         _drop(server, name)
+
+
+def _create(session: psycopg.Connection, database: str, now: datetime) -> str:
+    """Create the scratch database, marked as the drill's, and return its name: that of `now`, or of one of the next
+    seconds when a database of that name exists (a drill started in the same second, one a killed drill left)."""
+    for ahead in range(NAME_TRIES):
+        name = scratch_name(database, now + timedelta(seconds=ahead))
+        try:
+            session.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+            break
+        except psycopg.errors.DuplicateDatabase:
+            if ahead == NAME_TRIES - 1:
+                raise
+    session.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(COMMENT)))
+    return name
 
 
 def _clear_leftovers(session: psycopg.Connection, name: str, server: Connection, now: datetime) -> None:

@@ -6,12 +6,14 @@ import json
 import os
 from pathlib import Path
 import signal
+import threading
 import time
 
 from psycopg import sql
 import pytest
 
-from jobs.drill.postgres import COMMENT
+from jobs.drill.postgres import COMMENT, scratch_database
+from jobs.engines.pg_connect import parse_url
 from tests.conftest import run_worker
 from tests.drill.conftest import scratch_databases
 from tests.drill.test_drill_stop import drill_until
@@ -89,3 +91,14 @@ def test_a_database_named_like_a_leftover_that_is_not_the_drills_own_or_is_in_us
             holder.close()
         with admin() as connection:
             connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
+
+
+def test_two_drills_started_in_the_same_second_each_get_a_scratch_database_of_their_own(make_db) -> None:
+    """The name's stamp has one-second steps: a drill started in the second another one's scratch database (or one
+    a killed drill left) was named after takes the name of the next second, not an "already exists" failure."""
+    app = make_db("twice")
+    server = parse_url(url_for(app))
+    with scratch_database(server, threading.Event()) as first, scratch_database(server, threading.Event()) as second:
+        assert first.dbname != second.dbname
+        assert sorted(scratch_databases(app)) == sorted([first.dbname, second.dbname])
+    assert scratch_databases(app) == []
