@@ -1,5 +1,5 @@
-"""Adversarial review of the branch rdbkeys: how a drill reads the key counts the RDB walk recorded. Each test names
-one defect and fails until it is fixed."""
+"""A defect an adversarial review found in how a drill reads the key counts the RDB walk recorded (fixed): a hash
+whose field TTLs have all passed must not fail the drill."""
 
 from datetime import datetime, timezone
 import struct

@@ -1,5 +1,6 @@
-"""Adversarial review of the RDB key walk (jobs.engines.rdb_keys, branch rdbkeys): each test names one defect and
-fails until it is fixed. Records are built byte by byte as the servers' own rdb.c writes and reads them."""
+"""Defects an adversarial review found in the RDB key walk (jobs.engines.rdb_keys), each test guarding one (all
+fixed): Valkey 9's type 22, empty collections, a checksum-less file cut short. Records are built byte by byte as
+the servers' own rdb.c writes and reads them; a real redis-server is the oracle where it can load them."""
 
 from pathlib import Path
 import struct
