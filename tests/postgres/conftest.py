@@ -118,6 +118,11 @@ def make_db() -> Iterator[Callable[..., str]]:
     yield create
     for name in made:
         drop_database(name)
+        with admin() as connection:  # scratch databases a failed drill test left beside it
+            leftovers = connection.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                                           (f"{name}_drill_",)).fetchall()
+        for (leftover,) in leftovers:
+            drop_database(leftover)
 
 
 @pytest.fixture
