@@ -1,6 +1,10 @@
-"""Review of the drill's scratch database naming and leftover cleanup (jobs/drill/postgres.py: `_create`,
-`_clear_leftovers`, `_not_droppable`). Each test names one defect and fails until it is fixed. The hard rule they
-guard: a drill never touches a database that is not a scratch database of its own set that nobody uses."""
+"""Defects a review found in the drill's scratch database naming and leftover cleanup (jobs/drill/postgres.py:
+`_create`, `_clear_leftovers`, `_not_droppable`), all fixed; each test names one and guards against its return.
+The hard rule they guard: a drill never touches a database that is not a scratch database of its own set that
+nobody uses. The fix: a concurrent CREATE's UniqueViolation moves to the next second's name; the mark (COMMENT)
+names the set's full database name and a leftover is dropped only when its comment is exactly this set's and the
+drill's role owns it; a drill keeps a session on its scratch database while it lives, and ages go by the server's
+clock; advice quotes identifiers."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,9 +17,11 @@ from psycopg import sql
 from structlog.testing import capture_logs
 
 from jobs.drill import postgres as drill_pg
-from jobs.drill.postgres import COMMENT, scratch_database, scratch_name
+from jobs.drill.postgres import comment_for, identifier, scratch_database, scratch_name
 from jobs.engines import pg_connect
 from jobs.engines.pg_connect import parse_url
+from jobs.errors import SourceError
+from tests.drill.conftest import scratch_databases
 from tests.postgres.conftest import admin, url_for
 
 OLD = "20200101000000"
@@ -26,7 +32,7 @@ def exists(name: str) -> bool:
         return connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
-def create(name: str, comment: str | None = COMMENT, owner: str | None = None) -> None:
+def create(name: str, comment: str | None, owner: str | None = None) -> None:
     with admin() as connection:
         owned = sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
         connection.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(name), owned))
@@ -62,10 +68,11 @@ def test_two_drills_of_a_set_creating_their_scratch_database_at_the_same_moment_
     the scheduled one and `backup-worker drill`, two instances) still fails the second drill at stage `scratch`."""
     app = make_db("race")
     server = parse_url(url_for(app))
-    now = datetime.now(timezone.utc)
+    start = datetime.now(timezone.utc)
     made: list[str] = []
     failures: list[str] = []
-    for _ in range(3):
+    for step in range(3):
+        now = start + timedelta(minutes=step)  # each round's names its own: a round drops the names it made
         barrier = threading.Barrier(4)
 
         def one() -> None:
@@ -96,7 +103,7 @@ def test_a_leftover_of_another_set_whose_database_name_starts_with_this_sets_is_
     other_leftover = scratch_name(other_set, datetime(2020, 1, 1, tzinfo=timezone.utc))
     with databases(other_set, other_leftover):
         create(other_set, comment=None)
-        create(other_leftover)
+        create(other_leftover, comment_for(other_set))  # that set's own mark
         one_drill(app)
         assert exists(other_leftover), "the drill of one set dropped another set's scratch database"
 
@@ -113,7 +120,7 @@ def test_a_leftover_of_another_set_whose_long_name_shares_the_first_42_bytes_is_
     with databases(mine, theirs, their_leftover):
         create(mine, comment=None)
         create(theirs, comment=None)
-        create(their_leftover)
+        create(their_leftover, comment_for(theirs))  # that set's own mark
         one_drill(mine)
         assert exists(their_leftover), "the drill of one set dropped another set's scratch database"
 
@@ -153,7 +160,7 @@ def test_a_database_marked_with_the_drills_comment_but_owned_by_another_role_is_
     someone = make_role("someone")
     theirs = f"{app}_drill_{OLD}"
     with databases(theirs):
-        create(theirs, owner=someone)
+        create(theirs, comment_for(app), owner=someone)  # this set's mark, forged
         one_drill(app)
         assert exists(theirs), "a drill running as a superuser dropped a database another role owns"
 
@@ -179,3 +186,58 @@ def test_the_leftover_warning_gives_a_drop_command_that_names_that_database(make
             connection.execute(command)
         assert exists(folded), f"running the warning's own command ({command}) dropped another database"
         assert not exists(leftover)
+
+
+def test_a_leftover_of_this_set_marked_and_owned_by_the_drills_role_and_old_is_still_dropped(make_db) -> None:
+    """The fixes above must not keep everything: this set's own old leftover (its mark, the drill's role as owner,
+    nobody connected) is dropped."""
+    app = make_db("own")
+    mine = f"{app}_drill_{OLD}"
+    with databases(mine), capture_logs() as logs:
+        create(mine, comment_for(app))
+        one_drill(app)
+        assert not exists(mine)
+    assert [(event["event"], event["database"]) for event in logs if event["event"].startswith("drill.scratch_leftover")] == [
+        ("drill.scratch_leftover_dropped", mine)]
+
+
+def test_a_scratch_database_whose_mark_cannot_be_set_is_dropped_before_the_drill_fails(make_db, monkeypatch) -> None:
+    """Defect: when COMMENT ON DATABASE failed after CREATE DATABASE, the new database stayed, unmarked, so no
+    later drill would ever drop it."""
+    app = make_db("nomark")
+    monkeypatch.setattr(drill_pg, "comment_for", lambda database: "\x00")  # psycopg refuses a NUL in text
+    try:
+        one_drill(app)
+    except SourceError as error:
+        assert "cannot create the drill's scratch database" in str(error)
+    else:
+        raise AssertionError("the drill went on without its mark")
+    assert scratch_databases(app) == []
+
+
+def test_when_every_name_is_taken_the_sentence_names_the_last_name_tried(make_db) -> None:
+    """Defect: the sentence named the first name tried (this second's), not the one CREATE last failed on."""
+    app = make_db("taken")
+    with admin() as connection:
+        start = connection.execute("SELECT now()").fetchone()[0].astimezone(timezone.utc)
+    taken = [scratch_name(app, start + timedelta(seconds=ahead)) for ahead in range(drill_pg.NAME_TRIES + 5)]
+    with databases(*taken):
+        for name in taken:
+            create(name, comment=None)
+        try:
+            one_drill(app)
+        except SourceError as error:
+            [named] = [name for name in taken if name in str(error)]
+            assert taken.index(named) >= drill_pg.NAME_TRIES - 1, str(error)
+            assert "already exists" in str(error)
+        else:
+            raise AssertionError("a drill created a scratch database although every name was taken")
+
+
+def test_identifiers_in_advice_are_quoted_when_postgresql_would_fold_or_refuse_them() -> None:
+    assert identifier("app_drill_20200101000000") == "app_drill_20200101000000"
+    assert identifier("MyApp") == '"MyApp"'
+    assert identifier('a"b') == '"a""b"'
+    assert identifier("user") == '"user"'
+    assert identifier("my app") == '"my app"'
+    assert comment_for('a"b') == 'backup-worker restore drill scratch database of "a""b"; dropped when its drill ends'
