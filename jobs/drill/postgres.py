@@ -1,15 +1,17 @@
 """A PostgreSQL drill: the proven archive restored by pg_restore, as `restore --target-url` restores one, into a
 scratch database, whose rows are then counted exactly.
 
-The scratch database is `<db>_drill_<stamp>` on the source's server, created empty (from template0), marked as the
-drill's by its comment, and dropped afterwards (`WITH (FORCE)`: a stopped pg_restore's session goes too), after a
-failure or a stop as well. One a killed drill left (SIGKILL, a lost machine) is dropped by a later drill of the set
-when it is its own (named and marked so), over an hour old and unused (a plain DROP DATABASE, which PostgreSQL
-refuses while anyone is connected); any other database named like one is only warned of. With
-DRILL_TARGET_URL the drill restores into that database instead (the operator's, perhaps on another server): it must
-not be a source database and must hold nothing at all, and the drill empties it afterwards (`pg_target`). The
-source database itself is only used to reach its server (CREATE and DROP DATABASE); nothing in it is read or
-written.
+The scratch database is `<db>_drill_<stamp>` on the source's server (the stamp by the server's clock), created
+empty (from template0), marked as made by a drill of this set by its comment (which names the set's full database
+name), kept in use by a session of the drill from its creation on (so that no other drill can drop it), and
+dropped afterwards (`WITH (FORCE)`: a stopped pg_restore's session goes too), after a failure or a stop as well.
+One a killed drill left (SIGKILL, a lost machine) is dropped by a later drill of the set when it is its own (named
+and marked for this set, owned by the drill's role), over an hour old by the server's clock and unused (a plain
+DROP DATABASE, which PostgreSQL refuses while anyone is connected); any other database named like one is only
+warned of. With DRILL_TARGET_URL the drill restores into that database instead (the operator's, perhaps on another
+server): it must not be a source database and must hold nothing at all, and the drill empties it afterwards
+(`pg_target`). The source database itself is only used to reach its server (CREATE and DROP DATABASE); nothing in
+it is read or written.
 """
 
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+import re
 import threading
 from typing import Any
 
@@ -37,13 +40,26 @@ KIND = "pgdump"
 NAME_LIMIT = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 MARK = "_drill_"
 STAMP = "%Y%m%d%H%M%S"
-# The comment that marks a scratch database as the drill's own: what a later drill may drop when it was left behind.
-COMMENT = "backup-worker restore drill scratch database; dropped when its drill ends"
+# The comment that marks a scratch database as made by a drill of the set whose database it names (comment_for):
+# what a later drill of that set may drop when it was left behind, if the drill's role owns it.
+COMMENT = "backup-worker restore drill scratch database of {database}; dropped when its drill ends"
 NAME_TRIES = 10  # the scratch database's name: that of this second, else of one of the next nine
 LEFTOVER_AGE = timedelta(hours=1)  # a scratch database younger than this may belong to a drill still starting
+HOLDER = "backup-worker drill scratch"  # the application_name of the session that keeps the scratch database in use
 ELSEWHERE = Elsewhere(f"set {TARGET_VARIABLE} to", "an empty database")  # what a failed restore's advice points at
 
 log = structlog.get_logger("jobs.drill.postgres")
+
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*\Z")
+# PostgreSQL's key words that an unquoted database or role name may not be (reserved, or type or function names).
+_KEYWORDS = frozenset("""
+all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate collation
+column concurrently constraint create cross current_catalog current_date current_role current_schema current_time
+current_timestamp current_user default deferrable desc distinct do else end except false fetch for foreign freeze
+from full grant group having ilike in initially inner intersect into is isnull join lateral leading left like limit
+localtime localtimestamp natural not notnull null offset on only or order outer overlaps placing primary references
+returning right select session_user similar some symmetric table tablesample then to trailing true union unique user
+using variadic verbose when where window with""".split())
 
 # The rows of every user table of the scratch database, keyed as the manifest's counts are (pg_archive.table_key).
 TABLES = """
@@ -64,6 +80,18 @@ def scratch_name(database: str, now: datetime) -> str:
     return f"{head}{suffix}"
 
 
+def comment_for(database: str) -> str:
+    """Return the comment that marks a scratch database as made by a drill of the set whose database is
+    `database`: the full name, double-quoted with quotes doubled, so no two sets' marks are alike."""
+    return COMMENT.format(database='"' + database.replace('"', '""') + '"')
+
+
+def identifier(name: str) -> str:
+    """Return `name` as SQL an operator may paste: as it is when a plain lower-case identifier, else double-quoted
+    with quotes doubled (PostgreSQL folds an unquoted name to lower case: `MyApp` would name `myapp`)."""
+    return name if _PLAIN.match(name) and name not in _KEYWORDS else '"' + name.replace('"', '""') + '"'
+
+
 def _server_of(source: Source) -> Connection:
     conn = source.sql_database()
     if not isinstance(conn, Connection):
@@ -76,58 +104,111 @@ def _why(error: psycopg.Error, conn: Connection) -> str:
     return scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, conn.secrets())
 
 
+class _NotCreated(Exception):
+    """CREATE DATABASE (or the COMMENT marking it) failed: `name` is the name last tried, `error` why."""
+
+    def __init__(self, name: str, error: psycopg.Error) -> None:
+        super().__init__(name, error)
+        self.name, self.error = name, error
+
+
 @contextmanager
 def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Connection]:
     """Create an empty scratch database on `server`'s server and yield how to reach it; drop it on exit, whatever
-    happened. Raise SourceError at stage `scratch`: one sentence naming the CREATEDB right or DRILL_TARGET_URL
-    when the role may not create databases."""
-    now = datetime.now(timezone.utc)
+    happened. A session stays connected to it meanwhile, so no other drill can drop it (a plain DROP DATABASE is
+    refused while anyone is connected). Raise SourceError at stage `scratch`: one sentence naming the CREATEDB
+    right or DRILL_TARGET_URL when the role may not create databases."""
     with pg_connect.connect(server) as session:
-        _clear_leftovers(session, scratch_name(server.dbname, now), server, now)
+        now = _server_now(session)  # the name's stamp, and a leftover's age, go by the server's clock, not ours
+        _clear_leftovers(session, server, now)
         try:
             name = _create(session, server.dbname, now)
-        except psycopg.errors.InsufficientPrivilege:
-            user = server.user or session.info.user
-            raise SourceError(f"the PostgreSQL role {user} may not create databases, so the drill cannot make its "
-                              f"scratch database on {server.host}: grant it with `ALTER ROLE {user} CREATEDB`, or set "
-                              f"{TARGET_VARIABLE} to an empty database the drill may fill and empty", stage="scratch") from None
-        except psycopg.Error as error:
-            raise SourceError(f"cannot create the drill's scratch database {scratch_name(server.dbname, now)} on "
-                              f"{server.host}: {_why(error, server)}", stage="scratch") from None
+        except _NotCreated as failed:
+            if isinstance(failed.error, psycopg.errors.InsufficientPrivilege):
+                user = identifier(server.user or session.info.user)
+                raise SourceError(f"the PostgreSQL role {user} may not create databases, so the drill cannot make "
+                                  f"its scratch database on {server.host}: grant it with `ALTER ROLE {user} CREATEDB`, "
+                                  f"or set {TARGET_VARIABLE} to an empty database the drill may fill and empty",
+                                  stage="scratch") from None
+            raise SourceError(f"cannot create the drill's scratch database {failed.name} on {server.host}: "
+                              f"{_why(failed.error, server)}", stage="scratch") from None
     log.info("drill.scratch_created", database=name, host=server.host)
+    scratch = replace(server, params={**server.params, "dbname": name})
     try:
-        yield replace(server, params={**server.params, "dbname": name})
+        holder = _hold(scratch)
+        try:
+            yield scratch
+        finally:
+            holder.close()  # just before the drop: it must not find its own session there
     finally:
         _drop(server, name)
 
 
+def _server_now(session: psycopg.Connection) -> datetime:
+    row = session.execute("SELECT now()").fetchone()
+    return row[0].astimezone(timezone.utc)
+
+
+def _hold(scratch: Connection) -> psycopg.Connection:
+    """Connect a session to the scratch database, kept until just before the drill drops it. Raise SourceError."""
+    try:
+        return pg_connect.connect(replace(scratch, params={**scratch.params, "application_name": HOLDER}))
+    except SourceError as error:
+        raise SourceError(f"cannot connect to the drill's scratch database {scratch.dbname}: {error}",
+                          stage="scratch") from None
+
+
 def _create(session: psycopg.Connection, database: str, now: datetime) -> str:
-    """Create the scratch database, marked as the drill's, and return its name: that of `now`, or of one of the next
-    seconds when a database of that name exists (a drill started in the same second, one a killed drill left)."""
+    """Create the scratch database, marked as made by a drill of the set whose database is `database`, and return
+    its name: that of `now`, or of one of the next seconds when a database of that name exists (a drill started in
+    the same second, one a killed drill left). Raise _NotCreated naming the name last tried."""
     for ahead in range(NAME_TRIES):
         name = scratch_name(database, now + timedelta(seconds=ahead))
         try:
             session.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
             break
-        except psycopg.errors.DuplicateDatabase:
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation) as error:
+            # UniqueViolation: a CREATE of the same name at the same moment won the insert into pg_database
             if ahead == NAME_TRIES - 1:
-                raise
-    session.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(COMMENT)))
+                raise _NotCreated(name, error) from None
+        except psycopg.Error as error:
+            raise _NotCreated(name, error) from None
+    try:
+        session.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
+                                                                        sql.Literal(comment_for(database))))
+    except psycopg.Error as error:
+        try:  # unmarked, a later drill would never drop it
+            session.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        except psycopg.Error as dropping:
+            log.warning("drill.scratch_left", database=name, reason=str(dropping)[:200],
+                        detail=f"drop it by hand: DROP DATABASE {identifier(name)}")
+        raise _NotCreated(name, error) from None
     return name
 
 
-def _clear_leftovers(session: psycopg.Connection, name: str, server: Connection, now: datetime) -> None:
+# The databases named as this set's scratch databases are (a prefix, then a 14-digit stamp), with their comment,
+# whether the current role owns them, and whether they are older than LEFTOVER_AGE by the server's clock.
+LEFTOVERS = """
+SELECT datname, shobj_description(oid, 'pg_database'), datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+FROM pg_database
+WHERE starts_with(datname, %(prefix)s) AND substr(datname, length(%(prefix)s) + 1) ~ '^[0-9]{14}$'
+ORDER BY datname
+"""
+
+
+def _clear_leftovers(session: psycopg.Connection, server: Connection, now: datetime) -> None:
     """Drop the scratch databases of this set that a killed drill left, when they are the drill's own (the comment
-    says so), over LEFTOVER_AGE old by their stamp, and unused; warn of the other databases named like one."""
-    prefix = name[:-len(now.strftime(STAMP))]
+    names this set's database and the current role owns them), over LEFTOVER_AGE old by their stamp and the
+    server's clock `now`, and unused; warn of the other databases named like one."""
+    prefix = scratch_name(server.dbname, now)[:-len(now.strftime(STAMP))]
     try:
-        rows = session.execute("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
-                               "WHERE starts_with(datname, %s) AND datname ~ %s ORDER BY datname",
-                               (prefix, r"_drill_\d{14}$")).fetchall()
-    except psycopg.Error:
+        rows = session.execute(LEFTOVERS, {"prefix": prefix}).fetchall()
+    except psycopg.Error as error:
+        log.warning("drill.scratch_leftovers_unknown", host=server.host, reason=_why(error, server),
+                    detail="the scratch databases a killed drill left (if any) were not looked for")
         return
-    for leftover, comment in rows:
-        why = _not_droppable(leftover, comment, now)
+    for leftover, comment, owned in rows:
+        why = _not_droppable(leftover, comment, owned, server.dbname, now)
         if why is None:
             try:
                 session.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(leftover)))  # refused if in use
@@ -136,20 +217,25 @@ def _clear_leftovers(session: psycopg.Connection, name: str, server: Connection,
             except psycopg.Error as error:
                 why = f"it could not be dropped: {_why(error, server)}"
         log.warning("drill.scratch_leftover", database=leftover, host=server.host, kept_because=why,
-                    detail=f"a drill that was killed may have left it; if so, drop it by hand: DROP DATABASE {leftover}")
+                    detail="a drill that was killed may have left it; if so, drop it by hand: "
+                           f"DROP DATABASE {identifier(leftover)}")
 
 
-def _not_droppable(leftover: str, comment: str | None, now: datetime) -> str | None:
-    """Return why the database `leftover` (named like a scratch database of this set) is not dropped, or None."""
-    if comment != COMMENT:
-        return "it does not carry the drill's mark (a database the drill did not create, or an older worker's)"
+def _not_droppable(leftover: str, comment: str | None, owned: bool, database: str, now: datetime) -> str | None:
+    """Return why the database `leftover` (named like a scratch database of the set whose database is `database`)
+    is not dropped, or None. `owned`: the current role owns it; `now`: the server's clock."""
+    if comment != comment_for(database):
+        return ("it does not carry the drill's mark for this set (a database the drill did not create, another "
+                "set's, or an older worker's)")
+    if not owned:
+        return "another role owns it (a drill's scratch database is owned by the drill's role)"
     try:
         made = datetime.strptime(leftover[-14:], STAMP).replace(tzinfo=timezone.utc)
     except ValueError:
         return "the stamp in its name is not a time"
     if now - made < LEFTOVER_AGE:
-        return (f"it is under {LEFTOVER_AGE.seconds // 3600} h old or dated ahead of this clock (another drill of "
-                "this set may be using it)")
+        return (f"it is under {LEFTOVER_AGE.seconds // 3600} h old or dated ahead of the server's clock (another "
+                "drill of this set may be using it)")
     return None
 
 
@@ -162,7 +248,7 @@ def _drop(server: Connection, name: str) -> None:
         log.info("drill.scratch_dropped", database=name, host=server.host)
     except (SourceError, psycopg.Error) as error:
         log.warning("drill.scratch_left", database=name, host=server.host,
-                    reason=str(error)[:200], detail=f"drop it by hand: DROP DATABASE {name}")
+                    reason=str(error)[:200], detail=f"drop it by hand: DROP DATABASE {identifier(name)}")
 
 
 def count_rows(conn: Connection, cancel: threading.Event) -> dict[str, Any]:

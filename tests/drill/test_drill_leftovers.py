@@ -12,7 +12,7 @@ import time
 from psycopg import sql
 import pytest
 
-from jobs.drill.postgres import COMMENT, scratch_database
+from jobs.drill.postgres import comment_for, scratch_database
 from jobs.engines.pg_connect import parse_url
 from tests.conftest import run_worker
 from tests.drill.conftest import scratch_databases
@@ -54,7 +54,7 @@ def test_a_scratch_database_a_killed_drill_left_is_dropped_by_the_next_drill_onc
     assert young.code == 0, young.stderr
     assert scratch_databases(app) == [created["database"]]
     assert [event["kept_because"] for event in leftover_events(young.stderr)] == [
-        "it is under 1 h old or dated ahead of this clock (another drill of this set may be using it)"]
+        "it is under 1 h old or dated ahead of the server's clock (another drill of this set may be using it)"]
     rename(created["database"], f"{app}_drill_{OLD}")  # as it would be named had it been left a while ago
     result = run_worker(["drill"], env, cwd=tmp_path)
     assert result.code == 0, result.stderr
@@ -63,7 +63,7 @@ def test_a_scratch_database_a_killed_drill_left_is_dropped_by_the_next_drill_onc
         ("drill.scratch_leftover_dropped", f"{app}_drill_{OLD}")]
 
 
-@pytest.mark.parametrize("case", ["not marked", "in use", "marked by someone else"])
+@pytest.mark.parametrize("case", ["not marked", "in use", "marked by someone else", "an older worker's mark"])
 def test_a_database_named_like_a_leftover_that_is_not_the_drills_own_or_is_in_use_is_left_alone(
         case: str, tmp_path: Path, worker_env, make_db) -> None:
     app = make_db("kept", populated=True, events=10)
@@ -72,7 +72,8 @@ def test_a_database_named_like_a_leftover_that_is_not_the_drills_own_or_is_in_us
     other = f"{app}_drill_{OLD}"
     with admin() as connection:
         connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other)))
-        comment = {"not marked": None, "in use": COMMENT, "marked by someone else": "the analytics team's copy"}[case]
+        comment = {"not marked": None, "in use": comment_for(app), "marked by someone else": "the analytics team's copy",
+                   "an older worker's mark": "backup-worker restore drill scratch database; dropped when its drill ends"}[case]
         if comment is not None:
             connection.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(other), sql.Literal(comment)))
     holder = admin(dbname=other) if case == "in use" else None
