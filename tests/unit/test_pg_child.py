@@ -134,3 +134,12 @@ INSTALL = ("install the package that provides it on that server (postgresql-cont
 def test_a_restore_that_fails_on_an_extension_names_it_and_the_fix_in_one_sentence(
         failure: str, user: str, elsewhere: Elsewhere, cause: str) -> None:
     assert restore_failure("app", "db:5432", failure, user=user, elsewhere=elsewhere) == HEAD + cause
+
+
+@pytest.mark.parametrize("name, quoted", [
+    ("app", "app"), ("app_2$", "app_2$"), ("_x", "_x"),
+    ("Deploy", '"Deploy"'), ("My-App", '"My-App"'), ("my app", '"my app"'), ("2fa", '"2fa"'), ("café", '"café"'),
+    ("user", '"user"'), ("left", '"left"'), ('a"b', '"a""b"'), ("", '""'),
+])
+def test_quote_ident_leaves_plain_lower_case_names_bare_and_quotes_the_rest(name: str, quoted: str) -> None:
+    assert pg_connect.quote_ident(name) == quoted
