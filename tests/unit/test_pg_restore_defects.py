@@ -1,7 +1,9 @@
-"""Review of the sentence a failed pg_restore becomes (jobs/engines/pg_restore.py: `restore_failure`,
-`extension_failure`). Each test names one defect and fails until it is fixed. The failure texts are pg_restore's
+"""Guards against defects a review found (all fixed) in the sentence a failed pg_restore becomes
+(jobs/engines/pg_restore.py: `restore_failure`, `extension_failure`): a password from the dump in the sentence,
+the error lost behind a long statement, extension and lock-timeout text matched in the statement, an extension
+name cut at a space, an unquoted GRANT. Each test names the defect it guards. The failure texts are pg_restore's
 stderr from real runs (pg_restore 15 with the worker's options against PostgreSQL 15.20), passed through
-`execute.run` as the worker keeps it (the last STDERR_LINES lines, joined by " | ")."""
+`execute.run` as the worker keeps it (through `ErrorLines`, the last STDERR_LINES lines kept, joined by " | ")."""
 
 import sys
 
