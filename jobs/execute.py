@@ -3,7 +3,9 @@
 Every child is started by `spawn` (or its two shapes `reading` and `writing`, or `run` for short commands) and
 lives inside a `with` block: when the block ends, on success, error or cancel, a child still running is sent
 SIGTERM, then SIGKILL after a grace period, and waited for. Its stderr is read by a thread into the last
-`STDERR_LINES` lines, with every secret scrubbed, so a failure can name its cause without flooding anything.
+`STDERR_LINES` lines, with every secret scrubbed, so a failure can name its cause without flooding anything. A
+caller may pass a `stderr_filter` that chooses (or shortens) the lines kept, so that what a child prints beyond
+its error (pg_restore's failing statement, which holds the dump's content) is never kept at all.
 
 Secrets reach a child only through its environment or a 0600 file (`secret_file`); `spawn` refuses an argument
 list that contains a known secret, so a slip shows up as an error in the tests rather than in /proc/*/cmdline.
@@ -37,6 +39,8 @@ from jobs.redact import scrub, secret_in_args
 
 STDERR_LINES = 20
 LINE_LIMIT = 1000  # characters kept of one stderr line
+# Given each non-empty stderr line (cut to LINE_LIMIT) in order, return the text to keep, or None to drop the line.
+StderrFilter = Callable[[str], str | None]
 GRACE_S = 1.0  # between SIGTERM and SIGKILL
 # Variables no child ever sees, whatever it is (pg_dump, the app of `run --exec`): the encryption identities.
 WITHHELD = IDENTITY_VARIABLES
@@ -79,11 +83,14 @@ def die_with_parent(signum: int = signal.SIGKILL, umask: int | None = None) -> C
 
 
 class Tail:
-    """The last lines a child wrote to a stream, read in a thread, scrubbed of secrets as they arrive."""
+    """The last lines a child wrote to a stream, read in a thread, scrubbed of secrets as they arrive; with
+    `keep`, only the lines it returns (see `spawn`'s `stderr_filter`)."""
 
-    def __init__(self, stream: IO[bytes], secrets: Sequence[str], lines: int = STDERR_LINES) -> None:
+    def __init__(self, stream: IO[bytes], secrets: Sequence[str], lines: int = STDERR_LINES,
+                 keep: StderrFilter | None = None) -> None:
         self._lines: deque[str] = deque(maxlen=lines)
         self._secrets = list(secrets)
+        self._keep = keep
         self._thread = threading.Thread(target=self._read, args=(stream,), name="stderr-tail", daemon=True)
         self._thread.start()
 
@@ -96,8 +103,16 @@ class Tail:
                     return
                 text = line.decode("utf-8", "replace").rstrip()
                 if text and not continued:
-                    self._lines.append(scrub(text[:LINE_LIMIT], self._secrets))
+                    kept = text[:LINE_LIMIT] if self._keep is None else self._kept(text[:LINE_LIMIT])
+                    if kept:
+                        self._lines.append(scrub(kept[:LINE_LIMIT], self._secrets))
                 continued = not line.endswith(b"\n")
+
+    def _kept(self, text: str) -> str | None:
+        try:
+            return self._keep(text)  # type: ignore[misc]
+        except Exception:  # a broken filter drops the line; the reader must go on draining the pipe
+            return None
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -216,20 +231,22 @@ def _refuse_secrets_in(args: Sequence[str], secrets: Sequence[str]) -> None:
 @contextmanager
 def spawn(args: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: int | IO[bytes] = subprocess.DEVNULL,
           stdout: int | IO[bytes] = subprocess.DEVNULL, cwd: Path | None = None, secrets: Sequence[str] = (),
-          cancel: threading.Event | None = None) -> Iterator[Child]:
+          cancel: threading.Event | None = None, stderr_filter: StderrFilter | None = None) -> Iterator[Child]:
     """Start `args` (a list, never a shell) and yield the Child; when the block ends, stop and wait for it.
 
-    `secrets` are scrubbed from its stderr tail and must not appear in `args` (ValueError). When `cancel` is
-    set, the child is stopped at once (a reader of its stdout then sees end of file). The child runs in its own
-    session and dies with the worker (see the module's docstring). Raise OSError if the program cannot be
-    started.
+    `secrets` are scrubbed from its stderr tail and must not appear in `args` (ValueError). `stderr_filter`, if
+    given, sees each stderr line before it is kept and returns what to keep (None: nothing); it is called in
+    order on the reader thread, so it may keep state across lines (give each child its own); what it returns is
+    still scrubbed. Without it every line is kept. When `cancel` is set, the child is stopped at once (a reader
+    of its stdout then sees end of file). The child runs in its own session and dies with the worker (see the
+    module's docstring). Raise OSError if the program cannot be started.
     """
     args = [str(arg) for arg in args]
     _refuse_secrets_in(args, secrets)
     process = subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=dict(env) if env is not None else child_env(),
                                cwd=cwd, start_new_session=True, pipesize=PIPE_SIZE, preexec_fn=die_with_parent())
     assert process.stderr is not None
-    child = Child(args, process, Tail(process.stderr, secrets))
+    child = Child(args, process, Tail(process.stderr, secrets, keep=stderr_filter))
     watcher = None
     if cancel is not None:
         watcher = threading.Thread(target=_stop_on_cancel, args=(child, cancel), name=f"cancel-{child.name}", daemon=True)
@@ -278,11 +295,13 @@ class Timeout(Exception):
 
 
 def run(args: Sequence[str], *, env: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
-        timeout: float | None = 60.0, cancel: threading.Event | None = None, stdout_limit: int = 16 << 20) -> Completed:
+        timeout: float | None = 60.0, cancel: threading.Event | None = None, stdout_limit: int = 16 << 20,
+        stderr_filter: StderrFilter | None = None) -> Completed:
     """Run a command to completion; return its exit code, its stdout (up to `stdout_limit` bytes, decoded) and
-    its failure text. Raise Timeout if it takes longer than `timeout` (None: no limit), or if `cancel` is set
-    before it succeeded (a child that succeeded is returned, cancel or not); OSError if it cannot be started."""
-    with reading(args, env=env, secrets=secrets, cancel=cancel) as child:
+    its failure text (its stderr lines as `stderr_filter` keeps them, see `spawn`). Raise Timeout if it takes
+    longer than `timeout` (None: no limit), or if `cancel` is set before it succeeded (a child that succeeded is
+    returned, cancel or not); OSError if it cannot be started."""
+    with reading(args, env=env, secrets=secrets, cancel=cancel, stderr_filter=stderr_filter) as child:
         chunks: list[bytes] = []
         reader = threading.Thread(target=_read_limited, args=(child.stdout, chunks, stdout_limit), daemon=True)
         reader.start()

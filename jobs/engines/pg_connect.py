@@ -31,6 +31,17 @@ APPLICATION_NAME = "backup-worker"  # what pg_stat_activity shows for our own co
 CLIENT_CHECK_MS = 1000
 CLIENT_CHECK_SINCE = 14
 
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*\Z")
+# PostgreSQL's key words that may not be an unquoted database or role name (reserved, or type and function names).
+_KEY_WORDS = frozenset("""
+all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate collation
+column concurrently constraint create cross current_catalog current_date current_role current_schema current_time
+current_timestamp current_user default deferrable desc distinct do else end except false fetch for foreign freeze
+from full grant group having ilike in initially inner intersect into is isnull join lateral leading left like limit
+localtime localtimestamp natural not notnull null offset on only or order outer overlaps placing primary references
+returning right select session_user similar some symmetric table tablesample then to trailing true union unique user
+using variadic verbose when where window with""".split())
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -95,6 +106,13 @@ def parse_url(url: str) -> Connection:
         raise ValueError(f"{masked} has the port {params['port']!r}; a port is a number like 5432")
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
     return Connection(params, masked, str(password) if password else None)
+
+
+def quote_ident(name: str) -> str:
+    """Return `name` as an SQL identifier an operator may paste into a command: as it is when a plain lower-case
+    identifier that is not a key word, else double-quoted with embedded quotes doubled (PostgreSQL folds an
+    unquoted name to lower case, so `Deploy` would name the role `deploy`, and rejects `My-App` or `user`)."""
+    return name if _PLAIN.match(name) and name not in _KEY_WORDS else '"' + name.replace('"', '""') + '"'
 
 
 def server_major(server: str) -> int:

@@ -40,12 +40,50 @@ class Elsewhere:
 
 TARGET_URL = Elsewhere("use --target-url with", "a database")  # `restore`; a drill has DRILL_TARGET_URL
 
-# The server's words for an extension the restoring role may not create or drop, or that the server lacks.
-_DENIED = re.compile(r'permission denied to create extension "([^"]+)"')
+# The server's words for an extension the restoring role may not create or drop, or that the server lacks, each
+# matched in one error line: the name ends at the line's last quote (it may hold quotes), or, unquoted, the line.
+_DENIED = re.compile(r'permission denied to create extension "(.+)"')
 _NEEDS_CREATE_RIGHT = "Must have CREATE privilege on current database"  # the HINT for a trusted extension
-_NOT_OWNER = re.compile(r"must be owner of extension ([^\s|;]+)")
-_MISSING = (re.compile(r'extension "([^"]+)" is not available'),  # PostgreSQL 15 and newer
-            re.compile(r'could not open extension control file "[^"]*?([^"/]+)\.control": No such file'))  # older
+_NOT_OWNER = re.compile(r"must be owner of extension (.+)")
+_MISSING = (re.compile(r'extension "(.+)" is not available'),  # PostgreSQL 15 and newer
+            re.compile(r'could not open extension control file ".*/(.+)\.control": No such file'))  # older
+
+# What is kept of pg_restore's stderr: its own lines and the server's error lines, never a statement. After an
+# error pg_restore prints `Command was: ` and the failing statement, whole and over many lines: the dump's content,
+# which may hold secrets (a user mapping's password, a subscription's CONNECTION) and would push the error out of
+# the kept lines. The server's `LINE n:` excerpt of it (and its caret), CONTEXT and QUERY lines are dropped too.
+_ERROR_LINE = re.compile(r"(?:pg_restore: |(?:ERROR|FATAL|PANIC|WARNING|DETAIL|HINT): )")
+_STATEMENT = re.compile(r"(?:pg_restore: (?:\w+: )?)?(?:Command|Query) was: (.*)")
+_NAME = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")*")'
+_HEAD = re.compile(rf"(?:[A-Z]+ )*[A-Z]+(?: {_NAME}(?:\.{_NAME})*)?")  # `CREATE TABLE public.events`
+_HEAD_LIMIT = 200
+
+
+def statement_head(statement: str) -> str:
+    """Return the start of an SQL statement as pg_dump writes it: its key words (upper case) and the name after
+    them, such as `CREATE USER MAPPING FOR reporting` or `ALTER TABLE ONLY public.events`, never a value or an
+    option; "" when it does not start with a key word."""
+    match = _HEAD.match(statement.strip())
+    return match[0][:_HEAD_LIMIT] if match else ""
+
+
+class ErrorLines:
+    """An `execute` stderr filter for one pg_restore (it keeps state across lines): keeps pg_restore's own lines
+    and the server's ERROR, DETAIL, HINT and WARNING lines; of a failing statement, only `Command was: ` and its
+    head (`statement_head`), with ` …` when more was cut; drops every other line."""
+
+    def __init__(self) -> None:
+        self._statement = False  # inside a statement pg_restore printed: its lines go until pg_restore's next
+
+    def __call__(self, line: str) -> str | None:
+        if line.startswith("pg_restore: "):
+            self._statement = False
+        if statement := _STATEMENT.match(line):
+            self._statement = True
+            head = statement_head(statement[1])
+            cut = statement[1].strip()[len(head):].strip() not in ("", ";")
+            return f"Command was: {head}" + (" …" if cut else "") if head else None
+        return line if not self._statement and _ERROR_LINE.match(line) else None
 
 
 @dataclass(frozen=True)
@@ -107,7 +145,8 @@ def restore_database(raw: Path, conn: Connection, cancel: threading.Event,
              lock_wait_limit_s=RESTORE_LOCK_WAIT_S)
     try:
         with pg_watch.watching(conn, session, RESTORE_LOCK_WAIT_S) as watch:
-            completed = execute.run(args, env=env, secrets=conn.secrets(), timeout=None, cancel=cancel)
+            completed = execute.run(args, env=env, secrets=conn.secrets(), timeout=None, cancel=cancel,
+                                    stderr_filter=ErrorLines())
     except execute.Timeout:
         pg_connect.end_sessions(conn, session)  # else it may hold its locks until its current statement ends
         raise Cancelled(f"the worker is stopping; the restore into {conn.dbname} was stopped before it committed, "
@@ -124,13 +163,18 @@ def restore_failure(database: str, host: str, failure: str, holders: str | None 
     waited for, return one sentence: the transaction was rolled back, so the database is unchanged; for a lock
     wait, which statement waited, who held the lock and what to do; for an extension the role `user` may not
     create (or drop), or that the server lacks, which one and what to do (`extension_failure`); else pg_restore's
-    own words. The one place a failed pg_restore becomes a sentence, for `restore` and a drill alike."""
-    if holders is None and "lock timeout" not in failure:
-        cause = extension_failure(database, host, failure, user, elsewhere) or failure
+    own words. Only its error lines are read and told (`ErrorLines`, again here for a text kept without it), and
+    of the failing statement only its head. The one place a failed pg_restore becomes a sentence, for `restore`
+    and a drill alike."""
+    exited, lines = _error_lines(failure)
+    errors = " | ".join(line for line in lines if not line.startswith("Command was: "))
+    if holders is None and "lock timeout" not in errors:
+        told = " | ".join(lines)
+        cause = extension_failure(database, host, errors, user, elsewhere) or (f"{exited}: {told}" if told else exited)
         return (f"pg_restore into {database} on {host} failed and its transaction was rolled back, so the database is "
                 f"unchanged: {cause}")
-    command = re.search(r"Command was: (.+?)(?: \| |$)", failure)
-    doing = f" for {command[1].strip().rstrip(';')}" if command else ""
+    command = next((statement_head(line[len("Command was: "):]) for line in lines if line.startswith("Command was: ")), "")
+    doing = f" for {command}" if command else ""
     held = f" ({holders})" if holders else ""
     return (f"pg_restore into {database} on {host} waited over {RESTORE_LOCK_WAIT_S} s for a lock{doing} held by another "
             f"session{held}, so it was stopped and rolled back and the database is unchanged; an app's open transaction "
@@ -138,23 +182,41 @@ def restore_failure(database: str, host: str, failure: str, holders: str | None 
             "session) and try again")
 
 
+def _error_lines(failure: str) -> tuple[str, list[str]]:
+    """Split `execute`'s failure text of a pg_restore (`pg_restore exited with 1: line | line`) into its head and
+    the lines `ErrorLines` keeps."""
+    head = re.match(r"\S+ (?:exited with -?\d+|was killed by [^:|]+|is still running)(?:: |$)", failure)
+    exited, rest = (head[0].removesuffix(": "), failure[head.end():]) if head else ("pg_restore failed", failure)
+    keep = ErrorLines()
+    return exited, [kept for line in rest.split(" | ") if (kept := keep(line.strip()))]
+
+
 def extension_failure(database: str, host: str, failure: str, user: str, elsewhere: Elsewhere) -> str | None:
-    """Return the cause and the fix when pg_restore failed on an extension (see `restore_failure`), else None."""
+    """Return the cause and the fix when pg_restore failed on an extension (see `restore_failure`), else None.
+    `failure` is pg_restore's error lines joined by " | ", without the statement (`ErrorLines`)."""
     role = f"the role {user}" if user else "the restoring role"
     as_superuser = f"to restore as a superuser, {elsewhere.to} a superuser's URL of {elsewhere.database}"
-    if denied := _DENIED.search(failure):
+    lines = failure.split(" | ")
+
+    def found(pattern: re.Pattern[str]) -> str | None:
+        name = next((match[1].strip() for line in lines if (match := pattern.search(line))), None)
+        return pg_connect.quote_ident(name) if name else None  # `"my ext"`, as SQL would name it
+
+    if denied := found(_DENIED):
         if _NEEDS_CREATE_RIGHT in failure:
-            grant = f"GRANT CREATE ON DATABASE {database} TO {user or 'that role'}"
-            return (f"the backup needs the PostgreSQL extension {denied[1]}, which {role} may not create without the "
-                    f"CREATE right on the database {database}: grant it with `{grant}`, or, {as_superuser}")
-        return (f"the backup needs the PostgreSQL extension {denied[1]}, which {role} may not create on {host} (it is "
+            grant = (f"grant it with `GRANT CREATE ON DATABASE {pg_connect.quote_ident(database)} TO "
+                     f"{pg_connect.quote_ident(user)}`" if user else
+                     "grant that right to the role the restore connects as")
+            return (f"the backup needs the PostgreSQL extension {denied}, which {role} may not create without the "
+                    f"CREATE right on the database {database}: {grant}, or, {as_superuser}")
+        return (f"the backup needs the PostgreSQL extension {denied}, which {role} may not create on {host} (it is "
                 f"not a trusted extension: only a superuser may create it); {as_superuser}")
-    if owner := _NOT_OWNER.search(failure):
-        return (f"the restore drops the PostgreSQL extension {owner[1]} and creates it again, but {role} does not own "
+    if owner := found(_NOT_OWNER):
+        return (f"the restore drops the PostgreSQL extension {owner} and creates it again, but {role} does not own "
                 f"it in {database} (another role, usually a superuser, created it); {as_superuser}")
     for pattern in _MISSING:
-        if missing := pattern.search(failure):
-            return (f"the backup needs the PostgreSQL extension {missing[1]}, which the server at {host} does not have "
+        if missing := found(pattern):
+            return (f"the backup needs the PostgreSQL extension {missing}, which the server at {host} does not have "
                     "installed: install the package that provides it on that server (postgresql-contrib for the "
                     "contrib extensions, such as dblink or hstore) and try again, or "
                     f"{elsewhere.to} the URL of {elsewhere.database} on a server that has it")

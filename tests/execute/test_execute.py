@@ -59,6 +59,34 @@ def test_a_very_long_stderr_line_is_cut():
     assert len(completed.failure) < 4 * execute.LINE_LIMIT
 
 
+def test_a_stderr_filter_chooses_and_shortens_the_lines_kept_in_order_and_they_are_still_scrubbed():
+    seen: list[str] = []
+
+    def keep(line: str) -> str | None:  # keeps state across lines: drops a block after "begin"
+        seen.append(line)
+        if line == "begin" or (seen[-2:-1] == ["begin"]):
+            return None
+        return "kept " + line if line.startswith("err") else None
+
+    script = ('printf "noise\\nerr one $BW_TOKEN\\nbegin\\nerr hidden\\n\\nerr two\\n" >&2; '
+              "for i in $(seq 1 50); do echo noise $i >&2; done; exit 2")
+    completed = execute.run(["sh", "-c", script], env=execute.child_env({"BW_TOKEN": "s3cret-pw"}), secrets=["s3cret-pw"],
+                            stderr_filter=keep)
+    assert completed.failure == "sh exited with 2: kept err one *** | kept err two"
+    assert seen[:5] == ["noise", "err one s3cret-pw", "begin", "err hidden", "err two"]  # blank lines never reach it
+
+
+def test_a_stderr_filter_that_raises_drops_the_line_and_the_child_is_still_drained():
+    def keep(line: str) -> str | None:
+        if line.startswith("boom"):
+            raise ValueError(line)
+        return line
+
+    script = "yes boom | head -c 3000000 >&2; echo last >&2; exit 1"  # more than the pipe holds
+    completed = execute.run(["sh", "-c", script], stderr_filter=keep, timeout=30)
+    assert completed.failure == "sh exited with 1: last"
+
+
 @pytest.mark.parametrize("args", [
     ["echo", "--password=s3cret pw"],
     ["echo", "host=h user=u password='s3cret pw' dbname=d"],

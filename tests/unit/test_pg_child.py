@@ -4,7 +4,7 @@
 import pytest
 
 from jobs.engines import pg_connect
-from jobs.engines.pg_restore import IDLE_IN_TRANSACTION, TARGET_URL, Elsewhere, restore_failure
+from jobs.engines.pg_restore import IDLE_IN_TRANSACTION, TARGET_URL, Elsewhere, ErrorLines, restore_failure, statement_head
 
 CHECK = "-c client_connection_check_interval=1000"
 
@@ -128,9 +128,58 @@ INSTALL = ("install the package that provides it on that server (postgresql-cont
         (OLD_MISSING, "app", TARGET_URL,
          "the backup needs the PostgreSQL extension postgis, which the server at db:5432 does not have installed: "
          f"{INSTALL}use --target-url with the URL of a database on a server that has it"),
-        (OTHER, "app", DRILL, OTHER),  # not an extension: pg_restore's own words
+        (TRUSTED, "", TARGET_URL,  # the role is not known: no SQL with a placeholder in it
+         "the backup needs the PostgreSQL extension hstore, which the restoring role may not create without the CREATE "
+         "right on the database app: grant that right to the role the restore connects as, or, "
+         f"{AS_SUPERUSER}"),
+        (NOT_OWNER.replace("dblink", "my ext", 1).replace("dblink", '"my ext"'), "app", TARGET_URL,
+         'the restore drops the PostgreSQL extension "my ext" and creates it again, but the role app does not own it in '
+         f"app (another role, usually a superuser, created it); {AS_SUPERUSER}"),
+        # not an extension: pg_restore's own words, of the statement only its head
+        (OTHER, "app", DRILL, _RUN + 'relation "users" does not exist | Command was: ALTER TABLE ONLY public.users …'),
     ],
 )
 def test_a_restore_that_fails_on_an_extension_names_it_and_the_fix_in_one_sentence(
         failure: str, user: str, elsewhere: Elsewhere, cause: str) -> None:
     assert restore_failure("app", "db:5432", failure, user=user, elsewhere=elsewhere) == HEAD + cause
+
+
+@pytest.mark.parametrize("name, quoted", [
+    ("app", "app"), ("app_2$", "app_2$"), ("_x", "_x"),
+    ("Deploy", '"Deploy"'), ("My-App", '"My-App"'), ("my app", '"my app"'), ("2fa", '"2fa"'), ("café", '"café"'),
+    ("user", '"user"'), ("left", '"left"'), ('a"b', '"a""b"'), ("", '""'),
+])
+def test_quote_ident_leaves_plain_lower_case_names_bare_and_quotes_the_rest(name: str, quoted: str) -> None:
+    assert pg_connect.quote_ident(name) == quoted
+
+
+@pytest.mark.parametrize("statement, head", [
+    ("CREATE TABLE public.wide (", "CREATE TABLE public.wide"),
+    ("CREATE USER MAPPING FOR reporting SERVER warehouse OPTIONS (", "CREATE USER MAPPING FOR reporting"),
+    ("CREATE SUBSCRIPTION sub CONNECTION 'host=h password=s3cret' PUBLICATION p WITH (connect = false);",
+     "CREATE SUBSCRIPTION sub"),
+    ("DROP TABLE IF EXISTS public.users;", "DROP TABLE IF EXISTS public.users"),
+    ('DROP EXTENSION IF EXISTS "my ext";', 'DROP EXTENSION IF EXISTS "my ext"'),
+    ('ALTER TABLE ONLY "Sales"."Order ""x""" ADD CONSTRAINT k PRIMARY KEY (id);', 'ALTER TABLE ONLY "Sales"."Order ""x"""'),
+    ("SELECT pg_catalog.set_config('search_path', '', false);", "SELECT pg_catalog.set_config"),
+    ("COPY public.events (id, kind) FROM stdin;", "COPY public.events"),
+    ("    password 'S3cret',", ""),  # not a statement's start
+    ("'S3cret'", ""),
+])
+def test_a_statements_head_is_its_key_words_and_the_name_after_them_never_a_value(statement: str, head: str) -> None:
+    assert statement_head(statement) == head
+
+
+def test_of_pg_restores_stderr_only_its_error_lines_and_the_failing_statements_head_are_kept() -> None:
+    stderr = ["pg_restore: error: could not execute query: ERROR:  syntax error at or near \"OPTIONS\"",
+              "LINE 1: CREATE USER MAPPING FOR reporting SERVER warehouse OPTIONS (password 'S3cret'...",
+              "                                                           ^",
+              "HINT:  a hint", "DETAIL:  a detail", "CONTEXT:  COPY events, line 1: \"S3cret\"", "QUERY:  SELECT 'S3cret'",
+              "Command was: CREATE USER MAPPING FOR reporting SERVER warehouse OPTIONS (", "    password 'S3cret',",
+              "ERROR:  inside the statement (a function's body): dropped", ");",
+              "pg_restore: detail: Query was: SELECT 'S3cret'", "WARNING:  after a query: still its text",
+              "pg_restore: warning: errors ignored on restore: 1"]
+    keep = ErrorLines()
+    assert [kept for line in stderr if (kept := keep(line))] == [
+        stderr[0], "HINT:  a hint", "DETAIL:  a detail", "Command was: CREATE USER MAPPING FOR reporting …",
+        "Command was: SELECT …", stderr[-1]]

@@ -1,20 +1,29 @@
-"""Review of the sentence a failed pg_restore becomes (jobs/engines/pg_restore.py: `restore_failure`,
-`extension_failure`). Each test names one defect and fails until it is fixed. The failure texts are pg_restore's
+"""Guards against defects a review found (all fixed) in the sentence a failed pg_restore becomes
+(jobs/engines/pg_restore.py: `restore_failure`, `extension_failure`): a password from the dump in the sentence,
+the error lost behind a long statement, extension and lock-timeout text matched in the statement, an extension
+name cut at a space, an unquoted GRANT. Each test names the defect it guards. The failure texts are pg_restore's
 stderr from real runs (pg_restore 15 with the worker's options against PostgreSQL 15.20), passed through
-`execute.run` as the worker keeps it (the last STDERR_LINES lines, joined by " | ")."""
+`execute.run` as the worker keeps it (through `ErrorLines`, the last STDERR_LINES lines kept, joined by " | ")."""
 
 import sys
 
+import pytest
+
 from jobs import execute
-from jobs.engines.pg_restore import TARGET_URL, restore_failure
+from jobs.engines.pg_restore import TARGET_URL, ErrorLines, restore_failure
 
 
-def failure_of(stderr: str) -> str:
-    """Return the failure text the worker keeps of a pg_restore that wrote `stderr` and exited with 1."""
+def failure_of(stderr: str, kept_as_the_worker_keeps_it: bool = True) -> str:
+    """Return the failure text the worker keeps of a pg_restore that wrote `stderr` and exited with 1: through the
+    stderr filter `restore_database` gives pg_restore (`ErrorLines`), or, with `kept_as_the_worker_keeps_it`
+    false, every line (the last STDERR_LINES), which `restore_failure` must read as safely."""
     completed = execute.run([sys.executable, "-c", "import sys; sys.stderr.write(sys.argv[1]); sys.exit(1)", stderr],
-                            timeout=30)
+                            timeout=30, stderr_filter=ErrorLines() if kept_as_the_worker_keeps_it else None)
     assert completed.code == 1
     return completed.failure
+
+
+BOTH_WAYS = pytest.mark.parametrize("filtered", [True, False], ids=["filtered", "unfiltered"])
 
 
 # `restore --target-url` onto a server without the role a dumped user mapping is for (real run; the foreign
@@ -58,13 +67,14 @@ END $$;
 """
 
 
-def test_a_failed_restore_never_puts_a_password_from_the_dump_into_its_sentence() -> None:
+@BOTH_WAYS
+def test_a_failed_restore_never_puts_a_password_from_the_dump_into_its_sentence(filtered: bool) -> None:
     """Defect: for any failure that is not a lock wait or an extension, the sentence is pg_restore's own words,
     "Command was:" and the failing statement included. pg_dump writes credentials into statements (a user
     mapping's `password` option, a subscription's CONNECTION string), and `scrub` knows only the worker's own
     secrets and URL passwords: the foreign server's password goes into the log, the run history and the alert
     webhook. The statement's option values should be withheld (or the statement cut to its head)."""
-    sentence = restore_failure("app", "db:5432", failure_of(USER_MAPPING), user="restorer", elsewhere=TARGET_URL)
+    sentence = restore_failure("app", "db:5432", failure_of(USER_MAPPING, filtered), user="restorer", elsewhere=TARGET_URL)
     assert "does not exist" in sentence
     assert "S3cretFromTheDump" not in sentence
 
@@ -78,22 +88,24 @@ def test_a_failed_restore_of_a_long_statement_still_names_the_error() -> None:
     assert "permission denied for schema public" in sentence
 
 
-def test_a_failure_whose_statement_mentions_an_extension_is_not_called_an_extension_failure() -> None:
+@BOTH_WAYS
+def test_a_failure_whose_statement_mentions_an_extension_is_not_called_an_extension_failure(filtered: bool) -> None:
     """Defect: `extension_failure` searches its patterns anywhere in the failure text, the failing statement
     included. A function whose body says `extension "postgis" is not available` (an app's own check) failing for
     another reason becomes "the backup needs the PostgreSQL extension postgis, which the server does not have
     installed: install the package ...": the wrong cause and the wrong fix, and the real error dropped. Only the
     ERROR (and HINT/DETAIL) lines should be matched."""
-    sentence = restore_failure("app", "db:5432", failure_of(FUNCTION), user="restorer", elsewhere=TARGET_URL)
+    sentence = restore_failure("app", "db:5432", failure_of(FUNCTION, filtered), user="restorer", elsewhere=TARGET_URL)
     assert "permission denied for schema public" in sentence
     assert "needs the PostgreSQL extension" not in sentence
 
 
-def test_a_failure_whose_statement_mentions_a_lock_timeout_is_not_called_a_lock_wait() -> None:
+@BOTH_WAYS
+def test_a_failure_whose_statement_mentions_a_lock_timeout_is_not_called_a_lock_wait(filtered: bool) -> None:
     """Defect: `restore_failure` takes any failure text containing "lock timeout" for a lock wait, the failing
     statement included: a function whose body mentions a lock timeout, failing for lack of a right, becomes "waited
     over 20 s for a lock ... held by another session ... stop the app's writers", and the real error is dropped."""
-    sentence = restore_failure("app", "db:5432", failure_of(RETRYING), user="restorer", elsewhere=TARGET_URL)
+    sentence = restore_failure("app", "db:5432", failure_of(RETRYING, filtered), user="restorer", elsewhere=TARGET_URL)
     assert "permission denied for schema public" in sentence
     assert "waited over" not in sentence
 
