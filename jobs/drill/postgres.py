@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-import re
 import threading
 from typing import Any
 
@@ -31,7 +30,7 @@ from jobs.backups import Backup
 from jobs.drill.pg_target import TARGET_VARIABLE, OperatorTarget, operator_database
 from jobs.engines import Source, pg_connect
 from jobs.engines.pg_archive import table_key
-from jobs.engines.pg_connect import Connection
+from jobs.engines.pg_connect import Connection, quote_ident
 from jobs.engines.pg_restore import Elsewhere, restore_database
 from jobs.errors import Cancelled, SourceError
 from jobs.redact import scrub
@@ -50,16 +49,6 @@ ELSEWHERE = Elsewhere(f"set {TARGET_VARIABLE} to", "an empty database")  # what 
 
 log = structlog.get_logger("jobs.drill.postgres")
 
-_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*\Z")
-# PostgreSQL's key words that an unquoted database or role name may not be (reserved, or type or function names).
-_KEYWORDS = frozenset("""
-all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate collation
-column concurrently constraint create cross current_catalog current_date current_role current_schema current_time
-current_timestamp current_user default deferrable desc distinct do else end except false fetch for foreign freeze
-from full grant group having ilike in initially inner intersect into is isnull join lateral leading left like limit
-localtime localtimestamp natural not notnull null offset on only or order outer overlaps placing primary references
-returning right select session_user similar some symmetric table tablesample then to trailing true union unique user
-using variadic verbose when where window with""".split())
 
 # The rows of every user table of the scratch database, keyed as the manifest's counts are (pg_archive.table_key).
 TABLES = """
@@ -84,12 +73,6 @@ def comment_for(database: str) -> str:
     """Return the comment that marks a scratch database as made by a drill of the set whose database is
     `database`: the full name, double-quoted with quotes doubled, so no two sets' marks are alike."""
     return COMMENT.format(database='"' + database.replace('"', '""') + '"')
-
-
-def identifier(name: str) -> str:
-    """Return `name` as SQL an operator may paste: as it is when a plain lower-case identifier, else double-quoted
-    with quotes doubled (PostgreSQL folds an unquoted name to lower case: `MyApp` would name `myapp`)."""
-    return name if _PLAIN.match(name) and name not in _KEYWORDS else '"' + name.replace('"', '""') + '"'
 
 
 def _server_of(source: Source) -> Connection:
@@ -125,7 +108,7 @@ def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Co
             name = _create(session, server.dbname, now)
         except _NotCreated as failed:
             if isinstance(failed.error, psycopg.errors.InsufficientPrivilege):
-                user = identifier(server.user or session.info.user)
+                user = quote_ident(server.user or session.info.user)
                 raise SourceError(f"the PostgreSQL role {user} may not create databases, so the drill cannot make "
                                   f"its scratch database on {server.host}: grant it with `ALTER ROLE {user} CREATEDB`, "
                                   f"or set {TARGET_VARIABLE} to an empty database the drill may fill and empty",
@@ -181,7 +164,7 @@ def _create(session: psycopg.Connection, database: str, now: datetime) -> str:
             session.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         except psycopg.Error as dropping:
             log.warning("drill.scratch_left", database=name, reason=str(dropping)[:200],
-                        detail=f"drop it by hand: DROP DATABASE {identifier(name)}")
+                        detail=f"drop it by hand: DROP DATABASE {quote_ident(name)}")
         raise _NotCreated(name, error) from None
     return name
 
@@ -218,7 +201,7 @@ def _clear_leftovers(session: psycopg.Connection, server: Connection, now: datet
                 why = f"it could not be dropped: {_why(error, server)}"
         log.warning("drill.scratch_leftover", database=leftover, host=server.host, kept_because=why,
                     detail="a drill that was killed may have left it; if so, drop it by hand: "
-                           f"DROP DATABASE {identifier(leftover)}")
+                           f"DROP DATABASE {quote_ident(leftover)}")
 
 
 def _not_droppable(leftover: str, comment: str | None, owned: bool, database: str, now: datetime) -> str | None:
@@ -248,7 +231,7 @@ def _drop(server: Connection, name: str) -> None:
         log.info("drill.scratch_dropped", database=name, host=server.host)
     except (SourceError, psycopg.Error) as error:
         log.warning("drill.scratch_left", database=name, host=server.host,
-                    reason=str(error)[:200], detail=f"drop it by hand: DROP DATABASE {identifier(name)}")
+                    reason=str(error)[:200], detail=f"drop it by hand: DROP DATABASE {quote_ident(name)}")
 
 
 def count_rows(conn: Connection, cancel: threading.Event) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from psycopg import sql
 from structlog.testing import capture_logs
 
 from jobs.drill import postgres as drill_pg
-from jobs.drill.postgres import comment_for, identifier, scratch_database, scratch_name
+from jobs.drill.postgres import comment_for, scratch_database, scratch_name
+from jobs.engines.pg_connect import quote_ident
 from jobs.engines import pg_connect
 from jobs.engines.pg_connect import parse_url
 from jobs.errors import SourceError
@@ -235,9 +236,9 @@ def test_when_every_name_is_taken_the_sentence_names_the_last_name_tried(make_db
 
 
 def test_identifiers_in_advice_are_quoted_when_postgresql_would_fold_or_refuse_them() -> None:
-    assert identifier("app_drill_20200101000000") == "app_drill_20200101000000"
-    assert identifier("MyApp") == '"MyApp"'
-    assert identifier('a"b') == '"a""b"'
-    assert identifier("user") == '"user"'
-    assert identifier("my app") == '"my app"'
+    assert quote_ident("app_drill_20200101000000") == "app_drill_20200101000000"
+    assert quote_ident("MyApp") == '"MyApp"'
+    assert quote_ident('a"b') == '"a""b"'
+    assert quote_ident("user") == '"user"'
+    assert quote_ident("my app") == '"my app"'
     assert comment_for('a"b') == 'backup-worker restore drill scratch database of "a""b"; dropped when its drill ends'
