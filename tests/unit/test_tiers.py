@@ -1,6 +1,7 @@
 """Retention tiers (issue 21) as tables of cases: restic's `forget --keep-*` semantics on the wall clock of
 BACKUP_TIMEZONE. Every expected list is written out by hand (dates, hours), never computed the way the code does."""
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -13,6 +14,17 @@ from jobs.tiers import Tiers, label
 UTC = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
+
+
+def damaged(rotten: str) -> tuple[Callable[[Backup], bool], list[str]]:
+    """Return a SHA-256 re-check that fails only the backup `rotten`, and the list of the ids it was asked about."""
+    checked: list[str] = []
+
+    def intact(candidate: Backup) -> bool:
+        checked.append(candidate.id)
+        return candidate.id != rotten
+
+    return intact, checked
 
 
 def at(when: str, **manifest: object) -> Backup:
@@ -227,12 +239,7 @@ def test_sets_fill_their_own_periods() -> None:
 def test_a_damaged_tier_holder_is_found_before_deleting_and_the_next_backup_of_its_day_takes_its_place() -> None:
     backups = [at("2026-12-05T02:00"), at("2026-12-04T02:00"), at("2026-12-04T14:00"), at("2026-12-03T02:00")]
     rotten = at("2026-12-04T14:00").id
-    checked: list[str] = []
-
-    def intact(candidate: Backup) -> bool:
-        checked.append(candidate.id)
-        return candidate.id != rotten
-
+    intact, checked = damaged(rotten)
     result = prove_slots(backups, tiered(daily=2), datetime(2026, 12, 5, 3, tzinfo=timezone.utc), intact)
     assert kept_times(result) == ["2026-12-04T02:00", "2026-12-05T02:00"]
     assert sorted(checked) == sorted([at("2026-12-05T02:00").id, rotten, at("2026-12-04T02:00").id])

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 from jobs.backups import Backup
 from jobs.retention import Policy, plan, prove_slots
 from jobs.tiers import Tiers
-from tests.unit.test_tiers import DAY, at, every, kept_times, tiered
+from tests.unit.test_tiers import DAY, at, damaged, every, kept_times, tiered
 
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -33,13 +33,7 @@ def test_a_damaged_holder_of_a_period_without_deletions_does_not_take_a_periods_
     periods a deleted backup falls in, so the damaged holder of 2026-12-03 is never re-checked, keeps its day's
     place, and the intact 2026-11-28 backup is deleted: six intact dailies are left."""
     backups = every("2026-11-28T02:00", "2026-12-05T02:00", DAY)
-    rotten = at("2026-12-03T02:00").id
-    checked: list[str] = []
-
-    def intact(candidate: Backup) -> bool:
-        checked.append(candidate.id)
-        return candidate.id != rotten
-
+    intact, checked = damaged(at("2026-12-03T02:00").id)
     result = prove_slots(backups, tiered(daily=7), datetime(2026, 12, 5, 3, tzinfo=timezone.utc), intact)
     assert "2026-11-28T02:00" in kept_times(result), f"deleted after checking only {checked}"
 
