@@ -225,6 +225,9 @@ def test_several_sets(tmp_path: Path, moto_endpoint: str, bucket: str, services:
     shutil.copy(dump, tmp_path / "loaded" / "dump.rdb")  # loaded as the README's Redis section says
     with redis_server(tmp_path / "loaded") as loaded:
         assert {db: loaded.client(db).dbsize() for db in (0, 1)} == keys
+        info = {db: fields["keys"] for db, fields in loaded.client(0).info("keyspace").items()}
+    manifest = json.loads(max(volume.rglob("*.rdb.zst.json")).read_text())  # "compare with rdb.keys in the manifest"
+    assert manifest["rdb"]["keys"] == info
 
 
 def test_worker_volume_lost(tmp_path: Path, moto_endpoint: str, bucket: str, services: dict[str, Service],
