@@ -70,10 +70,19 @@ CONTENTS: tuple[tuple[str, str], ...] = (
                   f"WHERE NOT ({_SYSTEM}) AND " + _NOT_EXTENSION.format(catalog="pg_collation")),
     ("operator", "SELECT x.oprname FROM pg_operator x JOIN pg_namespace n ON n.oid = x.oprnamespace "
                  f"WHERE NOT ({_SYSTEM}) AND " + _NOT_EXTENSION.format(catalog="pg_operator")),
+    # Whatever else lives in a schema the clean-up drops (with CASCADE): every object of a schema depends on it,
+    # so this catches the kinds not listed above (text search objects, conversions, operator classes, …).
+    ("object", "SELECT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d "
+               "JOIN pg_namespace n ON n.oid = d.refobjid WHERE d.refclassid = 'pg_namespace'::regclass "
+               f"AND NOT ({_SYSTEM}) AND d.classid NOT IN ('pg_class'::regclass, 'pg_proc'::regclass, "
+               "'pg_type'::regclass, 'pg_collation'::regclass, 'pg_operator'::regclass) AND NOT EXISTS (SELECT 1 "
+               "FROM pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e')"),
 )
 
 
 def _named(what: str, name: str) -> str:
+    if what == "object":  # pg_describe_object already says what it is
+        return name
     if what == "relation":
         kind, _, qualified = name.partition(" ")
         return f"{_KINDS.get(kind, 'relation')} {qualified}"

@@ -150,3 +150,29 @@ def test_a_target_that_cannot_be_emptied_fails_the_drill_naming_what_is_left(mak
     finally:
         with admin(dbname=target) as connection:
             connection.execute("DROP TABLE IF EXISTS public.kept")
+
+
+@pytest.mark.parametrize("made, kept", [
+    ("CREATE TEXT SEARCH CONFIGURATION public.fr (COPY = french)",
+     "SELECT count(*) FROM pg_ts_config WHERE cfgname = 'fr'"),
+    ("CREATE TEXT SEARCH DICTIONARY public.simple_fr (TEMPLATE = simple)",
+     "SELECT count(*) FROM pg_ts_dict WHERE dictname = 'simple_fr'"),
+    ("CREATE CONVERSION public.latin_to_utf FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8",
+     "SELECT count(*) FROM pg_conversion WHERE conname = 'latin_to_utf'"),
+])
+def test_a_drill_target_whose_public_holds_any_other_object_is_refused_and_keeps_it(
+        made: str, kept: str, tmp_path: Path, worker_env, make_db) -> None:
+    """The drill empties its target by dropping `public` with everything in it: a target whose public holds an
+    object of a kind the emptiness check did not list (a text search configuration, a dictionary, a conversion)
+    passed as empty, and the drill's clean-up dropped the operator's object."""
+    app = make_db("app", populated=True, events=20)
+    target = make_db("target")
+    with admin(dbname=target) as connection:
+        connection.execute(made)
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(target)}
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    row = next(iter(json.loads(result.stdout)["sources"].values()))
+    assert result.code == 1 and row["stage"] == "scratch" and "is not empty" in row["reason"], row
+    with admin(dbname=target) as connection:
+        assert connection.execute(kept).fetchone()[0] == 1, "the drill dropped the operator's object"
