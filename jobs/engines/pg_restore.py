@@ -51,8 +51,11 @@ _MISSING = (re.compile(r'extension "(.+)" is not available'),  # PostgreSQL 15 a
 # What is kept of pg_restore's stderr: its own lines and the server's error lines, never a statement. After an
 # error pg_restore prints `Command was: ` and the failing statement, whole and over many lines: the dump's content,
 # which may hold secrets (a user mapping's password, a subscription's CONNECTION) and would push the error out of
-# the kept lines. The server's `LINE n:` excerpt of it (and its caret), CONTEXT and QUERY lines are dropped too.
+# the kept lines. The server's `LINE n:` excerpt of it (and its caret), CONTEXT and QUERY lines are dropped too, and
+# the DETAIL lines that quote a row or a key's value.
 _ERROR_LINE = re.compile(r"(?:pg_restore: |(?:ERROR|FATAL|PANIC|WARNING|DETAIL|HINT): )")
+# DETAIL lines that quote the dump's data: a row that breaks a constraint, a key's value (never kept).
+_DATA_DETAIL = re.compile(r"DETAIL:\s+(?:Failing row contains|Key \()")
 _STATEMENT = re.compile(r"(?:pg_restore: (?:\w+: )?)?(?:Command|Query) was: (.*)")
 _NAME = r'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")*")'
 _HEAD = re.compile(rf"(?:[A-Z]+ )*[A-Z]+(?: {_NAME}(?:\.{_NAME})*)?")  # `CREATE TABLE public.events`
@@ -83,7 +86,7 @@ class ErrorLines:
             head = statement_head(statement[1])
             cut = statement[1].strip()[len(head):].strip() not in ("", ";")
             return f"Command was: {head}" + (" …" if cut else "") if head else None
-        return line if not self._statement and _ERROR_LINE.match(line) else None
+        return line if not self._statement and _ERROR_LINE.match(line) and not _DATA_DETAIL.match(line) else None
 
 
 @dataclass(frozen=True)

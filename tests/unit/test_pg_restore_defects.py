@@ -128,3 +128,30 @@ def test_the_grant_the_sentence_advises_names_the_role_and_database_it_means() -
                "extension. | Command was: CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public;")
     sentence = restore_failure("My-App", "db:5432", failure, user="Deploy", elsewhere=TARGET_URL)
     assert 'GRANT CREATE ON DATABASE "My-App" TO "Deploy"' in sentence
+
+
+# A COPY into a table whose check constraint the data breaks (real wording of PostgreSQL 15): the DETAIL line
+# carries the row itself, and a unique violation carries the key's value.
+ROW_DETAIL = """pg_restore: error: COPY failed for table "accounts": ERROR:  new row for relation "accounts" violates check constraint "accounts_pin_check"
+DETAIL:  Failing row contains (7, ada@example.com, S3cretRowValue).
+CONTEXT:  COPY accounts, line 1: "7	ada@example.com	S3cretRowValue"
+"""
+KEY_DETAIL = """pg_restore: error: could not execute query: ERROR:  could not create unique index "users_email_key"
+DETAIL:  Key (email)=(S3cretKeyValue@example.com) is duplicated.
+Command was: ALTER TABLE ONLY public.users
+    ADD CONSTRAINT users_email_key UNIQUE (email);
+"""
+
+
+@pytest.mark.parametrize("stderr, secret, error", [
+    (ROW_DETAIL, "S3cretRowValue", "violates check constraint"),
+    (KEY_DETAIL, "S3cretKeyValue", "could not create unique index"),
+])
+@BOTH_WAYS
+def test_a_failed_restore_never_puts_the_dumps_row_values_into_its_sentence(stderr: str, secret: str, error: str,
+                                                                            filtered: bool) -> None:
+    """The server's DETAIL line of a constraint error holds the dump's data ("Failing row contains (…)", "Key
+    (email)=(…)"); the sentence goes to the log, the history and the webhook, so it keeps the error, never the row."""
+    sentence = restore_failure("app", "db:5432", failure_of(stderr, filtered), user="restorer", elsewhere=TARGET_URL)
+    assert error in sentence
+    assert secret not in sentence
