@@ -176,3 +176,24 @@ def test_a_drill_target_whose_public_holds_any_other_object_is_refused_and_keeps
     assert result.code == 1 and row["stage"] == "scratch" and "is not empty" in row["reason"], row
     with admin(dbname=target) as connection:
         assert connection.execute(kept).fetchone()[0] == 1, "the drill dropped the operator's object"
+
+
+def test_a_failing_drill_into_a_password_bearing_drill_target_url_never_shows_the_password(
+        tmp_path: Path, worker_env, make_db) -> None:
+    """The drill target's sentences (not empty, a source, unreachable) name the target by its masked URL: its
+    password reaches no output, log line, JSON or history row."""
+    app = make_db("app", populated=True, events=20)
+    occupied = make_db("occupied", populated=True, events=5)
+    secret = "S3cretTargetPassw0rd"
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": url_for(occupied, password=secret)}
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    row = next(iter(json.loads(result.stdout)["sources"].values()))
+    assert result.code == 1 and row["stage"] == "scratch" and "is not empty" in row["reason"], row
+    assert "postgres:***@" in row["reason"]  # the target is named, its password masked
+    unreachable = run_worker(["drill"], {**env, "DRILL_TARGET_URL": url_for(occupied, password=secret, port=1)},
+                             cwd=tmp_path)
+    assert unreachable.code == 1
+    history = run_worker(["history", "--json", "--job", "drill"], env, cwd=tmp_path)
+    for output in (result.stdout, result.stderr, unreachable.stdout, unreachable.stderr, history.stdout):
+        assert secret not in output
