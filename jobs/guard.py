@@ -40,7 +40,8 @@ log = structlog.get_logger("jobs.guard")
 EMPTY_ALLOWED, SHRUNK = "empty_allowed", "shrunk"  # manifest flags, see jobs.selection.FLAGGED
 SHRINK_FACTOR = 10
 # The largest raw snapshot of a database with no tables at all: SQLite one 4 KiB page (or an empty file), an
-# archive of pg_dump 15 of an empty database 888 bytes. Redis manifests always record their keys.
+# archive of pg_dump 15 of an empty database 888 bytes. A Redis manifest without counts (uncounted, or from INFO
+# before the walk, whose {} may be a user without INFO) has no threshold: unsure means it holds data.
 EMPTY_RAW = {"sqlite": 4096, "pgdump": 1024}
 
 
