@@ -4,7 +4,7 @@ from typing import Mapping
 from zoneinfo import ZoneInfo
 
 from jobs import engines
-from jobs.drill.pg_target import same_database
+from jobs.drill.pg_target import TARGET_VARIABLE, same_database
 from jobs.engines import pg_connect
 from jobs.redact import mask_url
 from worker.crontab import cron_trigger
@@ -15,16 +15,16 @@ def target_problem(target: str, sources: tuple[ConfiguredSet, ...]) -> str | Non
     """Return why DRILL_TARGET_URL is unusable (not a PostgreSQL URL libpq accepts, as BACKUP_SOURCE's are checked,
     or the address of a configured source database), or None."""
     if engines.scheme_of(target) not in ("postgresql", "postgres"):
-        return (f"DRILL_TARGET_URL={mask_url(target)!r} must be a PostgreSQL URL like "
+        return (f"{TARGET_VARIABLE}={mask_url(target)!r} must be a PostgreSQL URL like "
                 "postgresql://USER:PASSWORD@HOST:5432/DBNAME (an empty database the drill restores into)")
     try:
         conn = pg_connect.parse_url(target)
     except ValueError as error:
-        return f"DRILL_TARGET_URL: {error}"
+        return f"{TARGET_VARIABLE}: {error}"
     for each in sources:
         source = each.source.sql_database()
         if isinstance(source, pg_connect.Connection) and same_database(conn, source):
-            return (f"DRILL_TARGET_URL names the source database of {each.variable} ({source.dbname} on {source.host}), "
+            return (f"{TARGET_VARIABLE} names the source database of {each.variable} ({source.dbname} on {source.host}), "
                     "which a drill never touches; point it at an empty database of its own, or unset it for a scratch "
                     "database")
     return None
@@ -43,8 +43,9 @@ def drill_settings(env: Mapping[str, str], timezone: ZoneInfo, sources: tuple[Co
             trigger = cron_trigger(schedule, timezone)
         except ValueError as error:
             problems.append(f"DRILL_SCHEDULE: {error}")
-    target = env.get("DRILL_TARGET_URL", "").strip() or None
+    target = env.get(TARGET_VARIABLE, "").strip() or None
     if target is not None:
+        target = engines.source_url(target)  # read as BACKUP_SOURCE is: `postgresql+psycopg://` is `postgresql://`
         problem = target_problem(target, sources)
         if problem:
             problems.append(problem)

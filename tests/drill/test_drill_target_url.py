@@ -197,3 +197,19 @@ def test_a_failing_drill_into_a_password_bearing_drill_target_url_never_shows_th
     history = run_worker(["history", "--json", "--job", "drill"], env, cwd=tmp_path)
     for output in (result.stdout, result.stderr, unreachable.stdout, unreachable.stderr, history.stdout):
         assert secret not in output
+
+
+def test_a_drill_target_url_written_as_an_app_writes_it_with_a_driver_is_accepted_and_drilled_into(
+        tmp_path: Path, worker_env, make_db) -> None:
+    """DRILL_TARGET_URL is read as BACKUP_SOURCE and `restore --target-url` are (jobs.engines.source_url): a
+    SQLAlchemy URL `postgresql+psycopg://…`, as apps write theirs, passed the scheme check and was then refused as
+    "not a valid PostgreSQL URL"."""
+    app = make_db("app", populated=True, events=20)
+    target = make_db("target")
+    driver_url = url_for(target).replace("postgresql://", "postgresql+psycopg://", 1)
+    env = {**worker_env, "BACKUP_SOURCE": url_for(app), "DRILL_TARGET_URL": driver_url}
+    assert run_worker(["config"], env, cwd=tmp_path).code == 0
+    assert run_worker(["backup"], env, cwd=tmp_path).code == 0
+    result = run_worker(["drill", "--json"], env, cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert table_names(target) == []
