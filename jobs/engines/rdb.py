@@ -18,13 +18,10 @@ from typing import Any
 import anycrc
 import structlog
 
-from jobs.engines.rdb_keys import KeyCounter
+from jobs.engines.rdb_keys import EOF, FIRST_CHECKSUMMED_VERSION, HEADER_SIZE, TRAILER_SIZE, KeyCounter
 from jobs.errors import Cancelled, IntegrityError
 
-HEADER_SIZE = 9
-TRAILER_SIZE = 8
-EOF_OPCODE = 0xFF
-FIRST_CHECKSUMMED_VERSION = 5
+EOF_OPCODE = EOF
 CHECK = "RDB header and CRC64"
 _HEADER = re.compile(rb"(?:REDIS(\d{4})|VALKEY(\d{3}))\Z")
 _CRC64 = anycrc.Model("CRC64-REDIS")
@@ -139,7 +136,7 @@ class RdbCheck:
             return
         counts = self.counter.finish()
         if counts is None and not proven and self.counter.damaged:
-            raise IntegrityError(f"the RDB snapshot is truncated or corrupt: {self.counter.problem.split(': ', 1)[1]}; "
+            raise IntegrityError(f"the RDB snapshot is truncated or corrupt: {self.counter.why}; "
                                  "the server writes no checksum (rdbchecksum no), so its records are the only proof")
         if counts is None:
             self.details["uncounted"] = self.counter.problem

@@ -21,6 +21,8 @@ from collections.abc import Generator, Mapping
 from typing import Any
 
 WAIT = Generator[None, None, None]
+# The frame of an RDB file (jobs.engines.rdb checks it): a 9-byte header (`REDIS` + 4 digits, or `VALKEY` + 3), the
+# body, the EOF opcode and, from RDB version 5, an 8-byte CRC64.
 HEADER_SIZE = 9
 TRAILER_SIZE = 8
 FIRST_CHECKSUMMED_VERSION = 5
@@ -32,6 +34,7 @@ _PACKED = {9: "zipmap", 10: "ziplist", 11: "intset", 12: "ziplist", 13: "ziplist
            20: "listpack"}
 _COUNT_AT = {"zipmap": (0, 1), "ziplist": (8, 2), "intset": (4, 4), "listpack": (4, 2)}  # its element count: offset, size
 _STRINGS = {1: 1, 2: 1, 4: 2}  # type: strings per element after the element count (list, set, hash)
+_WIDE_LENGTH = {0x80: 4, 0x81: 8}  # a length's first byte: a 32- or 64-bit big-endian length follows
 ABSENT, PRESENT, VOLATILE = range(3)  # a key Redis skips as it loads the file (empty), a key, one that may expire
 _STREAMS = (15, 19, 21)
 _MODULE_EOF, _MODULE_SINT, _MODULE_UINT, _MODULE_FLOAT, _MODULE_DOUBLE, _MODULE_STRING = range(6)
@@ -52,7 +55,8 @@ class KeyCounter:
         self.keys: dict[str, int] = {}
         self.expires: dict[str, int] = {}
         self.volatile: dict[str, int] = {}  # hashes with field TTLs (and no key TTL)
-        self.problem: str | None = None
+        self.problem: str | None = None  # "the RDB's keys were not counted: " and `why`
+        self.why: str | None = None
         self.damaged = False  # the file is cut short or overrun, or holds an encoding no format has
         self._buf = bytearray()
         self._skip = 0  # bytes still to discard from the next chunks (the rest of a long string)
@@ -89,6 +93,7 @@ class KeyCounter:
             self._give_up(f"the walk failed ({type(error).__name__}: {error})")
 
     def _give_up(self, why: str) -> None:
+        self.why = why
         self.problem = f"the RDB's keys were not counted: {why}"
         self._buf = bytearray()
         self._walk.close()
@@ -153,7 +158,7 @@ class KeyCounter:
                 value = ((first & 0x3F) << 8) | buf[p + 1]
                 p += 2
                 return value, False
-            size = {0x80: 4, 0x81: 8}.get(first)
+            size = _WIDE_LENGTH.get(first)
             if size is None:
                 raise Damaged(f"unknown length encoding {first:#04x}")
             if len(buf) - p < 1 + size:
@@ -199,9 +204,13 @@ class KeyCounter:
             else:
                 raise Damaged(f"unknown string encoding {value}")
 
+        def string_later() -> WAIT:
+            """Step over a string string_now() could not (not wholly buffered, long, or LZF)."""
+            yield from rest(*(yield from length()))
+
         def string() -> WAIT:
             if not string_now():
-                yield from rest(*(yield from length()))
+                yield from string_later()
 
         def packed(container: str) -> Generator[None, None, bool]:
             """Step over a string holding a ziplist, listpack, intset or zipmap; return whether it holds no element
@@ -264,7 +273,7 @@ class KeyCounter:
                 count = yield from number()
                 for _ in range(count * _STRINGS[kind]):
                     if not string_now():
-                        yield from string()
+                        yield from string_later()
                 return PRESENT if count else ABSENT
             if kind in (3, 5):  # sorted set: member and score (a short decimal string, or 8 binary bytes)
                 count = yield from number()
@@ -332,10 +341,10 @@ class KeyCounter:
             p += 1
             if opcode < SLOT_INFO:  # a key of this type: its name, then its value
                 if not string_now():
-                    yield from string()
+                    yield from string_later()
                 if opcode == 0:  # a string, the commonest record: no generator for it
                     if not string_now():
-                        yield from string()
+                        yield from string_later()
                     state = PRESENT
                 else:
                     state = yield from value(opcode)
