@@ -33,6 +33,7 @@ from jobs import identity, selection
 from jobs.backups import Backup
 from jobs.engines import COUNTS, Source, rdb_keys
 from jobs.errors import SourceError
+from jobs.manifest import whole_number
 from jobs.selection import Purpose
 
 log = structlog.get_logger("jobs.guard")
@@ -56,8 +57,8 @@ class Found:
 def held(manifest: dict[str, Any]) -> int | None:
     """Return the rows (or Redis keys) a manifest records its backup holds, or None when it records none."""
     counts = manifest.get(COUNTS)
-    if isinstance(counts, dict) and isinstance(counts.get("total"), int) and not isinstance(counts["total"], bool):
-        return counts["total"]
+    if isinstance(counts, dict) and (total := whole_number(counts.get("total"))) is not None:
+        return total
     return rdb_keys.held(manifest)
 
 

@@ -28,6 +28,18 @@ def parse_iso(text: str) -> datetime:
     return moment
 
 
+def whole_number(value: object) -> int | None:
+    """Return `value` when a manifest field holds a whole number (0 or more, not a boolean), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def whole_numbers(value: object) -> dict[str, int] | None:
+    """Return `value` when a manifest field holds a map of names to whole numbers (row or key counts), else None."""
+    if not isinstance(value, dict) or not all(whole_number(count) is not None for count in value.values()):
+        return None
+    return {str(name): count for name, count in value.items()}
+
+
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Write `manifest` to the new file `path` (0600) and fsync it."""
     with create_private(path) as handle:

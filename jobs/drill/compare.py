@@ -13,19 +13,9 @@ from typing import Any
 from jobs.backups import Backup
 from jobs.engines import COUNTS, rdb_keys
 from jobs.errors import JobError
+from jobs.manifest import whole_numbers
 
 SHOWN = 3  # differences named in the sentence; the rest are counted
-
-
-def _number(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _counts(value: object) -> dict[str, int] | None:
-    """Return `value` as a map of names to counts, or None when it is not one (a count that is not a whole number)."""
-    if not isinstance(value, dict) or not all(_number(count) is not None for count in value.values()):
-        return None
-    return {str(name): count for name, count in value.items()}
 
 
 def _unreadable(backup: Backup, what: str) -> JobError:
@@ -40,7 +30,7 @@ def recorded_rows(backup: Backup) -> dict[str, int] | None:
     if COUNTS not in backup.manifest:
         return None
     counts = backup.manifest[COUNTS]
-    tables = _counts(counts.get("tables")) if isinstance(counts, dict) else None
+    tables = whole_numbers(counts.get("tables")) if isinstance(counts, dict) else None
     if tables is None:
         raise _unreadable(backup, "row counts")
     return tables

@@ -20,6 +20,8 @@ of the format has), `damaged` is set: the check refuses such a file when the ser
 from collections.abc import Generator, Mapping
 from typing import Any
 
+from jobs.manifest import whole_numbers
+
 WAIT = Generator[None, None, None]
 # The frame of an RDB file (jobs.engines.rdb checks it): a 9-byte header (`REDIS` + 4 digits, or `VALKEY` + 3), the
 # body, the EOF opcode and, from RDB version 5, an 8-byte CRC64.
@@ -391,13 +393,6 @@ class KeyCounter:
 MEASURED = {"counted_in": "file"}  # beside the counts: measured on the file by this walk
 
 
-def _whole_numbers(value: object) -> dict[str, int] | None:
-    if not isinstance(value, dict) or not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0
-                                              for count in value.values()):
-        return None
-    return {str(name): count for name, count in value.items()}
-
-
 def recorded(manifest: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int], dict[str, int]] | None:
     """Return (keys, expires, hashes_with_field_ttls) per database as a manifest records them measured on its file;
     None when it records none so measured (the walk could not read the file, or the backup was made before the
@@ -407,7 +402,7 @@ def recorded(manifest: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int
     rdb = manifest.get("rdb")
     if not isinstance(rdb, dict) or rdb.get("counted_in") != MEASURED["counted_in"]:
         return None
-    counts = [_whole_numbers(rdb.get(name)) for name in ("keys", "expires", "hashes_with_field_ttls")]
+    counts = [whole_numbers(rdb.get(name)) for name in ("keys", "expires", "hashes_with_field_ttls")]
     if None in counts:
         raise ValueError("its key counts are not maps of database names to whole numbers")
     keys, expires, volatile = counts
@@ -425,5 +420,5 @@ def held(manifest: Mapping[str, Any]) -> int | None:
     if measured is not None:
         return sum(measured[0].values())
     rdb = manifest.get("rdb")
-    legacy = _whole_numbers(rdb.get("keys")) if isinstance(rdb, dict) and "uncounted" not in rdb else None
+    legacy = whole_numbers(rdb.get("keys")) if isinstance(rdb, dict) and "uncounted" not in rdb else None
     return sum(legacy.values()) if legacy and sum(legacy.values()) > 0 else None
