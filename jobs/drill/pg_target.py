@@ -45,7 +45,7 @@ _SYSTEM = ("n.nspname IN ('pg_catalog', 'information_schema') OR n.nspname LIKE 
            "OR n.nspname LIKE 'pg\\_temp\\_%'")
 _NOT_EXTENSION = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{catalog}'::regclass AND d.objid = x.oid AND d.deptype = 'e')"
 _KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "S": "sequence", "f": "foreign table",
-          "c": "type", "i": "index", "I": "index"}
+          "c": "type"}  # indexes are not listed (they go with their tables)
 
 # Everything a database holds beyond what CREATE DATABASE gives it: (what, SQL returning one name per row).
 CONTENTS: tuple[tuple[str, str], ...] = (
@@ -103,9 +103,11 @@ def _phrase(found: list[str]) -> str:
     return ", ".join(found[:SHOWN]) + (f" and {len(found) - SHOWN} more" if len(found) > SHOWN else "")
 
 
-def _why(error: Exception, conn: Connection) -> str:
+def why(error: Exception, conn: Connection | None = None) -> str:
+    """Return the first line of a database error, scrubbed of the connection's secrets: what a drill's messages
+    and log lines quote."""
     text = str(error).strip()
-    return scrub(text.splitlines()[0] if text else type(error).__name__, conn.secrets())
+    return scrub(text.splitlines()[0] if text else type(error).__name__, conn.secrets() if conn else [])
 
 
 def same_database(one: Connection, other: Connection) -> bool:
@@ -126,7 +128,7 @@ def _identity(conn: Connection) -> tuple[str, str] | None:
                 server = f"started {row[0]}"
             return server, str(session.execute("SELECT current_database()").fetchone()[0])
     except (SourceError, psycopg.Error) as error:
-        log.debug("drill.identity_unknown", host=conn.host, reason=_why(error, conn)[:200])
+        log.debug("drill.identity_unknown", host=conn.host, reason=why(error, conn)[:200])
         return None
 
 
@@ -209,7 +211,7 @@ def _drop_in_public(session: psycopg.Connection, conn: Connection) -> None:
         try:
             session.execute(statement)
         except psycopg.Error as error:  # gone with an object dropped before it, or not ours: named afterwards
-            log.debug("drill.target_drop_failed", statement=statement, reason=_why(error, conn)[:200])
+            log.debug("drill.target_drop_failed", statement=statement, reason=why(error, conn)[:200])
 
 
 # Database-wide objects a restore may make, and how each is dropped.
@@ -235,7 +237,7 @@ def _empty(session: psycopg.Connection, public: PublicSchema | None, conn: Conne
         try:
             _recreate_public(session, public)
         except psycopg.Error as error:  # another role owns public: drop what is in it instead
-            log.info("drill.public_kept", database=conn.dbname, reason=_why(error, conn)[:200])
+            log.info("drill.public_kept", database=conn.dbname, reason=why(error, conn)[:200])
             _drop_in_public(session, conn)
 
 
@@ -255,7 +257,7 @@ def operator_database(target: OperatorTarget, cancel: threading.Event) -> Iterat
             public = _public(session)
     except psycopg.Error as error:
         raise SourceError(f"cannot read what the drill target {conn.masked} ({TARGET_VARIABLE}) holds: "
-                          f"{_why(error, conn)}", stage="scratch") from None
+                          f"{why(error, conn)}", stage="scratch") from None
     if found:
         raise SourceError(f"the drill target {conn.masked} ({TARGET_VARIABLE}) is not empty: it holds {_phrase(found)}; "
                           "a drill restores into an empty database and empties it afterwards, so point it at one that "
@@ -273,11 +275,11 @@ def _clean(conn: Connection, public: PublicSchema | None) -> None:
             try:
                 _empty(session, public, conn)
             except psycopg.Error as error:
-                log.warning("drill.target_cleanup_failed", database=conn.dbname, reason=_why(error, conn)[:200])
+                log.warning("drill.target_cleanup_failed", database=conn.dbname, reason=why(error, conn)[:200])
             left = contents(session)
     except (SourceError, psycopg.Error) as error:
         raise SourceError(f"the drill could not empty its target {conn.masked} ({TARGET_VARIABLE}) afterwards: "
-                          f"{_why(error, conn)}; it may still hold a copy of the backup, so empty it by hand before the "
+                          f"{why(error, conn)}; it may still hold a copy of the backup, so empty it by hand before the "
                           "next drill", stage="cleanup") from None
     if left:
         raise SourceError(f"the drill could not empty its target {conn.masked} ({TARGET_VARIABLE}) afterwards: it still "

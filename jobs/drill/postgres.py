@@ -27,18 +27,18 @@ from psycopg import sql
 import structlog
 
 from jobs.backups import Backup
-from jobs.drill.pg_target import TARGET_VARIABLE, OperatorTarget, operator_database
+from jobs.drill.pg_target import TARGET_VARIABLE, OperatorTarget, operator_database, why
 from jobs.engines import Source, pg_connect
 from jobs.engines.pg_archive import table_key
 from jobs.engines.pg_connect import Connection, quote_ident
 from jobs.engines.pg_restore import Elsewhere, restore_database
 from jobs.errors import Cancelled, SourceError
-from jobs.redact import scrub
 
 KIND = "pgdump"
 NAME_LIMIT = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 MARK = "_drill_"
 STAMP = "%Y%m%d%H%M%S"
+STAMP_DIGITS = 14  # the length of a STAMP
 # The comment that marks a scratch database as made by a drill of the set whose database it names (comment_for):
 # what a later drill of that set may drop when it was left behind, if the drill's role owns it.
 COMMENT = "backup-worker restore drill scratch database of {database}; dropped when its drill ends"
@@ -83,10 +83,6 @@ def _server_of(source: Source) -> Connection:
     return conn
 
 
-def _why(error: psycopg.Error, conn: Connection) -> str:
-    return scrub(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, conn.secrets())
-
-
 class _NotCreated(Exception):
     """CREATE DATABASE (or the COMMENT marking it) failed: `name` is the name last tried, `error` why."""
 
@@ -114,7 +110,7 @@ def scratch_database(server: Connection, cancel: threading.Event) -> Iterator[Co
                                   f"or set {TARGET_VARIABLE} to an empty database the drill may fill and empty",
                                   stage="scratch") from None
             raise SourceError(f"cannot create the drill's scratch database {failed.name} on {server.host}: "
-                              f"{_why(failed.error, server)}", stage="scratch") from None
+                              f"{why(failed.error, server)}", stage="scratch") from None
     log.info("drill.scratch_created", database=name, host=server.host)
     scratch = replace(server, params={**server.params, "dbname": name})
     try:
@@ -163,7 +159,7 @@ def _create(session: psycopg.Connection, database: str, now: datetime) -> str:
         try:  # unmarked, a later drill would never drop it
             session.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         except psycopg.Error as dropping:
-            log.warning("drill.scratch_left", database=name, reason=str(dropping)[:200],
+            log.warning("drill.scratch_left", database=name, reason=why(dropping)[:200],
                         detail=f"drop it by hand: DROP DATABASE {quote_ident(name)}")
         raise _NotCreated(name, error) from None
     return name
@@ -174,7 +170,7 @@ def _create(session: psycopg.Connection, database: str, now: datetime) -> str:
 LEFTOVERS = """
 SELECT datname, shobj_description(oid, 'pg_database'), datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user)
 FROM pg_database
-WHERE starts_with(datname, %(prefix)s) AND substr(datname, length(%(prefix)s) + 1) ~ '^[0-9]{14}$'
+WHERE starts_with(datname, %(prefix)s) AND substr(datname, length(%(prefix)s) + 1) ~ %(stamp)s
 ORDER BY datname
 """
 
@@ -183,23 +179,23 @@ def _clear_leftovers(session: psycopg.Connection, server: Connection, now: datet
     """Drop the scratch databases of this set that a killed drill left, when they are the drill's own (the comment
     names this set's database and the current role owns them), over LEFTOVER_AGE old by their stamp and the
     server's clock `now`, and unused; warn of the other databases named like one."""
-    prefix = scratch_name(server.dbname, now)[:-len(now.strftime(STAMP))]
+    prefix = scratch_name(server.dbname, now)[:-STAMP_DIGITS]
     try:
-        rows = session.execute(LEFTOVERS, {"prefix": prefix}).fetchall()
+        rows = session.execute(LEFTOVERS, {"prefix": prefix, "stamp": f"^[0-9]{{{STAMP_DIGITS}}}$"}).fetchall()
     except psycopg.Error as error:
-        log.warning("drill.scratch_leftovers_unknown", host=server.host, reason=_why(error, server),
+        log.warning("drill.scratch_leftovers_unknown", host=server.host, reason=why(error, server),
                     detail="the scratch databases a killed drill left (if any) were not looked for")
         return
     for leftover, comment, owned in rows:
-        why = _not_droppable(leftover, comment, owned, server.dbname, now)
-        if why is None:
+        kept_because = _not_droppable(leftover, comment, owned, server.dbname, now)
+        if kept_because is None:
             try:
                 session.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(leftover)))  # refused if in use
                 log.info("drill.scratch_leftover_dropped", database=leftover, host=server.host)
                 continue
             except psycopg.Error as error:
-                why = f"it could not be dropped: {_why(error, server)}"
-        log.warning("drill.scratch_leftover", database=leftover, host=server.host, kept_because=why,
+                kept_because = f"it could not be dropped: {why(error, server)}"
+        log.warning("drill.scratch_leftover", database=leftover, host=server.host, kept_because=kept_because,
                     detail="a drill that was killed may have left it; if so, drop it by hand: "
                            f"DROP DATABASE {quote_ident(leftover)}")
 
@@ -213,7 +209,7 @@ def _not_droppable(leftover: str, comment: str | None, owned: bool, database: st
     if not owned:
         return "another role owns it (a drill's scratch database is owned by the drill's role)"
     try:
-        made = datetime.strptime(leftover[-14:], STAMP).replace(tzinfo=timezone.utc)
+        made = datetime.strptime(leftover[-STAMP_DIGITS:], STAMP).replace(tzinfo=timezone.utc)
     except ValueError:
         return "the stamp in its name is not a time"
     if now - made < LEFTOVER_AGE:
@@ -231,7 +227,7 @@ def _drop(server: Connection, name: str) -> None:
         log.info("drill.scratch_dropped", database=name, host=server.host)
     except (SourceError, psycopg.Error) as error:
         log.warning("drill.scratch_left", database=name, host=server.host,
-                    reason=str(error)[:200], detail=f"drop it by hand: DROP DATABASE {quote_ident(name)}")
+                    reason=why(error, server)[:200], detail=f"drop it by hand: DROP DATABASE {quote_ident(name)}")
 
 
 def count_rows(conn: Connection, cancel: threading.Event) -> dict[str, Any]:
@@ -257,5 +253,5 @@ def restore_and_count(raw: Path, backup: Backup, source: Source, operator: Opera
             restore_database(raw, conn, cancel, None, ELSEWHERE)
             counts = count_rows(conn, cancel)
         except psycopg.Error as error:
-            raise SourceError(f"cannot count the rows restored into {conn.dbname}: {_why(error, conn)}", stage="restore") from None
+            raise SourceError(f"cannot count the rows restored into {conn.dbname}: {why(error, conn)}", stage="restore") from None
     return [f"pg_restore into {'the drill target' if operator else 'a scratch database'}", "rows counted"], counts

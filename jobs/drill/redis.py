@@ -23,7 +23,7 @@ from jobs import execute
 from jobs.backups import Backup
 from jobs.engines import Source
 from jobs.engines.redis import keyspace, parse_info
-from jobs.engines.redis_wire import Closed, ServerError, Wire
+from jobs.engines.redis_wire import ServerError, Wire
 from jobs.errors import Cancelled, SourceError
 
 KIND = "rdb"
@@ -96,22 +96,17 @@ def _ready(child: execute.Child, port: int, directory: Path, cancel: threading.E
             raise SourceError(f"redis-server could not load the backup's RDB file ({execute.describe_exit(code)}: "
                               f"{tail or child.failure(code)}); the file does not restore with this redis-server",
                               stage="restore")
+        wire = None
         try:
             wire = Wire.open("127.0.0.1", port, None, cancel)
-        except SourceError:
-            if time.monotonic() > deadline:
-                raise SourceError(f"the drill's redis-server did not listen on 127.0.0.1:{port} within {LISTEN_S:.0f} s",
-                                  stage="restore") from None
-            time.sleep(POLL_S)
-            continue
-        try:
             wire.command("PING")
             return wire
-        except Closed:  # it accepted, then exited (a file it cannot load): the loop's next look tells why
-            wire.close()
+        except SourceError:  # not listening yet (or lost: it accepted and then exited on a file it cannot load):
+            if wire is not None:    # the loop's next look at the process tells why
+                wire.close()
             if time.monotonic() > deadline:
-                raise SourceError(f"the drill's redis-server on 127.0.0.1:{port} kept closing connections for "
-                                  f"{LISTEN_S:.0f} s without loading the file", stage="restore") from None
+                raise SourceError(f"the drill's redis-server did not answer on 127.0.0.1:{port} within {LISTEN_S:.0f} s",
+                                  stage="restore") from None
             time.sleep(POLL_S)
         except ServerError as error:
             wire.close()
