@@ -52,29 +52,25 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
 
 
+def _sources(row: dict[str, Any]) -> dict[str, Any]:
+    """Return what a drill run's catalog row records per set (its details' `sources`), {} when unreadable."""
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        return {}
+    rows = details.get("sources") if isinstance(details, dict) else None
+    return rows if isinstance(rows, dict) else {}
+
+
 def _set_drill(row: dict[str, Any], name: str) -> SetDrill | None:
     """Return the drill of the set `name` that the catalog row of a drill run records, or None."""
     if row.get("outcome") not in ("succeeded", "failed"):
         return None
-    try:
-        details = json.loads(row.get("details") or "{}")
-    except ValueError:
-        return None
-    rows = details.get("sources") if isinstance(details, dict) else None
-    item = rows.get(name) if isinstance(rows, dict) else None
+    item = _sources(row).get(name)
     if not isinstance(item, dict) or item.get("outcome") not in ("succeeded", "failed"):
         return None
     return SetDrill(name, item["outcome"], _aware(row.get("finished_at")), item.get("backup"), item.get("stage"),
                     item.get("reason"), item.get("compared"))
-
-
-def _drilled_sets(row: dict[str, Any]) -> list[str]:
-    try:
-        details = json.loads(row.get("details") or "{}")
-    except ValueError:
-        return []
-    rows = details.get("sources") if isinstance(details, dict) else None
-    return [str(name) for name in rows] if isinstance(rows, dict) else []
 
 
 def last_drill(catalog: Catalog, name: str) -> SetDrill | None:
@@ -90,6 +86,6 @@ def last_drills(catalog: Catalog, sets: list[str] | None = None) -> dict[str, Se
     """Return the last drill of each set in `sets`, each found by its own query; without `sets`, of the sets the
     newest drill runs drilled."""
     if not sets:
-        sets = list(dict.fromkeys(name for row in catalog.history(job=JOB, limit=LOOKBACK) for name in _drilled_sets(row)))
+        sets = list(dict.fromkeys(name for row in catalog.history(job=JOB, limit=LOOKBACK) for name in map(str, _sources(row))))
     found = {name: last_drill(catalog, name) for name in sets}
     return {name: drill for name, drill in found.items() if drill is not None}
