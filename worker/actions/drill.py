@@ -72,9 +72,9 @@ def _copy(ctx: Context, destination: Destination, backup: Backup, scratch: Path)
 
 def backup_room(source: Source, backup: Backup) -> int:
     """Return the bytes a backup of `source` that falls due during its drill would need at its preflight, judged
-    as that preflight judges (`pipeline.required_space` on the source's size estimate: a stat for SQLite, the
-    database's size for PostgreSQL, the dataset's for Redis); when the source cannot be reached (a drill from the
-    bucket on another machine), on the raw size of its newest backup (`backup`)."""
+    as that preflight judges (`pipeline.required_space`), on the larger of the source's size estimate (a stat for
+    SQLite, the database's size for PostgreSQL, the dataset's for Redis) and the raw size of its newest backup
+    (`backup`); on the latter alone when the source cannot be reached (a drill from the bucket on another machine)."""
     raw = backup.manifest.get("raw_size")
     estimate = raw if isinstance(raw, int) and raw > 0 else backup.size
     try:
